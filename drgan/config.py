@@ -1,0 +1,147 @@
+"""Typed configuration: the model shape, presets and a JSON round trip.
+
+A preset is only numbers: `paper-1280`, `small-256` and `tiny-64` share every line of code.
+Each preset states its channels and attention QK dims explicitly (DESIGN section 2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drgan.errors import DrganError
+
+COND_CHANNELS = ("vessel", "disc", "ma", "he", "ex", "se", "laser", "membrane")
+NUM_GRADES = 5
+NORMS = ("batch", "instance", "none")
+STAGES = ("global", "local")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    resolution: int = 1280                                  # output side of the full (local) generator
+    cond_channels: int = len(COND_CHANNELS)                 # mask channels, order COND_CHANNELS
+    img_channels: int = 3                                   # RGB
+    num_grades: int = NUM_GRADES                            # DR grades 0..4
+    enc_channels: tuple[int, ...] = (64, 128, 256, 512)     # Gm encoder widths: stem, then three stride-2 convs
+    n_res_blocks: int = 7                                   # residual blocks at the bottleneck
+    sca_qk_dims: tuple[int, ...] = (64, 16, 4)              # SCA query/key dims, synthesis blocks coarse to fine
+    local_channels: tuple[int, int] = (32, 64)              # Gl widths at full and half resolution
+    norm: str = "batch"                                     # generator normalization (paper: batch)
+    w_dim: int = 512                                        # AGM mapping-network width
+    mapping_layers: int = 4                                 # AGM mapping-network depth
+    disc_channels: tuple[int, ...] = (64, 128, 256, 512)    # discriminator widths (conv4x4 s2 each)
+    disc_scales: int = 3                                    # number of discriminators (full, /2, /4)
+    grader_width: int = 64                                  # ResNet-50 base width (64 = torchvision)
+
+    def __post_init__(self) -> None:
+        for name in ("enc_channels", "sca_qk_dims", "local_channels", "disc_channels"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        n_up = len(self.enc_channels) - 1
+        checks = [
+            (self.resolution > 0 and self.resolution % (2 ** (n_up + 1)) == 0,
+             f"resolution {self.resolution} must be a positive multiple of {2 ** (n_up + 1)}"),
+            (len(self.enc_channels) >= 2, "enc_channels needs at least two widths"),
+            (len(self.sca_qk_dims) == n_up,
+             f"sca_qk_dims needs {n_up} entries (one per synthesis block), got {len(self.sca_qk_dims)}"),
+            (all(d >= 4 for d in self.sca_qk_dims), f"sca_qk_dims {self.sca_qk_dims}: QK dims never go below 4"),
+            (all(c % 4 == 0 and c > 0 for c in self.enc_channels),
+             f"enc_channels {self.enc_channels} must be positive multiples of 4 (noise has C/4 channels)"),
+            (len(self.local_channels) == 2, "local_channels needs two widths"),
+            (self.local_channels[1] == self.enc_channels[0],
+             f"local_channels[1] ({self.local_channels[1]}) must equal enc_channels[0] ({self.enc_channels[0]}): "
+             "Gl adds its half-resolution features to Gm's last synthesis output"),
+            (self.norm in NORMS, f"norm {self.norm!r} is not one of {NORMS}"),
+            (self.n_res_blocks >= 0, "n_res_blocks must be >= 0"),
+            (self.mapping_layers >= 1, "mapping_layers must be >= 1"),
+            (self.disc_scales >= 1 and len(self.disc_channels) >= 1, "need at least one discriminator layer"),
+            (self.grader_width >= 1, "grader_width must be >= 1"),
+            (self.cond_channels == len(COND_CHANNELS), f"cond_channels must be {len(COND_CHANNELS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DrganError(f"invalid model config: {message}")
+
+    @property
+    def global_resolution(self) -> int:
+        """Side of Gm's output (the global stage)."""
+        return self.resolution // 2
+
+    @property
+    def z_dim(self) -> int:
+        """Grading-vector size: the grader's pooled ResNet-50 feature (2048 at width 64)."""
+        return self.grader_width * 32
+
+    def stage_resolution(self, stage: str) -> int:
+        if stage not in STAGES:
+            raise DrganError(f"unknown stage {stage!r}; choose one of {STAGES}")
+        return self.global_resolution if stage == "global" else self.resolution
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DrganError(f"invalid model config: unknown field(s) {unknown}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise DrganError(f"invalid model config: {exc}") from None
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The paper's sizes: 1280 output, Gm at 640, SCA at 80/160/320 with d = 8/16/32.
+    "paper-1280": ModelConfig(),
+    # Same topology, sizes / 5 and channels / 4; QK dims C/d clamped at 4.
+    "small-256": ModelConfig(
+        resolution=256,
+        enc_channels=(16, 32, 64, 128),
+        sca_qk_dims=(16, 4, 4),
+        local_channels=(8, 16),
+        w_dim=128,
+        disc_channels=(16, 32, 64, 128),
+        grader_width=16,
+    ),
+    # Seconds per training step on a CPU: for tests and the demo.
+    "tiny-64": ModelConfig(
+        resolution=64,
+        enc_channels=(8, 16, 32, 64),
+        n_res_blocks=2,
+        sca_qk_dims=(8, 4, 4),
+        local_channels=(4, 8),
+        w_dim=64,
+        mapping_layers=4,
+        disc_channels=(8, 16, 32),     # three layers: the 1/4 scale of the 32 px global stage is 8 px
+        grader_width=8,
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """The model configuration of a named preset."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise DrganError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    """Write a config (anything with `to_dict`, or a plain dict) as indented JSON."""
+    data = obj.to_dict() if hasattr(obj, "to_dict") else obj
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DrganError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DrganError(f"{path}: not valid JSON ({exc})") from None
+    return ModelConfig.from_dict(data)

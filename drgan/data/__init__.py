@@ -1,0 +1,1 @@
+"""Datasets: format, validation, phantom retinas, masks from photographs, lesions, loaders."""

@@ -1,0 +1,1 @@
+"""Fidelity and grading metrics: FID, SWD, kappa."""

@@ -1,0 +1,57 @@
+"""Small building blocks shared by the networks."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def assert_shape(tensor: torch.Tensor, shape: tuple[int | None, ...], name: str = "tensor") -> None:
+    """Check a tensor's shape; None matches any size along that axis."""
+    if tensor.ndim != len(shape) or any(s is not None and s != t for t, s in zip(tensor.shape, shape)):
+        raise AssertionError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+def conv_norm_relu(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    norm: str = "batch",
+    transposed: bool = False,
+) -> nn.Sequential:
+    """Conv (or transposed conv doubling the size) with 'same' padding, normalization, ReLU."""
+    if transposed:
+        conv = nn.ConvTranspose2d(
+            in_channels, out_channels, kernel_size, stride=2, padding=kernel_size // 2, output_padding=1
+        )
+    else:
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+    return nn.Sequential(conv, norm_layer(norm, out_channels), nn.ReLU(inplace=True))
+
+
+def to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C): a view when x is channels_last, a copy otherwise."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+def from_tokens(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W) laid out channels_last (a view of contiguous tokens)."""
+    b, n, c = t.shape
+    return t.reshape(b, height, width, c).permute(0, 3, 1, 2)
+
+
+def set_kernel_impl(module: nn.Module, impl: str) -> nn.Module:
+    """Switch every kernel-backed submodule (SCA, AdaIN) to impl 'auto' | 'ref' | 'triton'."""
+    for m in module.modules():
+        if hasattr(m, "impl"):
+            m.impl = impl
+    return module

@@ -1,0 +1,1 @@
+"""The synthesis runner: balanced, resumable, sharded generation of augmentation sets."""

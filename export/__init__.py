@@ -1,0 +1,1 @@
+"""Model export: ONNX, ONNX Runtime, TensorRT, AOTInductor."""

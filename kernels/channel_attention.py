@@ -1,0 +1,28 @@
+"""SCA channel attention (DANet): E = X X^T, A = softmax(rowmax(E) - E), out = A X."""
+from __future__ import annotations
+
+import torch
+
+from drgan.kernels import dispatch
+
+
+def channel_attention(x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """x: (B, C, N), any strides (a channels_last map flattened is (B, C, N) with stride 1 on C)."""
+    assert x.ndim == 3, f"x {tuple(x.shape)} must be (B, C, N)"
+    if dispatch.resolve("channel_attention", impl, (x,), _triton_unsupported(x)) == "triton":
+        from drgan.kernels.channel_attention_triton import channel_attention_triton
+
+        return channel_attention_triton(x)
+    return channel_attention_ref(x)
+
+
+def channel_attention_ref(x: torch.Tensor) -> torch.Tensor:
+    """Readable reference in fp32; the output has x's dtype."""
+    xf = x.float()
+    energy = torch.bmm(xf, xf.transpose(1, 2))
+    energy = energy.amax(dim=-1, keepdim=True) - energy
+    return torch.bmm(torch.softmax(energy, dim=-1), xf).to(x.dtype)
+
+
+def _triton_unsupported(x: torch.Tensor) -> str | None:
+    return "the Triton kernel is not built yet; use impl='ref'"

@@ -1,0 +1,49 @@
+"""Choosing between the PyTorch reference and the Triton kernel of an op.
+
+`impl='auto'` takes Triton for CUDA tensors whose shape and dtype the kernel supports, and the
+reference otherwise (always on CPU). `impl='triton'` on an unsupported request raises one clear
+error. Setting TRITON_INTERPRET=1 before import lets the Triton kernels run on CPU tensors (tests).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from drgan.errors import DrganError
+
+IMPLS = ("auto", "ref", "triton")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve(op: str, impl: str, tensors: tuple[torch.Tensor, ...], unsupported: str | None) -> str:
+    """Return 'ref' or 'triton' for this call.
+
+    `unsupported` is None when the Triton kernel handles these inputs, else the reason it does not.
+    """
+    if impl not in IMPLS:
+        raise DrganError(f"{op}: impl={impl!r} is not one of {IMPLS}")
+    on_device = all(t.is_cuda for t in tensors) or (interpreting() and all(t.device.type == "cpu" for t in tensors))
+    if impl == "ref":
+        return "ref"
+    if impl == "auto":
+        ok = triton_available() and unsupported is None and all(t.is_cuda for t in tensors)
+        return "triton" if ok else "ref"
+    if not triton_available():
+        raise DrganError(f"{op}: impl='triton' needs the triton package (pip install triton)")
+    if not on_device:
+        raise DrganError(f"{op}: impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    if unsupported is not None:
+        raise DrganError(f"{op}: impl='triton' does not support this call: {unsupported}")
+    return "triton"

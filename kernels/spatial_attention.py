@@ -1,0 +1,56 @@
+"""SCA spatial attention: out_i = sum_j softmax_j(scale * q_i . k_j) v_j (DANet, scale 1).
+
+At 320x320 the N x N score matrix would take 21 GB in bf16, so neither implementation ever holds
+it: the reference walks over query chunks (and recomputes each chunk in backward through
+activation checkpointing), the Triton kernel is flash-style with an online softmax.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from drgan.kernels import dispatch
+
+# Scores held at once by the reference: chunk_rows x N fp32 values (about 256 MB).
+_REF_SCORE_BUDGET = 64 * 1024 * 1024
+
+
+def spatial_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float = 1.0,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """q, k: (B, N, Dqk); v: (B, N, Dv) -> (B, N, Dv) in v's dtype; softmax in fp32."""
+    assert q.ndim == 3 and k.shape == q.shape, f"q {tuple(q.shape)} and k {tuple(k.shape)} must both be (B, N, Dqk)"
+    assert v.ndim == 3 and v.shape[:2] == q.shape[:2], f"v {tuple(v.shape)} must be (B, N, Dv) with q {tuple(q.shape)}"
+    if dispatch.resolve("spatial_attention", impl, (q, k, v), _triton_unsupported(q, v)) == "triton":
+        from drgan.kernels.spatial_attention_triton import spatial_attention_triton
+
+        return spatial_attention_triton(q, k, v, scale)
+    return spatial_attention_ref(q, k, v, scale)
+
+
+def spatial_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Readable reference, chunked over queries so memory stays bounded at any N."""
+    n = q.shape[1]
+    rows = max(1, min(n, _REF_SCORE_BUDGET // max(1, n * q.shape[0])))
+    kf, vf = k.float(), v.float()
+    chunks = []
+    for start in range(0, n, rows):
+        qc = q[:, start : start + rows]
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            chunks.append(checkpoint(_attend, qc, kf, vf, scale, use_reentrant=False))
+        else:
+            chunks.append(_attend(qc, kf, vf, scale))
+    return torch.cat(chunks, dim=1).to(v.dtype)
+
+
+def _attend(qc: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    scores = torch.bmm(qc.float(), k.transpose(1, 2)) * scale
+    return torch.bmm(torch.softmax(scores, dim=-1), v)
+
+
+def _triton_unsupported(q: torch.Tensor, v: torch.Tensor) -> str | None:
+    return "the Triton kernel is not built yet; use impl='ref'"

@@ -1,0 +1,1 @@
+"""Training: grader and grading spaces, the DR-GAN objective and loop."""
