@@ -1,6 +1,8 @@
 """Choosing between the PyTorch reference and the Triton kernel of an op.
 
-`impl='auto'` takes Triton for CUDA tensors whose shape and dtype the kernel supports, and the
+`impl='sdpa'` routes spatial attention through `F.scaled_dot_product_attention` (what the ONNX
+exporter turns into the standard `Attention` op; also a benchmark baseline); ops without such a
+path run their reference. `impl='auto'` takes Triton for CUDA tensors whose shape and dtype the kernel supports, and the
 reference otherwise (always on CPU). `impl='triton'` on an unsupported request raises one clear
 error. Setting TRITON_INTERPRET=1 before import lets the Triton kernels run on CPU tensors (tests).
 """
@@ -12,7 +14,7 @@ import torch
 
 from drgan.errors import DrganError
 
-IMPLS = ("auto", "ref", "triton")
+IMPLS = ("auto", "ref", "triton", "sdpa")
 
 
 def triton_available() -> bool:
@@ -28,15 +30,15 @@ def interpreting() -> bool:
 
 
 def resolve(op: str, impl: str, tensors: tuple[torch.Tensor, ...], unsupported: str | None) -> str:
-    """Return 'ref' or 'triton' for this call.
+    """Return 'ref', 'sdpa' or 'triton' for this call (ops without an sdpa path treat it as 'ref').
 
     `unsupported` is None when the Triton kernel handles these inputs, else the reason it does not.
     """
     if impl not in IMPLS:
         raise DrganError(f"{op}: impl={impl!r} is not one of {IMPLS}")
     on_device = all(t.is_cuda for t in tensors) or (interpreting() and all(t.device.type == "cpu" for t in tensors))
-    if impl == "ref":
-        return "ref"
+    if impl in ("ref", "sdpa"):
+        return impl
     if impl == "auto":
         ok = triton_available() and unsupported is None and all(t.is_cuda for t in tensors)
         return "triton" if ok else "ref"

@@ -7,6 +7,7 @@ activation checkpointing), the Triton kernel is flash-style with an online softm
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from drgan.kernels import dispatch
@@ -25,10 +26,13 @@ def spatial_attention(
     """q, k: (B, N, Dqk); v: (B, N, Dv) -> (B, N, Dv) in v's dtype; softmax in fp32."""
     assert q.ndim == 3 and k.shape == q.shape, f"q {tuple(q.shape)} and k {tuple(k.shape)} must both be (B, N, Dqk)"
     assert v.ndim == 3 and v.shape[:2] == q.shape[:2], f"v {tuple(v.shape)} must be (B, N, Dv) with q {tuple(q.shape)}"
-    if dispatch.resolve("spatial_attention", impl, (q, k, v), _triton_unsupported(q, v)) == "triton":
+    chosen = dispatch.resolve("spatial_attention", impl, (q, k, v), _triton_unsupported(q, v))
+    if chosen == "triton":
         from drgan.kernels.spatial_attention_triton import spatial_attention_triton
 
         return spatial_attention_triton(q, k, v, scale)
+    if chosen == "sdpa":
+        return spatial_attention_sdpa(q, k, v, scale)
     return spatial_attention_ref(q, k, v, scale)
 
 
@@ -45,6 +49,12 @@ def spatial_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
         else:
             chunks.append(_attend(qc, kf, vf, scale))
     return torch.cat(chunks, dim=1).to(v.dtype)
+
+
+def spatial_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Through F.scaled_dot_product_attention: exports to ONNX `Attention`; on CPU it may hold N x N."""
+    out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)
+    return out[:, 0]
 
 
 def _attend(qc: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
