@@ -62,7 +62,11 @@ class SynthesisBlock(nn.Module):
 class GlobalGenerator(nn.Module):
     """Gm: encoder, residual blocks, AGM + SCA synthesis blocks, RGB head at half resolution."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,       # model shape
+        rgb_head: bool = True,  # False inside the local stage, where Gl makes the image
+    ) -> None:
         super().__init__()
         ch = cfg.enc_channels
         self.stem = conv_norm_relu(cfg.cond_channels, ch[0], 7, norm=cfg.norm)
@@ -73,7 +77,7 @@ class GlobalGenerator(nn.Module):
             SynthesisBlock(c, cfg.cond_channels, d, cfg.w_dim, cfg.norm)
             for c, d in zip(reversed(ch[1:]), cfg.sca_qk_dims)
         )
-        self.to_rgb = nn.Conv2d(ch[0], cfg.img_channels, 7, padding=3)
+        self.to_rgb = nn.Conv2d(ch[0], cfg.img_channels, 7, padding=3) if rgb_head else None
 
     def encode(self, cond: torch.Tensor) -> list[torch.Tensor]:
         feats = [self.stem(cond)]
@@ -86,13 +90,14 @@ class GlobalGenerator(nn.Module):
 
     def forward(
         self, cond: torch.Tensor, w: torch.Tensor, noise: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (image, last synthesis features, grade logits)."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Returns (image or None without RGB head, last synthesis features, grade logits)."""
         feats = self.encode(cond)
         x = self.res(feats[-1])
         for block, skip, n in zip(self.synth, reversed(feats[1:]), noise):
             x = block(x, skip, cond, w, n)
-        return torch.tanh(self.to_rgb(x)), x, self.grade_logits(feats[-1])
+        image = None if self.to_rgb is None else torch.tanh(self.to_rgb(x))
+        return image, x, self.grade_logits(feats[-1])
 
 
 class LocalEnhancer(nn.Module):
@@ -125,7 +130,7 @@ class DRGANGenerator(nn.Module):
         self.cfg = cfg
         self.stage = stage
         self.mapping = MappingNetwork(cfg.z_dim, cfg.w_dim, cfg.mapping_layers)
-        self.global_gen = GlobalGenerator(cfg)
+        self.global_gen = GlobalGenerator(cfg, rgb_head=stage == "global")
         self.local = LocalEnhancer(cfg) if stage == "local" else None
 
     @property
@@ -169,6 +174,16 @@ class DRGANGenerator(nn.Module):
         half = F.avg_pool2d(cond, 2)
         _, features, logits = self.global_gen(half, w, noise)
         return self.local(cond, features), logits
+
+    def load_global(self, state: dict[str, torch.Tensor]) -> None:
+        """Start the local stage from a trained global stage (pix2pixHD: Gm's RGB head is dropped)."""
+        own = self.state_dict()
+        wanted = {k: v for k, v in state.items() if not k.startswith("global_gen.to_rgb.")}
+        missing = sorted(k for k in own if not k.startswith("local.") and k not in wanted)
+        unexpected = sorted(k for k in wanted if k not in own)
+        if missing or unexpected:
+            raise DrganError(f"not the global stage of this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        self.load_state_dict(wanted, strict=False)
 
     @torch.no_grad()
     def predict_grade(self, cond: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,89 @@
+"""Parameters and FLOPs per module of a preset, measured on meta tensors (nothing runs at full size)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from drgan.config import ModelConfig
+from drgan.nn import DRGANGenerator, build_discriminator, build_grader
+
+# Matrix products inside an SCA module are its attention; everything else counted is convolution
+# or linear layers.
+_ATTENTION_OPS = ("aten.bmm", "aten.mm", "aten.baddbmm")
+
+
+@dataclass
+class ModuleCost:
+    name: str
+    params: int
+    conv_flops: int       # convolutions and linear layers, per image
+    attention_flops: int  # SCA spatial + channel attention products, per image
+
+
+def _generator_rows(g: DRGANGenerator) -> list[tuple[str, torch.nn.Module]]:
+    rows: list[tuple[str, torch.nn.Module]] = [("mapping", g.mapping)]
+    gm = g.global_gen
+    rows += [("Gm.encoder.stem", gm.stem)]
+    rows += [(f"Gm.encoder.down{i}", m) for i, m in enumerate(gm.down)]
+    rows += [("Gm.res_blocks", gm.res), ("Gm.grade_head", gm.grade_head)]
+    rows += [(f"Gm.synthesis{i}", m) for i, m in enumerate(gm.synth)]
+    if gm.to_rgb is not None:
+        rows += [("Gm.to_rgb", gm.to_rgb)]
+    if g.local is not None:
+        rows += [("Gl", g.local)]
+    return rows
+
+
+def generator_costs(cfg: ModelConfig, stage: str = "local") -> list[ModuleCost]:
+    """Per-module parameters and per-image FLOPs of the generator (batch 1, meta tensors)."""
+    with torch.device("meta"):
+        g = DRGANGenerator(cfg, stage).eval()
+        r = cfg.stage_resolution(stage)
+        cond, z = torch.empty(1, cfg.cond_channels, r, r), torch.empty(1, cfg.z_dim)
+        noise = [torch.empty(s) for s in g.noise_shapes(1)]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        g(cond, z, noise)
+    counts = counter.get_flop_counts()
+    owner = {id(m): n for n, m in g.named_modules()}
+    costs = []
+    for label, module in _generator_rows(g):
+        key = "DRGANGenerator." + owner[id(module)]
+        ops = counts.get(key, {})
+        attention = sum(v for op, v in ops.items() if str(op) in _ATTENTION_OPS)
+        costs.append(ModuleCost(label, sum(p.numel() for p in module.parameters()), sum(ops.values()) - attention, attention))
+    return costs
+
+
+def attention_exps(cfg: ModelConfig, stage: str = "local") -> int:
+    """Exponentials of the spatial-attention softmax per image: sum of N^2 over SCA blocks."""
+    side = cfg.global_resolution // 2 ** (len(cfg.enc_channels) - 1)
+    return sum((side * 2**i) ** 4 for i in range(len(cfg.sca_qk_dims)))
+
+
+def format_report(cfg: ModelConfig, name: str, stage: str = "local") -> str:
+    costs = generator_costs(cfg, stage)
+    r = cfg.stage_resolution(stage)
+    total_p = sum(c.params for c in costs)
+    total_f = sum(c.conv_flops + c.attention_flops for c in costs)
+    attn = sum(c.attention_flops for c in costs)
+    lines = [
+        f"drgan {name}: generator stage {stage!r}, output {r}x{r}, FLOPs per image (1 multiply-add = 2 FLOPs)",
+        "",
+        f"{'module':<20} {'params':>12} {'conv GFLOP':>12} {'attn GFLOP':>12} {'share':>7}",
+    ]
+    for c in costs:
+        share = 100.0 * (c.conv_flops + c.attention_flops) / total_f
+        lines.append(f"{c.name:<20} {c.params:>12,} {c.conv_flops / 1e9:>12.1f} {c.attention_flops / 1e9:>12.1f} {share:>6.1f}%")
+    lines += [
+        f"{'total':<20} {total_p:>12,} {(total_f - attn) / 1e9:>12.1f} {attn / 1e9:>12.1f} {100.0:>6.1f}%",
+        "",
+        f"total: {total_f / 1e9:,.1f} GFLOP per image, attention {100.0 * attn / total_f:.1f}% "
+        f"({attention_exps(cfg, stage):.3g} softmax exponentials)",
+        f"discriminators: {sum(p.numel() for p in build_discriminator(cfg).parameters()):,} params; "
+        f"grader (ResNet-50, width {cfg.grader_width}): {sum(p.numel() for p in build_grader(cfg).parameters()):,} params, "
+        f"grading vector {cfg.z_dim}-d",
+    ]
+    return "\n".join(lines)

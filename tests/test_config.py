@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from drgan.config import PRESETS, ModelConfig, load_model_config, preset, save_json
+from drgan.errors import DrganError
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_json_round_trip(tmp_path, name):
+    cfg = preset(name)
+    save_json(cfg, tmp_path / "cfg.json")
+    assert load_model_config(tmp_path / "cfg.json") == cfg
+    assert json.loads((tmp_path / "cfg.json").read_text())["resolution"] == cfg.resolution
+
+
+def test_unknown_preset_is_one_clear_error():
+    with pytest.raises(DrganError, match="unknown preset 'paper-2048'; choose one of paper-1280"):
+        preset("paper-2048")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sca_qk_dims": (64, 16, 2)}, "never go below 4"),
+        ({"norm": "group"}, "norm 'group'"),
+        ({"resolution": 1000}, "multiple of 16"),
+        ({"sca_qk_dims": (64, 16)}, "needs 3 entries"),
+        ({"local_channels": (32, 48)}, "must equal enc_channels"),
+    ],
+)
+def test_invalid_values_are_rejected(change, message):
+    with pytest.raises(DrganError, match=message):
+        ModelConfig(**change)
+
+
+def test_unknown_field_and_bad_json(tmp_path):
+    with pytest.raises(DrganError, match="unknown field"):
+        ModelConfig.from_dict({"resolution": 64, "colour": 1})
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(DrganError, match="bad.json: not valid JSON"):
+        load_model_config(tmp_path / "bad.json")
+
+
+def test_paper_preset_matches_the_paper():
+    cfg = preset("paper-1280")
+    assert (cfg.resolution, cfg.global_resolution, cfg.z_dim) == (1280, 640, 2048)
+    assert cfg.enc_channels == (64, 128, 256, 512) and cfg.n_res_blocks == 7
+    # d = 8, 16, 32 at 80, 160, 320 px with 512, 256, 128 channels.
+    assert cfg.sca_qk_dims == (512 // 8, 256 // 16, 128 // 32)
