@@ -3,10 +3,50 @@ from __future__ import annotations
 
 import click
 
-from drgan.cli.common import NotYetAvailable
+from drgan.config import NUM_GRADES
+
+
+def _grades(text: str) -> tuple[int, ...]:
+    from drgan.errors import DrganError
+
+    try:
+        grades = tuple(int(g) for g in text.split(","))
+    except ValueError:
+        raise DrganError(f"--grades {text!r}: expected comma-separated grades, e.g. 0,1,2,3,4") from None
+    return grades
 
 
 @click.command()
-def synthesize() -> None:
-    """Generate a balanced augmentation set."""
-    raise NotYetAvailable("drgan synthesize")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Run folder of a trained GAN.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (dataset format + manifest.csv).")
+@click.option("--count", type=int, help="Images in the whole set (balanced over --grades).")
+@click.option("--per-grade", type=int, help="Images per grade (instead of --count).")
+@click.option("--grades", default=",".join(map(str, range(NUM_GRADES))), show_default=True, help="Grades to synthesize.")
+@click.option("--structures", type=click.Path(), help="Dataset folder whose vessel/disc masks are the structure pool (default: phantom structures).")
+@click.option("--lesion-stats", type=click.Path(), help="Lesion statistics JSON (fit on a dataset); default: the DR scale's.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the whole set: item i depends on (seed, i) only.")
+@click.option("--batch", default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt", "aoti"]), default="torch", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default="png", show_default=True)
+@click.option("--quality", default=95, show_default=True, help="JPEG quality.")
+@click.option("--save-masks", is_flag=True, help="Also write the conditioning masks (masks/<id>/<name>.png).")
+@click.option("--shard", help="i/n: generate the i-th of n interleaved parts (default: torchrun's RANK/WORLD_SIZE).")
+@click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch", show_default=True, help="Reader of --structures.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+def synthesize(checkpoint, out, count, per_grade, grades, structures, lesion_stats, seed, batch, precision, backend,
+               fmt, quality, save_masks, shard, loader, device) -> None:
+    """Generate a balanced augmentation set; rerun the same command to resume."""
+    from drgan.errors import DrganError
+    from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as run
+
+    grade_list = _grades(grades)
+    if (count is None) == (per_grade is None):
+        raise DrganError("give exactly one of --count and --per-grade")
+    total = count if count is not None else per_grade * len(grade_list)
+    summary = run(SynthesisOptions(
+        checkpoint=checkpoint, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
+        seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality,
+        save_masks=save_masks, shard=shard, loader=loader, device=device,
+    ))
+    click.echo(format_summary(summary))

@@ -1,0 +1,3 @@
+from drgan.cli import main
+
+main()

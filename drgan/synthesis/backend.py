@@ -1,0 +1,96 @@
+"""Generator backends for the runner: PyTorch here; ONNX Runtime, TensorRT and AOTInductor come
+from drgan.export.backends behind the same call: backend(cond, z, noise) -> image in [-1, 1]."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from drgan.errors import DrganError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 on CUDA and fp32 on CPU, where bf16 convolutions are emulated and slower."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise DrganError(f"--precision {precision!r}: choose one of auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+class Backend(Protocol):
+    def __call__(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor: ...
+
+
+class TorchBackend:
+    """Eager PyTorch under inference mode: autocast, channels_last, CUDA graphs for a fixed batch."""
+
+    def __init__(
+        self,
+        generator: torch.nn.Module,     # DRGANGenerator in eval mode
+        device: torch.device,           # where it runs
+        precision: str,                 # 'fp32' | 'bf16' | 'fp16' | 'auto' (bf16 on CUDA, fp32 on CPU)
+        cuda_graph: bool = True,        # replay one captured graph per batch shape on CUDA
+    ) -> None:
+        precision = resolve_precision(precision, device)
+        self.device, self.dtype = device, PRECISIONS[precision]
+        self.channels_last = device.type == "cuda"
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.g = generator.to(device=device, memory_format=memory_format).eval()
+        self.use_graph = cuda_graph and device.type == "cuda"
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+
+    def _forward(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            return self.g(cond, z, noise)[0]
+
+    @torch.inference_mode()
+    def __call__(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+        cond = cond.to(self.device, non_blocking=True)
+        if self.channels_last:
+            cond = cond.contiguous(memory_format=torch.channels_last)
+        inputs = [cond, z.to(self.device, non_blocking=True), *(n.to(self.device) for n in noise)]
+        if not self.use_graph:
+            return self._forward(inputs[0], inputs[1], inputs[2:])
+        key = tuple(tuple(t.shape) for t in inputs)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(inputs)
+        graph, static_in, static_out = self._graphs[key]
+        for dst, src in zip(static_in, inputs):
+            dst.copy_(src)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, inputs: list[torch.Tensor]):
+        static_in = [t.clone() for t in inputs]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up outside the graph: autotuning, allocator pools
+            for _ in range(2):
+                self._forward(static_in[0], static_in[1], static_in[2:])
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._forward(static_in[0], static_in[1], static_in[2:])
+        return graph, static_in, static_out
+
+
+def make_backend(
+    name: str, checkpoint: str | Path, device: torch.device, precision: str, batch: int
+) -> tuple[Backend, Callable[[int], list[tuple[int, ...]]]]:
+    """The backend and the noise-shape function of the checkpoint's generator."""
+    from drgan.checkpoint import load_generator
+
+    if name not in BACKENDS:
+        raise DrganError(f"--backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    g = load_generator(checkpoint)
+    if name == "torch":
+        return TorchBackend(g, device, precision), g.noise_shapes
+    from drgan.export.backends import make_backend as make_export_backend
+
+    precision = resolve_precision(precision, device)
+    return make_export_backend(name, checkpoint, device=device, precision=precision, batch=batch), g.noise_shapes

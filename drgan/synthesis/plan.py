@@ -1,0 +1,67 @@
+"""The plan of a synthesis run: which grade, structure and random streams item i gets.
+
+Everything about item i derives from (seed, i) alone. Items are generated in fixed batches
+[k*B, (k+1)*B): a resumed or sharded run recomputes exactly the same batches, so its images are
+bit-identical to an uninterrupted run with the same batch size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from drgan.config import NUM_GRADES
+from drgan.errors import DrganError
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        try:
+            i, n = (int(p) for p in text.split("/"))
+        except ValueError:
+            raise DrganError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+        if n < 1 or not 0 <= i < n:
+            raise DrganError(f"--shard {text!r}: need 0 <= i < n")
+        return cls(i, n)
+
+
+@dataclass(frozen=True)
+class Plan:
+    count: int                  # images in the whole set
+    grades: tuple[int, ...]     # grades cycled over the items (balanced: N / len(grades) each)
+    seed: int                   # the run's seed
+    batch: int                  # generation batch (fixed batches make resume/sharding exact)
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise DrganError(f"--count {self.count}: need at least one image")
+        if not self.grades or any(g not in range(NUM_GRADES) for g in self.grades):
+            raise DrganError(f"--grades {list(self.grades)}: grades must lie in 0..{NUM_GRADES - 1}")
+        if self.batch < 1:
+            raise DrganError(f"--batch {self.batch}: need at least 1")
+
+    def grade(self, i: int) -> int:
+        return self.grades[i % len(self.grades)]
+
+    def item_id(self, i: int) -> str:
+        return f"syn_{self.seed}_{i:07d}"
+
+    def item_seeds(self, i: int) -> tuple[int, int, int]:
+        """Independent 63-bit seeds of item i for (structure + lesions, grading vector, noise)."""
+        state = np.random.SeedSequence([int(self.seed), int(i)]).generate_state(3, np.uint64)
+        return tuple(int(s >> np.uint64(1)) for s in state)
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.count // self.batch)
+
+    def batch_items(self, k: int) -> range:
+        return range(k * self.batch, min(self.count, (k + 1) * self.batch))
+
+    def shard_batches(self, shard: Shard) -> list[int]:
+        return list(range(shard.index, self.num_batches, shard.count))

@@ -1,0 +1,152 @@
+"""Encoding and atomic writing of synthesized items, the resume journal and the manifest.
+
+A file appears under its final name only complete (temp + rename); a journal row is appended
+after the rename. On resume the image files are the truth: a file without a journal row (killed
+between the two) gets its row rebuilt from the plan.
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from drgan.config import COND_CHANNELS
+from drgan.data.lesions import LESION_TYPES
+from drgan.errors import DrganError
+
+MANIFEST_FIELDS = ["id", "grade", "seed", "structure_id", *LESION_TYPES, "file", "sha256"]
+FORMATS = {"png": "png", "jpeg": "jpg"}
+_TMP_MARK = ".tmp-"
+
+
+def encode(image: np.ndarray, fmt: str, quality: int) -> bytes:
+    """uint8 (H, W, 3) -> file bytes. PNG at a fixed compression level, so bytes are reproducible."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    else:
+        Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DrganError(f"{path.parent}: disk full while writing {path.name}") from None
+        raise DrganError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+def remove_temp_files(root: Path) -> int:
+    """Delete temp files left by a killed run; returns how many."""
+    stale = [p for p in root.rglob(f".*{_TMP_MARK}*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+class OutputFolder:
+    def __init__(
+        self,
+        root: Path,         # output folder (created)
+        fmt: str,           # 'png' or 'jpeg'
+        quality: int,       # JPEG quality
+        save_masks: bool,   # also write masks/<id>/<name>.png
+        journal_name: str,  # this process's journal (one per shard, no write contention)
+        threads: int,       # encoder/writer threads
+    ) -> None:
+        if fmt not in FORMATS:
+            raise DrganError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        self.root, self.fmt, self.quality, self.save_masks = root, fmt, quality, save_masks
+        self.images = root / "images"
+        try:
+            self.images.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-probe{_TMP_MARK}{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise DrganError(f"{root}: output folder is not writable ({exc.strerror})") from None
+        remove_temp_files(root)
+        self.journal_path = root / journal_name
+        self._journal_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drgan-write")
+        self._pending: list[Future] = []
+
+    def image_path(self, item_id: str) -> Path:
+        return self.images / f"{item_id}.{FORMATS[self.fmt]}"
+
+    def done_ids(self) -> set[str]:
+        suffix = "." + FORMATS[self.fmt]
+        return {p.name[: -len(suffix)] for p in self.images.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".")}
+
+    def submit(self, row: dict, image: np.ndarray, masks: np.ndarray | None) -> None:
+        self._pending.append(self._pool.submit(self._write, row, image, masks))
+        # Surface a failed write (disk full) promptly instead of at the end.
+        while len(self._pending) > 64 or (self._pending and self._pending[0].done()):
+            self._pending.pop(0).result()
+
+    def _write(self, row: dict, image: np.ndarray, masks: np.ndarray | None) -> None:
+        if masks is not None:
+            folder = self.root / "masks" / row["id"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, mask in zip(COND_CHANNELS, masks):
+                write_atomic(folder / f"{name}.png", encode_mask(mask))
+        data = encode(image, self.fmt, self.quality)
+        path = self.image_path(row["id"])
+        write_atomic(path, data)
+        row = {**row, "file": f"images/{path.name}", "sha256": hashlib.sha256(data).hexdigest()}
+        with self._journal_lock, open(self.journal_path, "a", newline="") as f:
+            csv.DictWriter(f, MANIFEST_FIELDS).writerow(row)
+
+    def flush(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def journal_rows(self) -> dict[str, dict]:
+        rows = {}
+        for journal in self.root.glob(".journal-*.csv"):
+            with open(journal, newline="") as f:
+                for row in csv.DictReader(f, MANIFEST_FIELDS):
+                    if (self.root / row["file"]).is_file():
+                        rows[row["id"]] = row
+        return rows
+
+    def write_manifest(self, rows: list[dict]) -> None:
+        """manifest.csv (every column) and labels.csv (dataset format), atomically."""
+        rows = sorted(rows, key=lambda r: r["id"])
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, MANIFEST_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        write_atomic(self.root / "manifest.csv", buf.getvalue().encode())
+        labels = "id,grade\n" + "".join(f"{r['id']},{r['grade']}\n" for r in rows)
+        write_atomic(self.root / "labels.csv", labels.encode())
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

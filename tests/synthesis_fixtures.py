@@ -1,0 +1,18 @@
+"""A tiny-64 run folder with untrained weights and a grading space: enough to drive the runner."""
+from pathlib import Path
+
+import torch
+
+from drgan.checkpoint import save_module, write_run_config
+from drgan.config import preset
+from drgan.grading_space import GradingSpace
+from drgan.nn import DRGANGenerator
+
+
+def make_run(run: Path, stage: str = "local") -> Path:
+    cfg = preset("tiny-64")
+    write_run_config(run, cfg, stage)
+    torch.manual_seed(0)
+    save_module(DRGANGenerator(cfg, stage), run / "G_ema.safetensors")
+    GradingSpace(torch.rand(5, cfg.z_dim) * 2, torch.rand(5, cfg.z_dim) * 0.1, 0.9).save(run / "grading_space.safetensors")
+    return run

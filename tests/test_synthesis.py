@@ -1,0 +1,152 @@
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from drgan.errors import DrganError
+from drgan.synthesis.plan import Plan, Shard
+from drgan.synthesis.runner import SynthesisOptions, synthesize
+from synthesis_fixtures import make_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run") / "tiny")
+
+
+def opts(run, out, **kw):
+    return SynthesisOptions(checkpoint=str(run), out=str(out), count=kw.pop("count", 10), batch=kw.pop("batch", 4),
+                            progress=False, threads=2, device="cpu", **kw)
+
+
+def manifest(out):
+    with open(Path(out) / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def image_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted((Path(out) / "images").iterdir())}
+
+
+def test_balanced_set_with_consistent_manifest(run, tmp_path):
+    summary = synthesize(opts(run, tmp_path / "a", count=10, save_masks=True))
+    assert summary.generated == 10 and summary.per_grade == {g: 2 for g in range(5)}
+    rows = manifest(tmp_path / "a")
+    assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
+    for row in rows:
+        path = tmp_path / "a" / row["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]
+        img = np.asarray(Image.open(path))
+        assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+        # Imitated lesions follow the DR scale: nothing at grade 0, microaneurysms only at grade 1.
+        counts = {t: int(row[t]) for t in ("ma", "he", "ex", "se", "laser", "membrane")}
+        if row["grade"] == "0":
+            assert sum(counts.values()) == 0
+        if row["grade"] == "1":
+            assert counts["ma"] > 0 and sum(counts.values()) == counts["ma"]
+        ma = np.asarray(Image.open(tmp_path / "a" / "masks" / row["id"] / "ma.png"))
+        assert (ma.any()) == (counts["ma"] > 0)
+    with open(tmp_path / "a" / "labels.csv") as f:
+        assert f.readline().strip() == "id,grade" and len(f.readlines()) == 10
+
+
+def test_same_seed_same_bytes_and_other_seed_differs(run, tmp_path):
+    synthesize(opts(run, tmp_path / "a", count=5))
+    synthesize(opts(run, tmp_path / "b", count=5))
+    synthesize(opts(run, tmp_path / "c", count=5, seed=1))
+    assert image_bytes(tmp_path / "a") == image_bytes(tmp_path / "b")
+    first_a = next(iter(image_bytes(tmp_path / "a").values()))
+    first_c = next(iter(image_bytes(tmp_path / "c").values()))
+    assert first_a != first_c
+
+
+def test_two_shards_equal_one_run(run, tmp_path):
+    synthesize(opts(run, tmp_path / "one", count=10))
+    synthesize(opts(run, tmp_path / "two", count=10, shard="0/2"))
+    partial = synthesize(opts(run, tmp_path / "two", count=10, shard="1/2"))
+    assert partial.total == 10
+    assert image_bytes(tmp_path / "one") == image_bytes(tmp_path / "two")
+    assert manifest(tmp_path / "one") == manifest(tmp_path / "two")
+
+
+def test_resume_after_sigkill(run, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "drgan.cli", "synthesize", "--checkpoint", str(run), "--out", str(out),
+           "--count", "40", "--batch", "2", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "images").glob("*.png")) if (out / "images").exists() else []) < 3:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(list((out / "images").glob("*.png")))
+    assert 0 < before < 40, "the run must be killed midway"
+    summary = synthesize(opts(run, out, count=40, batch=2))
+    assert summary.skipped == before and summary.generated == 40 - before
+    names = sorted(p.name for p in (out / "images").iterdir())
+    assert len(names) == 40 and not any(".tmp-" in p.name for p in out.rglob("*"))
+    rows = manifest(out)
+    assert sorted(r["id"] + ".png" for r in rows) == names
+    # Resumed images equal an uninterrupted run's, byte for byte.
+    synthesize(opts(run, tmp_path / "whole", count=40, batch=2))
+    assert image_bytes(out) == image_bytes(tmp_path / "whole")
+
+
+def test_rerun_is_a_no_op(run, tmp_path):
+    synthesize(opts(run, tmp_path / "a", count=5))
+    again = synthesize(opts(run, tmp_path / "a", count=5))
+    assert (again.generated, again.skipped, again.total) == (0, 5, 5)
+
+
+def test_plan_is_balanced_and_sharded():
+    plan = Plan(count=23, grades=(0, 1, 2, 3, 4), seed=3, batch=4)
+    assert [plan.grade(i) for i in range(7)] == [0, 1, 2, 3, 4, 0, 1]
+    batches = [plan.shard_batches(Shard(i, 3)) for i in range(3)]
+    assert sorted(sum(batches, [])) == list(range(plan.num_batches))
+    assert plan.item_seeds(5) == Plan(count=9, grades=(0, 1, 2, 3, 4), seed=3, batch=1).item_seeds(5)
+    assert plan.item_seeds(5) != plan.item_seeds(6)
+    with pytest.raises(DrganError, match="--shard '2/2'"):
+        Shard.parse("2/2")
+    with pytest.raises(DrganError, match="grades must lie in 0..4"):
+        Plan(count=5, grades=(1, 7), seed=0, batch=1)
+
+
+def test_missing_grading_space(run, tmp_path):
+    broken = make_run(tmp_path / "nogs")
+    (broken / "grading_space.safetensors").unlink()
+    with pytest.raises(DrganError, match="no grading_space.safetensors"):
+        synthesize(opts(broken, tmp_path / "out"))
+
+
+def test_checkpoint_of_another_preset(tmp_path):
+    import json
+
+    run = make_run(tmp_path / "r")
+    data = json.loads((run / "run.json").read_text())
+    data["model"]["n_res_blocks"] = 3  # the weights hold two
+    (run / "run.json").write_text(json.dumps(data))
+    with pytest.raises(DrganError, match="weights do not match the model"):
+        synthesize(opts(run, tmp_path / "out"))
+    assert not (tmp_path / "out" / "images").exists() or not any((tmp_path / "out" / "images").iterdir())
+
+
+def test_unwritable_output(run, tmp_path):
+    # A path below a regular file cannot be created, whoever runs the test (root included).
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DrganError, match="output folder is not writable"):
+        synthesize(opts(run, tmp_path / "file" / "out"))
+
+
+def test_cli_bad_input_is_one_line(run, tmp_path):
+    cmd = [sys.executable, "-m", "drgan.cli", "synthesize", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--count", "5"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"error: {tmp_path / 'nothing'}: not a drgan run folder (no run.json)"]
