@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import click
 
-from drgan.cli.common import NotYetAvailable
-
 
 @click.command()
-@click.option("--out", default="out/demo", show_default=True, help="Output folder.")
-def demo(out: str) -> None:
+@click.option("--out", default="out/demo", show_default=True, type=click.Path(), help="Output folder.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--quick", is_flag=True, help="Seconds-long smoke run of every stage (tiny sizes).")
+def demo(out: str, device: str, quick: bool) -> None:
     """Phantom data, short grader + GAN training, balanced synthesis, contact sheet, report."""
-    raise NotYetAvailable("drgan demo")
+    from drgan.demo import run_demo
+
+    run_demo(out, device=device, quick=quick, log=click.echo)
