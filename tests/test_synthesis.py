@@ -150,3 +150,28 @@ def test_cli_bad_input_is_one_line(run, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [f"error: {tmp_path / 'nothing'}: not a drgan run folder (no run.json)"]
+
+
+@pytest.fixture(scope="module")
+def structures(tmp_path_factory):
+    from drgan.data.phantom import write_phantom_dataset
+
+    return write_phantom_dataset(tmp_path_factory.mktemp("structures") / "ds", count=6, size=80, seed=5)
+
+
+def test_dataset_structures_with_dali_equal_torch(run, structures, tmp_path):
+    torch_run = synthesize(opts(run, tmp_path / "t", count=5, structures=str(structures), loader="torch"))
+    dali_run = synthesize(opts(run, tmp_path / "d", count=5, structures=str(structures), loader="dali"))
+    assert torch_run.total == dali_run.total == 5
+    assert image_bytes(tmp_path / "t") == image_bytes(tmp_path / "d")
+    assert {r["structure_id"] for r in manifest(tmp_path / "t")} <= {f"phantom_{i:06d}" for i in range(6)}
+
+
+def test_structures_without_usable_masks(run, tmp_path):
+    from drgan.data.format import DatasetWriter
+
+    writer = DatasetWriter(tmp_path / "empty")
+    writer.add("a", np.full((64, 64, 3), 120, np.uint8), {}, 0, "train")
+    writer.close()
+    with pytest.raises(DrganError, match="no usable structure masks"):
+        synthesize(opts(run, tmp_path / "out", structures=str(tmp_path / "empty")))

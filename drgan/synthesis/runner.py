@@ -21,9 +21,10 @@ from drgan.synthesis.backend import make_backend
 from drgan.synthesis.conditions import Item, build_item, item_noise
 from drgan.synthesis.plan import Plan, Shard
 from drgan.synthesis.structures import StructurePool
-from drgan.synthesis.writer import OutputFolder, sha256_file
+from drgan.synthesis.writer import OutputFolder, gpu_jpeg_encoder, sha256_file
 
-# Batches whose conditions are built ahead of the generator (CPU threads).
+# Batches whose conditions are built ahead of the generator, item by item on CPU threads
+# (lesion drawing is numpy/scipy work that releases the GIL for its array operations).
 PREFETCH = 2
 
 
@@ -57,6 +58,13 @@ class Summary:
     total: int              # images of the plan present in the folder
     per_grade: dict[int, int]
     seconds: float
+    gpu_busy_seconds: float | None = None  # generator time measured with CUDA events
+
+    @property
+    def gpu_idle_share(self) -> float | None:
+        if self.gpu_busy_seconds is None or self.seconds <= 0:
+            return None
+        return max(0.0, 1.0 - self.gpu_busy_seconds / self.seconds)
 
     @property
     def images_per_second(self) -> float:
@@ -116,18 +124,20 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     shard_total = sum(len(plan.batch_items(k)) for k in plan.shard_batches(shard))
     skipped = shard_total - todo
 
-    def build(k: int) -> list[Item]:
-        return [build_item(plan, i, pool, space, stats) for i in plan.batch_items(k)]
+    def build(k: int) -> list:
+        return [builders.submit(build_item, plan, i, pool, space, stats) for i in plan.batch_items(k)]
 
+    gpu_encode = gpu_jpeg_encoder(opts.quality) if opts.format == "jpeg" and device.type == "cuda" else None
+    events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
     generated = 0
     bar = tqdm(total=todo, unit="img", desc=f"synthesize {shard.index}/{shard.count}", disable=not opts.progress, smoothing=0.1)
-    builders = ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="drgan-cond")
+    builders = ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="drgan-cond")
     try:
-        ahead = [builders.submit(build, k) for k in batches[:PREFETCH]]
+        ahead = [build(k) for k in batches[:PREFETCH]]
         for n, k in enumerate(batches):
-            items = ahead.pop(0).result()
+            items = [f.result() for f in ahead.pop(0)]
             if n + PREFETCH < len(batches):
-                ahead.append(builders.submit(build, batches[n + PREFETCH]))
+                ahead.append(build(batches[n + PREFETCH]))
             # The batch always has plan.batch rows (the last one padded by repetition): the same
             # shapes every time, so a resumed or sharded run computes bit-identical images.
             rows = items + [items[-1]] * (plan.batch - len(items))
@@ -135,10 +145,18 @@ def synthesize(opts: SynthesisOptions) -> Summary:
             z = torch.stack([it.z for it in rows])
             per_item = [item_noise(shapes, it.noise_seed, device) for it in rows]
             noise = [torch.cat(level) for level in zip(*per_item)]
+            if device.type == "cuda":
+                events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+                events[-1][0].record()
             image = backend(cond, z, noise)
             pixels = ((image[: len(items)].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-            pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
-            for it, px in zip(items, pixels):
+            if events:
+                events[-1][1].record()
+            if gpu_encode is not None:
+                encoded = gpu_encode(pixels)
+            else:
+                encoded = list(pixels.permute(0, 2, 3, 1).cpu().numpy())
+            for it, px in zip(items, encoded):
                 if it.id in done:
                     continue
                 out.submit(_manifest_row(it), px, it.masks if opts.save_masks else None)
@@ -152,7 +170,11 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     rows = _complete_rows(out, plan, pool, space, stats)
     out.write_manifest(list(rows.values()))
     per_grade = Counter(int(r["grade"]) for r in rows.values())
-    return Summary(Path(opts.out), generated, skipped, len(rows), dict(sorted(per_grade.items())), time.perf_counter() - start)
+    busy = None
+    if events:
+        torch.cuda.synchronize()
+        busy = sum(a.elapsed_time(b) for a, b in events) / 1e3
+    return Summary(Path(opts.out), generated, skipped, len(rows), dict(sorted(per_grade.items())), time.perf_counter() - start, busy)
 
 
 def _complete_rows(out: OutputFolder, plan: Plan, pool: StructurePool, space: GradingSpace, stats) -> dict[str, dict]:
@@ -171,7 +193,8 @@ def _complete_rows(out: OutputFolder, plan: Plan, pool: StructurePool, space: Gr
 
 def format_summary(s: Summary) -> str:
     grades = ", ".join(f"grade {g}: {n}" for g, n in s.per_grade.items())
+    idle = "" if s.gpu_idle_share is None else f", GPU idle {100 * s.gpu_idle_share:.0f}% of the time"
     return (
-        f"wrote {s.generated} images in {s.seconds:.1f} s ({s.images_per_second:.2f} images/s), "
+        f"wrote {s.generated} images in {s.seconds:.1f} s ({s.images_per_second:.2f} images/s{idle}), "
         f"{s.skipped} already present; {s.out} holds {s.total} ({grades})"
     )

@@ -37,6 +37,23 @@ def encode(image: np.ndarray, fmt: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def gpu_jpeg_encoder(quality: int):
+    """Batch JPEG encoding on the GPU (nvJPEG through torchvision) or None where unavailable.
+
+    torchvision is optional (it does not import beside every torch build): without it the
+    runner encodes with Pillow on CPU threads.
+    """
+    try:
+        from torchvision.io import encode_jpeg
+    except (ImportError, RuntimeError):
+        return None
+
+    def encode_batch(pixels) -> list[bytes]:  # uint8 (B, 3, H, W) on the GPU
+        return [bytes(t.cpu().numpy()) for t in encode_jpeg(list(pixels), quality=quality)]
+
+    return encode_batch
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{threading.get_ident()}")
     try:
@@ -92,19 +109,20 @@ class OutputFolder:
         suffix = "." + FORMATS[self.fmt]
         return {p.name[: -len(suffix)] for p in self.images.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".")}
 
-    def submit(self, row: dict, image: np.ndarray, masks: np.ndarray | None) -> None:
+    def submit(self, row: dict, image: np.ndarray | bytes, masks: np.ndarray | None) -> None:
+        """Queue one item: pixels (uint8 H, W, 3) to encode here, or bytes already encoded."""
         self._pending.append(self._pool.submit(self._write, row, image, masks))
         # Surface a failed write (disk full) promptly instead of at the end.
         while len(self._pending) > 64 or (self._pending and self._pending[0].done()):
             self._pending.pop(0).result()
 
-    def _write(self, row: dict, image: np.ndarray, masks: np.ndarray | None) -> None:
+    def _write(self, row: dict, image: np.ndarray | bytes, masks: np.ndarray | None) -> None:
         if masks is not None:
             folder = self.root / "masks" / row["id"]
             folder.mkdir(parents=True, exist_ok=True)
             for name, mask in zip(COND_CHANNELS, masks):
                 write_atomic(folder / f"{name}.png", encode_mask(mask))
-        data = encode(image, self.fmt, self.quality)
+        data = image if isinstance(image, bytes) else encode(image, self.fmt, self.quality)
         path = self.image_path(row["id"])
         write_atomic(path, data)
         row = {**row, "file": f"images/{path.name}", "sha256": hashlib.sha256(data).hexdigest()}
