@@ -35,4 +35,10 @@ def adain_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: flo
 
 
 def _triton_unsupported(x: torch.Tensor) -> str | None:
-    return "the Triton kernel is not built yet; use impl='ref'"
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"x dtype {x.dtype} is not float32, float16 or bfloat16"
+    if x.numel() == 0:
+        return f"x {tuple(x.shape)} is empty"
+    if x.shape[2] > 1 and x.shape[3] > 1 and x.stride(2) != x.shape[3] * x.stride(3):
+        return f"x strides {x.stride()} do not merge H and W into one axis (use contiguous or channels_last)"
+    return None

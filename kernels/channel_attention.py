@@ -25,4 +25,8 @@ def channel_attention_ref(x: torch.Tensor) -> torch.Tensor:
 
 
 def _triton_unsupported(x: torch.Tensor) -> str | None:
-    return "the Triton kernel is not built yet; use impl='ref'"
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"x dtype {x.dtype} is not float32, float16 or bfloat16"
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        return f"x {tuple(x.shape)} is empty"
+    return None

@@ -29,6 +29,24 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _patch_interpreter_scalars() -> None:
+    """Triton 3.6's interpreter turns a scalar into int() of a 1-element array, which numpy >= 2.4
+    rejects: every loop with a runtime bound failed. Take the element instead."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+
+    def patch(tensor, scope) -> None:
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patch
+
+
+if interpreting() and triton_available():
+    _patch_interpreter_scalars()
+
+
 def resolve(op: str, impl: str, tensors: tuple[torch.Tensor, ...], unsupported: str | None) -> str:
     """Return 'ref', 'sdpa' or 'triton' for this call (ops without an sdpa path treat it as 'ref').
 

@@ -63,4 +63,19 @@ def _attend(qc: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) ->
 
 
 def _triton_unsupported(q: torch.Tensor, v: torch.Tensor) -> str | None:
-    return "the Triton kernel is not built yet; use impl='ref'"
+    if not dispatch.triton_available():
+        return "the triton package is not installed"
+    if not (q.is_cuda or dispatch.interpreting()):
+        return "CPU tensors run the reference (the kernel needs CUDA or TRITON_INTERPRET=1)"
+    from drgan.kernels.spatial_attention_triton import MAX_QK_DIM, MAX_QK_DIM_FP32, MAX_V_DIM
+
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or v.dtype != q.dtype:
+        return f"q {q.dtype} and v {v.dtype} must share one dtype of float32, float16, bfloat16"
+    if q.dtype == torch.float32 and q.shape[2] > MAX_QK_DIM_FP32:
+        return f"float32 q {tuple(q.shape)}: QK dim above {MAX_QK_DIM_FP32} needs float16/bfloat16 (shared memory)"
+    if not (1 <= q.shape[2] <= MAX_QK_DIM and 1 <= v.shape[2] <= MAX_V_DIM and q.shape[1] >= 1):
+        return (
+            f"shape q {tuple(q.shape)}, v {tuple(v.shape)}: needs N >= 1, QK dim 1..{MAX_QK_DIM}, "
+            f"V dim 1..{MAX_V_DIM} (tile sizes held in registers)"
+        )
+    return None

@@ -3,6 +3,10 @@ import os
 import pytest
 import torch
 
+# Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter (set before import).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Two cores: keep intra-op threads bounded so parallel test processes do not thrash.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -1,0 +1,338 @@
+"""Flash-style Triton kernels for the SCA spatial attention, forward and backward.
+
+The score matrix never exists: each program holds a BLOCK_M x BLOCK_N tile of scores in fp32 and
+an online softmax (exp2, log2(e) folded into the scale). Q/K are zero-padded in registers to the
+tensor-core minimum K = 16 (the paper's QK dims 4 and 16 would otherwise be rejected by `tl.dot`),
+and V is tiled along Dv (grid axis 1) so the accumulator stays BLOCK_M x BLOCK_DV.
+
+Backward (FlashAttention-2 split, no atomics): delta = rowsum(dO * O); one kernel per key block
+accumulates dV and dK, one per query block accumulates dQ, both recomputing the probabilities
+from the saved log-sum-exp. With V tiled, ds = p * (dp - delta) is linear in the per-tile
+dp_t = dO_t V_t^T, so each Dv tile writes a partial dK / dQ (fp32) and the partials are summed.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from drgan.kernels.dispatch import interpreting
+
+LOG2E = 1.4426950408889634
+MAX_QK_DIM = 128  # Q/K tiles are BLOCK_M x BLOCK_D in registers
+MAX_QK_DIM_FP32 = 64  # fp32 tiles twice the bytes: beyond 64 the backward's exceed Hopper's shared memory
+MAX_V_DIM = 512  # V is tiled; larger Dv works but the partial dK/dQ buffers grow with Dv / BLOCK_DV
+
+
+def _config(block_m: int, block_n: int, block_dv: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_DV": block_dv}, num_warps=warps, num_stages=stages)
+
+
+# Hopper tiles: the forward is exp- and tensor-core-bound at QK dim 4-16, so large query tiles
+# amortize the exps' bookkeeping; 64-wide tiles cover Dv = 512 without spilling.
+FWD_CONFIGS = [
+    _config(128, 64, 128, 8, 3),
+    _config(128, 128, 128, 8, 2),
+    _config(64, 64, 64, 4, 3),
+]
+BWD_CONFIGS = [
+    _config(64, 64, 128, 8, 2),
+    _config(64, 64, 64, 4, 3),
+]
+# The interpreter runs every program in numpy: one small configuration, no tuning.
+INTERPRET_CONFIG = _config(32, 32, 64, 4, 1)
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE,
+    stride_qb, stride_qn, stride_qd,
+    stride_kb, stride_kn, stride_kd,
+    stride_vb, stride_vn, stride_vd,
+    stride_ob, stride_on, stride_od,
+    N, DQK, DV, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < DQK
+    v_ok = offs_v < DV
+
+    q = tl.load(
+        Q + b * stride_qb + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+        mask=(offs_m[:, None] < N) & d_ok[None, :], other=0.0,
+    )
+    kt_ptrs = K + b * stride_kb + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    v_ptrs = V + b * stride_vb + offs_n[:, None] * stride_vn + offs_v[None, :] * stride_vd
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    # Full key blocks need no masking; the ragged last block is done once, masked.
+    n_full = N - N % BLOCK_N
+    for start in range(0, n_full, BLOCK_N):
+        kt = tl.load(kt_ptrs + start * stride_kn, mask=d_ok[:, None], other=0.0)
+        v = tl.load(v_ptrs + start * stride_vn, mask=v_ok[None, :], other=0.0)
+        qk = tl.dot(q, kt, input_precision=PRECISION)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+    if n_full < N:
+        cols = n_full + offs_n
+        kt = tl.load(kt_ptrs + n_full * stride_kn, mask=d_ok[:, None] & (cols[None, :] < N), other=0.0)
+        v = tl.load(v_ptrs + n_full * stride_vn, mask=(cols[:, None] < N) & v_ok[None, :], other=0.0)
+        qk = tl.dot(q, kt, input_precision=PRECISION)
+        qk = tl.where(cols[None, :] < N, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    row_ok = offs_m < N
+    tl.store(
+        O + b * stride_ob + offs_m[:, None] * stride_on + offs_v[None, :] * stride_od,
+        acc.to(O.dtype.element_ty), mask=row_ok[:, None] & v_ok[None, :],
+    )
+    if pid_v == 0:
+        # log2-domain log-sum-exp of the scaled scores, for the backward.
+        tl.store(LSE + b * N + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)
+
+
+@triton.jit
+def _bwd_delta_kernel(
+    O, DO, DELTA,
+    stride_ob, stride_on, stride_od,
+    stride_gb, stride_gn, stride_gd,
+    N, DV,
+    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_v = tl.arange(0, BLOCK_DV)
+    delta = tl.zeros([BLOCK_M], tl.float32)
+    for start in range(0, DV, BLOCK_DV):
+        mask = (offs_m[:, None] < N) & (start + offs_v[None, :] < DV)
+        o = tl.load(O + b * stride_ob + offs_m[:, None] * stride_on + (start + offs_v[None, :]) * stride_od, mask=mask, other=0.0)
+        g = tl.load(DO + b * stride_gb + offs_m[:, None] * stride_gn + (start + offs_v[None, :]) * stride_gd, mask=mask, other=0.0)
+        delta += tl.sum(o.to(tl.float32) * g.to(tl.float32), 1)
+    tl.store(DELTA + b * N + offs_m, delta, mask=offs_m < N)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK_PART, DV_OUT,
+    stride_qb, stride_qn, stride_qd,
+    stride_kb, stride_kn, stride_kd,
+    stride_vb, stride_vn, stride_vd,
+    stride_gb, stride_gn, stride_gd,
+    stride_xb, stride_xn, stride_xd,
+    B, N, DQK, DV, qk_scale, scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One key block and one Dv tile: dV tile, and this tile's share of dK."""
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < DQK
+    v_ok = offs_v < DV
+    key_ok = offs_n < N
+
+    k = tl.load(K + b * stride_kb + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vn + offs_v[None, :] * stride_vd,
+                mask=key_ok[:, None] & v_ok[None, :], other=0.0)
+    qt_ptrs = Q + b * stride_qb + offs_m[None, :] * stride_qn + offs_d[:, None] * stride_qd
+    do_ptrs = DO + b * stride_gb + offs_m[:, None] * stride_gn + offs_v[None, :] * stride_gd
+    # Only tile 0 subtracts delta, so the tiles' partial dK sum to the full p * (dp - delta) term.
+    delta_scale = tl.where(pid_v == 0, 1.0, 0.0)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    for start in range(0, N, BLOCK_M):
+        rows = start + offs_m
+        row_ok = rows < N
+        qt = tl.load(qt_ptrs + start * stride_qn, mask=d_ok[:, None] & row_ok[None, :], other=0.0)
+        do = tl.load(do_ptrs + start * stride_gn, mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+        # Rows past N get lse = +inf, hence probability 0.
+        lse = tl.load(LSE + b * N + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + b * N + rows, mask=row_ok, other=0.0) * delta_scale
+        st = tl.dot(k, qt, input_precision=PRECISION)
+        pt = tl.math.exp2(st * qk_scale - lse[None, :])
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=PRECISION)
+
+    tl.store(DV_OUT + b * stride_xb + offs_n[:, None] * stride_xn + offs_v[None, :] * stride_xd,
+             dv.to(DV_OUT.dtype.element_ty), mask=key_ok[:, None] & v_ok[None, :])
+    part = DK_PART + ((pid_v * B + b) * N + offs_n[:, None]) * BLOCK_D + offs_d[None, :]
+    tl.store(part, dk * scale, mask=key_ok[:, None])
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ_PART,
+    stride_qb, stride_qn, stride_qd,
+    stride_kb, stride_kn, stride_kd,
+    stride_vb, stride_vn, stride_vd,
+    stride_gb, stride_gn, stride_gd,
+    B, N, DQK, DV, qk_scale, scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One query block and one Dv tile: this tile's share of dQ."""
+    pid_m = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < DQK
+    v_ok = offs_v < DV
+    row_ok = offs_m < N
+
+    q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(DO + b * stride_gb + offs_m[:, None] * stride_gn + offs_v[None, :] * stride_gd,
+                 mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+    lse = tl.load(LSE + b * N + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + b * N + offs_m, mask=row_ok, other=0.0) * tl.where(pid_v == 0, 1.0, 0.0)
+    kt_ptrs = K + b * stride_kb + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    vt_ptrs = V + b * stride_vb + offs_n[None, :] * stride_vn + offs_v[:, None] * stride_vd
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, N, BLOCK_N):
+        col_ok = start + offs_n < N
+        # Keys past N load as zero: their ds multiplies a zero key row, so they add nothing.
+        kt = tl.load(kt_ptrs + start * stride_kn, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+        vt = tl.load(vt_ptrs + start * stride_vn, mask=v_ok[:, None] & col_ok[None, :], other=0.0)
+        s = tl.dot(q, kt, input_precision=PRECISION)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])
+        dp = tl.dot(do, vt, input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION)
+
+    part = DQ_PART + ((pid_v * B + b) * N + offs_m[:, None]) * BLOCK_D + offs_d[None, :]
+    tl.store(part, dq * scale, mask=row_ok[:, None])
+
+
+def _tuned(kernel, configs, key):
+    if interpreting():
+        return None
+    return triton.autotune(configs=configs, key=key)(kernel)
+
+
+_fwd_tuned = _tuned(_fwd_kernel, FWD_CONFIGS, ["N", "DQK", "DV"])
+_dkdv_tuned = _tuned(_bwd_dkdv_kernel, BWD_CONFIGS, ["N", "DQK", "DV"])
+_dq_tuned = _tuned(_bwd_dq_kernel, BWD_CONFIGS, ["N", "DQK", "DV"])
+
+
+def _launch(tuned, kernel, grid, *args, **constexprs) -> None:
+    if tuned is None:
+        meta = dict(INTERPRET_CONFIG.kwargs)
+        kernel[grid(meta)](*args, **constexprs, **meta, num_warps=INTERPRET_CONFIG.num_warps)
+    else:
+        tuned[grid](*args, **constexprs)
+
+
+def block_d(qk_dim: int) -> int:
+    """Q/K width in registers: the next power of two, at least the tensor-core minimum 16."""
+    return max(16, triton.next_power_of_2(qk_dim))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: three TF32 products per dot keep ~fp32 accuracy (scores feed exp);
+    # fp16/bf16 inputs ignore the setting.
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qk_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    b, n, dqk = q.shape
+    dv = v.shape[2]
+    out = torch.empty((b, n, dv), device=v.device, dtype=v.dtype)
+    lse = torch.empty((b, n), device=q.device, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
+    _launch(
+        _fwd_tuned, _fwd_kernel, grid,
+        q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), n, dqk, dv, qk_scale,
+        BLOCK_D=block_d(dqk), PRECISION=dot_precision(q.dtype),
+    )
+    return out, lse
+
+
+def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float):
+    b, n, dqk = q.shape
+    dv = v.shape[2]
+    bd = block_d(dqk)
+    delta = torch.empty((b, n), device=q.device, dtype=torch.float32)
+    _bwd_delta_kernel[(triton.cdiv(n, 64), b)](
+        out, grad, delta, *out.stride(), *grad.stride(), n, dv, BLOCK_M=64, BLOCK_DV=64,
+    )
+    dv_out = torch.empty_like(v, memory_format=torch.contiguous_format)
+    # One partial dK / dQ per Dv tile; sized for the smallest BLOCK_DV any configuration uses.
+    max_tiles = triton.cdiv(dv, min(c.kwargs["BLOCK_DV"] for c in BWD_CONFIGS + [INTERPRET_CONFIG]))
+    dk_part = torch.zeros((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
+    dq_part = torch.zeros((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
+    strides = (*q.stride(), *k.stride(), *v.stride(), *grad.stride())
+    precision = dot_precision(q.dtype)
+    grid_k = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
+    _launch(
+        _dkdv_tuned, _bwd_dkdv_kernel, grid_k,
+        q, k, v, grad, lse, delta, dk_part, dv_out, *strides, *dv_out.stride(), b, n, dqk, dv, qk_scale, scale,
+        BLOCK_D=bd, PRECISION=precision,
+    )
+    grid_q = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
+    _launch(
+        _dq_tuned, _bwd_dq_kernel, grid_q,
+        q, k, v, grad, lse, delta, dq_part, *strides, b, n, dqk, dv, qk_scale, scale,
+        BLOCK_D=bd, PRECISION=precision,
+    )
+    # Tiles a configuration did not use stay zero.
+    dq = dq_part.sum(0)[..., :dqk]
+    dk = dk_part.sum(0)[..., :dqk]
+    return dq, dk, dv_out
+
+
+class _SpatialAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float):
+        # The kernels take max(scores) * scale as the running maximum, which needs scale > 0: a
+        # negative scale is moved onto q's sign, a zero scale becomes q = 0 (uniform weights).
+        sign = (scale > 0) - (scale < 0)
+        q_eff = q if sign == 1 else q * sign
+        scale_eff = abs(scale) if sign else 1.0
+        out, lse = _forward(q_eff, k, v, scale_eff * LOG2E)
+        ctx.save_for_backward(q_eff, k, v, out, lse)
+        ctx.sign, ctx.scale = sign, scale_eff
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q_eff, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q_eff, k, v, out, lse, grad, ctx.scale * LOG2E, ctx.scale)
+        dq = (dq * ctx.sign).to(q_eff.dtype)
+        return dq, dk.to(k.dtype), dv, None
+
+
+def spatial_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """q, k: (B, N, Dqk), v: (B, N, Dv), any strides, one dtype (fp32/fp16/bf16) -> (B, N, Dv)."""
+    return _SpatialAttention.apply(q, k.to(q.dtype), v, float(scale))
