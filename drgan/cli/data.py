@@ -1,9 +1,13 @@
-"""`drgan data validate`, `drgan phantom`, `drgan masks extract`."""
+"""`drgan data validate`, `drgan data contact-sheet`, `drgan phantom`, `drgan masks extract`."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import click
 
-from drgan.cli.common import NotYetAvailable
+from drgan.config import NUM_GRADES
+from drgan.errors import DrganError
 
 
 @click.group()
@@ -13,15 +17,67 @@ def data() -> None:
 
 @data.command()
 @click.argument("directory", type=click.Path())
-def validate(directory: str) -> None:
-    """Check every file of a dataset folder."""
-    raise NotYetAvailable("drgan data validate")
+@click.option("--skip-bad", is_flag=True, help="Exit 0 when usable samples remain; bad ones are counted as skipped.")
+def validate(directory: str, skip_bad: bool) -> None:
+    """Check every file of a dataset folder; exits non-zero listing the problems."""
+    from drgan.data.format import validate_dataset
+
+    report = validate_dataset(directory)
+    click.echo(report.render())
+    if report.problems:
+        if skip_bad and report.ok:
+            click.echo(f"skipped {len(report.problems)} problem(s); {report.ok} usable samples remain")
+            return
+        raise DrganError(f"{directory}: {len(report.problems)} problem(s) found (listed above)")
+
+
+@data.command("contact-sheet")
+@click.argument("directory", type=click.Path())
+@click.option("--out", "out", type=click.Path(), required=True, help="PNG file to write.")
+@click.option("--per-grade", type=int, default=6, show_default=True, help="Images per row (one row per grade).")
+@click.option("--size", type=int, default=192, show_default=True, help="Tile side in pixels.")
+def contact_sheet(directory: str, out: str, per_grade: int, size: int) -> None:
+    """Grid of a dataset's images: one row per grade."""
+    from drgan.data.contact_sheet import save_contact_sheet
+    from drgan.data.dataset import FundusDataset
+
+    ds = FundusDataset(directory, size)
+    rows: list[list] = [[] for _ in range(NUM_GRADES)]
+    for i, g in enumerate(ds.grades):
+        if len(rows[g]) < per_grade:
+            rows[g].append(ds.load(i)[0])
+    keep = [g for g in range(NUM_GRADES) if rows[g]]
+    save_contact_sheet([rows[g] for g in keep], out, [f"grade {g}" for g in keep])
+    click.echo(f"wrote {out}")
 
 
 @click.command()
-def phantom() -> None:
-    """Render procedural paired retinas (image, masks, grade)."""
-    raise NotYetAvailable("drgan phantom")
+@click.option("--out", "out", type=click.Path(), required=True, help="New dataset folder.")
+@click.option("--count", type=int, default=100, show_default=True, help="Number of samples (grades round-robin 0..4).")
+@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same seed gives identical files.")
+@click.option("--no-split", is_flag=True, help="Leave the split column out of labels.csv.")
+@click.option("--workers", type=click.IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
+              help="Rendering processes (the output does not depend on it).")
+@click.option("--contact-sheet", "sheet", type=click.Path(), default=None, help="Also write a PNG grid, one row per grade.")
+def phantom(out: str, count: int, size: int, seed: int, no_split: bool, workers: int, sheet: str | None) -> None:
+    """Render procedural paired retinas (image, masks, grade) in the dataset format."""
+    from drgan.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(out, count, size, seed, split=not no_split, progress=True, workers=workers)
+    click.echo(f"wrote {count} phantom samples to {root}")
+    if sheet:
+        from drgan.data.contact_sheet import save_contact_sheet
+        from drgan.data.format import open_dataset, read_rgb
+
+        index = open_dataset(root)
+        rows: list[list] = [[] for _ in range(NUM_GRADES)]
+        for s in index.samples:
+            if len(rows[s.grade]) < 6:
+                rows[s.grade].append(read_rgb(s.image)[0])
+        keep = [g for g in range(NUM_GRADES) if rows[g]]
+        save_contact_sheet([rows[g] for g in keep], sheet, [f"grade {g}" for g in keep])
+        click.echo(f"wrote {sheet}")
 
 
 @click.group()
@@ -30,6 +86,44 @@ def masks() -> None:
 
 
 @masks.command()
-def extract() -> None:
-    """Extract vessel, disc and field-of-view masks from photographs."""
-    raise NotYetAvailable("drgan masks extract")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out", type=click.Path(), required=True, help="New dataset folder.")
+@click.option("--grade", type=click.IntRange(0, NUM_GRADES - 1), default=0, show_default=True,
+              help="Grade written to labels.csv for every image.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (counted) instead of stopping.")
+def extract(images: tuple[str, ...], out: str, grade: int, skip_bad: bool) -> None:
+    """Extract vessel, disc and field-of-view masks from photographs into a dataset.
+
+    Each image is cropped to its field of view and padded square; an overlay PNG per image
+    (overlays/<id>.png) shows the masks for checking by eye.
+    """
+    from tqdm import tqdm
+
+    from drgan.data.format import DatasetWriter, read_rgb
+    from drgan.data.masks import extract_structure, overlay
+    from drgan.data.preprocess import crop_square, fov_box, square_window
+
+    ids = [Path(p).stem for p in images]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise DrganError(f"duplicate image names {dup}: ids come from file names")
+    writer = DatasetWriter(out)
+    (writer.root / "overlays").mkdir()
+    skipped = 0
+    for path, sid in tqdm(list(zip(images, ids)), desc="masks", unit="img"):
+        try:
+            image = read_rgb(path)[0]
+        except DrganError as exc:
+            if not skip_bad:
+                raise
+            click.echo(f"skipped: {exc}", err=True)
+            skipped += 1
+            continue
+        image = crop_square(image, square_window(fov_box(image)))
+        st = extract_structure(image)
+        writer.add(sid, image, {"vessel": st["vessel"], "disc": st["disc"]}, grade,
+                   extra={f"overlays/{sid}.png": overlay(image, st)})
+    if not writer.rows:
+        raise DrganError("no image could be read")
+    writer.close()
+    click.echo(f"wrote {len(writer.rows)} samples to {out}" + (f"; skipped {skipped}" if skipped else ""))

@@ -92,5 +92,5 @@ def make_backend(
         return TorchBackend(g, device, precision), g.noise_shapes
     from drgan.export.backends import make_backend as make_export_backend
 
-    precision = resolve_precision(precision, device)
-    return make_export_backend(name, checkpoint, device=device, precision=precision, batch=batch), g.noise_shapes
+    exported = make_export_backend(name, checkpoint, device=device, precision=resolve_precision(precision, device), batch=batch)
+    return (lambda cond, z, noise: exported(cond, z, noise)[0]), g.noise_shapes

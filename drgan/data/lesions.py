@@ -1,0 +1,410 @@
+"""Lesion masks imitated on a structure (vessel, disc, field of view) for a target DR grade.
+
+The international DR severity scale fixes which lesion types may appear at each grade:
+  0 none; 1 microaneurysms only; 2 more than microaneurysms (haemorrhages, exudates) short of
+  severe; 3 haemorrhages in all four quadrants and soft exudates; 4 proliferative signs
+  (membranes near the disc or the arcades) and/or laser scars.
+Within those rules the counts, sizes and distances from the disc follow a `LesionStats`: a
+built-in default, or one fitted on a dataset's own masks (`fit_lesion_stats`). Sizes and
+distances are fractions of the field-of-view radius, so one fit serves every resolution;
+counts are per eye and do not depend on the resolution.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from drgan.errors import DrganError
+
+LESION_TYPES = ("ma", "he", "ex", "se", "laser", "membrane")
+DIST_BINS = 16            # histogram bins of (distance from the disc centre) / FOV radius
+DIST_MAX = 2.0            # upper edge of the distance histogram, in FOV radii
+EIGHT = np.ones((3, 3), bool)   # 8-connectivity: one lesion is one connected component
+
+
+@dataclass
+class TypeStats:
+    count_hist: list[float]   # P(count = k) for k = 0 .. len-1, per image
+    log_area_mean: float      # mean of log(lesion area / FOV area)
+    log_area_std: float       # std of the same
+    dist_hist: list[float]    # P(distance bin), DIST_BINS bins over [0, DIST_MAX) FOV radii
+
+    def mean_count(self) -> float:
+        return float(np.dot(np.arange(len(self.count_hist)), self.count_hist))
+
+
+@dataclass
+class LesionStats:
+    grades: dict[int, dict[str, TypeStats]]   # grade -> lesion type -> statistics
+
+    def to_dict(self) -> dict:
+        return {"grades": {str(g): {t: asdict(s) for t, s in types.items()} for g, types in self.grades.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LesionStats":
+        try:
+            grades = {int(g): {t: TypeStats(**s) for t, s in types.items()} for g, types in data["grades"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DrganError(f"invalid lesion statistics: {exc}") from None
+        for g in range(5):
+            missing = [t for t in LESION_TYPES if t not in grades.get(g, {})]
+            if missing:
+                raise DrganError(f"invalid lesion statistics: grade {g} lacks {', '.join(missing)}")
+        return cls(grades)
+
+    def save(self, path: str | Path) -> None:
+        from drgan.checkpoint import atomic_write_bytes
+        atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=1) + "\n").encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LesionStats":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise DrganError(f"{path}: lesion statistics file not found") from None
+        except json.JSONDecodeError as exc:
+            raise DrganError(f"{path}: not valid JSON ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in statistics.
+
+def _poisson_hist(mean: float, offset: int = 0, p_zero: float = 0.0) -> list[float]:
+    """Histogram of offset + Poisson(mean), mixed with P(0) = p_zero; truncated where negligible."""
+    kmax = int(offset + mean + 6 * math.sqrt(mean + 1) + 2)
+    k = np.arange(kmax + 1)
+    pmf = np.zeros(kmax + 1)
+    j = k[offset:] - offset
+    logp = j * math.log(mean) - mean - np.array([math.lgamma(v + 1) for v in j]) if mean > 0 else np.where(j == 0, 0.0, -np.inf)
+    pmf[offset:] = np.exp(logp)
+    pmf /= pmf.sum()
+    pmf = (1 - p_zero) * pmf
+    pmf[0] += p_zero
+    return [float(v) for v in pmf]
+
+
+def _dist_hist(*modes: tuple[float, float, float]) -> list[float]:
+    """Mixture of Gaussians (weight, centre, std) over the distance bins, in FOV radii."""
+    centres = (np.arange(DIST_BINS) + 0.5) * DIST_MAX / DIST_BINS
+    h = sum(w * np.exp(-0.5 * ((centres - c) / s) ** 2) for w, c, s in modes)
+    return [float(v) for v in h / h.sum()]
+
+
+# Equivalent radius (fraction of the FOV radius) and log-std of the area, per type.
+_DEFAULT_SIZE = {"ma": (0.009, 0.25), "he": (0.032, 0.45), "ex": (0.014, 0.45),
+                 "se": (0.045, 0.3), "laser": (0.032, 0.12), "membrane": (0.11, 0.3)}
+_DEFAULT_DIST = {
+    "ma": _dist_hist((1.0, 0.75, 0.35)),
+    "he": _dist_hist((1.0, 0.8, 0.4)),
+    "ex": _dist_hist((1.0, 0.7, 0.3)),
+    "se": _dist_hist((1.0, 0.55, 0.25)),
+    "laser": _dist_hist((1.0, 1.25, 0.35)),
+    "membrane": _dist_hist((0.6, 0.3, 0.12), (0.4, 0.8, 0.2)),
+}
+# Per grade: type -> (Poisson mean, offset, P(zero) mixed in). Types not listed never appear.
+_DEFAULT_COUNTS = {
+    0: {},
+    1: {"ma": (2.5, 1, 0.0)},
+    2: {"ma": (8, 1, 0.0), "he": (5, 0, 0.0), "ex": (6, 0, 0.0), "se": (0.5, 0, 0.0)},
+    3: {"ma": (12, 1, 0.0), "he": (10, 20, 0.0), "ex": (10, 0, 0.0), "se": (3, 1, 0.0)},
+    4: {"ma": (12, 0, 0.0), "he": (12, 0, 0.0), "ex": (8, 0, 0.0), "se": (2, 0, 0.0),
+        "laser": (40, 30, 0.5), "membrane": (1.0, 1, 0.3)},
+}
+
+
+def default_lesion_stats() -> LesionStats:
+    grades = {}
+    for g in range(5):
+        types = {}
+        for t in LESION_TYPES:
+            mean, offset, p_zero = _DEFAULT_COUNTS[g].get(t, (0.0, 0, 1.0))
+            radius, log_std = _DEFAULT_SIZE[t]
+            types[t] = TypeStats(
+                count_hist=_poisson_hist(mean, offset, p_zero) if t in _DEFAULT_COUNTS[g] else [1.0],
+                log_area_mean=float(math.log(radius ** 2)),   # pi r^2 / (pi R^2) with R = 1
+                log_area_std=log_std,
+                dist_hist=_DEFAULT_DIST[t],
+            )
+        grades[g] = types
+    return LesionStats(grades)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry of a structure.
+
+@dataclass
+class _Geometry:
+    shape: tuple[int, int]
+    fov_radius: float           # pixels (radius of the disk of the same area)
+    fov_center: np.ndarray      # (row, col)
+    disc_center: np.ndarray     # (row, col)
+    fovea: np.ndarray           # (row, col)
+    allowed: np.ndarray         # flat indices of FOV pixels off the disc
+    vessel: np.ndarray          # flat indices of vessel pixels among them
+    fov_edge: np.ndarray        # (n, 2) border pixels of the FOV
+    disc_edge: np.ndarray       # (n, 2) border pixels of the disc
+
+
+def _edge(mask: np.ndarray) -> np.ndarray:
+    """Pixels of mask with a 4-neighbour outside it (or on the array border)."""
+    inner = np.zeros_like(mask)
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return np.argwhere(mask & ~inner).astype(np.float32)
+
+
+def _geometry(structure: dict[str, np.ndarray]) -> _Geometry:
+    for name in ("vessel", "disc", "fov"):
+        if name not in structure:
+            raise DrganError(f"structure lacks the {name!r} mask")
+    fov = structure["fov"] > 0
+    disc = structure["disc"] > 0
+    if not fov.any():
+        raise DrganError("structure has an empty field-of-view mask")
+    allowed = fov & ~disc
+    fov_radius = math.sqrt(fov.sum() / math.pi)
+    fov_center = np.argwhere(fov).mean(0)
+    if disc.any():
+        disc_center = np.argwhere(disc).mean(0)
+    else:  # no disc found: assume a macula-centred right-eye layout
+        disc_center = fov_center + np.array([0.0, 0.4 * fov_radius])
+    # Macula-centred photographs put the fovea opposite the disc, slightly below it.
+    fovea = fov_center - 0.75 * (disc_center - fov_center) + np.array([0.05 * fov_radius, 0.0])
+    return _Geometry(
+        shape=fov.shape, fov_radius=fov_radius, fov_center=fov_center, disc_center=disc_center, fovea=fovea,
+        allowed=np.flatnonzero(allowed), vessel=np.flatnonzero(allowed & (structure["vessel"] > 0)),
+        fov_edge=_edge(fov), disc_edge=_edge(disc),
+    )
+
+
+def _min_dist(points: np.ndarray, edge: np.ndarray) -> np.ndarray:
+    """Distance from each point to the nearest edge pixel (few points, a few thousand edge pixels)."""
+    if len(edge) == 0:
+        return np.full(len(points), np.inf, np.float32)
+    p = points.astype(np.float32)
+    return np.sqrt(((p[:, None, :] - edge[None, :, :]) ** 2).sum(-1).min(1))
+
+
+def _dist_bin(points: np.ndarray, geo: _Geometry) -> np.ndarray:
+    d = np.hypot(*(points - geo.disc_center).T) / geo.fov_radius
+    return np.minimum((d * (DIST_BINS / DIST_MAX)).astype(np.int64), DIST_BINS - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes: each lesion is one connected blob drawn into its own bounding box.
+
+def _ellipse(mask: np.ndarray, center: np.ndarray, a: float, b: float, angle: float) -> None:
+    h, w = mask.shape
+    ext = max(a, b) + 1
+    r0, r1 = int(max(0, center[0] - ext)), int(min(h, center[0] + ext + 1))
+    c0, c1 = int(max(0, center[1] - ext)), int(min(w, center[1] + ext + 1))
+    if r0 >= r1 or c0 >= c1:
+        return
+    dy = np.arange(r0, r1, dtype=np.float32)[:, None] - np.float32(center[0])
+    dx = np.arange(c0, c1, dtype=np.float32)[None, :] - np.float32(center[1])
+    ca, sa = math.cos(angle), math.sin(angle)
+    u, v = (dx * ca + dy * sa) / a, (-dx * sa + dy * ca) / b
+    mask[r0:r1, c0:c1] |= (u * u + v * v) <= 1.0
+
+
+def _draw(kind: str, mask: np.ndarray, center: np.ndarray, r: float, rng: np.random.Generator) -> None:
+    """Draw one connected lesion of equivalent radius r, within _EXTENT[kind] * r of its centre."""
+    r = max(r, 0.75)
+    if kind in ("ma", "laser"):
+        _ellipse(mask, center, r, r, 0.0)
+    elif kind in ("he", "se"):
+        k = rng.uniform(1.0, 1.5)
+        angle = rng.uniform(0, math.pi)
+        _ellipse(mask, center, r * k, r / k, angle)
+        # A second, smaller overlapping lobe makes the outline irregular.
+        off = rng.uniform(0.2, 0.5) * r * np.array([math.sin(angle + 1.0), math.cos(angle + 1.0)])
+        _ellipse(mask, center + off, 0.7 * r, 0.55 * r, angle + rng.uniform(-1, 1))
+    elif kind == "ex":
+        # Hard exudate: a few waxy dots fused into one blob.
+        _ellipse(mask, center, 0.8 * r, 0.8 * r, 0.0)
+        for _ in range(rng.integers(1, 4)):
+            off = rng.normal(0, 0.4 * r, size=2)
+            off *= min(1.0, 0.8 * r / (np.hypot(*off) + 1e-9))
+            s = rng.uniform(0.45, 0.7) * r
+            _ellipse(mask, center + off, s, s, 0.0)
+    else:
+        # Membrane: a chain of overlapping disks along a short meandering path.
+        n = int(rng.integers(4, 8))
+        s = 0.55 * r
+        angles = rng.uniform(0, 2 * math.pi) + np.cumsum(rng.normal(0, 0.5, n))
+        pts = np.cumsum(0.33 * r * np.stack([np.sin(angles), np.cos(angles)], 1), 0)
+        for p in pts - pts.mean(0) + center:
+            _ellipse(mask, p, s, s * rng.uniform(0.7, 1.0), rng.uniform(0, math.pi))
+
+
+def _sample_count(hist: list[float], rng: np.random.Generator, positive: bool = False) -> int:
+    p = np.asarray(hist, float)
+    if positive:
+        p = p.copy()
+        p[0] = 0.0
+        if p.sum() <= 0:
+            return 1
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
+def _place(kind: str, n: int, stats: TypeStats, geo: _Geometry, rng: np.random.Generator,
+           mask: np.ndarray, quadrants: bool, placed: list[tuple[np.ndarray, float]]) -> int:
+    """Draw n lesions of one type into mask, none touching another lesion (of any type) in
+    `placed` (centre, extent), which grows; returns how many were drawn."""
+    if n <= 0:
+        return 0
+    R = geo.fov_radius
+    pool = geo.vessel if kind == "membrane" and geo.vessel.size else geo.allowed
+    if pool.size == 0:
+        return 0
+    # Candidates uniform over the pool, then accepted in proportion to the distance histogram
+    # over the pool's area in each bin (rejection sampling, the area estimated from the
+    # candidates themselves); more than needed, so out-of-bounds and overlapping ones can go.
+    m = max(64, 8 * n)
+    pts = np.stack(np.unravel_index(pool[rng.integers(0, pool.size, size=16 * m)], geo.shape), 1).astype(np.float64)
+    if kind == "membrane":   # fibrovascular tissue grows on and beside the vessels
+        pts += rng.normal(0, 0.01 * R, pts.shape)
+    bins = _dist_bin(pts, geo)
+    area = np.bincount(bins, minlength=DIST_BINS).astype(float)
+    target = np.asarray(stats.dist_hist, float) * (area > 0)
+    if target.sum() <= 0:
+        target = (area > 0).astype(float)
+    weight = np.divide(target, area, out=np.zeros(DIST_BINS), where=area > 0)
+    keep = rng.random(len(pts)) * weight.max() < weight[bins]
+    if kind == "laser":     # panretinal photocoagulation spares the macula
+        keep &= np.hypot(*(pts - geo.fovea).T) > 0.55 * R
+    centers = pts[keep][:m]
+    radii = R * np.sqrt(np.exp(rng.normal(stats.log_area_mean, stats.log_area_std, size=len(centers))))
+    ext = _EXTENT[kind] * np.maximum(radii, 0.75) + 1.5
+    disc_margin = ext + (0.12 * R if kind == "laser" else 0)
+    ok = (_min_dist(centers, geo.fov_edge) > ext) & (_min_dist(centers, geo.disc_edge) > disc_margin)
+    if quadrants:   # interleave the candidates of the four quadrants around the FOV centre
+        quad = ((centers[:, 0] >= geo.fov_center[0]) * 2 + (centers[:, 1] >= geo.fov_center[1]))[ok]
+        rank = np.empty(len(quad), np.int64)
+        for q in range(4):
+            rank[quad == q] = np.arange((quad == q).sum())
+        order = np.flatnonzero(ok)[np.lexsort((quad, rank))]
+    else:
+        order = np.flatnonzero(ok)
+    # Lesions never touch: each stays its own connected component, and each pixel shows one lesion.
+    placed_c = [c for c, _ in placed]
+    placed_ext = [e for _, e in placed]
+    drawn = 0
+    for c, r, e in zip(centers[order], radii[order], ext[order]):
+        if drawn >= n:
+            break
+        if placed_c and np.any(np.hypot(*(np.asarray(placed_c) - c).T) <= np.asarray(placed_ext) + e + 1):
+            continue
+        _draw(kind, mask, c, r, rng)
+        placed_c.append(c)
+        placed_ext.append(e)
+        placed.append((c, e))
+        drawn += 1
+    return drawn
+
+
+# Bounding radius of each shape drawn by _draw, in units of its equivalent radius.
+_EXTENT = {"ma": 1.0, "laser": 1.0, "he": 1.5, "se": 1.5, "ex": 1.5, "membrane": 2.6}
+
+
+def imitate_lesions(structure: dict[str, np.ndarray], grade: int, rng: np.random.Generator,
+                    stats: LesionStats | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Lesion masks (uint8 0/255, the structure's size) and per-type counts for a DR grade."""
+    if grade not in range(5):
+        raise DrganError(f"grade {grade} is outside 0..4")
+    stats = stats or _DEFAULT_STATS
+    if grade == 0:
+        shape = structure["fov"].shape
+        return {t: np.zeros(shape, np.uint8) for t in LESION_TYPES}, {t: 0 for t in LESION_TYPES}
+    geo = _geometry(structure)
+    types = stats.grades[grade]
+    counts = {t: 0 for t in LESION_TYPES}
+    if grade >= 1:
+        counts["ma"] = _sample_count(types["ma"].count_hist, rng, positive=grade == 1)
+    if grade >= 2:
+        for t in ("he", "ex", "se"):
+            counts[t] = _sample_count(types[t].count_hist, rng)
+        if grade == 2 and counts["he"] + counts["ex"] + counts["se"] == 0:
+            counts["he"] = _sample_count(types["he"].count_hist, rng, positive=True)
+        if grade == 3:  # severe: haemorrhages in all four quadrants, soft exudates
+            counts["he"] = max(counts["he"], 4)
+            counts["se"] = max(counts["se"], 1)
+    if grade == 4:
+        counts["laser"] = _sample_count(types["laser"].count_hist, rng)
+        counts["membrane"] = _sample_count(types["membrane"].count_hist, rng)
+        if counts["laser"] + counts["membrane"] == 0:  # proliferative: at least one sign
+            w = np.array([1 - types["membrane"].count_hist[0], 1 - types["laser"].count_hist[0]]) + 1e-6
+            t = ("membrane", "laser")[rng.choice(2, p=w / w.sum())]
+            counts[t] = _sample_count(types[t].count_hist, rng, positive=True)
+    masks = {}
+    placed: list[tuple[np.ndarray, float]] = []
+    # The laser pattern and large lesions first, so that the many small lesions fill around them.
+    for t in ("laser", "membrane", "se", "he", "ex", "ma"):
+        m = np.zeros(geo.shape, bool)
+        if counts[t] == 0:
+            masks[t] = m
+            continue
+        counts[t] = _place(t, counts[t], types[t], geo, rng, m, (grade == 3 and t == "he"), placed)
+        masks[t] = m
+    keep = (structure["fov"] > 0) & (structure["disc"] == 0)
+    return {t: np.where(masks[t] & keep, 255, 0).astype(np.uint8) for t in LESION_TYPES}, counts
+
+
+_DEFAULT_STATS = default_lesion_stats()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting on a dataset.
+
+def fit_lesion_stats(dataset_root: str | Path, skip_bad: bool = False) -> LesionStats:
+    """Per-grade lesion statistics measured on a dataset's own masks (one lesion = one component)."""
+    from drgan.data.format import open_dataset
+    from drgan.data.preprocess import detect_fov
+
+    ds = open_dataset(dataset_root, skip_bad=skip_bad)
+    counts = {g: {t: [] for t in LESION_TYPES} for g in range(5)}
+    areas = {g: {t: [] for t in LESION_TYPES} for g in range(5)}
+    dists = {g: {t: [] for t in LESION_TYPES} for g in range(5)}
+    for sample in ds.samples:
+        image = ds.read_image(sample)
+        fov = detect_fov(image)
+        R = math.sqrt(max(fov.sum(), 1) / math.pi)
+        disc = ds.read_mask(sample, "disc", image.shape[:2])
+        if disc.any():
+            disc_center = np.array(np.nonzero(disc)).mean(1)
+        else:
+            rows, cols = np.nonzero(fov)
+            disc_center = np.array([rows.mean(), cols.mean() + 0.4 * R])
+        for t in LESION_TYPES:
+            m = ds.read_mask(sample, t, image.shape[:2]) > 0
+            labels, n = ndimage.label(m, structure=EIGHT)
+            counts[sample.grade][t].append(n)
+            if n:
+                idx = np.arange(1, n + 1)
+                area = ndimage.sum_labels(m, labels, idx)
+                cen = np.array(ndimage.center_of_mass(m, labels, idx))
+                areas[sample.grade][t].extend(np.log(area / (math.pi * R * R)).tolist())
+                dists[sample.grade][t].extend((np.hypot(*(cen - disc_center).T) / R).tolist())
+    grades = {}
+    for g in range(5):
+        types = {}
+        for t in LESION_TYPES:
+            default = _DEFAULT_STATS.grades[g][t]
+            c = np.asarray(counts[g][t], int)
+            hist = np.bincount(c) / len(c) if len(c) else np.asarray(default.count_hist)
+            a = np.asarray(areas[g][t])
+            d = np.asarray(dists[g][t])
+            dh = np.histogram(d, bins=DIST_BINS, range=(0, DIST_MAX))[0].astype(float) if len(d) else None
+            types[t] = TypeStats(
+                count_hist=[float(v) for v in hist],
+                log_area_mean=float(a.mean()) if len(a) else default.log_area_mean,
+                log_area_std=float(a.std()) if len(a) > 1 else default.log_area_std,
+                dist_hist=[float(v) for v in dh / dh.sum()] if dh is not None and dh.sum() > 0 else default.dist_hist,
+            )
+        grades[g] = types
+    return LesionStats(grades)

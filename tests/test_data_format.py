@@ -1,0 +1,178 @@
+"""Dataset format: the validator and the readers on every kind of bad input."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from drgan.cli import cli
+from drgan.data.dataset import FundusDataset
+from drgan.data.format import open_dataset, validate_dataset
+from drgan.data.phantom import write_phantom_dataset
+from drgan.errors import DrganError
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    return write_phantom_dataset(tmp_path_factory.mktemp("ds") / "clean", count=5, size=96, seed=1)
+
+
+def copy_dataset(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def rows(root):
+    with open(root / "labels.csv") as f:
+        return list(csv.reader(f))
+
+
+def write_rows(root, rows_):
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows_)
+
+
+def add_label(root, sid, grade):
+    r = rows(root)
+    r.append([sid, str(grade), "train"])
+    write_rows(root, r)
+
+
+def test_clean_dataset_validates(clean):
+    report = validate_dataset(clean)
+    assert report.problems == [] and report.ok == 5 and report.grades == {g: 1 for g in range(5)}
+
+
+# Each case: (name, how to break a copy of the clean dataset, text in the problem line).
+def _truncated(root):
+    p = root / "images" / "phantom_000001.png"
+    p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    return "phantom_000001.png"
+
+
+def _tiny(root):
+    Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(root / "images" / "tiny.png")
+    add_label(root, "tiny", 0)
+    return "too small"
+
+
+def _mask_mismatch(root):
+    Image.fromarray(np.zeros((50, 70), np.uint8)).save(root / "masks" / "phantom_000002" / "he.png")
+    return "he.png: mask is 70x50 px but its image is 96x96"
+
+
+def _mask_without_image(root):
+    (root / "masks" / "ghost").mkdir()
+    Image.fromarray(np.zeros((96, 96), np.uint8)).save(root / "masks" / "ghost" / "vessel.png")
+    return "ghost: masks without an image"
+
+
+def _missing_label(root):
+    write_rows(root, [r for r in rows(root) if r[0] != "phantom_000003"])
+    return "phantom_000003.png: no row in labels.csv"
+
+
+def _grade7(root):
+    write_rows(root, [r if r[0] != "phantom_000004" else [r[0], "7", r[2]] for r in rows(root)])
+    return "grade 7 of 'phantom_000004' is outside 0..4"
+
+
+def _duplicate_row(root):
+    r = rows(root)
+    write_rows(root, r + [r[1]])
+    return "duplicate id 'phantom_000000'"
+
+
+def _duplicate_file(root):
+    Image.open(root / "images" / "phantom_000000.png").save(root / "images" / "phantom_000000.jpg")
+    return "duplicate id 'phantom_000000'"
+
+
+BAD = [_truncated, _tiny, _mask_mismatch, _mask_without_image, _missing_label, _grade7, _duplicate_row, _duplicate_file]
+
+
+@pytest.mark.parametrize("breaker", BAD, ids=lambda f: f.__name__[1:])
+def test_bad_input_is_named_stopped_or_skipped(clean, tmp_path, breaker):
+    root = copy_dataset(clean, tmp_path / "ds")
+    expected = breaker(root)
+    report = validate_dataset(root)
+    assert any(expected in p for p in report.problems), report.problems
+    assert report.ok >= 3
+    # A reader stops at the first bad file with one line naming it (decoding pixels at load time).
+    with pytest.raises(DrganError) as exc:
+        ds = FundusDataset(root, 64)
+        for i in range(len(ds)):
+            ds[i]
+    assert "\n" not in str(exc.value) and expected.split(":")[0] in str(exc.value)
+    # With skip_bad it completes and counts.
+    ds = FundusDataset(root, 64, skip_bad=True)
+    assert ds.skipped >= 1 and len(ds) == report.ok
+    assert all(torch.isfinite(ds[i]["image"]).all() for i in range(len(ds)))
+    # The CLI: non-zero exit listing the problem; --skip-bad completes.
+    res = CliRunner().invoke(cli, ["data", "validate", str(root)])
+    assert res.exit_code != 0 and expected in res.output
+    res = CliRunner().invoke(cli, ["data", "validate", str(root), "--skip-bad"])
+    assert res.exit_code == 0 and "skipped" in res.output
+
+
+def test_missing_labels_file_is_one_clear_error(clean, tmp_path):
+    root = copy_dataset(clean, tmp_path / "ds")
+    (root / "labels.csv").unlink()
+    with pytest.raises(DrganError, match="labels.csv: labels file not found"):
+        open_dataset(root, skip_bad=True)
+    res = CliRunner().invoke(cli, ["data", "validate", str(root)])
+    assert res.exit_code != 0
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
+def test_convertible_images_are_converted_and_reported(clean, tmp_path, mode):
+    root = copy_dataset(clean, tmp_path / "ds")
+    path = root / "images" / "phantom_000002.png"
+    rgb = np.asarray(Image.open(path))
+    if mode == "I;16":
+        gray = rgb.mean(axis=2).astype(np.uint16) * 257
+        Image.fromarray(gray).save(path)
+        note = "16-bit converted to 8-bit"
+    elif mode == "RGBA":
+        Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(path)
+        note = "alpha channel dropped"
+    elif mode == "L":
+        Image.fromarray(rgb.mean(axis=2).astype(np.uint8)).save(path)
+        note = "grayscale converted to RGB"
+    else:
+        Image.fromarray(rgb).convert("P").save(path)
+        note = None
+    report = validate_dataset(root)
+    assert report.problems == [] and report.ok == 5
+    if note:
+        assert any(note in n and "phantom_000002" in n for n in report.notes)
+    ds = FundusDataset(root, 64)
+    x = ds[ds.ids.index("phantom_000002")]["image"]
+    assert x.shape == (3, 64, 64) and x.min() >= -1 and x.max() <= 1
+    if mode in ("L", "I;16"):
+        assert torch.allclose(x[0], x[1]) and torch.allclose(x[1], x[2])
+
+
+def test_non_square_photograph_is_cropped_to_the_field_of_view(clean, tmp_path):
+    root = copy_dataset(clean, tmp_path / "ds")
+    path = root / "images" / "phantom_000001.png"
+    img = np.asarray(Image.open(path))
+    wide = np.zeros((96, 160, 3), np.uint8)
+    wide[:, 20:116] = img                      # FOV off-centre in a wide black frame
+    Image.fromarray(wide).save(path)
+    mdir = root / "masks" / "phantom_000001"
+    for m in mdir.iterdir():
+        a = np.asarray(Image.open(m))
+        w = np.zeros((96, 160), np.uint8)
+        w[:, 20:116] = a
+        Image.fromarray(w).save(m)
+    report = validate_dataset(root)
+    assert report.problems == [] and any("non-square 160x96" in n for n in report.notes)
+    ds = FundusDataset(root, 96)
+    i = ds.ids.index("phantom_000001")
+    got = ds[i]["image"]
+    ref = FundusDataset(clean, 96)[i]["image"]
+    assert (got - ref).abs().mean() < 0.02     # the crop recovers the original framing

@@ -1,0 +1,77 @@
+"""Lesion imitation: the DR scale's rules over many seeds, and sampling after a fit."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from drgan.data.lesions import LESION_TYPES, LesionStats, fit_lesion_stats, imitate_lesions
+from drgan.data.phantom import render_structure, write_phantom_dataset
+
+EIGHT = np.ones((3, 3))
+
+
+@pytest.fixture(scope="module")
+def structures():
+    return [render_structure(128, s) for s in range(4)]
+
+
+def test_scale_rules_hold_over_many_seeds(structures):
+    for seed in range(60):
+        st = structures[seed % 4]
+        grade = seed % 5
+        masks, counts = imitate_lesions(st, grade, np.random.default_rng(seed))
+        assert set(masks) == set(LESION_TYPES)
+        outside = (st["fov"] == 0) | (st["disc"] > 0)
+        present = {t for t in LESION_TYPES if masks[t].any()}
+        for t in LESION_TYPES:
+            assert masks[t].dtype == np.uint8 and set(np.unique(masks[t])) <= {0, 255}
+            assert not np.any(masks[t][outside]), (grade, t)     # inside the FOV, off the disc
+            assert (masks[t] > 0).any() == (counts[t] > 0)
+        if grade == 0:
+            assert present == set()
+        elif grade == 1:
+            assert present == {"ma"}
+        else:
+            assert present & {"he", "ex", "se"}
+        if grade < 4:
+            assert not present & {"laser", "membrane"}
+        else:
+            assert present & {"laser", "membrane"}
+        if grade == 3:
+            # haemorrhages in all four quadrants around the FOV centre, soft exudates present
+            rows, cols = np.nonzero(st["fov"])
+            cy, cx = rows.mean(), cols.mean()
+            lab, n = ndimage.label(masks["he"] > 0, structure=EIGHT)
+            cen = np.array(ndimage.center_of_mass(masks["he"] > 0, lab, range(1, n + 1)))
+            quads = set(((cen[:, 0] >= cy) * 2 + (cen[:, 1] >= cx)).tolist())
+            assert quads == {0, 1, 2, 3} and "se" in present
+
+
+def test_sizes_scale_with_resolution():
+    small, large = render_structure(128, 5), render_structure(512, 5)
+    a = [(imitate_lesions(small, 3, np.random.default_rng(s))[0]["he"] > 0).sum() / 128 ** 2 for s in range(4)]
+    b = [(imitate_lesions(large, 3, np.random.default_rng(s))[0]["he"] > 0).sum() / 512 ** 2 for s in range(4)]
+    assert 0.6 < np.mean(a) / np.mean(b) < 1.6
+
+
+def test_fit_reproduces_per_grade_mean_counts(tmp_path):
+    root = write_phantom_dataset(tmp_path / "ph", count=40, size=128, seed=9)
+    stats = fit_lesion_stats(root)
+    stats.save(tmp_path / "stats.json")
+    stats = LesionStats.load(tmp_path / "stats.json")
+    structures = [render_structure(128, 1000 + s) for s in range(4)]
+    n = 30
+    for g in range(5):
+        fitted = {t: stats.grades[g][t].mean_count() for t in LESION_TYPES}
+        sd = {t: np.sqrt(np.dot((np.arange(len(h)) - fitted[t]) ** 2, h))
+              for t, h in ((t, stats.grades[g][t].count_hist) for t in LESION_TYPES)}
+        sampled = {t: [] for t in LESION_TYPES}
+        for s in range(n):
+            _, counts = imitate_lesions(structures[s % 4], g, np.random.default_rng(s), stats)
+            for t in LESION_TYPES:
+                sampled[t].append(counts[t])
+        for t in LESION_TYPES:
+            mean = np.mean(sampled[t])
+            # Tolerance: three standard errors of a mean of n draws from the fitted count
+            # distribution, at least 1.5 lesions. Counts the layout cannot hold would show as bias.
+            assert abs(mean - fitted[t]) <= max(1.5, 3 * sd[t] / np.sqrt(n)), (g, t, mean, fitted[t])
+        assert fitted["he"] == 0 if g < 2 else fitted["he"] > 0

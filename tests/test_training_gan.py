@@ -1,0 +1,171 @@
+"""GAN training on phantom retinas at tiny-64: losses, logging, checkpoints, exact resume, local init."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+
+from drgan.checkpoint import read_run_config
+from drgan.config import COND_CHANNELS, preset
+from drgan.data.phantom import render_phantom
+from drgan.errors import DrganError
+from drgan.grading_space import GradingSpace
+from drgan.training.gan import D_TERMS, G_TERMS, GanTrainer, train_gan
+from drgan.training.options import GanOptions
+
+CFG = preset("tiny-64")
+
+
+@functools.lru_cache(maxsize=None)
+def _render(size: int, grade: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ph = render_phantom(size, grade, seed)
+    image = torch.from_numpy(ph.image).permute(2, 0, 1).float() / 127.5 - 1
+    cond = torch.from_numpy(np.stack([ph.masks[k] for k in COND_CHANNELS])).float() / 255
+    return image, cond
+
+
+class PhantomSet(Dataset):
+    """Phantom retinas in memory, items as FundusDataset's (grades round-robin)."""
+
+    def __init__(self, count: int, size: int = 64, seed: int = 0) -> None:
+        self.items = [(i, i % 5, seed * 1000 + i) for i in range(count)]
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        i, grade, seed = self.items[index]
+        image, cond = _render(self.size, grade, seed)
+        return {"id": f"p{i}", "image": image, "cond": cond, "grade": torch.tensor(grade)}
+
+
+def write_space(path: Path, seed: int = 0) -> Path:
+    """A grading space of the tiny preset's size with well separated grade means."""
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(50, CFG.z_dim, generator=gen) + torch.arange(50)[:, None] % 5
+    GradingSpace.fit(feats.abs(), torch.arange(50) % 5, 5, 0.9).save(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two shared cores: one intra-op thread avoids spinning threads fighting other processes.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def space(tmp_path):
+    return write_space(tmp_path / "space.safetensors")
+
+
+def options(tmp_path, space, **kw) -> GanOptions:
+    base = dict(out=str(tmp_path / "run"), grading_space=str(space), preset="tiny-64", perceptual="none", batch=2, log_every=1,
+                sample_every=1000, checkpoint_every=1000, epochs=5)
+    base.update(kw)
+    return GanOptions(**base)
+
+
+def _event_tags(run: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "logs"))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def test_gan_steps_finite_logged_and_checkpointed(tmp_path, space):
+    report = train_gan(options(tmp_path, space, max_steps=2, sample_every=2), PhantomSet(6))
+    run = tmp_path / "run"
+    assert report["steps"] == 2 and len(report["log"]) == 2
+    for row in report["log"]:
+        assert all(np.isfinite(v) for v in row.values())
+    expected = {f"loss/{k}" for k in G_TERMS + D_TERMS} | {"lr/G", "lr/D", "samples/l1_real"}
+    assert expected <= _event_tags(run)
+    for name in ("run.json", "G.safetensors", "G_ema.safetensors", "D.safetensors", "grading_space.safetensors",
+                 "state.json", "state.safetensors", "environment.json"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "state.json").read_text())["step"] == 2
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["grades-0000000.png", "grades-0000002.png"]
+    cfg, stage, opts = read_run_config(run)
+    assert (cfg, stage, opts["batch"]) == (CFG, "global", 2)
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    for name in ("G.safetensors", "G_ema.safetensors", "D.safetensors", "state.safetensors"):
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), f"{name}:{k} differs"
+
+
+def test_resume_is_exact(tmp_path, space):
+    torch.use_deterministic_algorithms(True)
+    try:
+        data = PhantomSet(10)  # 5 batches per epoch: the resumed half crosses an epoch boundary
+        train_gan(options(tmp_path, space, out=str(tmp_path / "full"), max_steps=8), data)
+        train_gan(options(tmp_path, space, out=str(tmp_path / "half"), max_steps=4), data)
+        report = train_gan(GanOptions(resume=str(tmp_path / "half"), max_steps=8), data)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert report["steps"] == 8 and report["epoch"] == 1
+    _assert_same_run(tmp_path / "full", tmp_path / "half")
+
+
+def test_local_stage_starts_from_global_weights(tmp_path, space):
+    data = PhantomSet(4)
+    train_gan(options(tmp_path, space, out=str(tmp_path / "global"), max_steps=1), data)
+    trainer = GanTrainer(options(tmp_path, space, out=str(tmp_path / "local"), stage="local", init=str(tmp_path / "global"), max_steps=1), data)
+    own = trainer.G.state_dict()
+    assert any(k.startswith("local.") for k in own)
+    for name, module in (("G", trainer.G), ("G_ema", trainer.G_ema)):
+        saved = load_file(str(tmp_path / "global" / f"{name}.safetensors"))
+        shared = [k for k in saved if not k.startswith("global_gen.to_rgb.")]  # Gm's RGB head is dropped
+        assert len(shared) > 50 and set(shared) < set(own)
+        for k in shared:
+            assert torch.equal(module.state_dict()[k], saved[k]), f"{name}:{k}"
+    report = trainer.fit()
+    assert report["steps"] == 1 and all(np.isfinite(v) for v in report["log"][-1].values())
+    cfg, stage, _ = read_run_config(tmp_path / "local")
+    assert stage == "local"
+
+
+def test_init_must_be_a_global_run_of_the_same_preset(tmp_path, space):
+    data = PhantomSet(4)
+    train_gan(options(tmp_path, space, out=str(tmp_path / "global"), max_steps=1), data)
+    with pytest.raises(DrganError, match="different model config"):
+        GanTrainer(options(tmp_path, space, out=str(tmp_path / "l"), stage="local", preset="small-256", init=str(tmp_path / "global")), data)
+
+
+def test_non_finite_loss_stops_with_checkpoint(tmp_path, space):
+    trainer = GanTrainer(options(tmp_path, space, max_steps=3), PhantomSet(4))
+    with torch.no_grad():
+        trainer.G.global_gen.to_rgb.weight.fill_(float("nan"))
+    with pytest.raises(DrganError, match="non-finite loss at step 0"):
+        trainer.fit()
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 0
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, space):
+    with pytest.raises(DrganError, match="--vgg19-weights"):
+        GanTrainer(options(tmp_path, space, perceptual="vgg19"), PhantomSet(4))
+    with pytest.raises(DrganError, match="grading space of 5 grades x 256"):
+        GanTrainer(options(tmp_path, space, preset="small-256"), PhantomSet(4))
+    with pytest.raises(DrganError, match="fewer than one batch"):
+        GanTrainer(options(tmp_path, space, batch=8), PhantomSet(4))
+    with pytest.raises(DrganError, match="--precision"):
+        options(tmp_path, space, precision="fp8")
+
+
+def test_bf16_autocast_and_activation_checkpointing_step(tmp_path, space):
+    report = train_gan(options(tmp_path, space, max_steps=1, precision="bf16", checkpoint_activations=True, gan_loss="lsgan"), PhantomSet(2))
+    assert all(np.isfinite(v) for v in report["log"][-1].values())

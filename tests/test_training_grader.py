@@ -1,0 +1,88 @@
+"""Grader pretraining and grading spaces at tiny-64, the grader perceptual loss, and the train CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from drgan.checkpoint import read_run_config
+from drgan.config import preset
+from drgan.data.dataset import FundusDataset
+from drgan.data.phantom import write_phantom_dataset
+from drgan.grading_space import GradingSpace
+from drgan.training.gan import train_gan
+from drgan.training.grader import GraderOptions, train_grader
+from drgan.training.options import GanOptions
+from test_training_gan import PhantomSet
+
+CFG = preset("tiny-64")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom"), count=50, size=64, seed=0)
+
+
+def _mixup(images, grades, generator):
+    """Soft targets: blend each sample with the next one (a MixUp of fixed weight)."""
+    targets = torch.nn.functional.one_hot(grades, 5).float()
+    return 0.7 * images + 0.3 * images.roll(1, 0), 0.7 * targets + 0.3 * targets.roll(1, 0)
+
+
+def test_grader_epochs_metrics_and_grading_space(tmp_path, phantom_dir, capsys):
+    train = FundusDataset(phantom_dir, 64, split="train", augment=True)
+    val = FundusDataset(phantom_dir, 64, split="val")
+    opts = GraderOptions(preset="tiny-64", epochs=2, batch=8, balanced=True)
+    report = train_grader(train, val, tmp_path / "grader", opts, batch_transform=_mixup)
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2]
+    for e in report["epochs"]:
+        assert np.isfinite(e["train_loss"]) and 0 <= e["val"]["accuracy"] <= 1
+        assert len(e["val"]["tpr"]) == 5 and "kappa" in e["val"]
+    space = GradingSpace.load(tmp_path / "grader" / "grading_space.safetensors")
+    assert space.mean.shape == space.var.shape == (5, CFG.z_dim)
+    assert torch.isfinite(space.mean).all() and (space.var >= 0).all()
+    assert space.grader_accuracy == pytest.approx(report["val_accuracy"], abs=1e-6)
+    cfg, _, options = read_run_config(tmp_path / "grader")
+    assert cfg == CFG and options["trainer"] == "grader" and options["balanced"] is True
+    # Two epochs on 40 phantoms cannot reach the 80% the grading spaces need: one warning line.
+    assert report["val_accuracy"] < 0.8
+    assert capsys.readouterr().err.count("warning: grader validation accuracy") == 1
+
+
+def test_gan_with_grader_perceptual_loss(tmp_path, phantom_dir):
+    train = FundusDataset(phantom_dir, 64, split="train")
+    train_grader(train, FundusDataset(phantom_dir, 64, split="val"), tmp_path / "grader", GraderOptions(preset="tiny-64", epochs=1, batch=8))
+    opts = GanOptions(out=str(tmp_path / "gan"), grading_space=str(tmp_path / "grader" / "grading_space.safetensors"),
+                      preset="tiny-64", perceptual="grader", batch=2, max_steps=1, log_every=1)
+    report = train_gan(opts, PhantomSet(4))
+    assert report["log"][-1]["loss/G_perceptual"] > 0
+
+
+def test_cli_trains_grader_then_gan_and_resumes(tmp_path, phantom_dir):
+    from drgan.cli.train import train
+
+    runner = CliRunner()
+    res = runner.invoke(train, ["grader", "--data", str(phantom_dir), "--out", str(tmp_path / "g"), "--preset", "tiny-64", "--epochs", "1", "--batch", "8"])
+    assert res.exit_code == 0, res.output
+    gan_args = ["gan", "--data", str(phantom_dir), "--grading-space", str(tmp_path / "g" / "grading_space.safetensors"),
+                "--out", str(tmp_path / "run"), "--preset", "tiny-64", "--batch", "4", "--max-steps", "1", "--perceptual", "none",
+                "--no-channels-last", "--log-every", "1"]
+    res = runner.invoke(train, gan_args)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(train, ["gan", "--resume", str(tmp_path / "run"), "--max-steps", "2"])
+    assert res.exit_code == 0, res.output
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["step"] == 2
+    _, _, options = read_run_config(tmp_path / "run")
+    assert options["channels_last"] is False and options["batch"] == 4

@@ -1,0 +1,416 @@
+"""The DR-GAN trainer (paper III.C-E): it owns the networks, optimizers, schedule and checkpoints.
+
+One step: z ~ N(mu_y, var_y) of each real image's grade, fake = G(c, z, noise);
+D step on (c, real) and (c, fake.detach()) in one forward: adversarial + lambda3 * focal(real, fake);
+G step through a frozen D: adversarial + lambda1 * feature matching + lambda2 * perceptual
++ lambda3 * focal(fake) + encoder grade-head cross entropy. Both losses are checked for finiteness
+(averaged over ranks) before any weight changes, so a failing step leaves a clean checkpoint.
+
+Every random draw of a step (z, noise) comes from a generator seeded by (seed, rank, step) and the
+data order from (seed, epoch, rank): with num_workers=0 a resumed run replays the same steps.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.checkpoint import checkpoint
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from drgan.checkpoint import (
+    atomic_write_bytes, load_module, load_tensors, read_run_config, save_tensors, write_run_config,
+)
+from drgan.config import ModelConfig, preset
+from drgan.errors import DrganError
+from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
+from drgan.nn import DRGANGenerator, build_discriminator, set_kernel_impl
+from drgan.training import distributed as dist_util
+from drgan.training import losses
+from drgan.training.logger import RunLogger
+from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
+from drgan.training.state import (
+    check_step, load_state, optimizer_from_state, optimizer_to_state, rng_state, save_state, set_rng_state,
+)
+
+WEIGHT_FILES = {"G": "G.safetensors", "G_ema": "G_ema.safetensors", "D": "D.safetensors"}
+ENV_FILE = "environment.json"
+GRID_COLUMNS = 4  # fixed conditions per sample grid (columns); rows are the grades
+G_TERMS = ("G_adv", "G_fm", "G_perceptual", "G_cls", "G_encoder", "G_total")
+D_TERMS = ("D_adv", "D_cls_real", "D_cls_fake", "D_total")
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, terms: dict[str, float]) -> None:
+        super().__init__(", ".join(f"{k}={v}" for k, v in terms.items()))
+        self.terms = terms
+
+
+def resolve_options(opts: GanOptions) -> GanOptions:
+    """On --resume the run's own options hold; how long and where it runs may be changed
+    (the RESUMABLE_OVERRIDES that `opts` sets to other than their defaults)."""
+    if opts.resume is None:
+        return opts
+    _, _, saved = read_run_config(opts.resume)
+    saved = {k: v for k, v in saved.items() if k != "trainer"}
+    merged = GanOptions.from_dict(saved).to_dict()
+    defaults = GanOptions()
+    merged.update({k: getattr(opts, k) for k in RESUMABLE_OVERRIDES if getattr(opts, k) != getattr(defaults, k)})
+    merged.update(out=str(opts.resume), resume=str(opts.resume))
+    return GanOptions.from_dict(merged)
+
+
+def model_config(opts: GanOptions) -> ModelConfig:
+    """The preset's config; with --init or --resume the config that run was trained with."""
+    cfg = preset(opts.preset)
+    source = opts.resume or opts.init
+    if source is None:
+        return cfg
+    run_cfg, run_stage, _ = read_run_config(source)
+    if opts.init and not opts.resume and run_stage != "global":
+        raise DrganError(f"--init {opts.init}: a {run_stage}-stage run; the local stage starts from a global-stage run")
+    if run_cfg != cfg:
+        raise DrganError(f"{source}: trained with a different model config than --preset {opts.preset}")
+    return run_cfg
+
+
+def _checkpointed(forward, *args):
+    """Recompute a block in backward instead of keeping its activations."""
+    if torch.is_grad_enabled():
+        return checkpoint(forward, *args, use_reentrant=False)
+    return forward(*args)
+
+
+def checkpoint_attention_blocks(g: DRGANGenerator) -> None:
+    """Activation checkpointing of every synthesis block's SCA and AdaIN.
+
+    These hold the largest activations and no batch normalization, whose running statistics a
+    recomputation would update twice; state-dict names stay unchanged.
+    """
+    for block in g.global_gen.synth:
+        for sub in (block.sca, block.adain):
+            sub.forward = functools.partial(_checkpointed, sub.forward)
+
+
+class GanTrainer:
+    def __init__(self, opts: GanOptions, dataset: Dataset | None = None) -> None:
+        opts = resolve_options(opts)
+        self.opts = opts
+        self.info = dist_util.setup(opts.device)
+        self.device = self.info.device
+        self.run = Path(opts.out)
+        self.cfg = model_config(opts)
+        self.stage = opts.stage
+        self.resolution = self.cfg.stage_resolution(opts.stage)
+        self.dataset = dataset if dataset is not None else self._open_dataset()
+        self.space = self._grading_space()
+
+        torch.manual_seed(opts.seed)  # same initial weights on every rank
+        self.G = set_kernel_impl(DRGANGenerator(self.cfg, opts.stage), opts.kernel_impl)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        if opts.init and not opts.resume:
+            self._load_init(Path(opts.init))
+        self.D = build_discriminator(self.cfg)
+        self.perceptual = losses.build_perceptual(opts.perceptual, self.cfg, opts.vgg19_weights, opts.grading_space)
+        fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
+        for m in (self.G, self.G_ema, self.D, self.perceptual):
+            if m is not None:
+                m.to(self.device, memory_format=fmt)
+        if opts.checkpoint_activations:
+            checkpoint_attention_blocks(self.G)
+
+        betas = (opts.beta1, opts.beta2)
+        self.opt_G = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], lr=opts.lr, betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=opts.lr, betas=betas)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=opts.precision == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.precision)
+
+        self.sampler = dist_util.ResumableSampler(self.dataset, self.info, opts.batch, opts.seed)
+        self.step, self.epoch, self.next_batch = 0, 0, 0
+        if opts.resume:
+            self._load_checkpoint()
+        else:
+            self._write_run()
+
+        self.G_train: nn.Module = self.G
+        self.D_train: nn.Module = self.D
+        if self.info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_train = DDP(self.G, device_ids=ids)
+            self.D_train = DDP(self.D, device_ids=ids)
+        self.D_frozen: nn.Module = self.D
+        if opts.compile:
+            self.G_train, self.D_train, self.D_frozen = map(torch.compile, (self.G_train, self.D_train, self.D_frozen))
+        self.fixed = self._fixed_batch()
+
+    # ----------------------------------------------------------------------------- setup
+
+    def _open_dataset(self) -> Dataset:
+        if self.opts.data is None:
+            raise DrganError("--data DIR is required (a dataset folder with images/, masks/ and labels.csv)")
+        from drgan.data.dataset import FundusDataset
+
+        return FundusDataset(self.opts.data, self.cfg.resolution, split="train")
+
+    def _load_init(self, init: Path) -> None:
+        """Gm (and its EMA) of the global-stage run; Gl starts fresh."""
+        for module, name in ((self.G, "G"), (self.G_ema, "G_ema")):
+            path = init / WEIGHT_FILES[name]
+            try:
+                module.load_global(load_tensors(path))
+            except DrganError as exc:
+                raise DrganError(f"--init {path}: {exc}") from None
+
+    def _grading_space(self) -> GradingSpace:
+        path = self.run / SPACE_FILE if self.opts.resume else self.opts.grading_space
+        if path is None:
+            raise DrganError("--grading-space FILE is required (grading_space.safetensors of `drgan train grader`)")
+        space = GradingSpace.load(path)
+        if space.dim != self.cfg.z_dim or space.num_grades != self.cfg.num_grades:
+            raise DrganError(
+                f"{path}: grading space of {space.num_grades} grades x {space.dim} dims, but --preset "
+                f"{self.opts.preset} needs {self.cfg.num_grades} x {self.cfg.z_dim} (grader trained with another preset?)"
+            )
+        return space
+
+    def _write_run(self) -> None:
+        if not self.info.is_main:
+            return
+        self.run.mkdir(parents=True, exist_ok=True)
+        write_run_config(self.run, self.cfg, self.stage, options={"trainer": "gan", **self.opts.to_dict()})
+        src = Path(self.opts.grading_space)
+        if src.resolve() != (self.run / SPACE_FILE).resolve():
+            atomic_write_bytes(self.run / SPACE_FILE, src.read_bytes())
+        env = {
+            "python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "device": str(self.device), "world_size": self.info.world,
+            "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+        }
+        atomic_write_bytes(self.run / ENV_FILE, (json.dumps(env, indent=2) + "\n").encode())
+
+    def _fixed_batch(self) -> dict[str, torch.Tensor]:
+        """Conditions and images of the first items, and per-grade z and noise, for samples and L1."""
+        n = min(GRID_COLUMNS, len(self.dataset))
+        items = [self.dataset[i] for i in range(n)]
+        real, cond = self._prepare(torch.stack([it["image"] for it in items]), torch.stack([it["cond"] for it in items]))
+        grade = torch.tensor([int(it["grade"]) for it in items])
+        gen = torch.Generator().manual_seed(self.opts.seed + 12345)
+        z_own = self.space.sample(grade, gen)
+        z_rows = [self.space.sample(torch.full((n,), g), gen) for g in range(self.cfg.num_grades)]
+        noise = [torch.randn(s, generator=gen) for s in self.G.noise_shapes(n)]
+        return {"real": real, "cond": cond, "grade": grade, "z_own": z_own, "z_rows": z_rows, "noise": noise}
+
+    def _prepare(self, image: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """To the device and layout; the global stage sees half-resolution images and masks."""
+        if image.shape[-1] != self.cfg.resolution or cond.shape[-1] != self.cfg.resolution:
+            raise DrganError(
+                f"dataset items are {image.shape[-1]} px but the model config needs {self.cfg.resolution} px "
+                "(open the dataset at the preset's resolution)"
+            )
+        fmt = torch.channels_last if self.opts.channels_last else torch.contiguous_format
+        image = image.to(self.device, non_blocking=True).float()
+        cond = cond.to(self.device, non_blocking=True).float()
+        if self.stage == "global":
+            image, cond = F.avg_pool2d(image, 2), F.avg_pool2d(cond, 2)
+        return image.contiguous(memory_format=fmt), cond.contiguous(memory_format=fmt)
+
+    # ----------------------------------------------------------------------------- one step
+
+    def _step_generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.opts.seed * 1_000_003 + self.info.rank) * 1_000_000_007 + step)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        o = self.opts
+        real, cond = self._prepare(batch["image"], batch["cond"])
+        grade_cpu = batch["grade"].long()
+        grade = grade_cpu.to(self.device)
+        b = real.shape[0]
+        gen = self._step_generator(step)
+        z = self.space.sample(grade_cpu, gen).to(self.device)
+        noise = [torch.randn(s, generator=gen).to(self.device) for s in self.G.noise_shapes(b)]
+
+        with self._autocast():
+            fake, enc_logits = self.G_train(cond, z, noise)
+            both = self.D_train(torch.cat([cond, cond]), torch.cat([real, fake.detach()]))
+        d_real = [out._replace(logit=out.logit[:b], grade_logits=out.grade_logits[:b], features=[f[:b] for f in out.features]) for out in both]
+        d_fake = [out._replace(logit=out.logit[b:], grade_logits=out.grade_logits[b:], features=[]) for out in both]
+        t: dict[str, torch.Tensor] = {}
+        t["D_adv"] = losses.d_adversarial(d_real, d_fake, o.gan_loss)
+        t["D_cls_real"] = losses.grade_focal(d_real, grade, o.focal_gamma)
+        t["D_cls_fake"] = losses.grade_focal(d_fake, grade, o.focal_gamma)
+        t["D_total"] = t["D_adv"] + o.lambda_cls * (t["D_cls_real"] + t["D_cls_fake"])
+
+        self.D.requires_grad_(False)  # the G step's gradients flow through D into G only
+        with self._autocast():
+            g_fake = self.D_frozen(cond, fake)
+            perceptual = self.perceptual(fake, real) if self.perceptual is not None else torch.zeros((), device=self.device)
+        self.D.requires_grad_(True)
+        t["G_adv"] = losses.g_adversarial(g_fake, o.gan_loss)
+        t["G_fm"] = losses.feature_matching(d_real, g_fake)  # D's real activations are the targets
+        t["G_perceptual"] = perceptual.float()
+        t["G_cls"] = losses.grade_focal(g_fake, grade, o.focal_gamma)
+        t["G_encoder"] = F.cross_entropy(enc_logits.float(), grade)
+        t["G_total"] = (t["G_adv"] + o.lambda_fm * t["G_fm"] + o.lambda_perceptual * t["G_perceptual"]
+                        + o.lambda_cls * t["G_cls"] + t["G_encoder"])
+
+        names = G_TERMS + D_TERMS
+        values = dist_util.all_reduce_mean(torch.stack([t[k].detach().float() for k in names]), self.info).tolist()
+        logged = dict(zip(names, values))
+        if not all(v == v and abs(v) != float("inf") for v in values):
+            raise NonFiniteLoss(logged)
+
+        self.opt_G.zero_grad(set_to_none=True)
+        self.scaler.scale(t["G_total"]).backward()
+        self.scaler.step(self.opt_G)
+        self.opt_D.zero_grad(set_to_none=True)
+        self.scaler.scale(t["D_total"]).backward()
+        self.scaler.step(self.opt_D)
+        self.scaler.update()
+        self._update_ema(step)
+        return logged
+
+    @torch.no_grad()
+    def _update_ema(self, step: int) -> None:
+        beta = min(self.opts.ema_decay, (1 + step) / (10 + step))  # short memory while G moves fast
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.lerp_(p, 1 - beta)
+        for b_ema, b_ in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b_)
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> None:
+        """Weights, optimizers, scaler, position and every rank's RNG states (collective call)."""
+        for module in (self.G, self.G_ema):
+            dist_util.broadcast_buffers(module, self.info)  # every replica equals the checkpoint
+        plain, rng_tensors = rng_state(self.device)
+        all_rng = dist_util.gather_objects((plain, {k: v.cpu() for k, v in rng_tensors.items()}), self.info)
+        if self.info.is_main:
+            meta_step = {"step": str(self.step)}
+            for key, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+                save_tensors(module.state_dict(), self.run / WEIGHT_FILES[key], metadata=meta_step)
+            tensors: dict[str, torch.Tensor] = {}
+            meta = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "next_batch": self.next_batch,
+                "world_size": self.info.world,
+                "optimizer_G": optimizer_to_state(self.opt_G, "opt_G", tensors),
+                "optimizer_D": optimizer_to_state(self.opt_D, "opt_D", tensors),
+                "scaler": self.scaler.state_dict(),
+                "rng": [p for p, _ in all_rng],
+            }
+            for rank, (_, ts) in enumerate(all_rng):
+                tensors.update({f"rng.{rank}.{k}": v for k, v in ts.items()})
+            save_state(self.run, meta, tensors)
+        dist_util.barrier(self.info)
+
+    def _load_checkpoint(self) -> None:
+        meta, tensors = load_state(self.run)
+        for key, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+            check_step(self.run / WEIGHT_FILES[key], meta["step"])
+            load_module(module, self.run / WEIGHT_FILES[key])
+        optimizer_from_state(self.opt_G, "opt_G", meta["optimizer_G"], tensors)
+        optimizer_from_state(self.opt_D, "opt_D", meta["optimizer_D"], tensors)
+        if meta["scaler"]:
+            self.scaler.load_state_dict(meta["scaler"])
+        self.step, self.epoch, self.next_batch = meta["step"], meta["epoch"], meta["next_batch"]
+        if meta["world_size"] != self.info.world:
+            raise DrganError(f"--resume {self.run}: saved with {meta['world_size']} process(es), resumed with {self.info.world}")
+        rank = self.info.rank
+        rng = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"rng.{rank}.")}
+        set_rng_state(meta["rng"][rank], rng, self.device)
+
+    # ----------------------------------------------------------------------------- samples
+
+    @torch.no_grad()
+    def samples(self, logger: RunLogger) -> dict[str, Any]:
+        """L1 of G_ema to the fixed real images (their own grades) and a grid: rows = grades 0..4."""
+        f = self.fixed
+        noise = [n.to(self.device) for n in f["noise"]]
+        with self._autocast():
+            own, _ = self.G_ema(f["cond"], f["z_own"].to(self.device), noise)
+            rows = [self.G_ema(f["cond"], z.to(self.device), noise)[0] for z in f["z_rows"]]
+        l1 = F.l1_loss(own.float(), f["real"]).item()
+        grid = logger.grid("grades", [f["real"], *rows], ["real"] + [f"grade {g}" for g in range(len(rows))], self.step)
+        logger.scalars({"samples/l1_real": l1}, self.step)
+        return {"step": self.step, "l1_real": l1, "grid": str(grid) if grid else None}
+
+    # ----------------------------------------------------------------------------- loop
+
+    def fit(self) -> dict[str, Any]:
+        o = self.opts
+        per_epoch = self.sampler.batches_per_epoch
+        limit = o.epochs * per_epoch if o.max_steps is None else min(o.max_steps, o.epochs * per_epoch)
+        logger = RunLogger(self.run, enabled=self.info.is_main, purge_step=self.step if o.resume else None)
+        report: dict[str, Any] = {"run": str(self.run), "stage": self.stage, "log": [], "samples": []}
+        if self.info.is_main and self.step == 0:
+            report["samples"].append(self.samples(logger))
+        bar = tqdm(total=limit, initial=self.step, desc=f"gan {self.stage}", unit="step", dynamic_ncols=True, disable=not self.info.is_main)
+        saved_at = self.step if o.resume else -1
+        try:
+            while self.step < limit:
+                self.sampler.set_epoch(self.epoch, self.next_batch)
+                if hasattr(self.dataset, "set_epoch"):
+                    self.dataset.set_epoch(self.epoch)  # FundusDataset: augmentations per (epoch, index)
+                # The loader's own generator keeps the global RNG (augmentations) out of its seeding.
+                workers_seed = torch.Generator().manual_seed((o.seed * 1_000_003 + self.info.rank) * 100_003 + self.epoch)
+                loader = DataLoader(self.dataset, batch_size=o.batch, sampler=self.sampler, num_workers=o.workers,
+                                    drop_last=True, pin_memory=self.device.type == "cuda", generator=workers_seed)
+                for batch in loader:
+                    try:
+                        values = self.train_step(batch, self.step)
+                    except NonFiniteLoss as exc:
+                        self.save_checkpoint()
+                        raise DrganError(
+                            f"non-finite loss at step {self.step} ({exc}); checkpoint of the last good step saved in "
+                            f"{self.run} (try --precision fp32 or a lower learning rate)"
+                        ) from None
+                    self.step += 1
+                    self.next_batch += 1
+                    if self.next_batch == per_epoch:
+                        self.epoch, self.next_batch = self.epoch + 1, 0
+                    bar.update(1)
+                    bar.set_postfix(G=f"{values['G_total']:.3f}", D=f"{values['D_total']:.3f}", epoch=self.epoch)
+                    if self.step % o.log_every == 0 or self.step == limit:
+                        scalars = {f"loss/{k}": v for k, v in values.items()}
+                        scalars.update({"lr/G": self.opt_G.param_groups[0]["lr"], "lr/D": self.opt_D.param_groups[0]["lr"]})
+                        if self.scaler.is_enabled():
+                            scalars["amp/scale"] = self.scaler.get_scale()
+                        logger.scalars(scalars, self.step)
+                        report["log"].append({"step": self.step, **scalars})
+                    if self.info.is_main and (self.step % o.sample_every == 0 or self.step == limit):
+                        report["samples"].append(self.samples(logger))
+                    if self.step % o.checkpoint_every == 0 or self.step == limit:
+                        self.save_checkpoint()
+                        saved_at = self.step
+                    if self.step >= limit:
+                        break
+            if saved_at != self.step:
+                self.save_checkpoint()
+        finally:
+            bar.close()
+            logger.close()
+        report.update(steps=self.step, epoch=self.epoch)
+        return report
+
+
+def train_gan(opts: GanOptions, dataset: Dataset | None = None) -> dict[str, Any]:
+    """Train (or resume) one stage; `dataset` replaces `opts.data` (items as FundusDataset's)."""
+    trainer = GanTrainer(opts, dataset)
+    try:
+        return trainer.fit()
+    finally:
+        dist_util.teardown(trainer.info)

@@ -1,0 +1,127 @@
+"""Training options: one dataclass per trainer, saved with every run and read back on resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from drgan.config import PRESETS, STAGES
+from drgan.errors import DrganError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PERCEPTUAL_NETS = ("vgg19", "grader", "none")
+GAN_LOSSES = ("bce", "lsgan")
+
+T = TypeVar("T", bound="_Options")
+
+
+class _Options:
+    """JSON round trip and value checks shared by the option dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DrganError(f"{cls.__name__}: unknown option(s) {unknown}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DrganError(f"{path}: cannot read training options ({exc})") from None
+
+    def _check(self, checks: list[tuple[bool, str]]) -> None:
+        for ok, message in checks:
+            if not ok:
+                raise DrganError(f"invalid option: {message}")
+
+
+@dataclass
+class GraderOptions(_Options):
+    preset: str = "paper-1280"  # model config; the grader's width sets the grading-vector size
+    epochs: int = 30            # paper: 30
+    batch: int = 64             # paper: 64
+    lr: float = 1e-3            # Adam learning rate (paper: 1e-3)
+    beta1: float = 0.5          # Adam beta1 (paper: "momentum 0.5")
+    balanced: bool = False      # class-balanced sampling (inverse grade frequency)
+    seed: int = 0               # weights, sampling order and batch transforms
+    device: str = "cpu"         # torch device
+    workers: int = 0            # DataLoader worker processes
+
+    def __post_init__(self) -> None:
+        self._check([
+            (self.preset in PRESETS, f"--preset {self.preset!r} is not one of {list(PRESETS)}"),
+            (self.epochs >= 1, f"--epochs {self.epochs} must be >= 1"),
+            (self.batch >= 2, f"--batch {self.batch} must be >= 2 (batch normalization)"),
+            (self.lr > 0, f"--lr {self.lr} must be > 0"),
+            (0 <= self.beta1 < 1, f"beta1 {self.beta1} must lie in [0, 1)"),
+            (self.workers >= 0, f"--workers {self.workers} must be >= 0"),
+        ])
+
+
+@dataclass
+class GanOptions(_Options):
+    out: str = "runs/gan"               # run folder
+    data: str | None = None             # dataset folder (DESIGN section 4 layout)
+    grading_space: str | None = None    # grading_space.safetensors of `drgan train grader`
+    stage: str = "global"               # 'global': Gm at half resolution; 'local': Gm + Gl at full
+    init: str | None = None             # run folder of the global stage (required for 'local')
+    resume: str | None = None           # run folder to continue exactly
+    preset: str = "paper-1280"          # model config
+    epochs: int = 10                    # paper: 10 per stage
+    max_steps: int | None = None        # stop after this many optimizer steps in total
+    batch: int = 16                     # per-process batch (paper: 16)
+    lr: float = 1e-4                    # Adam learning rate, G and D (paper: 1e-4)
+    beta1: float = 0.5                  # Adam betas (paper: 0.5, 0.999)
+    beta2: float = 0.999
+    ema_decay: float = 0.999            # G_ema decay (ramped up over the first steps)
+    lambda_fm: float = 10.0             # lambda1: discriminator feature matching
+    lambda_perceptual: float = 10.0     # lambda2: perceptual L1
+    lambda_cls: float = 1.0             # lambda3: focal grade classification
+    focal_gamma: float = 2.0            # focal-loss focusing parameter (Lin et al.)
+    gan_loss: str = "bce"               # 'bce' (non-saturating) or 'lsgan'
+    perceptual: str = "vgg19"           # perceptual feature network: 'vgg19', 'grader' or 'none'
+    vgg19_weights: str | None = None    # local safetensors file with torchvision VGG19 weights
+    precision: str = "fp32"             # 'fp32', 'bf16' autocast, or 'fp16' autocast + gradient scaler
+    channels_last: bool = True          # NHWC activations end to end
+    checkpoint_activations: bool = False  # recompute the attention blocks in backward
+    compile: bool = False               # torch.compile the generator and discriminators
+    kernel_impl: str = "auto"           # drgan.kernels implementation ('auto', 'ref', 'triton')
+    device: str = "cpu"                 # torch device ('cuda' picks the local rank's GPU)
+    seed: int = 0                       # weights, sampling order, z and noise
+    workers: int = 0                    # DataLoader worker processes
+    log_every: int = 50                 # TensorBoard scalars every K steps
+    sample_every: int = 500             # image grid per grade every K steps
+    checkpoint_every: int = 1000        # checkpoint every K steps (and at the end)
+
+    def __post_init__(self) -> None:
+        self._check([
+            (self.stage in STAGES, f"--stage {self.stage!r} is not one of {STAGES}"),
+            (self.preset in PRESETS, f"--preset {self.preset!r} is not one of {list(PRESETS)}"),
+            (self.precision in PRECISIONS, f"--precision {self.precision!r} is not one of {PRECISIONS}"),
+            (self.perceptual in PERCEPTUAL_NETS, f"--perceptual {self.perceptual!r} is not one of {PERCEPTUAL_NETS}"),
+            (self.gan_loss in GAN_LOSSES, f"--gan-loss {self.gan_loss!r} is not one of {GAN_LOSSES}"),
+            (self.epochs >= 1, f"--epochs {self.epochs} must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 0, f"--max-steps {self.max_steps} must be >= 0"),
+            (self.batch >= 1, f"--batch {self.batch} must be >= 1"),
+            (self.lr > 0, f"--lr {self.lr} must be > 0"),
+            (0 <= self.ema_decay < 1, f"ema_decay {self.ema_decay} must lie in [0, 1)"),
+            (min(self.log_every, self.sample_every, self.checkpoint_every) >= 1,
+             "--log-every, --sample-every and --checkpoint-every must be >= 1"),
+            (self.workers >= 0, f"--workers {self.workers} must be >= 0"),
+        ])
+
+
+# Options a resumed run may change: how long and where it runs, not what it optimizes.
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "device", "workers", "log_every", "sample_every", "checkpoint_every")

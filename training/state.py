@@ -1,0 +1,105 @@
+"""Training state for exact resume: `state.json` (counters, hyper-parameters, scaler, Python RNG)
+beside `state.safetensors` (optimizer moments, torch/numpy RNG states). No pickle anywhere.
+
+Every weights file of a checkpoint carries its step in the safetensors metadata, so a checkpoint
+cut short between files is detected on resume instead of silently mixing steps.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from drgan.checkpoint import atomic_write_bytes, load_tensors, save_tensors
+from drgan.errors import DrganError
+
+STATE_JSON = "state.json"
+STATE_TENSORS = "state.safetensors"
+
+
+def optimizer_to_state(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Moments go into `tensors` as PREFIX.PARAM.NAME; everything else is returned as JSON."""
+    sd = opt.state_dict()
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        plain[str(idx)] = {}
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.{idx}.{name}"] = value
+            else:
+                plain[str(idx)][name] = value
+    return {"param_groups": sd["param_groups"], "state": plain}
+
+
+def optimizer_from_state(opt: torch.optim.Optimizer, prefix: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
+    for key, value in tensors.items():
+        head, idx, name = key.rsplit(".", 2)
+        if head == prefix:
+            state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state(device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """This process's Python, numpy, torch (and CUDA) generator states."""
+    np_state = np.random.get_state()
+    plain = {"python": _to_json(random.getstate()), "numpy": [np_state[0], *map(_to_json, np_state[2:])]}
+    tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    if device.type == "cuda":
+        tensors["cuda"] = torch.cuda.get_rng_state(device)
+    return plain, tensors
+
+
+def set_rng_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    random.setstate(_to_tuple(plain["python"]))
+    name, *rest = plain["numpy"]
+    np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(tensors["torch"])
+    if device.type == "cuda" and "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["cuda"], device)
+
+
+def save_state(run: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Write the tensors first and the JSON last: state.json is the commit mark of a checkpoint."""
+    save_tensors(tensors, run / STATE_TENSORS, metadata={"step": str(meta["step"])})
+    atomic_write_bytes(run / STATE_JSON, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_state(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    path = run / STATE_JSON
+    if not path.is_file():
+        raise DrganError(f"--resume {run}: no {STATE_JSON} (not a GAN run folder, or no checkpoint written yet)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DrganError(f"{path}: malformed training state ({exc})") from None
+    check_step(run / STATE_TENSORS, meta["step"])
+    return meta, load_tensors(run / STATE_TENSORS)
+
+
+def check_step(path: Path, step: int) -> None:
+    """A checkpoint file must belong to the step recorded in state.json."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise DrganError(f"{path}: missing from the checkpoint")
+    with safe_open(str(path), "pt") as f:
+        written = (f.metadata() or {}).get("step")
+    if written != str(step):
+        raise DrganError(f"{path}: written at step {written}, but state.json is at step {step} (checkpoint cut short)")
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value
