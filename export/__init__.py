@@ -1,1 +1,10 @@
-"""Model export: ONNX, ONNX Runtime, TensorRT, AOTInductor."""
+"""Model export of the inference generator (names and shapes in `wrapper`).
+
+wrapper      the traced module: inputs cond, z, noise0..noise2; outputs image, grade_logits
+onnx_export  ONNX (dynamo exporter, opset 23, `Attention` per SCA block, dynamic batch)
+onnx_check   ONNX checker, shape inference, op types, the N x N tensor guard
+ort_runner   ONNX Runtime session and the comparison with PyTorch
+trt_build    TensorRT engine builder and its JSON sidecar; trt_runner: the engine runner
+aoti         AOTInductor .pt2 packages
+backends     make_backend(name, run, ...): torch | onnxruntime | tensorrt | aoti for the synthesis runner
+"""

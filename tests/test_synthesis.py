@@ -175,3 +175,16 @@ def test_structures_without_usable_masks(run, tmp_path):
     writer.close()
     with pytest.raises(DrganError, match="no usable structure masks"):
         synthesize(opts(run, tmp_path / "out", structures=str(tmp_path / "empty")))
+
+
+def test_onnxruntime_backend_matches_torch(run, tmp_path):
+    from drgan.cli import cli
+    from drgan.cli.common import run_command
+
+    assert run_command(cli, args=["export", "--checkpoint", str(run), "--onnx"]) == 0
+    synthesize(opts(run, tmp_path / "torch", count=5, batch=5))
+    synthesize(opts(run, tmp_path / "ort", count=5, batch=5, backend="onnxruntime"))
+    for name in image_bytes(tmp_path / "torch"):
+        a = np.asarray(Image.open(tmp_path / "torch" / "images" / name)).astype(int)
+        b = np.asarray(Image.open(tmp_path / "ort" / "images" / name)).astype(int)
+        assert np.abs(a - b).max() <= 1  # fp32 rounding may move a pixel across a quantization step

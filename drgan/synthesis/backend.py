@@ -92,5 +92,7 @@ def make_backend(
         return TorchBackend(g, device, precision), g.noise_shapes
     from drgan.export.backends import make_backend as make_export_backend
 
+    if precision == "auto" and name == "onnxruntime":
+        precision = "fp32"  # the exported ONNX file is fp32
     exported = make_export_backend(name, checkpoint, device=device, precision=resolve_precision(precision, device), batch=batch)
     return (lambda cond, z, noise: exported(cond, z, noise)[0]), g.noise_shapes

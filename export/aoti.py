@@ -1,0 +1,91 @@
+"""AOTInductor: the inference generator compiled ahead of time into a .pt2 package.
+
+torch.export traces the generator (spatial attention through F.scaled_dot_product_attention) and
+torch._inductor.aoti_compile_and_package compiles it for one device and precision. The package loads
+with torch._inductor.aoti_load_package and runs without drgan's model code. A fixed batch (--batch)
+compiles static shapes; a range compiles a dynamic batch axis bounded by --min-batch/--max-batch.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from drgan.errors import DrganError
+from drgan.export.trt_build import BatchProfile, read_sidecar, write_sidecar
+from drgan.export.wrapper import example_inputs, input_shapes, output_shapes, prepare
+from drgan.nn import DRGANGenerator
+
+# Memory-efficient SDPA kernels need fp16/bf16 head sizes in multiples of 8 (paper-1280's last block has 4).
+CUDA_QK_MULTIPLE = 8
+
+
+def compile_aoti(
+    generator: DRGANGenerator,
+    path: str | Path,
+    profile: BatchProfile,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> Path:
+    """Compile `generator` into the package `path` (written atomically) plus its JSON sidecar."""
+    path = Path(path)
+    device_type = torch.device(device).type
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise DrganError("--device cuda: no CUDA GPU is visible")
+    model = prepare(generator, impl="sdpa", precision=precision, pad_qk=CUDA_QK_MULTIPLE if device_type == "cuda" else None)
+    model = model.to(device)
+    # Trace at batch >= 2 unless fixed: a size-1 axis would be specialized to 1.
+    trace_batch = profile.min if profile.fixed else min(max(2, profile.opt), profile.max)
+    args = example_inputs(generator, trace_batch, device=device)
+    dynamic_shapes = None
+    if not profile.fixed:
+        batch = torch.export.Dim("batch", min=profile.min, max=profile.max)
+        dynamic_shapes = ({0: batch}, {0: batch}, tuple({0: batch} for _ in args[2:]))
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.pt2")  # the packager insists on the suffix
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+    os.replace(tmp, path)
+    write_sidecar(path, {
+        "format": "aotinductor-package",
+        "device": device_type,
+        "precision": precision,
+        "torch_version": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if device_type == "cuda" else None,
+        "batch": {"min": profile.min, "opt": profile.opt, "max": profile.max},
+        "inputs": {k: [-1, *v[1:]] for k, v in input_shapes(generator, 1).items()},
+        "outputs": {k: [-1, *v[1:]] for k, v in output_shapes(generator, 1).items()},
+        "dtype": "float32",
+        "stage": generator.stage,
+        "model": generator.cfg.to_dict(),
+    })
+    return path
+
+
+class AotiGenerator:
+    """A loaded .pt2 package: call(cond, z, noise) -> (image, grade_logits), fp32 I/O on its device."""
+
+    name = "aoti"
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise DrganError(f"{path}: AOTInductor package not found (run drgan-export --aoti first)")
+        self.sidecar = read_sidecar(path)
+        self.device = torch.device(self.sidecar["device"])
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise DrganError(f"{path}: compiled for CUDA, but no CUDA GPU is visible")
+        self.package = torch._inductor.aoti_load_package(str(path))
+
+    def __call__(
+        self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.sidecar["batch"]["min"], self.sidecar["batch"]["max"]
+        if not lo <= cond.shape[0] <= hi:
+            raise DrganError(f"batch {cond.shape[0]} is outside the package's range {lo}..{hi} (re-export with --batch or --max-batch)")
+        with torch.no_grad():
+            image, logits = self.package(*(t.to(self.device, torch.float32) for t in (cond, z, *noise)))
+        return image, logits

@@ -1,0 +1,151 @@
+"""Generator backends for the synthesis runner, one call signature for every runtime.
+
+    backend = make_backend("tensorrt", "runs/paper", device="cuda", precision="fp16")
+    image, grade_logits = backend(cond, z, noise)     # noise: list of tensors, coarse to fine
+
+Names: "torch" (the eager module from the run), "onnxruntime" (EXPORT/generator.onnx; the CUDA
+execution provider with onnxruntime-gpu, the CPU otherwise, whatever `device` says), "tensorrt"
+(EXPORT/generator_<precision>.engine), "aoti" (EXPORT/generator_<device>_<precision>.pt2). EXPORT is the run's `export/` folder unless
+`export_dir` says otherwise; each file must come from the run's current weights (export.json records
+the weights' hash per file).
+Inputs are float32 tensors on any device; outputs are float32 on `backend.device`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from drgan.checkpoint import load_generator, read_run_config
+from drgan.errors import DrganError
+from drgan.export.wrapper import PRECISIONS, prepare
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti")
+MANIFEST = "export.json"
+ONNX_FILE = "generator.onnx"
+TRT_ONNX_FILE = "generator_trt.onnx"
+
+
+def engine_file(precision: str) -> str:
+    return f"generator_{precision}.engine"
+
+
+def aoti_file(device: str, precision: str) -> str:
+    return f"generator_{torch.device(device).type}_{precision}.pt2"
+
+
+class GeneratorBackend(Protocol):
+    name: str
+    device: torch.device
+
+    def __call__(
+        self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cond (B, 8, R, R), z (B, z_dim), noise per block -> image (B, 3, R, R), grade logits (B, 5)."""
+        ...
+
+
+class TorchBackend:
+    """The eager generator (kernel impl 'auto': Triton on CUDA where built, the reference on CPU)."""
+
+    name = "torch"
+
+    def __init__(self, run: str | Path, device: str = "cpu", precision: str = "fp32") -> None:
+        self.device = torch.device(device)
+        self.model = prepare(load_generator(run, device=device), impl="auto", precision=precision)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def __call__(
+        self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                cond = cond.to(self.device, memory_format=torch.channels_last)
+            return self.model(cond.to(self.device), z.to(self.device), *(n.to(self.device) for n in noise))
+
+
+def weights_file(run: str | Path) -> Path:
+    """The weights load_generator reads: the EMA copy when the run has one."""
+    run = Path(run)
+    return run / "G_ema.safetensors" if (run / "G_ema.safetensors").is_file() else run / "G.safetensors"
+
+
+def weights_digest(run: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(weights_file(run), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_backend(
+    name: str,
+    checkpoint_run: str | Path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    export_dir: str | Path | None = None,
+    batch: int | None = None,
+) -> GeneratorBackend:
+    """The generator of `checkpoint_run` behind backend `name` on `device` at `precision`; `batch`, when
+    given, is checked against the batch range the engine or package was built for."""
+    device = str(device)
+    if name not in BACKENDS:
+        raise DrganError(f"--backend {name!r} is not one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise DrganError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    read_run_config(checkpoint_run)  # a clear error when it is not a run folder
+    if name == "torch":
+        return TorchBackend(checkpoint_run, device, precision)
+    folder = Path(export_dir) if export_dir else Path(checkpoint_run) / "export"
+    if name == "onnxruntime":
+        from drgan.export.ort_runner import OrtGenerator, has_cuda_provider
+
+        if precision != "fp32":
+            raise DrganError("--backend onnxruntime runs the fp32 ONNX file; use --precision fp32")
+        _check_current(folder, ONNX_FILE, checkpoint_run)
+        # Without onnxruntime-gpu the session runs on the CPU; outputs are then CPU tensors.
+        return OrtGenerator(folder / ONNX_FILE, device if has_cuda_provider() else "cpu")
+    if name == "tensorrt":
+        from drgan.export.trt_runner import TrtGenerator
+
+        _check_current(folder, engine_file(precision), checkpoint_run)
+        return _check_batch(TrtGenerator(folder / engine_file(precision), device), batch)
+    from drgan.export.aoti import AotiGenerator
+
+    _check_current(folder, aoti_file(device, precision), checkpoint_run)
+    return _check_batch(AotiGenerator(folder / aoti_file(device, precision)), batch)
+
+
+def _check_batch(runner, batch: int | None):
+    lo, hi = runner.sidecar["batch"]["min"], runner.sidecar["batch"]["max"]
+    if batch is not None and not lo <= batch <= hi:
+        raise DrganError(f"--batch {batch}: the {runner.name} export takes batches {lo}..{hi}; "
+                         f"re-run drgan-export with --batch {batch} or --max-batch {batch}")
+    return runner
+
+
+def read_manifest(folder: Path) -> dict:
+    """EXPORT/export.json: {"run": ..., "files": {file name: {"weights_sha256": ..., ...}}}."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return {"files": {}}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DrganError(f"{path}: malformed export manifest ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise DrganError(f"{path}: malformed export manifest (no 'files' table)")
+    return data
+
+
+def _check_current(folder: Path, file: str, run: str | Path) -> None:
+    entry = read_manifest(folder)["files"].get(file)
+    hint = f"run drgan-export --checkpoint {run} --out {folder}"
+    if entry is None or not (folder / file).is_file():
+        raise DrganError(f"{folder / file}: not exported yet: {hint}")
+    if entry.get("weights_sha256") != weights_digest(run):
+        raise DrganError(f"{folder / file}: exported from other weights than {weights_file(run)}: {hint}")

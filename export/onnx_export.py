@@ -1,0 +1,86 @@
+"""ONNX export of the inference generator: dynamo exporter, opset 23, dynamic batch, checked after writing.
+
+Spatial attention is traced through F.scaled_dot_product_attention (kernel impl 'sdpa'), which the
+exporter turns into the standard ONNX `Attention` op; the N x N score matrix then never appears as a
+tensor of the graph (`onnx_check.check_graph` proves it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from drgan.errors import DrganError
+from drgan.export.wrapper import OUTPUT_NAMES, example_inputs, input_names, prepare
+from drgan.nn import DRGANGenerator
+
+# Weights above this go to an external data file (protobuf caps a single file at 2 GB).
+EXTERNAL_DATA_BYTES = 1 << 30
+MIN_OPSET = 23  # the first opset with the standard Attention op
+
+
+def export_onnx(
+    generator: DRGANGenerator,
+    path: str | Path,
+    opset: int = MIN_OPSET,
+    pad_qk: int | str | None = None,
+    external_data: bool | None = None,
+) -> Path:
+    """Write `generator` (fp32) as ONNX to `path`; returns the path. Weights go to `path`.data when
+    external_data is True, or when None and they exceed EXTERNAL_DATA_BYTES."""
+    if opset < MIN_OPSET:
+        raise DrganError(f"--opset {opset}: the spatial attention needs the Attention op of opset {MIN_OPSET} or later")
+    path = Path(path)
+    model = prepare(generator, impl="sdpa", precision="fp32", pad_qk=pad_qk)
+    if external_data is None:
+        external_data = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
+    # Batch 2 when tracing: a size-1 axis would be specialized to 1.
+    args = example_inputs(generator, batch=2)
+    batch = torch.export.Dim("batch", min=1)
+    dynamic_shapes = ({0: batch}, {0: batch}, tuple({0: batch} for _ in args[2:]))
+    # The exporter's deprecation warnings and its note that torchvision ops are not registered are not
+    # the user's concern.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=input_names(generator),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+    if program is None:
+        raise DrganError("torch.onnx.export returned no program (dynamo exporter unavailable?)")
+    _save_atomically(program, path, external_data)
+    return path
+
+
+def data_path(path: Path) -> Path:
+    """The external weights file the exporter writes beside `path`."""
+    return path.with_name(path.name + ".data")
+
+
+def _save_atomically(program: "torch.onnx.ONNXProgram", path: Path, external_data: bool) -> None:
+    """Save into a private folder beside `path`, then rename each file into place.
+
+    The external data file is referenced by its base name, so the pair stays valid after the move.
+    """
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        program.save(str(tmp / path.name), external_data=external_data)
+        if not external_data:
+            data_path(path).unlink(missing_ok=True)  # a stale weights file from an earlier export
+        for f in tmp.iterdir():
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,137 @@
+"""ONNX Runtime: run an exported generator and compare it with PyTorch.
+
+The CUDA execution provider is used when onnxruntime-gpu provides it and the tensors live on a GPU
+(inputs and outputs then stay on the device through I/O binding); the CPU provider otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from drgan.errors import DrganError
+from drgan.export.wrapper import OUTPUT_NAMES, attention_widths, example_inputs
+from drgan.nn import DRGANGenerator
+
+# ONNX Runtime's CPU Attention kernel holds the whole (B, N, N) fp32 score matrix: above this many
+# bytes the comparison is skipped on the CPU (paper-1280: N = 102,400, 42 GB per image).
+CPU_SCORE_BUDGET = 4 << 30
+TOLERANCE = 1e-3  # max abs difference allowed in fp32
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DrganError("ONNX Runtime is not installed: pip install 'drgan[onnx]'") from None
+    return onnxruntime
+
+
+def has_cuda_provider() -> bool:
+    return "CUDAExecutionProvider" in _ort().get_available_providers()
+
+
+def providers(device: str) -> list[str]:
+    """Execution providers for `device` ('cpu' or 'cuda'), best first."""
+    if device.startswith("cuda"):
+        if not has_cuda_provider():
+            raise DrganError("device cuda: this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OrtGenerator:
+    """An exported generator in an ONNX Runtime session: call(cond, z, noise) -> (image, grade_logits)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        ort = _ort()
+        path = Path(path)
+        if not path.is_file():
+            raise DrganError(f"{path}: ONNX file not found (run drgan-export --onnx first)")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.device = torch.device(device)
+        self.session = ort.InferenceSession(str(path), options, providers=providers(device))
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(
+        self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = [t.float().contiguous() for t in (cond, z, *noise)]
+        if len(tensors) != len(self.input_names):
+            raise DrganError(f"the ONNX model takes {len(self.input_names)} inputs, got {len(tensors)}")
+        if self.device.type == "cuda":
+            return self._run_bound(tensors)
+        out = self.session.run(list(OUTPUT_NAMES), {n: t.cpu().numpy() for n, t in zip(self.input_names, tensors)})
+        return torch.from_numpy(out[0]), torch.from_numpy(out[1])
+
+    def _run_bound(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device-resident run: bind torch CUDA buffers so nothing crosses to the host."""
+        binding = self.session.io_binding()
+        index = self.device.index or 0
+        for name, t in zip(self.input_names, tensors):
+            t = t.to(self.device)
+            binding.bind_input(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
+        b, r = tensors[0].shape[0], tensors[0].shape[-1]
+        image = torch.empty((b, 3, r, r), device=self.device)
+        logits = torch.empty((b, self.session.get_outputs()[1].shape[1]), device=self.device)
+        for name, t in zip(OUTPUT_NAMES, (image, logits)):
+            binding.bind_output(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return image, logits
+
+
+@dataclass
+class Comparison:
+    batch: int
+    image_max_abs: float | None     # None: skipped (see `skipped`)
+    logits_max_abs: float | None
+    skipped: str = ""
+
+    def line(self) -> str:
+        if self.skipped:
+            return f"batch {self.batch}: skipped ({self.skipped})"
+        return f"batch {self.batch}: max abs diff image {self.image_max_abs:.2e}, grade logits {self.logits_max_abs:.2e}"
+
+
+def verify_onnx(
+    path: str | Path,
+    generator: DRGANGenerator,
+    batches: tuple[int, ...] = (1, 3),
+    tolerance: float = TOLERANCE,
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[Comparison]:
+    """Compare the ONNX model at `path` with `generator` (fp32, eager) at each batch size.
+
+    Raises DrganError when any difference exceeds `tolerance`; batches whose CPU score matrix would
+    not fit CPU_SCORE_BUDGET are reported as skipped.
+    """
+    runner = None
+    results = []
+    widest = max(n for n, _, _ in attention_widths(generator))
+    for b in batches:
+        if device == "cpu" and b * widest * widest * 4 > CPU_SCORE_BUDGET:
+            reason = (f"ONNX Runtime's CPU Attention would hold a {widest} x {widest} score matrix per image; "
+                      "check on a GPU with onnxruntime-gpu")
+            results.append(Comparison(b, None, None, reason))
+            continue
+        runner = runner or OrtGenerator(path, device)
+        cond, z, *noise = example_inputs(generator, b, seed=seed + b)
+        with torch.no_grad():
+            ref_image, ref_logits = generator.float()(cond, z, noise)
+        image, logits = runner(cond, z, noise)
+        result = Comparison(
+            b,
+            (image.cpu() - ref_image).abs().max().item(),
+            (logits.cpu() - ref_logits).abs().max().item(),
+        )
+        results.append(result)
+        if max(result.image_max_abs, result.logits_max_abs) > tolerance:
+            raise DrganError(f"{path}: ONNX Runtime differs from PyTorch beyond {tolerance:g}: {result.line()}")
+    return results

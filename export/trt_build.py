@@ -1,0 +1,187 @@
+"""TensorRT engine from the exported ONNX file (TensorRT 10 Python API, as its documentation lays out).
+
+Builder -> network (always explicit batch in TensorRT 10) -> ONNX parser -> builder config (FP16/BF16
+flag, one optimization profile for the batch range, persistent timing cache, optimization level) ->
+build_serialized_network. The engine is written with a JSON sidecar that says what it takes.
+
+TensorRT's fused attention (IAttention) takes one head size for Q, K and V, while SCA's queries and keys
+are narrower than its values (paper-1280: 64/16/4 vs 512/256/128). The ONNX file for this path therefore
+has Q/K zero-padded to V's width (`wrapper.pad_attention_qk`): exact, but QK^T then costs as much as
+attn @ V, so the attention FLOPs grow by (2 Dv) / (Dqk + Dv): x1.78, x1.88, x1.94 at the three
+paper-1280 blocks, 3.2 -> 6.1 TFLOP per 1280 px image (`wrapper.attention_flops` counts them).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from drgan.checkpoint import atomic_write_bytes
+from drgan.errors import DrganError
+from drgan.export.wrapper import input_shapes, output_shapes
+from drgan.nn import DRGANGenerator
+
+INSTALL_HINT = (
+    "TensorRT is not installed: pip install 'drgan[trt]' "
+    "(or: pip install --extra-index-url https://pypi.nvidia.com tensorrt)"
+)
+OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's builder_optimization_level; 3 is its default
+
+
+class TensorRTMissing(DrganError):
+    """`import tensorrt` failed: exit code 2 and one line saying what to install."""
+
+    exit_code = 2
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise TensorRTMissing(INSTALL_HINT) from None
+    return tensorrt
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """Batch range of an engine or package: kernels are tuned for `opt`, valid from `min` to `max`."""
+
+    min: int
+    opt: int
+    max: int
+
+    @classmethod
+    def from_options(
+        cls,
+        batch: int | None = None,
+        min_batch: int | None = None,
+        opt_batch: int | None = None,
+        max_batch: int | None = None,
+        default: tuple[int, int, int] = (1, 4, 16),
+    ) -> "BatchProfile":
+        """`--batch B` (fixed) or `--min-batch/--opt-batch/--max-batch` (unset ones from `default`,
+        clamped so that a lone --max-batch 2 still gives a valid range)."""
+        ranged = {"--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch}
+        given = [k for k, v in ranged.items() if v is not None]
+        if batch is not None:
+            if given:
+                raise DrganError(f"--batch sets a fixed batch size; do not combine it with {', '.join(given)}")
+            if batch < 1:
+                raise DrganError(f"--batch {batch}: must be at least 1")
+            return cls(batch, batch, batch)
+        for k, v in ranged.items():
+            if v is not None and v < 1:
+                raise DrganError(f"{k} {v}: must be at least 1")
+        lo = min_batch if min_batch is not None else default[0]
+        hi = max_batch if max_batch is not None else max(default[2], lo)
+        opt = opt_batch if opt_batch is not None else min(max(default[1], lo), hi)
+        if not lo <= opt <= hi:
+            raise DrganError(f"batch range min {lo} <= opt {opt} <= max {hi} does not hold (--min/--opt/--max-batch)")
+        return cls(lo, opt, hi)
+
+    @property
+    def fixed(self) -> bool:
+        return self.min == self.max
+
+    def shapes(self, generator: DRGANGenerator) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """(min, opt, max) shape of every input, for IOptimizationProfile.set_shape."""
+        lo, opt, hi = (input_shapes(generator, b) for b in (self.min, self.opt, self.max))
+        return {name: (lo[name], opt[name], hi[name]) for name in lo}
+
+
+def engine_sidecar(
+    generator: DRGANGenerator,
+    profile: BatchProfile,
+    precision: str,
+    tensorrt_version: str,
+    gpu: str,
+    onnx_file: str,
+    optimization_level: int,
+) -> dict[str, Any]:
+    """What an engine takes and was built with; written beside it as JSON."""
+    return {
+        "format": "tensorrt-engine",
+        "onnx": onnx_file,
+        "precision": precision,
+        "tensorrt_version": tensorrt_version,
+        "gpu": gpu,
+        "builder_optimization_level": optimization_level,
+        "batch": asdict(profile),
+        "inputs": {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in profile.shapes(generator).items()},
+        "outputs": {k: [-1, *v[1:]] for k, v in output_shapes(generator, 1).items()},
+        "dtype": "float32",  # I/O; the precision flag applies inside the engine
+        "stage": generator.stage,
+        "model": generator.cfg.to_dict(),
+    }
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    generator: DRGANGenerator,
+    profile: BatchProfile,
+    precision: str = "fp16",
+    timing_cache: str | Path | None = None,
+    optimization_level: int = 3,
+) -> dict[str, Any]:
+    """Build and write the engine and its sidecar (`engine_path` + .json); returns the sidecar."""
+    trt = import_tensorrt()
+    import torch
+
+    if optimization_level not in OPTIMIZATION_LEVELS:
+        raise DrganError(f"--opt-level {optimization_level}: TensorRT takes 0..5")
+    if not torch.cuda.is_available():
+        raise DrganError("--trt needs a CUDA GPU: TensorRT builds its engine for the GPU it runs on")
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: always explicit batch (EXPLICIT_BATCH is deprecated)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # by path, so external weights resolve beside it
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise DrganError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors[0] if errors else 'unknown error'}")
+
+    config = builder.create_builder_config()
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    config.builder_optimization_level = optimization_level
+    trt_profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile.shapes(generator).items():
+        trt_profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(trt_profile)
+    cache_path = Path(timing_cache) if timing_cache else None
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise DrganError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+    atomic_write_bytes(engine_path, bytes(serialized))
+    if cache_path:
+        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    sidecar = engine_sidecar(
+        generator, profile, precision, trt.__version__, torch.cuda.get_device_name(), onnx_path.name, optimization_level
+    )
+    write_sidecar(engine_path, sidecar)
+    return sidecar
+
+
+def sidecar_path(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name + ".json")
+
+
+def write_sidecar(artifact: Path, data: dict[str, Any]) -> None:
+    atomic_write_bytes(sidecar_path(artifact), (json.dumps(data, indent=2) + "\n").encode())
+
+
+def read_sidecar(artifact: Path) -> dict[str, Any]:
+    path = sidecar_path(artifact)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DrganError(f"{path}: sidecar not found (re-run drgan-export)") from None
+    except json.JSONDecodeError as exc:
+        raise DrganError(f"{path}: not valid JSON ({exc})") from None

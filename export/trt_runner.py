@@ -1,0 +1,97 @@
+"""Run a TensorRT engine: execute_async_v3 with tensor addresses, CUDA graphs for repeated batch sizes.
+
+Buffers are torch CUDA tensors, so no other CUDA binding is needed. For each batch size seen, the
+first call at a batch size sets the shapes and enqueues once (TensorRT applies deferred shape work
+there, which must not happen inside a capture), then captures the enqueue into a CUDA graph that later
+calls at that size replay. One graph is kept: a new batch size (a last, partial batch) re-captures,
+since a graph holds the shapes and addresses it was captured with.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from drgan.errors import DrganError
+from drgan.export.trt_build import import_tensorrt, read_sidecar
+
+
+class TrtGenerator:
+    """A TensorRT engine of the inference generator: call(cond, z, noise) -> (image, grade_logits)."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: str | Path, device: str = "cuda", cuda_graph: bool = True) -> None:
+        trt = import_tensorrt()
+        path = Path(engine_path)
+        if not path.is_file():
+            raise DrganError(f"{path}: engine not found (run drgan-export --trt first)")
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise DrganError(f"device {device}: TensorRT engines run on a CUDA GPU")
+        self.sidecar = read_sidecar(path)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise DrganError(f"{path}: TensorRT could not load the engine (built by another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.stream = torch.cuda.Stream(self.device)
+        self.cuda_graph = cuda_graph
+        self.graph: tuple[int, torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    def __call__(
+        self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = [t.to(self.device, torch.float32).contiguous() for t in (cond, z, *noise)]
+        if len(tensors) != len(self.inputs):
+            raise DrganError(f"the engine takes {len(self.inputs)} inputs, got {len(tensors)}")
+        batch = tensors[0].shape[0]
+        lo, hi = self.sidecar["batch"]["min"], self.sidecar["batch"]["max"]
+        if not lo <= batch <= hi:
+            raise DrganError(f"batch {batch} is outside the engine's profile {lo}..{hi} (rebuild with --max-batch)")
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        if not self.cuda_graph:
+            outputs = self._bind(tensors)
+            self._enqueue()
+        else:
+            if self.graph is None or self.graph[0] != batch:
+                self.graph = None  # release the old graph's pool before capturing anew
+                self.graph = (batch, *self._capture(tensors))
+            _, graph, static_in, static_out = self.graph
+            with torch.cuda.stream(self.stream):
+                for dst, src in zip(static_in, tensors):
+                    dst.copy_(src)
+                graph.replay()
+                outputs = [o.clone() for o in static_out]  # the next replay overwrites the static buffers
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return outputs[0], outputs[1]
+
+    def _bind(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        for name, t in zip(self.inputs, tensors):
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+        outputs = []
+        for name in self.outputs:
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device=self.device)
+            self.context.set_tensor_address(name, out.data_ptr())
+            outputs.append(out)
+        return outputs
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise DrganError("TensorRT execute_async_v3 failed (see its log above)")
+
+    def _capture(self, tensors: list[torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]]:
+        static_in = [t.clone() for t in tensors]
+        with torch.cuda.stream(self.stream):
+            outputs = self._bind(static_in)
+            self._enqueue()  # applies the new shapes outside the capture
+            self.stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            self._enqueue()
+        return graph, static_in, outputs

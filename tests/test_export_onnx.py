@@ -1,0 +1,169 @@
+"""ONNX export: checker, one Attention node per SCA block, the N x N guard, ONNX Runtime == PyTorch."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from drgan.checkpoint import save_module, write_run_config
+from drgan.cli.common import run_command
+from drgan.cli.export import export
+from drgan.config import preset
+from drgan.errors import DrganError
+from drgan.export import onnx_export
+from drgan.export.onnx_check import check_graph
+from drgan.export.ort_runner import OrtGenerator, verify_onnx
+from drgan.export.wrapper import (
+    attention_widths,
+    example_inputs,
+    input_names,
+    pad_attention_qk,
+    prepare,
+)
+from drgan.nn import DRGANGenerator
+
+
+def _generator(name: str) -> DRGANGenerator:
+    g = DRGANGenerator(preset(name), "local").eval()
+    # Switch the attention branches on (they start at 0) so the comparison sees them.
+    for block in g.global_gen.synth:
+        block.sca.gamma_s.data.fill_(0.5)
+        block.sca.gamma_c.data.fill_(0.5)
+    return g
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny-64 run exported through the CLI: (run folder, generator, export folder)."""
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("run")
+    g = _generator("tiny-64")
+    write_run_config(run, preset("tiny-64"), "local")
+    save_module(g, run / "G_ema.safetensors")
+    assert run_command(export, args=["--checkpoint", str(run), "--onnx"]) == 0
+    return run, g, run / "export"
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    g = _generator("small-256")
+    path = onnx_export.export_onnx(g, tmp_path_factory.mktemp("small") / "generator.onnx")
+    return g, path
+
+
+def test_cli_writes_checked_onnx_and_manifest(tiny_run):
+    run, g, out = tiny_run
+    model = onnx.load(str(out / "generator.onnx"), load_external_data=False)
+    assert [i.name for i in model.graph.input] == ["cond", "z", "noise0", "noise1", "noise2"]
+    assert [o.name for o in model.graph.output] == ["image", "grade_logits"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+    assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 23
+    manifest = json.loads((out / "export.json").read_text())
+    entry = manifest["files"]["generator.onnx"]
+    assert entry["op_counts"]["Attention"] == 3
+    assert len(entry["weights_sha256"]) == 64
+    assert manifest["inputs"]["cond"] == [-1, 8, 64, 64]
+
+
+def test_tiny_onnxruntime_matches_through_backend(tiny_run):
+    from drgan.export.backends import make_backend
+
+    run, g, _ = tiny_run
+    backend = make_backend("onnxruntime", run)
+    assert backend.name == "onnxruntime"
+    cond, z, *noise = example_inputs(g, 2, seed=5)
+    image, logits = backend(cond, z, noise)
+    with torch.no_grad():
+        ref_image, ref_logits = g(cond, z, noise)
+    assert image.shape == (2, 3, 64, 64) and logits.shape == (2, 5)
+    assert (image - ref_image).abs().max().item() <= 1e-3
+    assert (logits - ref_logits).abs().max().item() <= 1e-3
+
+
+def test_backend_refuses_export_of_other_weights(tiny_run, tmp_path):
+    from drgan.export.backends import make_backend
+
+    run, _, out = tiny_run
+    other = tmp_path / "other"
+    write_run_config(other, preset("tiny-64"), "local")
+    save_module(DRGANGenerator(preset("tiny-64"), "local"), other / "G_ema.safetensors")
+    with pytest.raises(DrganError, match="other weights"):
+        make_backend("onnxruntime", other, export_dir=out)
+
+
+def test_small_graph_has_attention_per_sca_and_no_square_tensor(small_onnx):
+    g, path = small_onnx
+    widths = attention_widths(g)
+    assert [n for n, _, _ in widths] == [256, 1024, 4096]  # finest SCA block: 64 x 64 tokens
+    report = check_graph(path, expected_attention=3)
+    assert report.op_counts["Attention"] == 3
+    assert report.op_counts["Conv"] > 0
+    # The widest activations are 256 x 256 image planes and 4096 x Dv token maps, never 4096 x 4096 or
+    # 1024 x 1024 scores: even a threshold at the image side passes.
+    check_graph(path, expected_attention=3, max_side=256)
+    assert report.widest is not None and sorted(d for d in report.widest[1] if d)[-2] == 256
+
+
+def test_small_onnxruntime_matches_pytorch_batch_1_and_3(small_onnx):
+    g, path = small_onnx
+    results = verify_onnx(path, g, batches=(1, 3))
+    assert [r.batch for r in results] == [1, 3]
+    for r in results:
+        assert not r.skipped
+        assert r.image_max_abs <= 1e-3 and r.logits_max_abs <= 1e-3
+
+
+def test_verify_raises_when_onnx_differs(small_onnx):
+    g, path = small_onnx
+    changed = _generator("small-256")
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    with pytest.raises(DrganError, match="differs from PyTorch"):
+        verify_onnx(path, changed, batches=(1,))
+
+
+def test_guard_fires_on_reference_attention_graph(tmp_path, monkeypatch):
+    g = _generator("tiny-64")
+    # The reference kernel traces to explicit MatMul/Softmax with N x N scores (N = 256 at tiny-64).
+    monkeypatch.setattr(onnx_export, "prepare", lambda gen, impl, precision, pad_qk: prepare(gen, "ref", precision, pad_qk))
+    path = onnx_export.export_onnx(g, tmp_path / "ref.onnx")
+    with pytest.raises(DrganError, match="two axes longer than 64"):
+        check_graph(path, expected_attention=0, max_side=64)
+    with pytest.raises(DrganError, match="0 Attention nodes, expected 3"):
+        check_graph(path, expected_attention=3, max_side=4096)
+
+
+def test_guard_passes_fused_tiny_graph_at_same_threshold(tiny_run):
+    _, _, out = tiny_run
+    check_graph(out / "generator.onnx", expected_attention=3, max_side=64)
+
+
+def test_padded_qk_is_exact_and_exports_with_external_data(tmp_path):
+    g = _generator("tiny-64")
+    args = example_inputs(g, 2)
+    padded = prepare(g, impl="ref", pad_qk="v")
+    plain = prepare(g, impl="ref")
+    for sca in padded.generator.global_gen.synth:
+        assert sca.sca.query.out_channels == sca.sca.value.out_channels
+    with torch.no_grad():
+        for a, b in zip(plain(*args), padded(*args)):
+            assert (a - b).abs().max().item() < 1e-5
+    eight = pad_attention_qk(prepare(g).generator, 8)
+    assert [s.sca.query.out_channels for s in eight.global_gen.synth] == [8, 8, 8]  # tiny-64: 8, 4, 4
+    path = onnx_export.export_onnx(g, tmp_path / "padded.onnx", pad_qk="v", external_data=True)
+    assert onnx_export.data_path(path).is_file()
+    assert not list(tmp_path.glob(".*tmp*"))  # nothing left from the atomic write
+    report = check_graph(path, expected_attention=3)
+    assert report.op_counts.get("Pad", 0) == 0  # padded in the weights, not by extra nodes
+    assert verify_onnx(path, g, batches=(2,))[0].image_max_abs <= 1e-3
+    runner = OrtGenerator(path)
+    assert runner.input_names == input_names(g)
+
+
+def test_opset_below_23_is_refused(tmp_path):
+    with pytest.raises(DrganError, match="opset 22"):
+        onnx_export.export_onnx(_generator("tiny-64"), tmp_path / "g.onnx", opset=22)

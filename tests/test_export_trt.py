@@ -1,0 +1,145 @@
+"""TensorRT path: what runs without TensorRT (profiles, sidecar, argument checks, the missing-TensorRT
+exit), and an engine test where TensorRT and a GPU exist."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from drgan.checkpoint import save_module, write_run_config
+from drgan.cli.common import run_command
+from drgan.cli.export import export
+from drgan.config import preset
+from drgan.errors import DrganError
+from drgan.export.trt_build import INSTALL_HINT, BatchProfile, engine_sidecar, read_sidecar, write_sidecar
+from drgan.export.wrapper import attention_flops, pad_attention_qk, prepare
+from drgan.nn import DRGANGenerator
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return DRGANGenerator(preset("tiny-64"), "local").eval()
+
+
+@pytest.fixture
+def run(tmp_path, tiny):
+    write_run_config(tmp_path / "run", preset("tiny-64"), "local")
+    save_module(tiny, tmp_path / "run" / "G_ema.safetensors")
+    return tmp_path / "run"
+
+
+def test_profile_from_batch_range_and_fixed_batch():
+    assert BatchProfile.from_options() == BatchProfile(1, 4, 16)
+    assert BatchProfile.from_options(batch=8) == BatchProfile(8, 8, 8)
+    assert BatchProfile.from_options(batch=8).fixed
+    assert BatchProfile.from_options(min_batch=2, opt_batch=8, max_batch=32) == BatchProfile(2, 8, 32)
+    assert BatchProfile.from_options(max_batch=2) == BatchProfile(1, 2, 2)     # opt clamped into range
+    assert BatchProfile.from_options(min_batch=32) == BatchProfile(32, 32, 32)  # max and opt follow min
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch": 4, "min_batch": 1}, "do not combine it with --min-batch"),
+        ({"batch": 0}, "--batch 0: must be at least 1"),
+        ({"max_batch": 0}, "--max-batch 0: must be at least 1"),
+        ({"min_batch": 4, "opt_batch": 2, "max_batch": 8}, "min 4 <= opt 2 <= max 8"),
+        ({"opt_batch": 32, "max_batch": 16}, "opt 32 <= max 16"),
+    ],
+)
+def test_profile_rejects_bad_combinations(kwargs, message):
+    with pytest.raises(DrganError, match=message):
+        BatchProfile.from_options(**kwargs)
+
+
+def test_profile_shapes_per_input(tiny):
+    shapes = BatchProfile(1, 4, 16).shapes(tiny)
+    assert list(shapes) == ["cond", "z", "noise0", "noise1", "noise2"]
+    assert shapes["cond"] == ((1, 8, 64, 64), (4, 8, 64, 64), (16, 8, 64, 64))
+    assert shapes["z"] == ((1, 256), (4, 256), (16, 256))
+    # tiny-64: Gm at 32 px, synthesis blocks at 4, 8, 16 px with 64, 32, 16 channels -> C/4 noise channels
+    assert shapes["noise2"] == ((1, 4, 16, 16), (4, 4, 16, 16), (16, 4, 16, 16))
+
+
+def test_sidecar_content_and_round_trip(tiny, tmp_path):
+    data = engine_sidecar(tiny, BatchProfile(1, 4, 16), "fp16", "10.9.0", "NVIDIA H100", "generator_trt.onnx", 3)
+    assert data["precision"] == "fp16" and data["tensorrt_version"] == "10.9.0" and data["gpu"] == "NVIDIA H100"
+    assert data["batch"] == {"min": 1, "opt": 4, "max": 16}
+    assert data["inputs"]["noise0"] == {"min": [1, 16, 4, 4], "opt": [4, 16, 4, 4], "max": [16, 16, 4, 4]}
+    assert data["outputs"] == {"image": [-1, 3, 64, 64], "grade_logits": [-1, 5]}
+    assert data["model"]["resolution"] == 64 and data["stage"] == "local"
+    engine = tmp_path / "g.engine"
+    write_sidecar(engine, data)
+    assert json.loads((tmp_path / "g.engine.json").read_text()) == read_sidecar(engine) == data
+
+
+def test_qk_padding_cost_paper_1280():
+    g = DRGANGenerator(preset("paper-1280"), "local")
+    plain = attention_flops(g)
+    padded = attention_flops(pad_attention_qk(prepare(g).generator))
+    assert 1.85 < padded / plain < 1.95  # documented: ~1.9x attention FLOPs
+    assert 3.1e12 < plain < 3.2e12 and 6.1e12 < padded < 6.2e12  # per 1280 px image
+
+
+def test_cli_trt_without_tensorrt_exits_2_with_one_line(run):
+    if HAS_TRT:
+        pytest.skip("tensorrt is installed here")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from drgan.cli import export_main; export_main()", "--checkpoint", str(run), "--trt"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {INSTALL_HINT}"]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (run / "export").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch", "4", "--max-batch", "8"], "do not combine it with --max-batch"),
+        (["--precision", "fp16"], "applies to --trt and --aoti"),
+        (["--opt-level", "5"], "add --trt"),
+        (["--aoti", "--device", "cuda"], "no CUDA GPU"),
+        (["--stage", "local"], None),
+    ],
+)
+def test_cli_argument_checks(run, args, message, capsys, tmp_path):
+    if message is None:  # --stage must name the run's stage
+        write_run_config(run, preset("tiny-64"), "global")
+        save_module(DRGANGenerator(preset("tiny-64"), "global"), run / "G_ema.safetensors")
+        message = "is a global-stage run"
+    elif "CUDA" in message and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    code = run_command(export, args=["--checkpoint", str(run), *args])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_missing_run_is_one_line(tmp_path, capsys):
+    assert run_command(export, args=["--checkpoint", str(tmp_path / "nope")]) == 1
+    assert "not a drgan run folder" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed (pip install 'drgan[trt]')")
+def test_engine_builds_and_matches_pytorch(run, tiny):
+    from drgan.export.backends import make_backend
+    from drgan.export.wrapper import example_inputs
+
+    assert run_command(export, args=["--checkpoint", str(run), "--trt", "--min-batch", "1", "--opt-batch", "2", "--max-batch", "4"]) == 0
+    backend = make_backend("tensorrt", run, device="cuda", precision="fp32")
+    cond, z, *noise = example_inputs(tiny, 3)
+    with torch.no_grad():
+        ref_image, _ = tiny(cond, z, noise)
+    for _ in range(2):  # capture, then replay
+        image, logits = backend(cond, z, noise)
+    assert (image.cpu() - ref_image).abs().max().item() < 1e-2
+    assert read_sidecar(run / "export" / "generator_fp32.engine")["batch"] == {"min": 1, "opt": 2, "max": 4}
