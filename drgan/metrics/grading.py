@@ -1,0 +1,94 @@
+"""Grading metrics of the paper (Tables III and IV): accuracy, quadratic-weighted kappa, per-class TPR.
+
+numpy only, so the training loop can call it every epoch without extra dependencies.
+Conventions:
+- `tpr[c]` is the recall of grade c; it is None (JSON null) when grade c is absent from y_true,
+  so that an undefined rate is never confused with a real 0.0.
+- `kappa` is Cohen's kappa with quadratic weights over the fixed label set 0..num_classes-1; when
+  both y_true and y_pred hold a single identical grade, the agreement is perfect and kappa is 1.0
+  (the textbook formula is 0/0 there).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from drgan.errors import DrganError
+
+
+def _labels(values: Sequence[int] | np.ndarray, name: str, num_classes: int) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise DrganError(f"{name}: expected a 1-D sequence of grades, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.equal(np.mod(array, 1), 0)):
+            raise DrganError(f"{name}: grades must be integers")
+    array = array.astype(np.int64)
+    bad = (array < 0) | (array >= num_classes)
+    if bad.any():
+        raise DrganError(f"{name}: grade {int(array[bad][0])} outside 0..{num_classes - 1}")
+    return array
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts with rows = true grade, columns = predicted grade."""
+    flat = y_true * num_classes + y_pred
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def quadratic_kappa(confusion: np.ndarray) -> float:
+    """Cohen's kappa with weights (i - j)^2 / (K - 1)^2 from a confusion matrix."""
+    k = confusion.shape[0]
+    total = confusion.sum()
+    index = np.arange(k)
+    weights = (index[:, None] - index[None, :]) ** 2 / max(k - 1, 1) ** 2
+    expected = np.outer(confusion.sum(axis=1), confusion.sum(axis=0)) / total
+    disagreement_expected = float((weights * expected).sum())
+    disagreement_observed = float((weights * confusion).sum())
+    if disagreement_expected == 0.0:
+        return 1.0  # one grade everywhere in both: observed disagreement is 0 too
+    return 1.0 - disagreement_observed / disagreement_expected
+
+
+def grading_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    num_classes: int = 5,
+) -> dict[str, Any]:
+    """Accuracy, quadratic-weighted kappa, per-class TPR (None for an absent grade), confusion, count."""
+    truth = _labels(y_true, "y_true", num_classes)
+    pred = _labels(y_pred, "y_pred", num_classes)
+    if truth.shape != pred.shape:
+        raise DrganError(f"y_true has {truth.size} grades but y_pred has {pred.size}")
+    if truth.size == 0:
+        raise DrganError("no grades to evaluate (empty y_true)")
+    confusion = confusion_matrix(truth, pred, num_classes)
+    support = confusion.sum(axis=1)
+    tpr = [float(confusion[c, c] / support[c]) if support[c] else None for c in range(num_classes)]
+    return {
+        "accuracy": float(np.trace(confusion) / truth.size),
+        "kappa": quadratic_kappa(confusion),
+        "tpr": tpr,
+        "confusion": confusion.astype(int).tolist(),
+        "count": int(truth.size),
+    }
+
+
+def format_grading_table(metrics: dict[str, Any]) -> str:
+    """A readable block: accuracy and kappa, then per-grade TPR and the confusion matrix."""
+    confusion = metrics["confusion"]
+    k = len(confusion)
+    lines = [
+        f"images    {metrics['count']}",
+        f"accuracy  {metrics['accuracy']:.4f}",
+        f"kappa     {metrics['kappa']:.4f}",
+        "",
+        "grade  support  TPR      " + " ".join(f"pred{c:<3d}" for c in range(k)),
+    ]
+    for c in range(k):
+        tpr = metrics["tpr"][c]
+        rate = "-     " if tpr is None else f"{tpr:.4f}"
+        cells = " ".join(f"{n:<7d}" for n in confusion[c])
+        lines.append(f"{c:<6d} {sum(confusion[c]):<8d} {rate}   {cells}")
+    return "\n".join(lines)

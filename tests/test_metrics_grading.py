@@ -1,0 +1,102 @@
+"""Grading metrics against scikit-learn (a test-only oracle)."""
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, recall_score
+
+from drgan.errors import DrganError
+from drgan.metrics.grading import format_grading_table, grading_metrics
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_sklearn_on_random_labels(seed):
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 5, 200)
+    # Correlated predictions so kappa is far from 0.
+    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 5, 200))
+    m = grading_metrics(y_true, y_pred)
+    labels = list(range(5))
+    assert m["count"] == 200
+    assert m["accuracy"] == pytest.approx(float(np.mean(y_true == y_pred)))
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(y_true, y_pred, labels=labels, weights="quadratic"))
+    assert m["tpr"] == pytest.approx(list(recall_score(y_true, y_pred, labels=labels, average=None)))
+    assert m["confusion"] == confusion_matrix(y_true, y_pred, labels=labels).tolist()
+
+
+def test_absent_class_gives_none_and_kappa_matches():
+    y_true = np.array([0, 0, 1, 2, 2, 4, 4, 4])
+    y_pred = np.array([0, 3, 1, 2, 1, 4, 3, 4])
+    m = grading_metrics(y_true, y_pred)
+    assert m["tpr"][3] is None
+    assert m["tpr"][4] == pytest.approx(2 / 3)
+    assert m["kappa"] == pytest.approx(
+        cohen_kappa_score(y_true, y_pred, labels=list(range(5)), weights="quadratic"))
+
+
+def test_perfect_single_grade_is_kappa_one():
+    m = grading_metrics([2, 2, 2], [2, 2, 2])
+    assert m["kappa"] == 1.0 and m["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("y_true,y_pred,match", [
+    ([0, 5], [0, 1], "grade 5"),
+    ([0, 1], [0], "y_pred has 1"),
+    ([], [], "empty"),
+])
+def test_bad_input_names_culprit(y_true, y_pred, match):
+    with pytest.raises(DrganError, match=match):
+        grading_metrics(y_true, y_pred)
+
+
+def test_table_shows_values():
+    m = grading_metrics([0, 1, 1, 4], [0, 1, 0, 4])
+    table = format_grading_table(m)
+    assert "accuracy  0.7500" in table
+    assert f"kappa     {m['kappa']:.4f}" in table
+    assert "\n3      0        -" in table  # absent grade
+
+
+def test_cli_evaluate_grading_matches_direct_predictions(tmp_path):
+    import json
+
+    import torch
+    from click.testing import CliRunner
+
+    from drgan.checkpoint import save_module, write_run_config
+    from drgan.cli import cli
+    from drgan.config import preset
+    from drgan.data.dataset import FundusDataset
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.nn import build_grader
+
+    cfg = preset("tiny-64")
+    run = tmp_path / "run"
+    torch.manual_seed(3)
+    model = build_grader(cfg)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0]))  # predicts grade 2 for every image
+    write_run_config(run, cfg, "global", {"trainer": "grader"})
+    save_module(model, run / "grader.safetensors")
+    data = write_phantom_dataset(tmp_path / "data", 20, 64, seed=0)
+
+    result = CliRunner().invoke(cli, ["evaluate", "grading", "--model", str(run), "--data", str(data),
+                                      "--device", "cpu", "--batch", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)
+    truth = np.array(FundusDataset(data, 64).grades)
+    assert m["count"] == 20 and m["confusion"] == confusion_matrix(truth, np.full(20, 2), labels=range(5)).tolist()
+    assert m["accuracy"] == pytest.approx(0.2) and m["tpr"] == [0.0, 0.0, 1.0, 0.0, 0.0] and m["kappa"] == 0.0
+
+    text = CliRunner().invoke(cli, ["evaluate", "grading", "--model", str(run), "--data", str(data),
+                                    "--split", "test", "--device", "cpu"])
+    assert text.exit_code == 0, text.output
+    assert "images    5" in text.stdout and "accuracy  " in text.stdout
+
+
+def test_cli_evaluate_grading_rejects_non_run_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from drgan.cli import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", "grading", "--model", str(tmp_path), "--data", str(tmp_path)])
+    assert result.exit_code != 0 and isinstance(result.exception, DrganError)
+    assert "run.json" in str(result.exception)
