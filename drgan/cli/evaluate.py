@@ -1,9 +1,29 @@
 """`drgan evaluate fid|swd|grading` and `drgan experiment augment`."""
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
 
-from drgan.cli.common import NotYetAvailable
+from drgan.config import PRESETS
+
+_folder = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    click.echo(json.dumps(result, indent=2) if as_json else text)
 
 
 @click.group()
@@ -12,9 +32,63 @@ def evaluate() -> None:
 
 
 @evaluate.command()
-def fid() -> None:
-    """Frechet Inception Distance between two image folders."""
-    raise NotYetAvailable("drgan evaluate fid")
+@click.option("--real", type=_folder, required=True, help="Real images: a folder of images or a dataset folder.")
+@click.option("--fake", type=_folder, required=True, help="Synthesized images: a folder of images or a dataset folder.")
+@click.option("--per-grade", is_flag=True, help="Also FID per grade and their average (needs dataset folders).")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the real set's cached statistics [default: ~/.cache/drgan/fid].")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write cached statistics.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: bool, device: str, batch: int, as_json: bool) -> None:
+    """Frechet Inception Distance between two image sets."""
+    from drgan.metrics.fid import compute_fid, default_cache_dir, format_fid
+    from drgan.metrics.images import open_image_set
+
+    cache_dir = None if no_cache else (cache or default_cache_dir())
+    result = compute_fid(open_image_set(real), open_image_set(fake), per_grade=per_grade, device=_device(device),
+                         batch=batch, cache_dir=cache_dir)
+    _emit(result, as_json, format_fid(result))
+
+
+@evaluate.command()
+@click.option("--real", type=_folder, required=True, help="Real images: a folder of images or a dataset folder.")
+@click.option("--fake", type=_folder, required=True, help="Synthesized images: a folder of images or a dataset folder.")
+@click.option("--resolution", type=click.IntRange(min=16), default=None,
+              help="Side every image is resized to [default: width of the first fake image].")
+@click.option("--max-images", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Images per set (a seeded random subset); memory grows with it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Patch positions, subsets and directions.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: int, device: str, as_json: bool) -> None:
+    """Sliced Wasserstein distance (x1e3) on Laplacian-pyramid patches."""
+    from drgan.metrics.images import open_image_set
+    from drgan.metrics.swd import compute_swd, format_swd
+
+    result = compute_swd(open_image_set(real), open_image_set(fake), resolution=resolution, max_images=max_images,
+                         seed=seed, device=_device(device))
+    _emit(result, as_json, format_swd(result))
+
+
+@evaluate.command()
+@click.option("--model", "run", type=_folder, required=True, help="Grader run folder (grader.safetensors + run.json).")
+@click.option("--data", type=_folder, required=True, help="Dataset folder (images/ + labels.csv).")
+@click.option("--split", default=None, help="Only rows of labels.csv with this split (e.g. test) [default: all].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def grading(run: Path, data: Path, split: str | None, device: str, batch: int, as_json: bool) -> None:
+    """Accuracy, quadratic-weighted kappa, per-grade TPR and confusion matrix of a grader."""
+    from drgan.data.dataset import FundusDataset
+    from drgan.metrics.grader import evaluate_grader, load_grader
+    from drgan.metrics.grading import format_grading_table
+
+    model, resolution = load_grader(run, _device(device))
+    metrics = evaluate_grader(model, FundusDataset(data, resolution, split=split), batch=batch)
+    metrics = {"model": str(run), "data": str(data), **metrics}
+    _emit(metrics, as_json, format_grading_table(metrics))
 
 
 @click.group()
@@ -23,6 +97,26 @@ def experiment() -> None:
 
 
 @experiment.command()
-def augment() -> None:
-    """Grader trained on real vs real + synthetic data."""
-    raise NotYetAvailable("drgan experiment augment")
+@click.option("--real", type=_folder, required=True, help="Real training dataset folder.")
+@click.option("--synthetic", type=_folder, required=True, help="Synthesized dataset folder (images/ + labels.csv).")
+@click.option("--test", type=_folder, required=True, help="Test dataset folder.")
+@click.option("--baseline", "baselines", type=click.Choice(["mixup", "cutmix"]), multiple=True,
+              help="Also train with MixUp / CutMix within a grade (repeatable).")
+@click.option("--preset", default="paper-1280", show_default=True, type=click.Choice(list(PRESETS)),
+              help="Grader model and image size (paper-1280: ResNet-50 at 1280 px, as the paper).")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Epochs per arm (paper: 30).")
+@click.option("--batch", type=click.IntRange(min=2), default=64, show_default=True, help="Batch size (paper: 64).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed for every arm.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/augment"), show_default=True,
+              help="Folder for one grader run per arm, results.json and results.md.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the markdown table.")
+def augment(real: Path, synthetic: Path, test: Path, baselines: tuple[str, ...], preset: str, epochs: int, batch: int,
+            seed: int, device: str, out: Path, as_json: bool) -> None:
+    """Grader trained on real vs real + synthetic data (paper Tables III/IV)."""
+    from drgan.metrics.experiment import run_augment_experiment
+
+    with contextlib.redirect_stdout(sys.stderr):  # training logs go to stderr, the result alone to stdout
+        result, markdown = run_augment_experiment(real, synthetic, test, out, baselines=baselines, preset=preset,
+                                                  epochs=epochs, batch=batch, seed=seed, device=_device(device))
+    _emit(result, as_json, markdown)

