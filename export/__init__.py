@@ -6,5 +6,5 @@ onnx_check   ONNX checker, shape inference, op types, the N x N tensor guard
 ort_runner   ONNX Runtime session and the comparison with PyTorch
 trt_build    TensorRT engine builder and its JSON sidecar; trt_runner: the engine runner
 aoti         AOTInductor .pt2 packages
-backends     make_backend(name, run, ...): torch | onnxruntime | tensorrt | aoti for the synthesis runner
+backends     make_backend(name, run, ...): onnxruntime | tensorrt | aoti for the synthesis runner
 """

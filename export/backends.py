@@ -3,9 +3,10 @@
     backend = make_backend("tensorrt", "runs/paper", device="cuda", precision="fp16")
     image, grade_logits = backend(cond, z, noise)     # noise: list of tensors, coarse to fine
 
-Names: "torch" (the eager module from the run), "onnxruntime" (EXPORT/generator.onnx; the CUDA
+Names: "onnxruntime" (EXPORT/generator.onnx; the CUDA
 execution provider with onnxruntime-gpu, the CPU otherwise, whatever `device` says), "tensorrt"
-(EXPORT/generator_<precision>.engine), "aoti" (EXPORT/generator_<device>_<precision>.pt2). EXPORT is the run's `export/` folder unless
+(EXPORT/generator_<precision>.engine), "aoti" (EXPORT/generator_<device>_<precision>.pt2); the eager PyTorch backend is the synthesis
+runner's own (drgan.synthesis.backend). EXPORT is the run's `export/` folder unless
 `export_dir` says otherwise; each file must come from the run's current weights (export.json records
 the weights' hash per file).
 Inputs are float32 tensors on any device; outputs are float32 on `backend.device`.
@@ -19,11 +20,11 @@ from typing import Protocol
 
 import torch
 
-from drgan.checkpoint import load_generator, read_run_config
+from drgan.checkpoint import read_run_config
 from drgan.errors import DrganError
-from drgan.export.wrapper import PRECISIONS, prepare
+from drgan.export.wrapper import PRECISIONS
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti")
+BACKENDS = ("onnxruntime", "tensorrt", "aoti")
 MANIFEST = "export.json"
 ONNX_FILE = "generator.onnx"
 TRT_ONNX_FILE = "generator_trt.onnx"
@@ -46,26 +47,6 @@ class GeneratorBackend(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cond (B, 8, R, R), z (B, z_dim), noise per block -> image (B, 3, R, R), grade logits (B, 5)."""
         ...
-
-
-class TorchBackend:
-    """The eager generator (kernel impl 'auto': Triton on CUDA where built, the reference on CPU)."""
-
-    name = "torch"
-
-    def __init__(self, run: str | Path, device: str = "cpu", precision: str = "fp32") -> None:
-        self.device = torch.device(device)
-        self.model = prepare(load_generator(run, device=device), impl="auto", precision=precision)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    def __call__(
-        self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                cond = cond.to(self.device, memory_format=torch.channels_last)
-            return self.model(cond.to(self.device), z.to(self.device), *(n.to(self.device) for n in noise))
 
 
 def weights_file(run: str | Path) -> Path:
@@ -98,8 +79,6 @@ def make_backend(
     if precision not in PRECISIONS:
         raise DrganError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     read_run_config(checkpoint_run)  # a clear error when it is not a run folder
-    if name == "torch":
-        return TorchBackend(checkpoint_run, device, precision)
     folder = Path(export_dir) if export_dir else Path(checkpoint_run) / "export"
     if name == "onnxruntime":
         from drgan.export.ort_runner import OrtGenerator, has_cuda_provider

@@ -124,8 +124,12 @@ def build_engine(
     precision: str = "fp16",
     timing_cache: str | Path | None = None,
     optimization_level: int = 3,
+    plugin_library: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Build and write the engine and its sidecar (`engine_path` + .json); returns the sidecar."""
+    """Build and write the engine and its sidecar (`engine_path` + .json); returns the sidecar.
+
+    `plugin_library` (libdrgan_trt_plugin.so) is loaded first, so the parser builds the
+    DrganSpatialAttention nodes of an `onnx_plugin` file from it; the sidecar records it for the runner."""
     trt = import_tensorrt()
     import torch
 
@@ -134,6 +138,10 @@ def build_engine(
     if not torch.cuda.is_available():
         raise DrganError("--trt needs a CUDA GPU: TensorRT builds its engine for the GPU it runs on")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if plugin_library is not None:
+        from drgan.export.onnx_plugin import load_trt_plugin
+
+        load_trt_plugin(trt, plugin_library)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: always explicit batch (EXPLICIT_BATCH is deprecated)
@@ -165,6 +173,8 @@ def build_engine(
     sidecar = engine_sidecar(
         generator, profile, precision, trt.__version__, torch.cuda.get_device_name(), onnx_path.name, optimization_level
     )
+    if plugin_library is not None:
+        sidecar["plugin_library"] = str(Path(plugin_library).resolve())
     write_sidecar(engine_path, sidecar)
     return sidecar
 

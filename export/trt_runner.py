@@ -30,6 +30,10 @@ class TrtGenerator:
         if self.device.type != "cuda":
             raise DrganError(f"device {device}: TensorRT engines run on a CUDA GPU")
         self.sidecar = read_sidecar(path)
+        if self.sidecar.get("plugin_library"):  # an engine with the drgan attention plugin
+            from drgan.export.onnx_plugin import load_trt_plugin
+
+            load_trt_plugin(trt, self.sidecar["plugin_library"])
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())

@@ -38,16 +38,21 @@ class Variant:
     tuned: str = ""             # autotuned kernels: the group whose configurations the autotuner picks from
     dtype: str = ""             # fp16 | bf16 | fp32
     qk_block: int = 0           # spatial attention: the padded Q/K width BLOCK_D
+    aligned: tuple[str, ...] | None = None  # arguments assumed multiples of 16 (pointers: bytes); None: every pointer
 
 
-def _signature(fn, types: dict[str, str], constexprs: dict[str, object]) -> tuple[dict, dict]:
+def _signature(
+    fn, types: dict[str, str], constexprs: dict[str, object], aligned: tuple[str, ...] | None = None
+) -> tuple[dict, dict]:
+    """Triton's signature and attributes; `aligned` as in Variant (what a launch with these values
+    would specialize: the JIT marks 16-aligned pointers and integers divisible by 16)."""
     signature, attrs = {}, {}
     for index, arg in enumerate(fn.arg_names):
         if arg in constexprs:
             signature[arg] = "constexpr"
         else:
             signature[arg] = types[arg]
-            if types[arg].startswith("*"):
+            if (types[arg].startswith("*") and aligned is None) or (aligned is not None and arg in aligned):
                 attrs[(index,)] = [["tt.divisibility", 16]]
     return signature, attrs
 
@@ -143,10 +148,11 @@ def all_variants() -> list[Variant]:
 
 
 def compile_variant(variant: Variant, capability: int):
-    """The compiled kernel (its .asm['cubin'] and .metadata.shared); raises on a compiler error."""
+    """The compiled kernel (.asm['cubin'], .asm['ptx'], .metadata: name, shared, num_warps); raises on a
+    compiler error."""
     if not isinstance(variant.fn, triton.runtime.jit.JITFunction):
         raise RuntimeError("kernels were imported under TRITON_INTERPRET=1; run this check without it")
-    signature, attrs = _signature(variant.fn, variant.types, variant.constexprs)
+    signature, attrs = _signature(variant.fn, variant.types, variant.constexprs, variant.aligned)
     source = triton.compiler.ASTSource(fn=variant.fn, signature=signature, constexprs=variant.constexprs, attrs=attrs)
     return triton.compile(
         source,

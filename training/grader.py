@@ -123,7 +123,7 @@ def train_grader(
         scalars = {"grader/train_loss": train_loss, "grader/val_accuracy": metrics["accuracy"], "grader/val_kappa": metrics["kappa"], "grader/lr": opts.lr}
         scalars.update({f"grader/val_tpr_{g}": t for g, t in enumerate(metrics["tpr"]) if t is not None})
         logger.scalars(scalars, epoch + 1)
-        tqdm.write(f"grader epoch {epoch + 1}/{opts.epochs}: loss {train_loss:.4f}  val accuracy {metrics['accuracy']:.3f}  kappa {metrics['kappa']:.3f}")
+        tqdm.write(f"grader epoch {epoch + 1}/{opts.epochs}: loss {train_loss:.4f}  val accuracy {metrics['accuracy']:.3f}  kappa {metrics['kappa']:.3f}", file=sys.stderr)
     logger.close()
     save_module(grader, out / GRADER_FILE)
     accuracy = report["epochs"][-1]["val"]["accuracy"]

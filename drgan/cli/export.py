@@ -3,6 +3,7 @@
 Files written to OUT (default RUN/export), described in OUT/export.json:
     generator.onnx (+ .data)             fp32, dynamic batch, opset 23 (`Attention` per SCA block)
     generator_trt.onnx (+ .data)         the same with Q/K zero-padded for TensorRT's fused attention
+    generator_trt_plugin.onnx (+ .data)  with --trt-plugin: each attention a drgan::DrganSpatialAttention node
     generator_<precision>.engine (+ .json)      TensorRT engine and its sidecar; timing.cache beside it
     generator_<device>_<precision>.pt2 (+ .json) AOTInductor package and its sidecar
 """
@@ -34,12 +35,14 @@ from drgan.errors import DrganError
 @click.option("--device", help="Device of the AOTInductor package (cpu, cuda).  [default: cuda if available]")
 @click.option("--external-data", is_flag=True, help="Keep the ONNX weights in a .data file (automatic above 1 GB).")
 @click.option("--pad-qk/--no-pad-qk", default=True, show_default=True, help="TensorRT path: zero-pad Q/K to V's width (fused attention; ~1.9x attention FLOPs).")
+@click.option("--trt-plugin", "trt_plugin", type=click.Path(dir_okay=False), help="TensorRT path: run each spatial attention as the drgan plugin (libdrgan_trt_plugin.so of the native build) instead of padding Q/K.")
 @click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT builder optimization level.  [default: 3]")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache to reuse and update.  [default: OUT/timing.cache]")
 def export(
     run: str, out: str | None, want_onnx: bool, want_trt: bool, want_aoti: bool, precision: str,
     batch: int | None, min_batch: int | None, opt_batch: int | None, max_batch: int | None, stage: str | None,
     opset: int, device: str | None, external_data: bool, pad_qk: bool, opt_level: int | None, timing_cache: str | None,
+    trt_plugin: str | None,
 ) -> None:
     """Export the inference generator (mapping network + generator; inputs cond, z, noise0..noise2;
     outputs image, grade_logits)."""
@@ -51,8 +54,10 @@ def export(
         want_onnx = True
     if precision != "fp32" and not (want_trt or want_aoti):
         raise DrganError(f"--precision {precision} applies to --trt and --aoti; the ONNX file is always fp32")
-    if not want_trt and (opt_level is not None or timing_cache is not None):
-        raise DrganError("--opt-level and --timing-cache configure the TensorRT build: add --trt")
+    if not want_trt and (opt_level is not None or timing_cache is not None or trt_plugin is not None):
+        raise DrganError("--opt-level, --timing-cache and --trt-plugin configure the TensorRT build: add --trt")
+    if trt_plugin is not None and precision == "fp32":
+        raise DrganError("--trt-plugin runs the fp16/bf16 kernels: add --precision fp16 or --precision bf16")
     profile = BatchProfile.from_options(batch, min_batch, opt_batch, max_batch)
     import torch
 
@@ -65,7 +70,7 @@ def export(
     _Exporter(Path(run), Path(out) if out else Path(run) / "export", stage).run(
         want_onnx=want_onnx, want_trt=want_trt, want_aoti=want_aoti, precision=precision, profile=profile,
         opset=opset, device=device, external_data=external_data or None, pad_qk=pad_qk,
-        opt_level=3 if opt_level is None else opt_level, timing_cache=timing_cache,
+        opt_level=3 if opt_level is None else opt_level, timing_cache=timing_cache, trt_plugin=trt_plugin,
     )
 
 
@@ -92,7 +97,8 @@ class _Exporter:
     def status(self, message: str) -> None:
         click.echo(f"[{time.perf_counter() - self.start:6.1f}s] {message}")
 
-    def run(self, want_onnx, want_trt, want_aoti, precision, profile, opset, device, external_data, pad_qk, opt_level, timing_cache) -> None:
+    def run(self, want_onnx, want_trt, want_aoti, precision, profile, opset, device, external_data, pad_qk, opt_level, timing_cache,
+            trt_plugin=None) -> None:
         from drgan.export import backends
 
         g = self.generator
@@ -100,7 +106,13 @@ class _Exporter:
                     f"{sum(p.numel() for p in g.parameters()) / 1e6:.1f} M parameters")
         if want_onnx:
             self.onnx(backends.ONNX_FILE, opset, external_data, pad_qk=None)
-        if want_trt:
+        if want_trt and trt_plugin:
+            from drgan.export.onnx_plugin import ONNX_FILE as PLUGIN_ONNX_FILE
+
+            self.plugin_onnx(PLUGIN_ONNX_FILE, opset, external_data)
+            self.trt(PLUGIN_ONNX_FILE, backends.engine_file(precision), profile, precision, opt_level, timing_cache,
+                     plugin_library=trt_plugin)
+        elif want_trt:
             onnx_file = backends.TRT_ONNX_FILE if pad_qk else backends.ONNX_FILE
             if pad_qk or not want_onnx:
                 self.onnx(onnx_file, opset, external_data, pad_qk="v" if pad_qk else None)
@@ -137,7 +149,23 @@ class _Exporter:
         if data_path(path).is_file():
             self.written.append(data_path(path))
 
-    def trt(self, onnx_name: str, name: str, profile, precision: str, opt_level: int, timing_cache: str | None) -> None:
+    def plugin_onnx(self, name: str, opset: int, external_data: bool | None) -> None:
+        from drgan.export.onnx_export import data_path, export_onnx
+        from drgan.export.onnx_plugin import OP_TYPE, check_plugin_graph, convert_file
+
+        path = self.out / name
+        self.status(f"ONNX opset {opset} with {OP_TYPE} plugin nodes: exporting {path.name}")
+        export_onnx(self.generator, path, opset=opset, external_data=external_data)
+        convert_file(path, path)
+        counts = check_plugin_graph(path, expected=len(self.generator.global_gen.synth))
+        self.status(f"  graph check passed: {counts[OP_TYPE]} {OP_TYPE} nodes (ONNX Runtime cannot run them; "
+                    "the engine is compared with PyTorch instead)")
+        self.record(path, {"opset": opset, "trt_plugin": True, "op_counts": counts})
+        if data_path(path).is_file():
+            self.written.append(data_path(path))
+
+    def trt(self, onnx_name: str, name: str, profile, precision: str, opt_level: int, timing_cache: str | None,
+            plugin_library: str | None = None) -> None:
         from drgan.export.trt_build import build_engine, sidecar_path
         from drgan.export.trt_runner import TrtGenerator
 
@@ -145,7 +173,7 @@ class _Exporter:
         cache = Path(timing_cache) if timing_cache else self.out / "timing.cache"
         self.status(f"TensorRT {precision} engine, batch {profile.min}/{profile.opt}/{profile.max}, "
                     f"optimization level {opt_level}: building {path.name} (minutes)")
-        build_engine(self.out / onnx_name, path, self.generator, profile, precision, cache, opt_level)
+        build_engine(self.out / onnx_name, path, self.generator, profile, precision, cache, opt_level, plugin_library)
         diff = self.compare(TrtGenerator(path), profile.min)
         self.status(f"  engine loaded; max abs diff vs PyTorch fp32 at batch {profile.min}: {diff:.2e}")
         self.record(path, {"precision": precision, "onnx": onnx_name, "max_abs_diff_vs_torch": diff})
