@@ -141,21 +141,20 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), with the reference implementation's numerical fixes."""
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)).
+
+    Tr sqrt(S1 S2) is computed as Tr sqrt(S1^1/2 S2 S1^1/2), a symmetric positive semi-definite
+    matrix: two symmetric eigendecompositions instead of scipy.linalg.sqrtm of the non-symmetric
+    product, several times faster at 2048-d and free of the spurious imaginary parts and
+    singular-matrix failures sqrtm needs regularising for. Round-off negatives are clipped to 0.
+    """
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        # Singular product (fewer images than dimensions): regularise both covariances.
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        # Round-off leaves a tiny imaginary part; a large one means the result is meaningless.
-        imag = np.max(np.abs(np.diagonal(covmean).imag))
-        if imag > 1e-3:
-            raise DrganError(f"FID: matrix square root has an imaginary component {imag:.3g}; use more images")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    w, v = scipy.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = scipy.linalg.eigh(root1 @ sigma2 @ root1, eigvals_only=True)
+    trace_covmean = np.sum(np.sqrt(np.clip(inner, 0, None)))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
 
 
 Stats = dict[str, tuple[np.ndarray, np.ndarray, int]]  # group ("all" or "0".."4") -> (mu, sigma, count)
