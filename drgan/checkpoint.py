@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,6 +23,9 @@ from torch import nn
 
 from drgan.config import ModelConfig, STAGES
 from drgan.errors import DrganError
+
+if TYPE_CHECKING:
+    from drgan.nn import DRGANGenerator
 
 RUN_FILE = "run.json"
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from drgan.config import NUM_GRADES
 from drgan.data.format import LABELS_FILE, open_dataset
 from drgan.errors import DrganError
 

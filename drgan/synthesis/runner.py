@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from drgan.checkpoint import read_run_config
 from drgan.config import NUM_GRADES
-from drgan.data.lesions import LESION_TYPES, LesionStats
+from drgan.data.lesions import LesionStats
 from drgan.errors import DrganError
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.synthesis.backend import make_backend
