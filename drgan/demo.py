@@ -34,7 +34,7 @@ SCALES = {
     # About ten minutes on two CPU cores. At 64 px most lesions are a pixel or two and a grader
     # stays at chance, so the phantoms (and the grader) are at 128 px.
     "cpu": DemoScale("tiny-64", phantoms=400, phantom_size=128, grader_epochs=10, grader_batch=16,
-                     global_steps=1500, local_steps=600, gan_batch=8, per_grade=8),
+                     global_steps=1500, local_steps=1500, gan_batch=8, per_grade=8),
     # A GPU affords the small-256 preset and longer training.
     "cuda": DemoScale("small-256", phantoms=2000, phantom_size=256, grader_epochs=15, grader_batch=64,
                       global_steps=4000, local_steps=2000, gan_batch=16, per_grade=40),
