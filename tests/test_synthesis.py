@@ -188,3 +188,14 @@ def test_onnxruntime_backend_matches_torch(run, tmp_path):
         a = np.asarray(Image.open(tmp_path / "torch" / "images" / name)).astype(int)
         b = np.asarray(Image.open(tmp_path / "ort" / "images" / name)).astype(int)
         assert np.abs(a - b).max() <= 1  # fp32 rounding may move a pixel across a quantization step
+
+
+def test_lesion_stats_fit_on_a_dataset_drive_synthesis(run, structures, tmp_path):
+    from drgan.cli import cli
+    from drgan.cli.common import run_command
+
+    stats = tmp_path / "stats.json"
+    assert run_command(cli, args=["data", "fit-lesions", str(structures), "--out", str(stats)]) == 0
+    summary = synthesize(opts(run, tmp_path / "out", count=5, lesion_stats=str(stats)))
+    assert summary.total == 5
+    assert all(int(r["ma"]) == 0 for r in manifest(tmp_path / "out") if r["grade"] == "0")

@@ -51,6 +51,18 @@ def contact_sheet(directory: str, out: str, per_grade: int, size: int) -> None:
     click.echo(f"wrote {out}")
 
 
+@data.command("fit-lesions")
+@click.argument("directory", type=click.Path())
+@click.option("--out", "out", type=click.Path(), required=True, help="JSON file for `drgan synthesize --lesion-stats`.")
+@click.option("--skip-bad", is_flag=True, help="Leave bad samples out (counted) instead of stopping.")
+def fit_lesions(directory: str, out: str, skip_bad: bool) -> None:
+    """Learn per-grade lesion counts, sizes and distances from the disc from a dataset's masks."""
+    from drgan.data.lesions import fit_lesion_stats
+
+    fit_lesion_stats(directory, skip_bad=skip_bad).save(out)
+    click.echo(f"wrote {out}")
+
+
 @click.command()
 @click.option("--out", "out", type=click.Path(), required=True, help="New dataset folder.")
 @click.option("--count", type=int, default=100, show_default=True, help="Number of samples (grades round-robin 0..4).")
