@@ -54,13 +54,7 @@ def write_space(path: Path, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two shared cores: one intra-op thread avoids spinning threads fighting other processes.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
