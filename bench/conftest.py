@@ -7,7 +7,12 @@ Each result carries the machine info pytest-benchmark records; GPU figures come 
 bench/gpu_check.sh and are stored beside them with the device named.
 """
 import os
+import sys
+from pathlib import Path
 
 import torch
+
+# The synthesis benchmarks build their run folders with the tests' fixture.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 torch.set_num_threads(os.cpu_count() or 1)

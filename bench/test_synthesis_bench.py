@@ -5,12 +5,12 @@ import os
 import pytest
 
 from drgan.synthesis.runner import SynthesisOptions, synthesize
-from synthesis_fixtures import untrained_run
+from synthesis_fixtures import make_run
 
 
 @pytest.mark.parametrize("name, count, batch", [("tiny-64", 40, 8), ("small-256", 10, 5)])
 def test_synthesis_throughput(benchmark, tmp_path, name, count, batch):
-    run = untrained_run(tmp_path / "run", name)
+    run = make_run(tmp_path / "run", preset_name=name)
     fresh = itertools.count()
 
     def synth():

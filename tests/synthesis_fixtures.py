@@ -1,4 +1,5 @@
-"""A tiny-64 run folder with untrained weights and a grading space: enough to drive the runner."""
+"""A run folder with untrained weights and a grading space: enough to drive the runner (tests and
+the synthesis benchmarks; speed does not depend on training)."""
 from pathlib import Path
 
 import torch
@@ -9,8 +10,8 @@ from drgan.grading_space import GradingSpace
 from drgan.nn import DRGANGenerator
 
 
-def make_run(run: Path, stage: str = "local") -> Path:
-    cfg = preset("tiny-64")
+def make_run(run: Path, stage: str = "local", preset_name: str = "tiny-64") -> Path:
+    cfg = preset(preset_name)
     write_run_config(run, cfg, stage)
     torch.manual_seed(0)
     save_module(DRGANGenerator(cfg, stage), run / "G_ema.safetensors")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from synthesis_fixtures import untrained_run  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from synthesis_fixtures import make_run  # noqa: E402
 
 from drgan.synthesis.runner import SynthesisOptions, synthesize  # noqa: E402
 from drgan.synthesis.writer import gpu_jpeg_encoder  # noqa: E402
@@ -27,7 +27,7 @@ def main() -> None:
     results = {"device": torch.cuda.get_device_name(), "preset": "paper-1280", "batch": BATCH,
                "gpu_jpeg": gpu_jpeg_encoder(95) is not None, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        run = untrained_run(Path(tmp) / "run", "paper-1280")
+        run = make_run(Path(tmp) / "run", preset_name="paper-1280")
         # Warm-up: Triton autotuning, CUDA-graph capture, phantom structures rendered once.
         synthesize(SynthesisOptions(checkpoint=str(run), out=f"{tmp}/warm", count=BATCH, batch=BATCH, format="jpeg", progress=False))
         for fmt in ("jpeg", "png"):
