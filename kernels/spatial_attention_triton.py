@@ -235,23 +235,25 @@ def _bwd_dq_kernel(
     tl.store(part, dq * scale, mask=row_ok[:, None])
 
 
-def _tuned(kernel, configs, key):
-    if interpreting():
-        return None
-    return triton.autotune(configs=configs, key=key)(kernel)
+def autotuner(kernel, configs: list[triton.Config], do_bench=None) -> triton.runtime.Autotuner:
+    """`kernel` tuned over `configs` per (N, DQK, DV); `do_bench` replaces the timing (tests)."""
+    return triton.autotune(configs=configs, key=["N", "DQK", "DV"], do_bench=do_bench)(kernel)
 
 
-_fwd_tuned = _tuned(_fwd_kernel, FWD_CONFIGS, ["N", "DQK", "DV"])
-_dkdv_tuned = _tuned(_bwd_dkdv_kernel, BWD_CONFIGS, ["N", "DQK", "DV"])
-_dq_tuned = _tuned(_bwd_dq_kernel, BWD_CONFIGS, ["N", "DQK", "DV"])
+# Every autotuned launch: name -> (kernel, configurations). The interpreter runs INTERPRET_CONFIG.
+TUNED = {"fwd": (_fwd_kernel, FWD_CONFIGS), "dkdv": (_bwd_dkdv_kernel, BWD_CONFIGS), "dq": (_bwd_dq_kernel, BWD_CONFIGS)}
+tuners = {} if interpreting() else {name: autotuner(kernel, configs) for name, (kernel, configs) in TUNED.items()}
 
 
-def _launch(tuned, kernel, grid, *args, **constexprs) -> None:
-    if tuned is None:
+def _launch(name: str, grid, *args, **constexprs) -> dict:
+    """Run launch `name`; returns the meta-parameters it ran with (the autotuner's pick, once tuned)."""
+    tuner = tuners.get(name)
+    if tuner is None:
         meta = dict(INTERPRET_CONFIG.kwargs)
-        kernel[grid(meta)](*args, **constexprs, **meta, num_warps=INTERPRET_CONFIG.num_warps)
-    else:
-        tuned[grid](*args, **constexprs)
+        TUNED[name][0][grid(meta)](*args, **constexprs, **meta, num_warps=INTERPRET_CONFIG.num_warps)
+        return meta
+    tuner[grid](*args, **constexprs)
+    return tuner.best_config.kwargs
 
 
 def block_d(qk_dim: int) -> int:
@@ -272,7 +274,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qk_scale: float)
     lse = torch.empty((b, n), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
     _launch(
-        _fwd_tuned, _fwd_kernel, grid,
+        "fwd", grid,
         q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), n, dqk, dv, qk_scale,
         BLOCK_D=block_d(dqk), PRECISION=dot_precision(q.dtype),
     )
@@ -288,27 +290,27 @@ def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float):
         out, grad, delta, *out.stride(), *grad.stride(), n, dv, BLOCK_M=64, BLOCK_DV=64,
     )
     dv_out = torch.empty_like(v, memory_format=torch.contiguous_format)
-    # One partial dK / dQ per Dv tile; sized for the smallest BLOCK_DV any configuration uses.
+    # One partial dK / dQ per Dv tile, room for the smallest BLOCK_DV. While autotuning, every
+    # configuration writes its tiles here; only those of the configuration that ran last are summed.
     max_tiles = triton.cdiv(dv, min(c.kwargs["BLOCK_DV"] for c in BWD_CONFIGS + [INTERPRET_CONFIG]))
-    dk_part = torch.zeros((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
-    dq_part = torch.zeros((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
+    dk_part = torch.empty((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
+    dq_part = torch.empty((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad.stride())
     precision = dot_precision(q.dtype)
     grid_k = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
-    _launch(
-        _dkdv_tuned, _bwd_dkdv_kernel, grid_k,
+    meta_k = _launch(
+        "dkdv", grid_k,
         q, k, v, grad, lse, delta, dk_part, dv_out, *strides, *dv_out.stride(), b, n, dqk, dv, qk_scale, scale,
         BLOCK_D=bd, PRECISION=precision,
     )
     grid_q = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
-    _launch(
-        _dq_tuned, _bwd_dq_kernel, grid_q,
+    meta_q = _launch(
+        "dq", grid_q,
         q, k, v, grad, lse, delta, dq_part, *strides, b, n, dqk, dv, qk_scale, scale,
         BLOCK_D=bd, PRECISION=precision,
     )
-    # Tiles a configuration did not use stay zero.
-    dq = dq_part.sum(0)[..., :dqk]
-    dk = dk_part.sum(0)[..., :dqk]
+    dq = dq_part[: triton.cdiv(dv, meta_q["BLOCK_DV"])].sum(0)[..., :dqk]
+    dk = dk_part[: triton.cdiv(dv, meta_k["BLOCK_DV"])].sum(0)[..., :dqk]
     return dq, dk, dv_out
 
 

@@ -1,0 +1,74 @@
+"""Autotuned launches under an emulated autotuner: correct whichever configuration wins.
+
+On a GPU the autotuner runs every configuration on the call's own buffers before the chosen one
+runs again, so what a losing configuration leaves behind (extra partial tiles, say) can leak into
+the result; the interpreter alone runs one fixed configuration and never sees that. Here each
+launch is wrapped in `triton.autotune` with its real configurations and a benchmark that runs
+each configuration once, on the real buffers, and reports fixed timings, so that each
+configuration in turn is the one chosen.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import drgan.kernels  # noqa: E402
+from drgan.kernels import spatial_attention, spatial_attention_ref  # noqa: E402
+from drgan.kernels import spatial_attention_triton as sat  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs a CUDA GPU or TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)",
+)
+CASES = [(name, winner) for name, (_, configs) in sat.TUNED.items() for winner in range(len(configs))]
+
+
+def emulated_bench(winner: int, count: int):
+    """A do_bench that runs the configuration once and reports it fastest iff it is number `winner`."""
+    calls = itertools.count()
+
+    def do_bench(kernel_call, quantiles):
+        index = next(calls)
+        kernel_call()
+        return [1.0 if index % count == winner else 2.0] * len(quantiles)
+
+    do_bench.calls = calls
+    return do_bench
+
+
+@pytest.mark.parametrize("name, winner", CASES, ids=[f"{n}-config{w}" for n, w in CASES])
+def test_spatial_attention_exact_whichever_configuration_wins(monkeypatch, name, winner):
+    kernel, configs = sat.TUNED[name]
+    bench = emulated_bench(winner, len(configs))
+    tuner = sat.autotuner(kernel, configs, do_bench=bench)
+    monkeypatch.setitem(sat.tuners, name, tuner)
+    # Dv = 96: two 64-wide V tiles but one 128-wide tile, so configurations write different partials.
+    q, k = (torch.randn(2, 40, 4, device=DEVICE).requires_grad_(True) for _ in range(2))
+    v = torch.randn(2, 40, 96, device=DEVICE).requires_grad_(True)
+    out = spatial_attention(q, k, v, impl="triton")
+    want = spatial_attention_ref(q, k, v)
+    grad = torch.randn_like(out)
+    got_grads = torch.autograd.grad(out, (q, k, v), grad)
+    want_grads = torch.autograd.grad(want, (q, k, v), grad)
+
+    assert tuner.best_config is configs[winner]
+    assert next(bench.calls) == len(configs), "each configuration is benchmarked exactly once"
+    torch.testing.assert_close(out, want, atol=1e-4, rtol=0)
+    for label, got, expected in zip(("dq", "dk", "dv"), got_grads, want_grads):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0, msg=lambda m, label=label: f"{label}: {m}")
+
+
+def test_every_autotuned_launch_is_emulated():
+    """A kernel tuned anywhere else in drgan.kernels would escape the test above."""
+    folder = Path(drgan.kernels.__file__).parent
+    tuning = {p.name for p in folder.glob("*.py") if re.search(r"\bautotune\(", p.read_text())}
+    assert tuning == {"spatial_attention_triton.py"}
+    assert sat.TUNED, "no autotuned launches registered"
