@@ -1,4 +1,4 @@
-"""`drgan data validate`, `drgan data contact-sheet`, `drgan phantom`, `drgan masks extract`."""
+"""`drgan data validate`, `drgan data import`, `drgan data contact-sheet`, `drgan phantom`, `drgan masks extract`."""
 from __future__ import annotations
 
 import os
@@ -29,6 +29,29 @@ def validate(directory: str, skip_bad: bool) -> None:
             click.echo(f"skipped {len(report.problems)} problem(s); {report.ok} usable samples remain")
             return
         raise DrganError(f"{directory}: {len(report.problems)} problem(s) found (listed above)")
+
+
+@data.command("import")
+@click.argument("kind")
+@click.argument("src", type=click.Path())
+@click.option("--out", "out", type=click.Path(), required=True, help="Dataset folder (new, or an earlier import to resume).")
+@click.option("--size", type=click.IntRange(1), default=1280, show_default=True, help="Image side in pixels.")
+@click.option("--workers", type=click.IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
+              help="Conversion processes.")
+@click.option("--vessels", type=click.Choice(["extract", "none"]), default="extract", show_default=True,
+              help="Vessel masks from the extractor (no release has vessel labels), or none.")
+def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str) -> None:
+    """Import a public DR release (fgadr, idrid, ddr, eyepacs, aptos) unpacked at SRC.
+
+    Images are cropped to the field of view, padded square and resized; lesion masks go to the
+    condition channels (positive at >= 128); the release's split is kept, with a val part taken
+    from its training images. Rerunning the same command resumes.
+    """
+    from drgan.data.importers import import_release
+    from drgan.data.importers.core import SHOW_SKIPPED
+
+    report = import_release(kind.lower(), src, out, size=size, vessels=vessels, workers=workers)
+    click.echo(report.render(limit=SHOW_SKIPPED))
 
 
 @data.command("contact-sheet")

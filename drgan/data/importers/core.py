@@ -1,0 +1,329 @@
+"""What every release importer shares: the plan a release scanner returns, the per-image
+conversion (run in worker processes), resumable writing, and the end report.
+
+A scanner turns an unpacked release into a Plan: one Item per image it can grade (file, grade,
+the release's split, the mask file per condition channel) and the images it cannot, each with a
+reason. `import_release` converts the items in parallel into the dataset format. An id counts as
+finished once its image file exists: masks are written first, the image last, all through temp
+files and renames, so a rerun skips finished ids and redoes the rest.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from drgan.config import COND_CHANNELS, NUM_GRADES
+from drgan.data.format import LABELS_FILE, MIN_SIDE, read_mask, read_rgb
+from drgan.data.lesions import LESION_TYPES
+from drgan.data.preprocess import prepare
+from drgan.errors import DrganError
+from drgan.io import TEMP_MARK, atomic_write_bytes, atomic_write_text, check_writable_dir, encode_png
+
+IMPORT_FILE = "import.json"      # the options a dataset was imported with; a rerun must match them
+REPORT_FILE = "import_report.txt"
+SHOW_SKIPPED = 50                # skipped lines printed; the report file lists all
+VESSEL_MODES = ("extract", "none")
+VAL_EVERY = 10                   # one image in ten of each grade of a training part becomes val
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str                      # the release's file name without extension
+    image: Path
+    grade: int
+    split: str | None            # the release's split; None where the release has none
+    masks: dict[str, Path]       # condition channel -> the release's mask file for it
+
+
+@dataclass
+class Plan:
+    items: list[Item] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)        # "<file or id>: <reason>"
+    missing: Counter = field(default_factory=Counter)       # channel -> images without a mask file
+    notes: list[str] = field(default_factory=list)          # release content no channel holds
+
+    def unlisted(self, grades: dict[str, int | None], images: dict[str, Path], folder: Path, where: str) -> None:
+        """Skip the names a grading table lists that have no image file (`images` keyed by lower-case stem)."""
+        self.skipped += [f"{name}: listed in {where} but no image in {folder}" for name in sorted(grades)
+                         if name.lower() not in images]
+
+
+def find_root(src: Path, marker: str, what: str) -> Path:
+    """The folder of `src` (itself or up to two levels down) that holds `marker` (a relative path).
+
+    Releases unpack with or without their top folder (e.g. Seg-set/), so both are accepted.
+    """
+    if src.is_file():
+        raise DrganError(f"{src}: is a file; unpack the {what} release and pass its folder")
+    if not src.is_dir():
+        raise DrganError(f"{src}: folder not found")
+    for folder in [src, *sorted(src.glob("*/")), *sorted(src.glob("*/*/"))]:
+        if (folder / marker).exists():
+            return folder
+    raise DrganError(f"{src}: not an unpacked {what} release (no {marker} in it or its subfolders)")
+
+
+def files_by_stem(folder: Path, exts: tuple[str, ...], plan: Plan) -> dict[str, Path]:
+    """The files of a folder with one of `exts` (any case), keyed by lower-case stem.
+
+    Two files with one stem (a.jpg, a.png) would make one id: both are skipped with the reason.
+    """
+    out: dict[str, Path] = {}
+    clash: set[str] = set()
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
+            continue
+        key = p.stem.lower()
+        if key in out:
+            clash.add(key)
+            plan.skipped.append(f"{p}: same name as {out[key].name}")
+        else:
+            out[key] = p
+    for key in clash:
+        plan.skipped.append(f"{out.pop(key)}: another file has the same name")
+    return out
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a release's grading table; an unreadable one is one error naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DrganError(f"{path}: unreadable ({exc})") from None
+
+
+def tables(folder: Path, pattern: str, expected: str) -> list[Path]:
+    """The files of `folder` matching `pattern`; none is a layout error describing `expected`."""
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    if not found:
+        raise DrganError(f"{folder}: no {expected}")
+    return found
+
+
+def lower_keys(grades: dict[str, int | None]) -> dict[str, int | None]:
+    """Grades keyed by lower-case name: file names match whatever the case of their extension."""
+    return {k.lower(): g for k, g in grades.items()}
+
+
+def parse_grade(text: str) -> int | None:
+    """An integer grade from a table cell, or None."""
+    try:
+        return int(float(text.strip()))
+    except ValueError:
+        return None
+
+
+def add_item(plan: Plan, image: Path, grade: int | None, split: str | None, masks: dict[str, Path | None],
+             where: str) -> None:
+    """Plan one image: graded 0..4 ones become items, the rest are skipped with the reason."""
+    if grade is None:
+        plan.skipped.append(f"{image}: no grade in {where}")
+        return
+    if grade not in range(NUM_GRADES):
+        plan.skipped.append(f"{image}: grade {grade} in {where} is not a DR grade 0..{NUM_GRADES - 1}")
+        return
+    for channel, path in masks.items():
+        if path is None:
+            plan.missing[channel] += 1
+    plan.items.append(Item(image.stem, image, grade, split, {c: p for c, p in masks.items() if p is not None}))
+
+
+def carve_splits(items: list[Item]) -> list[Item]:
+    """Give training images a validation part (the grader needs one) and unsplit releases a test part.
+
+    The release's own test (and val) images keep their split. Of each grade's training images, in
+    id order, every VAL_EVERY-th becomes val; without any release split, the next one becomes test.
+    """
+    unsplit = all(it.split is None for it in items)
+    seen: Counter = Counter()
+    out = []
+    for it in sorted(items, key=lambda it: it.id):
+        split = it.split
+        if split in (None, "train"):
+            k = seen[it.grade] % VAL_EVERY
+            seen[it.grade] += 1
+            split = "val" if k == 1 else "test" if unsplit and k == 3 else "train"
+        out.append(Item(it.id, it.image, it.grade, split, it.masks))
+    return out
+
+
+def binarize(mask: np.ndarray) -> np.ndarray:
+    """0/255 from an annotation mask: positive at >= 128 (anti-aliased edges), or 1 in a 0/1 mask."""
+    positive = mask == 1 if mask.max() == 1 else mask >= 128
+    return np.where(positive, 255, 0).astype(np.uint8)
+
+
+def mask_stats(masks: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+    """(pixels, connected components) per lesion channel."""
+    out = {}
+    for name in LESION_TYPES:
+        m = masks.get(name)
+        if m is None or not m.any():
+            out[name] = (0, 0)
+            continue
+        positive = m > 0
+        out[name] = (int(positive.sum()), int(ndimage.label(positive, structure=np.ones((3, 3), bool))[1]))
+    return out
+
+
+def _written_stats(out: Path, sid: str) -> dict[str, tuple[int, int]]:
+    folder = out / "masks" / sid
+    return mask_stats({n: read_mask(folder / f"{n}.png")[0] for n in LESION_TYPES if (folder / f"{n}.png").is_file()})
+
+
+def convert(item: Item, out: Path, size: int, vessels: str) -> tuple[str, dict[str, tuple[int, int]] | str]:
+    """Import one image: ("done"|"new", per-channel stats) or ("skipped", reason)."""
+    if (out / "images" / f"{item.id}.png").is_file():
+        return "done", _written_stats(out, item.id)
+    try:
+        image = read_rgb(item.image)[0]
+        stack = np.zeros(image.shape[:2] + (len(COND_CHANNELS),), np.uint8)
+        for channel, path in item.masks.items():
+            stack[..., COND_CHANNELS.index(channel)] = binarize(read_mask(path, image.shape[:2])[0])
+    except DrganError as exc:
+        return "skipped", str(exc)
+    image, stack = prepare(image, stack, size)
+    masks = {name: stack[..., k] for k, name in enumerate(COND_CHANNELS)}
+    if vessels == "extract" or "disc" not in item.masks:
+        from drgan.data.masks import extract_structure
+
+        structure = extract_structure(image)
+        if vessels == "extract":
+            masks["vessel"] = structure["vessel"]
+        if "disc" not in item.masks:
+            masks["disc"] = structure["disc"]
+    folder = out / "masks" / item.id
+    shutil.rmtree(folder, ignore_errors=True)     # left by a run killed before this image finished
+    folder.mkdir(parents=True)
+    for name, m in masks.items():
+        if m.any():
+            atomic_write_bytes(folder / f"{name}.png", encode_png(m))
+    atomic_write_bytes(out / "images" / f"{item.id}.png", encode_png(image))   # last: marks the id finished
+    return "new", mask_stats(masks)
+
+
+def _convert_task(args: tuple[Item, Path, int, str]) -> tuple[Item, str, dict | str]:
+    item = args[0]
+    return (item, *convert(*args))
+
+
+@dataclass
+class ImportReport:
+    kind: str
+    out: Path
+    new: int = 0
+    resumed: int = 0
+    grades: Counter = field(default_factory=Counter)
+    splits: Counter = field(default_factory=Counter)
+    lesions: dict[str, list[int]] = field(default_factory=lambda: {n: [0, 0, 0] for n in LESION_TYPES})
+    missing: Counter = field(default_factory=Counter)
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return self.new + self.resumed
+
+    def render(self, limit: int | None = None) -> str:
+        lines = [f"imported {self.images} {self.kind} images into {self.out}"
+                 + (f" ({self.resumed} already there from an earlier run)" if self.resumed else "")]
+        lines.append("grades: " + ", ".join(f"{g}: {self.grades[g]}" for g in range(NUM_GRADES)))
+        lines.append("splits: " + ", ".join(f"{s}: {n}" for s, n in sorted(self.splits.items())))
+        lines.append("lesions (pixels at the output size, components, images with any):")
+        lines += [f"  {n:<9}{px:>12,} px {comp:>8,} components {imgs:>7,} images" for n, (px, comp, imgs) in self.lesions.items()]
+        if self.missing:
+            lines.append("mask files missing (read as empty): "
+                         + ", ".join(f"{c}: {n}" for c, n in sorted(self.missing.items())))
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(f"skipped ({len(self.skipped)}):" if self.skipped else "skipped: none")
+        shown = self.skipped if limit is None else self.skipped[:limit]
+        lines += [f"  {s}" for s in shown]
+        if len(shown) < len(self.skipped):
+            lines.append(f"  ... and {len(self.skipped) - len(shown)} more (all in {self.out / REPORT_FILE})")
+        return "\n".join(lines)
+
+
+def _check_options(out: Path, options: dict) -> None:
+    """A new folder, or one this importer wrote with the same options (a rerun resumes it)."""
+    record = out / IMPORT_FILE
+    if record.is_file():
+        try:
+            before = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DrganError(f"{record}: unreadable ({exc})") from None
+        if before != options:
+            diff = ", ".join(f"{k} {before.get(k)!r}" for k in options if before.get(k) != options[k])
+            raise DrganError(f"{out}: was imported with {diff}; rerun with the same options or use a new folder")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DrganError(f"{out}: output folder exists and is not an import to resume")
+    check_writable_dir(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    atomic_write_text(record, json.dumps(options, sort_keys=True) + "\n")
+
+
+def import_plan(kind: str, plan: Plan, out: str | Path, size: int, vessels: str, workers: int,
+                progress: bool = True) -> ImportReport:
+    """Convert a scanned release into the dataset at `out` and report what came in and what did not."""
+    out = Path(out)
+    if size < MIN_SIDE:
+        raise DrganError(f"--size {size}: need at least {MIN_SIDE} px")
+    if vessels not in VESSEL_MODES:
+        raise DrganError(f"--vessels {vessels!r}: one of {', '.join(VESSEL_MODES)}")
+    if not plan.items:
+        first = f"; first: {plan.skipped[0]}" if plan.skipped else ""
+        raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped{first})")
+    _check_options(out, {"kind": kind, "size": size, "vessels": vessels})
+    for tmp in (out / "images").glob(f".*{TEMP_MARK}*"):          # left by a killed run
+        tmp.unlink()
+    counts = Counter(it.id for it in plan.items)
+    report_skipped = [f"{it.image}: another image has the id {it.id!r}" for it in plan.items if counts[it.id] > 1]
+    items = carve_splits([it for it in plan.items if counts[it.id] == 1])
+    report = ImportReport(kind, out, missing=plan.missing, skipped=plan.skipped + report_skipped, notes=list(plan.notes))
+    tasks = [(it, out, size, vessels) for it in items]
+    pool = None
+    if workers > 1:
+        import multiprocessing
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(_convert_task, tasks)
+    else:
+        results = map(_convert_task, tasks)
+    if progress:
+        from tqdm import tqdm
+        results = tqdm(results, total=len(tasks), desc=f"import {kind}", unit="img")
+    finished: set[str] = set()
+    try:
+        for item, status, result in results:
+            if status == "skipped":
+                report.skipped.append(str(result))
+                continue
+            finished.add(item.id)
+            report.new += status == "new"
+            report.resumed += status == "done"
+            report.grades[item.grade] += 1
+            report.splits[item.split] += 1
+            for name, (px, comp) in result.items():
+                totals = report.lesions[name]
+                totals[0] += px
+                totals[1] += comp
+                totals[2] += px > 0
+    finally:
+        if pool is not None:
+            pool.terminate()
+    if not finished:
+        raise DrganError(f"no {kind} image could be imported; first problem: {report.skipped[0]}")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "grade", "split"])
+    writer.writerows([it.id, it.grade, it.split] for it in items if it.id in finished)
+    atomic_write_text(out / LABELS_FILE, buf.getvalue())
+    atomic_write_text(out / REPORT_FILE, report.render() + "\n")
+    return report

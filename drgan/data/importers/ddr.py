@@ -1,0 +1,54 @@
+"""DDR: lesion_segmentation/ (757 images with EX, HE, MA, SE masks) graded by DR_grading/*.txt.
+
+    lesion_segmentation/{train,valid,test}/image/<name>.jpg
+    lesion_segmentation/{train,valid,test}/label/{EX,HE,MA,SE}/<name>.tif
+    DR_grading/{train,valid,test}.txt            "<name>.jpg <grade>" lines; grade 5 = ungradable
+
+Ungradable images are left out and counted in the report.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines,
+                                        tables)
+from drgan.errors import DrganError
+
+SEG = "lesion_segmentation"
+GRADING = "DR_grading"
+SPLITS = {"train": "train", "valid": "val", "test": "test"}     # release folder -> split
+LESIONS = {"MA": "ma", "HE": "he", "EX": "ex", "SE": "se"}       # label folder -> channel
+UNGRADABLE = 5
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+MASK_EXTS = (".tif", ".tiff", ".png")
+
+
+def read_grades(folder: Path) -> dict[str, int | None]:
+    """Image stem -> grade from every DR_grading/*.txt."""
+    grades: dict[str, int | None] = {}
+    for table in tables(folder, "*.txt", "grading lists (train.txt, valid.txt, test.txt)"):
+        for line in read_lines(table):
+            parts = line.split()
+            if len(parts) >= 2:
+                grades[Path(parts[0]).stem] = parse_grade(parts[-1])
+    return grades
+
+
+def scan(src: Path) -> Plan:
+    root = find_root(src, SEG, "DDR")
+    grades = lower_keys(read_grades(root / GRADING))
+    where = f"{GRADING}/*.txt"
+    plan = Plan()
+    for folder, split in SPLITS.items():
+        part = root / SEG / folder
+        if not part.is_dir():
+            continue
+        masks = {ch: files_by_stem(part / "label" / name, MASK_EXTS, plan) for name, ch in LESIONS.items()}
+        for key, image in files_by_stem(part / "image", IMAGE_EXTS, plan).items():
+            if grades.get(key) == UNGRADABLE:
+                plan.skipped.append(f"{image}: ungradable (grade {UNGRADABLE} in {where})")
+                continue
+            add_item(plan, image, grades.get(key), split, {ch: m.get(key) for ch, m in masks.items()}, where)
+    if not plan.items and not plan.skipped:
+        raise DrganError(f"{root / SEG}: no images in {', '.join(f'{f}/image/' for f in SPLITS)}")
+    return plan

@@ -1,0 +1,67 @@
+"""IDRiD: A. Segmentation (81 images with lesion and optic-disc masks) graded by B. Disease Grading.
+
+    A. Segmentation/1. Original Images/<set>/IDRiD_NN.jpg
+    A. Segmentation/2. All Segmentation Groundtruths/<set>/<n. Lesion>/IDRiD_NN_{MA,HE,EX,SE,OD}.tif
+    B. Disease Grading/2. Groundtruths/*.csv     "Image name", "Retinopathy grade", ...
+
+<set> is "a. Training Set" or "b. Testing Set" (the split). A lesion file may be missing (no such
+lesion). Grades are matched by exact image name only: the grading table's names come from the
+516 grading images, and a number never stands in for a name.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines,
+                                        tables)
+from drgan.errors import DrganError
+
+SEG = "A. Segmentation"
+IMAGES = f"{SEG}/1. Original Images"
+TRUTHS = f"{SEG}/2. All Segmentation Groundtruths"
+GRADES = "B. Disease Grading/2. Groundtruths"
+SUFFIXES = {"MA": "ma", "HE": "he", "EX": "ex", "SE": "se", "OD": "disc"}     # file suffix -> channel
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+MASK_EXTS = (".tif", ".tiff", ".png")
+
+
+def read_grades(folder: Path) -> dict[str, int | None]:
+    """Image name -> grade from every grading table of the release."""
+    grades: dict[str, int | None] = {}
+    for table in tables(folder, "*.csv", "grading table (*.csv with 'Image name', 'Retinopathy grade')"):
+        for row in csv.DictReader(read_lines(table)):
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            if "image name" not in row or "retinopathy grade" not in row:
+                raise DrganError(f"{table}: needs columns 'Image name' and 'Retinopathy grade'")
+            if row["image name"]:
+                grades[Path(row["image name"]).stem] = parse_grade(row["retinopathy grade"])
+    return grades
+
+
+def _split(set_name: str) -> str | None:
+    name = set_name.lower()
+    return "train" if "train" in name else "test" if "test" in name else None
+
+
+def scan(src: Path) -> Plan:
+    root = find_root(src, IMAGES, "IDRiD")
+    grades = read_grades(root / GRADES)
+    lookup = lower_keys(grades)
+    where = f"{GRADES}/*.csv"
+    plan = Plan()
+    images: dict[str, Path] = {}
+    for set_dir in sorted(p for p in (root / IMAGES).iterdir() if p.is_dir()):
+        truths = root / TRUTHS / set_dir.name
+        masks: dict[str, Path] = {}
+        for lesion_dir in sorted(p for p in truths.iterdir() if p.is_dir()) if truths.is_dir() else []:
+            masks.update(files_by_stem(lesion_dir, MASK_EXTS, plan))
+        found = files_by_stem(set_dir, IMAGE_EXTS, plan)
+        images.update(found)
+        for key, image in found.items():
+            add_item(plan, image, lookup.get(key), _split(set_dir.name),
+                     {ch: masks.get(f"{key}_{sfx.lower()}") for sfx, ch in SUFFIXES.items()}, where)
+    if not plan.items and not plan.skipped:
+        raise DrganError(f"{root / IMAGES}: no images in its set folders (a. Training Set, b. Testing Set)")
+    plan.unlisted(grades, images, root / IMAGES, where)
+    return plan

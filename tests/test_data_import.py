@@ -1,0 +1,351 @@
+"""`drgan data import`: fixture trees in each release's layout, imported and checked channel by
+channel and label by label. Each lesion type is drawn at its own place with anti-aliased edges
+(255 inside, 200 on the first ring: positive; 60 on the second: negative), so a channel mix-up,
+a wrong threshold or a lost mask fails a comparison."""
+import csv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from drgan.cli import cli
+from drgan.config import COND_CHANNELS
+from drgan.data.format import read_mask, read_rgb, validate_dataset
+from drgan.data.importers import import_release
+from drgan.data.importers.core import Item, binarize, carve_splits
+from drgan.data.preprocess import prepare
+from drgan.errors import DrganError
+
+H, W = 96, 128          # non-square photographs: the importer crops to the field of view
+SIZE = 80
+# Where each lesion type is drawn: (row, col), radius. IRMA has no channel and must vanish.
+SHAPES = {"ma": ((30, 60), 2), "he": ((60, 84), 4), "ex": ((38, 92), 3), "se": ((66, 50), 4),
+          "nv": ((24, 76), 3), "irma": ((72, 70), 3), "od": ((48, 40), 8)}
+CHANNEL = {"ma": "ma", "he": "he", "ex": "ex", "se": "se", "nv": "membrane", "od": "disc"}
+
+
+def fundus(seed: int) -> np.ndarray:
+    """A black surround, an orange field of view, a bright optic disc."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.zeros((H, W, 3), np.float64)
+    img[np.hypot(yy - 48, xx - 64) <= 44] = (170, 80, 40)
+    img[np.hypot(yy - 48, xx - 40) <= 8] = (240, 210, 160)
+    img += rng.normal(0, 3, img.shape) * (img > 0)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def drawn(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mask values with anti-aliased edges, the pixels that must count as positive)."""
+    (r, c), rad = SHAPES[kind]
+    yy, xx = np.mgrid[0:H, 0:W]
+    d = np.hypot(yy - r, xx - c)
+    values = np.where(d <= rad, 255, np.where(d <= rad + 1, 200, np.where(d <= rad + 2, 60, 0))).astype(np.uint8)
+    return values, d <= rad + 1
+
+
+def save_mask(path, kind: str, mode: str) -> None:
+    """mode: "L", "RGB" (equal channels, FGADR) or "red" (IDRiD: the lesion in the red channel only)."""
+    values = drawn(kind)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "L":
+        Image.fromarray(values).save(path)
+    elif mode == "RGB":
+        Image.fromarray(np.repeat(values[..., None], 3, axis=2)).save(path)
+    else:
+        rgb = np.zeros((H, W, 3), np.uint8)
+        rgb[..., 0] = values
+        Image.fromarray(rgb).save(path)
+
+
+def save_image(path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(fundus(seed)).save(path, **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
+
+
+def expected_masks(image_path, kinds) -> dict[str, np.ndarray]:
+    """The channels an import must give: the known shapes through the readers' crop, pad and resize."""
+    image = read_rgb(image_path)[0]
+    stack = np.zeros((H, W, len(COND_CHANNELS)), np.uint8)
+    for kind in kinds:
+        if kind in CHANNEL:
+            stack[..., COND_CHANNELS.index(CHANNEL[kind])] = drawn(kind)[1] * 255
+    return {n: prepare(image, stack, SIZE)[1][..., k] for k, n in enumerate(COND_CHANNELS)}
+
+
+def labels(out) -> dict[str, tuple[int, str]]:
+    with open(out / "labels.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "grade", "split"]
+    return {r[0]: (int(r[1]), r[2]) for r in rows[1:]}
+
+
+def written(out, sid: str, channel: str) -> np.ndarray:
+    path = out / "masks" / sid / f"{channel}.png"
+    return read_mask(path)[0] if path.is_file() else np.zeros((SIZE, SIZE), np.uint8)
+
+
+def check_channels(out, sid: str, image_path, kinds, channels=("ma", "he", "ex", "se", "laser", "membrane")) -> None:
+    expect = expected_masks(image_path, kinds)
+    for ch in channels:
+        got = written(out, sid, ch)
+        assert np.array_equal(got, expect[ch]), (sid, ch, int((got > 0).sum()), int((expect[ch] > 0).sum()))
+    assert any(expect[ch].any() for ch in channels) == any(written(out, sid, ch).any() for ch in channels)
+
+
+def run_import(*args):
+    res = CliRunner().invoke(cli, ["data", "import", *map(str, args)])
+    return res, res.output
+
+
+# ---------------------------------------------------------------- FGADR
+
+FGADR_DIRS = {"ma": "Microaneurysms_Masks", "he": "Hemohedge_Masks", "ex": "HardExudate_Masks",
+              "se": "SoftExudate_Masks", "irma": "IRMA_Masks", "nv": "Neovascularization_Masks"}
+# id: (file name, grade, lesion kinds with a mask file, mask mode)
+FGADR = {"0001_1": ("0001_1.png", 0, (), "L"),
+         "0002_1": ("0002_1.png", 2, ("ma", "he", "ex"), "RGB"),
+         "0003_2": ("0003_2.PNG", 3, ("ma", "ex", "se", "irma"), "L"),     # upper-case extension; no HE file
+         "0004_3": ("0004_3.png", 4, ("ma", "he", "ex", "se", "nv", "irma"), "RGB")}
+
+
+@pytest.fixture(scope="module")
+def fgadr(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fgadr") / "FGADR-Seg-set_Release" / "Seg-set"
+    for i, (sid, (name, _, kinds, mode)) in enumerate(FGADR.items()):
+        save_image(root / "Original_Images" / name, i)
+        for kind in kinds:
+            save_mask(root / FGADR_DIRS[kind] / f"{sid}.png", kind, mode)
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(root / "Hemohedge_Masks" / "0001_1.png")   # an empty mask
+    rows = [f"{name},{grade}" for name, grade, _, _ in FGADR.values()] + ["0009_9.png,1"]       # graded, no image
+    (root / "DR_Seg_Grading_Label.csv").write_text("\n".join(rows) + "\n")
+    return root.parent.parent          # the folder the release zip unpacks into
+
+
+def test_fgadr_channels_and_labels(fgadr, tmp_path):
+    out = tmp_path / "ds"
+    res, text = run_import("fgadr", fgadr, "--out", out, "--size", SIZE, "--vessels", "none", "--workers", 0)
+    assert res.exit_code == 0, text
+    got = labels(out)
+    assert {sid: g for sid, (g, _) in got.items()} == {sid: v[1] for sid, v in FGADR.items()}
+    assert {s for _, s in got.values()} <= {"train", "val", "test"}
+    for sid, (name, _, kinds, _) in FGADR.items():
+        check_channels(out, sid, fgadr / "FGADR-Seg-set_Release" / "Seg-set" / "Original_Images" / name, kinds)
+        assert (out / "masks" / sid / "disc.png").is_file()          # the extractor's disc: FGADR has none
+        assert not (out / "masks" / sid / "vessel.png").exists()     # --vessels none
+    assert written(out, "0004_3", "membrane").any()                  # neovascularisation -> membrane
+    assert "IRMA_Masks: 2 mask files not imported" in text
+    assert "0009_9: listed in DR_Seg_Grading_Label.csv but no image in" in text
+    assert "he: 1" in text and "membrane: 3" in text                 # missing files, read as empty
+    report = validate_dataset(out)
+    assert report.problems == [] and report.ok == 4
+
+
+def test_fgadr_report_counts_components(fgadr, tmp_path):
+    report = import_release("fgadr", fgadr, tmp_path / "ds", size=SIZE, vessels="none", progress=False)
+    assert report.images == 4 and report.new == 4 and report.resumed == 0
+    assert dict(report.grades) == {0: 1, 2: 1, 3: 1, 4: 1}
+    px, comp, images = report.lesions["ma"]
+    assert comp == 3 and images == 3 and px > 0           # one drawn microaneurysm in each of three images
+    assert report.lesions["membrane"][1:] == [1, 1]
+    assert report.lesions["laser"] == [0, 0, 0]
+
+
+# ---------------------------------------------------------------- IDRiD
+
+IDRID_SETS = {"train": "a. Training Set", "test": "b. Testing Set"}
+IDRID_DIRS = {"ma": ("1. Microaneurysms", "MA"), "he": ("2. Haemorrhages", "HE"), "ex": ("3. Hard Exudates", "EX"),
+              "se": ("4. Soft Exudates", "SE"), "od": ("5. Optic Disc", "OD")}
+# id: (set, image extension, grade or None, lesion kinds with a mask file)
+IDRID = {"IDRiD_01": ("train", ".jpg", 2, ("ma", "he", "ex", "se", "od")),
+         "IDRiD_02": ("train", ".JPG", 3, ("ma", "he", "ex", "od")),           # no SE file: all zeros
+         "IDRiD_03": ("train", ".jpg", None, ("ma", "od")),                    # not in the grading table
+         "IDRiD_55": ("test", ".jpg", 1, ("ma", "ex", "od"))}
+
+
+@pytest.fixture(scope="module")
+def idrid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idrid") / "IDRiD"
+    seg = root / "A. Segmentation"
+    for i, (sid, (part, ext, _, kinds)) in enumerate(IDRID.items()):
+        save_image(seg / "1. Original Images" / IDRID_SETS[part] / f"{sid}{ext}", 10 + i)
+        for kind in kinds:
+            folder, sfx = IDRID_DIRS[kind]
+            mask_ext = ".TIF" if sid == "IDRiD_02" else ".tif"
+            save_mask(seg / "2. All Segmentation Groundtruths" / IDRID_SETS[part] / folder / f"{sid}_{sfx}{mask_ext}",
+                      kind, "red")
+    truths = root / "B. Disease Grading" / "2. Groundtruths"
+    truths.mkdir(parents=True)
+    header = "Image name,Retinopathy grade,Risk of macular edema ,,\n"
+    (truths / "a. IDRiD_Disease Grading_Training Labels.csv").write_text(
+        header + "IDRiD_01,2,1,,\nIDRiD_02,3,2,,\nIDRiD_001,4,2,,\n")
+    (truths / "b. IDRiD_Disease Grading_Testing Labels.csv").write_text(header + "IDRiD_55,1,0,,\n")
+    return root
+
+
+def test_idrid_channels_labels_and_disc(idrid, tmp_path):
+    out = tmp_path / "ds"
+    res, text = run_import("idrid", idrid, "--out", out, "--size", SIZE, "--vessels", "none", "--workers", 0)
+    assert res.exit_code == 0, text
+    assert labels(out) == {"IDRiD_01": (2, "train"), "IDRiD_02": (3, "train"), "IDRiD_55": (1, "test")}
+    images = idrid / "A. Segmentation" / "1. Original Images"
+    for sid in labels(out):
+        part, ext, _, kinds = IDRID[sid]
+        # The disc is the release's OD mask, not the extractor's.
+        check_channels(out, sid, images / IDRID_SETS[part] / f"{sid}{ext}", kinds,
+                       channels=("ma", "he", "ex", "se", "laser", "membrane", "disc"))
+    assert not written(out, "IDRiD_02", "se").any()
+    assert "IDRiD_03.jpg: no grade in B. Disease Grading/2. Groundtruths/*.csv" in text
+    assert "IDRiD_001: listed in" in text   # graded in the table, but not an image of the segmentation part
+    assert validate_dataset(out).problems == []
+
+
+# ---------------------------------------------------------------- DDR
+
+# id: (release split folder, grade, lesion kinds with a mask file)
+DDR = {"007-0004-000": ("train", 1, ("ma",)),
+       "007-0005-000": ("train", 3, ("ma", "he", "ex", "se")),
+       "007-0006-000": ("valid", 2, ("he", "ex")),
+       "007-0007-000": ("test", 5, ("ex",)),                 # ungradable
+       "007-0008-000": ("test", 4, ("ma", "he", "se"))}
+
+
+@pytest.fixture(scope="module")
+def ddr(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddr") / "DDR-dataset"
+    lesion_dir = {"ma": "MA", "he": "HE", "ex": "EX", "se": "SE"}
+    lists: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for i, (sid, (part, grade, kinds)) in enumerate(DDR.items()):
+        save_image(root / "lesion_segmentation" / part / "image" / f"{sid}.jpg", 20 + i)
+        for kind in kinds:
+            ext = ".TIF" if sid == "007-0005-000" else ".tif"
+            save_mask(root / "lesion_segmentation" / part / "label" / lesion_dir[kind] / f"{sid}{ext}", kind, "L")
+        lists[part].append(f"{sid}.jpg {grade}")
+    (root / "DR_grading").mkdir()
+    for part, lines in lists.items():
+        (root / "DR_grading" / f"{part}.txt").write_text("\n".join(lines + ["999-0000-000.jpg 0"]) + "\n")
+    return root
+
+
+def test_ddr_channels_labels_and_ungradable(ddr, tmp_path):
+    out = tmp_path / "ds"
+    res, text = run_import("ddr", ddr, "--out", out, "--size", SIZE, "--vessels", "none", "--workers", 0)
+    assert res.exit_code == 0, text
+    assert labels(out) == {"007-0004-000": (1, "train"), "007-0005-000": (3, "train"),
+                           "007-0006-000": (2, "val"), "007-0008-000": (4, "test")}
+    for sid in labels(out):
+        part, _, kinds = DDR[sid]
+        check_channels(out, sid, ddr / "lesion_segmentation" / part / "image" / f"{sid}.jpg", kinds)
+    assert "007-0007-000.jpg: ungradable (grade 5 in DR_grading/*.txt)" in text
+    assert validate_dataset(out).problems == []
+
+
+# ---------------------------------------------------------------- EyePACS and APTOS: grades only
+
+@pytest.fixture(scope="module")
+def eyepacs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eyepacs")
+    for i, name in enumerate(["10_left.jpeg", "10_right.JPEG", "13_left.jpeg", "15_left.jpeg"]):
+        save_image(root / "train" / name, 30 + i)
+    (root / "trainLabels.csv").write_text("image,level\n10_left,0\n10_right,4\n13_left,2\n99_left,1\n")
+    return root
+
+
+def test_eyepacs_grades_only(eyepacs, tmp_path):
+    out = tmp_path / "ds"
+    res, text = run_import("eyepacs", eyepacs, "--out", out, "--size", SIZE, "--vessels", "none", "--workers", 0)
+    assert res.exit_code == 0, text
+    assert {sid: g for sid, (g, _) in labels(out).items()} == {"10_left": 0, "10_right": 4, "13_left": 2}
+    assert "15_left.jpeg: no grade in trainLabels.csv" in text
+    assert "99_left: listed in trainLabels.csv but no image in" in text
+    for sid in labels(out):
+        assert sorted(p.name for p in (out / "masks" / sid).iterdir()) == ["disc.png"]
+    assert validate_dataset(out).problems == []
+
+
+def test_aptos_grades_only(tmp_path):
+    src = tmp_path / "aptos2019-blindness-detection"
+    for i, sid in enumerate(["000c1434d8d7", "001639a390f0"]):
+        save_image(src / "train_images" / f"{sid}.png", 40 + i)
+    (src / "train.csv").write_text("id_code,diagnosis\n000c1434d8d7,2\n001639a390f0,4\n")
+    report = import_release("aptos", tmp_path, tmp_path / "ds", size=SIZE, vessels="none", progress=False)
+    assert report.images == 2 and dict(report.grades) == {2: 1, 4: 1}
+    assert {sid: g for sid, (g, _) in labels(tmp_path / "ds").items()} == {"000c1434d8d7": 2, "001639a390f0": 4}
+
+
+# ---------------------------------------------------------------- resume, workers, vessels
+
+def test_rerun_resumes_and_equals_parallel_run(eyepacs, tmp_path):
+    """Workers do not change the bytes; a rerun after a killed run redoes only the unfinished id."""
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    import_release("eyepacs", eyepacs, serial, size=SIZE, vessels="extract", workers=0, progress=False)
+    import_release("eyepacs", eyepacs, parallel, size=SIZE, vessels="extract", workers=2, progress=False)
+    files = sorted(p.relative_to(serial) for p in serial.rglob("*.png"))
+    assert any(p.name == "vessel.png" for p in files)
+    assert files == sorted(p.relative_to(parallel) for p in parallel.rglob("*.png"))
+    assert all((serial / p).read_bytes() == (parallel / p).read_bytes() for p in files)
+
+    before = {p: (serial / p).read_bytes() for p in files}
+    (serial / "images" / "13_left.png").unlink()                         # killed before its image was written
+    (serial / "images" / ".10_left.png.tmp-1-2").write_bytes(b"partial")
+    report = import_release("eyepacs", eyepacs, serial, size=SIZE, vessels="extract", progress=False)
+    assert (report.new, report.resumed) == (1, 2)
+    assert {p: (serial / p).read_bytes() for p in files} == before
+    assert not list((serial / "images").glob(".*"))
+    assert dict(report.grades) == {0: 1, 2: 1, 4: 1}
+
+
+def test_rerun_with_other_options_is_refused(eyepacs, tmp_path):
+    out = tmp_path / "ds"
+    import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    res, _ = run_import("eyepacs", eyepacs, "--out", out, "--size", 96, "--vessels", "none", "--workers", 0)
+    assert isinstance(res.exception, DrganError) and "was imported with size 80" in str(res.exception)
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("args, message", [
+    (["messidor", "{src}"], "unknown release 'messidor'; one of fgadr, idrid, ddr, eyepacs, aptos"),
+    (["fgadr", "{src}/nowhere"], "nowhere: folder not found"),
+    (["idrid", "{src}"], "not an unpacked IDRiD release (no A. Segmentation/1. Original Images"),
+    (["fgadr", "{src}/trainLabels.csv"], "is a file; unpack the FGADR Seg-set release"),
+])
+def test_bad_input_is_one_error_line(eyepacs, tmp_path, capsys, args, message):
+    from drgan.cli.common import run_command
+
+    args = [a.format(src=eyepacs) for a in args]
+    code = run_command(cli, args=["data", "import", *args, "--out", str(tmp_path / "ds")], prog_name="drgan")
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_output_folder_that_is_not_an_import(eyepacs, tmp_path, capsys):
+    from drgan.cli.common import run_command
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "notes.txt").write_text("mine")
+    code = run_command(cli, args=["data", "import", "eyepacs", str(eyepacs), "--out", str(tmp_path / "ds")],
+                       prog_name="drgan")
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and "not an import to resume" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- rules
+
+def test_binarize_threshold_and_binary_masks():
+    assert binarize(np.array([0, 60, 127, 128, 200, 255], np.uint8)).tolist() == [0, 0, 0, 255, 255, 255]
+    assert binarize(np.array([0, 1, 1, 0], np.uint8)).tolist() == [0, 255, 255, 0]      # a 0/1 mask
+
+
+def test_carve_splits_keeps_release_test_and_takes_val_from_train():
+    def items(split, n, grade=0):
+        return [Item(f"{split}{i:02d}g{grade}", None, grade, split, {}) for i in range(n)]
+
+    out = {it.id: it.split for it in carve_splits(items("train", 20) + items("test", 5) + items("train", 3, grade=1))}
+    assert sum(s == "val" for s in out.values()) == 3          # 2 of 20 in grade 0, 1 of 3 in grade 1
+    assert all(out[f"test{i:02d}g0"] == "test" for i in range(5))
+    assert not any(s == "test" for k, s in out.items() if k.startswith("train"))
+    unsplit = [it.split for it in carve_splits(items(None, 20))]
+    assert (unsplit.count("train"), unsplit.count("val"), unsplit.count("test")) == (16, 2, 2)
