@@ -13,7 +13,7 @@ from drgan.cli import cli
 from drgan.config import COND_CHANNELS
 from drgan.data.format import read_mask, read_rgb, validate_dataset
 from drgan.data.importers import import_release
-from drgan.data.importers.core import Item, binarize, carve_splits
+from drgan.data.importers.core import Item, binarize, carve_splits, parse_grade
 from drgan.data.preprocess import prepare
 from drgan.errors import DrganError
 
@@ -222,6 +222,13 @@ def ddr(tmp_path_factory):
             ext = ".TIF" if sid == "007-0005-000" else ".tif"
             save_mask(root / "lesion_segmentation" / part / "label" / lesion_dir[kind] / f"{sid}{ext}", kind, "L")
         lists[part].append(f"{sid}.jpg {grade}")
+    # Bad files are skipped with their reason: a mask of another size, a truncated photograph.
+    save_image(root / "lesion_segmentation" / "train" / "image" / "007-0009-000.jpg", 28)
+    Image.fromarray(np.zeros((50, 70), np.uint8)).save(root / "lesion_segmentation" / "train" / "label" / "HE" / "007-0009-000.tif")
+    save_image(root / "lesion_segmentation" / "train" / "image" / "007-0010-000.jpg", 29)
+    truncated = root / "lesion_segmentation" / "train" / "image" / "007-0010-000.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    lists["train"] += ["007-0009-000.jpg 2", "007-0010-000.jpg 2"]
     (root / "DR_grading").mkdir()
     for part, lines in lists.items():
         (root / "DR_grading" / f"{part}.txt").write_text("\n".join(lines + ["999-0000-000.jpg 0"]) + "\n")
@@ -238,6 +245,8 @@ def test_ddr_channels_labels_and_ungradable(ddr, tmp_path):
         part, _, kinds = DDR[sid]
         check_channels(out, sid, ddr / "lesion_segmentation" / part / "image" / f"{sid}.jpg", kinds)
     assert "007-0007-000.jpg: ungradable (grade 5 in DR_grading/*.txt)" in text
+    assert "007-0009-000.tif: mask is 70x50 px but its image is 128x96" in text
+    assert "007-0010-000.jpg: unreadable image" in text
     assert validate_dataset(out).problems == []
 
 
@@ -334,9 +343,10 @@ def test_output_folder_that_is_not_an_import(eyepacs, tmp_path, capsys):
 
 # ---------------------------------------------------------------- rules
 
-def test_binarize_threshold_and_binary_masks():
+def test_binarize_and_parse_grade():
     assert binarize(np.array([0, 60, 127, 128, 200, 255], np.uint8)).tolist() == [0, 0, 0, 255, 255, 255]
     assert binarize(np.array([0, 1, 1, 0], np.uint8)).tolist() == [0, 255, 255, 0]      # a 0/1 mask
+    assert [parse_grade(t) for t in ("3", " 2.0 ", "2.5", "inf", "", "x")] == [3, 2, None, None, None, None]
 
 
 def test_carve_splits_keeps_release_test_and_takes_val_from_train():

@@ -114,11 +114,12 @@ def lower_keys(grades: dict[str, int | None]) -> dict[str, int | None]:
 
 
 def parse_grade(text: str) -> int | None:
-    """An integer grade from a table cell, or None."""
+    """An integer grade from a table cell ("2" or "2.0"), or None."""
     try:
-        return int(float(text.strip()))
+        value = float(text.strip())
     except ValueError:
         return None
+    return int(value) if value.is_integer() else None
 
 
 def add_item(plan: Plan, image: Path, grade: int | None, split: str | None, masks: dict[str, Path | None],
@@ -139,8 +140,9 @@ def add_item(plan: Plan, image: Path, grade: int | None, split: str | None, mask
 def carve_splits(items: list[Item]) -> list[Item]:
     """Give training images a validation part (the grader needs one) and unsplit releases a test part.
 
-    The release's own test (and val) images keep their split. Of each grade's training images, in
-    id order, every VAL_EVERY-th becomes val; without any release split, the next one becomes test.
+    The release's own test (and val) images keep their split. Of each run of VAL_EVERY training
+    images of a grade, in id order, the second becomes val (so a small grade gets one too); without
+    any release split, the fourth becomes test.
     """
     unsplit = all(it.split is None for it in items)
     seen: Counter = Counter()
