@@ -4,15 +4,13 @@ Batch 8 (halved on out-of-memory), bf16 autocast, channels_last, inference_mode;
 with the SCA gammas switched on (they start at 0), so both paths compute the same attention work.
 Reports ms per image, the speedup and the peak memory of each path.
 
-    python3 bench/gpu/generator.py --out OUT/generator.json
+    python3 bench/gpu/generator.py --out OUT/generator.json [--dry-run]
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 
+import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
 import torch
 
 from drgan.config import preset
@@ -23,6 +21,9 @@ BATCHES = (8, 4, 2, 1)  # tried in order until one fits
 IMPLS = ("triton", "ref")
 ITERS = {"triton": 5, "ref": 2}  # the reference path takes seconds per batch
 SCA_GAMMA = 0.1
+AUTOCAST = torch.bfloat16
+# --dry-run: the tiny preset, one pass each; fp16 autocast (the interpreter's bf16 tl.dot is wrong).
+DRY_PRESET, DRY_BATCHES, DRY_ITERS, DRY_AUTOCAST = "tiny-64", (1,), {"triton": 1, "ref": 1}, torch.float16
 
 
 def build(preset_name: str, device: str) -> DRGANGenerator:
@@ -43,11 +44,12 @@ def inputs(gen: DRGANGenerator, batch: int, device: str) -> tuple[torch.Tensor, 
     return cond.contiguous(memory_format=torch.channels_last), z
 
 
-def time_forward(gen: DRGANGenerator, cond: torch.Tensor, z: torch.Tensor, impl: str, iters: int) -> tuple[float, torch.Tensor, int]:
+def time_forward(gen: DRGANGenerator, cond: torch.Tensor, z: torch.Tensor, impl: str, iters: int,
+                 autocast: torch.dtype) -> tuple[float, torch.Tensor, int]:
     """(ms per batch, the image of the last run, peak bytes allocated)."""
     set_kernel_impl(gen, impl)
     cuda = cond.is_cuda
-    with torch.inference_mode(), torch.autocast(cond.device.type, dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast(cond.device.type, dtype=autocast):
         image, _ = gen(cond, z, noise=0)  # warm-up: compiles and autotunes the kernels
         if cuda:
             torch.cuda.synchronize()
@@ -62,17 +64,17 @@ def time_forward(gen: DRGANGenerator, cond: torch.Tensor, z: torch.Tensor, impl:
     return elapsed, image.float(), peak
 
 
-def run(preset_name: str, device: str, batches=BATCHES, iters=ITERS) -> dict:
+def run(preset_name: str, device: str, batches=BATCHES, iters=ITERS, autocast: torch.dtype = AUTOCAST) -> dict:
     gen = build(preset_name, device)
-    report = {"preset": preset_name, "device": torch.cuda.get_device_name() if device == "cuda" else device,
-              "torch": torch.__version__, "dtype": "bf16 autocast", "memory_format": "channels_last",
+    report = {"preset": preset_name, "device": _part.device_name(device),
+              "torch": torch.__version__, "dtype": f"{autocast} autocast", "memory_format": "channels_last",
               "sca_gamma": SCA_GAMMA}
     for batch in batches:
         try:
             cond, z = inputs(gen, batch, device)
             results, images = {}, {}
             for impl in IMPLS:
-                ms, images[impl], peak = time_forward(gen, cond, z, impl, iters[impl])
+                ms, images[impl], peak = time_forward(gen, cond, z, impl, iters[impl], autocast)
                 results[impl] = {"ms_per_batch": ms, "ms_per_image": ms / batch, "peak_memory_GiB": peak / 2**30}
             break
         except torch.cuda.OutOfMemoryError:
@@ -88,20 +90,18 @@ def run(preset_name: str, device: str, batches=BATCHES, iters=ITERS) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="JSON report path")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench/gpu/generator.py needs a CUDA GPU")
-    report = run(PRESET, "cuda")
+    args = _part.arguments(__doc__)
+    if args.dry_run:
+        report = run(DRY_PRESET, "cpu", DRY_BATCHES, DRY_ITERS, DRY_AUTOCAST)
+    else:
+        report = run(PRESET, "cuda")
     print(f"{'impl':8s} {'ms/image':>10s} {'peak GiB':>10s}   ({report['preset']}, batch {report['batch']}, "
           f"{report['dtype']}, {report['memory_format']}, {report['device']})")
     for impl in IMPLS:
         r = report[impl]
         print(f"{impl:8s} {r['ms_per_image']:10.2f} {r['peak_memory_GiB']:10.2f}")
     print(f"speedup {report['speedup']:.2f}x; max |image difference| {report['max_abs_image_diff']:.3g}")
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    _part.write(args.out, report, args.dry_run)
 
 
 if __name__ == "__main__":

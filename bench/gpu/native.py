@@ -4,13 +4,13 @@ Builds the library with CMake into /tmp for this GPU's architecture (skips, writ
 without CMake or a C compiler), loads it with ctypes and runs each C entry point on PyTorch tensors:
 compared with the Triton JIT kernel and the PyTorch reference, with the timings side by side.
 
-    python3 bench/gpu/native.py --out OUT/native.json
+    python3 bench/gpu/native.py --out OUT/native.json [--dry-run]
+
+--dry-run builds for sm_90 with one Q/K width and loads the bindings; the kernels need a GPU to run.
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import os
 import shutil
 import subprocess
@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
 import torch
 
 from drgan.kernels import adain, adain_ref, channel_attention, channel_attention_ref, spatial_attention
@@ -25,6 +26,7 @@ from drgan.kernels.spatial_attention import spatial_attention_ref
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path("/tmp/drgan-native-build")
+QK_BLOCKS, DRY_QK_BLOCKS = "16;64", "16"
 SPATIAL_SHAPES = [(6400, 64, 512), (25600, 16, 256), (102400, 4, 128)]  # (N, Dqk, Dv), batch 1
 CHANNEL_SHAPES = [(512, 6400), (256, 25600), (128, 102400)]  # (C, N), batch 1, channels_last
 ADAIN_SHAPES = [(80, 512), (640, 64)]  # (side, C), batch 8, both layouts
@@ -34,20 +36,20 @@ REL_TOL = 2e-2
 TIME_BUDGET_S = 33  # gpu_check.sh stops this part at 40 s: timings are skipped past the budget
 
 
-def build(arch: int) -> Path | str:
+def build(arch: int, qk_blocks: str, folder: Path) -> Path | str:
     """The built library, or the reason it cannot be built here."""
     missing = [tool for tool in ("cmake", "cc") if shutil.which(tool) is None]
     if missing:
         return f"{' and '.join(missing)} not installed on this machine"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    for cmd in (["cmake", "-S", str(ROOT), "-B", str(BUILD), *generator, "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DDRGAN_CUDA_ARCHS={arch}", "-DDRGAN_QK_BLOCKS=16;64", f"-DPython3_EXECUTABLE={sys.executable}"],
-                ["cmake", "--build", str(BUILD), "--parallel"]):
+    for cmd in (["cmake", "-S", str(ROOT), "-B", str(folder), *generator, "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DDRGAN_CUDA_ARCHS={arch}", f"-DDRGAN_QK_BLOCKS={qk_blocks}", f"-DPython3_EXECUTABLE={sys.executable}"],
+                ["cmake", "--build", str(folder), "--parallel"]):
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:2])} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return BUILD / "libdrgan_kernels.so"
+    return folder / "libdrgan_kernels.so"
 
 
 class Native:
@@ -174,24 +176,27 @@ def _row(part: str, entry: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="JSON report path")
-    args = parser.parse_args()
+    args = _part.arguments(__doc__)
     start = time.monotonic()
-    if not torch.cuda.is_available():
-        sys.exit("bench/gpu/native.py needs a CUDA GPU")
-    major, minor = torch.cuda.get_device_capability()
-    arch = 90 if (major, minor) == (9, 0) else 80  # other GPUs run the sm_80 cubins or their PTX
-    library = build(arch)
+    if args.dry_run:
+        arch, qk_blocks, folder = 90, DRY_QK_BLOCKS, BUILD.with_name(BUILD.name + "-dry-run")
+    else:
+        # Other GPUs than sm_90 run the sm_80 cubins or their PTX.
+        arch, qk_blocks, folder = 90 if torch.cuda.get_device_capability() == (9, 0) else 80, QK_BLOCKS, BUILD
+    library = build(arch, qk_blocks, folder)
     if isinstance(library, str):
-        Path(args.out).write_text(json.dumps({"skipped": library}) + "\n")
+        _part.write(args.out, {"skipped": library}, args.dry_run)
         print(f"native: skipped ({library})")
         return
     build_s = time.monotonic() - start
     print(f"native: built {library} for sm_{arch} in {build_s:.1f} s", flush=True)
-    report = {"device": torch.cuda.get_device_name(), "arch": arch, "build_s": build_s, "rel_tol": REL_TOL,
-              **run(Native(library), start + TIME_BUDGET_S)}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    native = Native(library)
+    report = {"device": _part.device_name(_part.device(args)), "arch": arch, "build_s": build_s, "rel_tol": REL_TOL}
+    if args.dry_run:
+        report.update({"not_run": "dry run: built and bound; the kernels need a GPU", "pass": True})
+    else:
+        report.update(run(native, start + TIME_BUDGET_S))
+    _part.write(args.out, report, args.dry_run)
     print(f"{'all checks passed' if report['pass'] else 'SOME CHECKS FAILED'}; report in {args.out}")
     sys.exit(0 if report["pass"] else 1)
 

@@ -1,20 +1,20 @@
 """paper-1280 local-stage training step on one GPU: bf16, Triton kernels vs the reference ops.
 
-    python bench/gpu/training.py --out OUT/training.json
+    python bench/gpu/training.py --out OUT/training.json [--dry-run]
 
 Each variant builds the trainer (VGG19 perceptual with random weights: same cost as real ones),
 warms up, then times a few full G + D steps; ms/step and peak memory per variant. A variant that
-fails (out of memory, missing kernel) is recorded with its error and the next one runs.
+fails (out of memory, missing kernel) is recorded with its error and the next one runs; the part
+then exits 1.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
+import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -25,15 +25,17 @@ from drgan.training.gan import GanTrainer
 from drgan.training.options import GanOptions
 from drgan.training.vgg import VGG19Features
 
-CFG = preset("paper-1280")
-BUDGET_S = 110
+BUDGET_S = 50
+VARIANTS = (("triton", 1, 3, "bf16"), ("ref", 1, 2, "bf16"), ("triton", 2, 3, "bf16"))  # impl, batch, steps, precision
+# --dry-run: the tiny preset, one timed step, Triton in fp32 (the interpreter's bf16 tl.dot is wrong).
+DRY_VARIANTS = (("triton", 1, 1, "fp32"),)
 
 
 class RandomRetinas(Dataset):
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, resolution: int) -> None:
         g = torch.Generator().manual_seed(0)
-        self.image = torch.rand(count, 3, CFG.resolution, CFG.resolution, generator=g) * 2 - 1
-        self.cond = (torch.rand(count, 8, CFG.resolution, CFG.resolution, generator=g) > 0.95).float()
+        self.image = torch.rand(count, 3, resolution, resolution, generator=g) * 2 - 1
+        self.cond = (torch.rand(count, 8, resolution, resolution, generator=g) > 0.95).float()
 
     def __len__(self) -> int:
         return len(self.image)
@@ -42,52 +44,60 @@ class RandomRetinas(Dataset):
         return {"id": str(i), "image": self.image[i], "cond": self.cond[i], "grade": torch.tensor(i % 5)}
 
 
-def run_variant(tmp: Path, impl: str, batch: int, steps: int, data: Dataset) -> dict:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    opts = GanOptions(out=str(tmp / f"run-{impl}-{batch}"), grading_space=str(tmp / "space.safetensors"), preset="paper-1280",
+def run_variant(tmp: Path, preset_name: str, device: str, variant: tuple, data: Dataset) -> dict:
+    impl, batch, steps, precision = variant
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    opts = GanOptions(out=str(tmp / f"run-{impl}-{batch}"), grading_space=str(tmp / "space.safetensors"), preset=preset_name,
                       stage="local", perceptual="vgg19", vgg19_weights=str(tmp / "vgg19.safetensors"), batch=batch,
-                      precision="bf16", channels_last=True, device="cuda", kernel_impl=impl)
+                      precision=precision, channels_last=True, device=device, kernel_impl=impl)
     trainer = GanTrainer(opts, data)
     b = next(iter(DataLoader(data, batch_size=batch)))
     trainer.train_step(b, 0)  # warm-up: Triton compilation, cuDNN autotuning
-    torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
     times = []
     for s in range(steps):
         start = time.perf_counter()
         values = trainer.train_step(b, s + 1)
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - start)
-    return {"impl": impl, "batch": batch, "ms_per_step": 1000 * sum(times) / len(times), "ms_per_image": 1000 * sum(times) / len(times) / batch,
-            "steps": steps, "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+    return {"impl": impl, "batch": batch, "precision": precision, "ms_per_step": 1000 * sum(times) / len(times),
+            "ms_per_image": 1000 * sum(times) / len(times) / batch, "steps": steps,
+            "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "losses_finite": all(v == v for v in values.values())}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = _part.arguments(__doc__)
+    device = _part.device(args)
+    preset_name, variants = ("tiny-64", DRY_VARIANTS) if args.dry_run else ("paper-1280", VARIANTS)
+    cfg = preset(preset_name)
     t0 = time.time()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": "paper-1280", "stage": "local",
-              "precision": "bf16", "channels_last": True, "variants": []}
+    result = {"device": _part.device_name(device), "torch": torch.__version__, "preset": preset_name, "stage": "local",
+              "channels_last": True, "variants": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        GradingSpace.fit(torch.randn(20, CFG.z_dim).abs(), torch.arange(20) % 5, 5, 0.9).save(tmp / "space.safetensors")
+        GradingSpace.fit(torch.randn(20, cfg.z_dim).abs(), torch.arange(20) % 5, 5, 0.9).save(tmp / "space.safetensors")
         save_tensors(VGG19Features().state_dict(), tmp / "vgg19.safetensors")
-        data = RandomRetinas(2)
-        for impl, batch, steps in (("triton", 1, 3), ("ref", 1, 2), ("triton", 2, 3)):
+        data = RandomRetinas(2, cfg.resolution)
+        for variant in variants:
+            impl, batch = variant[:2]
             if time.time() - t0 > BUDGET_S:
                 result["variants"].append({"impl": impl, "batch": batch, "skipped": "time budget"})
                 continue
             try:
-                row = run_variant(tmp, impl, batch, steps, data)
+                row = run_variant(tmp, preset_name, device, variant, data)
             except Exception as exc:  # recorded, so the other variants still run
                 row = {"impl": impl, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc()[-1500:]}
-            print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
+            print({k: v for k, v in row.items() if k != "trace"}, flush=True)
             result["variants"].append(row)
     result["total_s"] = time.time() - t0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    result["pass"] = not any("error" in row for row in result["variants"])
+    _part.write(args.out, result, args.dry_run)
+    raise SystemExit(0 if result["pass"] else 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""What every part of the GPU check shares: its arguments, its device and the JSON it writes.
+
+`--dry-run` runs a part on the CPU at its smallest shapes, Triton kernels in the interpreter, so
+a typo or a wrong argument shows up in CI instead of in the GPU window. Import this module before
+anything imports drgan.kernels: the interpreter is switched on at import time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DRY_RUN = "--dry-run" in sys.argv
+if DRY_RUN:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+
+def arguments(doc: str, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """--out (the JSON path) and --dry-run, besides whatever `parser` already holds."""
+    parser = parser or argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="JSON report path")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, smallest shapes, Triton in its interpreter")
+    args = parser.parse_args()
+    if not args.dry_run and not torch.cuda.is_available():
+        sys.exit(f"{Path(sys.argv[0]).name} needs a CUDA GPU (or --dry-run)")
+    return args
+
+
+def device(args: argparse.Namespace) -> str:
+    return "cpu" if args.dry_run else "cuda"
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else device
+
+
+def write(path: Path, report: dict, dry_run: bool) -> None:
+    """The report as JSON, marked with whether it came from a dry run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"dry_run": dry_run, **report}, indent=2) + "\n")
