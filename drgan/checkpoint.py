@@ -1,47 +1,25 @@
-"""Checkpoints: safetensors weights plus JSON. Loading one never executes code.
-
-A run folder (`--out RUN` of the train commands, `--checkpoint RUN` elsewhere) holds:
-
-    RUN/run.json                  {"model": ModelConfig, "stage": "global"|"local", "options": {...}}
-    RUN/G.safetensors             generator weights
-    RUN/G_ema.safetensors         exponential moving average of G (what synthesis uses)
-    RUN/D.safetensors             discriminator weights
-    RUN/grading_space.safetensors grading spaces (copied in by the GAN run)
-    RUN/state.json + state.safetensors   training state (step, epoch, optimizer, scaler, RNG)
-"""
+"""Checkpoints: safetensors weights. Loading one never executes code (run folders: drgan.runs)."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from drgan.config import ModelConfig, STAGES
 from drgan.errors import DrganError
+from drgan.io import atomic_save
+from drgan.runs import generator_weights, read_run_config
 
 if TYPE_CHECKING:
     from drgan.nn import DRGANGenerator
 
-RUN_FILE = "run.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temp file and rename, so a killed process never leaves a truncated file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_save(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -78,33 +56,11 @@ def load_module(module: nn.Module, path: str | Path, strict: bool = True) -> nn.
     return module
 
 
-def write_run_config(run: str | Path, cfg: ModelConfig, stage: str, options: dict[str, Any] | None = None) -> None:
-    run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
-    data = {"model": cfg.to_dict(), "stage": stage, "options": options or {}}
-    atomic_write_bytes(run / RUN_FILE, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_run_config(run: str | Path) -> tuple[ModelConfig, str, dict[str, Any]]:
-    path = Path(run) / RUN_FILE
-    if not path.is_file():
-        raise DrganError(f"{run}: not a drgan run folder (no {RUN_FILE})")
-    try:
-        data = json.loads(path.read_text())
-        cfg, stage, options = ModelConfig.from_dict(data["model"]), data["stage"], data.get("options", {})
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DrganError(f"{path}: malformed run config ({exc})") from None
-    if stage not in STAGES:
-        raise DrganError(f"{path}: unknown stage {stage!r}")
-    return cfg, stage, options
-
-
 def load_generator(run: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> "DRGANGenerator":
     """The generator of a run folder, in eval mode (EMA weights unless ema=False)."""
     from drgan.nn import DRGANGenerator
 
     cfg, stage, _ = read_run_config(run)
     g = DRGANGenerator(cfg, stage)
-    name = "G_ema.safetensors" if ema and (Path(run) / "G_ema.safetensors").is_file() else "G.safetensors"
-    load_module(g, Path(run) / name)
+    load_module(g, generator_weights(run, ema))
     return g.to(device).eval()

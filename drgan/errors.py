@@ -1,7 +1,29 @@
-"""The one exception type for bad input: the CLI prints its message as one line and exits non-zero."""
+"""The exception types for bad input: the CLI prints their message as one line and exits 1."""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+_FIELD = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
 
 class DrganError(Exception):
     """A user-facing error: the message names the culprit (file, option, value) and the reason."""
 
     exit_code = 1
+
+
+class ParameterError(DrganError):
+    """A bad parameter value. The message names parameters as `{name}` fields: a Python caller
+    reads the parameter (`count must be >= 1`), the command line reads its flag (`--count`)."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.render(lambda name: name))
+
+    @property
+    def params(self) -> list[str]:
+        return _FIELD.findall(self.template)
+
+    def render(self, name_of: Callable[[str], str]) -> str:
+        return _FIELD.sub(lambda m: name_of(m.group(1)), self.template)

@@ -13,14 +13,14 @@ Inputs are float32 tensors on any device; outputs are float32 on `backend.device
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from drgan.checkpoint import read_run_config
+from drgan.io import sha256_file
+from drgan.runs import generator_weights, read_run_config
 from drgan.errors import DrganError
 from drgan.export.wrapper import PRECISIONS
 
@@ -51,16 +51,11 @@ class GeneratorBackend(Protocol):
 
 def weights_file(run: str | Path) -> Path:
     """The weights load_generator reads: the EMA copy when the run has one."""
-    run = Path(run)
-    return run / "G_ema.safetensors" if (run / "G_ema.safetensors").is_file() else run / "G.safetensors"
+    return generator_weights(run)
 
 
 def weights_digest(run: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(weights_file(run), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(weights_file(run))
 
 
 def make_backend(

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from drgan.checkpoint import atomic_write_bytes
+from drgan.io import atomic_write_bytes
 from drgan.errors import DrganError
 from drgan.export.wrapper import input_shapes, output_shapes
 from drgan.nn import DRGANGenerator
@@ -27,9 +27,7 @@ OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's builder_optimization_level; 3 is
 
 
 class TensorRTMissing(DrganError):
-    """`import tensorrt` failed: exit code 2 and one line saying what to install."""
-
-    exit_code = 2
+    """`import tensorrt` failed: one line saying what to install."""
 
 
 def import_tensorrt() -> Any:

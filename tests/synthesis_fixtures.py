@@ -4,7 +4,8 @@ from pathlib import Path
 
 import torch
 
-from drgan.checkpoint import save_module, write_run_config
+from drgan.checkpoint import save_module
+from drgan.runs import write_run_config
 from drgan.config import preset
 from drgan.grading_space import GradingSpace
 from drgan.nn import DRGANGenerator

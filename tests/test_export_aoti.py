@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from drgan.checkpoint import save_module, write_run_config
+from drgan.checkpoint import save_module
+from drgan.runs import write_run_config
 from drgan.cli.common import run_command
 from drgan.cli.export import export
 from drgan.config import preset

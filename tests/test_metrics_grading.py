@@ -61,7 +61,8 @@ def test_cli_evaluate_grading_matches_direct_predictions(tmp_path):
     import torch
     from click.testing import CliRunner
 
-    from drgan.checkpoint import save_module, write_run_config
+    from drgan.checkpoint import save_module
+    from drgan.runs import write_run_config
     from drgan.cli import cli
     from drgan.config import preset
     from drgan.data.dataset import FundusDataset

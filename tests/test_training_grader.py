@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from drgan.checkpoint import read_run_config
+from drgan.runs import read_run, read_run_config
 from drgan.config import preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.phantom import write_phantom_dataset
@@ -50,6 +50,7 @@ def test_grader_epochs_metrics_and_grading_space(tmp_path, phantom_dir, capsys):
     assert space.grader_accuracy == pytest.approx(report["val_accuracy"], abs=1e-6)
     cfg, _, options = read_run_config(tmp_path / "grader")
     assert cfg == CFG and options["trainer"] == "grader" and options["balanced"] is True
+    assert read_run(tmp_path / "grader").extra["resolution"] == 64  # what load_grader resizes to
     # Two epochs on 40 phantoms cannot reach the 80% the grading spaces need: one warning line.
     assert report["val_accuracy"] < 0.8
     assert capsys.readouterr().err.count("warning: grader validation accuracy") == 1

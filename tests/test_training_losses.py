@@ -57,5 +57,5 @@ def test_options_json_round_trip_and_checks(tmp_path):
     assert GraderOptions.from_dict(GraderOptions(balanced=True).to_dict()) == GraderOptions(balanced=True)
     with pytest.raises(DrganError, match="unknown option"):
         GanOptions.from_dict({"learning_rate": 1})
-    with pytest.raises(DrganError, match="--stage"):
+    with pytest.raises(DrganError, match="^stage 'middle'"):
         GanOptions(stage="middle")

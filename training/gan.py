@@ -12,6 +12,7 @@ data order from (seed, epoch, rank): with num_workers=0 a resumed run replays th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import platform
@@ -27,11 +28,12 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from drgan.checkpoint import (
-    atomic_write_bytes, load_module, load_tensors, read_run_config, save_tensors, write_run_config,
-)
+from drgan.checkpoint import load_module, load_tensors, save_tensors
 from drgan.config import ModelConfig, preset
-from drgan.errors import DrganError
+from drgan.data.format import LABELS_FILE
+from drgan.errors import DrganError, ParameterError
+from drgan.io import atomic_write_bytes, sha256_file
+from drgan.runs import WEIGHT_FILES, prepare_out, read_run, remove_unfinished, require_kind, write_run_config
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.nn import DRGANGenerator, build_discriminator, set_kernel_impl
 from drgan.training import distributed as dist_util
@@ -39,10 +41,9 @@ from drgan.training import losses
 from drgan.training.logger import RunLogger
 from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
 from drgan.training.state import (
-    check_step, load_state, optimizer_from_state, optimizer_to_state, rng_state, save_state, set_rng_state,
+    STATE_JSON, check_step, load_state, optimizer_from_state, optimizer_to_state, rng_state, save_state, set_rng_state,
 )
 
-WEIGHT_FILES = {"G": "G.safetensors", "G_ema": "G_ema.safetensors", "D": "D.safetensors"}
 ENV_FILE = "environment.json"
 GRID_COLUMNS = 4  # fixed conditions per sample grid (columns); rows are the grades
 G_TERMS = ("G_adv", "G_fm", "G_perceptual", "G_cls", "G_encoder", "G_total")
@@ -55,18 +56,48 @@ class NonFiniteLoss(Exception):
         self.terms = terms
 
 
-def resolve_options(opts: GanOptions) -> GanOptions:
-    """On --resume the run's own options hold; how long and where it runs may be changed
-    (the RESUMABLE_OVERRIDES that `opts` sets to other than their defaults)."""
-    if opts.resume is None:
-        return opts
-    _, _, saved = read_run_config(opts.resume)
-    saved = {k: v for k, v in saved.items() if k != "trainer"}
+PATH_OPTIONS = ("data", "grading_space", "init", "vgg19_weights")
+
+
+def _same(name: str, given: Any, saved: Any) -> bool:
+    if name in (*PATH_OPTIONS, "out") and given is not None and saved is not None:
+        return Path(given).resolve() == Path(saved).resolve()
+    return given == saved
+
+
+def resume_options(run: str | Path, **given: Any) -> GanOptions:
+    """The options of `run` for continuing it. Given RESUMABLE_OVERRIDES replace the run's; any
+    other given option must equal the run's (paths compared resolved), or it is refused."""
+    run = str(run)
+    saved = {k: v for k, v in require_kind(run, "gan", "resume").options.items() if k != "trainer"}
     merged = GanOptions.from_dict(saved).to_dict()
-    defaults = GanOptions()
-    merged.update({k: getattr(opts, k) for k in RESUMABLE_OVERRIDES if getattr(opts, k) != getattr(defaults, k)})
-    merged.update(out=str(opts.resume), resume=str(opts.resume))
+    merged["out"] = run
+    for name, value in given.items():
+        if name in (*RESUMABLE_OVERRIDES, "resume") or _same(name, value, merged.get(name)):
+            continue
+        allowed = ", ".join(f"{{{k}}}" for k in RESUMABLE_OVERRIDES)
+        raise ParameterError(
+            f"{{{name}}} {value}: {{resume}} {run} keeps the run's own value ({merged.get(name)}); "
+            f"only {allowed} may change on resume"
+        )
+    merged.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+    if given.get("max_steps") is not None and "epochs" not in given:
+        # An epoch has at least one step: the saved epoch count must not cut the asked steps short.
+        merged["epochs"] = max(merged["epochs"], given["max_steps"])
+    merged["resume"] = run
     return GanOptions.from_dict(merged)
+
+
+def resolve_options(opts: GanOptions) -> GanOptions:
+    """Options as a run records them: paths absolute, so a resume works from any folder. On
+    resume the run's own options hold, except the RESUMABLE_OVERRIDES `opts` sets to other than
+    their defaults (`resume_options` takes the overrides explicitly)."""
+    if opts.resume is None:
+        return dataclasses.replace(opts, **{k: str(Path(getattr(opts, k)).resolve()) for k in PATH_OPTIONS if getattr(opts, k)})
+    if opts.out == opts.resume:
+        return opts
+    defaults = GanOptions()
+    return resume_options(opts.resume, **{k: getattr(opts, k) for k in RESUMABLE_OVERRIDES if getattr(opts, k) != getattr(defaults, k)})
 
 
 def model_config(opts: GanOptions) -> ModelConfig:
@@ -75,7 +106,8 @@ def model_config(opts: GanOptions) -> ModelConfig:
     source = opts.resume or opts.init
     if source is None:
         return cfg
-    run_cfg, run_stage, _ = read_run_config(source)
+    init = read_run(source) if opts.resume else require_kind(source, "gan", "init")
+    run_cfg, run_stage = init.cfg, init.stage
     if opts.init and not opts.resume and run_stage != "global":
         raise DrganError(f"--init {opts.init}: a {run_stage}-stage run; the local stage starts from a global-stage run")
     if run_cfg != cfg:
@@ -102,12 +134,15 @@ def checkpoint_attention_blocks(g: DRGANGenerator) -> None:
 
 
 class GanTrainer:
-    def __init__(self, opts: GanOptions, dataset: Dataset | None = None) -> None:
+    def __init__(self, opts: GanOptions, dataset: Dataset | None = None, overwrite: bool = False) -> None:
+        """`overwrite`: replace a previous run in `opts.out` (otherwise a non-empty folder is refused)."""
         opts = resolve_options(opts)
         self.opts = opts
         self.info = dist_util.setup(opts.device)
         self.device = self.info.device
         self.run = Path(opts.out)
+        if not opts.resume and self.info.is_main:
+            prepare_out(self.run, overwrite)
         self.cfg = model_config(opts)
         self.stage = opts.stage
         self.resolution = self.cfg.stage_resolution(opts.stage)
@@ -119,6 +154,9 @@ class GanTrainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         if opts.init and not opts.resume:
             self._load_init(Path(opts.init))
+        elif opts.stage == "local" and not opts.resume and self.info.is_main:
+            print("warning: local stage without an init run: Gm and Gl both start from scratch "
+                  "(the paper fine-tunes a trained global stage)", file=sys.stderr)
         self.D = build_discriminator(self.cfg)
         self.perceptual = losses.build_perceptual(opts.perceptual, self.cfg, opts.vgg19_weights, opts.grading_space)
         fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
@@ -159,6 +197,11 @@ class GanTrainer:
             raise DrganError("--data DIR is required (a dataset folder with images/, masks/ and labels.csv)")
         from drgan.data.dataset import FundusDataset
 
+        if self.opts.resume:
+            recorded = read_run(self.run).extra.get("dataset", {}).get("labels_sha256")
+            labels = Path(self.opts.data) / LABELS_FILE
+            if recorded and labels.is_file() and sha256_file(labels) != recorded:
+                raise DrganError(f"{labels}: changed since {self.run} started (sha256 differs); resume on the same dataset")
         return FundusDataset(self.opts.data, self.cfg.resolution, split="train")
 
     def _load_init(self, init: Path) -> None:
@@ -186,7 +229,11 @@ class GanTrainer:
         if not self.info.is_main:
             return
         self.run.mkdir(parents=True, exist_ok=True)
-        write_run_config(self.run, self.cfg, self.stage, options={"trainer": "gan", **self.opts.to_dict()})
+        extra = {}
+        labels = Path(self.opts.data or "") / LABELS_FILE
+        if self.opts.data and labels.is_file():
+            extra["dataset"] = {"labels_sha256": sha256_file(labels)}
+        write_run_config(self.run, self.cfg, self.stage, options={"trainer": "gan", **self.opts.to_dict()}, **extra)
         src = Path(self.opts.grading_space)
         if src.resolve() != (self.run / SPACE_FILE).resolve():
             atomic_write_bytes(self.run / SPACE_FILE, src.read_bytes())
@@ -354,6 +401,11 @@ class GanTrainer:
         o = self.opts
         per_epoch = self.sampler.batches_per_epoch
         limit = o.epochs * per_epoch if o.max_steps is None else min(o.max_steps, o.epochs * per_epoch)
+        if o.resume and self.step >= limit:
+            raise ParameterError(
+                f"{{resume}} {self.run}: already trained {self.step} of {limit} steps; "
+                "give a larger {max_steps} or {epochs} to continue"
+            )
         logger = RunLogger(self.run, enabled=self.info.is_main, purge_step=self.step if o.resume else None)
         report: dict[str, Any] = {"run": str(self.run), "stage": self.stage, "log": [], "samples": []}
         if self.info.is_main and self.step == 0:
@@ -407,10 +459,18 @@ class GanTrainer:
         return report
 
 
-def train_gan(opts: GanOptions, dataset: Dataset | None = None) -> dict[str, Any]:
-    """Train (or resume) one stage; `dataset` replaces `opts.data` (items as FundusDataset's)."""
-    trainer = GanTrainer(opts, dataset)
+def train_gan(opts: GanOptions, dataset: Dataset | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Train (or resume) one stage; `dataset` replaces `opts.data` (items as FundusDataset's).
+
+    A new run that fails before its first checkpoint leaves no run folder behind."""
+    out = Path(opts.out)
+    created = opts.resume is None and (not out.exists() or (out.is_dir() and not any(out.iterdir())))
     try:
-        return trainer.fit()
-    finally:
-        dist_util.teardown(trainer.info)
+        trainer = GanTrainer(opts, dataset, overwrite)
+        try:
+            return trainer.fit()
+        finally:
+            dist_util.teardown(trainer.info)
+    except BaseException:
+        remove_unfinished(out, created, STATE_JSON)
+        raise

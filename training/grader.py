@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from drgan.checkpoint import save_module, write_run_config
+from drgan.checkpoint import save_module
+from drgan.runs import GRADER_FILE, prepare_out, remove_unfinished, write_run_config
+from drgan.runtime import resolve_device
 from drgan.config import preset
 from drgan.errors import DrganError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
@@ -26,7 +28,6 @@ from drgan.training.options import GraderOptions
 
 __all__ = ["GraderOptions", "train_grader", "grader_features", "GRADER_FILE", "AGM_MIN_ACCURACY"]
 
-GRADER_FILE = "grader.safetensors"
 AGM_MIN_ACCURACY = 0.8  # the paper finds the grading spaces help once the grader reaches ~80%
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -69,18 +70,33 @@ def train_grader(
     out: str | Path,
     opts: GraderOptions,
     batch_transform: BatchTransform | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train the grader, write its run folder and grading spaces; returns per-epoch metrics."""
-    from drgan.metrics.grading import grading_metrics
+    """Train the grader, write its run folder and grading spaces; returns per-epoch metrics.
 
+    A non-empty `out` is refused unless `overwrite` replaces a previous run; a run that fails
+    leaves no run folder behind."""
     if len(train) == 0:
         raise DrganError("grader: the training split is empty")
     if len(val) == 0:
         raise DrganError("grader: the validation split is empty (labels.csv needs rows with split 'val')")
+    device = resolve_device(opts.device)
     out = Path(out)
+    created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    prepare_out(out, overwrite)
+    try:
+        return _train_grader(train, val, out, opts, batch_transform, device)
+    except BaseException:
+        remove_unfinished(out, created, SPACE_FILE)
+        raise
+
+
+def _train_grader(train: Dataset, val: Dataset, out: Path, opts: GraderOptions, batch_transform: BatchTransform | None,
+                  device: torch.device) -> dict[str, Any]:
+    from drgan.metrics.grading import grading_metrics
+
     out.mkdir(parents=True, exist_ok=True)
     cfg = preset(opts.preset)
-    device = torch.device(opts.device)
     torch.manual_seed(opts.seed)
     grader = build_grader(cfg).to(device)
     optim = torch.optim.Adam(grader.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))
@@ -91,7 +107,8 @@ def train_grader(
         num_workers=opts.workers, drop_last=len(train) > opts.batch,
     )
     mix = torch.Generator().manual_seed(opts.seed + 1)
-    write_run_config(out, cfg, stage="global", options={"trainer": "grader", **opts.to_dict()})
+    resolution = int(train[0]["image"].shape[-1])  # what evaluation must resize to (not always the preset's)
+    write_run_config(out, cfg, stage="global", options={"trainer": "grader", **opts.to_dict()}, resolution=resolution)
     logger = RunLogger(out, enabled=True, purge_step=None)
     report: dict[str, Any] = {"epochs": []}
     step = 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from drgan.config import PRESETS, STAGES
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PERCEPTUAL_NETS = ("vgg19", "grader", "none")
@@ -42,9 +42,10 @@ class _Options:
             raise DrganError(f"{path}: cannot read training options ({exc})") from None
 
     def _check(self, checks: list[tuple[bool, str]]) -> None:
+        """Each check: (condition, message naming parameters as {name} fields)."""
         for ok, message in checks:
             if not ok:
-                raise DrganError(f"invalid option: {message}")
+                raise ParameterError(message)
 
 
 @dataclass
@@ -56,17 +57,18 @@ class GraderOptions(_Options):
     beta1: float = 0.5          # Adam beta1 (paper: "momentum 0.5")
     balanced: bool = False      # class-balanced sampling (inverse grade frequency)
     seed: int = 0               # weights, sampling order and batch transforms
-    device: str = "cpu"         # torch device
+    device: str = "auto"        # torch device (auto: CUDA when visible)
     workers: int = 0            # DataLoader worker processes
 
     def __post_init__(self) -> None:
         self._check([
-            (self.preset in PRESETS, f"--preset {self.preset!r} is not one of {list(PRESETS)}"),
-            (self.epochs >= 1, f"--epochs {self.epochs} must be >= 1"),
-            (self.batch >= 2, f"--batch {self.batch} must be >= 2 (batch normalization)"),
-            (self.lr > 0, f"--lr {self.lr} must be > 0"),
-            (0 <= self.beta1 < 1, f"beta1 {self.beta1} must lie in [0, 1)"),
-            (self.workers >= 0, f"--workers {self.workers} must be >= 0"),
+            (self.preset in PRESETS, f"{{preset}} {self.preset!r} is not one of {list(PRESETS)}"),
+            (self.epochs >= 1, f"{{epochs}} {self.epochs} must be >= 1"),
+            (self.batch >= 2, f"{{batch}} {self.batch} must be >= 2 (batch normalization)"),
+            (self.lr > 0, f"{{lr}} {self.lr} must be > 0"),
+            (0 <= self.beta1 < 1, f"{{beta1}} {self.beta1} must lie in [0, 1)"),
+            (self.workers >= 0, f"{{workers}} {self.workers} must be >= 0"),
+            (self.seed >= 0, f"{{seed}} {self.seed} must be >= 0"),
         ])
 
 
@@ -98,7 +100,7 @@ class GanOptions(_Options):
     checkpoint_activations: bool = False  # recompute the attention blocks in backward
     compile: bool = False               # torch.compile the generator and discriminators
     kernel_impl: str = "auto"           # drgan.kernels implementation ('auto', 'ref', 'triton')
-    device: str = "cpu"                 # torch device ('cuda' picks the local rank's GPU)
+    device: str = "auto"                # torch device ('cuda' picks the local rank's GPU; auto: CUDA when visible)
     seed: int = 0                       # weights, sampling order, z and noise
     workers: int = 0                    # DataLoader worker processes
     log_every: int = 50                 # TensorBoard scalars every K steps
@@ -107,19 +109,20 @@ class GanOptions(_Options):
 
     def __post_init__(self) -> None:
         self._check([
-            (self.stage in STAGES, f"--stage {self.stage!r} is not one of {STAGES}"),
-            (self.preset in PRESETS, f"--preset {self.preset!r} is not one of {list(PRESETS)}"),
-            (self.precision in PRECISIONS, f"--precision {self.precision!r} is not one of {PRECISIONS}"),
-            (self.perceptual in PERCEPTUAL_NETS, f"--perceptual {self.perceptual!r} is not one of {PERCEPTUAL_NETS}"),
-            (self.gan_loss in GAN_LOSSES, f"--gan-loss {self.gan_loss!r} is not one of {GAN_LOSSES}"),
-            (self.epochs >= 1, f"--epochs {self.epochs} must be >= 1"),
-            (self.max_steps is None or self.max_steps >= 0, f"--max-steps {self.max_steps} must be >= 0"),
-            (self.batch >= 1, f"--batch {self.batch} must be >= 1"),
-            (self.lr > 0, f"--lr {self.lr} must be > 0"),
-            (0 <= self.ema_decay < 1, f"ema_decay {self.ema_decay} must lie in [0, 1)"),
+            (self.stage in STAGES, f"{{stage}} {self.stage!r} is not one of {STAGES}"),
+            (self.preset in PRESETS, f"{{preset}} {self.preset!r} is not one of {list(PRESETS)}"),
+            (self.precision in PRECISIONS, f"{{precision}} {self.precision!r} is not one of {PRECISIONS}"),
+            (self.perceptual in PERCEPTUAL_NETS, f"{{perceptual}} {self.perceptual!r} is not one of {PERCEPTUAL_NETS}"),
+            (self.gan_loss in GAN_LOSSES, f"{{gan_loss}} {self.gan_loss!r} is not one of {GAN_LOSSES}"),
+            (self.epochs >= 1, f"{{epochs}} {self.epochs} must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, f"{{max_steps}} {self.max_steps} must be >= 1"),
+            (self.batch >= 1, f"{{batch}} {self.batch} must be >= 1"),
+            (self.lr > 0, f"{{lr}} {self.lr} must be > 0"),
+            (0 <= self.ema_decay < 1, f"{{ema_decay}} {self.ema_decay} must lie in [0, 1)"),
             (min(self.log_every, self.sample_every, self.checkpoint_every) >= 1,
-             "--log-every, --sample-every and --checkpoint-every must be >= 1"),
-            (self.workers >= 0, f"--workers {self.workers} must be >= 0"),
+             "{log_every}, {sample_every} and {checkpoint_every} must be >= 1"),
+            (self.workers >= 0, f"{{workers}} {self.workers} must be >= 0"),
+            (self.seed >= 0, f"{{seed}} {self.seed} must be >= 0"),
         ])
 
 

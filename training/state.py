@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from drgan.checkpoint import atomic_write_bytes, load_tensors, save_tensors
+from drgan.checkpoint import load_tensors, save_tensors
+from drgan.io import atomic_write_bytes
 from drgan.errors import DrganError
 
 STATE_JSON = "state.json"
@@ -75,7 +76,8 @@ def load_state(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise DrganError(f"--resume {run}: no {STATE_JSON} (not a GAN run folder, or no checkpoint written yet)")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        meta["step"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DrganError(f"{path}: malformed training state ({exc})") from None
     check_step(run / STATE_TENSORS, meta["step"])
     return meta, load_tensors(run / STATE_TENSORS)
@@ -83,12 +85,15 @@ def load_state(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 def check_step(path: Path, step: int) -> None:
     """A checkpoint file must belong to the step recorded in state.json."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         raise DrganError(f"{path}: missing from the checkpoint")
-    with safe_open(str(path), "pt") as f:
-        written = (f.metadata() or {}).get("step")
+    try:
+        with safe_open(str(path), "pt") as f:
+            written = (f.metadata() or {}).get("step")
+    except (SafetensorError, OSError) as exc:
+        raise DrganError(f"{path}: not a readable safetensors file ({exc})") from None
     if written != str(step):
         raise DrganError(f"{path}: written at step {written}, but state.json is at step {step} (checkpoint cut short)")
 

@@ -73,7 +73,7 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
 
 
 @evaluate.command()
-@click.option("--model", "run", type=_folder, required=True, help="Grader run folder (grader.safetensors + run.json).")
+@click.option("--run", "--model", "run", type=_folder, required=True, help="Grader run folder (grader.safetensors + run.json).")
 @click.option("--data", type=_folder, required=True, help="Dataset folder (images/ + labels.csv).")
 @click.option("--split", default=None, help="Only rows of labels.csv with this split (e.g. test) [default: all].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")

@@ -20,7 +20,7 @@ from drgan.errors import DrganError
 
 
 @click.command()
-@click.option("--checkpoint", "run", required=True, type=click.Path(file_okay=False), help="Run folder (run.json + G_ema/G.safetensors).")
+@click.option("--run", "--checkpoint", "run", required=True, type=click.Path(file_okay=False), help="Run folder (run.json + G_ema/G.safetensors).")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder to write.  [default: RUN/export]")
 @click.option("--onnx", "want_onnx", is_flag=True, help="Write the ONNX file (the default when no format is named).")
 @click.option("--trt", "want_trt", is_flag=True, help="Build a TensorRT engine (needs TensorRT and a GPU).")
@@ -49,7 +49,7 @@ def export(
     from drgan.export.trt_build import BatchProfile, import_tensorrt
 
     if want_trt:
-        import_tensorrt()  # first: a missing TensorRT stops before any work (exit 2)
+        import_tensorrt()  # first: a missing TensorRT stops before any work
     if not (want_onnx or want_trt or want_aoti):
         want_onnx = True
     if precision != "fp32" and not (want_trt or want_aoti):
@@ -212,7 +212,7 @@ class _Exporter:
         self.written.append(path)
 
     def save_manifest(self) -> None:
-        from drgan.checkpoint import atomic_write_bytes
+        from drgan.io import atomic_write_bytes
         from drgan.export.backends import MANIFEST
         from drgan.export.wrapper import OUTPUT_NAMES, input_shapes, output_shapes
 

@@ -17,14 +17,14 @@ def _grades(text: str) -> tuple[int, ...]:
 
 
 @click.command()
-@click.option("--checkpoint", required=True, type=click.Path(), help="Run folder of a trained GAN.")
+@click.option("--run", "--checkpoint", "checkpoint", required=True, type=click.Path(), help="Run folder of a trained GAN.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (dataset format + manifest.csv).")
 @click.option("--count", type=int, help="Images in the whole set (balanced over --grades).")
 @click.option("--per-grade", type=int, help="Images per grade (instead of --count).")
 @click.option("--grades", default=",".join(map(str, range(NUM_GRADES))), show_default=True, help="Grades to synthesize.")
 @click.option("--structures", type=click.Path(), help="Dataset folder whose vessel/disc masks are the structure pool (default: phantom structures).")
 @click.option("--lesion-stats", type=click.Path(), help="Lesion statistics JSON (fit on a dataset); default: the DR scale's.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the whole set: item i depends on (seed, i) only.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the whole set, >= 0: item i depends on (seed, i) only.")
 @click.option("--batch", default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt", "aoti"]), default="torch", show_default=True)
@@ -41,6 +41,8 @@ def synthesize(checkpoint, out, count, per_grade, grades, structures, lesion_sta
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as run
 
     grade_list = _grades(grades)
+    if seed < 0:
+        raise DrganError(f"--seed {seed} must be >= 0")
     if (count is None) == (per_grade is None):
         raise DrganError("give exactly one of --count and --per-grade")
     total = count if count is not None else per_grade * len(grade_list)

@@ -5,7 +5,11 @@ import json
 
 import click
 
+from drgan.cli.common import DEVICE_HELP, flag
 from drgan.config import PRESETS, STAGES
+from drgan.training.options import RESUMABLE_OVERRIDES
+
+RESUMABLE_FLAGS = ", ".join(flag(name) for name in RESUMABLE_OVERRIDES)
 
 
 @click.group()
@@ -15,42 +19,47 @@ def train() -> None:
 
 @train.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder (images/, masks/, labels.csv with train/val splits).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
+@click.option("--out", required=True, type=click.Path(), help="New run folder (an existing run only with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--preset", default="paper-1280", show_default=True, type=click.Choice(list(PRESETS)), help="Model config.")
-@click.option("--epochs", default=30, show_default=True, type=int, help="Training epochs (paper: 30).")
-@click.option("--batch", default=64, show_default=True, type=int, help="Batch size (paper: 64).")
-@click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate (paper: 1e-3).")
+@click.option("--epochs", default=30, show_default=True, type=int, help="Training epochs, >= 1 (paper: 30).")
+@click.option("--batch", default=64, show_default=True, type=int, help="Batch size, >= 2 (paper: 64).")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate, > 0 (paper: 1e-3).")
 @click.option("--balanced/--no-balanced", default=False, show_default=True, help="Class-balanced sampling.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
-@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
-def grader(data_dir: str, out: str, preset: str, epochs: int, batch: int, lr: float, balanced: bool, device: str, seed: int, workers: int) -> None:
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed, >= 0.")
+@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes, >= 0.")
+def grader(data_dir: str, out: str, overwrite: bool, preset: str, epochs: int, batch: int, lr: float, balanced: bool, device: str,
+           seed: int, workers: int) -> None:
     """ResNet-50 grader and grading spaces."""
     from drgan.data.dataset import FundusDataset
     from drgan.config import preset as get_preset
+    from drgan.runs import check_out
     from drgan.training.grader import GraderOptions, train_grader
 
     opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, lr=lr, balanced=balanced, seed=seed, device=device, workers=workers)
+    check_out(out, overwrite)  # before the datasets are opened
     resolution = get_preset(preset).resolution
     train_set = FundusDataset(data_dir, resolution, split="train", augment=True)
     val_set = FundusDataset(data_dir, resolution, split="val")
-    report = train_grader(train_set, val_set, out, opts)
+    report = train_grader(train_set, val_set, out, opts, overwrite=overwrite)
     click.echo(f"grader: validation accuracy {report['val_accuracy']:.3f}; grading spaces in {report['grading_space']}")
 
 
 @train.command()
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Dataset folder (images/, masks/, labels.csv).")
 @click.option("--grading-space", type=click.Path(dir_okay=False), help="grading_space.safetensors of `drgan train grader`.")
-@click.option("--out", type=click.Path(file_okay=False), help="Run folder to write.")
+@click.option("--out", type=click.Path(), help="New run folder (an existing run only with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--stage", type=click.Choice(list(STAGES)), help="global: Gm at half resolution; local: Gm + Gl at full.  [default: global]")
 @click.option("--init", "init_run", type=click.Path(file_okay=False), help="Global-stage run whose generator the local stage starts from.")
-@click.option("--resume", type=click.Path(file_okay=False), help="Run folder to continue exactly (its options hold).")
+@click.option("--resume", type=click.Path(file_okay=False), help=f"Run folder to continue exactly. Its options hold; these may change: {RESUMABLE_FLAGS}.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Model config.  [default: paper-1280]")
-@click.option("--epochs", type=int, help="Epochs of this stage.  [default: 10]")
-@click.option("--max-steps", type=int, help="Stop after this many steps in total.")
-@click.option("--batch", type=int, help="Per-process batch size.  [default: 16]")
-@click.option("--device", help="Torch device; under torchrun 'cuda' takes the local rank's GPU.  [default: cpu]")
-@click.option("--seed", type=int, help="Random seed.  [default: 0]")
+@click.option("--epochs", type=int, help="Epochs of this stage, >= 1.  [default: 10]")
+@click.option("--max-steps", type=int, help="Stop after this many steps in total, >= 1 (on --resume: train up to it).")
+@click.option("--batch", type=int, help="Per-process batch size, >= 1.  [default: 16]")
+@click.option("--device", help=DEVICE_HELP + " Under torchrun 'cuda' takes the local rank's GPU.  [default: auto]")
+@click.option("--seed", type=int, help="Random seed, >= 0.  [default: 0]")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="fp32, bf16 autocast, or fp16 autocast with a gradient scaler.  [default: fp32]")
 @click.option("--perceptual", type=click.Choice(["vgg19", "grader", "none"]), help="Perceptual feature network.  [default: vgg19]")
 @click.option("--vgg19-weights", type=click.Path(dir_okay=False), help="Local safetensors file with torchvision vgg19 weights.")
@@ -58,23 +67,34 @@ def grader(data_dir: str, out: str, preset: str, epochs: int, batch: int, lr: fl
 @click.option("--channels-last/--no-channels-last", default=None, help="NHWC activations end to end.  [default: on]")
 @click.option("--checkpoint-activations", is_flag=True, default=None, help="Recompute the attention blocks in backward (less memory).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the generator and discriminators.")
-@click.option("--workers", type=int, help="DataLoader worker processes.  [default: 0]")
-@click.option("--log-every", type=int, help="TensorBoard scalars every K steps.  [default: 50]")
-@click.option("--sample-every", type=int, help="Image grid per grade every K steps.  [default: 500]")
-@click.option("--checkpoint-every", type=int, help="Checkpoint every K steps.  [default: 1000]")
-def gan(data_dir, grading_space, out, init_run, compile_, **given) -> None:
+@click.option("--workers", type=int, help="DataLoader worker processes, >= 0.  [default: 0]")
+@click.option("--log-every", type=int, help="TensorBoard scalars every K >= 1 steps.  [default: 50]")
+@click.option("--sample-every", type=int, help="Image grid per grade every K >= 1 steps.  [default: 500]")
+@click.option("--checkpoint-every", type=int, help="Checkpoint every K >= 1 steps.  [default: 1000]")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (steps, run, last losses) as JSON.")
+def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **given) -> None:
     """DR-GAN, global or local stage (the full objective of the paper's eq. 1)."""
     from drgan.errors import DrganError
-    from drgan.training.gan import train_gan
+    from drgan.training.gan import resume_options, train_gan
     from drgan.training.options import GanOptions
 
     given.update(data=data_dir, grading_space=grading_space, out=out, init=init_run, compile=compile_)
     given = {k: v for k, v in given.items() if v is not None}
-    if "resume" not in given and "out" not in given:
+    resume = given.pop("resume", None)
+    if resume is not None:
+        if overwrite:
+            raise DrganError("--overwrite starts a run over; --resume continues one: give one of them")
+        opts = resume_options(resume, **given)
+    elif out is None:
         raise DrganError("--out RUN is required (or --resume RUN)")
-    opts = GanOptions(**given)
-    report = train_gan(opts)
+    else:
+        opts = GanOptions(**given)
+    report = train_gan(opts, overwrite=overwrite)
     last = report["log"][-1] if report["log"] else {}
+    losses = {k.removeprefix("loss/"): round(v, 4) for k, v in last.items() if k.startswith("loss/")}
+    if as_json:
+        click.echo(json.dumps({"stage": report["stage"], "steps": report["steps"], "run": report["run"], "losses": losses}))
+        return
     click.echo(f"gan {report['stage']}: {report['steps']} steps; checkpoint in {report['run']}")
-    if last:
-        click.echo(json.dumps({k: round(v, 4) for k, v in last.items() if k.startswith("loss/")}))
+    if losses:
+        click.echo("losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from drgan.checkpoint import atomic_write_bytes
+from drgan.io import atomic_write_bytes
 from drgan.errors import DrganError
 
 GAP = 4          # pixels between tiles

@@ -11,7 +11,9 @@ first problem (DrganError) or, with skip_bad, leaves the sample out and counts i
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from drgan.checkpoint import atomic_write_bytes
 from drgan.config import COND_CHANNELS, NUM_GRADES
-from drgan.data.png import encode_png
 from drgan.errors import DrganError
+from drgan.io import atomic_write_bytes, encode_png
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 LABELS_FILE = "labels.csv"
@@ -30,7 +31,17 @@ SPLITS = ("train", "val", "test")
 MIN_SIDE = 64            # smaller images cannot hold a usable fundus
 MAX_PIXELS = 20000 * 20000
 
+VAL_FRACTION = 0.1      # rows without a split: this share goes to "val" by a hash of the id
+
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS   # a fundus photograph is large but not a decompression bomb
+_announced: set[Path] = set()           # datasets whose hash split was already reported
+
+
+def hash_split(sid: str) -> str:
+    """The split of a row without one: "val" for the ids whose sha256 falls in the first 10%,
+    else "train". Depends on the id alone, so it is stable when rows are added or reordered."""
+    fraction = int.from_bytes(hashlib.sha256(sid.encode()).digest()[:8], "big") / 2**64
+    return "val" if fraction < VAL_FRACTION else "train"
 
 
 @dataclass
@@ -257,6 +268,12 @@ def open_dataset(root: str | Path, skip_bad: bool = False, split: str | None = N
         if sid not in images:
             problems.append((sid, f"{root / LABELS_FILE}: {sid!r} has no image in {images_dir}"))
             continue
+        if split is not None and sp is None:
+            sp = hash_split(sid)
+            if root.resolve() not in _announced:
+                _announced.add(root.resolve())
+                print(f"{root / LABELS_FILE}: rows without a split are split 90/10 into train/val by a hash of the id",
+                      file=sys.stderr)
         if sid in bad_ids or (split is not None and sp != split):
             continue
         sample = Sample(sid, images[sid], grade, sp, mask_files.get(sid, {}))

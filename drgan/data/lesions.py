@@ -58,7 +58,7 @@ class LesionStats:
         return cls(grades)
 
     def save(self, path: str | Path) -> None:
-        from drgan.checkpoint import atomic_write_bytes
+        from drgan.io import atomic_write_bytes
         atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=1) + "\n").encode())
 
     @classmethod

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from drgan.config import COND_CHANNELS, NUM_GRADES
 from drgan.data.lesions import imitate_lesions
-from drgan.data.png import encode_png
+from drgan.io import encode_png
 from drgan.errors import DrganError
 
 MIN_SIZE = 32

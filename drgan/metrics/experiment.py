@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from drgan.checkpoint import atomic_write_bytes, load_module
+from drgan.checkpoint import load_module
+from drgan.io import atomic_write_bytes
 from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.errors import DrganError
 from drgan.metrics.grader import GRADER_FILE, evaluate_grader

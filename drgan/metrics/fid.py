@@ -36,6 +36,7 @@ from tqdm import tqdm
 from drgan.checkpoint import save_tensors
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
+from drgan.io import sha256_file
 from drgan.metrics.images import ImageSet, read_rgb
 
 INCEPTION_SIZE = 299
@@ -171,14 +172,6 @@ def _stats_from_features(features: np.ndarray, grades: list[int] | None) -> Stat
     return stats
 
 
-def _weights_digest(weights: Path) -> str:
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def set_statistics(
     image_set: ImageSet,
     net: torch.jit.ScriptModule,
@@ -194,7 +187,7 @@ def set_statistics(
     cache_path = None
     if cache_dir is not None:
         key = hashlib.sha256(
-            "\n".join([PREPROCESSING, _weights_digest(weights or inception_weights_path()), image_set.content_hash()]).encode()
+            "\n".join([PREPROCESSING, sha256_file(weights or inception_weights_path()), image_set.content_hash()]).encode()
         ).hexdigest()
         cache_path = Path(cache_dir) / f"fid-stats-{key[:32]}.safetensors"
         if cache_path.is_file():

@@ -8,23 +8,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from drgan.checkpoint import load_module, read_run_config
+from drgan.checkpoint import load_module
+from drgan.runs import GRADER_FILE, grader_resolution, require_kind
 from drgan.errors import DrganError
 from drgan.metrics.grading import grading_metrics
-
-GRADER_FILE = "grader.safetensors"
 
 
 def load_grader(run: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, int]:
     """(GradeNet in eval mode, input resolution) of a `drgan train grader` run folder."""
     from drgan.nn import build_grader
 
-    cfg, _, options = read_run_config(run)
+    info = require_kind(run, "grader", "run")
     path = Path(run) / GRADER_FILE
     if not path.is_file():
         raise DrganError(f"{run}: no {GRADER_FILE} (not a grader run folder?)")
-    model = load_module(build_grader(cfg), path)
-    resolution = int(options.get("resolution", cfg.resolution))
+    model = load_module(build_grader(info.cfg), path)
+    resolution = grader_resolution(run)
     return model.to(device).eval(), resolution
 
 

@@ -1,0 +1,101 @@
+"""Files: atomic writes (temp + rename, the temp removed on failure), PNG/JPEG encoding, sha256.
+
+A write that fails for lack of space or permission becomes one DrganError naming the path.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from drgan.errors import DrganError
+
+TEMP_MARK = ".tmp-"
+_UMASK = os.umask(0o022)  # read once at import: os.umask can only be read by setting it
+os.umask(_UMASK)
+
+
+def temp_path(path: Path) -> Path:
+    """A hidden sibling unique to this process and thread."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
+
+
+def write_error(path: Path, exc: OSError) -> DrganError:
+    """One line for a failed write: disk full and read-only file systems are named as such."""
+    if exc.errno == errno.ENOSPC:
+        return DrganError(f"{path.parent}: disk full while writing {path.name}")
+    if exc.errno == errno.EROFS:
+        return DrganError(f"{path}: cannot write (read-only file system)")
+    if exc.errno == errno.EISDIR or path.is_dir():
+        return DrganError(f"{path}: is a folder, expected a file path")
+    if exc.errno == errno.ENOENT and not path.parent.is_dir():
+        return DrganError(f"{path}: folder {path.parent} does not exist")
+    return DrganError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
+def atomic_save(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Let `write` create a temp file, then rename it to `path`: a killed process never leaves a
+    truncated file under the final name, and a failed one leaves no temp file behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise DrganError(f"{path}: is a folder, expected a file path")
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # the mode of a plain open(): temp-file writers use 0600
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_save(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def check_writable_dir(folder: str | Path) -> None:
+    """Fail before any work when `folder` (or the folder that would hold it) cannot be written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DrganError(f"{folder}: is a file, expected a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DrganError(f"{folder}: cannot write ({existing} is not writable)")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def encode_png(arr: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of a uint8 (H, W) or (H, W, 3) array; level 1: fast, masks still compress ~50x."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of a uint8 (H, W, 3) array, without chroma subsampling."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()

@@ -1,0 +1,133 @@
+"""Run folders: their file names, metadata, which weights to load, and what kind a folder is.
+
+A run folder (`--out RUN` of the train commands, `--checkpoint RUN` elsewhere) holds:
+
+    RUN/run.json                  {"model": ModelConfig, "stage", "options": {"trainer": "gan"|"grader", ...},
+                                   "resolution" (grader: input side in px), "dataset" (labels.csv sha256)}
+    RUN/G.safetensors             generator weights (GAN run)
+    RUN/G_ema.safetensors         exponential moving average of G (what synthesis uses)
+    RUN/D.safetensors             discriminator weights
+    RUN/grader.safetensors        grader weights (grader run)
+    RUN/grading_space.safetensors grading spaces (written by the grader run, copied in by the GAN run)
+    RUN/state.json + state.safetensors   training state (step, epoch, optimizer, scaler, RNG)
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drgan.config import ModelConfig, STAGES
+from drgan.errors import DrganError, ParameterError
+from drgan.io import atomic_write_text
+
+RUN_FILE = "run.json"
+GRADER_FILE = "grader.safetensors"
+WEIGHT_FILES = {"G": "G.safetensors", "G_ema": "G_ema.safetensors", "D": "D.safetensors"}
+KINDS = ("gan", "grader")
+
+
+@dataclass
+class RunInfo:
+    """What run.json records besides the weights."""
+
+    cfg: ModelConfig
+    stage: str
+    options: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # "resolution", "dataset", ...
+
+    @property
+    def kind(self) -> str | None:
+        return self.options.get("trainer")
+
+
+def write_run_config(run: str | Path, cfg: ModelConfig, stage: str, options: dict[str, Any] | None = None,
+                     **extra: Any) -> None:
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    data = {"model": cfg.to_dict(), "stage": stage, "options": options or {}, **extra}
+    atomic_write_text(run / RUN_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_run(run: str | Path) -> RunInfo:
+    path = Path(run) / RUN_FILE
+    if not path.is_file():
+        raise DrganError(f"{run}: not a drgan run folder (no {RUN_FILE})")
+    try:
+        data = json.loads(path.read_text())
+        info = RunInfo(ModelConfig.from_dict(data.pop("model")), data.pop("stage"), data.pop("options", {}), data)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise DrganError(f"{path}: malformed run config ({exc})") from None
+    if info.stage not in STAGES:
+        raise DrganError(f"{path}: unknown stage {info.stage!r}")
+    return info
+
+
+def read_run_config(run: str | Path) -> tuple[ModelConfig, str, dict[str, Any]]:
+    info = read_run(run)
+    return info.cfg, info.stage, info.options
+
+
+def run_kind(folder: str | Path) -> str | None:
+    """'gan' or 'grader' for a run folder, None for anything else."""
+    try:
+        return read_run(folder).kind if (Path(folder) / RUN_FILE).is_file() else None
+    except DrganError:
+        return None
+
+
+def require_kind(run: str | Path, kind: str, param: str) -> RunInfo:
+    """The run's metadata; a run of the other kind is named as such."""
+    info = read_run(run)
+    if info.kind is not None and info.kind != kind:
+        raise ParameterError(f"{{{param}}} {run}: a {info.kind} run, not a {kind} run")
+    return info
+
+
+def generator_weights(run: str | Path, ema: bool = True) -> Path:
+    """The generator weights to load: the EMA copy when the run has one (and ema is asked for)."""
+    run = Path(run)
+    if ema and (run / WEIGHT_FILES["G_ema"]).is_file():
+        return run / WEIGHT_FILES["G_ema"]
+    return run / WEIGHT_FILES["G"]
+
+
+def grader_resolution(run: str | Path) -> int:
+    """Input side the grader of a run was trained at (its preset's when run.json does not say)."""
+    info = read_run(run)
+    return int(info.extra.get("resolution", info.options.get("resolution", info.cfg.resolution)))
+
+
+def check_out(out: str | Path, overwrite: bool, param: str = "out") -> bool:
+    """Whether `out` can take a new run: missing or empty, or (with overwrite) holding a previous
+    drgan run; returns True when that run is to be replaced. Anything else (a run without
+    overwrite, a dataset, a file) is refused, so no work is lost by accident."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"{{{param}}} {out}: is a file, expected a run folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    kind = run_kind(out)
+    if kind is None:
+        raise ParameterError(f"{{{param}}} {out}: folder not empty and not a drgan run; choose a new or empty folder")
+    if not overwrite:
+        hint = "continue it with {resume}, or " if kind == "gan" else ""
+        raise ParameterError(f"{{{param}}} {out}: already holds a {kind} run; {hint}start over with {{overwrite}}")
+    return True
+
+
+def prepare_out(out: str | Path, overwrite: bool, param: str = "out") -> Path:
+    """`check_out`, then remove the previous run it allows replacing."""
+    out = Path(out)
+    if check_out(out, overwrite, param):
+        shutil.rmtree(out)
+    return out
+
+
+def remove_unfinished(out: Path, created: bool, finished_file: str) -> None:
+    """After a failure: remove a run folder this process created when it holds no `finished_file`,
+    so that rerunning the same command is accepted."""
+    if created and out.is_dir() and not (out / finished_file).exists():
+        shutil.rmtree(out, ignore_errors=True)

@@ -1,0 +1,41 @@
+"""Device and precision: the names every command accepts, resolved in one place."""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from drgan.errors import ParameterError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DEVICE = re.compile(r"(auto|cpu|cuda)(:\d+)?")
+
+
+def resolve_device(name: str, param: str = "device") -> torch.device:
+    """'auto' (CUDA when visible, else CPU), 'cpu', 'cuda' or 'cuda:N'; anything else is refused."""
+    match = _DEVICE.fullmatch(name)
+    if match is None or (match.group(1) != "cuda" and match.group(2)):
+        raise ParameterError(f"{{{param}}} {name!r}: expected auto, cpu, cuda or cuda:N")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParameterError(f"{{{param}}} {name}: no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ParameterError(f"{{{param}}} {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device, param: str = "precision") -> str:
+    """'auto' is bf16 on CUDA and fp32 elsewhere; the others are returned as given."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in PRECISIONS:
+        raise ParameterError(f"{{{param}}} {name!r}: expected auto, {', '.join(PRECISIONS)}")
+    return name
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name; None for fp32 (no autocast)."""
+    return None if precision == "fp32" else PRECISIONS[precision]

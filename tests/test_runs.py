@@ -1,0 +1,216 @@
+"""Run folders: refusal to overwrite, resume from anywhere, debris after failures, one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from drgan.checkpoint import save_module
+from drgan.cli import cli
+from drgan.cli.common import run_command
+from drgan.config import preset
+from drgan.data.phantom import write_phantom_dataset
+from drgan.errors import DrganError, ParameterError
+from drgan.metrics.grader import load_grader
+from drgan.nn import build_grader
+from drgan.runs import GRADER_FILE, read_run, write_run_config
+from drgan.training.gan import train_gan
+from drgan.training.options import GanOptions
+from test_training_gan import PhantomSet, write_space
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--preset", "tiny-64", "--perceptual", "none", "--batch", "2", "--no-channels-last", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom") / "p", count=12, size=64, seed=0)
+
+
+@pytest.fixture
+def drgan(capsys):
+    """Run `drgan ARGS` in-process as the console script does: (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        rc = run_command(cli, args=[str(a) for a in args], prog_name="drgan")
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+def _one_error(rc: int, err: str) -> str:
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), (rc, err)
+    return lines[0]
+
+
+def _new_run(drgan, tmp_path, data, *extra: str) -> Path:
+    space = write_space(tmp_path / "space.safetensors")
+    rc, _, err = drgan("train", "gan", "--data", data, "--grading-space", space, "--out", tmp_path / "run", *TINY, *extra)
+    assert rc == 0, err
+    return tmp_path / "run"
+
+
+def _step(run: Path) -> int:
+    return json.loads((run / "state.json").read_text())["step"]
+
+
+def test_existing_run_is_refused_and_overwrite_starts_over(drgan, tmp_path, data):
+    run = _new_run(drgan, tmp_path, data, "--max-steps", "2")
+    weights = (run / "G.safetensors").read_bytes()
+    args = ["train", "gan", "--data", data, "--grading-space", tmp_path / "space.safetensors", "--out", run, *TINY, "--max-steps", "1"]
+    line = _one_error(*drgan(*args)[::2])
+    assert "already holds a gan run" in line and "--resume" in line and "--overwrite" in line
+    assert _step(run) == 2 and (run / "G.safetensors").read_bytes() == weights
+    rc, _, err = drgan(*args, "--overwrite")
+    assert rc == 0, err
+    assert _step(run) == 1
+
+
+def test_out_that_is_no_run_is_never_written(drgan, tmp_path, data):
+    space = write_space(tmp_path / "space.safetensors")
+    copy = shutil.copytree(data, tmp_path / "data")
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    for out in (copy, copy / "labels.csv"):
+        line = _one_error(*drgan("train", "gan", "--data", data, "--grading-space", space, "--out", out, *TINY, "--overwrite")[::2])
+        assert str(out) in line and ("not a drgan run" in line or "is a file" in line)
+        line = _one_error(*drgan("train", "grader", "--data", data, "--out", out, "--preset", "tiny-64")[::2])
+        assert str(out) in line
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+
+
+def test_grader_run_is_refused_without_overwrite(drgan, tmp_path, data):
+    write_run_config(tmp_path / "g", preset("tiny-64"), "global", {"trainer": "grader"})
+    line = _one_error(*drgan("train", "grader", "--data", data, "--out", tmp_path / "g", "--preset", "tiny-64")[::2])
+    assert "already holds a grader run" in line and "--overwrite" in line
+
+
+def test_resume_from_another_folder_with_relative_paths(drgan, tmp_path, data, monkeypatch):
+    shutil.copytree(data, tmp_path / "p")
+    write_space(tmp_path / "space.safetensors")
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = drgan("train", "gan", "--data", "p", "--grading-space", "space.safetensors", "--out", "run", *TINY, "--max-steps", "1")
+    assert rc == 0, err
+    options = read_run(tmp_path / "run").options
+    assert options["data"] == str(tmp_path / "p") and options["grading_space"] == str(tmp_path / "space.safetensors")
+    (tmp_path / "elsewhere" / "p").mkdir(parents=True)  # a different `p/` must not be picked up
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rc, _, err = drgan("train", "gan", "--resume", "../run", "--max-steps", "2")
+    assert rc == 0, err
+    assert _step(tmp_path / "run") == 2
+
+
+def test_resume_checks_the_dataset_and_conflicting_options(drgan, tmp_path, data):
+    shutil.copytree(data, tmp_path / "p")
+    run = _new_run(drgan, tmp_path, tmp_path / "p", "--max-steps", "1")
+    line = _one_error(*drgan("train", "gan", "--resume", run, "--batch", "4", "--max-steps", "2")[::2])
+    assert line.startswith("error: --batch 4:") and "--max-steps" in line and "--epochs" in line
+    line = _one_error(*drgan("train", "gan", "--resume", run, "--data", data, "--max-steps", "2")[::2])
+    assert line.startswith(f"error: --data {data}:")
+    rc, _, err = drgan("train", "gan", "--resume", run, "--data", tmp_path / "p", "--batch", "2", "--max-steps", "2")
+    assert rc == 0, err  # equal to the run's own values: accepted
+    labels = tmp_path / "p" / "labels.csv"
+    labels.write_text(labels.read_text().replace(",0,", ",1,", 1))
+    line = _one_error(*drgan("train", "gan", "--resume", run, "--max-steps", "3")[::2])
+    assert str(labels) in line and "changed" in line
+    assert _step(run) == 2
+
+
+def test_max_steps_on_resume_goes_past_the_saved_epochs(drgan, tmp_path, data):
+    run = _new_run(drgan, tmp_path, data, "--epochs", "1")
+    per_epoch = _step(run)
+    rc, _, err = drgan("train", "gan", "--resume", run, "--max-steps", per_epoch + 2)
+    assert rc == 0, err
+    assert _step(run) == per_epoch + 2
+    line = _one_error(*drgan("train", "gan", "--resume", run)[::2])
+    assert "already trained" in line and "--max-steps" in line
+
+
+def test_resume_of_a_grader_run_or_a_truncated_checkpoint_is_one_line(drgan, tmp_path, data):
+    write_run_config(tmp_path / "g", preset("tiny-64"), "global", {"trainer": "grader", "balanced": True})
+    line = _one_error(*drgan("train", "gan", "--resume", tmp_path / "g")[::2])
+    assert "a grader run, not a gan run" in line
+    run = _new_run(drgan, tmp_path, data, "--max-steps", "1")
+    for name in ("state.safetensors", "G.safetensors"):
+        shutil.copy(run / name, tmp_path / name)
+        (run / name).write_bytes((run / name).read_bytes()[:100])
+        line = _one_error(*drgan("train", "gan", "--resume", run, "--max-steps", "2")[::2])
+        assert str(run / name) in line
+        shutil.copy(tmp_path / name, run / name)
+
+
+class _FailingSet(PhantomSet):
+    def __getitem__(self, index: int) -> dict:
+        if index >= 4:  # after the fixed sample batch: fails inside the training loop
+            raise DrganError("bad sample")
+        return super().__getitem__(index)
+
+
+def test_failed_new_run_leaves_no_folder(tmp_path):
+    opts = GanOptions(out=str(tmp_path / "run"), grading_space=str(write_space(tmp_path / "s.safetensors")), preset="tiny-64",
+                      perceptual="none", batch=2, max_steps=4, device="cpu")
+    with pytest.raises(DrganError, match="bad sample"):
+        train_gan(opts, _FailingSet(10))
+    assert not (tmp_path / "run").exists()
+
+
+def test_option_errors_name_the_parameter_in_python_and_the_flag_on_the_command_line(drgan, tmp_path, data):
+    with pytest.raises(ParameterError, match=r"^max_steps 0 must be >= 1$"):
+        GanOptions(max_steps=0)
+    line = _one_error(*drgan("train", "gan", "--out", tmp_path / "r", "--max-steps", "0")[::2])
+    assert line == "error: --max-steps 0 must be >= 1"
+    line = _one_error(*drgan("train", "gan", "--data", data, "--out", tmp_path / "r", "--device", "tpu")[::2])
+    assert line == "error: --device 'tpu': expected auto, cpu, cuda or cuda:N"
+    assert not (tmp_path / "r").exists()
+
+
+def test_dataset_without_split_column_is_split_by_id_hash(drgan, tmp_path, capsys):
+    from drgan.data.dataset import FundusDataset
+    from drgan.data.format import hash_split
+
+    root = write_phantom_dataset(tmp_path / "nosplit", count=30, size=64, seed=0, split=False)
+    train, val = FundusDataset(root, 64, split="train"), FundusDataset(root, 64, split="val")
+    assert sorted(train.ids + val.ids) == sorted(FundusDataset(root, 64).ids) and len(val) >= 1
+    assert all(hash_split(i) == "val" for i in val.ids)
+    assert capsys.readouterr().err.count("split 90/10 into train/val by a hash of the id") == 1
+    rc, _, err = drgan("train", "gan", "--data", root, "--grading-space", write_space(tmp_path / "s.safetensors"),
+                       "--out", tmp_path / "run", *TINY, "--max-steps", "1")
+    assert rc == 0, err
+
+
+def test_grader_resolution_is_recorded_and_used(tmp_path):
+    cfg = preset("tiny-64")
+    save_module(build_grader(cfg), tmp_path / GRADER_FILE)
+    write_run_config(tmp_path, cfg, "global", {"trainer": "grader"}, resolution=128)
+    assert load_grader(tmp_path)[1] == 128
+
+
+def test_help_and_exit_codes_of_the_console_scripts(capsys):
+    from drgan.cli import export_main, synthesize_main, train_main
+
+    for main in (train_main, synthesize_main, export_main):
+        sys.argv = ["prog", "-h"]
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        assert exit_.value.code == 0 and "Usage:" in capsys.readouterr().out
+    assert run_command(cli, args=["train", "gan", "--epochs", "x"]) == 2  # usage error
+    assert run_command(cli, args=["train", "gan", "--resume", "/nonexistent"]) == 1  # bad input
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, data):
+    """In a real process: exit code 1, one `error:` line, no traceback."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    code = "from drgan.cli import main; main()"
+    for args in (["train", "gan", "--out", str(tmp_path / "r"), "--data", str(data), "--device", "tpu"],
+                 ["train", "grader", "--data", str(data), "--out", str(tmp_path / "x"), "--device", "tpu"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
