@@ -142,23 +142,23 @@ def extract(images: tuple[str, ...], out: str, grade: int, skip_bad: bool) -> No
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise DrganError(f"duplicate image names {dup}: ids come from file names")
-    writer = DatasetWriter(out)
-    (writer.root / "overlays").mkdir()
     skipped = 0
-    for path, sid in tqdm(list(zip(images, ids)), desc="masks", unit="img"):
-        try:
-            image = read_rgb(path)[0]
-        except DrganError as exc:
-            if not skip_bad:
-                raise
-            click.echo(f"skipped: {exc}", err=True)
-            skipped += 1
-            continue
-        image = crop_square(image, square_window(fov_box(image)))
-        st = extract_structure(image)
-        writer.add(sid, image, {"vessel": st["vessel"], "disc": st["disc"]}, grade,
-                   extra={f"overlays/{sid}.png": overlay(image, st)})
-    if not writer.rows:
-        raise DrganError("no image could be read")
-    writer.close()
+    with DatasetWriter(out) as writer:  # a failure removes the folder: a retry starts clean
+        (writer.root / "overlays").mkdir()
+        for path, sid in tqdm(list(zip(images, ids)), desc="masks", unit="img"):
+            try:
+                image = read_rgb(path)[0]
+            except DrganError as exc:
+                if not skip_bad:
+                    raise
+                click.echo(f"skipped: {exc}", err=True)
+                skipped += 1
+                continue
+            image = crop_square(image, square_window(fov_box(image)))
+            st = extract_structure(image)
+            writer.add(sid, image, {"vessel": st["vessel"], "disc": st["disc"]}, grade,
+                       extra={f"overlays/{sid}.png": overlay(image, st)})
+        if not writer.rows:
+            raise DrganError("no image could be read")
+        writer.close()
     click.echo(f"wrote {len(writer.rows)} samples to {out}" + (f"; skipped {skipped}" if skipped else ""))

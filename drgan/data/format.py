@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from drgan.config import COND_CHANNELS, NUM_GRADES
 from drgan.errors import DrganError
-from drgan.io import atomic_write_bytes, encode_png
+from drgan.io import atomic_write_bytes, encode_png, write_error
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 LABELS_FILE = "labels.csv"
@@ -368,14 +369,23 @@ def validate_dataset(root: str | Path) -> ValidationReport:
 
 
 class DatasetWriter:
-    """Writes samples into a new dataset folder; labels.csv is written last, by `close`."""
+    """Writes samples into a new dataset folder; labels.csv is written last, by `close`.
+
+    Used as a context manager, a failure removes the folder it created, so a retry starts clean.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+        if self.root.exists() and not self.root.is_dir():
+            raise DrganError(f"{self.root}: is a file, expected a new dataset folder")
+        if self.root.is_dir() and any(self.root.iterdir()):
             raise DrganError(f"{self.root}: output folder exists and is not empty")
-        (self.root / "images").mkdir(parents=True, exist_ok=True)
-        (self.root / "masks").mkdir(exist_ok=True)
+        self.created = not self.root.exists()
+        try:
+            (self.root / "images").mkdir(parents=True, exist_ok=True)
+            (self.root / "masks").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise write_error(self.root, exc) from None
         self.rows: list[tuple[str, int, str | None]] = []
         self.ids: set[str] = set()
 
@@ -416,3 +426,14 @@ class DatasetWriter:
             w.writerow([sid, g, s or ""] if with_split else [sid, g])
         atomic_write_bytes(self.root / LABELS_FILE, buf.getvalue().encode())
         return self.root
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            if self.created:
+                shutil.rmtree(self.root, ignore_errors=True)
+            else:  # the folder was there and empty: leave it empty
+                for child in self.root.iterdir():
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from scipy import ndimage
 from drgan.config import COND_CHANNELS, NUM_GRADES
 from drgan.data.lesions import imitate_lesions
 from drgan.io import encode_png
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 
 MIN_SIZE = 32
 
@@ -303,7 +303,9 @@ def write_phantom_dataset(out: str | Path, count: int, size: int, seed: int, gra
     from drgan.data.format import DatasetWriter
 
     if count < 1:
-        raise DrganError(f"--count {count}: need at least one sample")
+        raise ParameterError(f"{{count}} {count}: need at least one sample")
+    if seed < 0:
+        raise ParameterError(f"{{seed}} {seed} must be >= 0")
     if grades is not None:
         grades = [int(g) for g in grades]
         bad = [g for g in grades if g not in range(NUM_GRADES)]
@@ -314,8 +316,13 @@ def write_phantom_dataset(out: str | Path, count: int, size: int, seed: int, gra
     else:
         grades = [i % NUM_GRADES for i in range(count)]
     if size < MIN_SIZE:
-        raise DrganError(f"--size {size} is below the minimum of {MIN_SIZE} px")
-    writer = DatasetWriter(out)
+        raise ParameterError(f"{{size}} {size} is below the minimum of {MIN_SIZE} px")
+    with DatasetWriter(out) as writer:
+        return _write_phantoms(writer, grades, size, seed, split, progress, workers)
+
+
+def _write_phantoms(writer, grades: list[int], size: int, seed: int, split: bool, progress: bool, workers: int) -> Path:
+    count = len(grades)
     per_grade = [0] * NUM_GRADES
     jobs = [(i, size, grades[i], seed) for i in range(count)]
     pool = None
