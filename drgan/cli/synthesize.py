@@ -1,6 +1,8 @@
 """`drgan synthesize` / `drgan-synthesize`: the main job."""
 from __future__ import annotations
 
+import json
+
 import click
 
 from drgan.config import NUM_GRADES
@@ -17,7 +19,8 @@ def _grades(text: str) -> tuple[int, ...]:
 
 
 @click.command()
-@click.option("--run", "--checkpoint", "checkpoint", required=True, type=click.Path(), help="Run folder of a trained GAN.")
+@click.option("--run", "--checkpoint", "checkpoint", type=click.Path(), help="Run folder of a trained GAN.")
+@click.option("--preset", help="With --backend null instead of --run: the preset's resolution, standard-normal grading spaces.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (dataset format + manifest.csv).")
 @click.option("--count", type=int, help="Images in the whole set (balanced over --grades).")
 @click.option("--per-grade", type=int, help="Images per grade (instead of --count).")
@@ -27,15 +30,18 @@ def _grades(text: str) -> tuple[int, ...]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the whole set, >= 0: item i depends on (seed, i) only.")
 @click.option("--batch", default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt", "aoti"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt", "aoti", "null"]), default="torch", show_default=True,
+              help="null: a fixed image instead of a generator, to measure whether this host can feed a GPU.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default="png", show_default=True)
-@click.option("--quality", default=95, show_default=True, help="JPEG quality.")
+@click.option("--quality", default=95, show_default=True, help="JPEG quality, 1..100.")
+@click.option("--png-level", default=1, show_default=True, help="PNG compression: 0 stored, 1 fast, 2..9 zlib levels (slower; README).")
 @click.option("--save-masks", is_flag=True, help="Also write the conditioning masks (masks/<id>/<name>.png).")
 @click.option("--shard", help="i/n: generate the i-th of n interleaved parts (default: torchrun's RANK/WORLD_SIZE).")
 @click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch", show_default=True, help="Reader of --structures.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-def synthesize(checkpoint, out, count, per_grade, grades, structures, lesion_stats, seed, batch, precision, backend,
-               fmt, quality, save_masks, shard, loader, device) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (with per-stage times) as JSON.")
+def synthesize(checkpoint, preset, out, count, per_grade, grades, structures, lesion_stats, seed, batch, precision, backend,
+               fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
     """Generate a balanced augmentation set; rerun the same command to resume."""
     from drgan.errors import DrganError
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as run
@@ -47,8 +53,8 @@ def synthesize(checkpoint, out, count, per_grade, grades, structures, lesion_sta
         raise DrganError("give exactly one of --count and --per-grade")
     total = count if count is not None else per_grade * len(grade_list)
     summary = run(SynthesisOptions(
-        checkpoint=checkpoint, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
-        seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality,
+        checkpoint=checkpoint, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
+        seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality, png_level=png_level,
         save_masks=save_masks, shard=shard, loader=loader, device=device,
     ))
-    click.echo(format_summary(summary))
+    click.echo(json.dumps(summary.to_dict()) if as_json else format_summary(summary))

@@ -8,6 +8,11 @@ Within those rules the counts, sizes and distances from the disc follow a `Lesio
 built-in default, or one fitted on a dataset's own masks (`fit_lesion_stats`). Sizes and
 distances are fractions of the field-of-view radius, so one fit serves every resolution;
 counts are per eye and do not depend on the resolution.
+
+Every lesion is a union of filled ellipses. Placement (`lesion_primitives`) works on a structure's
+`Geometry`, computed once per structure, and returns the ellipses as rows of numbers; drawing them
+is separate: `draw_primitives` here (numpy, the reference) or the batched torch rasterizer of the
+synthesis runner, which gives the same masks.
 """
 from __future__ import annotations
 
@@ -139,7 +144,9 @@ def default_lesion_stats() -> LesionStats:
 # Geometry of a structure.
 
 @dataclass
-class _Geometry:
+class Geometry:
+    """What placement needs to know about a structure; computed once per structure."""
+
     shape: tuple[int, int]
     fov_radius: float           # pixels (radius of the disk of the same area)
     fov_center: np.ndarray      # (row, col)
@@ -158,7 +165,7 @@ def _edge(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(mask & ~inner).astype(np.float32)
 
 
-def _geometry(structure: dict[str, np.ndarray]) -> _Geometry:
+def structure_geometry(structure: dict[str, np.ndarray]) -> Geometry:
     for name in ("vessel", "disc", "fov"):
         if name not in structure:
             raise DrganError(f"structure lacks the {name!r} mask")
@@ -175,7 +182,7 @@ def _geometry(structure: dict[str, np.ndarray]) -> _Geometry:
         disc_center = fov_center + np.array([0.0, 0.4 * fov_radius])
     # Macula-centred photographs put the fovea opposite the disc, slightly below it.
     fovea = fov_center - 0.75 * (disc_center - fov_center) + np.array([0.05 * fov_radius, 0.0])
-    return _Geometry(
+    return Geometry(
         shape=fov.shape, fov_radius=fov_radius, fov_center=fov_center, disc_center=disc_center, fovea=fovea,
         allowed=np.flatnonzero(allowed), vessel=np.flatnonzero(allowed & (structure["vessel"] > 0)),
         fov_edge=_edge(fov), disc_edge=_edge(disc),
@@ -190,15 +197,21 @@ def _min_dist(points: np.ndarray, edge: np.ndarray) -> np.ndarray:
     return np.sqrt(((p[:, None, :] - edge[None, :, :]) ** 2).sum(-1).min(1))
 
 
-def _dist_bin(points: np.ndarray, geo: _Geometry) -> np.ndarray:
+def _dist_bin(points: np.ndarray, geo: Geometry) -> np.ndarray:
     d = np.hypot(*(points - geo.disc_center).T) / geo.fov_radius
     return np.minimum((d * (DIST_BINS / DIST_MAX)).astype(np.int64), DIST_BINS - 1)
 
 
 # ---------------------------------------------------------------------------------------------
-# Shapes: each lesion is one connected blob drawn into its own bounding box.
+# Shapes: each lesion is one connected blob, a union of ellipses.
+
+# A primitive is one row: (type index into LESION_TYPES, centre row, centre col, semi-axis a along
+# the angle, semi-axis b across it, angle in radians).
+PRIMITIVE_FIELDS = ("type", "cy", "cx", "a", "b", "angle")
+
 
 def _ellipse(mask: np.ndarray, center: np.ndarray, a: float, b: float, angle: float) -> None:
+    """Fill one ellipse into mask: pixel centres (row, col) with ((u/a)^2 + (v/b)^2) <= 1 in float32."""
     h, w = mask.shape
     ext = max(a, b) + 1
     r0, r1 = int(max(0, center[0] - ext)), int(min(h, center[0] + ext + 1))
@@ -212,26 +225,32 @@ def _ellipse(mask: np.ndarray, center: np.ndarray, a: float, b: float, angle: fl
     mask[r0:r1, c0:c1] |= (u * u + v * v) <= 1.0
 
 
-def _draw(kind: str, mask: np.ndarray, center: np.ndarray, r: float, rng: np.random.Generator) -> None:
-    """Draw one connected lesion of equivalent radius r, within _EXTENT[kind] * r of its centre."""
+def _shape(kind: str, center: np.ndarray, r: float, rng: np.random.Generator, out: list[tuple]) -> None:
+    """Append the ellipses of one connected lesion of equivalent radius r (within _EXTENT[kind] * r
+    of its centre) to out as (type, cy, cx, a, b, angle)."""
+    t = LESION_TYPES.index(kind)
+
+    def ellipse(c: np.ndarray, a: float, b: float, angle: float) -> None:
+        out.append((t, float(c[0]), float(c[1]), float(a), float(b), float(angle)))
+
     r = max(r, 0.75)
     if kind in ("ma", "laser"):
-        _ellipse(mask, center, r, r, 0.0)
+        ellipse(center, r, r, 0.0)
     elif kind in ("he", "se"):
         k = rng.uniform(1.0, 1.5)
         angle = rng.uniform(0, math.pi)
-        _ellipse(mask, center, r * k, r / k, angle)
+        ellipse(center, r * k, r / k, angle)
         # A second, smaller overlapping lobe makes the outline irregular.
         off = rng.uniform(0.2, 0.5) * r * np.array([math.sin(angle + 1.0), math.cos(angle + 1.0)])
-        _ellipse(mask, center + off, 0.7 * r, 0.55 * r, angle + rng.uniform(-1, 1))
+        ellipse(center + off, 0.7 * r, 0.55 * r, angle + rng.uniform(-1, 1))
     elif kind == "ex":
         # Hard exudate: a few waxy dots fused into one blob.
-        _ellipse(mask, center, 0.8 * r, 0.8 * r, 0.0)
+        ellipse(center, 0.8 * r, 0.8 * r, 0.0)
         for _ in range(rng.integers(1, 4)):
             off = rng.normal(0, 0.4 * r, size=2)
             off *= min(1.0, 0.8 * r / (np.hypot(*off) + 1e-9))
             s = rng.uniform(0.45, 0.7) * r
-            _ellipse(mask, center + off, s, s, 0.0)
+            ellipse(center + off, s, s, 0.0)
     else:
         # Membrane: a chain of overlapping disks along a short meandering path.
         n = int(rng.integers(4, 8))
@@ -239,7 +258,7 @@ def _draw(kind: str, mask: np.ndarray, center: np.ndarray, r: float, rng: np.ran
         angles = rng.uniform(0, 2 * math.pi) + np.cumsum(rng.normal(0, 0.5, n))
         pts = np.cumsum(0.33 * r * np.stack([np.sin(angles), np.cos(angles)], 1), 0)
         for p in pts - pts.mean(0) + center:
-            _ellipse(mask, p, s, s * rng.uniform(0.7, 1.0), rng.uniform(0, math.pi))
+            ellipse(p, s, s * rng.uniform(0.7, 1.0), rng.uniform(0, math.pi))
 
 
 def _sample_count(hist: list[float], rng: np.random.Generator, positive: bool = False) -> int:
@@ -252,10 +271,10 @@ def _sample_count(hist: list[float], rng: np.random.Generator, positive: bool = 
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
-def _place(kind: str, n: int, stats: TypeStats, geo: _Geometry, rng: np.random.Generator,
-           mask: np.ndarray, quadrants: bool, placed: list[tuple[np.ndarray, float]]) -> int:
-    """Draw n lesions of one type into mask, none touching another lesion (of any type) in
-    `placed` (centre, extent), which grows; returns how many were drawn."""
+def _place(kind: str, n: int, stats: TypeStats, geo: Geometry, rng: np.random.Generator,
+           out: list[tuple], quadrants: bool, placed: list[tuple[np.ndarray, float]]) -> int:
+    """Place n lesions of one type (their ellipses appended to out), none touching another lesion
+    (of any type) in `placed` (centre, extent), which grows; returns how many were placed."""
     if n <= 0:
         return 0
     R = geo.fov_radius
@@ -300,7 +319,7 @@ def _place(kind: str, n: int, stats: TypeStats, geo: _Geometry, rng: np.random.G
             break
         if placed_c and np.any(np.hypot(*(np.asarray(placed_c) - c).T) <= np.asarray(placed_ext) + e + 1):
             continue
-        _draw(kind, mask, c, r, rng)
+        _shape(kind, c, r, rng, out)
         placed_c.append(c)
         placed_ext.append(e)
         placed.append((c, e))
@@ -315,15 +334,34 @@ _EXTENT = {"ma": 1.0, "laser": 1.0, "he": 1.5, "se": 1.5, "ex": 1.5, "membrane":
 def imitate_lesions(structure: dict[str, np.ndarray], grade: int, rng: np.random.Generator,
                     stats: LesionStats | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Lesion masks (uint8 0/255, the structure's size) and per-type counts for a DR grade."""
+    if grade == 0:  # no geometry needed (and no random draws)
+        shape = structure["fov"].shape
+        return {t: np.zeros(shape, np.uint8) for t in LESION_TYPES}, {t: 0 for t in LESION_TYPES}
+    primitives, counts = lesion_primitives(structure_geometry(structure), grade, rng, stats)
+    drawn = draw_primitives(primitives, structure["fov"].shape)
+    keep = (structure["fov"] > 0) & (structure["disc"] == 0)
+    return {t: np.where(drawn[t] & keep, 255, 0).astype(np.uint8) for t in LESION_TYPES}, counts
+
+
+def draw_primitives(primitives: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The reference drawing: one bool mask per lesion type, the union of its ellipses (not yet
+    clipped to the field of view off the disc)."""
+    masks = {t: np.zeros(shape, bool) for t in LESION_TYPES}
+    for t, cy, cx, a, b, angle in primitives:
+        _ellipse(masks[LESION_TYPES[int(t)]], np.array([cy, cx]), a, b, angle)
+    return masks
+
+
+def lesion_primitives(geo: Geometry, grade: int, rng: np.random.Generator,
+                      stats: LesionStats | None = None) -> tuple[np.ndarray, dict[str, int]]:
+    """The ellipses (float64 rows of PRIMITIVE_FIELDS) and per-type lesion counts for a DR grade."""
     if grade not in range(5):
         raise DrganError(f"grade {grade} is outside 0..4")
     stats = stats or _DEFAULT_STATS
-    if grade == 0:
-        shape = structure["fov"].shape
-        return {t: np.zeros(shape, np.uint8) for t in LESION_TYPES}, {t: 0 for t in LESION_TYPES}
-    geo = _geometry(structure)
-    types = stats.grades[grade]
     counts = {t: 0 for t in LESION_TYPES}
+    if grade == 0:
+        return np.zeros((0, len(PRIMITIVE_FIELDS))), counts
+    types = stats.grades[grade]
     if grade >= 1:
         counts["ma"] = _sample_count(types["ma"].count_hist, rng, positive=grade == 1)
     if grade >= 2:
@@ -341,18 +379,13 @@ def imitate_lesions(structure: dict[str, np.ndarray], grade: int, rng: np.random
             w = np.array([1 - types["membrane"].count_hist[0], 1 - types["laser"].count_hist[0]]) + 1e-6
             t = ("membrane", "laser")[rng.choice(2, p=w / w.sum())]
             counts[t] = _sample_count(types[t].count_hist, rng, positive=True)
-    masks = {}
+    out: list[tuple] = []
     placed: list[tuple[np.ndarray, float]] = []
     # The laser pattern and large lesions first, so that the many small lesions fill around them.
     for t in ("laser", "membrane", "se", "he", "ex", "ma"):
-        m = np.zeros(geo.shape, bool)
-        if counts[t] == 0:
-            masks[t] = m
-            continue
-        counts[t] = _place(t, counts[t], types[t], geo, rng, m, (grade == 3 and t == "he"), placed)
-        masks[t] = m
-    keep = (structure["fov"] > 0) & (structure["disc"] == 0)
-    return {t: np.where(masks[t] & keep, 255, 0).astype(np.uint8) for t in LESION_TYPES}, counts
+        if counts[t]:
+            counts[t] = _place(t, counts[t], types[t], geo, rng, out, (grade == 3 and t == "he"), placed)
+    return np.array(out, np.float64).reshape(-1, len(PRIMITIVE_FIELDS)), counts
 
 
 _DEFAULT_STATS = default_lesion_stats()

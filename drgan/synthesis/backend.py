@@ -1,7 +1,10 @@
 """Generator backends for the runner: PyTorch here; ONNX Runtime, TensorRT and AOTInductor come
-from drgan.export.backends behind the same call: backend(cond, z, noise) -> image in [-1, 1]."""
+from drgan.export.backends behind the same call: backend(cond, z, noise) -> image in [-1, 1].
+The null backend is a capacity check of the host side, not a generator."""
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -10,7 +13,7 @@ import torch
 from drgan.errors import DrganError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti", "null")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -76,20 +79,65 @@ class TorchBackend:
         return graph, static_in, static_out
 
 
-def make_backend(
-    name: str, checkpoint: str | Path, device: torch.device, precision: str, batch: int
-) -> tuple[Backend, Callable[[int], list[tuple[int, ...]]]]:
-    """The backend and the noise-shape function of the checkpoint's generator."""
-    from drgan.checkpoint import load_generator
+class NullBackend:
+    """Reads the whole condition tensor (as a generator would) and returns one fixed image: a
+    phantom fundus, so that encoders see realistic content. Measures whether the host side can
+    feed a GPU; it generates nothing."""
 
+    def __init__(self, size: int, device: torch.device) -> None:
+        from drgan.data.phantom import render_phantom
+
+        image = torch.from_numpy(render_phantom(size, 2, 0).image).permute(2, 0, 1)
+        self.image = (image.float() / 127.5 - 1.0).to(device)
+        self._out: torch.Tensor | None = None   # reused: the runner is done with it by the next call
+
+    @torch.inference_mode()
+    def __call__(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+        # The reduction reads every condition value; adding its zero keeps it on the data path.
+        seen = cond.amax(dim=(1, 2, 3)) * 0.0
+        shape = (len(cond), *self.image.shape)
+        if self._out is None or self._out.shape != shape:
+            self._out = torch.empty(shape, device=self.image.device)
+        return torch.add(self.image, seen[:, None, None, None], out=self._out)
+
+
+@dataclass
+class LoadedBackend:
+    call: Backend
+    noise_shapes: Callable[[int], list[tuple[int, ...]]]   # per batch size; [] when no noise is used
+    weights: str                                            # sha256 of the generator's weights, or "none"
+    precision: str                                          # resolved
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """Hash of a module's parameters and buffers (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def make_backend(
+    name: str, checkpoint: str | Path | None, size: int, device: torch.device, precision: str, batch: int
+) -> LoadedBackend:
+    """The backend of the checkpoint's generator (checkpoint None: only the null backend)."""
     if name not in BACKENDS:
         raise DrganError(f"--backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    if name == "null":
+        return LoadedBackend(NullBackend(size, device), lambda b: [], "none", resolve_precision(precision, device))
+    from drgan.checkpoint import load_generator
+
     g = load_generator(checkpoint)
+    weights = weights_sha256(g)
     if name == "torch":
-        return TorchBackend(g, device, precision), g.noise_shapes
+        backend = TorchBackend(g, device, precision)
+        return LoadedBackend(backend, g.noise_shapes, weights, resolve_precision(precision, device))
     from drgan.export.backends import make_backend as make_export_backend
 
     if precision == "auto" and name == "onnxruntime":
         precision = "fp32"  # the exported ONNX file is fp32
-    exported = make_export_backend(name, checkpoint, device=device, precision=resolve_precision(precision, device), batch=batch)
-    return (lambda cond, z, noise: exported(cond, z, noise)[0]), g.noise_shapes
+    precision = resolve_precision(precision, device)
+    exported = make_export_backend(name, checkpoint, device=device, precision=precision, batch=batch)
+    return LoadedBackend(lambda cond, z, noise: exported(cond, z, noise)[0], g.noise_shapes, weights, precision)

@@ -1,4 +1,8 @@
-"""Item i of a plan as generator inputs: masks (structure + imitated lesions), grading vector, noise."""
+"""Item i of a plan as a small record: structure index, lesion primitives, grading vector, seeds.
+
+Placement is host work on the structure's cached geometry; the masks themselves are rasterized
+in batch on the generator's device (drgan.synthesis.raster).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,8 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from drgan.config import COND_CHANNELS
-from drgan.data.lesions import LESION_TYPES, LesionStats, imitate_lesions
+from drgan.data.lesions import LESION_TYPES, LesionStats, lesion_primitives
 from drgan.grading_space import GradingSpace
 from drgan.synthesis.plan import Plan
 from drgan.synthesis.structures import StructurePool
@@ -20,20 +23,22 @@ class Item:
     grade: int
     seed: int                       # structure + lesion seed (the manifest's `seed`)
     noise_seed: int                 # seed of the generator noise volumes
+    structure: int                  # index into the structure pool
     structure_id: str
     lesion_counts: dict[str, int]
-    masks: np.ndarray               # uint8 (8, R, R), COND_CHANNELS order, 0/255
+    primitives: np.ndarray          # float64 rows of drgan.data.lesions.PRIMITIVE_FIELDS
     z: torch.Tensor                 # (z_dim,) grading vector
 
+    def manifest_row(self) -> dict:
+        return {"id": self.id, "grade": self.grade, "seed": self.seed, "structure_id": self.structure_id, **self.lesion_counts}
 
-def build_item(plan: Plan, i: int, pool: StructurePool, space: GradingSpace, stats: LesionStats | None) -> Item:
+
+def place_item(plan: Plan, i: int, pool: StructurePool, space: GradingSpace, stats: LesionStats | None) -> Item:
     struct_seed, z_seed, noise_seed = plan.item_seeds(i)
     grade = plan.grade(i)
     rng = np.random.default_rng(struct_seed)
     j = int(rng.integers(len(pool)))
-    structure = pool.get(j)
-    lesions, counts = imitate_lesions(structure, grade, rng, stats)
-    named = {"vessel": structure["vessel"], "disc": structure["disc"], **lesions}
+    primitives, counts = lesion_primitives(pool.geometry(j), grade, rng, stats)
     z = space.sample(torch.tensor([grade]), torch.Generator().manual_seed(z_seed))[0]
     return Item(
         index=i,
@@ -41,9 +46,10 @@ def build_item(plan: Plan, i: int, pool: StructurePool, space: GradingSpace, sta
         grade=grade,
         seed=struct_seed,
         noise_seed=noise_seed,
+        structure=j,
         structure_id=pool.ids[j],
         lesion_counts={t: int(counts[t]) for t in LESION_TYPES},
-        masks=np.stack([named[c] for c in COND_CHANNELS]),
+        primitives=primitives,
         z=z,
     )
 

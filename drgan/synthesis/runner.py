@@ -1,6 +1,15 @@
-"""`drgan synthesize`: a balanced set, generated in fixed batches, resumable and sharded."""
+"""`drgan synthesize`: a balanced set, generated in fixed batches, resumable and sharded.
+
+The hot path is a pipeline of bounded, overlapped stages: placement (host threads, small records)
+-> rasterization of the conditions and generation (the device; its own CUDA stream) -> copy of
+the pixels into a ring of pinned host buffers -> encoding and atomic writes (host threads; the
+encoders release the GIL). The main thread only queues work; it waits for the device only when a
+ring buffer is still being encoded.
+"""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import time
 from collections import Counter
@@ -13,24 +22,29 @@ import torch
 from tqdm import tqdm
 
 from drgan.checkpoint import read_run_config
-from drgan.config import NUM_GRADES
+from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.lesions import LesionStats
 from drgan.errors import DrganError
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
+from drgan.synthesis import fingerprint
 from drgan.synthesis.backend import make_backend
-from drgan.synthesis.conditions import Item, build_item, item_noise
+from drgan.synthesis.conditions import Item, item_noise, place_item
+from drgan.synthesis.encode import JPEG_QUALITIES, PNG_LEVELS, gpu_jpeg_encoder
 from drgan.synthesis.plan import Plan, Shard
-from drgan.synthesis.structures import StructurePool
-from drgan.synthesis.writer import OutputFolder, gpu_jpeg_encoder, sha256_file
+from drgan.synthesis.raster import condition_masks
+from drgan.synthesis.stages import StageTimes
+from drgan.synthesis.structures import DeviceStructures, StructurePool
+from drgan.synthesis.writer import OutputFolder, sha256_file
 
-# Batches whose conditions are built ahead of the generator, item by item on CPU threads
-# (lesion drawing is numpy/scipy work that releases the GIL for its array operations).
+# Batches placed ahead of the device, and batches of pixels in flight between the device and the
+# encoders (one pinned host buffer each): the bounds of the pipeline.
 PREFETCH = 2
+IN_FLIGHT = 3
 
 
 @dataclass
 class SynthesisOptions:
-    checkpoint: str                             # run folder of a trained GAN
+    checkpoint: str | None                      # run folder of a trained GAN (None: preset, null backend)
     out: str                                    # output folder
     count: int                                  # images in the whole set
     grades: tuple[int, ...] = tuple(range(NUM_GRADES))  # cycled over the items: balanced
@@ -42,12 +56,14 @@ class SynthesisOptions:
     backend: str = "torch"
     format: str = "png"
     quality: int = 95
+    png_level: int = 1                          # 0 stored, 1 fast (default), 2-9 zlib levels
     save_masks: bool = False
     shard: str | None = None                    # "i/n"; torchrun's RANK/WORLD_SIZE when None
     loader: str = "torch"                       # how --structures is read: torch or dali
     device: str = "auto"
     threads: int = field(default_factory=lambda: max(2, (os.cpu_count() or 2)))
     progress: bool = True
+    preset: str | None = None                   # with backend "null" instead of a checkpoint
 
 
 @dataclass
@@ -58,17 +74,33 @@ class Summary:
     total: int              # images of the plan present in the folder
     per_grade: dict[int, int]
     seconds: float
-    gpu_busy_seconds: float | None = None  # generator time measured with CUDA events
+    gpu_busy_seconds: float | None = None  # device time (rasterization .. transfer), CUDA events
+    pipeline_seconds: float = 0.0          # from the first batch queued to the last file written
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # see drgan.synthesis.stages
+    bound: str | None = None               # the stage that bounds the run
 
     @property
     def gpu_idle_share(self) -> float | None:
-        if self.gpu_busy_seconds is None or self.seconds <= 0:
+        """Share of the pipeline's time the device had no work queued (startup not counted)."""
+        if self.gpu_busy_seconds is None or self.pipeline_seconds <= 0:
             return None
-        return max(0.0, 1.0 - self.gpu_busy_seconds / self.seconds)
+        return max(0.0, 1.0 - self.gpu_busy_seconds / self.pipeline_seconds)
 
     @property
     def images_per_second(self) -> float:
         return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        per_image = {k: round(1e3 * v / self.generated, 2) if self.generated else None for k, v in self.stage_seconds.items()}
+        return {
+            "out": str(self.out), "generated": self.generated, "skipped": self.skipped, "total": self.total,
+            "per_grade": self.per_grade, "seconds": round(self.seconds, 3),
+            "pipeline_seconds": round(self.pipeline_seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+            "gpu_idle_share": None if self.gpu_idle_share is None else round(self.gpu_idle_share, 4),
+            "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
+            "stage_ms_per_image": per_image, "bound": self.bound,
+        }
 
 
 def _device(name: str) -> torch.device:
@@ -88,6 +120,21 @@ def _shard(text: str | None) -> Shard:
     return Shard(int(os.environ.get("RANK", "0")), world)
 
 
+def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
+    """Output resolution and grading space: the checkpoint's, or a preset's with standard-normal
+    grading spaces (null backend only: it needs no trained run)."""
+    if (opts.checkpoint is None) == (opts.preset is None):
+        raise DrganError("give exactly one of --checkpoint and --preset")
+    if opts.preset is not None:
+        if opts.backend != "null":
+            raise DrganError("--preset needs --backend null (a generator needs a trained run: --checkpoint)")
+        cfg = preset_config(opts.preset)
+        return cfg.resolution, GradingSpace(torch.zeros(NUM_GRADES, cfg.z_dim), torch.ones(NUM_GRADES, cfg.z_dim), float("nan"))
+    checkpoint = Path(opts.checkpoint)
+    cfg, stage, _ = read_run_config(checkpoint)
+    return cfg.stage_resolution(stage), _grading_space(checkpoint, cfg.z_dim)
+
+
 def _grading_space(checkpoint: Path, z_dim: int) -> GradingSpace:
     path = checkpoint / GRADING_SPACE_FILE
     if not path.is_file():
@@ -98,85 +145,198 @@ def _grading_space(checkpoint: Path, z_dim: int) -> GradingSpace:
     return space
 
 
-def _manifest_row(item: Item) -> dict:
-    return {"id": item.id, "grade": item.grade, "seed": item.seed, "structure_id": item.structure_id, **item.lesion_counts}
-
-
 def synthesize(opts: SynthesisOptions) -> Summary:
     start = time.perf_counter()
-    checkpoint = Path(opts.checkpoint)
-    cfg, stage, _ = read_run_config(checkpoint)
-    space = _grading_space(checkpoint, cfg.z_dim)
-    size = cfg.stage_resolution(stage)
+    size, space = _model(opts)
     plan = Plan(opts.count, tuple(opts.grades), opts.seed, opts.batch)
+    if opts.quality not in JPEG_QUALITIES:
+        raise DrganError(f"--quality {opts.quality}: JPEG quality lies in 1..100")
+    if opts.png_level not in PNG_LEVELS:
+        raise DrganError(f"--png-level {opts.png_level}: PNG levels lie in 0..9")
     shard = _shard(opts.shard)
     device = _device(opts.device)
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
-    out = OutputFolder(
-        Path(opts.out), opts.format, opts.quality, opts.save_masks,
-        journal_name=f".journal-{shard.index}-of-{shard.count}.csv", threads=opts.threads,
-    )
     pool = StructurePool.from_dataset(opts.structures, size, opts.loader) if opts.structures else StructurePool.phantom(size, opts.seed)
-    backend, noise_shapes = make_backend(opts.backend, checkpoint, device, opts.precision, opts.batch)
-    shapes = noise_shapes(1)
-
-    done = out.done_ids()
-    batches = [k for k in plan.shard_batches(shard) if any(plan.item_id(i) not in done for i in plan.batch_items(k))]
-    todo = sum(1 for k in batches for i in plan.batch_items(k) if plan.item_id(i) not in done)
-    shard_total = sum(len(plan.batch_items(k)) for k in plan.shard_batches(shard))
-    skipped = shard_total - todo
-
-    def build(k: int) -> list:
-        return [builders.submit(build_item, plan, i, pool, space, stats) for i in plan.batch_items(k)]
-
-    gpu_encode = gpu_jpeg_encoder(opts.quality) if opts.format == "jpeg" and device.type == "cuda" else None
-    events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-    generated = 0
-    bar = tqdm(total=todo, unit="img", desc=f"synthesize {shard.index}/{shard.count}", disable=not opts.progress, smoothing=0.1)
-    builders = ThreadPoolExecutor(max_workers=opts.threads, thread_name_prefix="drgan-cond")
+    loaded = make_backend(opts.backend, opts.checkpoint, size, device, opts.precision, opts.batch)
+    times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
+    out = OutputFolder(
+        Path(opts.out), opts.format, opts.quality, opts.png_level, opts.save_masks,
+        journal_name=f".journal-{shard.index}-of-{shard.count}.csv", threads=opts.threads,
+        fingerprint=_fingerprint(opts, plan, size, pool, loaded), times=times,
+    )
     try:
-        ahead = [build(k) for k in batches[:PREFETCH]]
-        for n, k in enumerate(batches):
-            items = [f.result() for f in ahead.pop(0)]
-            if n + PREFETCH < len(batches):
-                ahead.append(build(batches[n + PREFETCH]))
-            # The batch always has plan.batch rows (the last one padded by repetition): the same
-            # shapes every time, so a resumed or sharded run computes bit-identical images.
-            rows = items + [items[-1]] * (plan.batch - len(items))
-            cond = torch.from_numpy(np.stack([it.masks for it in rows])).float().div_(255.0)
-            z = torch.stack([it.z for it in rows])
-            per_item = [item_noise(shapes, it.noise_seed, device) for it in rows]
-            noise = [torch.cat(level) for level in zip(*per_item)]
-            if device.type == "cuda":
-                events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
-                events[-1][0].record()
-            image = backend(cond, z, noise)
-            pixels = ((image[: len(items)].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-            if events:
-                events[-1][1].record()
-            if gpu_encode is not None:
-                encoded = gpu_encode(pixels)
-            else:
-                encoded = list(pixels.permute(0, 2, 3, 1).cpu().numpy())
-            for it, px in zip(items, encoded):
-                if it.id in done:
-                    continue
-                out.submit(_manifest_row(it), px, it.masks if opts.save_masks else None)
-                generated += 1
-                bar.update(1)
-        out.flush()
-    finally:
-        builders.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+        pipeline = _Pipeline(opts, plan, pool, space, stats, loaded, device, size, out, times)
+        generated, skipped, pipeline_seconds = pipeline.run(shard)
         out.close()
+    except BaseException:
+        out.abort()
+        raise
     rows = _complete_rows(out, plan, pool, space, stats)
     out.write_manifest(list(rows.values()))
     per_grade = Counter(int(r["grade"]) for r in rows.values())
-    busy = None
-    if events:
-        torch.cuda.synchronize()
-        busy = sum(a.elapsed_time(b) for a, b in events) / 1e3
-    return Summary(Path(opts.out), generated, skipped, len(rows), dict(sorted(per_grade.items())), time.perf_counter() - start, busy)
+    return Summary(
+        Path(opts.out), generated, skipped, len(rows), dict(sorted(per_grade.items())), time.perf_counter() - start,
+        gpu_busy_seconds=times.device_seconds() if device.type == "cuda" else None, pipeline_seconds=pipeline_seconds,
+        stage_seconds=dict(times.seconds), bound=times.bound() if generated else None,
+    )
+
+
+def _fingerprint(opts: SynthesisOptions, plan: Plan, size: int, pool: StructurePool, loaded) -> dict:
+    """What decides the set's bytes (see drgan.synthesis.fingerprint); threads, device and the
+    structure loader do not."""
+    return {
+        "seed": plan.seed, "count": plan.count, "grades": list(plan.grades), "batch": plan.batch,
+        "resolution": size, "format": opts.format,
+        "quality": opts.quality if opts.format == "jpeg" else None,
+        "png_level": opts.png_level if opts.format == "png" else None,
+        "lesion_stats": fingerprint.lesion_stats_id(opts.lesion_stats), "structures": pool.identity,
+        "generator": loaded.weights, "preset": opts.preset, "backend": opts.backend, "precision": loaded.precision,
+        "save_masks": opts.save_masks,
+    }
+
+
+class _Pipeline:
+    """One shard's batches through placement -> device -> host buffers -> encoders."""
+
+    def __init__(self, opts: SynthesisOptions, plan: Plan, pool: StructurePool, space: GradingSpace, stats,
+                 loaded, device: torch.device, size: int, out: OutputFolder, times: StageTimes) -> None:
+        self.opts, self.plan, self.pool, self.space, self.stats = opts, plan, pool, space, stats
+        self.loaded, self.device, self.size, self.out, self.times = loaded, device, size, out, times
+        self.cuda = device.type == "cuda"
+        self.structures = DeviceStructures(pool, size, device, plan.batch)
+        self.noise_shapes = loaded.noise_shapes(1)
+        self.gpu_encode = gpu_jpeg_encoder(opts.quality) if opts.format == "jpeg" and self.cuda else None
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self._work: dict[str, torch.Tensor] = {}          # device buffers reused batch after batch
+        self.host: list[torch.Tensor | None] = [None] * IN_FLIGHT
+        self.events: list[list[torch.cuda.Event]] = []    # per batch: start, conditions, generated, copied
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        # Reuse is safe: every use is queued in order on one stream (or runs synchronously on CPU).
+        t = self._work.get(name)
+        if t is None or t.shape != shape:
+            t = self._work[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        return t
+
+    def _place(self, i: int) -> Item:
+        with self.times.cpu("placement"):
+            return place_item(self.plan, i, self.pool, self.space, self.stats)
+
+    def run(self, shard: Shard) -> tuple[int, int, float]:
+        plan, done = self.plan, self.out.done_ids()
+        batches = [k for k in plan.shard_batches(shard) if any(plan.item_id(i) not in done for i in plan.batch_items(k))]
+        todo = sum(1 for k in batches for i in plan.batch_items(k) if plan.item_id(i) not in done)
+        skipped = sum(len(plan.batch_items(k)) for k in plan.shard_batches(shard)) - todo
+        bar = tqdm(total=todo, unit="img", desc=f"synthesize {shard.index}/{shard.count}", disable=not self.opts.progress, smoothing=0.1)
+        placers = ThreadPoolExecutor(max_workers=self.opts.threads, thread_name_prefix="drgan-place")
+        in_flight: list[list] = [[] for _ in range(IN_FLIGHT)]   # encoder futures per host buffer
+        generated, start = 0, time.perf_counter()
+        try:
+            ahead = [[placers.submit(self._place, i) for i in plan.batch_items(k)] for k in batches[:PREFETCH]]
+            for n, k in enumerate(batches):
+                items = [f.result() for f in ahead.pop(0)]
+                if n + PREFETCH < len(batches):
+                    ahead.append([placers.submit(self._place, i) for i in plan.batch_items(batches[n + PREFETCH])])
+                slot = n % IN_FLIGHT
+                for f in in_flight[slot]:   # the encoders are done with this host buffer
+                    f.result()
+                in_flight[slot] = []
+                images, masks = self._device_batch(items, slot)
+                for b, it in enumerate(items):
+                    if it.id in done:
+                        continue
+                    in_flight[slot].append(self.out.submit(it.manifest_row(), images[b], None if masks is None else masks[b]))
+                    generated += 1
+                bar.update(sum(it.id not in done for it in items))
+                self._collect_events()
+                bar.set_postfix_str(f"bound: {self.times.bound()}", refresh=False)
+            self.out.flush()
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+                self._collect_events()
+        finally:
+            placers.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+        return generated, skipped, time.perf_counter() - start
+
+    def _device_batch(self, items: list[Item], slot: int) -> tuple[list, np.ndarray | None]:
+        """Queue one batch on the device; returns per item a function giving its pixels or bytes
+        (waiting for the copy), and the masks when they are saved."""
+        plan, n, size = self.plan, len(items), self.size
+        # The batch always has plan.batch rows (the last one padded by repetition): the same
+        # shapes every time, so a resumed or sharded run computes bit-identical images.
+        rows = items + [items[-1]] * (plan.batch - n)
+        with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext(), torch.inference_mode():
+            mark = self._marker()
+            slots = self.structures.slots([it.structure for it in rows])
+            masks = condition_masks(self.structures.planes, slots, [it.primitives for it in rows],
+                                    out=self._buffer("masks", (len(rows), len(COND_CHANNELS), size, size), torch.uint8))
+            cond = self._buffer("cond", tuple(masks.shape), torch.float32)
+            cond.copy_(masks)                     # 0/1: the float condition exists only here
+            mark("rasterization")
+            z = torch.stack([it.z for it in rows]).to(self.device, non_blocking=True)
+            per_item = [item_noise(self.noise_shapes, it.noise_seed, self.device) for it in rows]
+            image = self.loaded.call(cond, z, [torch.cat(level) for level in zip(*per_item)])
+            pixels = self._buffer("pixels", (n, 3, size, size), torch.float32)
+            torch.add(image[:n].float(), 1.0, out=pixels).mul_(127.5).round_().clamp_(0, 255)
+            saved = (masks[:n] * 255).cpu().numpy() if self.opts.save_masks else None
+            if self.gpu_encode is not None:
+                encoded = self.gpu_encode(pixels.to(torch.uint8))
+                mark("generation")
+                done = mark("transfer")
+                return [functools.partial(_bytes_when_ready, done, e) for e in encoded], saved
+            if self.host[slot] is None:
+                self.host[slot] = torch.empty((plan.batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda)
+            host = self.host[slot]
+            if self.cuda:
+                nhwc = self._buffer("nhwc", (n, size, size, 3), torch.uint8)
+                nhwc.copy_(pixels.permute(0, 2, 3, 1))
+                mark("generation")
+                host[:n].copy_(nhwc, non_blocking=True)
+            else:
+                mark("generation")
+                host[:n].copy_(pixels.permute(0, 2, 3, 1))
+            done = mark("transfer")
+        return [functools.partial(_pixels_when_ready, done, host, b) for b in range(n)], saved
+
+    def _marker(self):
+        """mark(stage) ends the stage that began at the previous mark; returns the CUDA event
+        recorded there (None on CPU, where stages are timed on the main thread's clock)."""
+        if self.cuda:
+            events = [torch.cuda.Event(enable_timing=True)]
+            events[0].record()
+            self.events.append(events)
+
+            def mark(stage: str) -> torch.cuda.Event:
+                events.append(torch.cuda.Event(enable_timing=True))
+                events[-1].record()
+                return events[-1]
+            return mark
+        last = [time.perf_counter()]
+
+        def mark(stage: str) -> None:
+            now = time.perf_counter()
+            self.times.add(stage, now - last[0])
+            last[0] = now
+        return mark
+
+    def _collect_events(self) -> None:
+        """Add the device time of batches the GPU has finished (without waiting for the others)."""
+        while self.events and self.events[0][-1].query():
+            events = self.events.pop(0)
+            for stage, (a, b) in zip(("rasterization", "generation", "transfer"), zip(events, events[1:])):
+                self.times.add(stage, a.elapsed_time(b) / 1e3)
+
+
+def _pixels_when_ready(copied: torch.cuda.Event | None, host: torch.Tensor, b: int) -> np.ndarray:
+    if copied is not None:
+        copied.synchronize()
+    return host[b].numpy()
+
+
+def _bytes_when_ready(encoded: torch.cuda.Event, data: torch.Tensor) -> bytes:
+    encoded.synchronize()
+    return bytes(data.cpu().numpy())
 
 
 def _complete_rows(out: OutputFolder, plan: Plan, pool: StructurePool, space: GradingSpace, stats) -> dict[str, dict]:
@@ -187,16 +347,20 @@ def _complete_rows(out: OutputFolder, plan: Plan, pool: StructurePool, space: Gr
     for item_id in sorted(out.done_ids() - set(rows)):
         if item_id not in index:
             continue
-        item = build_item(plan, index[item_id], pool, space, stats)
+        item = place_item(plan, index[item_id], pool, space, stats)
         path = out.image_path(item_id)
-        rows[item_id] = {**_manifest_row(item), "file": f"images/{path.name}", "sha256": sha256_file(path)}
+        rows[item_id] = {**item.manifest_row(), "file": f"images/{path.name}", "sha256": sha256_file(path)}
     return rows
 
 
 def format_summary(s: Summary) -> str:
     grades = ", ".join(f"grade {g}: {n}" for g, n in s.per_grade.items())
     idle = "" if s.gpu_idle_share is None else f", GPU idle {100 * s.gpu_idle_share:.0f}% of the time"
-    return (
+    text = (
         f"wrote {s.generated} images in {s.seconds:.1f} s ({s.images_per_second:.2f} images/s{idle}), "
         f"{s.skipped} already present; {s.out} holds {s.total} ({grades})"
     )
+    if s.generated:
+        stages = ", ".join(f"{k} {1e3 * v / s.generated:.1f}" for k, v in s.stage_seconds.items())
+        text += f"\nms per image: {stages}; bound by {s.bound}"
+    return text

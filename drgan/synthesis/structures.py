@@ -1,25 +1,34 @@
 """The pool of structures (vessel, disc, field of view) that synthesized items are built on."""
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from drgan.data.lesions import Geometry, structure_geometry
 from drgan.errors import DrganError
 
 # Phantom structures are rendered on demand from this many seeds and kept (5 MB each at 1280).
 PHANTOM_POOL = 64
+# Structures held on the generator's device at once (4.9 MB each at 1280), at least one batch.
+DEVICE_SLOTS = 64
 
 
 class StructurePool:
-    """Structure j as {"vessel", "disc", "fov"} uint8 0/255 masks at the output resolution."""
+    """Structure j as {"vessel", "disc", "fov"} uint8 0/255 masks at the output resolution, with
+    its placement geometry computed once."""
 
-    def __init__(self, ids: list[str], loader) -> None:
+    def __init__(self, ids: list[str], loader, identity: dict) -> None:
         if not ids:
             raise DrganError("the structure pool is empty")
         self.ids = ids
+        self.identity = identity   # what the pool is made of, for the set's fingerprint
         self._load = lru_cache(maxsize=None)(loader)
+        self._geometry = lru_cache(maxsize=None)(lambda j: structure_geometry(self._load(j)))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -27,11 +36,16 @@ class StructurePool:
     def get(self, j: int) -> dict[str, np.ndarray]:
         return self._load(j)
 
+    def geometry(self, j: int) -> Geometry:
+        return self._geometry(j)
+
     @classmethod
+    @lru_cache(maxsize=1)  # the last pool stays rendered: a rerun in the same process reuses it
     def phantom(cls, size: int, seed: int) -> "StructurePool":
         from drgan.data.phantom import render_structure, sample_seed
 
-        return cls([f"phantom_{seed}_{j}" for j in range(PHANTOM_POOL)], lambda j: render_structure(size, sample_seed(seed, j)))
+        identity = {"kind": "phantom", "seed": seed, "size": size, "count": PHANTOM_POOL}
+        return cls([f"phantom_{seed}_{j}" for j in range(PHANTOM_POOL)], lambda j: render_structure(size, sample_seed(seed, j)), identity)
 
     @classmethod
     def from_dataset(cls, root: str | Path, size: int, loader: str = "torch") -> "StructurePool":
@@ -46,6 +60,7 @@ class StructurePool:
         yy, xx = np.mgrid[:size, :size] + 0.5 - size / 2
         fov = np.hypot(yy, xx) <= size / 2
         ids, masks = [], []
+        digest = hashlib.sha256()
         for batch in make_loader(root, size, batch_size=16, kind=loader):
             cond = batch["cond"].float()
             for b, item_id in enumerate(batch["id"]):
@@ -54,6 +69,38 @@ class StructurePool:
                     continue
                 ids.append(str(item_id))
                 masks.append(np.stack([vessel, disc, fov]).astype(np.uint8) * 255)
+                digest.update(str(item_id).encode())
+                digest.update(masks[-1])
         if not ids:
             raise DrganError(f"{root}: no usable structure masks (every vessel mask is empty or missing)")
-        return cls(ids, lambda j: dict(zip(("vessel", "disc", "fov"), masks[j])))
+        identity = {"kind": "dataset", "size": size, "count": len(ids), "sha256": digest.hexdigest()}
+        return cls(ids, lambda j: dict(zip(("vessel", "disc", "fov"), masks[j])), identity)
+
+
+class DeviceStructures:
+    """Structures on the generator's device as uint8 0/1 planes (vessel, disc, lesion-allowed =
+    FOV off the disc) in a fixed set of slots, least recently used first out."""
+
+    def __init__(self, pool: StructurePool, size: int, device: torch.device, batch: int) -> None:
+        self.pool = pool
+        slots = max(batch, min(len(pool), DEVICE_SLOTS))
+        self.planes = torch.empty((slots, 3, size, size), dtype=torch.uint8, device=device)
+        self._slot_of: OrderedDict[int, int] = OrderedDict()   # structure -> slot, oldest first
+
+    def slots(self, structures: list[int]) -> list[int]:
+        """The slots holding these structures, uploading the missing ones (in stream order, so a
+        slot is only overwritten after the work queued on it)."""
+        for j in structures:
+            if j in self._slot_of:
+                self._slot_of.move_to_end(j)
+                continue
+            if len(self._slot_of) < len(self.planes):
+                slot = len(self._slot_of)
+            else:
+                victim = next(k for k in self._slot_of if k not in structures)
+                slot = self._slot_of.pop(victim)
+            s = self.pool.get(j)
+            planes = np.stack([s["vessel"] > 0, s["disc"] > 0, (s["fov"] > 0) & (s["disc"] == 0)]).astype(np.uint8)
+            self.planes[slot].copy_(torch.from_numpy(planes))
+            self._slot_of[j] = slot
+        return [self._slot_of[j] for j in structures]

@@ -2,7 +2,8 @@
 
 A file appears under its final name only complete (temp + rename); a journal row is appended
 after the rename. On resume the image files are the truth: a file without a journal row (killed
-between the two) gets its row rebuilt from the plan.
+between the two) gets its row rebuilt from the plan. The folder's fingerprint is written before
+the first image and checked on every rerun (drgan.synthesis.fingerprint).
 """
 from __future__ import annotations
 
@@ -11,47 +12,24 @@ import errno
 import hashlib
 import io
 import os
+import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from drgan.config import COND_CHANNELS
 from drgan.data.lesions import LESION_TYPES
 from drgan.errors import DrganError
+from drgan.synthesis import fingerprint as fp
+from drgan.synthesis.encode import encode_image
+from drgan.synthesis.stages import StageTimes
 
 MANIFEST_FIELDS = ["id", "grade", "seed", "structure_id", *LESION_TYPES, "file", "sha256"]
 FORMATS = {"png": "png", "jpeg": "jpg"}
 _TMP_MARK = ".tmp-"
-
-
-def encode(image: np.ndarray, fmt: str, quality: int) -> bytes:
-    """uint8 (H, W, 3) -> file bytes. PNG at a fixed compression level, so bytes are reproducible."""
-    buf = io.BytesIO()
-    if fmt == "png":
-        Image.fromarray(image).save(buf, format="PNG", compress_level=6)
-    else:
-        Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0)
-    return buf.getvalue()
-
-
-def gpu_jpeg_encoder(quality: int):
-    """Batch JPEG encoding on the GPU (nvJPEG through torchvision) or None where unavailable.
-
-    torchvision is optional (it does not import beside every torch build): without it the
-    runner encodes with Pillow on CPU threads.
-    """
-    try:
-        from torchvision.io import encode_jpeg
-    except (ImportError, RuntimeError):
-        return None
-
-    def encode_batch(pixels) -> list[bytes]:  # uint8 (B, 3, H, W) on the GPU
-        return [bytes(t.cpu().numpy()) for t in encode_jpeg(list(pixels), quality=quality)]
-
-    return encode_batch
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -81,21 +59,31 @@ class OutputFolder:
         root: Path,         # output folder (created)
         fmt: str,           # 'png' or 'jpeg'
         quality: int,       # JPEG quality
+        png_level: int,     # PNG compression level (drgan.synthesis.encode.encode_image)
         save_masks: bool,   # also write masks/<id>/<name>.png
         journal_name: str,  # this process's journal (one per shard, no write contention)
         threads: int,       # encoder/writer threads
+        fingerprint: dict,  # what makes the set; an existing folder must hold the same
+        times: StageTimes,  # encoding and writing time are added here
     ) -> None:
         if fmt not in FORMATS:
             raise DrganError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-        self.root, self.fmt, self.quality, self.save_masks = root, fmt, quality, save_masks
+        self.root, self.fmt, self.quality, self.png_level, self.save_masks = root, fmt, quality, png_level, save_masks
         self.images = root / "images"
+        self.times = times
+        resumed = fp.check(root, fingerprint)
+        self._created_root = not root.exists()
+        self._wrote_fingerprint = not resumed
         try:
-            self.images.mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True)
             probe = root / f".write-probe{_TMP_MARK}{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
             raise DrganError(f"{root}: output folder is not writable ({exc.strerror})") from None
+        if not resumed:
+            fp.record(root, fingerprint, write_atomic)
+        self.images.mkdir(exist_ok=True)
         remove_temp_files(root)
         self.journal_path = root / journal_name
         self._journal_lock = threading.Lock()
@@ -109,25 +97,33 @@ class OutputFolder:
         suffix = "." + FORMATS[self.fmt]
         return {p.name[: -len(suffix)] for p in self.images.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".")}
 
-    def submit(self, row: dict, image: np.ndarray | bytes, masks: np.ndarray | None) -> None:
-        """Queue one item: pixels (uint8 H, W, 3) to encode here, or bytes already encoded."""
-        self._pending.append(self._pool.submit(self._write, row, image, masks))
+    def submit(self, row: dict, image: Callable[[], np.ndarray | bytes], masks: np.ndarray | None) -> Future:
+        """Queue one item. image() runs in the worker and returns pixels (uint8 H, W, 3) to encode
+        or bytes already encoded (it may first wait for the device copy that fills its buffer)."""
+        future = self._pool.submit(self._write, row, image, masks)
+        self._pending.append(future)
         # Surface a failed write (disk full) promptly instead of at the end.
-        while len(self._pending) > 64 or (self._pending and self._pending[0].done()):
+        while self._pending and self._pending[0].done():
             self._pending.pop(0).result()
+        return future
 
-    def _write(self, row: dict, image: np.ndarray | bytes, masks: np.ndarray | None) -> None:
-        if masks is not None:
-            folder = self.root / "masks" / row["id"]
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, mask in zip(COND_CHANNELS, masks):
-                write_atomic(folder / f"{name}.png", encode_mask(mask))
-        data = image if isinstance(image, bytes) else encode(image, self.fmt, self.quality)
-        path = self.image_path(row["id"])
-        write_atomic(path, data)
-        row = {**row, "file": f"images/{path.name}", "sha256": hashlib.sha256(data).hexdigest()}
-        with self._journal_lock, open(self.journal_path, "a", newline="") as f:
-            csv.DictWriter(f, MANIFEST_FIELDS).writerow(row)
+    def _write(self, row: dict, image: Callable[[], np.ndarray | bytes], masks: np.ndarray | None) -> None:
+        with self.times.cpu("encoding"):
+            data = image()
+            if not isinstance(data, bytes):
+                data = encode_image(data, self.fmt, self.quality, self.png_level)
+            encoded_masks = [encode_image(m, "png", 0, self.png_level) for m in masks] if masks is not None else []
+        with self.times.cpu("writing"):
+            if masks is not None:
+                folder = self.root / "masks" / row["id"]
+                folder.mkdir(parents=True, exist_ok=True)
+                for name, mask in zip(COND_CHANNELS, encoded_masks):
+                    write_atomic(folder / f"{name}.png", mask)
+            path = self.image_path(row["id"])
+            write_atomic(path, data)
+            row = {**row, "file": f"images/{path.name}", "sha256": hashlib.sha256(data).hexdigest()}
+            with self._journal_lock, open(self.journal_path, "a", newline="") as f:
+                csv.DictWriter(f, MANIFEST_FIELDS).writerow(row)
 
     def flush(self) -> None:
         while self._pending:
@@ -138,6 +134,20 @@ class OutputFolder:
             self.flush()
         finally:
             self._pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """After a failure: stop the writers; leave the folder as it was found when not one image
+        was written (else as a set that a rerun completes)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if any(self.images.iterdir()):
+            return
+        self.images.rmdir()
+        self.journal_path.unlink(missing_ok=True)
+        shutil.rmtree(self.root / "masks", ignore_errors=True)
+        if self._wrote_fingerprint:
+            (self.root / fp.FILE_NAME).unlink(missing_ok=True)
+        if self._created_root and not any(self.root.iterdir()):
+            self.root.rmdir()
 
     def journal_rows(self) -> dict[str, dict]:
         rows = {}
@@ -158,12 +168,6 @@ class OutputFolder:
         write_atomic(self.root / "manifest.csv", buf.getvalue().encode())
         labels = "id,grade\n" + "".join(f"{r['id']},{r['grade']}\n" for r in rows)
         write_atomic(self.root / "labels.csv", labels.encode())
-
-
-def encode_mask(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(mask).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
 
 
 def sha256_file(path: Path) -> str:

@@ -1,0 +1,56 @@
+"""A set folder's fingerprint: everything that decides its bytes, recorded before the first image.
+
+A rerun into the same folder resumes only when its fingerprint is the same; otherwise it stops
+and says what differs, so images of two different setups never mix in one set.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from drgan.errors import DrganError
+
+FILE_NAME = "fingerprint.json"
+
+
+def lesion_stats_id(path: str | None) -> str:
+    """'default' or the sha256 of the statistics as loaded (formatting does not matter)."""
+    if path is None:
+        return "default"
+    from drgan.data.lesions import LesionStats
+
+    canonical = json.dumps(LesionStats.load(path).to_dict(), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _show(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def check(root: Path, fingerprint: dict) -> bool:
+    """Whether root already holds a set with this fingerprint (False: root is new or empty).
+
+    Raises when root holds anything else: a set made otherwise, or files of no set.
+    """
+    path = root / FILE_NAME
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise DrganError(f"{path}: damaged set fingerprint; write the set to a new folder") from None
+        differ = [k for k in sorted(set(recorded) | set(fingerprint)) if recorded.get(k) != fingerprint.get(k)]
+        if differ:
+            what = ", ".join(f"{k} {_show(recorded.get(k))} there, {_show(fingerprint.get(k))} now" for k in differ)
+            raise DrganError(f"{root}: holds a set made with another setup ({what}); write to a new folder or delete it")
+        return True
+    if root.is_dir() and any(root.iterdir()):
+        raise DrganError(f"{root}: not empty and not a synthesized set (no {FILE_NAME}); write to a new or empty folder")
+    if root.exists() and not root.is_dir():
+        raise DrganError(f"{root}: exists and is not a folder")
+    return False
+
+
+def record(root: Path, fingerprint: dict, write) -> None:
+    write(root / FILE_NAME, (json.dumps(fingerprint, indent=1, sort_keys=True) + "\n").encode())
