@@ -26,7 +26,15 @@ def lesion_stats_id(path: str | None) -> str:
 
 def _show(value) -> str:
     text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 24 else text[:21] + "..."
+    return text if len(text) <= 24 else text[:12] + "..."   # hashes: the start tells them apart
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"structures": {"seed": 0}} -> {"structures.seed": 0}: a difference names the inner key."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def check(root: Path, fingerprint: dict) -> bool:
@@ -40,9 +48,10 @@ def check(root: Path, fingerprint: dict) -> bool:
             recorded = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise DrganError(f"{path}: damaged set fingerprint; write the set to a new folder") from None
-        differ = [k for k in sorted(set(recorded) | set(fingerprint)) if recorded.get(k) != fingerprint.get(k)]
+        recorded, now = _flat(recorded), _flat(fingerprint)
+        differ = [k for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
         if differ:
-            what = ", ".join(f"{k} {_show(recorded.get(k))} there, {_show(fingerprint.get(k))} now" for k in differ)
+            what = ", ".join(f"{k} {_show(recorded.get(k))} there, {_show(now.get(k))} now" for k in differ)
             raise DrganError(f"{root}: holds a set made with another setup ({what}); write to a new folder or delete it")
         return True
     if root.is_dir() and any(root.iterdir()):

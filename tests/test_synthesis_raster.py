@@ -1,0 +1,87 @@
+"""The batched torch rasterizer against the numpy reference drawing of the same primitives.
+
+Tolerance: a pixel may differ only where its ellipse equation ((u/a)^2 + (v/b)^2, in float64) is
+within 1e-5 of 1, the border, where another device's float32 rounding (fused multiply-add) may
+fall on the other side. On CPU the masks are identical.
+"""
+import numpy as np
+import pytest
+import torch
+
+from drgan.config import COND_CHANNELS
+from drgan.data.lesions import LESION_TYPES, draw_primitives, imitate_lesions, lesion_primitives
+from drgan.synthesis.raster import condition_masks
+from drgan.synthesis.structures import DeviceStructures, StructurePool
+
+BORDER = 1e-5
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def border_distance(rows: np.ndarray, y: int, x: int) -> float:
+    """Smallest |q - 1| over the ellipses in rows at pixel (y, x)."""
+    _, cy, cx, a, b, angle = rows.T
+    dy, dx = y - cy, x - cx
+    u = (dx * np.cos(angle) + dy * np.sin(angle)) / a
+    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / b
+    return float(np.abs(u * u + v * v - 1).min()) if len(rows) else np.inf
+
+
+def assert_same(got: np.ndarray, want: np.ndarray, primitives: list[np.ndarray]) -> None:
+    """got/want: bool (B, 8, R, R); lesion planes may differ only on the border of an ellipse."""
+    assert (got[:, :2] == want[:, :2]).all()
+    for b, c, y, x in np.argwhere(got != want):
+        rows = primitives[b][primitives[b][:, 0] == c - 2]
+        assert border_distance(rows, y, x) < BORDER, (b, COND_CHANNELS[c], y, x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [96, 333])
+def test_placed_lesions_match_the_reference(device, size):
+    pool = StructurePool.phantom(size, 7)
+    structures = DeviceStructures(pool, size, torch.device(device), batch=10)
+    items = [(i % 4, i % 5, i) for i in range(10)]        # (structure, grade, seed)
+    primitives, want = [], []
+    for j, grade, seed in items:
+        p, counts = lesion_primitives(pool.geometry(j), grade, np.random.default_rng(seed))
+        masks, ref_counts = imitate_lesions(pool.get(j), grade, np.random.default_rng(seed))
+        assert counts == ref_counts
+        primitives.append(p)
+        want.append(np.stack([pool.get(j)["vessel"], pool.get(j)["disc"], *(masks[t] for t in LESION_TYPES)]) > 0)
+    assert sum(map(len, primitives)) > 50
+    got = condition_masks(structures.planes, structures.slots([j for j, _, _ in items]), primitives).cpu().numpy()
+    assert got.dtype == np.uint8 and got.max() == 1
+    assert_same(got.astype(bool), np.stack(want), primitives)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_ellipses_across_the_border_match_the_reference(device):
+    """Ellipses of every size and angle, many cut by the image border, overlapping freely."""
+    size, rng = 64, np.random.default_rng(0)
+    n = 300
+    prims = np.stack([rng.integers(0, len(LESION_TYPES), n), rng.uniform(-10, size + 10, n), rng.uniform(-10, size + 10, n),
+                      rng.uniform(0.5, 20, n), rng.uniform(0.5, 20, n), rng.uniform(0, np.pi, n)], 1)
+    primitives = [prims[:150], prims[150:]]
+    everywhere = {"vessel": np.zeros((size, size), np.uint8), "disc": np.zeros((size, size), np.uint8),
+                  "fov": np.full((size, size), 255, np.uint8)}
+    pool = StructurePool(["open"], lambda j: everywhere, {"kind": "test"})
+    structures = DeviceStructures(pool, size, torch.device(device), batch=2)
+    got = condition_masks(structures.planes, structures.slots([0, 0]), primitives).cpu().numpy().astype(bool)
+    want = []
+    for p in primitives:
+        drawn = draw_primitives(p, (size, size))
+        want.append(np.stack([np.zeros((size, size), bool)] * 2 + [drawn[t] for t in LESION_TYPES]))
+    assert np.stack(want).any()
+    assert_same(got, np.stack(want), primitives)
+
+
+def test_structure_slots_are_reused_least_recently_used_first():
+    size = 32
+    pool = StructurePool([str(j) for j in range(5)], lambda j: {"vessel": np.full((size, size), 255 * (j % 2), np.uint8),
+                                                                "disc": np.zeros((size, size), np.uint8),
+                                                                "fov": np.full((size, size), 255, np.uint8)}, {"kind": "test"})
+    structures = DeviceStructures(pool, size, torch.device("cpu"), batch=2)
+    structures.planes = structures.planes[:2]      # two slots: force evictions
+    assert structures.slots([0, 1]) == [0, 1]
+    assert structures.slots([1, 2]) == [1, 0]      # 0 was the least recently used
+    assert structures.planes[0, 0].max() == 0 and structures.planes[1, 0].min() == 1   # 2: even, 1: odd
+    assert structures.slots([3, 2]) == [1, 0]
