@@ -227,3 +227,10 @@ def test_failed_dataset_commands_leave_nothing_behind(drgan, tmp_path):
     assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
     rc, _, err = drgan("phantom", "--out", tmp_path / "ph", "--count", "2", "--size", "64", "--workers", "0")
     assert rc == 0, err  # the retry is accepted
+
+
+def test_fid_cache_that_cannot_be_written_fails_before_any_work(drgan, tmp_path, data):
+    (tmp_path / "file").write_text("")
+    cache = tmp_path / "file" / "fid"  # under a file: can never be created
+    line = _one_error(*drgan("evaluate", "fid", "--real", data, "--fake", data, "--cache", cache, "--device", "cpu")[::2])
+    assert line.startswith(f"error: {cache}: cannot write")

@@ -43,10 +43,13 @@ def evaluate() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: bool, device: str, batch: int, as_json: bool) -> None:
     """Frechet Inception Distance between two image sets."""
+    from drgan.io import check_writable_dir
     from drgan.metrics.fid import compute_fid, default_cache_dir, format_fid
     from drgan.metrics.images import open_image_set
 
     cache_dir = None if no_cache else (cache or default_cache_dir())
+    if cache_dir is not None:
+        check_writable_dir(cache_dir)  # before minutes of feature extraction, not after
     result = compute_fid(open_image_set(real), open_image_set(fake), per_grade=per_grade, device=_device(device),
                          batch=batch, cache_dir=cache_dir)
     _emit(result, as_json, format_fid(result))
