@@ -99,8 +99,9 @@ class DeviceStructures:
             else:
                 victim = next(k for k in self._slot_of if k not in structures)
                 slot = self._slot_of.pop(victim)
-            s = self.pool.get(j)
-            planes = np.stack([s["vessel"] > 0, s["disc"] > 0, (s["fov"] > 0) & (s["disc"] == 0)]).astype(np.uint8)
-            self.planes[slot].copy_(torch.from_numpy(planes))
+            vessel, disc, fov = (torch.from_numpy(self.pool.get(j)[k]).to(self.planes.device) for k in ("vessel", "disc", "fov"))
+            self.planes[slot, 0] = vessel > 0
+            self.planes[slot, 1] = disc > 0
+            self.planes[slot, 2] = (fov > 0) & (disc == 0)
             self._slot_of[j] = slot
         return [self._slot_of[j] for j in structures]
