@@ -94,6 +94,29 @@ def grading(run: Path, data: Path, split: str | None, device: str, batch: int, a
     _emit(metrics, as_json, format_grading_table(metrics))
 
 
+@evaluate.command()
+@click.option("--data", type=_folder, required=True,
+              help="Dataset with masks: a synthesized set made with --save-masks, or any dataset folder.")
+@click.option("--reference", type=_folder, default=None,
+              help="Real dataset (e.g. the training set) measured the same way, shown beside.")
+@click.option("--reference-split", default=None, help="Only this split of --reference (e.g. test) [default: all].")
+@click.option("--grader", "grader_run", type=_folder, default=None,
+              help="Grader run folder: also grade --data by its labels (accuracy, kappa) at the grader's resolution.")
+@click.option("--resolution", type=click.IntRange(min=16), default=None,
+              help="Side both sets are measured at [default: side of the first image of --data].")
+@click.option("--max-images", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Images per set (evenly spaced).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ... (grading only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def fidelity(data: Path, reference: Path | None, reference_split: str | None, grader_run: Path | None,
+             resolution: int | None, max_images: int, device: str, as_json: bool) -> None:
+    """Condition fidelity: do vessels and lesions show where the masks put them (ROC AUC, 0.5 = ignored)."""
+    from drgan.metrics.fidelity import evaluate_fidelity
+
+    result, text = evaluate_fidelity(data, reference, reference_split, grader_run, resolution, max_images, _device(device))
+    _emit(result, as_json, text)
+
+
 @click.group()
 def experiment() -> None:
     """Experiments of the paper."""
