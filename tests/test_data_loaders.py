@@ -22,8 +22,12 @@ def test_dataset_contract(root):
     assert item["cond"].shape == (8, 64, 64) and item["cond"].min() >= 0 and item["cond"].max() <= 1
     assert item["image"].min() >= -1 and item["image"].max() <= 1
     assert item["grade"].dtype == torch.int64 and item["grade"].ndim == 0 and int(item["grade"]) == ds.grades[0]
-    # Masks are resized without inventing values: still only 0 and 1.
-    assert set(torch.unique(item["cond"]).tolist()) <= {0.0, 1.0}
+    # Masks are filtered like their image: thin structures survive as partial coverage, and the
+    # area they cover is kept (a 96 -> 64 shrink of 0/255 masks).
+    image, masks = ds.index.read_sample(ds.samples[0])
+    assert len(torch.unique(item["cond"])) > 2
+    covered = masks.reshape(-1, 8).mean(0) / 255 * (masks.shape[0] * masks.shape[1]) / 96**2
+    assert np.allclose(item["cond"].mean(dim=(1, 2)).numpy(), covered, atol=0.02)
     train = FundusDataset(root, 64, split="train")
     assert 0 < len(train) < len(ds) and set(train.ids) < set(ds.ids)
 
@@ -83,7 +87,7 @@ def test_dali_and_torch_give_equal_batches(root, augment):
     assert len(ref) == len(got) == 3
     for a, b in zip(ref, got):
         assert a["id"] == b["id"] and torch.equal(a["grade"], b["grade"])
-        assert torch.equal(a["cond"], b["cond"])
         # Pillow's and DALI's antialiased bilinear filters round differently: about 0.1 levels on average.
-        diff = (a["image"] - b["image"]).abs()
-        assert diff.mean() < 0.004 and diff.max() < 0.15
+        for key, scale in (("image", 2.0), ("cond", 1.0)):  # image in [-1, 1], cond in [0, 1]
+            diff = (a[key] - b[key]).abs() / scale
+            assert diff.mean() < 0.002 and diff.max() < 0.075, key

@@ -223,7 +223,7 @@ class DaliLoader:
                 return x
 
             img = geometry(img, types.INTERP_LINEAR)
-            cond = geometry(cond, types.INTERP_NN)
+            cond = geometry(cond, types.INTERP_LINEAR)  # masks filtered as their image (preprocess.resize_mask)
             img = fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW", mean=[127.5] * 3, std=[127.5] * 3)
             cond = fn.crop_mirror_normalize(cond, dtype=types.FLOAT, output_layout="CHW", mean=[0.0] * 8, std=[255.0] * 8)
             return img, cond

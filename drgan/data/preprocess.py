@@ -60,9 +60,13 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    if mask.shape[0] == size and mask.shape[1] == size:
-        return mask
-    return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
+    """The image's filter (antialiased bilinear), so a mask stays aligned with its image's pixels.
+
+    Nearest-neighbour shrinking drops a one-pixel vessel or microaneurysm at random (dotted
+    vessels, grade-1 images without their microaneurysms); filtering keeps each as the fraction
+    of the pixel it covers, which is what the generator's float condition map takes.
+    """
+    return resize_image(mask, size)
 
 
 def prepare(image: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
