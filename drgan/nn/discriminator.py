@@ -29,6 +29,12 @@ class PatchDiscriminator(nn.Module):
         )
         self.real_fake = nn.Conv2d(channels[-1], 1, 3, padding=1)
         self.grade = nn.Conv2d(channels[-1], num_grades, 3, padding=1)
+        for layer in self.layers:
+            # He initialisation for LeakyReLU(0.2): activations keep their scale through the stack.
+            # PyTorch's default shrinks them about 6x in variance per layer, which leaves the pooled
+            # logits of a fresh discriminator nearly input-independent and its training stalled.
+            nn.init.kaiming_normal_(layer[0].weight, a=0.2, nonlinearity="leaky_relu")
+            nn.init.zeros_(layer[0].bias)
 
     def forward(self, x: torch.Tensor) -> DiscOutput:
         features = []
