@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from drgan.runs import read_run_config
+from drgan.runs import generator_weights, read_run_config
 from drgan.config import COND_CHANNELS, preset
 from drgan.data.phantom import render_phantom
 from drgan.errors import DrganError
@@ -78,13 +78,15 @@ def _event_tags(run: Path) -> set[str]:
 
 
 def test_gan_steps_finite_logged_and_checkpointed(tmp_path, space):
-    report = train_gan(options(tmp_path, space, max_steps=2, sample_every=2), PhantomSet(6))
+    report = train_gan(options(tmp_path, space, max_steps=2, sample_every=2, ema=True), PhantomSet(6))
     run = tmp_path / "run"
     assert report["steps"] == 2 and len(report["log"]) == 2
     for row in report["log"]:
         assert all(np.isfinite(v) for v in row.values())
-    expected = {f"loss/{k}" for k in G_TERMS + D_TERMS} | {"lr/G", "lr/D", "samples/l1_real"}
+    fidelity = {f"{kind}/{name}" for kind in ("fidelity", "fidelity_real") for name in ("vessel", "red_lesion", "bright_lesion")}
+    expected = {f"loss/{k}" for k in G_TERMS + D_TERMS} | {"lr/G", "lr/D", "samples/l1_real"} | fidelity
     assert expected <= _event_tags(run)
+    assert report["samples"][-1]["fidelity_real"]["vessel"] > 0.8  # the fixed real phantoms show their vessels
     for name in ("run.json", "G.safetensors", "G_ema.safetensors", "D.safetensors", "grading_space.safetensors",
                  "state.json", "state.safetensors", "environment.json"):
         assert (run / name).is_file(), name
@@ -92,6 +94,26 @@ def test_gan_steps_finite_logged_and_checkpointed(tmp_path, space):
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["grades-0000000.png", "grades-0000002.png"]
     cfg, stage, opts = read_run_config(run)
     assert (cfg, stage, opts["batch"]) == (CFG, "global", 2)
+
+
+def test_default_run_keeps_no_ema_and_synthesis_loads_g(tmp_path, space):
+    train_gan(options(tmp_path, space, max_steps=1), PhantomSet(2))
+    run = tmp_path / "run"
+    assert not (run / "G_ema.safetensors").exists()
+    assert generator_weights(run) == run / "G.safetensors"
+
+
+def test_generator_objective_is_the_papers_by_default(tmp_path, space):
+    """Eq. 1: no focal term for G (only D minimises it) and no pixel L1 unless asked for."""
+    report = train_gan(options(tmp_path, space, max_steps=1), PhantomSet(2))
+    t = {k[5:]: v for k, v in report["log"][-1].items() if k.startswith("loss/")}
+    assert t["G_cls"] > 0 and t["G_l1"] > 0
+    paper = t["G_adv"] + 10 * t["G_fm"] + t["G_encoder"]  # perceptual 'none' in these options
+    assert t["G_total"] == pytest.approx(paper, rel=1e-5)
+    report = train_gan(options(tmp_path, space, out=str(tmp_path / "acgan"), max_steps=1, g_cls_weight=0.5, lambda_l1=2.0,
+                               fm_norm="l2"), PhantomSet(2))
+    t = {k[5:]: v for k, v in report["log"][-1].items() if k.startswith("loss/")}
+    assert t["G_total"] == pytest.approx(t["G_adv"] + 10 * t["G_fm"] + 0.5 * t["G_cls"] + 2 * t["G_l1"] + t["G_encoder"], rel=1e-5)
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -106,8 +128,8 @@ def test_resume_is_exact(tmp_path, space):
     torch.use_deterministic_algorithms(True)
     try:
         data = PhantomSet(10)  # 5 batches per epoch: the resumed half crosses an epoch boundary
-        train_gan(options(tmp_path, space, out=str(tmp_path / "full"), max_steps=8), data)
-        train_gan(options(tmp_path, space, out=str(tmp_path / "half"), max_steps=4), data)
+        train_gan(options(tmp_path, space, out=str(tmp_path / "full"), max_steps=8, ema=True), data)
+        train_gan(options(tmp_path, space, out=str(tmp_path / "half"), max_steps=4, ema=True), data)
         report = train_gan(GanOptions(resume=str(tmp_path / "half"), max_steps=8), data)
     finally:
         torch.use_deterministic_algorithms(False)
@@ -117,8 +139,9 @@ def test_resume_is_exact(tmp_path, space):
 
 def test_local_stage_starts_from_global_weights(tmp_path, space):
     data = PhantomSet(4)
-    train_gan(options(tmp_path, space, out=str(tmp_path / "global"), max_steps=1), data)
-    trainer = GanTrainer(options(tmp_path, space, out=str(tmp_path / "local"), stage="local", init=str(tmp_path / "global"), max_steps=1), data)
+    train_gan(options(tmp_path, space, out=str(tmp_path / "global"), max_steps=1, ema=True), data)
+    trainer = GanTrainer(options(tmp_path, space, out=str(tmp_path / "local"), stage="local", init=str(tmp_path / "global"),
+                                 max_steps=1, ema=True), data)
     own = trainer.G.state_dict()
     assert any(k.startswith("local.") for k in own)
     for name, module in (("G", trainer.G), ("G_ema", trainer.G_ema)):

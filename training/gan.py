@@ -35,6 +35,7 @@ from drgan.errors import DrganError, ParameterError
 from drgan.io import atomic_write_bytes, sha256_file
 from drgan.runs import WEIGHT_FILES, prepare_out, read_run, remove_unfinished, require_kind, write_run_config
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
+from drgan.metrics.fidelity import tensor_fidelity
 from drgan.nn import DRGANGenerator, build_discriminator, set_kernel_impl
 from drgan.training import distributed as dist_util
 from drgan.training import losses
@@ -46,7 +47,8 @@ from drgan.training.state import (
 
 ENV_FILE = "environment.json"
 GRID_COLUMNS = 4  # fixed conditions per sample grid (columns); rows are the grades
-G_TERMS = ("G_adv", "G_fm", "G_perceptual", "G_cls", "G_encoder", "G_total")
+FIXED_ITEMS = 16  # fixed conditions whose images measure L1 and condition fidelity at every sample
+G_TERMS = ("G_adv", "G_fm", "G_perceptual", "G_cls", "G_l1", "G_encoder", "G_total")
 D_TERMS = ("D_adv", "D_cls_real", "D_cls_fake", "D_total")
 
 
@@ -151,7 +153,9 @@ class GanTrainer:
 
         torch.manual_seed(opts.seed)  # same initial weights on every rank
         self.G = set_kernel_impl(DRGANGenerator(self.cfg, opts.stage), opts.kernel_impl)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        # G_ema is opt-in (the paper has none). It shares G's BatchNorm statistics, which fit its
+        # weights only once G moves slowly: short runs sample better from G itself.
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if opts.ema else None
         if opts.init and not opts.resume:
             self._load_init(Path(opts.init))
         elif opts.stage == "local" and not opts.resume and self.info.is_main:
@@ -206,8 +210,10 @@ class GanTrainer:
 
     def _load_init(self, init: Path) -> None:
         """Gm (and its EMA) of the global-stage run; Gl starts fresh."""
-        for module, name in ((self.G, "G"), (self.G_ema, "G_ema")):
+        for name, module in self._generators().items():
             path = init / WEIGHT_FILES[name]
+            if name == "G_ema" and not path.is_file():
+                path = init / WEIGHT_FILES["G"]  # the global stage kept no EMA: start it from G
             try:
                 module.load_global(load_tensors(path))
             except DrganError as exc:
@@ -246,7 +252,7 @@ class GanTrainer:
 
     def _fixed_batch(self) -> dict[str, torch.Tensor]:
         """Conditions and images of the first items, and per-grade z and noise, for samples and L1."""
-        n = min(GRID_COLUMNS, len(self.dataset))
+        n = min(FIXED_ITEMS, len(self.dataset))
         items = [self.dataset[i] for i in range(n)]
         real, cond = self._prepare(torch.stack([it["image"] for it in items]), torch.stack([it["cond"] for it in items]))
         grade = torch.tensor([int(it["grade"]) for it in items])
@@ -254,7 +260,8 @@ class GanTrainer:
         z_own = self.space.sample(grade, gen)
         z_rows = [self.space.sample(torch.full((n,), g), gen) for g in range(self.cfg.num_grades)]
         noise = [torch.randn(s, generator=gen) for s in self.G.noise_shapes(n)]
-        return {"real": real, "cond": cond, "grade": grade, "z_own": z_own, "z_rows": z_rows, "noise": noise}
+        return {"real": real, "cond": cond, "grade": grade, "z_own": z_own, "z_rows": z_rows, "noise": noise,
+                "fidelity_real": tensor_fidelity(real, cond, grade)["overall"]}
 
     def _prepare(self, image: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """To the device and layout; the global stage sees half-resolution images and masks."""
@@ -305,12 +312,13 @@ class GanTrainer:
             perceptual = self.perceptual(fake, real) if self.perceptual is not None else torch.zeros((), device=self.device)
         self.D.requires_grad_(True)
         t["G_adv"] = losses.g_adversarial(g_fake, o.gan_loss)
-        t["G_fm"] = losses.feature_matching(d_real, g_fake)  # D's real activations are the targets
+        t["G_fm"] = losses.feature_matching(d_real, g_fake, o.fm_norm)  # D's real activations are the targets
         t["G_perceptual"] = perceptual.float()
         t["G_cls"] = losses.grade_focal(g_fake, grade, o.focal_gamma)
         t["G_encoder"] = F.cross_entropy(enc_logits.float(), grade)
+        t["G_l1"] = F.l1_loss(fake.float(), real)
         t["G_total"] = (t["G_adv"] + o.lambda_fm * t["G_fm"] + o.lambda_perceptual * t["G_perceptual"]
-                        + o.lambda_cls * t["G_cls"] + t["G_encoder"])
+                        + o.g_cls_weight * t["G_cls"] + o.lambda_l1 * t["G_l1"] + t["G_encoder"])
 
         names = G_TERMS + D_TERMS
         values = dist_util.all_reduce_mean(torch.stack([t[k].detach().float() for k in names]), self.info).tolist()
@@ -328,8 +336,14 @@ class GanTrainer:
         self._update_ema(step)
         return logged
 
+    def _generators(self) -> dict[str, nn.Module]:
+        """The generator weights this run keeps: G, and G_ema when --ema is on."""
+        return {"G": self.G} if self.G_ema is None else {"G": self.G, "G_ema": self.G_ema}
+
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
+        if self.G_ema is None:
+            return
         beta = min(self.opts.ema_decay, (1 + step) / (10 + step))  # short memory while G moves fast
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
             p_ema.lerp_(p, 1 - beta)
@@ -340,13 +354,13 @@ class GanTrainer:
 
     def save_checkpoint(self) -> None:
         """Weights, optimizers, scaler, position and every rank's RNG states (collective call)."""
-        for module in (self.G, self.G_ema):
+        for module in self._generators().values():
             dist_util.broadcast_buffers(module, self.info)  # every replica equals the checkpoint
         plain, rng_tensors = rng_state(self.device)
         all_rng = dist_util.gather_objects((plain, {k: v.cpu() for k, v in rng_tensors.items()}), self.info)
         if self.info.is_main:
             meta_step = {"step": str(self.step)}
-            for key, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+            for key, module in {**self._generators(), "D": self.D}.items():
                 save_tensors(module.state_dict(), self.run / WEIGHT_FILES[key], metadata=meta_step)
             tensors: dict[str, torch.Tensor] = {}
             meta = {
@@ -366,7 +380,7 @@ class GanTrainer:
 
     def _load_checkpoint(self) -> None:
         meta, tensors = load_state(self.run)
-        for key, module in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+        for key, module in {**self._generators(), "D": self.D}.items():
             check_step(self.run / WEIGHT_FILES[key], meta["step"])
             load_module(module, self.run / WEIGHT_FILES[key])
         optimizer_from_state(self.opt_G, "opt_G", meta["optimizer_G"], tensors)
@@ -384,16 +398,32 @@ class GanTrainer:
 
     @torch.no_grad()
     def samples(self, logger: RunLogger) -> dict[str, Any]:
-        """L1 of G_ema to the fixed real images (their own grades) and a grid: rows = grades 0..4."""
+        """The sampled generator (G_ema with --ema, else G, in eval mode) on the fixed conditions with
+        their own grades: L1 to the real images and condition fidelity beside the real images' own;
+        and a grid of the first GRID_COLUMNS conditions, one row per grade."""
         f = self.fixed
+        G = self.G_ema if self.G_ema is not None else self.G
+        training = G.training
+        G.eval()
         noise = [n.to(self.device) for n in f["noise"]]
+        b, k = self.opts.batch, GRID_COLUMNS
         with self._autocast():
-            own, _ = self.G_ema(f["cond"], f["z_own"].to(self.device), noise)
-            rows = [self.G_ema(f["cond"], z.to(self.device), noise)[0] for z in f["z_rows"]]
+            own = torch.cat([
+                G(f["cond"][i:i + b], f["z_own"][i:i + b].to(self.device), [n[i:i + b] for n in noise])[0]
+                for i in range(0, len(f["grade"]), b)
+            ])
+            rows = [G(f["cond"][:k], z[:k].to(self.device), [n[:k] for n in noise])[0] for z in f["z_rows"]]
+        G.train(training)
         l1 = F.l1_loss(own.float(), f["real"]).item()
-        grid = logger.grid("grades", [f["real"], *rows], ["real"] + [f"grade {g}" for g in range(len(rows))], self.step)
-        logger.scalars({"samples/l1_real": l1}, self.step)
-        return {"step": self.step, "l1_real": l1, "grid": str(grid) if grid else None}
+        fidelity = tensor_fidelity(own, f["cond"], f["grade"])["overall"]
+        grid = logger.grid("grades", [f["real"][:k], *rows], ["real"] + [f"grade {g}" for g in range(len(rows))], self.step)
+        scalars = {"samples/l1_real": l1}
+        for name, auc in fidelity.items():
+            scalars[f"fidelity/{name}"] = auc
+            scalars[f"fidelity_real/{name}"] = f["fidelity_real"][name]
+        logger.scalars(scalars, self.step)
+        return {"step": self.step, "l1_real": l1, "fidelity": fidelity, "fidelity_real": f["fidelity_real"],
+                "grid": str(grid) if grid else None}
 
     # ----------------------------------------------------------------------------- loop
 

@@ -16,6 +16,7 @@ from torch import nn
 from drgan.checkpoint import load_module, read_run_config
 from drgan.config import ModelConfig
 from drgan.errors import DrganError
+from drgan.runs import grader_resolution
 from drgan.nn import DiscOutput, GradeNet, build_grader
 from drgan.training.vgg import TAP_WEIGHTS, load_vgg19
 
@@ -39,11 +40,12 @@ def g_adversarial(fake: list[DiscOutput], kind: str) -> torch.Tensor:
     return total
 
 
-def feature_matching(real: list[DiscOutput], fake: list[DiscOutput]) -> torch.Tensor:
-    """Mean L1 over every discriminator layer, summed over scales; real activations are targets."""
+def feature_matching(real: list[DiscOutput], fake: list[DiscOutput], norm: str = "l1") -> torch.Tensor:
+    """Mean L1 (or squared L2) over every discriminator layer, summed over scales; real activations are targets."""
+    distance = F.l1_loss if norm == "l1" else F.mse_loss
     total = torch.zeros((), device=fake[0].logit.device)
     for r, f in zip(real, fake):
-        per_layer = [F.l1_loss(ff.float(), rf.detach().float()) for rf, ff in zip(r.features, f.features)]
+        per_layer = [distance(ff.float(), rf.detach().float()) for rf, ff in zip(r.features, f.features)]
         total = total + torch.stack(per_layer).mean()
     return total
 
@@ -80,17 +82,27 @@ class Perceptual(nn.Module):
 
 
 class GraderFeatures(nn.Module):
-    """A GradeNet's stem and four stage outputs (its intermediate features), frozen."""
+    """A GradeNet's stem and four stage outputs (its intermediate features), frozen, on images
+    resized to the side the grader was trained at: at any other scale its features answer to
+    textures it never saw, and matching them teaches the generator high-frequency noise."""
 
-    def __init__(self, grader: GradeNet) -> None:
+    def __init__(
+        self,
+        grader: GradeNet,   # trained grader
+        resolution: int,    # the grader's input side
+    ) -> None:
         super().__init__()
         self.grader = grader.requires_grad_(False).eval()
+        self.resolution = resolution
 
     def train(self, mode: bool = True) -> "GraderFeatures":
         return super().train(False)  # batch-norm statistics stay those of the pretrained grader
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         g = self.grader
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > self.resolution)
         x = g.maxpool(g.relu(g.bn1(g.conv1(x))))
         out = [x]
         for stage in (g.layer1, g.layer2, g.layer3, g.layer4):
@@ -116,5 +128,5 @@ def build_perceptual(kind: str, cfg: ModelConfig, vgg19_weights: str | None, gra
     grader_cfg, _, _ = read_run_config(path.parent)
     grader = build_grader(grader_cfg)
     load_module(grader, path)
-    return Perceptual(GraderFeatures(grader), None)
+    return Perceptual(GraderFeatures(grader, grader_resolution(path.parent)), None)
 

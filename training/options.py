@@ -13,6 +13,7 @@ from drgan.errors import DrganError, ParameterError
 PRECISIONS = ("fp32", "bf16", "fp16")
 PERCEPTUAL_NETS = ("vgg19", "grader", "none")
 GAN_LOSSES = ("bce", "lsgan")
+FM_NORMS = ("l1", "l2")
 
 T = TypeVar("T", bound="_Options")
 
@@ -87,10 +88,14 @@ class GanOptions(_Options):
     lr: float = 1e-4                    # Adam learning rate, G and D (paper: 1e-4)
     beta1: float = 0.5                  # Adam betas (paper: 0.5, 0.999)
     beta2: float = 0.999
+    ema: bool = False                   # also keep G_ema, an exponential moving average of G (the paper has none)
     ema_decay: float = 0.999            # G_ema decay (ramped up over the first steps)
     lambda_fm: float = 10.0             # lambda1: discriminator feature matching
+    fm_norm: str = "l1"                 # feature-matching distance: 'l1' (pix2pixHD, whose lambda1 = 10 the paper takes) or 'l2'
     lambda_perceptual: float = 10.0     # lambda2: perceptual L1
-    lambda_cls: float = 1.0             # lambda3: focal grade classification
+    lambda_cls: float = 1.0             # lambda3: focal grade classification of the discriminators (real and fake)
+    g_cls_weight: float = 0.0           # the generator's own focal term on D's grade heads (ACGAN; not in the paper)
+    lambda_l1: float = 0.0              # pixel L1 to the paired real image (pix2pix; not in the paper)
     focal_gamma: float = 2.0            # focal-loss focusing parameter (Lin et al.)
     gan_loss: str = "bce"               # 'bce' (non-saturating) or 'lsgan'
     perceptual: str = "vgg19"           # perceptual feature network: 'vgg19', 'grader' or 'none'
@@ -114,6 +119,9 @@ class GanOptions(_Options):
             (self.precision in PRECISIONS, f"{{precision}} {self.precision!r} is not one of {PRECISIONS}"),
             (self.perceptual in PERCEPTUAL_NETS, f"{{perceptual}} {self.perceptual!r} is not one of {PERCEPTUAL_NETS}"),
             (self.gan_loss in GAN_LOSSES, f"{{gan_loss}} {self.gan_loss!r} is not one of {GAN_LOSSES}"),
+            (self.fm_norm in FM_NORMS, f"{{fm_norm}} {self.fm_norm!r} is not one of {FM_NORMS}"),
+            (min(self.lambda_fm, self.lambda_perceptual, self.lambda_cls, self.g_cls_weight, self.lambda_l1) >= 0,
+             "loss weights ({lambda_fm}, {lambda_perceptual}, {lambda_cls}, {g_cls_weight}, {lambda_l1}) must be >= 0"),
             (self.epochs >= 1, f"{{epochs}} {self.epochs} must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, f"{{max_steps}} {self.max_steps} must be >= 1"),
             (self.batch >= 1, f"{{batch}} {self.batch} must be >= 1"),
