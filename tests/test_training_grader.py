@@ -56,6 +56,22 @@ def test_grader_epochs_metrics_and_grading_space(tmp_path, phantom_dir, capsys):
     assert capsys.readouterr().err.count("warning: grader validation accuracy") == 1
 
 
+def test_grading_spaces_fit_on_unaugmented_training_images(tmp_path, phantom_dir):
+    from drgan.metrics.grader import load_grader
+    from drgan.training.grader import grader_features
+
+    train = FundusDataset(phantom_dir, 64, split="train", augment=True)
+    train_grader(train, FundusDataset(phantom_dir, 64, split="val"), tmp_path / "g", GraderOptions(preset="tiny-64", epochs=1, batch=8))
+    assert train.augment  # the caller's dataset is left as it was
+    grader, _ = load_grader(tmp_path / "g")
+    plain = FundusDataset(phantom_dir, 64, split="train")
+    _, features, grades = grader_features(grader, plain, 8, torch.device("cpu"))
+    expected = GradingSpace.fit(features, grades, 5, 0.0)
+    space = GradingSpace.load(tmp_path / "g" / "grading_space.safetensors")
+    torch.testing.assert_close(space.mean, expected.mean)
+    torch.testing.assert_close(space.var, expected.var)
+
+
 def test_gan_with_grader_perceptual_loss(tmp_path, phantom_dir):
     train = FundusDataset(phantom_dir, 64, split="train")
     train_grader(train, FundusDataset(phantom_dir, 64, split="val"), tmp_path / "grader", GraderOptions(preset="tiny-64", epochs=1, batch=8))

@@ -2,11 +2,12 @@
 
 `train_grader` fits the ResNet-50 grader on the training split, reports validation accuracy,
 quadratic-weighted kappa and per-grade TPR each epoch, then fits the per-grade Gaussians of the
-pooled features over the training split. Run folder: RUN/grader.safetensors, RUN/run.json,
+pooled features over the training split, read without augmentation. Run folder: RUN/grader.safetensors, RUN/run.json,
 RUN/grading_space.safetensors, RUN/logs (TensorBoard).
 """
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +50,14 @@ def _sampler(train: Dataset, opts: GraderOptions, num_grades: int) -> WeightedRa
     counts = torch.bincount(grades, minlength=num_grades).clamp(min=1).double()
     gen = torch.Generator().manual_seed(opts.seed)
     return WeightedRandomSampler((1.0 / counts)[grades], num_samples=len(grades), replacement=True, generator=gen)
+
+
+def _unaugmented(dataset: Dataset) -> Dataset:
+    """The training split as the grading spaces see it: flips and turns would widen each grade's Gaussian."""
+    if getattr(dataset, "augment", False):  # FundusDataset
+        dataset = copy.copy(dataset)
+        dataset.augment = False
+    return dataset
 
 
 @torch.no_grad()
@@ -144,7 +153,7 @@ def _train_grader(train: Dataset, val: Dataset, out: Path, opts: GraderOptions, 
     logger.close()
     save_module(grader, out / GRADER_FILE)
     accuracy = report["epochs"][-1]["val"]["accuracy"]
-    _, features, grades = grader_features(grader, train, opts.batch, device, opts.workers)
+    _, features, grades = grader_features(grader, _unaugmented(train), opts.batch, device, opts.workers)
     space = GradingSpace.fit(features, grades, cfg.num_grades, accuracy)
     space.save(out / SPACE_FILE)
     report.update(val_accuracy=accuracy, grader=str(out / GRADER_FILE), grading_space=str(out / SPACE_FILE))
