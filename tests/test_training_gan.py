@@ -116,8 +116,9 @@ def test_generator_objective_is_the_papers_by_default(tmp_path, space):
     assert t["G_total"] == pytest.approx(t["G_adv"] + 10 * t["G_fm"] + 0.5 * t["G_cls"] + 2 * t["G_l1"] + t["G_encoder"], rel=1e-5)
 
 
-def _assert_same_run(a: Path, b: Path) -> None:
-    for name in ("G.safetensors", "G_ema.safetensors", "D.safetensors", "state.safetensors"):
+def _assert_same_run(a: Path, b: Path,
+                     names: tuple[str, ...] = ("G.safetensors", "G_ema.safetensors", "D.safetensors", "state.safetensors")) -> None:
+    for name in names:
         ta, tb = load_file(str(a / name)), load_file(str(b / name))
         assert ta.keys() == tb.keys()
         for k in ta:
@@ -186,3 +187,36 @@ def test_bad_inputs_are_one_line_errors(tmp_path, space):
 def test_bf16_autocast_and_activation_checkpointing_step(tmp_path, space):
     report = train_gan(options(tmp_path, space, max_steps=1, precision="bf16", checkpoint_activations=True, gan_loss="lsgan"), PhantomSet(2))
     assert all(np.isfinite(v) for v in report["log"][-1].values())
+
+
+def test_fp16_scaler_skips_overflowing_steps(tmp_path, space):
+    """--precision fp16: the scaled loss overflows fp16 gradients, so the step is skipped (weights and
+    Adam untouched) and the scale backs off; the CPU runs the same GradScaler logic as CUDA."""
+    data = PhantomSet(2)
+    trainer = GanTrainer(options(tmp_path, space, precision="fp16"), data)
+    assert trainer.scaler.is_enabled()
+    trainer.scaler.load_state_dict({**trainer.scaler.state_dict(), "scale": 2.0**100})
+    before = [p.detach().clone() for m in (trainer.G, trainer.D) for p in m.parameters()]
+    values = trainer.train_step(next(iter(torch.utils.data.DataLoader(data, batch_size=2))), 0)
+    assert all(np.isfinite(v) for v in values.values())  # the losses are fine, only the scaled gradients overflow
+    after = [p.detach() for m in (trainer.G, trainer.D) for p in m.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    assert not trainer.opt_G.state and not trainer.opt_D.state
+    assert trainer.scaler.get_scale() == 2.0**99
+    trainer.save_checkpoint()
+    assert GanTrainer(GanOptions(resume=str(tmp_path / "run")), data).scaler.get_scale() == 2.0**99
+
+
+def test_fp16_resume_is_exact_with_the_scaler_state(tmp_path, space):
+    torch.use_deterministic_algorithms(True)
+    try:
+        data = PhantomSet(4)
+        full = train_gan(options(tmp_path, space, out=str(tmp_path / "full"), max_steps=2, precision="fp16"), data)
+        train_gan(options(tmp_path, space, out=str(tmp_path / "half"), max_steps=1, precision="fp16"), data)
+        train_gan(GanOptions(resume=str(tmp_path / "half"), max_steps=2), data)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    scale = full["log"][-1]["amp/scale"]
+    assert json.loads((tmp_path / "full" / "state.json").read_text())["scaler"]["scale"] == scale
+    assert json.loads((tmp_path / "half" / "state.json").read_text())["scaler"]["scale"] == scale
+    _assert_same_run(tmp_path / "full", tmp_path / "half", ("G.safetensors", "D.safetensors", "state.safetensors"))
