@@ -1,6 +1,7 @@
 """Lesion imitation: the DR scale's rules over many seeds, and sampling after a fit."""
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 
 from drgan.data.lesions import LESION_TYPES, LesionStats, fit_lesion_stats, imitate_lesions
@@ -24,7 +25,8 @@ def test_scale_rules_hold_over_many_seeds(structures):
         present = {t for t in LESION_TYPES if masks[t].any()}
         for t in LESION_TYPES:
             assert masks[t].dtype == np.uint8 and set(np.unique(masks[t])) <= {0, 255}
-            assert not np.any(masks[t][outside]), (grade, t)     # inside the FOV, off the disc
+            # inside the FOV, off the disc (membranes: new vessels of the disc are allowed)
+            assert not np.any(masks[t][st["fov"] == 0] if t == "membrane" else masks[t][outside]), (grade, t)
             assert (masks[t] > 0).any() == (counts[t] > 0)
         if grade == 0:
             assert present == set()
@@ -44,6 +46,32 @@ def test_scale_rules_hold_over_many_seeds(structures):
             cen = np.array(ndimage.center_of_mass(masks["he"] > 0, lab, range(1, n + 1)))
             quads = set(((cen[:, 0] >= cy) * 2 + (cen[:, 1] >= cx)).tolist())
             assert quads == {0, 1, 2, 3} and "se" in present
+
+
+def test_grade_4_membranes_grow_on_the_disc(structures):
+    on_disc = []
+    for seed in range(40):
+        st = structures[seed % 4]
+        masks, _ = imitate_lesions(st, 4, np.random.default_rng(seed))
+        on_disc.append(bool(np.any(masks["membrane"][st["disc"] > 0])))
+        for t in ("ma", "he", "ex", "se", "laser"):
+            assert not np.any(masks[t][st["disc"] > 0]), t
+    assert 0.1 < np.mean(on_disc) < 0.9, np.mean(on_disc)   # NVD in some eyes, membranes elsewhere in others
+
+
+def test_fitted_membranes_on_the_disc_are_placed_on_the_disc(tmp_path):
+    """A dataset whose grade-4 membranes all sit on the disc fits statistics that put them there."""
+    root = write_phantom_dataset(tmp_path / "ph", count=10, size=128, seed=3)
+    for path in sorted((root / "masks").iterdir()):
+        disc = np.array(Image.open(path / "disc.png"))
+        Image.fromarray(disc).save(path / "membrane.png")   # one membrane per eye, covering the disc
+    stats = fit_lesion_stats(root)
+    assert stats.grades[4]["membrane"].dist_hist[0] == 1.0
+    structures = [render_structure(128, 2000 + s) for s in range(4)]
+    for seed in range(8):
+        st = structures[seed % 4]
+        masks, counts = imitate_lesions(st, 4, np.random.default_rng(seed), stats)
+        assert counts["membrane"] == 1 and np.any(masks["membrane"][st["disc"] > 0]), seed
 
 
 def test_sizes_scale_with_resolution():

@@ -3,7 +3,9 @@
 The international DR severity scale fixes which lesion types may appear at each grade:
   0 none; 1 microaneurysms only; 2 more than microaneurysms (haemorrhages, exudates) short of
   severe; 3 haemorrhages in all four quadrants and soft exudates; 4 proliferative signs
-  (membranes near the disc or the arcades) and/or laser scars.
+  (membranes on or near the disc, or along the arcades) and/or laser scars.
+Lesions stay inside the field of view and off the optic disc, except membranes: new vessels of
+the disc (NVD) are a main sign of grade 4.
 Within those rules the counts, sizes and distances from the disc follow a `LesionStats`: a
 built-in default, or one fitted on a dataset's own masks (`fit_lesion_stats`). Sizes and
 distances are fractions of the field-of-view radius, so one fit serves every resolution;
@@ -110,7 +112,8 @@ _DEFAULT_DIST = {
     "ex": _dist_hist((1.0, 0.7, 0.3)),
     "se": _dist_hist((1.0, 0.55, 0.25)),
     "laser": _dist_hist((1.0, 1.25, 0.35)),
-    "membrane": _dist_hist((0.6, 0.3, 0.12), (0.4, 0.8, 0.2)),
+    # On the disc (about 0.12 FOV radii across), beside it, and along the arcades.
+    "membrane": _dist_hist((0.3, 0.0, 0.1), (0.4, 0.3, 0.12), (0.3, 0.8, 0.2)),
 }
 # Per grade: type -> (Poisson mean, offset, P(zero) mixed in). Types not listed never appear.
 _DEFAULT_COUNTS = {
@@ -154,6 +157,7 @@ class Geometry:
     fovea: np.ndarray           # (row, col)
     allowed: np.ndarray         # flat indices of FOV pixels off the disc
     vessel: np.ndarray          # flat indices of vessel pixels among them
+    disc: np.ndarray            # flat indices of disc pixels in the FOV (membranes may grow there)
     fov_edge: np.ndarray        # (n, 2) border pixels of the FOV
     disc_edge: np.ndarray       # (n, 2) border pixels of the disc
 
@@ -185,7 +189,7 @@ def structure_geometry(structure: dict[str, np.ndarray]) -> Geometry:
     return Geometry(
         shape=fov.shape, fov_radius=fov_radius, fov_center=fov_center, disc_center=disc_center, fovea=fovea,
         allowed=np.flatnonzero(allowed), vessel=np.flatnonzero(allowed & (structure["vessel"] > 0)),
-        fov_edge=_edge(fov), disc_edge=_edge(disc),
+        disc=np.flatnonzero(fov & disc), fov_edge=_edge(fov), disc_edge=_edge(disc),
     )
 
 
@@ -278,7 +282,10 @@ def _place(kind: str, n: int, stats: TypeStats, geo: Geometry, rng: np.random.Ge
     if n <= 0:
         return 0
     R = geo.fov_radius
-    pool = geo.vessel if kind == "membrane" and geo.vessel.size else geo.allowed
+    if kind == "membrane":   # fibrovascular tissue grows on and beside the vessels, and on the disc
+        pool = np.concatenate([geo.vessel if geo.vessel.size else geo.allowed, geo.disc])
+    else:
+        pool = geo.allowed
     if pool.size == 0:
         return 0
     # Candidates uniform over the pool, then accepted in proportion to the distance histogram
@@ -286,7 +293,7 @@ def _place(kind: str, n: int, stats: TypeStats, geo: Geometry, rng: np.random.Ge
     # candidates themselves); more than needed, so out-of-bounds and overlapping ones can go.
     m = max(64, 8 * n)
     pts = np.stack(np.unravel_index(pool[rng.integers(0, pool.size, size=16 * m)], geo.shape), 1).astype(np.float64)
-    if kind == "membrane":   # fibrovascular tissue grows on and beside the vessels
+    if kind == "membrane":
         pts += rng.normal(0, 0.01 * R, pts.shape)
     bins = _dist_bin(pts, geo)
     area = np.bincount(bins, minlength=DIST_BINS).astype(float)
@@ -300,8 +307,9 @@ def _place(kind: str, n: int, stats: TypeStats, geo: Geometry, rng: np.random.Ge
     centers = pts[keep][:m]
     radii = R * np.sqrt(np.exp(rng.normal(stats.log_area_mean, stats.log_area_std, size=len(centers))))
     ext = _EXTENT[kind] * np.maximum(radii, 0.75) + 1.5
-    disc_margin = ext + (0.12 * R if kind == "laser" else 0)
-    ok = (_min_dist(centers, geo.fov_edge) > ext) & (_min_dist(centers, geo.disc_edge) > disc_margin)
+    ok = _min_dist(centers, geo.fov_edge) > ext
+    if kind != "membrane":
+        ok &= _min_dist(centers, geo.disc_edge) > ext + (0.12 * R if kind == "laser" else 0)
     if quadrants:   # interleave the candidates of the four quadrants around the FOV centre
         quad = ((centers[:, 0] >= geo.fov_center[0]) * 2 + (centers[:, 1] >= geo.fov_center[1]))[ok]
         rank = np.empty(len(quad), np.int64)
@@ -339,13 +347,14 @@ def imitate_lesions(structure: dict[str, np.ndarray], grade: int, rng: np.random
         return {t: np.zeros(shape, np.uint8) for t in LESION_TYPES}, {t: 0 for t in LESION_TYPES}
     primitives, counts = lesion_primitives(structure_geometry(structure), grade, rng, stats)
     drawn = draw_primitives(primitives, structure["fov"].shape)
-    keep = (structure["fov"] > 0) & (structure["disc"] == 0)
-    return {t: np.where(drawn[t] & keep, 255, 0).astype(np.uint8) for t in LESION_TYPES}, counts
+    fov = structure["fov"] > 0
+    keep = fov & (structure["disc"] == 0)
+    return {t: np.where(drawn[t] & (fov if t == "membrane" else keep), 255, 0).astype(np.uint8) for t in LESION_TYPES}, counts
 
 
 def draw_primitives(primitives: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """The reference drawing: one bool mask per lesion type, the union of its ellipses (not yet
-    clipped to the field of view off the disc)."""
+    clipped to the field of view, and off the disc for every type but membranes)."""
     masks = {t: np.zeros(shape, bool) for t in LESION_TYPES}
     for t, cy, cx, a, b, angle in primitives:
         _ellipse(masks[LESION_TYPES[int(t)]], np.array([cy, cx]), a, b, angle)
@@ -381,8 +390,9 @@ def lesion_primitives(geo: Geometry, grade: int, rng: np.random.Generator,
             counts[t] = _sample_count(types[t].count_hist, rng, positive=True)
     out: list[tuple] = []
     placed: list[tuple[np.ndarray, float]] = []
-    # The laser pattern and large lesions first, so that the many small lesions fill around them.
-    for t in ("laser", "membrane", "se", "he", "ex", "ma"):
+    # Membranes (which may cover the disc and its surroundings), the laser pattern and large
+    # lesions first, so that the many small lesions fill around them.
+    for t in ("membrane", "laser", "se", "he", "ex", "ma"):
         if counts[t]:
             counts[t] = _place(t, counts[t], types[t], geo, rng, out, (grade == 3 and t == "he"), placed)
     return np.array(out, np.float64).reshape(-1, len(PRIMITIVE_FIELDS)), counts

@@ -41,7 +41,7 @@ def _patch_table(primitives: list[np.ndarray], size: int) -> tuple[np.ndarray, n
 def condition_masks(planes: torch.Tensor, slots: list[int], primitives: list[np.ndarray], out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 0/1 (B, 8, R, R) in COND_CHANNELS order, on planes' device: vessel and disc of each
     item's structure, then its lesion ellipses (rows of drgan.data.lesions.PRIMITIVE_FIELDS)
-    inside the field of view and off the disc.
+    inside the field of view and off the disc (membranes: on the disc too).
 
     planes: (slots, 3, R, R) uint8 0/1 vessel, disc, lesion-allowed (DeviceStructures.planes).
     out: a buffer of that shape to fill (reused by the runner), or None for a new one.
@@ -57,16 +57,20 @@ def condition_masks(planes: torch.Tensor, slots: list[int], primitives: list[np.
         f = torch.from_numpy(floats).to(device, non_blocking=True)
         n = torch.from_numpy(ints).to(device, non_blocking=True)
         allowed = (torch.tensor(slots, device=device)[n[:, 0] // len(LESION_TYPES)] * 3 + 2)[:, None]
+        membrane = ints[:, 0] % len(LESION_TYPES) == LESION_TYPES.index("membrane")
         for p in np.unique(ints[:, 5]):
-            sel = torch.from_numpy(np.flatnonzero(ints[:, 5] == p)).to(device, non_blocking=True)
-            _scatter_group(out.view(-1), planes.view(-1), f[sel], n[sel], allowed[sel], int(p), size)
+            group = np.flatnonzero(ints[:, 5] == p)
+            sel = torch.from_numpy(group).to(device, non_blocking=True)
+            on_disc = torch.from_numpy(membrane[group, None]).to(device, non_blocking=True) if membrane[group].any() else None
+            _scatter_group(out.view(-1), planes.view(-1), f[sel], n[sel], allowed[sel], on_disc, int(p), size)
     return out
 
 
 def _scatter_group(out: torch.Tensor, planes: torch.Tensor, f: torch.Tensor, n: torch.Tensor,
-                   allowed: torch.Tensor, p: int, size: int) -> None:
+                   allowed: torch.Tensor, on_disc: torch.Tensor | None, p: int, size: int) -> None:
     """OR the ellipses of one patch size into out (flat); allowed: the flat plane index of each
-    ellipse's lesion-allowed mask in planes (flat)."""
+    ellipse's lesion-allowed mask in planes (flat); on_disc: (N, 1) bool, whether the disc (the
+    plane before) is allowed too (membranes), or None when no ellipse of the group may cover it."""
     cy, cx, a, b, ca, sa = (f[:, k, None] for k in range(6))
     plane, r0, r1, c0, c1 = (n[:, k, None] for k in range(5))
     step = torch.arange(p, device=out.device)
@@ -80,6 +84,9 @@ def _scatter_group(out: torch.Tensor, planes: torch.Tensor, f: torch.Tensor, n: 
     # Pixels past the image border are outside the box (r1, c1 <= size) and scatter a 0, a no-op
     # under amax, to a clamped valid index.
     pixel = rows.clamp(max=size - 1)[:, :, None] * size + cols.clamp(max=size - 1)[:, None, :]
-    inside &= planes[(allowed[:, :, None] * size * size + pixel).reshape(-1)].view(inside.shape).bool()
+    ok = planes[(allowed[:, :, None] * size * size + pixel).reshape(-1)].view(inside.shape).bool()
+    if on_disc is not None:
+        ok |= on_disc[:, :, None] & planes[((allowed[:, :, None] - 1) * size * size + pixel).reshape(-1)].view(inside.shape).bool()
+    inside &= ok
     out_plane = (plane // len(LESION_TYPES)) * (2 + len(LESION_TYPES)) + 2 + plane % len(LESION_TYPES)
     out.scatter_reduce_(0, (out_plane[:, :, None] * size * size + pixel).reshape(-1), inside.reshape(-1).to(torch.uint8), reduce="amax")
