@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from skimage import data
 
 from drgan.cli import cli
+from drgan.errors import DrganError
 from drgan.metrics.images import open_image_set
 from drgan.metrics.swd import compute_swd, laplacian_pyramid, pyramid_levels
 
@@ -97,3 +98,31 @@ def test_cli_swd_json_and_text(sets):
     assert r["count"] == 8 and r["resolution"] == 32 and list(r["swd_x1e3"]) == ["32", "16"]
     text = CliRunner().invoke(cli, args)
     assert text.stdout.strip().endswith(f"{r['swd_x1e3_average']:.4f}")
+
+
+def _dataset(folder, images, grades):
+    (folder / "images").mkdir(parents=True)
+    for i, image in enumerate(images):
+        PIL.Image.fromarray(image).save(folder / "images" / f"{i:03d}.png")
+    (folder / "labels.csv").write_text("id,grade\n" + "".join(f"{i:03d},{g}\n" for i, g in enumerate(grades)))
+    return folder
+
+
+def test_swd_per_grade_compares_each_grade_with_its_own(sets, tmp_path):
+    """Grade 0 of the fake set is a copy of the real grade 0, grade 3 is noisy: only grade 3 differs."""
+    real = [np.asarray(PIL.Image.open(p)) for p in sets["real"].paths]
+    noisy = [np.asarray(PIL.Image.open(p)) for p in sets[40].paths]
+    grades = [0] * 6 + [3] * 6
+    real_dir = _dataset(tmp_path / "real", real, grades)
+    fake_dir = _dataset(tmp_path / "fake", real[:6] + noisy[6:], grades)
+    r = compute_swd(open_image_set(real_dir), open_image_set(fake_dir), seed=1, progress=False, per_grade=True)
+    assert r["grades_used"] == [0, 3] and r["per_grade"]["0"]["count"] == 6
+    assert r["per_grade"]["0"]["swd_x1e3_average"] == pytest.approx(0.0, abs=1e-9)
+    assert r["per_grade"]["3"]["swd_x1e3_average"] > 0
+    assert r["swd_x1e3_grade_average"] == pytest.approx(r["per_grade"]["3"]["swd_x1e3_average"] / 2)
+    with pytest.raises(DrganError, match="dataset folder"):
+        compute_swd(sets["real"], sets[40], progress=False, per_grade=True)
+    args = ["evaluate", "swd", "--real", str(real_dir), "--fake", str(fake_dir), "--device", "cpu", "--seed", "1", "--per-grade"]
+    text = CliRunner().invoke(cli, args)
+    assert text.exit_code == 0, text.output
+    assert text.stdout.strip().endswith(f"(only grades 0,3 have images in both sets): {r['swd_x1e3_grade_average']:.4f}")

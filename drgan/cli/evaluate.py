@@ -63,15 +63,17 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
 @click.option("--max-images", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Images per set (a seeded random subset); memory grows with it.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Patch positions, subsets and directions.")
+@click.option("--per-grade", is_flag=True, help="Also SWD per grade and their average (needs dataset folders).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: int, device: str, as_json: bool) -> None:
+def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: int, per_grade: bool, device: str,
+        as_json: bool) -> None:
     """Sliced Wasserstein distance (x1e3) on Laplacian-pyramid patches."""
     from drgan.metrics.images import open_image_set
     from drgan.metrics.swd import compute_swd, format_swd
 
     result = compute_swd(open_image_set(real), open_image_set(fake), resolution=resolution, max_images=max_images,
-                         seed=seed, device=_device(device))
+                         seed=seed, device=_device(device), per_grade=per_grade)
     _emit(result, as_json, format_swd(result))
 
 

@@ -10,7 +10,8 @@ Follows the reference `metrics/sliced_wasserstein.py` of tkarras/progressive_gro
 Both sets use the same number of images (a seeded subset of the larger one), because the sliced
 distance pairs sorted projections one to one. Everything random is drawn from `seed`, and both sets
 use the same draws (subset indices, patch positions): identical sets give exactly 0 and a difference
-measures the sets rather than the sampling.
+measures the sets rather than the sampling. Per grade (`per_grade`), each grade of the real set is
+compared with the same grade of the fake set, and their mean is the paper's "AVG. SWD".
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
 from drgan.metrics.images import ImageSet, read_rgb
 
@@ -119,6 +121,18 @@ def _set_descriptors(
     return [normalize_descriptors(torch.cat(d)) for d in per_level]
 
 
+def _swd_levels(real: ImageSet, fake: ImageSet, resolution: int, max_images: int, seed: int, device: torch.device,
+                batch: int, progress: bool) -> tuple[list[float], int]:
+    """(SWD x 1e3 per pyramid level, images per set) on equal-sized seeded subsets of the two sets."""
+    count = min(len(real), len(fake), max_images)
+    subsets = [s.subset(np.sort(np.random.default_rng([seed, 0]).choice(len(s), count, replace=False))) for s in (real, fake)]
+    desc_real, desc_fake = (
+        _set_descriptors(s, resolution, np.random.default_rng([seed, 1]), device, batch, progress) for s in subsets
+    )
+    dirs_rng = np.random.default_rng([seed, 2])
+    return [sliced_wasserstein(a, b, dirs_rng) * 1e3 for a, b in zip(desc_real, desc_fake)], count
+
+
 @torch.inference_mode()
 def compute_swd(
     real: ImageSet,
@@ -129,25 +143,25 @@ def compute_swd(
     device: str | torch.device = "cpu",
     batch: int = 64,
     progress: bool = True,
+    per_grade: bool = False,
 ) -> dict[str, Any]:
-    """SWD x 1e3 per pyramid level and its average, on `count` images of each set at `resolution`.
+    """SWD x 1e3 per pyramid level and its average, on `count` images of each set at `resolution`;
+    with per_grade (dataset folders), also the average SWD of each grade present in both sets and
+    the mean over those grades (the paper's AVG. SWD).
 
     `resolution` defaults to the width of the first fake image; every image is resized (area) to it.
-    Descriptors take 147 * 128 * 4 bytes per image and level, hence the `max_images` cap.
+    Descriptors take 147 * 128 * 4 bytes per image and level, hence the `max_images` cap (per grade
+    too).
     """
+    if per_grade:
+        real_grades, fake_grades = real.by_grade(), fake.by_grade()  # raises for a plain folder
     if resolution is None:
         resolution = read_rgb(fake.paths[0]).shape[1]
     if resolution < MIN_RESOLUTION:
         raise DrganError(f"SWD resolution {resolution} is below the coarsest level {MIN_RESOLUTION}")
-    count = min(len(real), len(fake), max_images)
-    subsets = [s.subset(np.sort(np.random.default_rng([seed, 0]).choice(len(s), count, replace=False))) for s in (real, fake)]
     device = torch.device(device)
-    desc_real, desc_fake = (
-        _set_descriptors(s, resolution, np.random.default_rng([seed, 1]), device, batch, progress) for s in subsets
-    )
-    dirs_rng = np.random.default_rng([seed, 2])
-    per_level = [sliced_wasserstein(a, b, dirs_rng) * 1e3 for a, b in zip(desc_real, desc_fake)]
-    return {
+    per_level, count = _swd_levels(real, fake, resolution, max_images, seed, device, batch, progress)
+    result: dict[str, Any] = {
         "swd_x1e3": dict(zip(map(str, pyramid_levels(resolution)), per_level)),
         "swd_x1e3_average": float(np.mean(per_level)),
         "count": count,
@@ -156,6 +170,18 @@ def compute_swd(
         "real": str(real.root),
         "fake": str(fake.root),
     }
+    if per_grade:
+        grades = sorted(set(real_grades) & set(fake_grades))
+        if not grades:
+            raise DrganError(f"{real.root}, {fake.root}: no grade has images in both sets")
+        per = {}
+        for g in grades:
+            levels, n = _swd_levels(real_grades[g], fake_grades[g], resolution, max_images, seed, device, batch, progress)
+            per[str(g)] = {"swd_x1e3_average": float(np.mean(levels)), "count": n}
+        result["per_grade"] = per
+        result["grades_used"] = grades
+        result["swd_x1e3_grade_average"] = float(np.mean([v["swd_x1e3_average"] for v in per.values()]))
+    return result
 
 
 def format_swd(result: dict[str, Any]) -> str:
@@ -165,4 +191,10 @@ def format_swd(result: dict[str, Any]) -> str:
         f"SWD x1e3 {result['fake']} vs {result['real']} ({result['count']} images each, average over levels): "
         f"{result['swd_x1e3_average']:.4f}"
     )
+    if "per_grade" in result:
+        for g, value in result["per_grade"].items():
+            lines.append(f"SWD x1e3 grade {g} ({value['count']} images each): {value['swd_x1e3_average']:.4f}")
+        used = result["grades_used"]
+        note = "" if len(used) == NUM_GRADES else f" (only grades {','.join(map(str, used))} have images in both sets)"
+        lines.append(f"SWD x1e3 average over grades{note}: {result['swd_x1e3_grade_average']:.4f}")
     return "\n".join(lines)
