@@ -4,6 +4,7 @@ A write that fails for lack of space or permission becomes one DrganError naming
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -35,6 +36,9 @@ def write_error(path: Path, exc: OSError) -> DrganError:
         return DrganError(f"{path}: cannot write (read-only file system)")
     if exc.errno == errno.EISDIR or path.is_dir():
         return DrganError(f"{path}: is a folder, expected a file path")
+    blocker = _file_in_the_way(path.parent)
+    if blocker is not None:
+        return DrganError(f"{path}: cannot write ({blocker} is a file, not a folder)")
     if exc.errno == errno.ENOENT and not path.parent.is_dir():
         return DrganError(f"{path}: folder {path.parent} does not exist")
     return DrganError(f"{path}: cannot write ({exc.strerror or exc})")
@@ -52,11 +56,29 @@ def atomic_save(path: str | Path, write: Callable[[Path], None]) -> None:
         os.chmod(tmp, 0o666 & ~_UMASK)  # the mode of a plain open(): temp-file writers use 0600
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise write_error(path, exc) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(tmp: Path) -> None:
+    with contextlib.suppress(OSError):  # e.g. ENOTDIR: the temp file could never be created
+        tmp.unlink(missing_ok=True)
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """`folder` or its nearest ancestor that exists."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing ancestor of `folder` (itself included) when it is not a folder."""
+    existing = _nearest_existing(folder)
+    return None if existing.is_dir() else existing
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -72,11 +94,25 @@ def check_writable_dir(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DrganError(f"{folder}: is a file, expected a folder")
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise DrganError(f"{folder}: cannot write ({existing} is a file, not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise DrganError(f"{folder}: cannot write ({existing} is not writable)")
+
+
+def check_writable_file(path: str | Path, make_parent: bool = False) -> None:
+    """Fail before any work when the file `path` cannot be written: a folder in its place, a file
+    in the way of its folder, or (unless the writer creates it) a missing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise DrganError(f"{path}: is a folder, expected a file path")
+    blocker = _file_in_the_way(path.parent)
+    if blocker is not None:
+        raise DrganError(f"{path}: cannot write ({blocker} is a file, not a folder)")
+    if not make_parent and not path.parent.exists():
+        raise DrganError(f"{path}: folder {path.parent} does not exist")
+    check_writable_dir(path.parent)
 
 
 def sha256_file(path: str | Path) -> str:

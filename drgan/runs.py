@@ -21,7 +21,7 @@ from typing import Any
 
 from drgan.config import ModelConfig, STAGES
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_text
+from drgan.io import atomic_write_text, check_writable_dir
 
 RUN_FILE = "run.json"
 GRADER_FILE = "grader.safetensors"
@@ -107,6 +107,7 @@ def check_out(out: str | Path, overwrite: bool, param: str = "out") -> bool:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{{{param}}} {out}: is a file, expected a run folder")
+    check_writable_dir(out)
     if not out.is_dir() or not any(out.iterdir()):
         return False
     kind = run_kind(out)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.export.trt_build import BatchProfile, read_sidecar, write_sidecar
 from drgan.export.wrapper import example_inputs, input_shapes, output_shapes, prepare
 from drgan.nn import DRGANGenerator
@@ -33,7 +33,7 @@ def compile_aoti(
     path = Path(path)
     device_type = torch.device(device).type
     if device_type == "cuda" and not torch.cuda.is_available():
-        raise DrganError("--device cuda: no CUDA GPU is visible")
+        raise ParameterError("{device} cuda: no CUDA GPU is visible")
     model = prepare(generator, impl="sdpa", precision=precision, pad_qk=CUDA_QK_MULTIPLE if device_type == "cuda" else None)
     model = model.to(device)
     # Trace at batch >= 2 unless fixed: a size-1 axis would be specialized to 1.

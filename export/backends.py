@@ -21,7 +21,7 @@ import torch
 
 from drgan.io import sha256_file
 from drgan.runs import generator_weights, read_run_config
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.export.wrapper import PRECISIONS
 
 BACKENDS = ("onnxruntime", "tensorrt", "aoti")
@@ -70,34 +70,35 @@ def make_backend(
     given, is checked against the batch range the engine or package was built for."""
     device = str(device)
     if name not in BACKENDS:
-        raise DrganError(f"--backend {name!r} is not one of {', '.join(BACKENDS)}")
+        raise ParameterError(f"{{backend}} {name!r} is not one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
-        raise DrganError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise ParameterError(f"{{precision}} {precision!r} is not one of {', '.join(PRECISIONS)}")
     read_run_config(checkpoint_run)  # a clear error when it is not a run folder
     folder = Path(export_dir) if export_dir else Path(checkpoint_run) / "export"
     if name == "onnxruntime":
         from drgan.export.ort_runner import OrtGenerator, has_cuda_provider
 
         if precision != "fp32":
-            raise DrganError("--backend onnxruntime runs the fp32 ONNX file; use --precision fp32")
-        _check_current(folder, ONNX_FILE, checkpoint_run)
+            raise ParameterError("{backend} onnxruntime runs the fp32 ONNX file; use {precision} fp32")
+        _check_current(folder, ONNX_FILE, checkpoint_run, "--onnx")
         # Without onnxruntime-gpu the session runs on the CPU; outputs are then CPU tensors.
         return OrtGenerator(folder / ONNX_FILE, device if has_cuda_provider() else "cpu")
     if name == "tensorrt":
         from drgan.export.trt_runner import TrtGenerator
 
-        _check_current(folder, engine_file(precision), checkpoint_run)
+        _check_current(folder, engine_file(precision), checkpoint_run, f"--trt --precision {precision}")
         return _check_batch(TrtGenerator(folder / engine_file(precision), device), batch)
     from drgan.export.aoti import AotiGenerator
 
-    _check_current(folder, aoti_file(device, precision), checkpoint_run)
+    _check_current(folder, aoti_file(device, precision), checkpoint_run,
+                   f"--aoti --device {torch.device(device).type} --precision {precision}")
     return _check_batch(AotiGenerator(folder / aoti_file(device, precision)), batch)
 
 
 def _check_batch(runner, batch: int | None):
     lo, hi = runner.sidecar["batch"]["min"], runner.sidecar["batch"]["max"]
     if batch is not None and not lo <= batch <= hi:
-        raise DrganError(f"--batch {batch}: the {runner.name} export takes batches {lo}..{hi}; "
+        raise ParameterError(f"{{batch}} {batch}: the {runner.name} export takes batches {lo}..{hi}; "
                          f"re-run drgan-export with --batch {batch} or --max-batch {batch}")
     return runner
 
@@ -116,9 +117,10 @@ def read_manifest(folder: Path) -> dict:
     return data
 
 
-def _check_current(folder: Path, file: str, run: str | Path) -> None:
+def _check_current(folder: Path, file: str, run: str | Path, export_flags: str) -> None:
+    """`export_flags`: what `drgan-export` needs to write `file` (the hint of a missing or stale one)."""
     entry = read_manifest(folder)["files"].get(file)
-    hint = f"run drgan-export --checkpoint {run} --out {folder}"
+    hint = f"run drgan-export --run {run} --out {folder} {export_flags}"
     if entry is None or not (folder / file).is_file():
         raise DrganError(f"{folder / file}: not exported yet: {hint}")
     if entry.get("weights_sha256") != weights_digest(run):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.export.wrapper import OUTPUT_NAMES, example_inputs, input_names, prepare
 from drgan.nn import DRGANGenerator
 
@@ -33,7 +33,7 @@ def export_onnx(
     """Write `generator` (fp32) as ONNX to `path`; returns the path. Weights go to `path`.data when
     external_data is True, or when None and they exceed EXTERNAL_DATA_BYTES."""
     if opset < MIN_OPSET:
-        raise DrganError(f"--opset {opset}: the spatial attention needs the Attention op of opset {MIN_OPSET} or later")
+        raise ParameterError(f"{{opset}} {opset}: the spatial attention needs the Attention op of opset {MIN_OPSET} or later")
     path = Path(path)
     model = prepare(generator, impl="sdpa", precision="fp32", pad_qk=pad_qk)
     if external_data is None:

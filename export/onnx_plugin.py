@@ -22,7 +22,7 @@ from typing import Any
 import onnx
 from onnx import defs, helper
 
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 
 DOMAIN = "drgan"
 OP_TYPE = "DrganSpatialAttention"  # the TensorRT plugin's name (native/trt_plugin)
@@ -163,8 +163,8 @@ def load_trt_plugin(trt: Any, library: str | Path) -> Any:
     load_library, which calls the library's getCreators); returns the library handle."""
     library = Path(library)
     if not library.is_file():
-        raise DrganError(f"--trt-plugin {library}: not found (build it: cmake -DDRGAN_TENSORRT_ROOT=... ; see README)")
+        raise ParameterError(f"{{trt_plugin}} {library}: not found (build it: cmake -DDRGAN_TENSORRT_ROOT=... ; see README)")
     handle = trt.get_plugin_registry().load_library(str(library))
     if handle is None:
-        raise DrganError(f"--trt-plugin {library}: TensorRT could not load it (see its log above)")
+        raise ParameterError(f"{{trt_plugin}} {library}: TensorRT could not load it (see its log above)")
     return handle

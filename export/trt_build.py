@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from drgan.io import atomic_write_bytes
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.export.wrapper import input_shapes, output_shapes
 from drgan.nn import DRGANGenerator
 
@@ -57,22 +57,22 @@ class BatchProfile:
     ) -> "BatchProfile":
         """`--batch B` (fixed) or `--min-batch/--opt-batch/--max-batch` (unset ones from `default`,
         clamped so that a lone --max-batch 2 still gives a valid range)."""
-        ranged = {"--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch}
-        given = [k for k, v in ranged.items() if v is not None]
+        ranged = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch}
+        given = ["{" + k + "}" for k, v in ranged.items() if v is not None]
         if batch is not None:
             if given:
-                raise DrganError(f"--batch sets a fixed batch size; do not combine it with {', '.join(given)}")
+                raise ParameterError(f"{{batch}} sets a fixed batch size; do not combine it with {', '.join(given)}")
             if batch < 1:
-                raise DrganError(f"--batch {batch}: must be at least 1")
+                raise ParameterError(f"{{batch}} {batch}: must be at least 1")
             return cls(batch, batch, batch)
         for k, v in ranged.items():
             if v is not None and v < 1:
-                raise DrganError(f"{k} {v}: must be at least 1")
+                raise ParameterError(f"{{{k}}} {v}: must be at least 1")
         lo = min_batch if min_batch is not None else default[0]
         hi = max_batch if max_batch is not None else max(default[2], lo)
         opt = opt_batch if opt_batch is not None else min(max(default[1], lo), hi)
         if not lo <= opt <= hi:
-            raise DrganError(f"batch range min {lo} <= opt {opt} <= max {hi} does not hold (--min/--opt/--max-batch)")
+            raise ParameterError(f"batch range min {lo} <= opt {opt} <= max {hi} does not hold ({{min_batch}}, {{opt_batch}}, {{max_batch}})")
         return cls(lo, opt, hi)
 
     @property
@@ -129,9 +129,9 @@ def build_engine(
     import torch
 
     if optimization_level not in OPTIMIZATION_LEVELS:
-        raise DrganError(f"--opt-level {optimization_level}: TensorRT takes 0..5")
+        raise ParameterError(f"{{opt_level}} {optimization_level}: TensorRT takes 0..5")
     if not torch.cuda.is_available():
-        raise DrganError("--trt needs a CUDA GPU: TensorRT builds its engine for the GPU it runs on")
+        raise DrganError("TensorRT needs a CUDA GPU: it builds its engine for the GPU it runs on")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if plugin_library is not None:
         from drgan.export.onnx_plugin import load_trt_plugin

@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import nn
 
-from drgan.errors import DrganError
+from drgan.errors import ParameterError
 from drgan.nn import SCA, DRGANGenerator, set_kernel_impl
 
 OUTPUT_NAMES = ("image", "grade_logits")
@@ -105,7 +105,7 @@ def prepare(
     """A copy of `generator` ready to trace: kernel impl set, Q/K padded (`pad_attention_qk(to=pad_qk)`)
     unless pad_qk is None, cast to precision."""
     if precision not in PRECISIONS:
-        raise DrganError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise ParameterError(f"{{precision}} {precision!r} is not one of {', '.join(PRECISIONS)}")
     g = copy.deepcopy(generator).eval()
     set_kernel_impl(g, impl)
     if pad_qk is not None:

@@ -113,7 +113,7 @@ def test_plan_is_balanced_and_sharded():
     assert sorted(sum(batches, [])) == list(range(plan.num_batches))
     assert plan.item_seeds(5) == Plan(count=9, grades=(0, 1, 2, 3, 4), seed=3, batch=1).item_seeds(5)
     assert plan.item_seeds(5) != plan.item_seeds(6)
-    with pytest.raises(DrganError, match="--shard '2/2'"):
+    with pytest.raises(DrganError, match="^shard '2/2'"):
         Shard.parse("2/2")
     with pytest.raises(DrganError, match="grades must lie in 0..4"):
         Plan(count=5, grades=(1, 7), seed=0, batch=1)

@@ -174,7 +174,7 @@ def test_non_finite_loss_stops_with_checkpoint(tmp_path, space):
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, space):
-    with pytest.raises(DrganError, match="--vgg19-weights"):
+    with pytest.raises(DrganError, match="needs vgg19_weights FILE"):
         GanTrainer(options(tmp_path, space, perceptual="vgg19"), PhantomSet(4))
     with pytest.raises(DrganError, match="grading space of 5 grades x 256"):
         GanTrainer(options(tmp_path, space, preset="small-256"), PhantomSet(4))

@@ -33,7 +33,7 @@ def test_adversarial_and_feature_matching_terms():
 
 
 def test_vgg19_needs_a_local_weights_file_with_torchvision_names(tmp_path):
-    with pytest.raises(DrganError, match="--vgg19-weights"):
+    with pytest.raises(DrganError, match="needs vgg19_weights FILE"):
         load_vgg19(None)
     with pytest.raises(DrganError, match="not found"):
         load_vgg19(tmp_path / "missing.safetensors")

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from drgan.errors import DrganError
+from drgan.errors import ParameterError
 from drgan.runtime import resolve_device
 
 
@@ -100,8 +100,8 @@ class ResumableSampler(Sampler[int]):
         self.start_batch = 0
         self.batches_per_epoch = len(self.inner) // batch
         if self.batches_per_epoch == 0:
-            raise DrganError(
-                f"--batch {batch}: the training split has {len(dataset)} images, fewer than one batch "
+            raise ParameterError(
+                f"{{batch}} {batch}: the training split has {len(dataset)} images, fewer than one batch "
                 f"per process ({info.world} process(es))"
             )
 

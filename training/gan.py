@@ -111,9 +111,9 @@ def model_config(opts: GanOptions) -> ModelConfig:
     init = read_run(source) if opts.resume else require_kind(source, "gan", "init")
     run_cfg, run_stage = init.cfg, init.stage
     if opts.init and not opts.resume and run_stage != "global":
-        raise DrganError(f"--init {opts.init}: a {run_stage}-stage run; the local stage starts from a global-stage run")
+        raise ParameterError(f"{{init}} {opts.init}: a {run_stage}-stage run; the local stage starts from a global-stage run")
     if run_cfg != cfg:
-        raise DrganError(f"{source}: trained with a different model config than --preset {opts.preset}")
+        raise ParameterError(f"{source}: trained with a different model config than {{preset}} {opts.preset}")
     return run_cfg
 
 
@@ -198,7 +198,7 @@ class GanTrainer:
 
     def _open_dataset(self) -> Dataset:
         if self.opts.data is None:
-            raise DrganError("--data DIR is required (a dataset folder with images/, masks/ and labels.csv)")
+            raise ParameterError("{data} DIR is required (a dataset folder with images/, masks/ and labels.csv)")
         from drgan.data.dataset import FundusDataset
 
         if self.opts.resume:
@@ -217,16 +217,16 @@ class GanTrainer:
             try:
                 module.load_global(load_tensors(path))
             except DrganError as exc:
-                raise DrganError(f"--init {path}: {exc}") from None
+                raise ParameterError(f"{{init}} {path}: {exc}") from None
 
     def _grading_space(self) -> GradingSpace:
         path = self.run / SPACE_FILE if self.opts.resume else self.opts.grading_space
         if path is None:
-            raise DrganError("--grading-space FILE is required (grading_space.safetensors of `drgan train grader`)")
+            raise ParameterError("{grading_space} FILE is required (grading_space.safetensors of `drgan train grader`)")
         space = GradingSpace.load(path)
         if space.dim != self.cfg.z_dim or space.num_grades != self.cfg.num_grades:
-            raise DrganError(
-                f"{path}: grading space of {space.num_grades} grades x {space.dim} dims, but --preset "
+            raise ParameterError(
+                f"{path}: grading space of {space.num_grades} grades x {space.dim} dims, but {{preset}} "
                 f"{self.opts.preset} needs {self.cfg.num_grades} x {self.cfg.z_dim} (grader trained with another preset?)"
             )
         return space
@@ -389,7 +389,7 @@ class GanTrainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.step, self.epoch, self.next_batch = meta["step"], meta["epoch"], meta["next_batch"]
         if meta["world_size"] != self.info.world:
-            raise DrganError(f"--resume {self.run}: saved with {meta['world_size']} process(es), resumed with {self.info.world}")
+            raise ParameterError(f"{{resume}} {self.run}: saved with {meta['world_size']} process(es), resumed with {self.info.world}")
         rank = self.info.rank
         rng = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"rng.{rank}.")}
         set_rng_state(meta["rng"][rank], rng, self.device)
@@ -456,9 +456,9 @@ class GanTrainer:
                         values = self.train_step(batch, self.step)
                     except NonFiniteLoss as exc:
                         self.save_checkpoint()
-                        raise DrganError(
+                        raise ParameterError(
                             f"non-finite loss at step {self.step} ({exc}); checkpoint of the last good step saved in "
-                            f"{self.run} (try --precision fp32 or a lower learning rate)"
+                            f"{self.run} (try {{precision}} fp32 or a lower learning rate)"
                         ) from None
                     self.step += 1
                     self.next_batch += 1

@@ -15,7 +15,7 @@ from torch import nn
 
 from drgan.checkpoint import load_module, read_run_config
 from drgan.config import ModelConfig
-from drgan.errors import DrganError
+from drgan.errors import ParameterError
 from drgan.runs import grader_resolution
 from drgan.nn import DiscOutput, GradeNet, build_grader
 from drgan.training.vgg import TAP_WEIGHTS, load_vgg19
@@ -124,7 +124,7 @@ def build_perceptual(kind: str, cfg: ModelConfig, vgg19_weights: str | None, gra
         return Perceptual(load_vgg19(vgg19_weights), TAP_WEIGHTS)
     path = grader_weights_beside(grading_space or ".")
     if not path.is_file():
-        raise DrganError(f"--perceptual grader needs the grader weights {path} beside the grading space (run `drgan train grader`)")
+        raise ParameterError(f"{{perceptual}} grader needs the grader weights {path} beside the grading space (run `drgan train grader`)")
     grader_cfg, _, _ = read_run_config(path.parent)
     grader = build_grader(grader_cfg)
     load_module(grader, path)

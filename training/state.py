@@ -16,7 +16,7 @@ import torch
 
 from drgan.checkpoint import load_tensors, save_tensors
 from drgan.io import atomic_write_bytes
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
@@ -73,7 +73,7 @@ def save_state(run: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
 def load_state(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     path = run / STATE_JSON
     if not path.is_file():
-        raise DrganError(f"--resume {run}: no {STATE_JSON} (not a GAN run folder, or no checkpoint written yet)")
+        raise ParameterError(f"{{resume}} {run}: no {STATE_JSON} (not a GAN run folder, or no checkpoint written yet)")
     try:
         meta = json.loads(path.read_text())
         meta["step"]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from drgan.checkpoint import load_tensors
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 
 # torchvision's vgg19 `features`: 'M' is a 2x2 max pool, numbers are 3x3 conv widths.
 _LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
@@ -55,18 +55,18 @@ class VGG19Features(nn.Module):
 def load_vgg19(path: str | Path | None) -> VGG19Features:
     """VGG19 features with weights from a local torchvision-format safetensors file, frozen."""
     if path is None:
-        raise DrganError(
-            "--perceptual vgg19 needs --vgg19-weights FILE (torchvision vgg19 weights as safetensors; "
-            "nothing is downloaded), or choose --perceptual grader|none"
+        raise ParameterError(
+            "{perceptual} vgg19 needs {vgg19_weights} FILE (torchvision vgg19 weights as safetensors; "
+            "nothing is downloaded), or choose {perceptual} grader|none"
         )
     if not Path(path).is_file():
-        raise DrganError(f"--vgg19-weights {path}: file not found")
+        raise ParameterError(f"{{vgg19_weights}} {path}: file not found")
     net = VGG19Features()
     state = load_tensors(path)
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or wrong:
-        raise DrganError(f"--vgg19-weights {path}: not torchvision vgg19 weights (missing {missing[:2]}, wrong shape {wrong[:2]})")
+        raise ParameterError(f"{{vgg19_weights}} {path}: not torchvision vgg19 weights (missing {missing[:2]}, wrong shape {wrong[:2]})")
     net.load_state_dict({k: state[k] for k in own})
     return net.requires_grad_(False).eval()

@@ -2,6 +2,8 @@
 errors (unknown option, missing argument, a value of the wrong type) exit 2; `-h` is help."""
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from drgan.errors import DrganError, ParameterError
@@ -17,6 +19,39 @@ def flag(param: str) -> str:
     return _FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
+class _BadInputRange:
+    """A number outside the option's range is bad input (exit 1, one line), not a usage error;
+    the help shows the range as click's own range types do."""
+
+    base: click.ParamType
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = self.base.convert(value, param, ctx)  # not a number at all: a usage error
+        try:
+            return super().convert(number, param, ctx)  # type: ignore[misc]
+        except click.BadParameter:
+            name = param.opts[0] if param is not None and param.opts else "value"
+            raise DrganError(f"{name} {number}: outside the range {self._describe_range()}") from None  # type: ignore[attr-defined]
+
+
+class IntRange(_BadInputRange, click.IntRange):
+    base = click.INT
+
+
+class FloatRange(_BadInputRange, click.FloatRange):
+    base = click.FLOAT
+
+
+def dataset_folder(positional: str | None, option: str | None) -> str:
+    """The dataset of a command that takes `--data DIR` and, as before, a positional DIR."""
+    if positional is not None and option is not None and positional != option:
+        raise click.UsageError(f"two datasets given ({positional} and --data {option}): give one")
+    folder = option if option is not None else positional
+    if folder is None:
+        raise click.UsageError("Missing option '--data'.")
+    return folder
+
+
 def run_command(command: click.Command, **kwargs) -> int:
     try:
         command.main(standalone_mode=False, help_option_names=["-h", "--help"], **kwargs)
@@ -26,6 +61,11 @@ def run_command(command: click.Command, **kwargs) -> int:
     except DrganError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        click.echo(f"error: {exc.filename}: {exc.strerror}", err=True)  # a file-system failure no check foresaw
+        return 1
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import click
 
+from drgan.cli.common import IntRange, dataset_folder
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
+
+# The dataset is `--data DIR`, as in every command; a positional DIR is still accepted.
+_data_argument = click.argument("directory", required=False, metavar="[DATA]", type=click.Path())
+_data_option = click.option("--data", "data_dir", type=click.Path(), help="Dataset folder (images/, masks/, labels.csv).")
 
 
 @click.group()
@@ -16,12 +21,14 @@ def data() -> None:
 
 
 @data.command()
-@click.argument("directory", type=click.Path())
+@_data_argument
+@_data_option
 @click.option("--skip-bad", is_flag=True, help="Exit 0 when usable samples remain; bad ones are counted as skipped.")
-def validate(directory: str, skip_bad: bool) -> None:
+def validate(directory: str | None, data_dir: str | None, skip_bad: bool) -> None:
     """Check every file of a dataset folder; exits non-zero listing the problems."""
     from drgan.data.format import validate_dataset
 
+    directory = dataset_folder(directory, data_dir)
     report = validate_dataset(directory)
     click.echo(report.render())
     if report.problems:
@@ -55,15 +62,19 @@ def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str
 
 
 @data.command("contact-sheet")
-@click.argument("directory", type=click.Path())
-@click.option("--out", "out", type=click.Path(), required=True, help="PNG file to write.")
-@click.option("--per-grade", type=int, default=6, show_default=True, help="Images per row (one row per grade).")
-@click.option("--size", type=int, default=192, show_default=True, help="Tile side in pixels.")
-def contact_sheet(directory: str, out: str, per_grade: int, size: int) -> None:
+@_data_argument
+@_data_option
+@click.option("--out", "out", type=click.Path(), required=True, help="PNG file to write (its folder is created).")
+@click.option("--per-grade", type=IntRange(1), default=6, show_default=True, help="Images per row (one row per grade).")
+@click.option("--size", type=IntRange(8), default=192, show_default=True, help="Tile side in pixels.")
+def contact_sheet(directory: str | None, data_dir: str | None, out: str, per_grade: int, size: int) -> None:
     """Grid of a dataset's images: one row per grade."""
     from drgan.data.contact_sheet import save_contact_sheet
     from drgan.data.dataset import FundusDataset
+    from drgan.io import check_writable_file
 
+    directory = dataset_folder(directory, data_dir)
+    check_writable_file(out, make_parent=True)  # before the images are read
     ds = FundusDataset(directory, size)
     rows: list[list] = [[] for _ in range(NUM_GRADES)]
     for i, g in enumerate(ds.grades):
@@ -75,22 +86,27 @@ def contact_sheet(directory: str, out: str, per_grade: int, size: int) -> None:
 
 
 @data.command("fit-lesions")
-@click.argument("directory", type=click.Path())
-@click.option("--out", "out", type=click.Path(), required=True, help="JSON file for `drgan synthesize --lesion-stats`.")
+@_data_argument
+@_data_option
+@click.option("--out", "out", type=click.Path(), required=True,
+              help="JSON file for `drgan synthesize --lesion-stats` (in an existing folder).")
 @click.option("--skip-bad", is_flag=True, help="Leave bad samples out (counted) instead of stopping.")
-def fit_lesions(directory: str, out: str, skip_bad: bool) -> None:
+def fit_lesions(directory: str | None, data_dir: str | None, out: str, skip_bad: bool) -> None:
     """Learn per-grade lesion counts, sizes and distances from the disc from a dataset's masks."""
     from drgan.data.lesions import fit_lesion_stats
+    from drgan.io import check_writable_file
 
+    directory = dataset_folder(directory, data_dir)
+    check_writable_file(out)  # before the masks are read
     fit_lesion_stats(directory, skip_bad=skip_bad).save(out)
     click.echo(f"wrote {out}")
 
 
 @click.command()
 @click.option("--out", "out", type=click.Path(), required=True, help="New dataset folder.")
-@click.option("--count", type=int, default=100, show_default=True, help="Number of samples (grades round-robin 0..4).")
-@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same seed gives identical files.")
+@click.option("--count", type=int, default=100, show_default=True, help="Number of samples, >= 1 (grades round-robin 0..4).")
+@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels, >= 32.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed, >= 0: the same seed gives identical files.")
 @click.option("--no-split", is_flag=True, help="Leave the split column out of labels.csv.")
 @click.option("--workers", type=click.IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
               help="Rendering processes (the output does not depend on it).")
@@ -99,6 +115,10 @@ def phantom(out: str, count: int, size: int, seed: int, no_split: bool, workers:
     """Render procedural paired retinas (image, masks, grade) in the dataset format."""
     from drgan.data.phantom import write_phantom_dataset
 
+    if sheet:
+        from drgan.io import check_writable_file
+
+        check_writable_file(sheet, make_parent=True)  # before the rendering
     root = write_phantom_dataset(out, count, size, seed, split=not no_split, progress=True, workers=workers)
     click.echo(f"wrote {count} phantom samples to {root}")
     if sheet:

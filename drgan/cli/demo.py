@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import click
 
+from drgan.cli.common import DEVICE_HELP
+
 
 @click.command()
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(), help="Output folder.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--quick", is_flag=True, help="Seconds-long smoke run of every stage (tiny sizes).")
 def demo(out: str, device: str, quick: bool) -> None:
     """Phantom data, short grader + GAN training, balanced synthesis, contact sheet, report."""
     from drgan.demo import run_demo
+    from drgan.io import check_writable_dir
+    from drgan.runtime import resolve_device
 
+    resolve_device(device)  # a bad name stops before the phantom data is rendered
+    check_writable_dir(out)  # before minutes of training
     run_demo(out, device=device, quick=quick, log=click.echo)

@@ -15,11 +15,9 @@ _folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def _device(name: str) -> str:
-    import torch
+    from drgan.runtime import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return str(resolve_device(name))
 
 
 def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
@@ -142,8 +140,10 @@ def experiment() -> None:
 def augment(real: Path, synthetic: Path, test: Path, baselines: tuple[str, ...], preset: str, epochs: int, batch: int,
             seed: int, device: str, out: Path, as_json: bool) -> None:
     """Grader trained on real vs real + synthetic data (paper Tables III/IV)."""
+    from drgan.io import check_writable_dir
     from drgan.metrics.experiment import run_augment_experiment
 
+    check_writable_dir(out)  # before hours of training
     with contextlib.redirect_stdout(sys.stderr):  # training logs go to stderr, the result alone to stdout
         result, markdown = run_augment_experiment(real, synthetic, test, out, baselines=baselines, preset=preset,
                                                   epochs=epochs, batch=batch, seed=seed, device=_device(device))

@@ -17,6 +17,7 @@ import click
 
 from drgan.config import STAGES
 from drgan.errors import DrganError
+from drgan.io import check_writable_dir
 
 
 @click.command()
@@ -67,7 +68,9 @@ def export(
     if want_trt and not torch.cuda.is_available():
         raise DrganError("--trt needs a CUDA GPU: TensorRT builds its engine for the GPU it runs on")
 
-    _Exporter(Path(run), Path(out) if out else Path(run) / "export", stage).run(
+    out_dir = Path(out) if out else Path(run) / "export"
+    check_writable_dir(out_dir)  # before the export's minutes of work
+    _Exporter(Path(run), out_dir, stage).run(
         want_onnx=want_onnx, want_trt=want_trt, want_aoti=want_aoti, precision=precision, profile=profile,
         opset=opset, device=device, external_data=external_data or None, pad_qk=pad_qk,
         opt_level=3 if opt_level is None else opt_level, timing_cache=timing_cache, trt_plugin=trt_plugin,

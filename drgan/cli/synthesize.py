@@ -5,6 +5,7 @@ import json
 
 import click
 
+from drgan.cli.common import DEVICE_HELP, IntRange
 from drgan.config import NUM_GRADES
 
 
@@ -18,40 +19,51 @@ def _grades(text: str) -> tuple[int, ...]:
     return grades
 
 
+def _imbalance(count: int, grades: tuple[int, ...]) -> str:
+    """One line on a --count that does not divide evenly: which grades get one image more."""
+    more = ", ".join(map(str, grades[: count % len(grades)]))
+    return (f"--count {count} over {len(grades)} grades is not balanced: grade(s) {more} get {count // len(grades) + 1}, "
+            f"the others {count // len(grades)} (--per-grade gives each grade the same number)")
+
+
 @click.command()
 @click.option("--run", "--checkpoint", "checkpoint", type=click.Path(), help="Run folder of a trained GAN.")
 @click.option("--preset", help="With --backend null instead of --run: the preset's resolution, standard-normal grading spaces.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (dataset format + manifest.csv).")
-@click.option("--count", type=int, help="Images in the whole set (balanced over --grades).")
-@click.option("--per-grade", type=int, help="Images per grade (instead of --count).")
-@click.option("--grades", default=",".join(map(str, range(NUM_GRADES))), show_default=True, help="Grades to synthesize.")
+@click.option("--count", type=IntRange(1), help="Images in the whole set, spread over --grades in turn (balanced when a multiple of their number). This or --per-grade is required.")
+@click.option("--per-grade", type=IntRange(1), help="Images per grade (instead of --count).")
+@click.option("--grades", default=",".join(map(str, range(NUM_GRADES))), show_default=True,
+              help=f"Comma-separated grades to synthesize, each in 0..{NUM_GRADES - 1}.")
 @click.option("--structures", type=click.Path(), help="Dataset folder whose vessel/disc masks are the structure pool (default: phantom structures).")
 @click.option("--lesion-stats", type=click.Path(), help="Lesion statistics JSON (fit on a dataset); default: the DR scale's.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the whole set, >= 0: item i depends on (seed, i) only.")
-@click.option("--batch", default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
+@click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Seed of the whole set: item i depends on (seed, i) only.")
+@click.option("--batch", type=IntRange(1), default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt", "aoti", "null"]), default="torch", show_default=True,
               help="null: a fixed image instead of a generator, to measure whether this host can feed a GPU.")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default="png", show_default=True)
-@click.option("--quality", default=95, show_default=True, help="JPEG quality, 1..100.")
-@click.option("--png-level", default=1, show_default=True, help="PNG compression: 0 stored, 1 fast, 2..9 zlib levels (slower; README).")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default="png", show_default=True, help="Image file format.")
+@click.option("--quality", type=IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@click.option("--png-level", type=IntRange(0, 9), default=1, show_default=True, help="PNG compression: 0 stored, 1 fast, 2..9 zlib levels (slower; README).")
 @click.option("--save-masks", is_flag=True, help="Also write the conditioning masks (masks/<id>/<name>.png).")
 @click.option("--shard", help="i/n: generate the i-th of n interleaved parts (default: torchrun's RANK/WORLD_SIZE).")
 @click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch", show_default=True, help="Reader of --structures.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (with per-stage times) as JSON.")
 def synthesize(checkpoint, preset, out, count, per_grade, grades, structures, lesion_stats, seed, batch, precision, backend,
                fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
-    """Generate a balanced augmentation set; rerun the same command to resume."""
+    """Generate a balanced augmentation set; rerun the same command to resume.
+
+    The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
+    """
     from drgan.errors import DrganError
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as run
 
     grade_list = _grades(grades)
-    if seed < 0:
-        raise DrganError(f"--seed {seed} must be >= 0")
     if (count is None) == (per_grade is None):
         raise DrganError("give exactly one of --count and --per-grade")
     total = count if count is not None else per_grade * len(grade_list)
+    if total % len(grade_list):
+        click.echo(f"warning: {_imbalance(total, grade_list)}", err=True)
     summary = run(SynthesisOptions(
         checkpoint=checkpoint, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
         seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality, png_level=png_level,

@@ -10,7 +10,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from drgan.errors import DrganError
+from drgan.errors import ParameterError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti", "null")
@@ -21,7 +21,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
-        raise DrganError(f"--precision {precision!r}: choose one of auto, {', '.join(PRECISIONS)}")
+        raise ParameterError(f"{{precision}} {precision!r}: choose one of auto, {', '.join(PRECISIONS)}")
     return precision
 
 
@@ -124,7 +124,7 @@ def make_backend(
 ) -> LoadedBackend:
     """The backend of the checkpoint's generator (checkpoint None: only the null backend)."""
     if name not in BACKENDS:
-        raise DrganError(f"--backend {name!r}: choose one of {', '.join(BACKENDS)}")
+        raise ParameterError(f"{{backend}} {name!r}: choose one of {', '.join(BACKENDS)}")
     if name == "null":
         return LoadedBackend(NullBackend(size, device), lambda b: [], "none", resolve_precision(precision, device))
     from drgan.checkpoint import load_generator

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from drgan.config import NUM_GRADES
-from drgan.errors import DrganError
+from drgan.errors import ParameterError
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,9 @@ class Shard:
         try:
             i, n = (int(p) for p in text.split("/"))
         except ValueError:
-            raise DrganError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+            raise ParameterError(f"{{shard}} {text!r}: expected i/n, e.g. 0/4") from None
         if n < 1 or not 0 <= i < n:
-            raise DrganError(f"--shard {text!r}: need 0 <= i < n")
+            raise ParameterError(f"{{shard}} {text!r}: need 0 <= i < n")
         return cls(i, n)
 
 
@@ -39,11 +39,11 @@ class Plan:
 
     def __post_init__(self) -> None:
         if self.count < 1:
-            raise DrganError(f"--count {self.count}: need at least one image")
+            raise ParameterError(f"{{count}} {self.count}: need at least one image")
         if not self.grades or any(g not in range(NUM_GRADES) for g in self.grades):
-            raise DrganError(f"--grades {list(self.grades)}: grades must lie in 0..{NUM_GRADES - 1}")
+            raise ParameterError(f"{{grades}} {list(self.grades)}: grades must lie in 0..{NUM_GRADES - 1}")
         if self.batch < 1:
-            raise DrganError(f"--batch {self.batch}: need at least 1")
+            raise ParameterError(f"{{batch}} {self.batch}: need at least 1")
 
     def grade(self, i: int) -> int:
         return self.grades[i % len(self.grades)]

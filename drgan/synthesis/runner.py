@@ -24,7 +24,8 @@ from tqdm import tqdm
 from drgan.checkpoint import read_run_config
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.lesions import LesionStats
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
+from drgan.runtime import resolve_device
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.synthesis import fingerprint
 from drgan.synthesis.backend import make_backend
@@ -104,13 +105,9 @@ class Summary:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DrganError(f"--device {name}: no CUDA device is available")
     if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
         name = f"cuda:{os.environ['LOCAL_RANK']}"
-    return torch.device(name)
+    return resolve_device(name)
 
 
 def _shard(text: str | None) -> Shard:
@@ -124,10 +121,10 @@ def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
     """Output resolution and grading space: the checkpoint's, or a preset's with standard-normal
     grading spaces (null backend only: it needs no trained run)."""
     if (opts.checkpoint is None) == (opts.preset is None):
-        raise DrganError("give exactly one of --checkpoint and --preset")
+        raise ParameterError("give exactly one of {checkpoint} and {preset}")
     if opts.preset is not None:
         if opts.backend != "null":
-            raise DrganError("--preset needs --backend null (a generator needs a trained run: --checkpoint)")
+            raise ParameterError("{preset} needs {backend} null (a generator needs a trained run: {checkpoint})")
         cfg = preset_config(opts.preset)
         return cfg.resolution, GradingSpace(torch.zeros(NUM_GRADES, cfg.z_dim), torch.ones(NUM_GRADES, cfg.z_dim), float("nan"))
     checkpoint = Path(opts.checkpoint)
@@ -150,9 +147,9 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     size, space = _model(opts)
     plan = Plan(opts.count, tuple(opts.grades), opts.seed, opts.batch)
     if opts.quality not in JPEG_QUALITIES:
-        raise DrganError(f"--quality {opts.quality}: JPEG quality lies in 1..100")
+        raise ParameterError(f"{{quality}} {opts.quality}: JPEG quality lies in 1..100")
     if opts.png_level not in PNG_LEVELS:
-        raise DrganError(f"--png-level {opts.png_level}: PNG levels lie in 0..9")
+        raise ParameterError(f"{{png_level}} {opts.png_level}: PNG levels lie in 0..9")
     shard = _shard(opts.shard)
     device = _device(opts.device)
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None

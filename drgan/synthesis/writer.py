@@ -22,7 +22,7 @@ import numpy as np
 
 from drgan.config import COND_CHANNELS
 from drgan.data.lesions import LESION_TYPES
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.synthesis import fingerprint as fp
 from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
@@ -67,7 +67,7 @@ class OutputFolder:
         times: StageTimes,  # encoding and writing time are added here
     ) -> None:
         if fmt not in FORMATS:
-            raise DrganError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+            raise ParameterError(f"{{format}} {fmt!r}: choose one of {', '.join(FORMATS)}")
         self.root, self.fmt, self.quality, self.png_level, self.save_masks = root, fmt, quality, png_level, save_masks
         self.images = root / "images"
         self.times = times

@@ -24,7 +24,7 @@ from drgan.config import COND_CHANNELS, NUM_GRADES
 from drgan.data.format import LABELS_FILE, MIN_SIDE, read_mask, read_rgb
 from drgan.data.lesions import LESION_TYPES
 from drgan.data.preprocess import prepare
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.io import TEMP_MARK, atomic_write_bytes, atomic_write_text, check_writable_dir, encode_png
 
 IMPORT_FILE = "import.json"      # the options a dataset was imported with; a rerun must match them
@@ -277,9 +277,9 @@ def import_plan(kind: str, plan: Plan, out: str | Path, size: int, vessels: str,
     """Convert a scanned release into the dataset at `out` and report what came in and what did not."""
     out = Path(out)
     if size < MIN_SIDE:
-        raise DrganError(f"--size {size}: need at least {MIN_SIDE} px")
+        raise ParameterError(f"{{size}} {size}: need at least {MIN_SIDE} px")
     if vessels not in VESSEL_MODES:
-        raise DrganError(f"--vessels {vessels!r}: one of {', '.join(VESSEL_MODES)}")
+        raise ParameterError(f"{{vessels}} {vessels!r}: one of {', '.join(VESSEL_MODES)}")
     if not plan.items:
         first = f"; first: {plan.skipped[0]}" if plan.skipped else ""
         raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped{first})")
