@@ -87,17 +87,18 @@ class NullBackend:
     def __init__(self, size: int, device: torch.device) -> None:
         from drgan.data.phantom import render_phantom
 
-        image = torch.from_numpy(render_phantom(size, 2, 0).image).permute(2, 0, 1)
-        self.image = (image.float() / 127.5 - 1.0).to(device)
+        # channels_last, as a generator's output: the runner's pixel conversion then reads it in order.
+        image = torch.from_numpy(render_phantom(size, 2, 0).image).permute(2, 0, 1)[None]
+        self.image = (image.float() / 127.5 - 1.0).to(device).contiguous(memory_format=torch.channels_last)
         self._out: torch.Tensor | None = None   # reused: the runner is done with it by the next call
 
     @torch.inference_mode()
     def __call__(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
         # The reduction reads every condition value; adding its zero keeps it on the data path.
         seen = cond.amax(dim=(1, 2, 3)) * 0.0
-        shape = (len(cond), *self.image.shape)
+        shape = (len(cond), *self.image.shape[1:])
         if self._out is None or self._out.shape != shape:
-            self._out = torch.empty(shape, device=self.image.device)
+            self._out = torch.empty(shape, device=self.image.device).contiguous(memory_format=torch.channels_last)
         return torch.add(self.image, seen[:, None, None, None], out=self._out)
 
 

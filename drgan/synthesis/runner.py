@@ -31,6 +31,7 @@ from drgan.synthesis import fingerprint
 from drgan.synthesis.backend import make_backend
 from drgan.synthesis.conditions import Item, item_noise, place_item
 from drgan.synthesis.encode import JPEG_QUALITIES, PNG_LEVELS, gpu_jpeg_encoder
+from drgan.synthesis.pixels import CHUNK, to_pixels
 from drgan.synthesis.plan import Plan, Shard
 from drgan.synthesis.raster import condition_masks
 from drgan.synthesis.stages import StageTimes
@@ -274,11 +275,11 @@ class _Pipeline:
             z = torch.stack([it.z for it in rows]).to(self.device, non_blocking=True)
             per_item = [item_noise(self.noise_shapes, it.noise_seed, self.device) for it in rows]
             image = self.loaded.call(cond, z, [torch.cat(level) for level in zip(*per_item)])
-            pixels = self._buffer("pixels", (n, 3, size, size), torch.float32)
-            torch.add(image[:n].float(), 1.0, out=pixels).mul_(127.5).round_().clamp_(0, 255)
+            image = image[:n].float()
             saved = (masks[:n] * 255).cpu().numpy() if self.opts.save_masks else None
             if self.gpu_encode is not None:
-                encoded = self.gpu_encode(pixels.to(torch.uint8))
+                nhwc = to_pixels(image, self._buffer("nhwc", (n, size, size, 3), torch.uint8))
+                encoded = self.gpu_encode(nhwc.permute(0, 3, 1, 2).contiguous())
                 mark("generation")
                 done = mark("transfer")
                 return [functools.partial(_bytes_when_ready, done, e) for e in encoded], saved
@@ -286,13 +287,12 @@ class _Pipeline:
                 self.host[slot] = torch.empty((plan.batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda)
             host = self.host[slot]
             if self.cuda:
-                nhwc = self._buffer("nhwc", (n, size, size, 3), torch.uint8)
-                nhwc.copy_(pixels.permute(0, 2, 3, 1))
+                nhwc = to_pixels(image, self._buffer("nhwc", (n, size, size, 3), torch.uint8))
                 mark("generation")
                 host[:n].copy_(nhwc, non_blocking=True)
-            else:
+            else:   # the device's memory is the host's: convert straight into the encoders' buffer
+                to_pixels(image, host[:n], self._buffer("scratch", (CHUNK,), torch.float32))
                 mark("generation")
-                host[:n].copy_(pixels.permute(0, 2, 3, 1))
             done = mark("transfer")
         return [functools.partial(_pixels_when_ready, done, host, b) for b in range(n)], saved
 
