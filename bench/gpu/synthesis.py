@@ -4,12 +4,15 @@ Untrained weights (speed does not depend on training), phantom structures (rende
 clock starts), bf16, channels_last, Triton kernels (impl auto), CUDA graphs, JPEG encoded on the
 GPU where torchvision is present. Each format runs with the real generator and with the null
 backend (the host side alone: can this host feed the GPU?), with per-stage times and the
-bounding stage.
+bounding stage. Before the timed runs, the correctness checks of synthesis_checks.py (CUDA-graph
+replay against eager, images written with and without graphs, GPU JPEG); the part exits 1 when
+one fails.
 
     python3 bench/gpu/synthesis.py --out OUT/synthesis.json [--dry-run]
 """
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
@@ -17,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from synthesis_fixtures import make_run  # noqa: E402
+from synthesis_checks import replay_matches_eager, written_images_match  # noqa: E402
 
 from drgan import config  # noqa: E402
 from drgan.synthesis.runner import SynthesisOptions, synthesize  # noqa: E402
@@ -25,10 +29,13 @@ from drgan.synthesis.structures import StructurePool  # noqa: E402
 
 PRESET, COUNT, BATCH = "paper-1280", 320, 16
 DRY_PRESET, DRY_COUNT, DRY_BATCH = "tiny-64", 2, 2
+CHECK_BATCH = 4  # batch of the correctness checks (DRY_BATCH in the dry run): two batches, graphs of their own
+BUDGET_S = 45    # no timed run starts later: the part ends with its JSON within gpu_check.sh's 60 s
 
 
 def main() -> None:
     args = _part.arguments(__doc__)
+    t0 = time.time()
     preset, count, batch = (DRY_PRESET, DRY_COUNT, DRY_BATCH) if args.dry_run else (PRESET, COUNT, BATCH)
     device = _part.device(args)
     results = {"device": _part.device_name(device), "preset": preset, "batch": batch,
@@ -36,8 +43,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp) / "run", preset_name=preset)
 
-        def options(out: str, images: int, fmt: str, backend: str) -> SynthesisOptions:
-            return SynthesisOptions(checkpoint=str(run), out=f"{tmp}/{out}", count=images, batch=batch, format=fmt,
+        def options(out: str, images: int, fmt: str, backend: str, size: int = batch) -> SynthesisOptions:
+            return SynthesisOptions(checkpoint=str(run), out=f"{tmp}/{out}", count=images, batch=size, format=fmt,
                                     device=device, progress=False, backend=backend)
 
         # Warm-up: the structure pool of seed 0 rendered (the runner reuses it), Triton
@@ -46,8 +53,18 @@ def main() -> None:
         for j in range(len(pool)):
             pool.geometry(j)
         synthesize(options("warm", batch, "jpeg", "torch"))
+        check_batch = DRY_BATCH if args.dry_run else CHECK_BATCH
+        results["checks"] = {
+            "replay": replay_matches_eager(run, preset, device, check_batch),
+            "written": written_images_match(lambda out, n, fmt: options(out, n, fmt, "torch", check_batch), 2 * check_batch),
+        }
+        print("checks:", results["checks"])
+        _part.write(args.out, results, args.dry_run)  # kept if the timed runs below run out of time
         for backend in ("torch", "null"):
             for fmt in ("jpeg", "png"):
+                if time.time() - t0 > BUDGET_S and not args.dry_run:
+                    results["runs"].append({"backend": backend, "format": fmt, "skipped": "time budget"})
+                    continue
                 s = synthesize(options(f"{backend}-{fmt}", count, fmt, backend))
                 summary = s.to_dict()
                 row = {"backend": backend, "format": fmt, "images": s.generated, "seconds": round(s.seconds, 2),
@@ -58,6 +75,7 @@ def main() -> None:
                 print(f"{backend:5s} {fmt:5s} {row['images']} images  {row['images_per_second']:7.1f} images/s  "
                       f"GPU idle {row['gpu_idle_share']}  bound by {row['bound']}")
     _part.write(args.out, results, args.dry_run)
+    raise SystemExit(0 if all(c["pass"] for c in results["checks"].values()) else 1)
 
 
 if __name__ == "__main__":

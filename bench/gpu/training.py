@@ -5,7 +5,7 @@
 Each variant builds the trainer (VGG19 perceptual with random weights: same cost as real ones),
 warms up, then times a few full G + D steps; ms/step and peak memory per variant. A variant that
 fails (out of memory, missing kernel) is recorded with its error and the next one runs; the part
-then exits 1.
+then exits 1. First, exact resume on the device (resume_check.py: RNG state, 2+2 steps).
 """
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ from drgan.grading_space import GradingSpace
 from drgan.training.gan import GanTrainer
 from drgan.training.options import GanOptions
 from drgan.training.vgg import VGG19Features
+from resume_check import resume_matches
 
 BUDGET_S = 50
 VARIANTS = (("triton", 1, 3, "bf16"), ("ref", 1, 2, "bf16"), ("triton", 2, 3, "bf16"))  # impl, batch, steps, precision
 # --dry-run: the tiny preset, one timed step, Triton in fp32 (the interpreter's bf16 tl.dot is wrong).
 DRY_VARIANTS = (("triton", 1, 1, "fp32"),)
+RESUME_PRECISION, DRY_RESUME_PRECISION = "bf16", "fp32"
 
 
 class RandomRetinas(Dataset):
@@ -80,6 +82,12 @@ def main() -> None:
               "channels_last": True, "variants": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        try:
+            result["resume"] = resume_matches(tmp, device, DRY_RESUME_PRECISION if args.dry_run else RESUME_PRECISION,
+                                              RandomRetinas)
+        except Exception as exc:  # recorded, so the timed variants still run
+            result["resume"] = {"pass": False, "error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc()[-1500:]}
+        print("resume:", {k: v for k, v in result["resume"].items() if k != "trace"}, flush=True)
         GradingSpace.fit(torch.randn(20, cfg.z_dim).abs(), torch.arange(20) % 5, 5, 0.9).save(tmp / "space.safetensors")
         save_tensors(VGG19Features().state_dict(), tmp / "vgg19.safetensors")
         data = RandomRetinas(2, cfg.resolution)
@@ -95,7 +103,7 @@ def main() -> None:
             print({k: v for k, v in row.items() if k != "trace"}, flush=True)
             result["variants"].append(row)
     result["total_s"] = time.time() - t0
-    result["pass"] = not any("error" in row for row in result["variants"])
+    result["pass"] = result["resume"]["pass"] and not any("error" in row for row in result["variants"])
     _part.write(args.out, result, args.dry_run)
     raise SystemExit(0 if result["pass"] else 1)
 
