@@ -46,8 +46,14 @@ class GradingSpace:
         """z ~ N(mu_g, diag(var_g)) for each grade in `grades` (B,) -> (B, D)."""
         if grades.numel() and (int(grades.min()) < 0 or int(grades.max()) >= self.num_grades):
             raise DrganError(f"grades must lie in 0..{self.num_grades - 1}")
-        eps = torch.randn(len(grades), self.dim, generator=generator)
+        return self.shift(grades, torch.randn(len(grades), self.dim, generator=generator))
+
+    def shift(self, grades: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Standard-normal draws eps (B, D) moved into the spaces of `grades` (B,): mu_g + eps * sigma_g."""
         return self.mean[grades] + eps * self.var[grades].sqrt()
+
+    def to(self, device: torch.device) -> "GradingSpace":
+        return GradingSpace(self.mean.to(device), self.var.to(device), self.grader_accuracy)
 
     def save(self, path: str | Path) -> None:
         save_tensors({"mean": self.mean, "var": self.var}, path, metadata={"grader_accuracy": f"{self.grader_accuracy:.6f}"})

@@ -13,7 +13,7 @@ from PIL import Image
 
 from drgan.errors import DrganError
 from drgan.synthesis.plan import Plan, Shard
-from drgan.synthesis.runner import SynthesisOptions, synthesize
+from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize
 from synthesis_fixtures import make_run
 
 
@@ -104,6 +104,35 @@ def test_rerun_is_a_no_op(run, tmp_path):
     synthesize(opts(run, tmp_path / "a", count=5))
     again = synthesize(opts(run, tmp_path / "a", count=5))
     assert (again.generated, again.skipped, again.total) == (0, 5, 5)
+
+
+def test_predicted_label_takes_the_grading_vector_of_the_encoders_grade(run, tmp_path):
+    import torch
+
+    from drgan.checkpoint import load_generator
+    from drgan.config import COND_CHANNELS
+
+    planned = synthesize(opts(run, tmp_path / "planned", count=10))
+    summary = synthesize(opts(run, tmp_path / "pred", count=10, label="predicted", save_masks=True))
+    rows = manifest(tmp_path / "pred")
+    cond = torch.stack([torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "pred" / "masks" / r["id"] / f"{c}.png")))
+                                     for c in COND_CHANNELS]) for r in rows]).float() / 255
+    expected = load_generator(run).predict_grade(cond).tolist()
+    assert [int(r["predicted_grade"]) for r in rows] == expected
+    agree = [r["grade"] == r["predicted_grade"] for r in rows]
+    assert summary.agreement == pytest.approx(np.mean(agree)) and planned.agreement is None
+    assert "predicted grade is the planned grade" in format_summary(summary)
+    assert all(r["predicted_grade"] == "" for r in manifest(tmp_path / "planned"))
+    # Same lesions, noise and standard-normal draws: the image changes exactly where the grade does.
+    a, b = image_bytes(tmp_path / "planned"), image_bytes(tmp_path / "pred")
+    assert [a[r["id"] + ".png"] == b[r["id"] + ".png"] for r in rows] == agree and 0 < sum(agree) < 10
+    # Rows lost to a kill are rebuilt with the grade the run predicted.
+    for journal in (tmp_path / "pred").glob(".journal-*.csv"):
+        journal.unlink()
+    again = synthesize(opts(run, tmp_path / "pred", count=10, label="predicted", save_masks=True))
+    assert again.generated == 0 and manifest(tmp_path / "pred") == rows
+    with pytest.raises(DrganError, match="^label predicted needs"):
+        synthesize(SynthesisOptions(checkpoint=None, preset="tiny-64", backend="null", out=str(tmp_path / "n"), count=2, label="predicted"))
 
 
 def test_plan_is_balanced_and_sharded():

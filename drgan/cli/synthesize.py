@@ -36,6 +36,10 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
               help=f"Comma-separated grades to synthesize, each in 0..{NUM_GRADES - 1}.")
 @click.option("--structures", type=click.Path(), help="Dataset folder whose vessel/disc masks are the structure pool (default: phantom structures).")
 @click.option("--lesion-stats", type=click.Path(), help="Lesion statistics JSON (fit on a dataset); default: the DR scale's.")
+@click.option("--label", type=click.Choice(["planned", "predicted"]), default="planned", show_default=True,
+              help="Grading space the vector comes from. planned: the grade the lesions were imitated for, so the vector, "
+                   "the lesions and labels.csv agree. predicted: the paper's test time, the grade the generator's encoder "
+                   "predicts from the masks, as good as that head is; manifest.csv records both and the summary their agreement.")
 @click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Seed of the whole set: item i depends on (seed, i) only.")
 @click.option("--batch", type=IntRange(1), default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
@@ -49,8 +53,8 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch", show_default=True, help="Reader of --structures.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (with per-stage times) as JSON.")
-def synthesize(checkpoint, preset, out, count, per_grade, grades, structures, lesion_stats, seed, batch, precision, backend,
-               fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
+def synthesize(checkpoint, preset, out, count, per_grade, grades, structures, lesion_stats, label, seed, batch, precision,
+               backend, fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
     """Generate a balanced augmentation set; rerun the same command to resume.
 
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
@@ -67,6 +71,6 @@ def synthesize(checkpoint, preset, out, count, per_grade, grades, structures, le
     summary = run(SynthesisOptions(
         checkpoint=checkpoint, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
         seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality, png_level=png_level,
-        save_masks=save_masks, shard=shard, loader=loader, device=device,
+        save_masks=save_masks, shard=shard, loader=loader, device=device, label=label,
     ))
     click.echo(json.dumps(summary.to_dict()) if as_json else format_summary(summary))

@@ -3,6 +3,7 @@ from drgan.export.backends behind the same call: backend(cond, z, noise) -> imag
 The null backend is a capacity check of the host side, not a generator."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,13 @@ class TorchBackend:
     def _forward(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             return self.g(cond, z, noise)[0]
+
+    @torch.inference_mode()
+    def predict_grade(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B,) grades the encoder's grade head predicts from the masks (the paper's test-time label)."""
+        cond = cond.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            return self.g.predict_grade(cond)
 
     @torch.inference_mode()
     def __call__(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
@@ -108,6 +116,7 @@ class LoadedBackend:
     noise_shapes: Callable[[int], list[tuple[int, ...]]]   # per batch size; [] when no noise is used
     weights: str                                            # sha256 of the generator's weights, or "none"
     precision: str                                          # resolved
+    predict_grade: Backend | None = None                    # cond -> grade from the encoder's grade head (None: null)
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -134,11 +143,14 @@ def make_backend(
     weights = weights_sha256(g)
     if name == "torch":
         backend = TorchBackend(g, device, precision)
-        return LoadedBackend(backend, g.noise_shapes, weights, resolve_precision(precision, device))
+        return LoadedBackend(backend, g.noise_shapes, weights, resolve_precision(precision, device), backend.predict_grade)
     from drgan.export.backends import make_backend as make_export_backend
 
     if precision == "auto" and name == "onnxruntime":
         precision = "fp32"  # the exported ONNX file is fp32
     precision = resolve_precision(precision, device)
     exported = make_export_backend(name, checkpoint, device=device, precision=precision, batch=batch)
-    return LoadedBackend(lambda cond, z, noise: exported(cond, z, noise)[0], g.noise_shapes, weights, precision)
+    # The exported graph has no grade head: predictions come from the PyTorch encoder (built lazily).
+    encoder = functools.cache(lambda: TorchBackend(g, device, precision, cuda_graph=False))
+    return LoadedBackend(lambda cond, z, noise: exported(cond, z, noise)[0], g.noise_shapes, weights, precision,
+                         lambda cond: encoder().predict_grade(cond))

@@ -27,7 +27,8 @@ class Item:
     structure_id: str
     lesion_counts: dict[str, int]
     primitives: np.ndarray          # float64 rows of drgan.data.lesions.PRIMITIVE_FIELDS
-    z: torch.Tensor                 # (z_dim,) grading vector
+    eps: torch.Tensor               # (z_dim,) standard-normal draws of the grading vector
+    z: torch.Tensor                 # (z_dim,) grading vector of the planned grade: eps in its space
 
     def manifest_row(self) -> dict:
         return {"id": self.id, "grade": self.grade, "seed": self.seed, "structure_id": self.structure_id, **self.lesion_counts}
@@ -39,7 +40,8 @@ def place_item(plan: Plan, i: int, pool: StructurePool, space: GradingSpace, sta
     rng = np.random.default_rng(struct_seed)
     j = int(rng.integers(len(pool)))
     primitives, counts = lesion_primitives(pool.geometry(j), grade, rng, stats)
-    z = space.sample(torch.tensor([grade]), torch.Generator().manual_seed(z_seed))[0]
+    eps = torch.randn(1, space.dim, generator=torch.Generator().manual_seed(z_seed))
+    z = space.shift(torch.tensor([grade]), eps)[0]
     return Item(
         index=i,
         id=plan.item_id(i),
@@ -50,6 +52,7 @@ def place_item(plan: Plan, i: int, pool: StructurePool, space: GradingSpace, sta
         structure_id=pool.ids[j],
         lesion_counts={t: int(counts[t]) for t in LESION_TYPES},
         primitives=primitives,
+        eps=eps[0],
         z=z,
     )
 

@@ -16,6 +16,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from drgan.synthesis.raster import condition_masks
 from drgan.synthesis.stages import StageTimes
 from drgan.synthesis.structures import DeviceStructures, StructurePool
 from drgan.synthesis.writer import OutputFolder, sha256_file
+
+LABELS = ("planned", "predicted")
 
 # Batches placed ahead of the device, and batches of pixels in flight between the device and the
 # encoders (one pinned host buffer each): the bounds of the pipeline.
@@ -66,6 +69,7 @@ class SynthesisOptions:
     threads: int = field(default_factory=lambda: max(2, (os.cpu_count() or 2)))
     progress: bool = True
     preset: str | None = None                   # with backend "null" instead of a checkpoint
+    label: str = "planned"                      # grading vector of the planned grade, or of the grade the encoder predicts from the masks
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Summary:
     pipeline_seconds: float = 0.0          # from the first batch queued to the last file written
     stage_seconds: dict[str, float] = field(default_factory=dict)  # see drgan.synthesis.stages
     bound: str | None = None               # the stage that bounds the run
+    agreement: float | None = None         # --label predicted: share of the set whose predicted grade is the planned one
 
     @property
     def gpu_idle_share(self) -> float | None:
@@ -102,6 +107,7 @@ class Summary:
             "gpu_idle_share": None if self.gpu_idle_share is None else round(self.gpu_idle_share, 4),
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
             "stage_ms_per_image": per_image, "bound": self.bound,
+            "label_agreement": None if self.agreement is None else round(self.agreement, 4),
         }
 
 
@@ -151,6 +157,10 @@ def synthesize(opts: SynthesisOptions) -> Summary:
         raise ParameterError(f"{{quality}} {opts.quality}: JPEG quality lies in 1..100")
     if opts.png_level not in PNG_LEVELS:
         raise ParameterError(f"{{png_level}} {opts.png_level}: PNG levels lie in 0..9")
+    if opts.label not in LABELS:
+        raise ParameterError(f"{{label}} {opts.label!r}: choose one of {', '.join(LABELS)}")
+    if opts.label == "predicted" and opts.backend == "null":
+        raise ParameterError("{label} predicted needs the generator's encoder: a {checkpoint} and a generator backend, not null")
     shard = _shard(opts.shard)
     device = _device(opts.device)
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
@@ -169,13 +179,15 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     except BaseException:
         out.abort()
         raise
-    rows = _complete_rows(out, plan, pool, space, stats)
+    rows = _complete_rows(out, plan, pool, space, stats, pipeline.batch_predictions if opts.label == "predicted" else None)
     out.write_manifest(list(rows.values()))
     per_grade = Counter(int(r["grade"]) for r in rows.values())
+    pairs = [(int(r["grade"]), int(r["predicted_grade"])) for r in rows.values() if r.get("predicted_grade") not in (None, "")]
     return Summary(
         Path(opts.out), generated, skipped, len(rows), dict(sorted(per_grade.items())), time.perf_counter() - start,
         gpu_busy_seconds=times.device_seconds() if device.type == "cuda" else None, pipeline_seconds=pipeline_seconds,
         stage_seconds=dict(times.seconds), bound=times.bound() if generated else None,
+        agreement=float(np.mean([a == b for a, b in pairs])) if pairs else None,
     )
 
 
@@ -189,7 +201,7 @@ def _fingerprint(opts: SynthesisOptions, plan: Plan, size: int, pool: StructureP
         "png_level": opts.png_level if opts.format == "png" else None,
         "lesion_stats": fingerprint.lesion_stats_id(opts.lesion_stats), "structures": pool.identity,
         "generator": loaded.weights, "preset": opts.preset, "backend": opts.backend, "precision": loaded.precision,
-        "save_masks": opts.save_masks,
+        "save_masks": opts.save_masks, "label": opts.label,
     }
 
 
@@ -205,6 +217,7 @@ class _Pipeline:
         self.noise_shapes = loaded.noise_shapes(1)
         self.gpu_encode = gpu_jpeg_encoder(opts.quality) if opts.format == "jpeg" and self.cuda else None
         self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.device_space = space.to(device) if opts.label == "predicted" else None
         self._work: dict[str, torch.Tensor] = {}          # device buffers reused batch after batch
         self.host: list[torch.Tensor | None] = [None] * IN_FLIGHT
         self.events: list[list[torch.cuda.Event]] = []    # per batch: start, conditions, generated, copied
@@ -239,11 +252,12 @@ class _Pipeline:
                 for f in in_flight[slot]:   # the encoders are done with this host buffer
                     f.result()
                 in_flight[slot] = []
-                images, masks = self._device_batch(items, slot)
+                images, masks, predicted = self._device_batch(items, slot)
                 for b, it in enumerate(items):
                     if it.id in done:
                         continue
-                    in_flight[slot].append(self.out.submit(it.manifest_row(), images[b], None if masks is None else masks[b]))
+                    row = it.manifest_row() if predicted is None else {**it.manifest_row(), "predicted_grade": predicted[b]}
+                    in_flight[slot].append(self.out.submit(row, images[b], None if masks is None else masks[b]))
                     generated += 1
                 bar.update(sum(it.id not in done for it in items))
                 self._collect_events()
@@ -257,9 +271,10 @@ class _Pipeline:
             bar.close()
         return generated, skipped, time.perf_counter() - start
 
-    def _device_batch(self, items: list[Item], slot: int) -> tuple[list, np.ndarray | None]:
+    def _device_batch(self, items: list[Item], slot: int) -> tuple[list, np.ndarray | None, list[int] | None]:
         """Queue one batch on the device; returns per item a function giving its pixels or bytes
-        (waiting for the copy), and the masks when they are saved."""
+        (waiting for the copy), the masks when they are saved, and the encoder's predicted grades
+        with --label predicted."""
         plan, n, size = self.plan, len(items), self.size
         # The batch always has plan.batch rows (the last one padded by repetition): the same
         # shapes every time, so a resumed or sharded run computes bit-identical images.
@@ -272,9 +287,14 @@ class _Pipeline:
             cond = self._buffer("cond", tuple(masks.shape), torch.float32)
             cond.copy_(masks)                     # 0/1: the float condition exists only here
             mark("rasterization")
-            z = torch.stack([it.z for it in rows]).to(self.device, non_blocking=True)
+            if self.device_space is None:
+                z = torch.stack([it.z for it in rows]).to(self.device, non_blocking=True)
+            else:
+                z, predicted = self._predicted_z(cond, rows)
             per_item = [item_noise(self.noise_shapes, it.noise_seed, self.device) for it in rows]
             image = self.loaded.call(cond, z, [torch.cat(level) for level in zip(*per_item)])
+            # Read once generation is queued: the wait covers the prediction only.
+            grades = None if self.device_space is None else predicted()[:n]
             image = image[:n].float()
             saved = (masks[:n] * 255).cpu().numpy() if self.opts.save_masks else None
             if self.gpu_encode is not None:
@@ -282,7 +302,7 @@ class _Pipeline:
                 encoded = self.gpu_encode(nhwc.permute(0, 3, 1, 2).contiguous())
                 mark("generation")
                 done = mark("transfer")
-                return [functools.partial(_bytes_when_ready, done, e) for e in encoded], saved
+                return [functools.partial(_bytes_when_ready, done, e) for e in encoded], saved, grades
             if self.host[slot] is None:
                 self.host[slot] = torch.empty((plan.batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda)
             host = self.host[slot]
@@ -294,7 +314,31 @@ class _Pipeline:
                 to_pixels(image, host[:n], self._buffer("scratch", (CHUNK,), torch.float32))
                 mark("generation")
             done = mark("transfer")
-        return [functools.partial(_pixels_when_ready, done, host, b) for b in range(n)], saved
+        return [functools.partial(_pixels_when_ready, done, host, b) for b in range(n)], saved, grades
+
+    def _predicted_z(self, cond: torch.Tensor, rows: list[Item]) -> tuple[torch.Tensor, functools.partial]:
+        """The paper's test-time label: grading vectors from the spaces of the grades the encoder
+        predicts from the masks (each item's own standard-normal draws), and a function giving
+        those grades once the device has them."""
+        grades = self.loaded.predict_grade(cond)
+        z = self.device_space.shift(grades, torch.stack([it.eps for it in rows]).to(self.device, non_blocking=True))
+        host = torch.empty(len(rows), dtype=torch.int64, pin_memory=self.cuda)
+        host.copy_(grades, non_blocking=self.cuda)
+        ready = None
+        if self.cuda:
+            ready = torch.cuda.Event()
+            ready.record()
+        return z, functools.partial(_grades_when_ready, ready, host)
+
+    def batch_predictions(self, k: int) -> list[int]:
+        """The grades the encoder predicts for batch k, computed as the run computed them (the
+        same padded batch): for manifest rows rebuilt after a kill."""
+        items = [place_item(self.plan, i, self.pool, self.space, self.stats) for i in self.plan.batch_items(k)]
+        rows = items + [items[-1]] * (self.plan.batch - len(items))
+        with torch.inference_mode():
+            slots = self.structures.slots([it.structure for it in rows])
+            cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows]).float()
+            return self.loaded.predict_grade(cond)[:len(items)].tolist()
 
     def _marker(self):
         """mark(stage) ends the stage that began at the previous mark; returns the CUDA event
@@ -325,6 +369,12 @@ class _Pipeline:
                 self.times.add(stage, a.elapsed_time(b) / 1e3)
 
 
+def _grades_when_ready(ready: torch.cuda.Event | None, host: torch.Tensor) -> list[int]:
+    if ready is not None:
+        ready.synchronize()
+    return host.tolist()
+
+
 def _pixels_when_ready(copied: torch.cuda.Event | None, host: torch.Tensor, b: int) -> np.ndarray:
     if copied is not None:
         copied.synchronize()
@@ -336,8 +386,10 @@ def _bytes_when_ready(encoded: torch.cuda.Event, data: torch.Tensor) -> bytes:
     return bytes(data.cpu().numpy())
 
 
-def _complete_rows(out: OutputFolder, plan: Plan, pool: StructurePool, space: GradingSpace, stats) -> dict[str, dict]:
-    """Journal rows of every finished item of the plan; rows lost to a kill are rebuilt."""
+def _complete_rows(out: OutputFolder, plan: Plan, pool: StructurePool, space: GradingSpace, stats,
+                   predictions: Callable[[int], list[int]] | None) -> dict[str, dict]:
+    """Journal rows of every finished item of the plan; rows lost to a kill are rebuilt (with the
+    grade predicted for them, from predictions(batch), under --label predicted)."""
     rows = out.journal_rows()
     index = {plan.item_id(i): i for i in range(plan.count)}
     rows = {k: v for k, v in rows.items() if k in index}
@@ -347,6 +399,8 @@ def _complete_rows(out: OutputFolder, plan: Plan, pool: StructurePool, space: Gr
         item = place_item(plan, index[item_id], pool, space, stats)
         path = out.image_path(item_id)
         rows[item_id] = {**item.manifest_row(), "file": f"images/{path.name}", "sha256": sha256_file(path)}
+        if predictions is not None:
+            rows[item_id]["predicted_grade"] = predictions(item.index // plan.batch)[item.index % plan.batch]
     return rows
 
 
@@ -357,6 +411,8 @@ def format_summary(s: Summary) -> str:
         f"wrote {s.generated} images in {s.seconds:.1f} s ({s.images_per_second:.2f} images/s{idle}), "
         f"{s.skipped} already present; {s.out} holds {s.total} ({grades})"
     )
+    if s.agreement is not None:
+        text += f"\nthe encoder's predicted grade is the planned grade for {100 * s.agreement:.1f}% of the set"
     if s.generated:
         stages = ", ".join(f"{k} {1e3 * v / s.generated:.1f}" for k, v in s.stage_seconds.items())
         text += f"\nms per image: {stages}; bound by {s.bound}"

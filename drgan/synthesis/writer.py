@@ -27,7 +27,8 @@ from drgan.synthesis import fingerprint as fp
 from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
 
-MANIFEST_FIELDS = ["id", "grade", "seed", "structure_id", *LESION_TYPES, "file", "sha256"]
+# grade: the planned grade (lesion rules, labels.csv); predicted_grade: the encoder's, with --label predicted.
+MANIFEST_FIELDS = ["id", "grade", "predicted_grade", "seed", "structure_id", *LESION_TYPES, "file", "sha256"]
 FORMATS = {"png": "png", "jpeg": "jpg"}
 _TMP_MARK = ".tmp-"
 
