@@ -9,7 +9,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from drgan.errors import DrganError
+from drgan.errors import DrganError, name_list
 from drgan.io import atomic_save
 from drgan.runs import generator_weights, read_run_config
 
@@ -46,9 +46,9 @@ def load_module(module: nn.Module, path: str | Path, strict: bool = True) -> nn.
     if wrong or (strict and (missing or unexpected)):
         detail = "; ".join(
             part for part in (
-                f"shape mismatch: {', '.join(wrong[:3])}" if wrong else "",
-                f"missing: {', '.join(missing[:3])}" if strict and missing else "",
-                f"unexpected: {', '.join(unexpected[:3])}" if strict and unexpected else "",
+                f"shape mismatch: {name_list(wrong)}" if wrong else "",
+                f"missing: {name_list(missing)}" if strict and missing else "",
+                f"unexpected: {name_list(unexpected)}" if strict and unexpected else "",
             ) if part
         )
         raise DrganError(f"{path}: weights do not match the model (wrong preset or stage?): {detail}")

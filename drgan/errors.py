@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, Iterable
 
 _FIELD = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
@@ -27,3 +27,11 @@ class ParameterError(DrganError):
 
     def render(self, name_of: Callable[[str], str]) -> str:
         return _FIELD.sub(lambda m: name_of(m.group(1)), self.template)
+
+
+def name_list(names: Iterable[str], first: int = 3) -> str:
+    """Names for a one-line message: a short list whole, a long one as its count and first few."""
+    names = list(names)
+    if len(names) <= first:
+        return ", ".join(names)
+    return f"{len(names)} names ({', '.join(names[:first])}, ...)"

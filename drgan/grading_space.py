@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from drgan.checkpoint import load_tensors, save_tensors
-from drgan.errors import DrganError
+from drgan.errors import DrganError, name_list
 
 FILE_NAME = "grading_space.safetensors"
 
@@ -64,7 +64,7 @@ class GradingSpace:
 
         tensors = load_tensors(path)
         if set(tensors) != {"mean", "var"}:
-            raise DrganError(f"{path}: not a grading space (expected tensors 'mean' and 'var', found {sorted(tensors)})")
+            raise DrganError(f"{path}: not a grading space (expected tensors 'mean' and 'var', found {name_list(sorted(tensors))})")
         with safe_open(str(path), "pt") as f:
             acc = float((f.metadata() or {}).get("grader_accuracy", "nan"))
         return cls(tensors["mean"], tensors["var"], acc)

@@ -339,6 +339,10 @@ def test_output_folder_that_is_not_an_import(eyepacs, tmp_path, capsys):
                        prog_name="drgan")
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and "not an import to resume" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("mine")
+    code = run_command(cli, args=["data", "import", "eyepacs", str(eyepacs), "--out", str(tmp_path / "file")],
+                       prog_name="drgan")
+    assert code == 1 and capsys.readouterr().err == f"error: {tmp_path / 'file'}: is a file, expected a dataset folder\n"
 
 
 # ---------------------------------------------------------------- rules

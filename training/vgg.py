@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from drgan.checkpoint import load_tensors
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError, ParameterError, name_list
 
 # torchvision's vgg19 `features`: 'M' is a 2x2 max pool, numbers are 3x3 conv widths.
 _LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
@@ -67,6 +67,6 @@ def load_vgg19(path: str | Path | None) -> VGG19Features:
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or wrong:
-        raise ParameterError(f"{{vgg19_weights}} {path}: not torchvision vgg19 weights (missing {missing[:2]}, wrong shape {wrong[:2]})")
+        raise ParameterError(f"{{vgg19_weights}} {path}: not torchvision vgg19 weights (missing {name_list(missing) or 'none'}, wrong shape {name_list(wrong) or 'none'})")
     net.load_state_dict({k: state[k] for k in own})
     return net.requires_grad_(False).eval()

@@ -42,8 +42,8 @@ def validate(directory: str | None, data_dir: str | None, skip_bad: bool) -> Non
 @click.argument("kind")
 @click.argument("src", type=click.Path())
 @click.option("--out", "out", type=click.Path(), required=True, help="Dataset folder (new, or an earlier import to resume).")
-@click.option("--size", type=click.IntRange(1), default=1280, show_default=True, help="Image side in pixels.")
-@click.option("--workers", type=click.IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
+@click.option("--size", type=IntRange(1), default=1280, show_default=True, help="Image side in pixels.")
+@click.option("--workers", type=IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
               help="Conversion processes.")
 @click.option("--vessels", type=click.Choice(["extract", "none"]), default="extract", show_default=True,
               help="Vessel masks from the extractor (no release has vessel labels), or none.")
@@ -108,7 +108,7 @@ def fit_lesions(directory: str | None, data_dir: str | None, out: str, skip_bad:
 @click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels, >= 32.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed, >= 0: the same seed gives identical files.")
 @click.option("--no-split", is_flag=True, help="Leave the split column out of labels.csv.")
-@click.option("--workers", type=click.IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
+@click.option("--workers", type=IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
               help="Rendering processes (the output does not depend on it).")
 @click.option("--contact-sheet", "sheet", type=click.Path(), default=None, help="Also write a PNG grid, one row per grade.")
 def phantom(out: str, count: int, size: int, seed: int, no_split: bool, workers: int, sheet: str | None) -> None:
@@ -143,7 +143,7 @@ def masks() -> None:
 @masks.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out", type=click.Path(), required=True, help="New dataset folder.")
-@click.option("--grade", type=click.IntRange(0, NUM_GRADES - 1), default=0, show_default=True,
+@click.option("--grade", type=IntRange(0, NUM_GRADES - 1), default=0, show_default=True,
               help="Grade written to labels.csv for every image.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (counted) instead of stopping.")
 def extract(images: tuple[str, ...], out: str, grade: int, skip_bad: bool) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from drgan.cli.common import IntRange
 from drgan.config import PRESETS
 
 _folder = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -37,7 +38,7 @@ def evaluate() -> None:
               help="Folder for the real set's cached statistics [default: ~/.cache/drgan/fid].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached statistics.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
+@click.option("--batch", type=IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: bool, device: str, batch: int, as_json: bool) -> None:
     """Frechet Inception Distance between two image sets."""
@@ -50,17 +51,19 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
         check_writable_dir(cache_dir)  # before minutes of feature extraction, not after
     result = compute_fid(open_image_set(real), open_image_set(fake), per_grade=per_grade, device=_device(device),
                          batch=batch, cache_dir=cache_dir)
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     _emit(result, as_json, format_fid(result))
 
 
 @evaluate.command()
 @click.option("--real", type=_folder, required=True, help="Real images: a folder of images or a dataset folder.")
 @click.option("--fake", type=_folder, required=True, help="Synthesized images: a folder of images or a dataset folder.")
-@click.option("--resolution", type=click.IntRange(min=16), default=None,
+@click.option("--resolution", type=IntRange(min=16), default=None,
               help="Side every image is resized to [default: width of the first fake image].")
-@click.option("--max-images", type=click.IntRange(min=1), default=8192, show_default=True,
+@click.option("--max-images", type=IntRange(min=1), default=8192, show_default=True,
               help="Images per set (a seeded random subset); memory grows with it.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Patch positions, subsets and directions.")
+@click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Patch positions, subsets and directions.")
 @click.option("--per-grade", is_flag=True, help="Also SWD per grade and their average (needs dataset folders).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -80,7 +83,7 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
 @click.option("--data", type=_folder, required=True, help="Dataset folder (images/ + labels.csv).")
 @click.option("--split", default=None, help="Only rows of labels.csv with this split (e.g. test) [default: all].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
+@click.option("--batch", type=IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def grading(run: Path, data: Path, split: str | None, device: str, batch: int, as_json: bool) -> None:
     """Accuracy, quadratic-weighted kappa, per-grade TPR and confusion matrix of a grader."""
@@ -102,9 +105,9 @@ def grading(run: Path, data: Path, split: str | None, device: str, batch: int, a
 @click.option("--reference-split", default=None, help="Only this split of --reference (e.g. test) [default: all].")
 @click.option("--grader", "grader_run", type=_folder, default=None,
               help="Grader run folder: also grade --data by its labels (accuracy, kappa) at the grader's resolution.")
-@click.option("--resolution", type=click.IntRange(min=16), default=None,
+@click.option("--resolution", type=IntRange(min=16), default=None,
               help="Side both sets are measured at [default: side of the first image of --data].")
-@click.option("--max-images", type=click.IntRange(min=1), default=500, show_default=True,
+@click.option("--max-images", type=IntRange(min=1), default=500, show_default=True,
               help="Images per set (evenly spaced).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ... (grading only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -130,9 +133,9 @@ def experiment() -> None:
               help="Also train with MixUp / CutMix within a grade (repeatable).")
 @click.option("--preset", default="paper-1280", show_default=True, type=click.Choice(list(PRESETS)),
               help="Grader model and image size (paper-1280: ResNet-50 at 1280 px, as the paper).")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Epochs per arm (paper: 30).")
-@click.option("--batch", type=click.IntRange(min=2), default=64, show_default=True, help="Batch size (paper: 64).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed for every arm.")
+@click.option("--epochs", type=IntRange(min=1), default=30, show_default=True, help="Epochs per arm (paper: 30).")
+@click.option("--batch", type=IntRange(min=2), default=64, show_default=True, help="Batch size (paper: 64).")
+@click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Same seed for every arm.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/augment"), show_default=True,
               help="Folder for one grader run per arm, results.json and results.md.")

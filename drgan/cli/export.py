@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from drgan.cli.common import IntRange
 from drgan.config import STAGES
 from drgan.errors import DrganError
 from drgan.io import check_writable_dir
@@ -27,17 +28,17 @@ from drgan.io import check_writable_dir
 @click.option("--trt", "want_trt", is_flag=True, help="Build a TensorRT engine (needs TensorRT and a GPU).")
 @click.option("--aoti", "want_aoti", is_flag=True, help="Compile an AOTInductor .pt2 package.")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]), help="Engine/package precision (the ONNX file is always fp32).")
-@click.option("--batch", type=int, help="Fixed batch size (not with --min/--opt/--max-batch).")
-@click.option("--min-batch", type=int, help="Smallest batch of the engine/package.  [default: 1]")
-@click.option("--opt-batch", type=int, help="Batch TensorRT tunes for.  [default: 4]")
-@click.option("--max-batch", type=int, help="Largest batch of the engine/package.  [default: 16]")
+@click.option("--batch", type=IntRange(1), help="Fixed batch size (not with --min/--opt/--max-batch).")
+@click.option("--min-batch", type=IntRange(1), help="Smallest batch of the engine/package.  [default: 1]")
+@click.option("--opt-batch", type=IntRange(1), help="Batch TensorRT tunes for, min..max.  [default: 4]")
+@click.option("--max-batch", type=IntRange(1), help="Largest batch of the engine/package.  [default: 16]")
 @click.option("--stage", type=click.Choice(list(STAGES)), help="Stage to export; must be the run's (global: Gm at half resolution).  [default: the run's stage]")
-@click.option("--opset", default=23, show_default=True, type=int, help="ONNX opset (23 or later: the Attention op).")
+@click.option("--opset", default=23, show_default=True, type=int, help="ONNX opset, >= 23 (the Attention op).")
 @click.option("--device", help="Device of the AOTInductor package (cpu, cuda).  [default: cuda if available]")
 @click.option("--external-data", is_flag=True, help="Keep the ONNX weights in a .data file (automatic above 1 GB).")
 @click.option("--pad-qk/--no-pad-qk", default=True, show_default=True, help="TensorRT path: zero-pad Q/K to V's width (fused attention; ~1.9x attention FLOPs).")
 @click.option("--trt-plugin", "trt_plugin", type=click.Path(dir_okay=False), help="TensorRT path: run each spatial attention as the drgan plugin (libdrgan_trt_plugin.so of the native build) instead of padding Q/K.")
-@click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT builder optimization level.  [default: 3]")
+@click.option("--opt-level", type=IntRange(0, 5), help="TensorRT builder optimization level.  [default: 3]")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache to reuse and update.  [default: OUT/timing.cache]")
 def export(
     run: str, out: str | None, want_onnx: bool, want_trt: bool, want_aoti: bool, precision: str,

@@ -237,6 +237,7 @@ def compute_fid(
         "fid": frechet_distance(mu_r, sigma_r, mu_f, sigma_f),
         "real": {"folder": str(real.root), "count": n_r, "cached": cached},
         "fake": {"folder": str(fake.root), "count": n_f},
+        "warnings": small_set_warnings({"real": n_r, "fake": n_f}),
     }
     if per_grade:
         grades = [str(g) for g in range(NUM_GRADES) if str(g) in real_stats and str(g) in fake_stats]
@@ -247,6 +248,13 @@ def compute_fid(
         result["grades_used"] = [int(g) for g in grades]
         result["fid_grade_average"] = float(np.mean(list(per.values())))
     return result
+
+
+def small_set_warnings(counts: dict[str, int]) -> list[str]:
+    """FID is biased upwards on small sets, strongly below FEATURE_DIM images (rank-deficient
+    covariances): such a value compares only with values over the same number of images."""
+    return [f"FID over {n} {name} images is biased upwards (below {FEATURE_DIM} strongly); compare it only with "
+            f"FIDs over the same counts, or use 10,000+ images" for name, n in counts.items() if n < FEATURE_DIM]
 
 
 def format_fid(result: dict[str, Any]) -> str:

@@ -159,6 +159,9 @@ def compute_swd(
         resolution = read_rgb(fake.paths[0]).shape[1]
     if resolution < MIN_RESOLUTION:
         raise DrganError(f"SWD resolution {resolution} is below the coarsest level {MIN_RESOLUTION}")
+    for image_set in (real, fake):
+        if len(image_set) < 2:  # SWD compares distributions over images; one image is a single sample
+            raise DrganError(f"{image_set.root}: {len(image_set)} image; SWD needs at least 2 images per set")
     device = torch.device(device)
     per_level, count = _swd_levels(real, fake, resolution, max_images, seed, device, batch, progress)
     result: dict[str, Any] = {

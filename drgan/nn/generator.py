@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drgan.config import ModelConfig, STAGES
-from drgan.errors import DrganError
+from drgan.errors import DrganError, name_list
 from drgan.nn.agm import AdaIN
 from drgan.nn.layers import assert_shape, conv_norm_relu, norm_layer
 from drgan.nn.mapping import MappingNetwork
@@ -182,7 +182,8 @@ class DRGANGenerator(nn.Module):
         missing = sorted(k for k in own if not k.startswith("local.") and k not in wanted)
         unexpected = sorted(k for k in wanted if k not in own)
         if missing or unexpected:
-            raise DrganError(f"not the global stage of this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise DrganError(f"not the global stage of this model: missing {name_list(missing) or 'none'}, "
+                             f"unexpected {name_list(unexpected) or 'none'}")
         self.load_state_dict(wanted, strict=False)
 
     @torch.no_grad()

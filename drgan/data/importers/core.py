@@ -264,7 +264,9 @@ def _check_options(out: Path, options: dict) -> None:
         if before != options:
             diff = ", ".join(f"{k} {before.get(k)!r}" for k in options if before.get(k) != options[k])
             raise DrganError(f"{out}: was imported with {diff}; rerun with the same options or use a new folder")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and not out.is_dir():
+        raise DrganError(f"{out}: is a file, expected a dataset folder")
+    elif out.is_dir() and any(out.iterdir()):
         raise DrganError(f"{out}: output folder exists and is not an import to resume")
     check_writable_dir(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,201 @@
+"""Bad input on the command line: one `error:` line naming the path or option and the cause (exit 1),
+nothing left behind, warnings where a result would mislead, and the conventions of every command."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from drgan.cli import cli
+from drgan.cli.common import run_command
+from drgan.data.phantom import write_phantom_dataset
+from drgan.errors import DrganError, ParameterError
+from drgan.grading_space import GradingSpace
+from drgan.io import atomic_write_bytes
+from drgan.synthesis.plan import Plan
+from synthesis_fixtures import make_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom") / "p", count=10, size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run") / "run", stage="global")
+
+
+@pytest.fixture
+def drgan(capsys):
+    """`drgan ARGS` in-process as the console script runs it: (exit code, stdout, stderr)."""
+
+    def call(*args) -> tuple[int, str, str]:
+        rc = run_command(cli, args=[str(a) for a in args], prog_name="drgan")
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return call
+
+
+def one_error(rc: int, _out: str, err: str) -> str:
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error")]
+    assert rc == 1 and len(lines) == 1 and "Traceback" not in err, (rc, err)
+    return lines[0]
+
+
+@pytest.fixture
+def blocked(tmp_path) -> Path:
+    """A path under a regular file: it can never be created, not even by root."""
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file"
+
+
+def test_outputs_under_a_file_are_one_line_before_any_work(drgan, tmp_path, data, run, blocked):
+    cases = [
+        (["export", "--run", run, "--out", blocked / "exp"], blocked / "exp"),
+        (["data", "contact-sheet", "--data", data, "--out", blocked / "s.png"], blocked / "s.png"),
+        (["data", "fit-lesions", "--data", data, "--out", blocked / "l.json"], blocked / "l.json"),
+        (["masks", "extract", next((data / "images").iterdir()), "--out", blocked / "mx"], blocked / "mx"),
+        (["experiment", "augment", "--real", data, "--synthetic", data, "--test", data, "--out", blocked / "aug",
+          "--preset", "tiny-64", "--device", "cpu"], blocked / "aug"),
+        (["demo", "--out", blocked / "demo", "--device", "cpu", "--quick"], blocked / "demo"),
+        (["phantom", "--out", tmp_path / "ph", "--count", "2", "--size", "64", "--contact-sheet", blocked / "s.png"],
+         blocked / "s.png"),
+        (["train", "grader", "--data", data, "--out", blocked / "g", "--preset", "tiny-64"], blocked / "g"),
+    ]
+    for args, path in cases:
+        line = one_error(*drgan(*args))
+        assert line == f"error: {path}: cannot write ({blocked} is a file, not a folder)", args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing created, no temp file
+
+
+def test_file_outputs_refuse_a_folder_and_a_missing_folder(drgan, tmp_path, data):
+    (tmp_path / "folder").mkdir()
+    for command in ("contact-sheet", "fit-lesions"):
+        line = one_error(*drgan("data", command, "--data", data, "--out", tmp_path / "folder"))
+        assert line == f"error: {tmp_path / 'folder'}: is a folder, expected a file path"
+    assert not any((tmp_path / "folder").iterdir())
+    line = one_error(*drgan("data", "fit-lesions", "--data", data, "--out", tmp_path / "missing" / "l.json"))
+    assert line == f"error: {tmp_path / 'missing' / 'l.json'}: folder {tmp_path / 'missing'} does not exist"
+
+
+def test_failed_atomic_write_leaves_no_temp_file(blocked, tmp_path):
+    with pytest.raises(DrganError, match="is a file, not a folder"):
+        atomic_write_bytes(blocked / "x.json", b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
+    synth = ["synthesize", "--run", run, "--out", tmp_path / "set", "--device", "cpu"]
+    assert one_error(*drgan(*synth, "--per-grade", "0")) == "error: --per-grade 0: outside the range x>=1"
+    assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "0")).startswith("error: --quality 0:")
+    assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "500")).startswith("error: --quality 500:")
+    assert one_error(*drgan(*synth, "--count", "5", "--device", "tpu")) == \
+        "error: --device 'tpu': expected auto, cpu, cuda or cuda:N"
+    line = one_error(*drgan(*synth, "--count", "5", "--backend", "tensorrt"))
+    assert "not exported yet" in line and "--trt" in line
+    (tmp_path / "file").write_text("")
+    line = one_error(*drgan("synthesize", "--run", run, "--out", tmp_path / "file", "--count", "5", "--device", "cpu"))
+    assert "not empty" not in line and "not a folder" in line
+    assert not (tmp_path / "set").exists()
+
+
+def test_unbalanced_count_is_named(drgan, tmp_path):
+    rc, _, err = drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set", "--count", "3",
+                       "--device", "cpu")
+    assert rc == 0, err
+    warnings = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("warning")]
+    assert warnings == ["warning: --count 3 over 5 grades is not balanced: grade(s) 0, 1, 2 get 1, the others 0 "
+                        "(--per-grade gives each grade the same number)"]
+
+
+def test_synthesize_device_tpu_in_a_process_is_one_line():
+    proc = subprocess.run([sys.executable, "-c", "from drgan.cli import main; main()", "synthesize", "--preset", "tiny-64",
+                           "--backend", "null", "--out", "unused", "--count", "5", "--device", "tpu"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 1 and proc.stderr == "error: --device 'tpu': expected auto, cpu, cuda or cuda:N\n", proc.stderr
+
+
+def test_sizes_name_the_option(drgan, tmp_path, data):
+    line = one_error(*drgan("data", "contact-sheet", "--data", data, "--out", tmp_path / "s.png", "--size", "0"))
+    assert line == "error: --size 0: outside the range x>=8"
+    assert run_command(cli, args=["data", "contact-sheet", str(data), "--out", "s.png", "--size", "x"]) == 2  # wrong type
+
+
+def test_swd_of_one_image_is_refused(drgan, tmp_path, data):
+    (tmp_path / "one").mkdir()
+    image = next((data / "images").iterdir())
+    (tmp_path / "one" / image.name).write_bytes(image.read_bytes())
+    line = one_error(*drgan("evaluate", "swd", "--real", tmp_path / "one", "--fake", data, "--device", "cpu"))
+    assert line == f"error: {tmp_path / 'one'}: 1 image; SWD needs at least 2 images per set"
+
+
+def test_fid_over_few_images_warns_that_it_is_biased():
+    from drgan.metrics.fid import FEATURE_DIM, small_set_warnings
+
+    warnings = small_set_warnings({"real": 10, "fake": FEATURE_DIM})
+    assert len(warnings) == 1 and warnings[0].startswith("FID over 10 real images is biased upwards")
+
+
+def test_long_tensor_name_lists_are_capped(tmp_path, run):
+    with pytest.raises(DrganError) as err:
+        GradingSpace.load(run / "G_ema.safetensors")
+    message = str(err.value)
+    assert len(message) < 300 and re.search(r"found \d+ names \(", message), message
+
+
+def test_library_errors_name_the_parameter():
+    with pytest.raises(ParameterError) as err:
+        Plan(count=0, grades=(0,), seed=0, batch=1)
+    assert str(err.value) == "count 0: need at least one image"
+    assert err.value.render(lambda name: "--" + name) == "--count 0: need at least one image"
+
+
+def test_dataset_commands_take_data_and_the_positional_folder(drgan, tmp_path, data):
+    assert drgan("data", "validate", "--data", data)[0] == 0
+    assert drgan("data", "validate", data)[0] == 0
+    rc, _, err = drgan("data", "fit-lesions", "--out", tmp_path / "l.json")
+    assert rc == 2 and "Missing option '--data'" in err
+    assert drgan("data", "fit-lesions", data, "--data", tmp_path, "--out", tmp_path / "l.json")[0] == 2
+
+
+def _commands(command: click.Command, name: str = "drgan"):
+    if isinstance(command, click.Group):
+        for sub_name, sub in command.commands.items():
+            yield from _commands(sub, f"{name} {sub_name}")
+    else:
+        yield name, command
+
+
+def test_every_option_has_help_and_every_number_its_range():
+    for name, command in _commands(cli):
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name == "help":
+                continue
+            assert param.help, (name, param.opts)
+            if isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
+                ranged = isinstance(param.type, click.types._NumberRangeBase) or re.search(r">=|<=|>|\.\.", param.help)
+                assert ranged, (name, param.opts, param.help)
+    synthesize_help = cli.commands["synthesize"].get_help(click.Context(cli.commands["synthesize"]))
+    assert "one of them is required" in " ".join(synthesize_help.split())
+
+
+def test_written_files_have_the_mode_of_a_plain_open(drgan, tmp_path, data):
+    """Checkpoints (safetensors writes a temp file with 0600) and every other file: 0666 less the umask."""
+    from drgan.io import _UMASK
+
+    rc, _, err = drgan("train", "grader", "--data", data, "--out", tmp_path / "g", "--preset", "tiny-64", "--epochs", "1",
+                       "--batch", "4", "--device", "cpu")
+    assert rc == 0, err
+    assert drgan("data", "contact-sheet", "--data", data, "--out", tmp_path / "sheet.png", "--size", "32")[0] == 0
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~_UMASK)}
