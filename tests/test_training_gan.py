@@ -173,7 +173,28 @@ def test_non_finite_loss_stops_with_checkpoint(tmp_path, space):
     assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 0
 
 
-def test_bad_inputs_are_one_line_errors(tmp_path, space):
+def test_perceptual_auto_is_vgg19_where_torchvision_keeps_it_else_the_grader(tmp_path, space, monkeypatch, capsys):
+    from drgan.training import losses
+    from drgan.training.vgg import VGG19Features
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(DrganError, match="^perceptual auto: no VGG-19 weights"):
+        GanTrainer(options(tmp_path, space, perceptual="auto"), PhantomSet(4))
+    (Path(space).parent / "grader.safetensors").touch()
+    assert losses.resolve_perceptual("auto", None, str(space)) == ("grader", None)
+    hub = tmp_path / "torch" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    hub.parent.mkdir(parents=True)
+    torch.save(VGG19Features().state_dict(), hub)   # torchvision's format: a .pth state dict
+    trainer = GanTrainer(options(tmp_path, space, perceptual="auto"), PhantomSet(4))
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"perceptual loss: VGG-19 with {hub}"
+    assert trainer.perceptual is not None
+    recorded = read_run_config(tmp_path / "run")[2]
+    assert (recorded["perceptual"], recorded["vgg19_weights"]) == ("vgg19", str(hub))
+    assert GanOptions().perceptual == "auto"
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, space, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG-19 weights there
     with pytest.raises(DrganError, match="needs vgg19_weights FILE"):
         GanTrainer(options(tmp_path, space, perceptual="vgg19"), PhantomSet(4))
     with pytest.raises(DrganError, match="grading space of 5 grades x 256"):

@@ -48,6 +48,12 @@ def test_vgg19_needs_a_local_weights_file_with_torchvision_names(tmp_path):
     save_tensors({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.safetensors")
     with pytest.raises(DrganError, match="not torchvision vgg19"):
         load_vgg19(tmp_path / "bad.safetensors")
+    # torchvision's own .pth, read with weights_only: a state dict loads, a pickled module does not.
+    torch.save(net.state_dict(), tmp_path / "vgg19-dcbb9e9d.pth")
+    assert torch.equal(load_vgg19(tmp_path / "vgg19-dcbb9e9d.pth").features[0].weight, net.features[0].weight)
+    torch.save(VGG19Features(), tmp_path / "module.pth")
+    with pytest.raises(DrganError, match="^vgg19_weights .*module.pth: not a torch state dict"):
+        load_vgg19(tmp_path / "module.pth")
 
 
 def test_options_json_round_trip_and_checks(tmp_path):

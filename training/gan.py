@@ -162,7 +162,12 @@ class GanTrainer:
             print("warning: local stage without an init run: Gm and Gl both start from scratch "
                   "(the paper fine-tunes a trained global stage)", file=sys.stderr)
         self.D = build_discriminator(self.cfg)
+        # The run records the network 'auto' resolves to (a resumed run's is resolved already).
+        perceptual, vgg19_weights = losses.resolve_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space)
+        opts = self.opts = dataclasses.replace(opts, perceptual=perceptual, vgg19_weights=vgg19_weights)
         self.perceptual = losses.build_perceptual(opts.perceptual, self.cfg, opts.vgg19_weights, opts.grading_space)
+        if self.info.is_main:
+            print(losses.describe_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space), file=sys.stderr)
         fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
         for m in (self.G, self.G_ema, self.D, self.perceptual):
             if m is not None:

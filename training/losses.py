@@ -18,7 +18,7 @@ from drgan.config import ModelConfig
 from drgan.errors import ParameterError
 from drgan.runs import grader_resolution
 from drgan.nn import DiscOutput, GradeNet, build_grader
-from drgan.training.vgg import TAP_WEIGHTS, load_vgg19
+from drgan.training.vgg import TAP_WEIGHTS, find_vgg19_weights, load_vgg19, torchvision_weights_path
 
 
 def d_adversarial(real: list[DiscOutput], fake: list[DiscOutput], kind: str) -> torch.Tensor:
@@ -114,6 +114,34 @@ class GraderFeatures(nn.Module):
 def grader_weights_beside(grading_space: str | Path) -> Path:
     """`grader.safetensors` of the grader run that wrote a grading space."""
     return Path(grading_space).parent / "grader.safetensors"
+
+
+def resolve_perceptual(kind: str, vgg19_weights: str | None, grading_space: str | None) -> tuple[str, str | None]:
+    """(network, VGG19 weights file) as a run records them. 'auto' is VGG-19 (the paper's) when its
+    weights are given or torchvision has downloaded them, else the grader beside the grading space;
+    'vgg19' also finds torchvision's download."""
+    if kind not in ("auto", "vgg19"):
+        return kind, vgg19_weights
+    found = find_vgg19_weights(vgg19_weights)
+    if found is not None:
+        return "vgg19", str(found)
+    if kind == "vgg19":
+        return kind, None  # build_perceptual says what is missing
+    if not grader_weights_beside(grading_space or ".").is_file():
+        raise ParameterError(
+            f"{{perceptual}} auto: no VGG-19 weights ({{vgg19_weights}} FILE, or {torchvision_weights_path()}) and no "
+            f"grader weights beside {{grading_space}} {grading_space}; give one of them or choose {{perceptual}} none"
+        )
+    return "grader", None
+
+
+def describe_perceptual(kind: str, vgg19_weights: str | None, grading_space: str | None) -> str:
+    """One line naming the perceptual network of resolved options."""
+    if kind == "vgg19":
+        return f"perceptual loss: VGG-19 with {vgg19_weights}"
+    if kind == "grader":
+        return f"perceptual loss: the grader of {Path(grading_space or '.').parent} (no VGG-19 weights given or at {torchvision_weights_path()})"
+    return "perceptual loss: none"
 
 
 def build_perceptual(kind: str, cfg: ModelConfig, vgg19_weights: str | None, grading_space: str | None) -> Perceptual | None:

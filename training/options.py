@@ -11,7 +11,7 @@ from drgan.config import PRESETS, STAGES
 from drgan.errors import DrganError, ParameterError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-PERCEPTUAL_NETS = ("vgg19", "grader", "none")
+PERCEPTUAL_NETS = ("auto", "vgg19", "grader", "none")
 GAN_LOSSES = ("bce", "lsgan")
 FM_NORMS = ("l1", "l2")
 
@@ -98,8 +98,8 @@ class GanOptions(_Options):
     lambda_l1: float = 0.0              # pixel L1 to the paired real image (pix2pix; not in the paper)
     focal_gamma: float = 2.0            # focal-loss focusing parameter (Lin et al.)
     gan_loss: str = "bce"               # 'bce' (non-saturating) or 'lsgan'
-    perceptual: str = "vgg19"           # perceptual feature network: 'vgg19', 'grader' or 'none'
-    vgg19_weights: str | None = None    # local safetensors file with torchvision VGG19 weights
+    perceptual: str = "auto"            # perceptual feature network: 'vgg19', 'grader', 'none', or 'auto' (a run records the resolved one)
+    vgg19_weights: str | None = None    # local torchvision VGG19 weights (.safetensors or .pth); else torchvision's cache
     precision: str = "fp32"             # 'fp32', 'bf16' autocast, or 'fp16' autocast + gradient scaler
     channels_last: bool = True          # NHWC activations end to end
     checkpoint_activations: bool = False  # recompute the attention blocks in backward

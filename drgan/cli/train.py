@@ -61,8 +61,11 @@ def grader(data_dir: str, out: str, overwrite: bool, preset: str, epochs: int, b
 @click.option("--device", help=DEVICE_HELP + " Under torchrun 'cuda' takes the local rank's GPU.  [default: auto]")
 @click.option("--seed", type=int, help="Random seed, >= 0.  [default: 0]")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="fp32, bf16 autocast, or fp16 autocast with a gradient scaler.  [default: fp32]")
-@click.option("--perceptual", type=click.Choice(["vgg19", "grader", "none"]), help="Perceptual feature network.  [default: vgg19]")
-@click.option("--vgg19-weights", type=click.Path(dir_okay=False), help="Local safetensors file with torchvision vgg19 weights.")
+@click.option("--perceptual", type=click.Choice(["auto", "vgg19", "grader", "none"]),
+              help="Perceptual feature network; auto: VGG-19 (the paper's) when --vgg19-weights is given or torchvision has "
+                   "downloaded them ($TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth), else the grader of --grading-space's "
+                   "run. The run records the one used.  [default: auto]")
+@click.option("--vgg19-weights", type=click.Path(dir_okay=False), help="Local torchvision vgg19 weights (.safetensors or .pth; nothing is downloaded).")
 @click.option("--gan-loss", type=click.Choice(["bce", "lsgan"]), help="Adversarial loss.  [default: bce]")
 @click.option("--lr", type=float, help="Adam learning rate of G and D, > 0.  [default: 1e-4 (paper)]")
 @click.option("--lambda-fm", type=float, help="Weight of feature matching (lambda1), >= 0; 0 removes it.  [default: 10]")
