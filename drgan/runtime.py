@@ -1,7 +1,9 @@
 """Device and precision: the names every command accepts, resolved in one place."""
 from __future__ import annotations
 
+import contextlib
 import re
+from typing import Iterator
 
 import torch
 
@@ -39,3 +41,17 @@ def resolve_precision(name: str, device: torch.device, param: str = "precision")
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision name; None for fp32 (no autocast)."""
     return None if precision == "fp32" else PRECISIONS[precision]
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block's CPU tensor operations with n intra-op threads (the calling thread's
+    setting), then restore it. Stages of a pipeline that has its own parallel lanes use 1: an
+    OpenMP team per operation on top of the lanes oversubscribes the cores, and its waiting
+    threads spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -3,6 +3,7 @@ from drgan.export.backends behind the same call: backend(cond, z, noise) -> imag
 The null backend is a capacity check of the host side, not a generator."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Callable, Protocol
 import torch
 
 from drgan.errors import ParameterError
+from drgan.runtime import intra_op_threads
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti", "null")
@@ -103,7 +105,9 @@ class NullBackend:
     @torch.inference_mode()
     def __call__(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
         # The reduction reads every condition value; adding its zero keeps it on the data path.
-        seen = cond.amax(dim=(1, 2, 3)) * 0.0
+        # On the CPU on one intra-op thread, as the runner's own stages (it stands in for no work).
+        with intra_op_threads(1) if cond.device.type == "cpu" else contextlib.nullcontext():
+            seen = cond.amax(dim=(1, 2, 3)) * 0.0
         shape = (len(cond), *self.image.shape[1:])
         if self._out is None or self._out.shape != shape:
             self._out = torch.empty(shape, device=self.image.device).contiguous(memory_format=torch.channels_last)

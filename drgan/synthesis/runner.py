@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from drgan.checkpoint import read_run_config
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
-from drgan.data.lesions import LesionStats
+from drgan.data.lesions import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError
-from drgan.runtime import resolve_device
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
+from drgan.runtime import intra_op_threads, resolve_device
 from drgan.synthesis import fingerprint
 from drgan.synthesis.backend import make_backend
 from drgan.synthesis.conditions import Item, item_noise, place_item
@@ -282,10 +282,11 @@ class _Pipeline:
         with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext(), torch.inference_mode():
             mark = self._marker()
             slots = self.structures.slots([it.structure for it in rows])
-            masks = condition_masks(self.structures.planes, slots, [it.primitives for it in rows],
-                                    out=self._buffer("masks", (len(rows), len(COND_CHANNELS), size, size), torch.uint8))
-            cond = self._buffer("cond", tuple(masks.shape), torch.float32)
-            cond.copy_(masks)                     # 0/1: the float condition exists only here
+            # 0/1: the float condition exists only here.
+            with self._own_stage():
+                cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows],
+                                       out=self._buffer("cond", (len(rows), len(COND_CHANNELS), size, size), torch.float32),
+                                       lesions=self._buffer("lesions", (len(rows), len(LESION_TYPES), size, size), torch.uint8))
             mark("rasterization")
             if self.device_space is None:
                 z = torch.stack([it.z for it in rows]).to(self.device, non_blocking=True)
@@ -296,7 +297,7 @@ class _Pipeline:
             # Read once generation is queued: the wait covers the prediction only.
             grades = None if self.device_space is None else predicted()[:n]
             image = image[:n].float()
-            saved = (masks[:n] * 255).cpu().numpy() if self.opts.save_masks else None
+            saved = (cond[:n] * 255).to(torch.uint8).cpu().numpy() if self.opts.save_masks else None
             if self.gpu_encode is not None:
                 nhwc = to_pixels(image, self._buffer("nhwc", (n, size, size, 3), torch.uint8))
                 encoded = self.gpu_encode(nhwc.permute(0, 3, 1, 2).contiguous())
@@ -311,7 +312,8 @@ class _Pipeline:
                 mark("generation")
                 host[:n].copy_(nhwc, non_blocking=True)
             else:   # the device's memory is the host's: convert straight into the encoders' buffer
-                to_pixels(image, host[:n], self._buffer("scratch", (CHUNK,), torch.float32))
+                with self._own_stage():
+                    to_pixels(image, host[:n], self._buffer("scratch", (CHUNK,), torch.float32))
                 mark("generation")
             done = mark("transfer")
         return [functools.partial(_pixels_when_ready, done, host, b) for b in range(n)], saved, grades
@@ -339,6 +341,11 @@ class _Pipeline:
             slots = self.structures.slots([it.structure for it in rows])
             cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows]).float()
             return self.loaded.predict_grade(cond)[:len(items)].tolist()
+
+    def _own_stage(self) -> contextlib.AbstractContextManager:
+        """On the CPU the runner's own device stages (rasterization, pixel conversion) run on one
+        intra-op thread: the pipeline's lanes already occupy the cores (runtime.intra_op_threads)."""
+        return contextlib.nullcontext() if self.cuda else intra_op_threads(1)
 
     def _marker(self):
         """mark(stage) ends the stage that began at the previous mark; returns the CUDA event

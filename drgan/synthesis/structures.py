@@ -100,8 +100,10 @@ class DeviceStructures:
                 victim = next(k for k in self._slot_of if k not in structures)
                 slot = self._slot_of.pop(victim)
             vessel, disc, fov = (torch.from_numpy(self.pool.get(j)[k]).to(self.planes.device) for k in ("vessel", "disc", "fov"))
-            self.planes[slot, 0] = vessel > 0
-            self.planes[slot, 1] = disc > 0
-            self.planes[slot, 2] = (fov > 0) & (disc == 0)
+            # Written in place, no temporaries: four passes per upload.
+            torch.gt(vessel, 0, out=self.planes[slot, 0])
+            torch.gt(disc, 0, out=self.planes[slot, 1])
+            torch.gt(fov, 0, out=self.planes[slot, 2])
+            torch.lt(self.planes[slot, 1], self.planes[slot, 2], out=self.planes[slot, 2])   # 0/1: FOV and not disc
             self._slot_of[j] = slot
         return [self._slot_of[j] for j in structures]
