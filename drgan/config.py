@@ -94,6 +94,18 @@ class ModelConfig:
             raise DrganError(f"invalid model config: {exc}") from None
 
 
+_TINY = ModelConfig(
+    resolution=64,
+    enc_channels=(8, 16, 32, 64),
+    n_res_blocks=2,
+    sca_qk_dims=(8, 4, 4),
+    local_channels=(4, 8),
+    w_dim=64,
+    mapping_layers=4,
+    disc_channels=(8, 16, 32),     # three layers: the 1/4 scale of the 32 px global stage is 8 px
+    grader_width=8,
+)
+
 PRESETS: dict[str, ModelConfig] = {
     # The paper's sizes: 1280 output, Gm at 640, SCA at 80/160/320 with d = 8/16/32.
     "paper-1280": ModelConfig(),
@@ -107,18 +119,10 @@ PRESETS: dict[str, ModelConfig] = {
         disc_channels=(16, 32, 64, 128),
         grader_width=16,
     ),
-    # Seconds per training step on a CPU: for tests and the demo.
-    "tiny-64": ModelConfig(
-        resolution=64,
-        enc_channels=(8, 16, 32, 64),
-        n_res_blocks=2,
-        sca_qk_dims=(8, 4, 4),
-        local_channels=(4, 8),
-        w_dim=64,
-        mapping_layers=4,
-        disc_channels=(8, 16, 32),     # three layers: the 1/4 scale of the 32 px global stage is 8 px
-        grader_width=8,
-    ),
+    # Seconds per training step on a CPU: for tests.
+    "tiny-64": _TINY,
+    # tiny-64's widths at 128 px: the CPU demo, where lesions are large enough for a grader to see.
+    "tiny-128": dataclasses.replace(_TINY, resolution=128),
 }
 
 

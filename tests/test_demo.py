@@ -17,9 +17,15 @@ def test_demo_runs_end_to_end(tmp_path):
         grades = sorted(int(r["grade"]) for r in csv.DictReader(f))
     assert grades == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     report = (out / "report.md").read_text()
-    for stage in ("phantom dataset", "grader + grading spaces", "GAN global stage", "GAN local stage", "synthesis"):
+    stages = ("phantom dataset", "grader + grading spaces", "GAN global stage", "GAN local stage", "synthesis",
+              "condition fidelity")
+    for stage in stages:
         assert f"| {stage} |" in report
+    # The report answers whether the images follow their masks, beside the real phantoms' figures.
+    assert "| vessel fidelity >= 80% of the real phantoms' above chance |" in report
+    assert "| grader kappa on the synthesized set >= 0.6 |" in report
+    assert "| reference (" in report
     # A rerun reuses every finished stage.
     again = subprocess.run([sys.executable, "-m", "drgan.cli", "demo", "--out", str(out), "--quick", "--device", "cpu"],
                            capture_output=True, text=True)
-    assert again.returncode == 0 and again.stdout.count("(reused)") == 5
+    assert again.returncode == 0 and again.stdout.count("(reused)") == len(stages)
