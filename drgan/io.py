@@ -89,6 +89,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def remove_temp_files(root: str | Path) -> int:
+    """Delete the temp files a killed writer left anywhere under root; returns how many."""
+    stale = [p for p in Path(root).rglob(f".*{TEMP_MARK}*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def check_writable_dir(folder: str | Path) -> None:
     """Fail before any work when `folder` (or the folder that would hold it) cannot be written."""
     folder = Path(folder)

@@ -22,7 +22,7 @@ import torch
 from drgan.io import sha256_file
 from drgan.runs import generator_weights, read_run_config
 from drgan.errors import DrganError, ParameterError
-from drgan.export.wrapper import PRECISIONS
+from drgan.runtime import PRECISIONS
 
 BACKENDS = ("onnxruntime", "tensorrt", "aoti")
 MANIFEST = "export.json"

@@ -20,9 +20,9 @@ from torch import nn
 
 from drgan.errors import ParameterError
 from drgan.nn import SCA, DRGANGenerator, set_kernel_impl
+from drgan.runtime import PRECISIONS
 
 OUTPUT_NAMES = ("image", "grade_logits")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def input_names(generator: DRGANGenerator) -> list[str]:

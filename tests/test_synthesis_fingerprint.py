@@ -144,3 +144,13 @@ def test_png_levels_are_lossless(level):
     data = encode_image(image, "png", 95, level)
     assert (np.asarray(Image.open(io.BytesIO(data))) == image).all()
     assert encode_image(image, "png", 95, level) == data
+
+
+def test_cli_unknown_device_is_one_line(tmp_path):
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "drgan.cli", "synthesize", "--backend", "null", "--preset", "tiny-64", "--out", str(out),
+           "--count", "5", "--device", "tpu"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == ["error: --device 'tpu': expected auto, cpu, cuda or cuda:N"]
+    assert not out.exists()

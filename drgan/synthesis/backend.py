@@ -13,19 +13,9 @@ from typing import Callable, Protocol
 import torch
 
 from drgan.errors import ParameterError
-from drgan.runtime import intra_op_threads
+from drgan.runtime import autocast_dtype, intra_op_threads, resolve_precision
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti", "null")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 on CUDA and fp32 on CPU, where bf16 convolutions are emulated and slower."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ParameterError(f"{{precision}} {precision!r}: choose one of auto, {', '.join(PRECISIONS)}")
-    return precision
 
 
 class Backend(Protocol):
@@ -43,7 +33,7 @@ class TorchBackend:
         cuda_graph: bool = True,        # replay one captured graph per batch shape on CUDA
     ) -> None:
         precision = resolve_precision(precision, device)
-        self.device, self.dtype = device, PRECISIONS[precision]
+        self.device, self.dtype = device, autocast_dtype(precision)
         # channels_last is faster on CUDA and on CPU alike (bench/results/generator_cpu.json).
         self.g = generator.to(device=device, memory_format=torch.channels_last).eval()
         self.use_graph = cuda_graph and device.type == "cuda"

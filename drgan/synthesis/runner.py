@@ -27,6 +27,7 @@ from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.lesions import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
+from drgan.io import sha256_file
 from drgan.runtime import intra_op_threads, resolve_device
 from drgan.synthesis import fingerprint
 from drgan.synthesis.backend import make_backend
@@ -37,7 +38,7 @@ from drgan.synthesis.plan import Plan, Shard
 from drgan.synthesis.raster import condition_masks
 from drgan.synthesis.stages import StageTimes
 from drgan.synthesis.structures import DeviceStructures, StructurePool
-from drgan.synthesis.writer import OutputFolder, sha256_file
+from drgan.synthesis.writer import OutputFolder
 
 LABELS = ("planned", "predicted")
 

@@ -8,7 +8,6 @@ the first image and checked on every rerun (drgan.synthesis.fingerprint).
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import io
 import os
@@ -23,6 +22,7 @@ import numpy as np
 from drgan.config import COND_CHANNELS
 from drgan.data.lesions import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
+from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files
 from drgan.synthesis import fingerprint as fp
 from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
@@ -30,28 +30,6 @@ from drgan.synthesis.stages import StageTimes
 # grade: the planned grade (lesion rules, labels.csv); predicted_grade: the encoder's, with --label predicted.
 MANIFEST_FIELDS = ["id", "grade", "predicted_grade", "seed", "structure_id", *LESION_TYPES, "file", "sha256"]
 FORMATS = {"png": "png", "jpeg": "jpg"}
-_TMP_MARK = ".tmp-"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise DrganError(f"{path.parent}: disk full while writing {path.name}") from None
-        raise DrganError(f"{path}: cannot write ({exc.strerror})") from None
-
-
-def remove_temp_files(root: Path) -> int:
-    """Delete temp files left by a killed run; returns how many."""
-    stale = [p for p in root.rglob(f".*{_TMP_MARK}*") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
 
 
 class OutputFolder:
@@ -77,13 +55,13 @@ class OutputFolder:
         self._wrote_fingerprint = not resumed
         try:
             root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".write-probe{_TMP_MARK}{os.getpid()}"
+            probe = root / f".write-probe{TEMP_MARK}{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
             raise DrganError(f"{root}: output folder is not writable ({exc.strerror})") from None
         if not resumed:
-            fp.record(root, fingerprint, write_atomic)
+            fp.record(root, fingerprint, atomic_write_bytes)
         self.images.mkdir(exist_ok=True)
         remove_temp_files(root)
         self.journal_path = root / journal_name
@@ -119,9 +97,9 @@ class OutputFolder:
                 folder = self.root / "masks" / row["id"]
                 folder.mkdir(parents=True, exist_ok=True)
                 for name, mask in zip(COND_CHANNELS, encoded_masks):
-                    write_atomic(folder / f"{name}.png", mask)
+                    atomic_write_bytes(folder / f"{name}.png", mask)
             path = self.image_path(row["id"])
-            write_atomic(path, data)
+            atomic_write_bytes(path, data)
             row = {**row, "file": f"images/{path.name}", "sha256": hashlib.sha256(data).hexdigest()}
             with self._journal_lock, open(self.journal_path, "a", newline="") as f:
                 csv.DictWriter(f, MANIFEST_FIELDS).writerow(row)
@@ -166,10 +144,7 @@ class OutputFolder:
         w = csv.DictWriter(buf, MANIFEST_FIELDS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        write_atomic(self.root / "manifest.csv", buf.getvalue().encode())
+        atomic_write_bytes(self.root / "manifest.csv", buf.getvalue().encode())
         labels = "id,grade\n" + "".join(f"{r['id']},{r['grade']}\n" for r in rows)
-        write_atomic(self.root / "labels.csv", labels.encode())
+        atomic_write_bytes(self.root / "labels.csv", labels.encode())
 
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
