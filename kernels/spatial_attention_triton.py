@@ -44,6 +44,30 @@ INTERPRET_CONFIG = _config(32, 32, 64, 4, 1)
 
 
 @triton.jit
+def _fwd_block(
+    acc, l_i, m_i, q, kt_ptrs, v_ptrs, start, N, offs_n, d_ok, v_ok, stride_kn, stride_vn, qk_scale,
+    RAGGED: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One key block of the online softmax; RAGGED masks the keys past N (the last, partial block)."""
+    cols = start + offs_n
+    if RAGGED:
+        kt = tl.load(kt_ptrs + start * stride_kn, mask=d_ok[:, None] & (cols[None, :] < N), other=0.0)
+        v = tl.load(v_ptrs + start * stride_vn, mask=(cols[:, None] < N) & v_ok[None, :], other=0.0)
+    else:
+        kt = tl.load(kt_ptrs + start * stride_kn, mask=d_ok[:, None], other=0.0)
+        v = tl.load(v_ptrs + start * stride_vn, mask=v_ok[None, :], other=0.0)
+    qk = tl.dot(q, kt, input_precision=PRECISION)
+    if RAGGED:
+        qk = tl.where(cols[None, :] < N, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE,
     stride_qb, stride_qn, stride_qd,
@@ -77,27 +101,11 @@ def _fwd_kernel(
     # Full key blocks need no masking; the ragged last block is done once, masked.
     n_full = N - N % BLOCK_N
     for start in range(0, n_full, BLOCK_N):
-        kt = tl.load(kt_ptrs + start * stride_kn, mask=d_ok[:, None], other=0.0)
-        v = tl.load(v_ptrs + start * stride_vn, mask=v_ok[None, :], other=0.0)
-        qk = tl.dot(q, kt, input_precision=PRECISION)
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, kt_ptrs, v_ptrs, start, N, offs_n, d_ok, v_ok,
+                                   stride_kn, stride_vn, qk_scale, RAGGED=False, PRECISION=PRECISION)
     if n_full < N:
-        cols = n_full + offs_n
-        kt = tl.load(kt_ptrs + n_full * stride_kn, mask=d_ok[:, None] & (cols[None, :] < N), other=0.0)
-        v = tl.load(v_ptrs + n_full * stride_vn, mask=(cols[:, None] < N) & v_ok[None, :], other=0.0)
-        qk = tl.dot(q, kt, input_precision=PRECISION)
-        qk = tl.where(cols[None, :] < N, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, kt_ptrs, v_ptrs, n_full, N, offs_n, d_ok, v_ok,
+                                   stride_kn, stride_vn, qk_scale, RAGGED=True, PRECISION=PRECISION)
 
     acc = acc / l_i[:, None]
     row_ok = offs_m < N
