@@ -6,7 +6,7 @@ the pool of phantom structures already rendered. Per stage: CPU ms per image (de
 main-thread wall ms, as the CPU is the device here). The projection for a 16-core host divides
 the total CPU per image into 16 cores' time.
 
-    python bench/synthesis_host.py --out bench/results/synthesis_host.json [--count 96] [--repeat 2]
+    python bench/synthesis_host.py --out bench/results/synthesis_host.json [--count 96] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON result file")
     parser.add_argument("--count", type=int, default=96, help="images per measured run")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per format (the best is kept; shared cores vary)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per format (the best is kept; shared cores vary)")
     parser.add_argument("--formats", default="jpeg,png")
     args = parser.parse_args()
     threads = os.cpu_count() or 2
