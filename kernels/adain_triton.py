@@ -71,6 +71,18 @@ def _reduce_kernel(
 
 
 @triton.jit
+def _sums(PART, b, C, offs_c, c_ok, splits):
+    """The chunks' partial sums of `_reduce_kernel`, combined: (sum a, sum a * a') per channel."""
+    sum1 = tl.zeros(offs_c.shape, tl.float32)
+    sum2 = tl.zeros(offs_c.shape, tl.float32)
+    for s in range(0, splits):
+        part = PART + ((b * C + offs_c) * splits + s) * 2
+        sum1 += tl.load(part, mask=c_ok, other=0.0)
+        sum2 += tl.load(part + 1, mask=c_ok, other=0.0)
+    return sum1, sum2
+
+
+@triton.jit
 def _forward_kernel(
     X, GAMMA, BETA, Y, PART, MEAN, RSTD,
     stride_xb, stride_xc, stride_xp,
@@ -84,12 +96,7 @@ def _forward_kernel(
     pid_s = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_HW)
     c_ok = offs_c < C
-    sum1 = tl.zeros([BLOCK_C], tl.float32)
-    sum2 = tl.zeros([BLOCK_C], tl.float32)
-    for s in range(0, splits):
-        part = PART + ((b * C + offs_c) * splits + s) * 2
-        sum1 += tl.load(part, mask=c_ok, other=0.0)
-        sum2 += tl.load(part + 1, mask=c_ok, other=0.0)
+    sum1, sum2 = _sums(PART, b, C, offs_c, c_ok, splits)
     shifted_mean = sum1 / HW
     var = tl.maximum(sum2 / HW - shifted_mean * shifted_mean, 0.0)
     mean = tl.load(X + b * stride_xb + offs_c * stride_xc, mask=c_ok, other=0.0).to(tl.float32) + shifted_mean
@@ -128,12 +135,7 @@ def _backward_kernel(
     pid_s = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_HW)
     c_ok = offs_c < C
-    sum_dy = tl.zeros([BLOCK_C], tl.float32)
-    sum_dy_xhat = tl.zeros([BLOCK_C], tl.float32)
-    for s in range(0, splits):
-        part = PART + ((b * C + offs_c) * splits + s) * 2
-        sum_dy += tl.load(part, mask=c_ok, other=0.0)
-        sum_dy_xhat += tl.load(part + 1, mask=c_ok, other=0.0)
+    sum_dy, sum_dy_xhat = _sums(PART, b, C, offs_c, c_ok, splits)
     if pid_s == 0:
         tl.store(DGAMMA + b * C + offs_c, sum_dy_xhat, mask=c_ok)
         tl.store(DBETA + b * C + offs_c, sum_dy, mask=c_ok)
