@@ -21,6 +21,7 @@ LOG2E = tl.constexpr(1.4426950408889634)  # read inside the kernel
 # of an SCA block (2 C^2 N FLOPs twice, against N^2 (Dqk + Dv) for the spatial attention).
 GRAM_META = {"BLOCK_M": 64, "BLOCK_K": 64}
 APPLY_META = {"BLOCK_M": 64, "BLOCK_J": 32, "BLOCK_N": 64}
+SUM_META = {"BLOCK": 1024}
 NUM_WARPS = 4
 NUM_STAGES = 3
 # Gram programs to aim for when splitting N: a few waves of an H100's 132 SMs.
@@ -55,6 +56,18 @@ def _gram_kernel(
         acc = tl.dot(a, bt, acc, input_precision=PRECISION)
     out = E_PART + ((pid_s * B + b) * C + offs_i[:, None]) * C + offs_j[None, :]
     tl.store(out, acc, mask=(offs_i[:, None] < C) & (offs_j[None, :] < C))
+
+
+@triton.jit
+def _sum_parts_kernel(PART, OUT, count, splits, BLOCK: tl.constexpr):
+    """OUT[i] = sum_s PART[s, i]: the Gram partials summed before the softmax (the native build's
+    launcher; Python sums them with torch)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < count
+    acc = tl.zeros([BLOCK], tl.float32)
+    for s in range(0, splits):
+        acc += tl.load(PART + s.to(tl.int64) * count + offs, mask=ok, other=0.0)
+    tl.store(OUT + offs, acc, mask=ok)
 
 
 @triton.jit

@@ -111,6 +111,9 @@ def channel_variants() -> list[Variant]:
             out.append(Variant(f"channel_apply {dtype} {layout}", fn, _typed(fn, {"X": ptr, "E": "*fp32", "OUT": ptr}),
                                {unit: 1, out_unit: 1, **mod.APPLY_META, "PRECISION": precision},
                                mod.NUM_WARPS, mod.NUM_STAGES, dtype=dtype))
+    fn = mod._sum_parts_kernel
+    out.append(Variant("channel_sum fp32", fn, _typed(fn, {"PART": "*fp32", "OUT": "*fp32"}), mod.SUM_META,
+                       mod.NUM_WARPS, 1, dtype="fp32"))
     return out
 
 

@@ -30,9 +30,6 @@ from pathlib import Path
 # The interpreter's triton.jit yields functions that cannot be compiled.
 os.environ.pop("TRITON_INTERPRET", None)
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
 from drgan.kernels import adain_triton, spatial_attention_triton  # noqa: E402
 from drgan.kernels import compile_check as cc  # noqa: E402
 
@@ -41,20 +38,8 @@ DTYPE_IDS = {"fp16": 0, "bf16": 1, "fp32": 2}
 # Spatial attention tiles: Hopper takes the first (large) tuning configuration; sm_80 images (and the
 # PTX run on newer GPUs) take the small one, which also fits the 99 KB of consumer Ampere/Ada/Blackwell.
 SPATIAL_CONFIG = {90: 0, 80: 2}
-SUM_BLOCK = 1024
 ALIGN = 64  # byte alignment of each image in the blob
 PTX_ARCH = 0  # arch field of PTX images in the table
-
-
-@triton.jit
-def _sum_parts_kernel(PART, OUT, count, splits, BLOCK: tl.constexpr):
-    """OUT[i] = sum_s PART[s, i]: the channel attention's Gram partials, summed before the softmax."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < count
-    acc = tl.zeros([BLOCK], tl.float32)
-    for s in range(0, splits):
-        acc += tl.load(PART + s.to(tl.int64) * count + offs, mask=ok, other=0.0)
-    tl.store(OUT + offs, acc, mask=ok)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +98,8 @@ def kernels(qk_blocks: tuple[int, ...]) -> list[Kernel]:
                    _strides("x", "bp") + (_strides("y", "bp") if ys else ()) + ("C",), ("chunk",)),
             Layout("generic", (), (), ("chunk",), pointers=False),
         )))
-    fn = _sum_parts_kernel
-    out.append(Kernel("CHANNEL_SUM", {"fp32": cc.Variant(
-        "channel_sum fp32", fn, cc._typed(fn, {"PART": "*fp32", "OUT": "*fp32"}), {"BLOCK": SUM_BLOCK}, 4, 1,
-        dtype="fp32")}, (Layout("aligned", (), ("count",)), Layout("generic", (), (), pointers=False))))
+    out.append(Kernel("CHANNEL_SUM", {"fp32": pick(channel, "channel_sum fp32")},
+                      (Layout("aligned", (), ("count",)), Layout("generic", (), (), pointers=False))))
     return out
 
 
