@@ -13,9 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
+from drgan.kernels import spatial_attention_triton
 from drgan.kernels.spatial_attention_triton import dot_precision
 
-LOG2E = tl.constexpr(1.4426950408889634)  # read inside the kernel
+LOG2E = tl.constexpr(spatial_attention_triton.LOG2E)  # read inside the kernel
 # Gram tiles: BLOCK_M x BLOCK_M channels over BLOCK_K positions. Output tiles: BLOCK_M channels x
 # BLOCK_N positions, reducing over BLOCK_J channels. Fixed, not tuned: the op costs a few percent
 # of an SCA block (2 C^2 N FLOPs twice, against N^2 (Dqk + Dv) for the spatial attention).

@@ -19,6 +19,7 @@ import triton.language as tl
 from drgan.kernels.dispatch import interpreting
 
 LOG2E = 1.4426950408889634
+MIN_BLOCK_D = 16  # tensor-core minimum K of tl.dot: Q/K are zero-padded up to it
 MAX_QK_DIM = 128  # Q/K tiles are BLOCK_M x BLOCK_D in registers
 MAX_QK_DIM_FP32 = 64  # fp32 tiles twice the bytes: beyond 64 the backward's exceed Hopper's shared memory
 MAX_V_DIM = 512  # V is tiled; larger Dv works but the partial dK/dQ buffers grow with Dv / BLOCK_DV
@@ -265,8 +266,8 @@ def _launch(name: str, grid, *args, **constexprs) -> dict:
 
 
 def block_d(qk_dim: int) -> int:
-    """Q/K width in registers: the next power of two, at least the tensor-core minimum 16."""
-    return max(16, triton.next_power_of_2(qk_dim))
+    """Q/K width in registers: the next power of two, at least the tensor-core minimum."""
+    return max(MIN_BLOCK_D, triton.next_power_of_2(qk_dim))
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -2,13 +2,11 @@
  * H*W split into chunks as adain_triton.splits_for does. */
 #include "runtime.h"
 
-#define TARGET_PROGRAMS 1024 /* reduction programs to aim for when splitting H*W (adain_triton) */
-
 /* (splits, chunk) for a tile of block_c channels x block_hw positions. */
 static void splits_for(int64_t batch, int64_t channels, int64_t positions, int64_t block_c, int64_t block_hw,
                        int64_t* splits, int64_t* chunk) {
     int64_t programs = batch * drgan_cdiv(channels, block_c);
-    int64_t want = drgan_cdiv(TARGET_PROGRAMS, programs), most = drgan_cdiv(positions, 4 * block_hw);
+    int64_t want = drgan_cdiv(DRGAN_ADAIN_TARGET_PROGRAMS, programs), most = drgan_cdiv(positions, 4 * block_hw);
     int64_t s = want < most ? want : most;
     if (s < 1) s = 1;
     *chunk = drgan_cdiv(drgan_cdiv(positions, s), block_hw) * block_hw;

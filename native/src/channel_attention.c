@@ -2,8 +2,6 @@
  * the Gram matrix split over N (summed by a small kernel) as channel_attention_triton.gram_splits does. */
 #include "runtime.h"
 
-#define TARGET_PROGRAMS 512 /* Gram programs to aim for when splitting N (channel_attention_triton) */
-
 /* The Gram kernel's tile sizes, the same in every image. */
 static const drgan_image* any_gram(void) {
     for (int i = 0; i < drgan_image_count; ++i)
@@ -16,7 +14,7 @@ static void gram_splits(int64_t batch, int64_t channels, int64_t n, int64_t* spl
     const drgan_image* gram = any_gram();
     int64_t block_m = drgan_const(gram, CHANNEL_GRAM_BLOCK_M), block_k = drgan_const(gram, CHANNEL_GRAM_BLOCK_K);
     int64_t tiles = drgan_cdiv(channels, block_m) * drgan_cdiv(channels, block_m) * batch;
-    int64_t want = drgan_cdiv(TARGET_PROGRAMS, tiles), most = drgan_cdiv(n, 8 * block_k);
+    int64_t want = drgan_cdiv(DRGAN_CHANNEL_TARGET_PROGRAMS, tiles), most = drgan_cdiv(n, 8 * block_k);
     int64_t s = want < most ? want : most;
     if (s < 1) s = 1;
     *chunk = drgan_cdiv(drgan_cdiv(n, s), block_k) * block_k;

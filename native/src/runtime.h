@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include "drgan_kernel_constants.h"
 #include "drgan_kernel_table.h"
 #include "drgan_kernels.h"
 

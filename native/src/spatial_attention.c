@@ -1,16 +1,14 @@
 /* Spatial attention forward: the flash-style kernel of kernels/spatial_attention_triton.py. */
 #include "runtime.h"
 
-#define LOG2E 1.4426950408889634
-
 DRGAN_API size_t drgan_spatial_attention_workspace_size(int64_t batch, int64_t n) {
     /* The kernel always writes the log-sum-exp (the training backward reads it). */
     return batch > 0 && n > 0 ? drgan_round_up((size_t)batch * (size_t)n * sizeof(float)) : 0;
 }
 
-/* Q/K width in registers: the next power of two, at least the tensor-core minimum 16. */
+/* Q/K width in registers: the next power of two, at least the tensor-core minimum. */
 static int block_d(int64_t qk_dim) {
-    int width = 16;
+    int width = DRGAN_SPATIAL_MIN_BLOCK_D;
     while (width < qk_dim) width *= 2;
     return width;
 }
@@ -33,8 +31,9 @@ DRGAN_API drgan_status drgan_spatial_attention_fwd(
     /* The kernel's running maximum is max(scores) * scale, which needs scale > 0. */
     if (!(scale > 0.0f))
         return drgan_fail(DRGAN_ERROR_INVALID_VALUE, "spatial attention: scale %g must be > 0", (double)scale);
-    if (qk_dim > 128)
-        return drgan_fail(DRGAN_ERROR_UNSUPPORTED, "spatial attention: qk_dim %lld exceeds 128", (long long)qk_dim);
+    if (qk_dim > DRGAN_SPATIAL_MAX_QK_DIM)
+        return drgan_fail(DRGAN_ERROR_UNSUPPORTED, "spatial attention: qk_dim %lld exceeds %d", (long long)qk_dim,
+                          DRGAN_SPATIAL_MAX_QK_DIM);
     if (batch > 65535)
         return drgan_fail(DRGAN_ERROR_INVALID_VALUE, "spatial attention: batch %lld exceeds the grid limit 65535", (long long)batch);
     if (workspace_size < drgan_spatial_attention_workspace_size(batch, n) || !workspace)
@@ -64,7 +63,7 @@ DRGAN_API drgan_status drgan_spatial_attention_fwd(
     if (status != DRGAN_SUCCESS) return status;
     args[SPATIAL_FWD_DQK].i32 = (int32_t)qk_dim;
     args[SPATIAL_FWD_DV].i32 = (int32_t)v_dim;
-    args[SPATIAL_FWD_QK_SCALE].f32 = (float)(scale * LOG2E); /* exp2 inside: log2(e) folded into the scale */
+    args[SPATIAL_FWD_QK_SCALE].f32 = (float)(scale * DRGAN_LOG2E); /* exp2 inside: log2(e) folded into the scale */
 
     const drgan_image* image;
     status = drgan_select(DRGAN_K_SPATIAL_FWD, dtype, block_d(qk_dim), -1, args, &image);
