@@ -11,6 +11,7 @@ compared with the Triton JIT kernel and the PyTorch reference, with the timings 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import subprocess
@@ -25,7 +26,8 @@ from drgan.kernels import adain, adain_ref, channel_attention, channel_attention
 from drgan.kernels.spatial_attention import spatial_attention_ref
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path("/tmp/drgan-native-build")
+# One build folder per checkout: CMake refuses a folder configured from another source tree.
+BUILD = Path("/tmp") / f"drgan-native-build-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
 QK_BLOCKS, DRY_QK_BLOCKS = "16;64", "16"
 SPATIAL_SHAPES = [(6400, 64, 512), (25600, 16, 256), (102400, 4, 128)]  # (N, Dqk, Dv), batch 1
 CHANNEL_SHAPES = [(512, 6400), (256, 25600), (128, 102400)]  # (C, N), batch 1, channels_last
