@@ -14,6 +14,7 @@ from typing import Any
 from drgan.errors import DrganError
 
 COND_CHANNELS = ("vessel", "disc", "ma", "he", "ex", "se", "laser", "membrane")
+STRUCTURE_CHANNELS = ("vessel", "disc")  # the rest are lesion masks
 NUM_GRADES = 5
 NORMS = ("batch", "instance", "none")
 STAGES = ("global", "local")
@@ -35,6 +36,9 @@ class ModelConfig:
     disc_channels: tuple[int, ...] = (64, 128, 256, 512)    # discriminator widths (conv4x4 s2 each)
     disc_scales: int = 3                                    # number of discriminators (full, /2, /4)
     grader_width: int = 64                                  # ResNet-50 base width (64 = torchvision)
+    sca: bool = True                                        # ablation switch: False = synthesis blocks without attention
+    agm: bool = True                                        # ablation switch: False = no grading vector (instance norm, learned affine)
+    lesion_masks: bool = True                               # ablation switch: False = lesion channels zeroed (structure only)
 
     def __post_init__(self) -> None:
         for name in ("enc_channels", "sca_qk_dims", "local_channels", "disc_channels"):

@@ -23,7 +23,7 @@ class ModuleCost:
 
 
 def _generator_rows(g: DRGANGenerator) -> list[tuple[str, torch.nn.Module]]:
-    rows: list[tuple[str, torch.nn.Module]] = [("mapping", g.mapping)]
+    rows: list[tuple[str, torch.nn.Module]] = [] if g.mapping is None else [("mapping", g.mapping)]
     gm = g.global_gen
     rows += [("Gm.encoder.stem", gm.stem)]
     rows += [(f"Gm.encoder.down{i}", m) for i, m in enumerate(gm.down)]
@@ -86,4 +86,16 @@ def format_report(cfg: ModelConfig, name: str, stage: str = "local") -> str:
         f"grader (ResNet-50, width {cfg.grader_width}): {sum(p.numel() for p in build_grader(cfg).parameters()):,} params, "
         f"grading vector {cfg.z_dim}-d",
     ]
+    off = [name for name in ABLATIONS if not getattr(cfg, name)]
+    lines.append("ablations: " + (", ".join(f"no {name.replace('_', ' ')}" for name in off) if off else "none (the paper's network)"))
     return "\n".join(lines)
+
+
+ABLATIONS = ("sca", "agm", "lesion_masks")  # ModelConfig switches of the paper's ablation studies
+
+
+def format_run(options: dict) -> str:
+    """The training options of a run that define its objective, one per line."""
+    keys = ("trainer", "stage", "preset", "lr", "batch", "lambda_fm", "fm_norm", "lambda_perceptual", "perceptual",
+            "lambda_cls", "g_cls_weight", "lambda_l1", "ema", "gan_loss", "precision", "max_steps", "epochs")
+    return "\n".join(f"{k:<18} {options[k]}" for k in keys if k in options)

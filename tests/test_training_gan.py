@@ -241,3 +241,29 @@ def test_fp16_resume_is_exact_with_the_scaler_state(tmp_path, space):
     assert json.loads((tmp_path / "full" / "state.json").read_text())["scaler"]["scale"] == scale
     assert json.loads((tmp_path / "half" / "state.json").read_text())["scaler"]["scale"] == scale
     _assert_same_run(tmp_path / "full", tmp_path / "half", ("G.safetensors", "D.safetensors", "state.safetensors"))
+
+
+@pytest.mark.parametrize("switch", ["sca", "agm", "lesion_masks"])
+def test_ablation_switches_train_are_recorded_and_shown(tmp_path, space, switch, capsys):
+    from drgan.cli import cli
+    from drgan.cli.common import run_command
+    from drgan.nn import SCA, AdaIN, DRGANGenerator
+
+    report = train_gan(options(tmp_path, space, max_steps=1, **{switch: False}), PhantomSet(2))
+    assert all(np.isfinite(v) for v in report["log"][-1].values())
+    cfg, _, _ = read_run_config(tmp_path / "run")
+    assert getattr(cfg, switch) is False and all(getattr(cfg, s) for s in ("sca", "agm", "lesion_masks") if s != switch)
+    g = DRGANGenerator(cfg, "global").eval()
+    cond, z = PhantomSet(2)[1]["cond"][None], torch.randn(2, CFG.z_dim)
+    cond = torch.nn.functional.avg_pool2d(cond, 2).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        out, _ = g(cond, z, 0)
+        if switch == "sca":
+            assert not any(isinstance(m, SCA) for m in g.modules())
+        elif switch == "agm":  # the grading vector has no effect
+            assert g.mapping is None and not any(isinstance(m, AdaIN) for m in g.modules())
+            assert torch.equal(out, g(cond, torch.randn(2, CFG.z_dim), 0)[0])
+        else:  # the lesion channels have no effect
+            assert torch.equal(out, g(torch.cat([cond[:, :2], torch.rand_like(cond[:, 2:])], 1), z, 0)[0])
+    assert run_command(cli, args=["info", "--run", str(tmp_path / "run")], prog_name="drgan") == 0
+    assert f"ablations: no {switch.replace('_', ' ')}" in capsys.readouterr().out

@@ -36,7 +36,7 @@ from drgan.io import atomic_write_bytes, sha256_file
 from drgan.runs import WEIGHT_FILES, prepare_out, read_run, remove_unfinished, require_kind, write_run_config
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.metrics.fidelity import tensor_fidelity
-from drgan.nn import DRGANGenerator, build_discriminator, set_kernel_impl
+from drgan.nn import DRGANGenerator, build_discriminator, set_kernel_impl, structure_only
 from drgan.training import distributed as dist_util
 from drgan.training import losses
 from drgan.training.logger import RunLogger
@@ -103,8 +103,9 @@ def resolve_options(opts: GanOptions) -> GanOptions:
 
 
 def model_config(opts: GanOptions) -> ModelConfig:
-    """The preset's config; with --init or --resume the config that run was trained with."""
-    cfg = preset(opts.preset)
+    """The preset's config with the ablation switches; with --init or --resume the config that run
+    was trained with."""
+    cfg = dataclasses.replace(preset(opts.preset), sca=opts.sca, agm=opts.agm, lesion_masks=opts.lesion_masks)
     source = opts.resume or opts.init
     if source is None:
         return cfg
@@ -280,6 +281,7 @@ class GanTrainer:
         cond = cond.to(self.device, non_blocking=True).float()
         if self.stage == "global":
             image, cond = F.avg_pool2d(image, 2), F.avg_pool2d(cond, 2)
+        cond = structure_only(cond, self.cfg)  # D sees the conditions G sees
         return image.contiguous(memory_format=fmt), cond.contiguous(memory_format=fmt)
 
     # ----------------------------------------------------------------------------- one step

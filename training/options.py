@@ -96,6 +96,9 @@ class GanOptions(_Options):
     lambda_cls: float = 1.0             # lambda3: focal grade classification of the discriminators (real and fake)
     g_cls_weight: float = 0.0           # the generator's own focal term on D's grade heads (ACGAN; not in the paper)
     lambda_l1: float = 0.0              # pixel L1 to the paired real image (pix2pix; not in the paper)
+    sca: bool = True                    # ablation (paper Table II): False = synthesis blocks without SCA
+    agm: bool = True                    # ablation: False = no grading vector (instance norm, learned affine)
+    lesion_masks: bool = True           # ablation: False = lesion mask channels zeroed for G and D
     focal_gamma: float = 2.0            # focal-loss focusing parameter (Lin et al.)
     gan_loss: str = "bce"               # 'bce' (non-saturating) or 'lsgan'
     perceptual: str = "auto"            # perceptual feature network: 'vgg19', 'grader', 'none', or 'auto' (a run records the resolved one)

@@ -1,7 +1,7 @@
 """The DR-GAN networks, one module per concern."""
 from drgan.nn.agm import AdaIN
 from drgan.nn.discriminator import DiscOutput, MultiScaleDiscriminator, PatchDiscriminator
-from drgan.nn.generator import DRGANGenerator, GlobalGenerator, LocalEnhancer
+from drgan.nn.generator import DRGANGenerator, GlobalGenerator, LocalEnhancer, structure_only
 from drgan.nn.grader import GradeNet
 from drgan.nn.layers import set_kernel_impl
 from drgan.nn.mapping import MappingNetwork
@@ -31,4 +31,5 @@ __all__ = [
     "build_discriminator",
     "build_grader",
     "set_kernel_impl",
+    "structure_only",
 ]

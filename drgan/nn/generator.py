@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drgan.config import ModelConfig, STAGES
+from drgan.config import COND_CHANNELS, STAGES, STRUCTURE_CHANNELS, ModelConfig
 from drgan.errors import DrganError, name_list
 from drgan.nn.agm import AdaIN
 from drgan.nn.layers import assert_shape, conv_norm_relu, norm_layer
@@ -15,6 +15,14 @@ from drgan.nn.mapping import MappingNetwork
 from drgan.nn.sca import SCA
 
 Noise = None | int | Sequence[torch.Tensor]
+
+
+def structure_only(cond: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """The condition map as the model sees it: without lesion masks (ablation) only vessel and disc."""
+    if cfg.lesion_masks:
+        return cond
+    keep = torch.tensor([c in STRUCTURE_CHANNELS for c in COND_CHANNELS], dtype=cond.dtype, device=cond.device)
+    return cond * keep.view(1, -1, 1, 1)
 
 
 class ResBlock(nn.Module):
@@ -40,20 +48,23 @@ class SynthesisBlock(nn.Module):
         qk_dim: int,        # SCA query/key dims
         w_dim: int,         # style-code size
         norm: str,          # normalization after the convolutions
+        sca: bool = True,   # False: no attention (ablation)
+        agm: bool = True,   # False: instance norm with a learned affine instead of AdaIN(w) (ablation)
     ) -> None:
         super().__init__()
         self.noise_channels = channels // 4
         self.fuse = nn.Conv2d(channels + self.noise_channels, channels, 1)
-        self.adain = AdaIN(channels, w_dim)
+        self.adain = AdaIN(channels, w_dim) if agm else None
+        self.norm = None if agm else nn.InstanceNorm2d(channels, affine=True)
         self.merge = conv_norm_relu(2 * channels + cond_channels, channels, 3, norm=norm)
-        self.sca = SCA(channels, qk_dim)
+        self.sca = SCA(channels, qk_dim) if sca else nn.Identity()
         self.up = conv_norm_relu(channels, channels // 2, 3, norm=norm, transposed=True)
 
     def forward(
-        self, x: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor, w: torch.Tensor, noise: torch.Tensor
+        self, x: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor, w: torch.Tensor | None, noise: torch.Tensor
     ) -> torch.Tensor:
         x = self.fuse(torch.cat([x, noise.to(x.dtype)], dim=1))
-        x = self.adain(x, w)
+        x = self.norm(x) if self.adain is None else self.adain(x, w)
         masks = F.adaptive_avg_pool2d(cond, x.shape[-2:]).to(x.dtype)
         x = self.merge(torch.cat([x, skip.to(x.dtype), masks], dim=1))
         return self.up(self.sca(x))
@@ -74,7 +85,7 @@ class GlobalGenerator(nn.Module):
         self.res = nn.Sequential(*(ResBlock(ch[-1], cfg.norm) for _ in range(cfg.n_res_blocks)))
         self.grade_head = nn.Conv2d(ch[-1], cfg.num_grades, 3, padding=1)
         self.synth = nn.ModuleList(
-            SynthesisBlock(c, cfg.cond_channels, d, cfg.w_dim, cfg.norm)
+            SynthesisBlock(c, cfg.cond_channels, d, cfg.w_dim, cfg.norm, sca=cfg.sca, agm=cfg.agm)
             for c, d in zip(reversed(ch[1:]), cfg.sca_qk_dims)
         )
         self.to_rgb = nn.Conv2d(ch[0], cfg.img_channels, 7, padding=3) if rgb_head else None
@@ -89,7 +100,7 @@ class GlobalGenerator(nn.Module):
         return self.grade_head(bottom).mean(dim=(2, 3)).float()
 
     def forward(
-        self, cond: torch.Tensor, w: torch.Tensor, noise: Sequence[torch.Tensor]
+        self, cond: torch.Tensor, w: torch.Tensor | None, noise: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Returns (image or None without RGB head, last synthesis features, grade logits)."""
         feats = self.encode(cond)
@@ -129,7 +140,8 @@ class DRGANGenerator(nn.Module):
             raise DrganError(f"unknown stage {stage!r}; choose one of {STAGES}")
         self.cfg = cfg
         self.stage = stage
-        self.mapping = MappingNetwork(cfg.z_dim, cfg.w_dim, cfg.mapping_layers)
+        # Without AGM no parameter may depend on z (DDP refuses parameters without gradients).
+        self.mapping = MappingNetwork(cfg.z_dim, cfg.w_dim, cfg.mapping_layers) if cfg.agm else None
         self.global_gen = GlobalGenerator(cfg, rgb_head=stage == "global")
         self.local = LocalEnhancer(cfg) if stage == "local" else None
 
@@ -167,7 +179,8 @@ class DRGANGenerator(nn.Module):
             assert_shape(n, shape, "noise")
         if cond.is_contiguous(memory_format=torch.channels_last) and not cond.is_contiguous():
             noise = [n.contiguous(memory_format=torch.channels_last) for n in noise]
-        w = self.mapping(z)
+        w = None if self.mapping is None else self.mapping(z)
+        cond = structure_only(cond, self.cfg)
         if self.local is None:
             image, _, logits = self.global_gen(cond, w, noise)
             return image, logits
