@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_training_gan import PhantomSet  # noqa: E402
+from training_fixtures import PhantomSet  # noqa: E402
 
 from drgan.config import preset  # noqa: E402
 from drgan.grading_space import GradingSpace  # noqa: E402

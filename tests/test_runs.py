@@ -21,7 +21,7 @@ from drgan.nn import build_grader
 from drgan.runs import GRADER_FILE, read_run, write_run_config
 from drgan.training.gan import train_gan
 from drgan.training.options import GanOptions
-from test_training_gan import PhantomSet, write_space
+from training_fixtures import PhantomSet, write_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from drgan.training.gan import GanTrainer
 from drgan.training.options import GanOptions
-from test_training_gan import PhantomSet, write_space
+from training_fixtures import PhantomSet, write_space
 
 
 def _free_port() -> int:

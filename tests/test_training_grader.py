@@ -16,7 +16,7 @@ from drgan.grading_space import GradingSpace
 from drgan.training.gan import train_gan
 from drgan.training.grader import GraderOptions, train_grader
 from drgan.training.options import GanOptions
-from test_training_gan import PhantomSet
+from training_fixtures import PhantomSet
 
 CFG = preset("tiny-64")
 
