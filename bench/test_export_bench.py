@@ -12,7 +12,7 @@ from drgan.config import preset
 from drgan.export.aoti import AotiGenerator, compile_aoti
 from drgan.export.onnx_export import export_onnx
 from drgan.export.ort_runner import OrtGenerator
-from drgan.export.trt_build import BatchProfile
+from drgan.export.sidecar import BatchProfile
 from drgan.export.wrapper import example_inputs, prepare
 from drgan.nn import DRGANGenerator
 

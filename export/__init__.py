@@ -4,7 +4,8 @@ wrapper      the traced module: inputs cond, z, noise0..noise2; outputs image, g
 onnx_export  ONNX (dynamo exporter, opset 23, `Attention` per SCA block, dynamic batch)
 onnx_check   ONNX checker, shape inference, op types, the N x N tensor guard
 ort_runner   ONNX Runtime session and the comparison with PyTorch
-trt_build    TensorRT engine builder and its JSON sidecar; trt_runner: the engine runner
+sidecar      BatchProfile and the JSON sidecar beside every engine and package
+trt_build    TensorRT engine builder; trt_runner: the engine runner
 aoti         AOTInductor .pt2 packages
 backends     make_backend(name, run, ...): onnxruntime | tensorrt | aoti for the synthesis runner
 """

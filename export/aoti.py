@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from drgan.errors import DrganError, ParameterError
-from drgan.export.trt_build import BatchProfile, read_sidecar, write_sidecar
+from drgan.export.sidecar import BatchProfile, read_sidecar, write_sidecar
 from drgan.export.wrapper import example_inputs, input_shapes, output_shapes, prepare
 from drgan.nn import DRGANGenerator
 

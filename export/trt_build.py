@@ -12,14 +12,14 @@ paper-1280 blocks, 3.2 -> 6.1 TFLOP per 1280 px image (`wrapper.attention_flops`
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from drgan.io import atomic_write_bytes
 from drgan.errors import DrganError, ParameterError
-from drgan.export.wrapper import input_shapes, output_shapes
+from drgan.export.sidecar import BatchProfile, write_sidecar
+from drgan.export.wrapper import output_shapes
 from drgan.nn import DRGANGenerator
 
 INSTALL_HINT = "TensorRT is not installed: pip install 'drgan[trt]' (TensorRT 10 wheels, from NVIDIA's package index)"
@@ -36,53 +36,6 @@ def import_tensorrt() -> Any:
     except ImportError:
         raise TensorRTMissing(INSTALL_HINT) from None
     return tensorrt
-
-
-@dataclass(frozen=True)
-class BatchProfile:
-    """Batch range of an engine or package: kernels are tuned for `opt`, valid from `min` to `max`."""
-
-    min: int
-    opt: int
-    max: int
-
-    @classmethod
-    def from_options(
-        cls,
-        batch: int | None = None,
-        min_batch: int | None = None,
-        opt_batch: int | None = None,
-        max_batch: int | None = None,
-        default: tuple[int, int, int] = (1, 4, 16),
-    ) -> "BatchProfile":
-        """`--batch B` (fixed) or `--min-batch/--opt-batch/--max-batch` (unset ones from `default`,
-        clamped so that a lone --max-batch 2 still gives a valid range)."""
-        ranged = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch}
-        given = ["{" + k + "}" for k, v in ranged.items() if v is not None]
-        if batch is not None:
-            if given:
-                raise ParameterError(f"{{batch}} sets a fixed batch size; do not combine it with {', '.join(given)}")
-            if batch < 1:
-                raise ParameterError(f"{{batch}} {batch}: must be at least 1")
-            return cls(batch, batch, batch)
-        for k, v in ranged.items():
-            if v is not None and v < 1:
-                raise ParameterError(f"{{{k}}} {v}: must be at least 1")
-        lo = min_batch if min_batch is not None else default[0]
-        hi = max_batch if max_batch is not None else max(default[2], lo)
-        opt = opt_batch if opt_batch is not None else min(max(default[1], lo), hi)
-        if not lo <= opt <= hi:
-            raise ParameterError(f"batch range min {lo} <= opt {opt} <= max {hi} does not hold ({{min_batch}}, {{opt_batch}}, {{max_batch}})")
-        return cls(lo, opt, hi)
-
-    @property
-    def fixed(self) -> bool:
-        return self.min == self.max
-
-    def shapes(self, generator: DRGANGenerator) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """(min, opt, max) shape of every input, for IOptimizationProfile.set_shape."""
-        lo, opt, hi = (input_shapes(generator, b) for b in (self.min, self.opt, self.max))
-        return {name: (lo[name], opt[name], hi[name]) for name in lo}
 
 
 def engine_sidecar(
@@ -172,21 +125,3 @@ def build_engine(
         sidecar["plugin_library"] = str(Path(plugin_library).resolve())
     write_sidecar(engine_path, sidecar)
     return sidecar
-
-
-def sidecar_path(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name + ".json")
-
-
-def write_sidecar(artifact: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(sidecar_path(artifact), (json.dumps(data, indent=2) + "\n").encode())
-
-
-def read_sidecar(artifact: Path) -> dict[str, Any]:
-    path = sidecar_path(artifact)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DrganError(f"{path}: sidecar not found (re-run drgan-export)") from None
-    except json.JSONDecodeError as exc:
-        raise DrganError(f"{path}: not valid JSON ({exc})") from None

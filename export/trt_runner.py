@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from drgan.errors import DrganError
-from drgan.export.trt_build import import_tensorrt, read_sidecar
+from drgan.export.sidecar import read_sidecar
+from drgan.export.trt_build import import_tensorrt
 
 
 class TrtGenerator:

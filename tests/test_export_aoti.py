@@ -16,7 +16,7 @@ from drgan.cli.export import export
 from drgan.config import preset
 from drgan.errors import DrganError
 from drgan.export.backends import make_backend
-from drgan.export.trt_build import read_sidecar
+from drgan.export.sidecar import read_sidecar
 from drgan.export.wrapper import example_inputs, input_names
 from drgan.nn import DRGANGenerator
 

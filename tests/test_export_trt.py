@@ -16,7 +16,8 @@ from drgan.cli.common import run_command
 from drgan.cli.export import export
 from drgan.config import preset
 from drgan.errors import DrganError
-from drgan.export.trt_build import INSTALL_HINT, BatchProfile, engine_sidecar, read_sidecar, write_sidecar
+from drgan.export.sidecar import BatchProfile, read_sidecar, write_sidecar
+from drgan.export.trt_build import INSTALL_HINT, engine_sidecar
 from drgan.export.wrapper import attention_flops, pad_attention_qk, prepare
 from drgan.nn import DRGANGenerator
 

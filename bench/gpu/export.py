@@ -95,7 +95,7 @@ def main() -> bool:
         torch.cuda.empty_cache()
 
     from drgan.export.aoti import AotiGenerator, compile_aoti
-    from drgan.export.trt_build import BatchProfile
+    from drgan.export.sidecar import BatchProfile
 
     with tempfile.TemporaryDirectory() as tmp:
         aoti_args = (g, Path(tmp) / "g.pt2", BatchProfile(opts.batch, opts.batch, opts.batch), device, opts.precision)

@@ -48,7 +48,8 @@ def export(
 ) -> None:
     """Export the inference generator (mapping network + generator; inputs cond, z, noise0..noise2;
     outputs image, grade_logits)."""
-    from drgan.export.trt_build import BatchProfile, import_tensorrt
+    from drgan.export.sidecar import BatchProfile
+    from drgan.export.trt_build import import_tensorrt
 
     if want_trt:
         import_tensorrt()  # first: a missing TensorRT stops before any work
@@ -170,7 +171,8 @@ class _Exporter:
 
     def trt(self, onnx_name: str, name: str, profile, precision: str, opt_level: int, timing_cache: str | None,
             plugin_library: str | None = None) -> None:
-        from drgan.export.trt_build import build_engine, sidecar_path
+        from drgan.export.sidecar import sidecar_path
+        from drgan.export.trt_build import build_engine
         from drgan.export.trt_runner import TrtGenerator
 
         path = self.out / name
@@ -185,7 +187,7 @@ class _Exporter:
 
     def aoti(self, name: str, profile, device: str, precision: str) -> None:
         from drgan.export.aoti import AotiGenerator, compile_aoti
-        from drgan.export.trt_build import sidecar_path
+        from drgan.export.sidecar import sidecar_path
 
         path = self.out / name
         shape = f"batch {profile.min}" if profile.fixed else f"batch {profile.min}..{profile.max}"
