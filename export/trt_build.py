@@ -92,26 +92,9 @@ def build_engine(
         load_trt_plugin(trt, plugin_library)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: always explicit batch (EXPLICIT_BATCH is deprecated)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # by path, so external weights resolve beside it
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise DrganError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors[0] if errors else 'unknown error'}")
-
-    config = builder.create_builder_config()
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    config.builder_optimization_level = optimization_level
-    trt_profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in profile.shapes(generator).items():
-        trt_profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(trt_profile)
+    network = _parse_onnx(trt, builder, logger, onnx_path)
     cache_path = Path(timing_cache) if timing_cache else None
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
+    config = _builder_config(trt, builder, generator, profile, precision, optimization_level, cache_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise DrganError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
@@ -125,3 +108,39 @@ def build_engine(
         sidecar["plugin_library"] = str(Path(plugin_library).resolve())
     write_sidecar(engine_path, sidecar)
     return sidecar
+
+
+def _parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> Any:
+    """The network of the ONNX file; the parser's first error when it cannot read it."""
+    network = builder.create_network(0)  # TensorRT 10: always explicit batch (EXPLICIT_BATCH is deprecated)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # by path, so external weights resolve beside it
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise DrganError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors[0] if errors else 'unknown error'}")
+    return network
+
+
+def _builder_config(
+    trt: Any,
+    builder: Any,
+    generator: DRGANGenerator,
+    profile: BatchProfile,
+    precision: str,
+    optimization_level: int,
+    cache_path: Path | None,
+) -> Any:
+    """Precision flag, optimization level, the batch profile of every input, and the timing cache
+    (read from `cache_path` when it exists, so earlier builds' kernel timings are reused)."""
+    config = builder.create_builder_config()
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    config.builder_optimization_level = optimization_level
+    trt_profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile.shapes(generator).items():
+        trt_profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(trt_profile)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return config
