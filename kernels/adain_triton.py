@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from drgan.kernels.spec import INPUT, KernelSpec, Layout
+
 NUM_WARPS = 4
 # Reduction programs to aim for when splitting H*W: a few waves of an H100's 132 SMs.
 TARGET_PROGRAMS = 1024
@@ -157,6 +159,26 @@ def _backward_kernel(
         xhat = (x - mean[:, None]) * rstd[:, None]
         dx = (rstd * gamma)[:, None] * (g - mean_dy[:, None] - xhat * mean_dy_xhat[:, None])
         tl.store(d_ptrs + pos * stride_dp, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+def _layouts(*tensors: str) -> dict[str, Layout]:
+    """Unit stride along positions (contiguous) or channels (channels_last), each with its tile."""
+    return {layout: Layout(tuple(f"stride_{t}{axis}" for t in tensors), tile(layout == "channels_last"))
+            for layout, axis in (("contiguous", "p"), ("channels_last", "c"))}
+
+
+_CONFIG = (triton.Config({}, num_warps=NUM_WARPS),)
+# The forward passes x for the statistics it does not read; the backward its fp32 mean and rstd.
+REDUCE = KernelSpec("adain_reduce", _reduce_kernel,
+                    {"X": INPUT, "DY": INPUT, "SHIFT_OR_MEAN": "fp32", "RSTD": "fp32", "PART": "fp32"},
+                    configs=_CONFIG, layouts=_layouts("x", "g"))
+FORWARD = KernelSpec("adain_forward", _forward_kernel,
+                     {"X": INPUT, "GAMMA": INPUT, "BETA": INPUT, "Y": INPUT, "PART": "fp32", "MEAN": "fp32", "RSTD": "fp32"},
+                     ("eps",), _CONFIG, _layouts("x", "y"))
+BACKWARD = KernelSpec("adain_backward", _backward_kernel,
+                      {"X": INPUT, "DY": INPUT, "GAMMA": INPUT, "MEAN": "fp32", "RSTD": "fp32", "PART": "fp32",
+                       "DX": INPUT, "DGAMMA": "fp32", "DBETA": "fp32"},
+                      configs=_CONFIG, layouts=_layouts("x", "g", "d"))
 
 
 def flat_strides(t: torch.Tensor) -> tuple[int, int, int] | None:

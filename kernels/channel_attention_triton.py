@@ -15,6 +15,7 @@ import triton.language as tl
 
 from drgan.kernels import spatial_attention_triton
 from drgan.kernels.spatial_attention_triton import dot_precision
+from drgan.kernels.spec import INPUT, KernelSpec, Layout
 
 LOG2E = tl.constexpr(spatial_attention_triton.LOG2E)  # read inside the kernel
 # Gram tiles: BLOCK_M x BLOCK_M channels over BLOCK_K positions. Output tiles: BLOCK_M channels x
@@ -113,6 +114,21 @@ def _apply_kernel(
         acc = tl.dot(p.to(x.dtype), x, acc, input_precision=PRECISION)
     out = OUT + b * stride_ob + offs_m[:, None] * stride_oc + offs_n[None, :] * stride_on
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+def _layouts(*tensors: str) -> dict[str, Layout]:
+    """(B, C, N) views of a contiguous map have unit stride along N, of a channels_last map along C."""
+    return {layout: Layout(tuple(f"stride_{t}{axis}" for t in tensors)) for layout, axis in
+            (("contiguous", "n"), ("channels_last", "c"))}
+
+
+GRAM = KernelSpec("channel_gram", _gram_kernel, {"X": INPUT, "E_PART": "fp32"},
+                  configs=(triton.Config(GRAM_META, num_warps=NUM_WARPS, num_stages=NUM_STAGES),), layouts=_layouts("x"))
+APPLY = KernelSpec("channel_apply", _apply_kernel, {"X": INPUT, "E": "fp32", "OUT": INPUT},
+                   configs=(triton.Config(APPLY_META, num_warps=NUM_WARPS, num_stages=NUM_STAGES),),
+                   layouts=_layouts("x", "o"))
+SUM = KernelSpec("channel_sum", _sum_parts_kernel, {"PART": "fp32", "OUT": "fp32"},
+                 configs=(triton.Config(SUM_META, num_warps=NUM_WARPS, num_stages=1),))
 
 
 def gram_splits(batch: int, channels: int, positions: int) -> tuple[int, int]:

@@ -19,8 +19,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from drgan.kernels import adain_triton, channel_attention_triton, spatial_attention_triton
+from drgan.kernels.spec import KernelSpec
 
-DTYPES = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
+DTYPES = ("fp16", "bf16", "fp32")
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TARGETS = (90, 80)
 # Shared memory per block the hardware grants (opt-in maximum): H100 227 KB, A100 163 KB.
@@ -57,92 +58,51 @@ def _signature(
     return signature, attrs
 
 
-def _typed(fn, pointers: dict[str, str], floats: tuple[str, ...] = ()) -> dict[str, str]:
-    """Every argument an i32 unless named a pointer (with its type) or a float."""
-    return {arg: pointers.get(arg, "fp32" if arg in floats else "i32") for arg in fn.arg_names}
+def variant(spec: KernelSpec, dtype: str, layout: str = "contiguous", config: triton.Config | None = None,
+            qk_block: int = 0, **choices) -> Variant:
+    """`spec` for inputs of `dtype` with `layout`'s unit strides and tile, `config` (default: the spec's
+    first), the padded Q/K width `qk_block` (spatial attention) and the constexpr `choices`."""
+    config = config or spec.configs[0]
+    tile = spec.layouts[layout]
+    constexprs = {**{arg: 1 for arg in tile.unit}, **tile.meta, **config.kwargs, **choices}
+    if qk_block:
+        constexprs["BLOCK_D"] = qk_block
+    if "PRECISION" in spec.fn.arg_names:
+        constexprs["PRECISION"] = spatial_attention_triton.dot_precision(TORCH_DTYPES[dtype])
+    words = [spec.name, dtype, *([layout] if len(spec.layouts) > 1 else []), *([f"D{qk_block}"] if qk_block else []),
+             *(f"{k.lower()}={v}" for k, v in choices.items())]
+    tuned = " ".join(words) if len(spec.configs) > 1 else ""
+    name = f"{tuned} {config}" if tuned else " ".join(words)
+    return Variant(name, spec.fn, spec.types(dtype), constexprs, config.num_warps, config.num_stages, tuned, dtype, qk_block)
 
 
 def spatial_variants() -> list[Variant]:
     mod = spatial_attention_triton
     out = []
-    for dtype, ptr in DTYPES.items():
-        precision = mod.dot_precision(TORCH_DTYPES[dtype])
-        for block_d in (16, 64, 128):
-            if dtype == "fp32" and block_d > mod.MAX_QK_DIM_FP32:
+    for dtype in DTYPES:
+        for qk_block in (16, 64, 128):
+            if dtype == "fp32" and qk_block > mod.MAX_QK_DIM_FP32:
                 continue  # refused by spatial_attention._triton_unsupported
-            unit = {"stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "BLOCK_D": block_d, "PRECISION": precision}
-            for config in mod.FWD_CONFIGS:
-                fn = mod._fwd_kernel
-                types = _typed(fn, {"Q": ptr, "K": ptr, "V": ptr, "O": ptr, "LSE": "*fp32"}, ("qk_scale",))
-                out.append(Variant(f"spatial_fwd {dtype} D{block_d} {config}", fn, types,
-                                   {**unit, "stride_od": 1, **config.kwargs}, config.num_warps, config.num_stages,
-                                   f"spatial_fwd {dtype} D{block_d}", dtype, block_d))
+            out += [variant(mod.FWD, dtype, config=config, qk_block=qk_block) for config in mod.FWD_CONFIGS]
             for config in mod.BWD_CONFIGS:
-                common = {"Q": ptr, "K": ptr, "V": ptr, "DO": ptr, "LSE": "*fp32", "DELTA": "*fp32"}
-                fn = mod._bwd_dkdv_kernel
-                types = _typed(fn, {**common, "DK_PART": "*fp32", "DV_OUT": ptr}, ("qk_scale", "scale"))
-                out.append(Variant(f"spatial_dkdv {dtype} D{block_d} {config}", fn, types,
-                                   {**unit, "stride_gd": 1, "stride_xd": 1, **config.kwargs},
-                                   config.num_warps, config.num_stages, f"spatial_dkdv {dtype} D{block_d}", dtype, block_d))
-                fn = mod._bwd_dq_kernel
-                types = _typed(fn, {**common, "DQ_PART": "*fp32"}, ("qk_scale", "scale"))
-                out.append(Variant(f"spatial_dq {dtype} D{block_d} {config}", fn, types,
-                                   {**unit, "stride_gd": 1, **config.kwargs}, config.num_warps, config.num_stages,
-                                   f"spatial_dq {dtype} D{block_d}", dtype, block_d))
-        fn = mod._bwd_delta_kernel
-        out.append(Variant(f"spatial_delta {dtype}", fn, _typed(fn, {"O": ptr, "DO": ptr, "DELTA": "*fp32"}),
-                           {"stride_od": 1, "stride_gd": 1, "BLOCK_M": 64, "BLOCK_DV": 64}, dtype=dtype))
+                out += [variant(spec, dtype, config=config, qk_block=qk_block) for spec in (mod.DKDV, mod.DQ)]
+        out.append(variant(mod.DELTA, dtype))
     return out
 
 
 def channel_variants() -> list[Variant]:
     mod = channel_attention_triton
-    out = []
-    for dtype, ptr in DTYPES.items():
-        precision = spatial_attention_triton.dot_precision(TORCH_DTYPES[dtype])
-        # A channels_last map flattened to (B, C, N) has unit stride along C; a contiguous one along N.
-        for layout, unit in (("contiguous", "stride_xn"), ("channels_last", "stride_xc")):
-            fn = mod._gram_kernel
-            out.append(Variant(f"channel_gram {dtype} {layout}", fn, _typed(fn, {"X": ptr, "E_PART": "*fp32"}),
-                               {unit: 1, **mod.GRAM_META, "PRECISION": precision}, mod.NUM_WARPS, mod.NUM_STAGES,
-                               dtype=dtype))
-            fn = mod._apply_kernel
-            out_unit = unit.replace("x", "o")
-            out.append(Variant(f"channel_apply {dtype} {layout}", fn, _typed(fn, {"X": ptr, "E": "*fp32", "OUT": ptr}),
-                               {unit: 1, out_unit: 1, **mod.APPLY_META, "PRECISION": precision},
-                               mod.NUM_WARPS, mod.NUM_STAGES, dtype=dtype))
-    fn = mod._sum_parts_kernel
-    out.append(Variant("channel_sum fp32", fn, _typed(fn, {"PART": "*fp32", "OUT": "*fp32"}), mod.SUM_META,
-                       mod.NUM_WARPS, 1, dtype="fp32"))
-    return out
+    pairs = [variant(spec, dtype, layout) for dtype in DTYPES for layout in mod.GRAM.layouts for spec in (mod.GRAM, mod.APPLY)]
+    return pairs + [variant(mod.SUM, "fp32")]
 
 
 def adain_variants() -> list[Variant]:
     mod = adain_triton
     out = []
-    for dtype, ptr in DTYPES.items():
-        for channels_last in (False, True):
-            layout = "channels_last" if channels_last else "contiguous"
-            axis = "c" if channels_last else "p"
-            meta = mod.tile(channels_last)
-            for backward in (False, True):
-                fn = mod._reduce_kernel
-                stats = "*fp32" if backward else ptr
-                types = _typed(fn, {"X": ptr, "DY": ptr, "SHIFT_OR_MEAN": stats, "RSTD": stats, "PART": "*fp32"})
-                out.append(Variant(f"adain_reduce {dtype} {layout} backward={backward}", fn, types,
-                                   {f"stride_x{axis}": 1, f"stride_g{axis}": 1, "BACKWARD": backward, **meta},
-                                   mod.NUM_WARPS, dtype=dtype))
-            fn = mod._forward_kernel
-            types = _typed(fn, {"X": ptr, "GAMMA": ptr, "BETA": ptr, "Y": ptr, "PART": "*fp32",
-                                "MEAN": "*fp32", "RSTD": "*fp32"}, ("eps",))
-            out.append(Variant(f"adain_forward {dtype} {layout}", fn, types,
-                               {f"stride_x{axis}": 1, f"stride_y{axis}": 1, **meta}, mod.NUM_WARPS, dtype=dtype))
-            fn = mod._backward_kernel
-            types = _typed(fn, {"X": ptr, "DY": ptr, "GAMMA": ptr, "MEAN": "*fp32", "RSTD": "*fp32", "PART": "*fp32",
-                                "DX": ptr, "DGAMMA": "*fp32", "DBETA": "*fp32"})
-            out.append(Variant(f"adain_backward {dtype} {layout}", fn, types,
-                               {f"stride_x{axis}": 1, f"stride_g{axis}": 1, f"stride_d{axis}": 1, **meta},
-                               mod.NUM_WARPS, dtype=dtype))
+    for dtype in DTYPES:
+        for layout in mod.REDUCE.layouts:
+            out += [variant(mod.REDUCE, dtype, layout, BACKWARD=backward) for backward in (False, True)]
+            out += [variant(mod.FORWARD, dtype, layout), variant(mod.BACKWARD, dtype, layout)]
     return out
 
 

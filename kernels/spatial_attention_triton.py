@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from drgan.kernels.dispatch import interpreting
+from drgan.kernels.spec import INPUT, KernelSpec, Layout
 
 LOG2E = 1.4426950408889634
 MIN_BLOCK_D = 16  # tensor-core minimum K of tl.dot: Q/K are zero-padded up to it
@@ -42,6 +43,7 @@ BWD_CONFIGS = [
 ]
 # The interpreter runs every program in numpy: one small configuration, no tuning.
 INTERPRET_CONFIG = _config(32, 32, 64, 4, 1)
+DELTA_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_DV": 64})
 
 
 @triton.jit
@@ -244,6 +246,20 @@ def _bwd_dq_kernel(
     tl.store(part, dq * scale, mask=row_ok[:, None])
 
 
+# Q, K, V (and O, dO) are (B, N, D) with unit stride along D.
+_QKV = {"Q": INPUT, "K": INPUT, "V": INPUT}
+_UNIT = ("stride_qd", "stride_kd", "stride_vd")
+FWD = KernelSpec("spatial_fwd", _fwd_kernel, {**_QKV, "O": INPUT, "LSE": "fp32"}, ("qk_scale",), tuple(FWD_CONFIGS),
+                 {"contiguous": Layout(_UNIT + ("stride_od",))})
+DKDV = KernelSpec("spatial_dkdv", _bwd_dkdv_kernel,
+                  {**_QKV, "DO": INPUT, "LSE": "fp32", "DELTA": "fp32", "DK_PART": "fp32", "DV_OUT": INPUT},
+                  ("qk_scale", "scale"), tuple(BWD_CONFIGS), {"contiguous": Layout(_UNIT + ("stride_gd", "stride_xd"))})
+DQ = KernelSpec("spatial_dq", _bwd_dq_kernel, {**_QKV, "DO": INPUT, "LSE": "fp32", "DELTA": "fp32", "DQ_PART": "fp32"},
+                ("qk_scale", "scale"), tuple(BWD_CONFIGS), {"contiguous": Layout(_UNIT + ("stride_gd",))})
+DELTA = KernelSpec("spatial_delta", _bwd_delta_kernel, {"O": INPUT, "DO": INPUT, "DELTA": "fp32"}, configs=(DELTA_CONFIG,),
+                   layouts={"contiguous": Layout(("stride_od", "stride_gd"))})
+
+
 def autotuner(kernel, configs: list[triton.Config], do_bench=None) -> triton.runtime.Autotuner:
     """`kernel` tuned over `configs` per (N, DQK, DV); `do_bench` replaces the timing (tests)."""
     return triton.autotune(configs=configs, key=["N", "DQK", "DV"], do_bench=do_bench)(kernel)
@@ -295,8 +311,8 @@ def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float):
     dv = v.shape[2]
     bd = block_d(dqk)
     delta = torch.empty((b, n), device=q.device, dtype=torch.float32)
-    _bwd_delta_kernel[(triton.cdiv(n, 64), b)](
-        out, grad, delta, *out.stride(), *grad.stride(), n, dv, BLOCK_M=64, BLOCK_DV=64,
+    _bwd_delta_kernel[(triton.cdiv(n, DELTA_CONFIG.kwargs["BLOCK_M"]), b)](
+        out, grad, delta, *out.stride(), *grad.stride(), n, dv, **DELTA_CONFIG.kwargs,
     )
     dv_out = torch.empty_like(v, memory_format=torch.contiguous_format)
     # One partial dK / dQ per Dv tile, room for the smallest BLOCK_DV. While autotuning, every

@@ -33,6 +33,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 from drgan.kernels import adain_triton, channel_attention_triton, spatial_attention_triton  # noqa: E402
 from drgan.kernels import compile_check as cc  # noqa: E402
+from drgan.kernels.spec import KernelSpec  # noqa: E402
 
 DTYPES = ("fp16", "bf16")  # C enum order: DRGAN_FLOAT16, DRGAN_BFLOAT16; the partial sum runs in fp32
 DTYPE_IDS = {"fp16": 0, "bf16": 1, "fp32": 2}
@@ -63,9 +64,11 @@ class Layout:
 @dataclasses.dataclass
 class Kernel:
     c_name: str               # enum name in the C table
-    base: dict[str, cc.Variant]  # dtype -> a compile_check variant (types, constexprs, warps, stages)
+    spec: KernelSpec
     layouts: tuple[Layout, ...]
     keys: tuple[int, ...] = (0,)  # spatial attention: BLOCK_D values compiled; else one key 0
+    dtypes: tuple[str, ...] = DTYPES
+    choices: dict[str, object] = dataclasses.field(default_factory=dict)  # constexprs the launcher fixes
 
 
 def _strides(prefix: str, axes: str) -> tuple[str, ...]:
@@ -73,22 +76,18 @@ def _strides(prefix: str, axes: str) -> tuple[str, ...]:
 
 
 def kernels(qk_blocks: tuple[int, ...]) -> list[Kernel]:
-    def pick(variants, name: str) -> cc.Variant:
-        return next(v for v in variants if v.name.startswith(name))
-
-    spatial, channel, adain = cc.spatial_variants(), cc.channel_variants(), cc.adain_variants()
     qk, vo = _strides("q", "bn") + _strides("k", "bn"), _strides("v", "bn") + _strides("o", "bn")
     unit_qkvo = ("stride_qd", "stride_kd", "stride_vd", "stride_od")
     out = [
-        Kernel("SPATIAL_FWD", {d: pick(spatial, f"spatial_fwd {d} D16 ") for d in DTYPES}, (
+        Kernel("SPATIAL_FWD", spatial_attention_triton.FWD, (
             Layout("aligned", unit_qkvo, qk + vo + ("DQK", "DV")),
             Layout("qk_unaligned", unit_qkvo, vo + ("DV",)),
             Layout("generic", (), (), pointers=False),
         ), tuple(qk_blocks)),
     ]
-    for c_name, kind in (("CHANNEL_GRAM", "gram"), ("CHANNEL_APPLY", "apply")):
-        outs = kind == "apply"
-        out.append(Kernel(c_name, {d: pick(channel, f"channel_{kind} {d} contiguous") for d in DTYPES}, (
+    for c_name, spec in (("CHANNEL_GRAM", channel_attention_triton.GRAM), ("CHANNEL_APPLY", channel_attention_triton.APPLY)):
+        outs = spec is channel_attention_triton.APPLY
+        out.append(Kernel(c_name, spec, (
             Layout("contiguous", ("stride_xn",) + (("stride_on",) if outs else ()),
                    _strides("x", "bc") + (_strides("o", "bc") if outs else ()) + ("N",),
                    () if outs else ("chunk",)),
@@ -97,38 +96,35 @@ def kernels(qk_blocks: tuple[int, ...]) -> list[Kernel]:
                    () if outs else ("chunk",)),
             Layout("generic", (), (), () if outs else ("chunk",), pointers=False),
         )))
-    for c_name, kind in (("ADAIN_REDUCE", "reduce"), ("ADAIN_FORWARD", "forward")):
-        name = "adain_reduce {} contiguous backward=False" if kind == "reduce" else "adain_forward {} contiguous"
-        ys = kind == "forward"
-        out.append(Kernel(c_name, {d: pick(adain, name.format(d)) for d in DTYPES}, (
+    for c_name, spec in (("ADAIN_REDUCE", adain_triton.REDUCE), ("ADAIN_FORWARD", adain_triton.FORWARD)):
+        ys = spec is adain_triton.FORWARD
+        # The reduction runs forward only: DY is x and its strides are not passed.
+        choices = {} if ys else {"BACKWARD": False}
+        out.append(Kernel(c_name, spec, (
             Layout("contiguous", ("stride_xp",) + (("stride_yp",) if ys else ()),
                    _strides("x", "bc") + (_strides("y", "bc") if ys else ()) + ("HW",), ("chunk",)),
             Layout("channels_last", ("stride_xc",) + (("stride_yc",) if ys else ()),
                    _strides("x", "bp") + (_strides("y", "bp") if ys else ()) + ("C",), ("chunk",)),
             Layout("generic", (), (), ("chunk",), pointers=False),
-        )))
-    out.append(Kernel("CHANNEL_SUM", {"fp32": pick(channel, "channel_sum fp32")},
-                      (Layout("aligned", (), ("count",)), Layout("generic", (), (), pointers=False))))
+        ), choices=choices))
+    out.append(Kernel("CHANNEL_SUM", channel_attention_triton.SUM,
+                      (Layout("aligned", (), ("count",)), Layout("generic", (), (), pointers=False)), dtypes=("fp32",)))
     return out
 
 
 def _variant(kernel: Kernel, dtype: str, layout: Layout, key: int, arch: int) -> cc.Variant:
-    """The compile_check variant of this kernel specialized for one layout, key and arch."""
-    base = kernel.base[dtype]
+    """The compile check's variant of this kernel specialized for one layout, key and arch."""
+    spec = kernel.spec
+    config = spec.configs[SPATIAL_CONFIG[arch]] if len(spec.configs) > 1 else None
+    tile = layout.name if layout.name in spec.layouts else "contiguous"  # the tile (AdaIN's differs by layout)
+    base = cc.variant(spec, dtype, tile, config, key, **kernel.choices)
+    # The C launcher's conditions replace the compile check's unit strides.
     constexprs = {k: v for k, v in base.constexprs.items() if not k.startswith("stride_")}
     constexprs.update({arg: 1 for arg in layout.unit})
-    warps, stages = base.num_warps, base.num_stages
-    if kernel.c_name == "SPATIAL_FWD":
-        config = spatial_attention_triton.FWD_CONFIGS[SPATIAL_CONFIG[arch]]
-        constexprs.update(config.kwargs, BLOCK_D=key)
-        warps, stages = config.num_warps, config.num_stages
-    if kernel.c_name.startswith("ADAIN"):
-        constexprs.update(adain_triton.tile(channels_last=layout.name == "channels_last"))
     pointers = tuple(a for a, t in base.types.items() if t.startswith("*")) if layout.pointers else ()
     aligned = pointers + layout.checked + layout.assumed
     name = f"{kernel.c_name.lower()}_{dtype}_{layout.name}" + (f"_d{key}" if key else "")
-    return dataclasses.replace(base, name=name, constexprs=constexprs, num_warps=warps, num_stages=stages,
-                               aligned=aligned)
+    return dataclasses.replace(base, name=name, constexprs=constexprs, aligned=aligned)
 
 
 _KERNELS: list[Kernel] = []  # set before the worker processes fork; jobs name kernels by index
@@ -186,8 +182,8 @@ def write_outputs(out: Path, kernel_list: list[Kernel], results: list[dict], arc
             (out / "ptx" / f"{r['variant']}.ptx").write_text(r["ptx"])
             images.append({**r, "image_arch": PTX_ARCH, "blob": add(r["ptx"].encode() + b"\0")})
 
-    fns = {k.c_name: next(iter(k.base.values())).fn for k in kernel_list}
-    types_of = {k.c_name: next(iter(k.base.values())).types for k in kernel_list}  # dtypes differ in pointees only
+    fns = {k.c_name: k.spec.fn for k in kernel_list}
+    types_of = {k.c_name: k.spec.types(k.dtypes[0]) for k in kernel_list}  # dtypes differ in pointees only
     layout_ids = {k.c_name: {lay.name: i for i, lay in enumerate(k.layouts)} for k in kernel_list}
     header = [
         "/* Generated by native/gen_kernels.py: argument indices of each kernel, in the Triton signature's order. */",
@@ -265,7 +261,7 @@ def main() -> None:
     archs = tuple(sorted(set(args.arch or SPATIAL_CONFIG)))
     kernel_list = kernels(tuple(sorted(set(args.qk_block or (16, 32, 64, 128)))))
     _KERNELS[:] = kernel_list
-    jobs = [(i, d, j, key, arch) for arch in archs for i, k in enumerate(kernel_list) for d in k.base
+    jobs = [(i, d, j, key, arch) for arch in archs for i, k in enumerate(kernel_list) for d in k.dtypes
             for j in range(len(k.layouts)) for key in k.keys]
     start = time.perf_counter()
     print(f"gen_kernels: compiling {len(jobs)} kernel images for sm_{', sm_'.join(map(str, archs))} "
