@@ -31,7 +31,7 @@ from drgan.metrics.fidelity import GROUPS, fidelity_above_chance, tensor_fidelit
 from drgan.metrics.images import open_image_set
 from drgan.metrics.swd import compute_swd
 from drgan.training.gan import GanTrainer
-from drgan.training.grader import GraderOptions, train_grader
+from drgan.training.grader_pretraining import GraderOptions, train_grader
 from drgan.training.options import GanOptions
 
 ARMS = {

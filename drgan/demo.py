@@ -89,7 +89,7 @@ def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=pri
     from drgan.metrics.fidelity import evaluate_fidelity
     from drgan.synthesis.runner import SynthesisOptions, synthesize
     from drgan.training.gan import train_gan
-    from drgan.training.grader import train_grader
+    from drgan.training.grader_pretraining import train_grader
     from drgan.training.options import GanOptions, GraderOptions
 
     out = Path(out)

@@ -50,7 +50,7 @@ def test_demo_recipe_draws_vessels_and_lesions_where_the_masks_are(tmp_path):
     from drgan.demo import DEMO_RECIPE
     from drgan.metrics.fidelity import fidelity_above_chance, tensor_fidelity
     from drgan.training.gan import GanTrainer
-    from drgan.training.grader import GraderOptions, train_grader
+    from drgan.training.grader_pretraining import GraderOptions, train_grader
     from drgan.training.options import GanOptions
 
     torch.set_num_threads(2)

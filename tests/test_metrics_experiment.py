@@ -61,7 +61,7 @@ def test_label_distribution():
 
 
 def test_augment_experiment_end_to_end(tmp_path):
-    pytest.importorskip("drgan.training.grader", reason="needs the grader trainer (drgan.training.grader)")
+    pytest.importorskip("drgan.training.grader_pretraining", reason="needs the grader trainer (drgan.training.grader_pretraining)")
     from drgan.cli import cli
     from drgan.data.phantom import write_phantom_dataset
 

@@ -16,7 +16,7 @@ from drgan.cli.common import run_command
 from drgan.config import preset
 from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError, ParameterError
-from drgan.metrics.grader import load_grader
+from drgan.metrics.grade_prediction import load_grader
 from drgan.nn import build_grader
 from drgan.runs import GRADER_FILE, read_run, write_run_config
 from drgan.training.gan import train_gan

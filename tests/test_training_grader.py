@@ -14,7 +14,7 @@ from drgan.data.dataset import FundusDataset
 from drgan.data.phantom import write_phantom_dataset
 from drgan.grading_space import GradingSpace
 from drgan.training.gan import train_gan
-from drgan.training.grader import GraderOptions, train_grader
+from drgan.training.grader_pretraining import GraderOptions, train_grader
 from drgan.training.options import GanOptions
 from training_fixtures import PhantomSet
 
@@ -57,8 +57,8 @@ def test_grader_epochs_metrics_and_grading_space(tmp_path, phantom_dir, capsys):
 
 
 def test_grading_spaces_fit_on_unaugmented_training_images(tmp_path, phantom_dir):
-    from drgan.metrics.grader import load_grader
-    from drgan.training.grader import grader_features
+    from drgan.metrics.grade_prediction import load_grader
+    from drgan.training.grader_pretraining import grader_features
 
     train = FundusDataset(phantom_dir, 64, split="train", augment=True)
     train_grader(train, FundusDataset(phantom_dir, 64, split="val"), tmp_path / "g", GraderOptions(preset="tiny-64", epochs=1, batch=8))

@@ -88,7 +88,7 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
 def grading(run: Path, data: Path, split: str | None, device: str, batch: int, as_json: bool) -> None:
     """Accuracy, quadratic-weighted kappa, per-grade TPR and confusion matrix of a grader."""
     from drgan.data.dataset import FundusDataset
-    from drgan.metrics.grader import evaluate_grader, load_grader
+    from drgan.metrics.grade_prediction import evaluate_grader, load_grader
     from drgan.metrics.grading import format_grading_table
 
     model, resolution = load_grader(run, _device(device))

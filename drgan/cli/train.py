@@ -35,7 +35,7 @@ def grader(data_dir: str, out: str, overwrite: bool, preset: str, epochs: int, b
     from drgan.data.dataset import FundusDataset
     from drgan.config import preset as get_preset
     from drgan.runs import check_out
-    from drgan.training.grader import GraderOptions, train_grader
+    from drgan.training.grader_pretraining import GraderOptions, train_grader
 
     opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, lr=lr, balanced=balanced, seed=seed, device=device, workers=workers)
     check_out(out, overwrite)  # before the datasets are opened

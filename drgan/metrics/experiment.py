@@ -26,7 +26,7 @@ from drgan.checkpoint import load_module
 from drgan.io import atomic_write_bytes
 from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.errors import DrganError
-from drgan.metrics.grader import GRADER_FILE, evaluate_grader
+from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
 
 BASELINES = ("mixup", "cutmix")
 MIX_ALPHA = 1.0  # Beta(alpha, alpha) mixing ratio
@@ -163,7 +163,7 @@ def run_augment_experiment(
     """Train one grader per arm under `out/<arm>`; write out/results.json and out/results.md."""
     from drgan.data.dataset import FundusDataset
     from drgan.nn import build_grader
-    from drgan.training.grader import GraderOptions, train_grader
+    from drgan.training.grader_pretraining import GraderOptions, train_grader
 
     opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, seed=seed, device=device)
     cfg = get_preset(preset)

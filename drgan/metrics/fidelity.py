@@ -196,7 +196,7 @@ def evaluate_fidelity(
     text += format_fidelity(result["fidelity"], result.get("fidelity_reference")) + "\n"
     if grader_run is not None:
         from drgan.data.dataset import FundusDataset
-        from drgan.metrics.grader import evaluate_grader, load_grader
+        from drgan.metrics.grade_prediction import evaluate_grader, load_grader
 
         model, side = load_grader(grader_run, device)
         text += f"\nGrader {grader_run} at {side} px, by each set's labels (chance: accuracy 0.2, kappa 0)\n\n"

@@ -2,7 +2,7 @@
 from drgan.nn.agm import AdaIN
 from drgan.nn.discriminator import DiscOutput, MultiScaleDiscriminator, PatchDiscriminator
 from drgan.nn.generator import DRGANGenerator, GlobalGenerator, LocalEnhancer, structure_only
-from drgan.nn.grader import GradeNet
+from drgan.nn.grade_net import GradeNet
 from drgan.nn.layers import set_kernel_impl
 from drgan.nn.mapping import MappingNetwork
 from drgan.nn.sca import SCA
