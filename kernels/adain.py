@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from drgan.errors import DrganError
 from drgan.kernels import dispatch
 
 
@@ -14,10 +15,10 @@ def adain(
     impl: str = "auto",
 ) -> torch.Tensor:
     """x: (B, C, H, W), contiguous or channels_last; gamma, beta: (B, C). Output keeps x's layout."""
-    assert x.ndim == 4, f"x {tuple(x.shape)} must be (B, C, H, W)"
-    assert gamma.shape == x.shape[:2] and beta.shape == x.shape[:2], (
-        f"gamma {tuple(gamma.shape)} and beta {tuple(beta.shape)} must be (B, C) = {tuple(x.shape[:2])}"
-    )
+    if x.ndim != 4:
+        raise DrganError(f"adain: x {tuple(x.shape)} must be (B, C, H, W)")
+    if gamma.shape != x.shape[:2] or beta.shape != x.shape[:2]:
+        raise DrganError(f"adain: gamma {tuple(gamma.shape)} and beta {tuple(beta.shape)} must be (B, C) = {tuple(x.shape[:2])}")
     if dispatch.resolve("adain", impl, (x, gamma, beta), _triton_unsupported(x)) == "triton":
         from drgan.kernels.adain_triton import adain_triton
 

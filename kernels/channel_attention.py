@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import torch
 
+from drgan.errors import DrganError
 from drgan.kernels import dispatch
 
 
 def channel_attention(x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """x: (B, C, N), any strides (a channels_last map flattened is (B, C, N) with stride 1 on C)."""
-    assert x.ndim == 3, f"x {tuple(x.shape)} must be (B, C, N)"
+    if x.ndim != 3:
+        raise DrganError(f"channel_attention: x {tuple(x.shape)} must be (B, C, N)")
     if dispatch.resolve("channel_attention", impl, (x,), _triton_unsupported(x)) == "triton":
         from drgan.kernels.channel_attention_triton import channel_attention_triton
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from drgan.errors import DrganError
 from drgan.kernels import dispatch
 
 # Scores held at once by the reference: chunk_rows x N fp32 values (about 256 MB).
@@ -24,8 +25,10 @@ def spatial_attention(
     impl: str = "auto",
 ) -> torch.Tensor:
     """q, k: (B, N, Dqk); v: (B, N, Dv) -> (B, N, Dv) in v's dtype; softmax in fp32."""
-    assert q.ndim == 3 and k.shape == q.shape, f"q {tuple(q.shape)} and k {tuple(k.shape)} must both be (B, N, Dqk)"
-    assert v.ndim == 3 and v.shape[:2] == q.shape[:2], f"v {tuple(v.shape)} must be (B, N, Dv) with q {tuple(q.shape)}"
+    if q.ndim != 3 or k.shape != q.shape:
+        raise DrganError(f"spatial_attention: q {tuple(q.shape)} and k {tuple(k.shape)} must both be (B, N, Dqk)")
+    if v.ndim != 3 or v.shape[:2] != q.shape[:2]:
+        raise DrganError(f"spatial_attention: v {tuple(v.shape)} must be (B, N, Dv) with q {tuple(q.shape)}")
     chosen = dispatch.resolve("spatial_attention", impl, (q, k, v), _triton_unsupported(q, v))
     if chosen == "triton":
         from drgan.kernels.spatial_attention_triton import spatial_attention_triton
