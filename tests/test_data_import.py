@@ -14,7 +14,7 @@ from drgan.config import COND_CHANNELS
 from drgan.data.format import read_mask, read_rgb, validate_dataset
 from drgan.data.importers import import_release
 from drgan.data.importers.core import Item, binarize, carve_splits, parse_grade
-from drgan.data.preprocess import prepare
+from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError
 
 H, W = 96, 128          # non-square photographs: the importer crops to the field of view
@@ -71,7 +71,7 @@ def expected_masks(image_path, kinds) -> dict[str, np.ndarray]:
     for kind in kinds:
         if kind in CHANNEL:
             stack[..., COND_CHANNELS.index(CHANNEL[kind])] = drawn(kind)[1] * 255
-    return {n: prepare(image, stack, SIZE)[1][..., k] for k, n in enumerate(COND_CHANNELS)}
+    return {n: crop_and_resize(image, stack, SIZE)[1][..., k] for k, n in enumerate(COND_CHANNELS)}
 
 
 def labels(out) -> dict[str, tuple[int, str]]:

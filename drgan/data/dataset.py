@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from drgan.data.format import open_dataset
-from drgan.data.preprocess import prepare
+from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError
 
 
@@ -68,7 +68,7 @@ class FundusDataset(Dataset):
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed uint8 image (R, R, 3) and masks (R, R, 8) of sample i, before augmentation."""
         image, masks = self.index.read_sample(self.samples[i])
-        return prepare(image, masks, self.resolution)
+        return crop_and_resize(image, masks, self.resolution)
 
     def __getitem__(self, i: int) -> dict:
         image, cond = self.load(i)

@@ -69,7 +69,7 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return resize_image(mask, size)
 
 
-def prepare(image: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def crop_and_resize(image: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """FOV crop, pad to square and resize an image (H, W, 3) and its masks (H, W, K), uint8."""
     window = square_window(fov_box(image))
     image = resize_image(crop_square(image, window), size)

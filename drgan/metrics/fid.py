@@ -37,7 +37,7 @@ from drgan.checkpoint import save_tensors
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
 from drgan.io import sha256_file
-from drgan.metrics.images import ImageSet, read_rgb
+from drgan.metrics.images import ImageSet, load_rgb
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
@@ -106,7 +106,7 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return read_rgb(self.paths[index])
+        return load_rgb(self.paths[index])
 
 
 @torch.inference_mode()

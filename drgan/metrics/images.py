@@ -70,8 +70,9 @@ def open_image_set(folder: str | os.PathLike) -> ImageSet:
     return image_set
 
 
-def read_rgb(path: Path, size: int | None = None) -> np.ndarray:
-    """An image file as uint8 (H, W, 3); with `size`, resized to size x size by area averaging."""
+def load_rgb(path: Path, size: int | None = None) -> np.ndarray:
+    """An image file as uint8 (H, W, 3); with `size`, resized to size x size by area averaging.
+    Any mode and size is taken as is (a dataset's own checks are drgan.data.format.read_rgb's)."""
     try:
         with PIL.Image.open(path) as image:
             image = image.convert("RGB")

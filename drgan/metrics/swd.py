@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
-from drgan.metrics.images import ImageSet, read_rgb
+from drgan.metrics.images import ImageSet, load_rgb
 
 NHOOD_SIZE = 7           # neighbourhood side
 NHOODS_PER_IMAGE = 128   # neighbourhoods drawn per image and level
@@ -113,7 +113,7 @@ def _set_descriptors(
     paths = image_set.paths
     with tqdm(total=len(paths), desc=f"SWD patches {image_set.root.name}", unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), batch):
-            chunk = [read_rgb(p, resolution) for p in paths[start:start + batch]]
+            chunk = [load_rgb(p, resolution) for p in paths[start:start + batch]]
             images = torch.from_numpy(np.stack(chunk)).to(device).permute(0, 3, 1, 2).float()
             for i, level in enumerate(laplacian_pyramid(images, len(levels))):
                 per_level[i].append(patch_descriptors(level, rng))
@@ -156,7 +156,7 @@ def compute_swd(
     if per_grade:
         real_grades, fake_grades = real.by_grade(), fake.by_grade()  # raises for a plain folder
     if resolution is None:
-        resolution = read_rgb(fake.paths[0]).shape[1]
+        resolution = load_rgb(fake.paths[0]).shape[1]
     if resolution < MIN_RESOLUTION:
         raise DrganError(f"SWD resolution {resolution} is below the coarsest level {MIN_RESOLUTION}")
     for image_set in (real, fake):

@@ -23,7 +23,7 @@ from scipy import ndimage
 from drgan.config import COND_CHANNELS, NUM_GRADES
 from drgan.data.format import LABELS_FILE, MIN_SIDE, read_mask, read_rgb
 from drgan.data.lesions import LESION_TYPES
-from drgan.data.preprocess import prepare
+from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError, ParameterError
 from drgan.io import TEMP_MARK, atomic_write_bytes, atomic_write_text, check_writable_dir, encode_png
 
@@ -192,7 +192,7 @@ def convert(item: Item, out: Path, size: int, vessels: str) -> tuple[str, dict[s
             stack[..., COND_CHANNELS.index(channel)] = binarize(read_mask(path, image.shape[:2])[0])
     except DrganError as exc:
         return "skipped", str(exc)
-    image, stack = prepare(image, stack, size)
+    image, stack = crop_and_resize(image, stack, size)
     masks = {name: stack[..., k] for k, name in enumerate(COND_CHANNELS)}
     if vessels == "extract" or "disc" not in item.masks:
         from drgan.data.masks import extract_structure
