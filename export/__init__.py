@@ -1,5 +1,6 @@
 """Model export of the inference generator (names and shapes in `wrapper`).
 
+pipeline     export_run(run, out, options): writes, checks and records every artifact (drgan-export)
 wrapper      the traced module: inputs cond, z, noise0..noise2; outputs image, grade_logits
 onnx_export  ONNX (dynamo exporter, opset 23, `Attention` per SCA block, dynamic batch)
 onnx_check   ONNX checker, shape inference, op types, the N x N tensor guard

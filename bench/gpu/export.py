@@ -4,10 +4,11 @@
 
 Random weights with the attention branches switched on (cost does not depend on the values). Eager runs
 twice: with the kernels the torch backend uses (impl 'auto') and with the SDPA path the AOTInductor
-package is compiled from, so compile gains and kernel choice are told apart. The JSON is rewritten
-after each part, so a part cut off by the time limit leaves the earlier numbers. --dry-run: the
-tiny preset in fp32 on the CPU, and the AOTInductor compile only has its arguments checked (it
-takes minutes on a CPU; tests/test_export_aoti.py compiles for real).
+package is compiled from, so compile gains and kernel choice are told apart. The package and the
+engine come from drgan-export's pipeline (export_run: compiled, then checked against eager fp32).
+The JSON is rewritten after each part, so a part cut off by the time limit leaves the earlier
+numbers. --dry-run: the tiny preset in fp32 on the CPU, and the AOTInductor export only has its
+options checked (it takes minutes on a CPU; tests/test_export_aoti.py compiles for real).
 """
 from __future__ import annotations
 
@@ -21,9 +22,16 @@ from pathlib import Path
 import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
 import torch
 
+from drgan.checkpoint import save_module
 from drgan.config import preset
+from drgan.export.aoti import AotiGenerator
+from drgan.export.backends import aoti_file, engine_file
+from drgan.export.pipeline import ExportOptions, export_run
+from drgan.export.sidecar import BatchProfile
+from drgan.export.trt_runner import TrtGenerator
 from drgan.export.wrapper import example_inputs, prepare
 from drgan.nn import DRGANGenerator
+from drgan.runs import write_run_config
 
 
 def latency_ms(run, args, repeats: int) -> float:
@@ -94,22 +102,23 @@ def main() -> bool:
     if device == "cuda":
         torch.cuda.empty_cache()
 
-    from drgan.export.aoti import AotiGenerator, compile_aoti
-    from drgan.export.sidecar import BatchProfile
-
     with tempfile.TemporaryDirectory() as tmp:
-        aoti_args = (g, Path(tmp) / "g.pt2", BatchProfile(opts.batch, opts.batch, opts.batch), device, opts.precision)
+        run, out = Path(tmp) / "run", Path(tmp) / "export"
+        write_run_config(run, g.cfg, g.stage)  # the random weights as a run folder: what drgan-export reads
+        save_module(g, run / "G_ema.safetensors")
+        profile = BatchProfile(opts.batch, opts.batch, opts.batch)
+        aoti = ExportOptions(onnx=False, aoti=True, precision=opts.precision, device=device)
         if opts.dry_run:
-            inspect.signature(compile_aoti).bind(*aoti_args)
-            result["notes"]["aoti"] = {"skipped": "dry run: arguments checked, not compiled"}
+            inspect.signature(export_run).bind(run, out, aoti, profile)
+            result["notes"]["aoti"] = {"skipped": "dry run: options checked, not compiled"}
         else:
             try:
                 start = time.perf_counter()
-                path = compile_aoti(*aoti_args)
-                compile_s = round(time.perf_counter() - start, 1)
-                print(f"AOTInductor compile: {compile_s} s")
-                package = AotiGenerator(path)
-                record("aoti", lambda c, z, *n: package(c, z, list(n)), {"compile_s": compile_s})
+                export_run(run, out, aoti, profile)
+                export_s = round(time.perf_counter() - start, 1)
+                print(f"AOTInductor export (compile and check): {export_s} s")
+                package = AotiGenerator(out / aoti_file(device, opts.precision))
+                record("aoti", lambda c, z, *n: package(c, z, list(n)), {"export_s": export_s})
             except Exception as exc:
                 result["notes"]["aoti"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
                 traceback.print_exc()
@@ -120,15 +129,9 @@ def main() -> bool:
             result["notes"]["tensorrt"] = {"skipped": "tensorrt is not installed"}
             save()
             return result["pass"]
-        from drgan.export.onnx_export import export_onnx
-        from drgan.export.trt_build import build_engine
-        from drgan.export.trt_runner import TrtGenerator
-
-        onnx_path = export_onnx(g, Path(tmp) / "g.onnx", pad_qk="v")
-        profile = BatchProfile(opts.batch, opts.batch, opts.batch)
         precision = "fp16" if opts.precision == "fp32" else opts.precision
-        build_engine(onnx_path, Path(tmp) / "g.engine", g, profile, precision, Path(tmp) / "timing.cache")
-        engine = TrtGenerator(Path(tmp) / "g.engine")
+        export_run(run, out, ExportOptions(onnx=False, trt=True, precision=precision), profile)
+        engine = TrtGenerator(out / engine_file(precision))
         record("tensorrt", lambda c, z, *n: engine(c, z, list(n)), {"precision": precision})
     return result["pass"]
 

@@ -1,0 +1,232 @@
+"""The export of a run's generator: ONNX (checked with ONNX Runtime), TensorRT engines, AOTInductor packages.
+
+    manifest = export_run("runs/paper", options=ExportOptions(aoti=True, precision="bf16", device="cuda"))
+
+Files written to OUT (default RUN/export), described in OUT/export.json (the returned manifest):
+    generator.onnx (+ .data)             fp32, dynamic batch, opset 23 (`Attention` per SCA block)
+    generator_trt.onnx (+ .data)         the same with Q/K zero-padded for TensorRT's fused attention
+    generator_trt_plugin.onnx (+ .data)  with trt_plugin: each attention a drgan::DrganSpatialAttention node
+    generator_<precision>.engine (+ .json)      TensorRT engine and its sidecar; timing.cache beside it
+    generator_<device>_<precision>.pt2 (+ .json) AOTInductor package and its sidecar
+Every artifact is checked against the eager fp32 generator before it is recorded.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from drgan.checkpoint import load_generator
+from drgan.errors import DrganError, ParameterError
+from drgan.export.aoti import AotiGenerator, compile_aoti
+from drgan.export.backends import (
+    MANIFEST, ONNX_FILE, TRT_ONNX_FILE, aoti_file, engine_file, read_manifest, weights_digest, weights_file,
+)
+from drgan.export.onnx_export import data_path, export_onnx
+from drgan.export.ort_runner import verify_onnx
+from drgan.export.sidecar import BatchProfile, sidecar_path
+from drgan.export.trt_build import build_engine, import_tensorrt
+from drgan.export.trt_runner import TrtGenerator
+from drgan.export.wrapper import OUTPUT_NAMES, attention_flops, example_inputs, input_shapes, output_shapes, pad_attention_qk, prepare
+from drgan.io import atomic_write_bytes, check_writable_dir
+from drgan.nn import DRGANGenerator
+from drgan.runs import read_run_config
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to write and how; checked on construction (the `{name}` fields of an error are these names)."""
+
+    onnx: bool = True                       # the fp32 ONNX file, checked with ONNX Runtime
+    trt: bool = False                       # a TensorRT engine (needs TensorRT and a GPU)
+    aoti: bool = False                      # an AOTInductor .pt2 package
+    precision: str = "fp32"                 # engine/package precision: 'fp32' | 'fp16' | 'bf16'
+    opset: int = 23                         # ONNX opset, >= 23 (the Attention op)
+    device: str | None = None               # device of the package; None: cuda if available, else cpu
+    external_data: bool | None = None       # ONNX weights in a .data file; None: automatic above 1 GB
+    pad_qk: bool = True                     # TensorRT: zero-pad Q/K to V's width for its fused attention
+    trt_plugin: str | Path | None = None    # TensorRT: libdrgan_trt_plugin.so runs each attention instead
+    opt_level: int | None = None            # TensorRT builder optimization level; None: its default, 3
+    timing_cache: str | Path | None = None  # TensorRT timing cache to reuse and update; None: OUT/timing.cache
+
+    def __post_init__(self) -> None:
+        if self.trt:
+            import_tensorrt()  # first: a missing TensorRT stops before any work
+        if not (self.onnx or self.trt or self.aoti):
+            raise ParameterError("nothing to export: name one of {onnx}, {trt}, {aoti}")
+        if self.precision != "fp32" and not (self.trt or self.aoti):
+            raise ParameterError(f"{{precision}} {self.precision} applies to {{trt}} and {{aoti}}; the ONNX file is always fp32")
+        if not self.trt and (self.opt_level is not None or self.timing_cache is not None or self.trt_plugin is not None):
+            raise ParameterError("{opt_level}, {timing_cache} and {trt_plugin} configure the TensorRT build: add {trt}")
+        if self.trt_plugin is not None and self.precision == "fp32":
+            raise ParameterError("{trt_plugin} runs the fp16/bf16 kernels: add {precision} fp16 or {precision} bf16")
+
+
+def export_run(
+    run: str | Path,
+    out: str | Path | None = None,
+    options: ExportOptions = ExportOptions(),
+    profile: BatchProfile = BatchProfile(1, 4, 16),
+    stage: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Write, check and record the artifacts `options` asks for; returns the manifest (OUT/export.json).
+
+    `profile` is the batch range of engines and packages; `stage`, when given, must be the run's."""
+    device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"{{device}} {device}: no CUDA GPU is visible")
+    if options.trt and not torch.cuda.is_available():
+        raise ParameterError("{trt} needs a CUDA GPU: TensorRT builds its engine for the GPU it runs on")
+    run = Path(run)
+    out = Path(out) if out else run / "export"
+    check_writable_dir(out)  # before the export's minutes of work
+    exporter = _Exporter(run, out, stage, log)
+    exporter.write(options, profile, device)
+    return exporter.manifest
+
+
+class _Exporter:
+    """Writes the requested artifacts, checks each, and keeps OUT/export.json up to date."""
+
+    def __init__(self, run: Path, out: Path, stage: str | None, log: Callable[[str], None]) -> None:
+        self.start, self.log = time.perf_counter(), log
+        self.out = out
+        self.status(f"loading {run}")
+        self.generator = _load_stage(run, stage)
+        self.sha = weights_digest(run)
+        out.mkdir(parents=True, exist_ok=True)
+        self.manifest = {
+            "run": str(run.resolve()),
+            "weights": str(weights_file(run).name),
+            "files": read_manifest(out)["files"],
+        }
+        self.written: list[Path] = []
+
+    def status(self, message: str) -> None:
+        self.log(f"[{time.perf_counter() - self.start:6.1f}s] {message}")
+
+    def write(self, options: ExportOptions, profile: BatchProfile, device: str) -> None:
+        g = self.generator
+        self.status(f"generator: {g.stage} stage, {g.resolution} px, "
+                    f"{sum(p.numel() for p in g.parameters()) / 1e6:.1f} M parameters")
+        if options.onnx:
+            self.onnx(ONNX_FILE, options.opset, options.external_data, pad_qk=None)
+        opt_level = 3 if options.opt_level is None else options.opt_level
+        if options.trt and options.trt_plugin:
+            from drgan.export.onnx_plugin import ONNX_FILE as PLUGIN_ONNX_FILE  # needs onnx: only on this path
+
+            self.plugin_onnx(PLUGIN_ONNX_FILE, options.opset, options.external_data)
+            self.trt(PLUGIN_ONNX_FILE, engine_file(options.precision), profile, options.precision, opt_level,
+                     options.timing_cache, plugin_library=options.trt_plugin)
+        elif options.trt:
+            onnx_file = TRT_ONNX_FILE if options.pad_qk else ONNX_FILE
+            if options.pad_qk or not options.onnx:
+                self.onnx(onnx_file, options.opset, options.external_data, pad_qk="v" if options.pad_qk else None)
+            self.trt(onnx_file, engine_file(options.precision), profile, options.precision, opt_level, options.timing_cache)
+        if options.aoti:
+            self.aoti(aoti_file(device, options.precision), profile, device, options.precision)
+        self.save_manifest()
+        self.log(f"wrote {len(self.written)} file(s) to {self.out}:")
+        for path in self.written:
+            self.log(f"  {path.name:<40} {path.stat().st_size / 1e6:10.1f} MB")
+
+    def onnx(self, name: str, opset: int, external_data: bool | None, pad_qk: str | None) -> None:
+        from drgan.export.onnx_check import check_graph  # needs onnx: not for an engine or package alone
+
+        path = self.out / name
+        padded = " (Q/K zero-padded to V's width)" if pad_qk else ""
+        self.status(f"ONNX opset {opset}{padded}: exporting {path.name}")
+        if pad_qk:
+            plain = attention_flops(self.generator)
+            wide = attention_flops(pad_attention_qk(prepare(self.generator).generator))
+            self.status(f"  padding Q/K raises the attention cost from {plain / 1e9:.1f} to {wide / 1e9:.1f} GFLOP per image")
+        export_onnx(self.generator, path, opset=opset, pad_qk=pad_qk, external_data=external_data)
+        report = check_graph(path, expected_attention=len(self.generator.global_gen.synth))
+        self.status(f"  graph check passed: {report.summary()}")
+        self.status("  ONNX Runtime vs PyTorch (fp32)")
+        comparisons = verify_onnx(path, self.generator)
+        for c in comparisons:
+            self.status(f"    {c.line()}")
+        self.record(path, {"opset": opset, "qk_padded": bool(pad_qk), "op_counts": report.op_counts,
+                           "onnxruntime_check": [c.line() for c in comparisons]})
+        if data_path(path).is_file():
+            self.written.append(data_path(path))
+
+    def plugin_onnx(self, name: str, opset: int, external_data: bool | None) -> None:
+        from drgan.export.onnx_plugin import OP_TYPE, check_plugin_graph, convert_file
+
+        path = self.out / name
+        self.status(f"ONNX opset {opset} with {OP_TYPE} plugin nodes: exporting {path.name}")
+        export_onnx(self.generator, path, opset=opset, external_data=external_data)
+        convert_file(path, path)
+        counts = check_plugin_graph(path, expected=len(self.generator.global_gen.synth))
+        self.status(f"  graph check passed: {counts[OP_TYPE]} {OP_TYPE} nodes (ONNX Runtime cannot run them; "
+                    "the engine is compared with PyTorch instead)")
+        self.record(path, {"opset": opset, "trt_plugin": True, "op_counts": counts})
+        if data_path(path).is_file():
+            self.written.append(data_path(path))
+
+    def trt(self, onnx_name: str, name: str, profile: BatchProfile, precision: str, opt_level: int,
+            timing_cache: str | Path | None, plugin_library: str | Path | None = None) -> None:
+        path = self.out / name
+        cache = Path(timing_cache) if timing_cache else self.out / "timing.cache"
+        self.status(f"TensorRT {precision} engine, batch {profile.min}/{profile.opt}/{profile.max}, "
+                    f"optimization level {opt_level}: building {path.name} (minutes)")
+        build_engine(self.out / onnx_name, path, self.generator, profile, precision, cache, opt_level, plugin_library)
+        diff = self.compare(TrtGenerator(path), profile.min)
+        self.status(f"  engine loaded; max abs diff vs PyTorch fp32 at batch {profile.min}: {diff:.2e}")
+        self.record(path, {"precision": precision, "onnx": onnx_name, "max_abs_diff_vs_torch": diff})
+        self.written += [sidecar_path(path), cache]
+
+    def aoti(self, name: str, profile: BatchProfile, device: str, precision: str) -> None:
+        path = self.out / name
+        shape = f"batch {profile.min}" if profile.fixed else f"batch {profile.min}..{profile.max}"
+        self.status(f"AOTInductor {device} {precision}, {shape}: compiling {path.name} (minutes)")
+        compile_aoti(self.generator, path, profile, device, precision)
+        diff = self.compare(AotiGenerator(path), profile.min)
+        self.status(f"  package loaded; max abs diff vs PyTorch fp32 at batch {profile.min}: {diff:.2e}")
+        if precision == "fp32" and diff > 1e-3:
+            raise DrganError(f"{path}: the AOTInductor package differs from PyTorch by {diff:.2e} (> 1e-3)")
+        self.record(path, {"precision": precision, "device": device, "max_abs_diff_vs_torch": diff})
+        self.written.append(sidecar_path(path))
+
+    def compare(self, runner: AotiGenerator | TrtGenerator, batch: int) -> float:
+        """Max abs difference of a runner's outputs from the eager fp32 generator's."""
+        inputs = example_inputs(self.generator, batch, seed=1, device=runner.device)
+        image, logits = runner(inputs[0], inputs[1], list(inputs[2:]))
+        with torch.no_grad():  # the reference on the runner's device: paper-1280 on a CPU takes minutes
+            ref_image, ref_logits = self.generator.to(runner.device)(inputs[0], inputs[1], list(inputs[2:]))
+        self.generator.cpu()
+        return max((image - ref_image).abs().max().item(), (logits - ref_logits).abs().max().item())
+
+    def record(self, path: Path, info: dict[str, Any]) -> None:
+        self.manifest["files"][path.name] = {"weights_sha256": self.sha, **info}
+        self.written.append(path)
+
+    def save_manifest(self) -> None:
+        g = self.generator
+        self.manifest.update({
+            "stage": g.stage,
+            "resolution": g.resolution,
+            "inputs": {k: [-1, *v[1:]] for k, v in input_shapes(g, 1).items()},
+            "outputs": {k: [-1, *v[1:]] for k, v in output_shapes(g, 1).items()},
+            "output_names": list(OUTPUT_NAMES),
+            "model": g.cfg.to_dict(),
+        })
+        path = self.out / MANIFEST
+        atomic_write_bytes(path, (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode())
+        self.written.append(path)
+
+
+def _load_stage(run: Path, stage: str | None) -> DRGANGenerator:
+    """The run's generator; `stage` only confirms which one (a local run has no global RGB head:
+    pix2pixHD drops it when the local enhancer is added, so its Gm cannot be exported alone)."""
+    _, run_stage, _ = read_run_config(run)
+    if stage is not None and stage != run_stage:
+        raise ParameterError(f"{{stage}} {stage}: {run} is a {run_stage}-stage run; export it with {{stage}} {run_stage}")
+    return load_generator(run)
