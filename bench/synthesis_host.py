@@ -29,7 +29,7 @@ PRESET, SIZE, BATCH = "paper-1280", 1280, 8
 def measure(fmt: str, count: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        s = synthesize(SynthesisOptions(checkpoint=None, preset=PRESET, backend="null", out=f"{tmp}/set", count=count,
+        s = synthesize(SynthesisOptions(run=None, preset=PRESET, backend="null", out=f"{tmp}/set", count=count,
                                         batch=BATCH, format=fmt, device="cpu", threads=threads, progress=False))
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)

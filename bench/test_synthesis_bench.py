@@ -17,7 +17,7 @@ def test_synthesis_throughput(benchmark, tmp_path, name, count, batch):
     fresh = itertools.count()
 
     def synth():
-        return synthesize(SynthesisOptions(checkpoint=str(run), out=str(tmp_path / f"out{next(fresh)}"), count=count,
+        return synthesize(SynthesisOptions(run=str(run), out=str(tmp_path / f"out{next(fresh)}"), count=count,
                                            batch=batch, device="cpu", progress=False, threads=os.cpu_count() or 2))
 
     summary = benchmark.pedantic(synth, rounds=2, warmup_rounds=0)
@@ -38,7 +38,7 @@ def test_host_side_null_backend_paper_1280(benchmark, tmp_path, rendered_pool, f
     fresh, count = itertools.count(), 64
 
     def synth():
-        return synthesize(SynthesisOptions(checkpoint=None, preset=PRESET, backend="null", out=str(tmp_path / f"out{next(fresh)}"),
+        return synthesize(SynthesisOptions(run=None, preset=PRESET, backend="null", out=str(tmp_path / f"out{next(fresh)}"),
                                            count=count, batch=BATCH, format=fmt, device="cpu", progress=False,
                                            threads=os.cpu_count() or 2))
 

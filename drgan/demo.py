@@ -136,7 +136,7 @@ def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=pri
 
     def synthesis() -> str:
         summary = synthesize(SynthesisOptions(
-            checkpoint=str(local_run), out=str(synth), count=scale.per_grade * NUM_GRADES, batch=scale.per_grade,
+            run=str(local_run), out=str(synth), count=scale.per_grade * NUM_GRADES, batch=scale.per_grade,
             device=device, save_masks=True, threads=2,
         ))
         return f"{summary.total} images, {summary.images_per_second:.1f} images/s"

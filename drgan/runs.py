@@ -1,6 +1,6 @@
 """Run folders: their file names, metadata, which weights to load, and what kind a folder is.
 
-A run folder (`--out RUN` of the train commands, `--checkpoint RUN` elsewhere) holds:
+A run folder (`--out RUN` of the train commands, `--run RUN` elsewhere) holds:
 
     RUN/run.json                  {"model": ModelConfig, "stage", "options": {"trainer": "gan"|"grader", ...},
                                    "resolution" (grader: input side in px), "dataset" (labels.csv sha256)}

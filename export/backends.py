@@ -60,37 +60,37 @@ def weights_digest(run: str | Path) -> str:
 
 def make_backend(
     name: str,
-    checkpoint_run: str | Path,
+    run: str | Path,
     device: str = "cpu",
     precision: str = "fp32",
     export_dir: str | Path | None = None,
     batch: int | None = None,
 ) -> GeneratorBackend:
-    """The generator of `checkpoint_run` behind backend `name` on `device` at `precision`; `batch`, when
+    """The generator of `run` behind backend `name` on `device` at `precision`; `batch`, when
     given, is checked against the batch range the engine or package was built for."""
     device = str(device)
     if name not in BACKENDS:
         raise ParameterError(f"{{backend}} {name!r} is not one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise ParameterError(f"{{precision}} {precision!r} is not one of {', '.join(PRECISIONS)}")
-    read_run_config(checkpoint_run)  # a clear error when it is not a run folder
-    folder = Path(export_dir) if export_dir else Path(checkpoint_run) / "export"
+    read_run_config(run)  # a clear error when it is not a run folder
+    folder = Path(export_dir) if export_dir else Path(run) / "export"
     if name == "onnxruntime":
         from drgan.export.ort_runner import OrtGenerator, has_cuda_provider
 
         if precision != "fp32":
             raise ParameterError("{backend} onnxruntime runs the fp32 ONNX file; use {precision} fp32")
-        _check_current(folder, ONNX_FILE, checkpoint_run, "--onnx")
+        _check_current(folder, ONNX_FILE, run, "--onnx")
         # Without onnxruntime-gpu the session runs on the CPU; outputs are then CPU tensors.
         return OrtGenerator(folder / ONNX_FILE, device if has_cuda_provider() else "cpu")
     if name == "tensorrt":
         from drgan.export.trt_runner import TrtGenerator
 
-        _check_current(folder, engine_file(precision), checkpoint_run, f"--trt --precision {precision}")
+        _check_current(folder, engine_file(precision), run, f"--trt --precision {precision}")
         return _check_batch(TrtGenerator(folder / engine_file(precision), device), batch)
     from drgan.export.aoti import AotiGenerator
 
-    _check_current(folder, aoti_file(device, precision), checkpoint_run,
+    _check_current(folder, aoti_file(device, precision), run,
                    f"--aoti --device {torch.device(device).type} --precision {precision}")
     return _check_batch(AotiGenerator(folder / aoti_file(device, precision)), batch)
 

@@ -23,7 +23,7 @@ def run(tmp_path_factory):
 
 
 def opts(run, out, **kw):
-    return SynthesisOptions(checkpoint=str(run), out=str(out), count=kw.pop("count", 10), batch=kw.pop("batch", 4),
+    return SynthesisOptions(run=str(run), out=str(out), count=kw.pop("count", 10), batch=kw.pop("batch", 4),
                             progress=False, threads=2, device="cpu", **kw)
 
 
@@ -132,7 +132,7 @@ def test_predicted_label_takes_the_grading_vector_of_the_encoders_grade(run, tmp
     again = synthesize(opts(run, tmp_path / "pred", count=10, label="predicted", save_masks=True))
     assert again.generated == 0 and manifest(tmp_path / "pred") == rows
     with pytest.raises(DrganError, match="^label predicted needs"):
-        synthesize(SynthesisOptions(checkpoint=None, preset="tiny-64", backend="null", out=str(tmp_path / "n"), count=2, label="predicted"))
+        synthesize(SynthesisOptions(run=None, preset="tiny-64", backend="null", out=str(tmp_path / "n"), count=2, label="predicted"))
 
 
 def test_plan_is_balanced_and_sharded():

@@ -124,9 +124,9 @@ def test_null_backend_with_a_preset_needs_no_run(tmp_path):
 
 def test_preset_needs_the_null_backend(tmp_path):
     with pytest.raises(DrganError, match="^preset needs backend null"):
-        synthesize(SynthesisOptions(checkpoint=None, preset="tiny-64", out=str(tmp_path / "o"), count=5, device="cpu", progress=False))
-    with pytest.raises(DrganError, match="exactly one of checkpoint and preset"):
-        synthesize(SynthesisOptions(checkpoint=None, out=str(tmp_path / "o"), count=5, backend="null", device="cpu", progress=False))
+        synthesize(SynthesisOptions(run=None, preset="tiny-64", out=str(tmp_path / "o"), count=5, device="cpu", progress=False))
+    with pytest.raises(DrganError, match="exactly one of run and preset"):
+        synthesize(SynthesisOptions(run=None, out=str(tmp_path / "o"), count=5, backend="null", device="cpu", progress=False))
     assert not (tmp_path / "o").exists()
 
 

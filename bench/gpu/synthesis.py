@@ -44,7 +44,7 @@ def main() -> None:
         run = make_run(Path(tmp) / "run", preset_name=preset)
 
         def options(out: str, images: int, fmt: str, backend: str, size: int = batch) -> SynthesisOptions:
-            return SynthesisOptions(checkpoint=str(run), out=f"{tmp}/{out}", count=images, batch=size, format=fmt,
+            return SynthesisOptions(run=str(run), out=f"{tmp}/{out}", count=images, batch=size, format=fmt,
                                     device=device, progress=False, backend=backend)
 
         # Warm-up: the structure pool of seed 0 rendered (the runner reuses it), Triton

@@ -11,7 +11,7 @@ from drgan.errors import DrganError, ParameterError
 DEVICE_HELP = "auto (CUDA when visible, else CPU), cpu, cuda or cuda:N."
 
 # Library parameters whose flag is not the parameter's name with dashes.
-_FLAGS = {"checkpoint": "--run", "data_dir": "--data", "init_run": "--init", "fmt": "--format"}
+_FLAGS = {"data_dir": "--data", "init_run": "--init", "fmt": "--format"}
 
 
 def flag(param: str) -> str:

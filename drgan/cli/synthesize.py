@@ -27,7 +27,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 
 
 @click.command()
-@click.option("--run", "--checkpoint", "checkpoint", type=click.Path(), help="Run folder of a trained GAN.")
+@click.option("--run", "--checkpoint", "run", type=click.Path(), help="Run folder of a trained GAN.")
 @click.option("--preset", help="With --backend null instead of --run: the preset's resolution, standard-normal grading spaces.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (dataset format + manifest.csv).")
 @click.option("--count", type=IntRange(1), help="Images in the whole set, spread over --grades in turn (balanced when a multiple of their number). This or --per-grade is required.")
@@ -53,14 +53,14 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch", show_default=True, help="Reader of --structures.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (with per-stage times) as JSON.")
-def synthesize(checkpoint, preset, out, count, per_grade, grades, structures, lesion_stats, label, seed, batch, precision,
+def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_stats, label, seed, batch, precision,
                backend, fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
     """Generate a balanced augmentation set; rerun the same command to resume.
 
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
     """
     from drgan.errors import DrganError
-    from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as run
+    from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as synthesize_set
 
     grade_list = _grades(grades)
     if (count is None) == (per_grade is None):
@@ -68,8 +68,8 @@ def synthesize(checkpoint, preset, out, count, per_grade, grades, structures, le
     total = count if count is not None else per_grade * len(grade_list)
     if total % len(grade_list):
         click.echo(f"warning: {_imbalance(total, grade_list)}", err=True)
-    summary = run(SynthesisOptions(
-        checkpoint=checkpoint, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
+    summary = synthesize_set(SynthesisOptions(
+        run=run, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
         seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality, png_level=png_level,
         save_masks=save_masks, shard=shard, loader=loader, device=device, label=label,
     ))

@@ -124,16 +124,16 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 
 def make_backend(
-    name: str, checkpoint: str | Path | None, size: int, device: torch.device, precision: str, batch: int
+    name: str, run: str | Path | None, size: int, device: torch.device, precision: str, batch: int
 ) -> LoadedBackend:
-    """The backend of the checkpoint's generator (checkpoint None: only the null backend)."""
+    """The backend of the run folder's generator (run None: only the null backend)."""
     if name not in BACKENDS:
         raise ParameterError(f"{{backend}} {name!r}: choose one of {', '.join(BACKENDS)}")
     if name == "null":
         return LoadedBackend(NullBackend(size, device), lambda b: [], "none", resolve_precision(precision, device))
     from drgan.checkpoint import load_generator
 
-    g = load_generator(checkpoint)
+    g = load_generator(run)
     weights = weights_sha256(g)
     if name == "torch":
         backend = TorchBackend(g, device, precision)
@@ -143,7 +143,7 @@ def make_backend(
     if precision == "auto" and name == "onnxruntime":
         precision = "fp32"  # the exported ONNX file is fp32
     precision = resolve_precision(precision, device)
-    exported = make_export_backend(name, checkpoint, device=device, precision=precision, batch=batch)
+    exported = make_export_backend(name, run, device=device, precision=precision, batch=batch)
     # The exported graph has no grade head: predictions come from the PyTorch encoder (built lazily).
     encoder = functools.cache(lambda: TorchBackend(g, device, precision, cuda_graph=False))
     return LoadedBackend(lambda cond, z, noise: exported(cond, z, noise)[0], g.noise_shapes, weights, precision,

@@ -50,7 +50,7 @@ IN_FLIGHT = 3
 
 @dataclass
 class SynthesisOptions:
-    checkpoint: str | None                      # run folder of a trained GAN (None: preset, null backend)
+    run: str | None                             # run folder of a trained GAN (None: preset, null backend)
     out: str                                    # output folder
     count: int                                  # images in the whole set
     grades: tuple[int, ...] = tuple(range(NUM_GRADES))  # cycled over the items: balanced
@@ -69,7 +69,7 @@ class SynthesisOptions:
     device: str = "auto"
     threads: int = field(default_factory=lambda: max(2, (os.cpu_count() or 2)))
     progress: bool = True
-    preset: str | None = None                   # with backend "null" instead of a checkpoint
+    preset: str | None = None                   # with backend "null" instead of a run
     label: str = "planned"                      # grading vector of the planned grade, or of the grade the encoder predicts from the masks
 
 
@@ -126,24 +126,24 @@ def _shard(text: str | None) -> Shard:
 
 
 def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
-    """Output resolution and grading space: the checkpoint's, or a preset's with standard-normal
+    """Output resolution and grading space: the run's, or a preset's with standard-normal
     grading spaces (null backend only: it needs no trained run)."""
-    if (opts.checkpoint is None) == (opts.preset is None):
-        raise ParameterError("give exactly one of {checkpoint} and {preset}")
+    if (opts.run is None) == (opts.preset is None):
+        raise ParameterError("give exactly one of {run} and {preset}")
     if opts.preset is not None:
         if opts.backend != "null":
-            raise ParameterError("{preset} needs {backend} null (a generator needs a trained run: {checkpoint})")
+            raise ParameterError("{preset} needs {backend} null (a generator needs a trained run: {run})")
         cfg = preset_config(opts.preset)
         return cfg.resolution, GradingSpace(torch.zeros(NUM_GRADES, cfg.z_dim), torch.ones(NUM_GRADES, cfg.z_dim), float("nan"))
-    checkpoint = Path(opts.checkpoint)
-    cfg, stage, _ = read_run_config(checkpoint)
-    return cfg.stage_resolution(stage), _grading_space(checkpoint, cfg.z_dim)
+    run = Path(opts.run)
+    cfg, stage, _ = read_run_config(run)
+    return cfg.stage_resolution(stage), _grading_space(run, cfg.z_dim)
 
 
-def _grading_space(checkpoint: Path, z_dim: int) -> GradingSpace:
-    path = checkpoint / GRADING_SPACE_FILE
+def _grading_space(run: Path, z_dim: int) -> GradingSpace:
+    path = run / GRADING_SPACE_FILE
     if not path.is_file():
-        raise DrganError(f"{checkpoint}: no {GRADING_SPACE_FILE} (train the grader and pass its grading space to `drgan train gan`)")
+        raise DrganError(f"{run}: no {GRADING_SPACE_FILE} (train the grader and pass its grading space to `drgan train gan`)")
     space = GradingSpace.load(path)
     if space.dim != z_dim or space.num_grades != NUM_GRADES:
         raise DrganError(f"{path}: grading vectors are {space.dim}-d for {space.num_grades} grades; the generator wants {z_dim}-d for {NUM_GRADES}")
@@ -161,12 +161,12 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     if opts.label not in LABELS:
         raise ParameterError(f"{{label}} {opts.label!r}: choose one of {', '.join(LABELS)}")
     if opts.label == "predicted" and opts.backend == "null":
-        raise ParameterError("{label} predicted needs the generator's encoder: a {checkpoint} and a generator backend, not null")
+        raise ParameterError("{label} predicted needs the generator's encoder: a {run} and a generator backend, not null")
     shard = _shard(opts.shard)
     device = _device(opts.device)
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
     pool = StructurePool.from_dataset(opts.structures, size, opts.loader) if opts.structures else StructurePool.phantom(size, opts.seed)
-    loaded = make_backend(opts.backend, opts.checkpoint, size, device, opts.precision, opts.batch)
+    loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch)
     times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
     out = OutputFolder(
         Path(opts.out), opts.format, opts.quality, opts.png_level, opts.save_masks,
