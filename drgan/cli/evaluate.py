@@ -144,7 +144,7 @@ def augment(real: Path, synthetic: Path, test: Path, baselines: tuple[str, ...],
             seed: int, device: str, out: Path, as_json: bool) -> None:
     """Grader trained on real vs real + synthetic data (paper Tables III/IV)."""
     from drgan.io import check_writable_dir
-    from drgan.metrics.experiment import run_augment_experiment
+    from drgan.training.augmentation_experiment import run_augment_experiment
 
     check_writable_dir(out)  # before hours of training
     with contextlib.redirect_stdout(sys.stderr):  # training logs go to stderr, the result alone to stdout

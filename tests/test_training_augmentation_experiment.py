@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from drgan.errors import DrganError
-from drgan.metrics.experiment import MixedGradeDataset, cutmix, label_distribution, mixup
+from drgan.training.augmentation_experiment import MixedGradeDataset, cutmix, label_distribution, mixup
 
 
 class _Constant(torch.utils.data.Dataset):
@@ -61,7 +61,6 @@ def test_label_distribution():
 
 
 def test_augment_experiment_end_to_end(tmp_path):
-    pytest.importorskip("drgan.training.grader_pretraining", reason="needs the grader trainer (drgan.training.grader_pretraining)")
     from drgan.cli import cli
     from drgan.data.phantom import write_phantom_dataset
 

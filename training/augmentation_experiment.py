@@ -1,4 +1,5 @@
-"""The paper's augmentation experiment (Section IV.D, Tables III and IV) at any scale.
+"""The paper's augmentation experiment (Section IV.D, Tables III and IV) at any scale: it trains one
+grader per arm, so it lives with the trainers and drgan.metrics stays free of training code.
 
 Arms, trained with identical options (preset, epochs, batch, optimizer, seed):
 - `real`: the grader on the real training rows alone;
@@ -23,10 +24,14 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from drgan.checkpoint import load_module
-from drgan.io import atomic_write_bytes
 from drgan.config import NUM_GRADES, preset as get_preset
+from drgan.data.dataset import FundusDataset
+from drgan.data.format import open_dataset
 from drgan.errors import DrganError
+from drgan.io import atomic_write_bytes
 from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
+from drgan.nn import build_grader
+from drgan.training.grader_pretraining import GraderOptions, train_grader
 
 BASELINES = ("mixup", "cutmix")
 MIX_ALPHA = 1.0  # Beta(alpha, alpha) mixing ratio
@@ -109,8 +114,6 @@ def label_distribution(grades: Sequence[int]) -> dict[str, Any]:
 
 
 def _test_split(folder: Path) -> str | None:
-    from drgan.data.format import open_dataset
-
     return "test" if any(s.split == "test" for s in open_dataset(folder).samples) else None
 
 
@@ -161,10 +164,6 @@ def run_augment_experiment(
     device: str = "cpu",
 ) -> tuple[dict[str, Any], str]:
     """Train one grader per arm under `out/<arm>`; write out/results.json and out/results.md."""
-    from drgan.data.dataset import FundusDataset
-    from drgan.nn import build_grader
-    from drgan.training.grader_pretraining import GraderOptions, train_grader
-
     opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, seed=seed, device=device)
     cfg = get_preset(preset)
     resolution = cfg.resolution
