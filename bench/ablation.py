@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from drgan.config import preset
@@ -54,19 +55,21 @@ def _save_images(images: torch.Tensor, folder: Path) -> None:
 
 
 def run_arm(name: str, base: dict, data: Path, out: Path, device: str) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Train one arm; (losses of the last step, G's test images, the real test images, their conditions, grades)."""
+    """Train one arm; (losses of the last step, G's test images, the real test images, their masks, grades)."""
     trainer = GanTrainer(GanOptions(out=str(out / name), data=str(data), **base, **ARMS[name]))
     report = trainer.fit()
     test = FundusDataset(data, trainer.cfg.resolution, split="test")
     items = [test[i] for i in range(len(test))]
-    real, cond = trainer._prepare(torch.stack([it["image"] for it in items]), torch.stack([it["cond"] for it in items]))
+    masks = torch.stack([it["cond"] for it in items])
+    real, cond = trainer._prepare(torch.stack([it["image"] for it in items]), masks)
     grades = torch.stack([it["grade"] for it in items])
     z = trainer.space.sample(grades, torch.Generator().manual_seed(1)).to(trainer.device)
     g = trainer.G.eval()
     with torch.no_grad():
         fake = torch.cat([g(cond[i:i + 8], z[i:i + 8], noise=i)[0] for i in range(0, len(items), 8)])
     losses = {k[5:]: v for k, v in report["log"][-1].items() if k.startswith("loss/")} if report["log"] else {}
-    return losses, fake, real, cond, grades
+    # Fidelity is measured against every mask of the test image, also those an arm hides from G.
+    return losses, fake, real, F.avg_pool2d(masks, 2).to(fake.device), grades
 
 
 def measure(fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, grades: torch.Tensor, folder: Path,
