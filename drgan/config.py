@@ -1,7 +1,7 @@
 """Typed configuration: the model shape, presets and a JSON round trip.
 
 A preset is only numbers: `paper-1280`, `small-256` and `tiny-64` share every line of code.
-Each preset states its channels and attention QK dims explicitly (DESIGN section 2).
+Each preset states its channels and attention QK dims explicitly (docs/design.md, limits).
 """
 from __future__ import annotations
 

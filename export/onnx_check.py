@@ -15,7 +15,7 @@ import sympy
 
 from drgan.errors import DrganError
 
-# DESIGN section 6: never an explicit N x N tensor for N above this.
+# Never an explicit N x N tensor for N above this (docs/design.md, limits).
 MAX_SIDE = 4096
 
 

@@ -76,7 +76,7 @@ class GraderOptions(_Options):
 @dataclass
 class GanOptions(_Options):
     out: str = "runs/gan"               # run folder
-    data: str | None = None             # dataset folder (DESIGN section 4 layout)
+    data: str | None = None             # dataset folder (layout: drgan.data.format)
     grading_space: str | None = None    # grading_space.safetensors of `drgan train grader`
     stage: str = "global"               # 'global': Gm at half resolution; 'local': Gm + Gl at full
     init: str | None = None             # run folder of the global stage (required for 'local')

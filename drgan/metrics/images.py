@@ -1,6 +1,6 @@
 """The image sets that metrics compare: a plain folder of images, or a dataset folder.
 
-A dataset folder (DESIGN section 4) holds `images/<id>.png|jpg` and `labels.csv` (id,grade[,split]);
+A dataset folder (drgan.data.format) holds `images/<id>.png|jpg` and `labels.csv` (id,grade[,split]);
 its grades allow per-grade metrics. Any other folder is read as a plain set of images (found
 recursively, sorted by relative path) without grades.
 """
