@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drgan.errors import DrganError
+
 
 class DiscOutput(NamedTuple):
     features: list[torch.Tensor]  # every intermediate activation (feature matching)
@@ -63,7 +65,8 @@ class MultiScaleDiscriminator(nn.Module):
         )
 
     def forward(self, cond: torch.Tensor, image: torch.Tensor) -> list[DiscOutput]:
-        assert cond.shape[-2:] == image.shape[-2:], f"cond {tuple(cond.shape)} and image {tuple(image.shape)} differ in size"
+        if cond.shape[-2:] != image.shape[-2:]:
+            raise DrganError(f"cond {tuple(cond.shape)} and image {tuple(image.shape)} differ in size")
         x = torch.cat([cond.to(image.dtype), image], dim=1)
         outputs = []
         for i, net in enumerate(self.nets):

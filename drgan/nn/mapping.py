@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from drgan.errors import DrganError
+
 
 class MappingNetwork(nn.Module):
     def __init__(
@@ -20,7 +22,8 @@ class MappingNetwork(nn.Module):
         self.z_dim = z_dim
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        assert z.ndim == 2 and z.shape[1] == self.z_dim, f"z {tuple(z.shape)} must be (B, {self.z_dim})"
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise DrganError(f"z {tuple(z.shape)} must be (B, {self.z_dim})")
         # Grading vectors are un-normalized ResNet features; unit RMS keeps the first layer in range.
         z = z * torch.rsqrt(z.float().square().mean(dim=1, keepdim=True) + 1e-8).to(z.dtype)
         return self.net(z)
