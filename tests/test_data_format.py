@@ -9,7 +9,8 @@ from PIL import Image
 
 from drgan.cli import cli
 from drgan.data.dataset import FundusDataset
-from drgan.data.format import open_dataset, validate_dataset
+from drgan.data.format import open_dataset
+from drgan.data.validation import validate_dataset
 from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError
 

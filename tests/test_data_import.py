@@ -11,7 +11,8 @@ from PIL import Image
 
 from drgan.cli import cli
 from drgan.config import COND_CHANNELS
-from drgan.data.format import read_mask, read_rgb, validate_dataset
+from drgan.data.decode import read_mask, read_rgb
+from drgan.data.validation import validate_dataset
 from drgan.data.importers import import_release
 from drgan.data.importers.core import Item, binarize, carve_splits, parse_grade
 from drgan.data.preprocess import crop_and_resize

@@ -6,7 +6,7 @@ from PIL import Image
 from skimage import data
 
 from drgan.cli import cli
-from drgan.data.format import validate_dataset
+from drgan.data.validation import validate_dataset
 from drgan.data.masks import extract_structure
 
 

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from drgan.cli import cli
 from drgan.config import COND_CHANNELS
-from drgan.data.format import validate_dataset
+from drgan.data.validation import validate_dataset
 from drgan.data.phantom import render_phantom, render_structure, write_phantom_dataset
 from drgan.errors import DrganError
 

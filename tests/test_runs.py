@@ -174,7 +174,7 @@ def test_option_errors_name_the_parameter_in_python_and_the_flag_on_the_command_
 
 def test_dataset_without_split_column_is_split_by_id_hash(drgan, tmp_path, capsys):
     from drgan.data.dataset import FundusDataset
-    from drgan.data.format import hash_split
+    from drgan.data.labels import hash_split
 
     root = write_phantom_dataset(tmp_path / "nosplit", count=30, size=64, seed=0, split=False)
     train, val = FundusDataset(root, 64, split="train"), FundusDataset(root, 64, split="val")

@@ -202,7 +202,7 @@ def test_dataset_structures_with_dali_equal_torch(run, structures, tmp_path):
 
 
 def test_structures_without_usable_masks(run, tmp_path):
-    from drgan.data.format import DatasetWriter
+    from drgan.data.dataset_writer import DatasetWriter
 
     writer = DatasetWriter(tmp_path / "empty")
     writer.add("a", np.full((64, 64, 3), 120, np.uint8), {}, 0, "train")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from drgan.checkpoint import load_module, load_tensors, save_tensors
 from drgan.config import ModelConfig, preset
-from drgan.data.format import LABELS_FILE
+from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError, ParameterError
 from drgan.io import atomic_write_bytes, sha256_file
 from drgan.runs import WEIGHT_FILES, prepare_out, read_run, remove_unfinished, require_kind, write_run_config

@@ -26,7 +26,7 @@ def data() -> None:
 @click.option("--skip-bad", is_flag=True, help="Exit 0 when usable samples remain; bad ones are counted as skipped.")
 def validate(directory: str | None, data_dir: str | None, skip_bad: bool) -> None:
     """Check every file of a dataset folder; exits non-zero listing the problems."""
-    from drgan.data.format import validate_dataset
+    from drgan.data.validation import validate_dataset
 
     directory = dataset_folder(directory, data_dir)
     report = validate_dataset(directory)
@@ -123,7 +123,8 @@ def phantom(out: str, count: int, size: int, seed: int, no_split: bool, workers:
     click.echo(f"wrote {count} phantom samples to {root}")
     if sheet:
         from drgan.data.contact_sheet import save_contact_sheet
-        from drgan.data.format import open_dataset, read_rgb
+        from drgan.data.decode import read_rgb
+        from drgan.data.format import open_dataset
 
         index = open_dataset(root)
         rows: list[list] = [[] for _ in range(NUM_GRADES)]
@@ -154,7 +155,8 @@ def extract(images: tuple[str, ...], out: str, grade: int, skip_bad: bool) -> No
     """
     from tqdm import tqdm
 
-    from drgan.data.format import DatasetWriter, read_rgb
+    from drgan.data.dataset_writer import DatasetWriter
+    from drgan.data.decode import read_rgb
     from drgan.data.masks import extract_structure, overlay
     from drgan.data.preprocess import crop_square, fov_box, square_window
 

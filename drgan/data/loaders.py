@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from drgan.config import COND_CHANNELS
 from drgan.data.dataset import FundusDataset
-from drgan.data.format import read_mask, read_rgb
+from drgan.data.decode import read_mask, read_rgb
 from drgan.io import encode_png
 from drgan.data.preprocess import FOV_THRESHOLD
 from drgan.errors import DrganError

@@ -300,7 +300,7 @@ def write_phantom_dataset(out: str | Path, count: int, size: int, seed: int, gra
 
     Item i depends only on (seed, i), so `workers` processes give the same bytes as one.
     """
-    from drgan.data.format import DatasetWriter
+    from drgan.data.dataset_writer import DatasetWriter
 
     if count < 1:
         raise ParameterError(f"{{count}} {count}: need at least one sample")

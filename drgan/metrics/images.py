@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from drgan.data.format import LABELS_FILE, open_dataset
+from drgan.data.format import open_dataset
+from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -72,7 +73,7 @@ def open_image_set(folder: str | os.PathLike) -> ImageSet:
 
 def load_rgb(path: Path, size: int | None = None) -> np.ndarray:
     """An image file as uint8 (H, W, 3); with `size`, resized to size x size by area averaging.
-    Any mode and size is taken as is (a dataset's own checks are drgan.data.format.read_rgb's)."""
+    Any mode and size is taken as is (a dataset's own checks are drgan.data.decode.read_rgb's)."""
     try:
         with PIL.Image.open(path) as image:
             image = image.convert("RGB")

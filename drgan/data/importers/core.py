@@ -21,7 +21,8 @@ import numpy as np
 from scipy import ndimage
 
 from drgan.config import COND_CHANNELS, NUM_GRADES
-from drgan.data.format import LABELS_FILE, MIN_SIDE, read_mask, read_rgb
+from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
+from drgan.data.labels import LABELS_FILE
 from drgan.data.lesions import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError, ParameterError
