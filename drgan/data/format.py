@@ -79,8 +79,21 @@ def open_dataset(root: str | Path, skip_bad: bool = False, split: str | None = N
         raise DrganError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     decode = skip_bad if decode is None else decode
     problems: list[tuple[str | None, str]] = []
+    images = _index_images(root / "images", problems)
+    rows, label_problems = read_labels(root)
+    problems.extend(label_problems)
+    labelled = {sid for sid, _, _ in rows}
+    for sid, p in images.items():
+        if sid not in labelled and not any(s == sid for s, _ in label_problems):
+            problems.append((sid, f"{p}: no row in {LABELS_FILE}"))
+    mask_files = _index_masks(root / "masks", images, problems)
+    notes: list[str] = []
+    samples = _check_samples(root, rows, images, mask_files, split, skip_bad, decode, problems, notes)
+    return _index(root, samples, problems, notes, split, skip_bad)
 
-    images_dir, masks_dir = root / "images", root / "masks"
+
+def _index_images(images_dir: Path, problems: list[tuple[str | None, str]]) -> dict[str, Path]:
+    """id -> image file of DATASET/images; stray and duplicate files are problems."""
     if not images_dir.is_dir():
         raise DrganError(f"{images_dir}: images folder not found")
     images: dict[str, Path] = {}
@@ -94,46 +107,56 @@ def open_dataset(root: str | Path, skip_bad: bool = False, split: str | None = N
             problems.append((p.stem, f"{p}: duplicate id {p.stem!r} (also {images[p.stem].name})"))
             continue
         images[p.stem] = p
-    rows, label_problems = read_labels(root)
-    problems.extend(label_problems)
-    labelled = {sid for sid, _, _ in rows}
-    for sid, p in images.items():
-        if sid not in labelled and not any(s == sid for s, _ in label_problems):
-            problems.append((sid, f"{p}: no row in {LABELS_FILE}"))
-    mask_files: dict[str, dict[str, Path]] = {}
-    if masks_dir.is_dir():
-        for d in sorted(masks_dir.iterdir()):
-            if d.name.startswith("."):
-                continue
-            if d.name not in images:
-                problems.append((d.name, f"{d}: masks without an image"))
-                continue
-            if not d.is_dir():
-                problems.append((d.name, f"{d}: expected a folder of mask PNGs"))
-                continue
-            found = {}
-            for f in sorted(d.iterdir()):
-                if f.name.startswith("."):
-                    continue
-                if f.suffix.lower() != ".png" or f.stem not in COND_CHANNELS:
-                    problems.append((d.name, f"{f}: unknown mask (expected {', '.join(c + '.png' for c in COND_CHANNELS)})"))
-                    continue
-                found[f.stem] = f
-            mask_files[d.name] = found
+    return images
 
+
+def _index_masks(masks_dir: Path, images: dict[str, Path], problems: list[tuple[str | None, str]]) -> dict[str, dict[str, Path]]:
+    """id -> {mask name -> file} of DATASET/masks; masks without an image and unknown names are problems."""
+    mask_files: dict[str, dict[str, Path]] = {}
+    if not masks_dir.is_dir():
+        return mask_files
+    for d in sorted(masks_dir.iterdir()):
+        if d.name.startswith("."):
+            continue
+        if d.name not in images:
+            problems.append((d.name, f"{d}: masks without an image"))
+            continue
+        if not d.is_dir():
+            problems.append((d.name, f"{d}: expected a folder of mask PNGs"))
+            continue
+        found = {}
+        for f in sorted(d.iterdir()):
+            if f.name.startswith("."):
+                continue
+            if f.suffix.lower() != ".png" or f.stem not in COND_CHANNELS:
+                problems.append((d.name, f"{f}: unknown mask (expected {', '.join(c + '.png' for c in COND_CHANNELS)})"))
+                continue
+            found[f.stem] = f
+        mask_files[d.name] = found
+    return mask_files
+
+
+def _check_samples(
+    root: Path,
+    rows: list[tuple[str, int, str | None]],
+    images: dict[str, Path],
+    mask_files: dict[str, dict[str, Path]],
+    split: str | None,
+    skip_bad: bool,
+    decode: bool,
+    problems: list[tuple[str | None, str]],
+    notes: list[str],
+) -> list[Sample]:
+    """The labelled samples of `split` without problems, checked from headers or by decoding."""
     bad_ids = {sid for sid, _ in problems if sid is not None}
     samples: list[Sample] = []
-    notes: list[str] = []
     for sid, grade, sp in rows:
         if sid not in images:
-            problems.append((sid, f"{root / LABELS_FILE}: {sid!r} has no image in {images_dir}"))
+            problems.append((sid, f"{root / LABELS_FILE}: {sid!r} has no image in {root / 'images'}"))
             continue
         if split is not None and sp is None:
             sp = hash_split(sid)
-            if root.resolve() not in _announced:
-                _announced.add(root.resolve())
-                print(f"{root / LABELS_FILE}: rows without a split are split 90/10 into train/val by a hash of the id",
-                      file=sys.stderr)
+            _announce_hash_split(root)
         if sid in bad_ids or (split is not None and sp != split):
             continue
         sample = Sample(sid, images[sid], grade, sp, mask_files.get(sid, {}))
@@ -148,7 +171,20 @@ def open_dataset(root: str | Path, skip_bad: bool = False, split: str | None = N
                 break
             continue
         samples.append(sample)
+    return samples
 
+
+def _announce_hash_split(root: Path) -> None:
+    """Say once per dataset that rows without a split are split by a hash of the id."""
+    if root.resolve() not in _announced:
+        _announced.add(root.resolve())
+        print(f"{root / LABELS_FILE}: rows without a split are split 90/10 into train/val by a hash of the id",
+              file=sys.stderr)
+
+
+def _index(root: Path, samples: list[Sample], problems: list[tuple[str | None, str]], notes: list[str],
+           split: str | None, skip_bad: bool) -> DatasetIndex:
+    """The index, or without skip_bad the first problem as DrganError; no usable sample is an error either way."""
     lines = [m for _, m in problems]
     if lines and not skip_bad:
         raise DrganError(lines[0] + (f" (and {len(lines) - 1} more problems; run `drgan data validate`)" if len(lines) > 1 else ""))
