@@ -4,7 +4,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from drgan.data.lesions import LESION_TYPES, LesionStats, fit_lesion_stats, imitate_lesions
+from drgan.data.lesion_fit import fit_lesion_stats
+from drgan.data.lesion_stats import LESION_TYPES, LesionStats
+from drgan.data.lesions import imitate_lesions
 from drgan.data.phantom import render_structure, write_phantom_dataset
 
 EIGHT = np.ones((3, 3))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from drgan.config import COND_CHANNELS
-from drgan.data.lesions import LESION_TYPES, draw_primitives, imitate_lesions, lesion_primitives
+from drgan.data.lesion_stats import LESION_TYPES
+from drgan.data.lesions import draw_primitives, imitate_lesions, lesion_primitives
 from drgan.synthesis.raster import condition_masks
 from drgan.synthesis.structures import DeviceStructures, StructurePool
 

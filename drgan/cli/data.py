@@ -93,7 +93,7 @@ def contact_sheet(directory: str | None, data_dir: str | None, out: str, per_gra
 @click.option("--skip-bad", is_flag=True, help="Leave bad samples out (counted) instead of stopping.")
 def fit_lesions(directory: str | None, data_dir: str | None, out: str, skip_bad: bool) -> None:
     """Learn per-grade lesion counts, sizes and distances from the disc from a dataset's masks."""
-    from drgan.data.lesions import fit_lesion_stats
+    from drgan.data.lesion_fit import fit_lesion_stats
     from drgan.io import check_writable_file
 
     directory = dataset_folder(directory, data_dir)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from drgan.data.lesions import LESION_TYPES, LesionStats, lesion_primitives
+from drgan.data.lesion_stats import LESION_TYPES, LesionStats
+from drgan.data.lesions import lesion_primitives
 from drgan.grading_space import GradingSpace
 from drgan.synthesis.plan import Plan
 from drgan.synthesis.structures import StructurePool

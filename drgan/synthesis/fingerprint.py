@@ -18,7 +18,7 @@ def lesion_stats_id(path: str | None) -> str:
     """'default' or the sha256 of the statistics as loaded (formatting does not matter)."""
     if path is None:
         return "default"
-    from drgan.data.lesions import LesionStats
+    from drgan.data.lesion_stats import LesionStats
 
     canonical = json.dumps(LesionStats.load(path).to_dict(), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()

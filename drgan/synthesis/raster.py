@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from drgan.data.lesions import LESION_TYPES
+from drgan.data.lesion_stats import LESION_TYPES
 
 MIN_PATCH = 8
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from drgan.checkpoint import read_run_config
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
-from drgan.data.lesions import LESION_TYPES, LesionStats
+from drgan.data.lesion_stats import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import sha256_file

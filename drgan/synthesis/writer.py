@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from drgan.config import COND_CHANNELS
-from drgan.data.lesions import LESION_TYPES
+from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
 from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files
 from drgan.synthesis import fingerprint as fp

@@ -23,7 +23,7 @@ from scipy import ndimage
 from drgan.config import COND_CHANNELS, NUM_GRADES
 from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
 from drgan.data.labels import LABELS_FILE
-from drgan.data.lesions import LESION_TYPES
+from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError, ParameterError
 from drgan.io import TEMP_MARK, atomic_write_bytes, atomic_write_text, check_writable_dir, encode_png
