@@ -3,7 +3,8 @@
     backend = make_backend("tensorrt", "runs/paper", device="cuda", precision="fp16")
     image, grade_logits = backend(cond, z, noise)     # noise: list of tensors, coarse to fine
 
-Names: "onnxruntime" (EXPORT/generator.onnx; the CUDA
+Names (the openers registered below with `_runtime`; drgan.synthesis.registry lists them for the
+CLI): "onnxruntime" (EXPORT/generator.onnx; the CUDA
 execution provider with onnxruntime-gpu, the CPU otherwise, whatever `device` says), "tensorrt"
 (EXPORT/generator_<precision>.engine), "aoti" (EXPORT/generator_<device>_<precision>.pt2); the eager PyTorch backend is the synthesis
 runner's own (drgan.synthesis.backend). EXPORT is the run's `export/` folder unless
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -24,7 +25,6 @@ from drgan.runs import generator_weights, read_run_config
 from drgan.errors import DrganError, ParameterError
 from drgan.runtime import PRECISIONS
 
-BACKENDS = ("onnxruntime", "tensorrt", "aoti")
 MANIFEST = "export.json"
 ONNX_FILE = "generator.onnx"
 TRT_ONNX_FILE = "generator_trt.onnx"
@@ -58,6 +58,19 @@ def weights_digest(run: str | Path) -> str:
     return sha256_file(weights_file(run))
 
 
+Opener = Callable[[Path, str | Path, str, str, int | None], GeneratorBackend]
+_RUNTIMES: dict[str, Opener] = {}
+
+
+def _runtime(name: str) -> Callable[[Opener], Opener]:
+    """Registers opener(folder, run, device, precision, batch) as backend `name` (the export folder
+    is resolved and the run, name and precision checked before it is called)."""
+    def register(opener: Opener) -> Opener:
+        _RUNTIMES[name] = opener
+        return opener
+    return register
+
+
 def make_backend(
     name: str,
     run: str | Path,
@@ -69,25 +82,36 @@ def make_backend(
     """The generator of `run` behind backend `name` on `device` at `precision`; `batch`, when
     given, is checked against the batch range the engine or package was built for."""
     device = str(device)
-    if name not in BACKENDS:
-        raise ParameterError(f"{{backend}} {name!r} is not one of {', '.join(BACKENDS)}")
+    if name not in _RUNTIMES:
+        raise ParameterError(f"{{backend}} {name!r} is not one of {', '.join(_RUNTIMES)}")
     if precision not in PRECISIONS:
         raise ParameterError(f"{{precision}} {precision!r} is not one of {', '.join(PRECISIONS)}")
     read_run_config(run)  # a clear error when it is not a run folder
     folder = Path(export_dir) if export_dir else Path(run) / "export"
-    if name == "onnxruntime":
-        from drgan.export.ort_runner import OrtGenerator, has_cuda_provider
+    return _RUNTIMES[name](folder, run, device, precision, batch)
 
-        if precision != "fp32":
-            raise ParameterError("{backend} onnxruntime runs the fp32 ONNX file; use {precision} fp32")
-        _check_current(folder, ONNX_FILE, run, "--onnx")
-        # Without onnxruntime-gpu the session runs on the CPU; outputs are then CPU tensors.
-        return OrtGenerator(folder / ONNX_FILE, device if has_cuda_provider() else "cpu")
-    if name == "tensorrt":
-        from drgan.export.trt_runner import TrtGenerator
 
-        _check_current(folder, engine_file(precision), run, f"--trt --precision {precision}")
-        return _check_batch(TrtGenerator(folder / engine_file(precision), device), batch)
+@_runtime("onnxruntime")
+def _open_onnxruntime(folder: Path, run: str | Path, device: str, precision: str, batch: int | None) -> GeneratorBackend:
+    from drgan.export.ort_runner import OrtGenerator, has_cuda_provider
+
+    if precision != "fp32":
+        raise ParameterError("{backend} onnxruntime runs the fp32 ONNX file; use {precision} fp32")
+    _check_current(folder, ONNX_FILE, run, "--onnx")
+    # Without onnxruntime-gpu the session runs on the CPU; outputs are then CPU tensors.
+    return OrtGenerator(folder / ONNX_FILE, device if has_cuda_provider() else "cpu")
+
+
+@_runtime("tensorrt")
+def _open_tensorrt(folder: Path, run: str | Path, device: str, precision: str, batch: int | None) -> GeneratorBackend:
+    from drgan.export.trt_runner import TrtGenerator
+
+    _check_current(folder, engine_file(precision), run, f"--trt --precision {precision}")
+    return _check_batch(TrtGenerator(folder / engine_file(precision), device), batch)
+
+
+@_runtime("aoti")
+def _open_aoti(folder: Path, run: str | Path, device: str, precision: str, batch: int | None) -> GeneratorBackend:
     from drgan.export.aoti import AotiGenerator
 
     _check_current(folder, aoti_file(device, precision), run,

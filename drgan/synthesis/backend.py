@@ -1,6 +1,7 @@
 """Generator backends for the runner: PyTorch here; ONNX Runtime, TensorRT and AOTInductor come
 from drgan.export.backends behind the same call: backend(cond, z, noise) -> image in [-1, 1].
-The null backend is a capacity check of the host side, not a generator."""
+The null backend is a capacity check of the host side, not a generator. The loaders at the end
+are what drgan.synthesis.registry names."""
 from __future__ import annotations
 
 import contextlib
@@ -12,11 +13,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from drgan.errors import ParameterError
 from drgan.runtime import autocast_dtype, intra_op_threads, resolve_precision
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti", "null")
-
 
 class Backend(Protocol):
     def __call__(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor: ...
@@ -123,23 +120,29 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def make_backend(
-    name: str, run: str | Path | None, size: int, device: torch.device, precision: str, batch: int
-) -> LoadedBackend:
-    """The backend of the run folder's generator (run None: only the null backend)."""
-    if name not in BACKENDS:
-        raise ParameterError(f"{{backend}} {name!r}: choose one of {', '.join(BACKENDS)}")
-    if name == "null":
-        return LoadedBackend(NullBackend(size, device), lambda b: [], "none", resolve_precision(precision, device))
+def load_null(name: str, run: str | Path | None, size: int, device: torch.device, precision: str,
+              batch: int) -> LoadedBackend:
+    return LoadedBackend(NullBackend(size, device), lambda b: [], "none", resolve_precision(precision, device))
+
+
+def load_torch(name: str, run: str | Path | None, size: int, device: torch.device, precision: str,
+               batch: int) -> LoadedBackend:
     from drgan.checkpoint import load_generator
 
     g = load_generator(run)
     weights = weights_sha256(g)
-    if name == "torch":
-        backend = TorchBackend(g, device, precision)
-        return LoadedBackend(backend, g.noise_shapes, weights, resolve_precision(precision, device), backend.predict_grade)
+    backend = TorchBackend(g, device, precision)
+    return LoadedBackend(backend, g.noise_shapes, weights, resolve_precision(precision, device), backend.predict_grade)
+
+
+def load_exported(name: str, run: str | Path | None, size: int, device: torch.device, precision: str,
+                  batch: int) -> LoadedBackend:
+    """A runtime of drgan.export.backends on the run's exported generator."""
+    from drgan.checkpoint import load_generator
     from drgan.export.backends import make_backend as make_export_backend
 
+    g = load_generator(run)
+    weights = weights_sha256(g)
     if precision == "auto" and name == "onnxruntime":
         precision = "fp32"  # the exported ONNX file is fp32
     precision = resolve_precision(precision, device)

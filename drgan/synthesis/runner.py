@@ -30,7 +30,7 @@ from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import sha256_file
 from drgan.runtime import intra_op_threads, resolve_device
 from drgan.synthesis import fingerprint
-from drgan.synthesis.backend import make_backend
+from drgan.synthesis.registry import make_backend
 from drgan.synthesis.conditions import Item, item_noise, place_item
 from drgan.synthesis.encode import JPEG_QUALITIES, PNG_LEVELS, gpu_jpeg_encoder
 from drgan.synthesis.pixels import CHUNK, to_pixels

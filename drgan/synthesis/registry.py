@@ -1,0 +1,36 @@
+"""Generator backends by name. The CLI lists the names at startup, before torch is imported, so
+each name maps to the 'module:function' of its loader, imported when the backend is chosen:
+
+    loader(name, run, size, device, precision, batch) -> drgan.synthesis.backend.LoadedBackend
+
+A new backend is its loader and its line here."""
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from drgan.errors import ParameterError
+
+if TYPE_CHECKING:
+    import torch
+
+    from drgan.synthesis.backend import LoadedBackend
+
+BACKENDS: dict[str, str] = {
+    "torch": "drgan.synthesis.backend:load_torch",
+    "onnxruntime": "drgan.synthesis.backend:load_exported",   # the runtimes of drgan.export.backends
+    "tensorrt": "drgan.synthesis.backend:load_exported",
+    "aoti": "drgan.synthesis.backend:load_exported",
+    "null": "drgan.synthesis.backend:load_null",
+}
+
+
+def make_backend(
+    name: str, run: str | Path | None, size: int, device: torch.device, precision: str, batch: int
+) -> LoadedBackend:
+    """The backend of the run folder's generator (run None: only the null backend)."""
+    if name not in BACKENDS:
+        raise ParameterError(f"{{backend}} {name!r}: choose one of {', '.join(BACKENDS)}")
+    module, function = BACKENDS[name].split(":")
+    return getattr(import_module(module), function)(name, run, size, device, precision, batch)

@@ -1,0 +1,15 @@
+"""The backend registry: every name the CLI offers loads, and the exported ones are the export runtimes."""
+from importlib import import_module
+
+from drgan.export.backends import _RUNTIMES
+from drgan.synthesis.registry import BACKENDS
+
+
+def test_every_backend_name_has_a_loader():
+    for name, path in BACKENDS.items():
+        module, function = path.split(":")
+        assert callable(getattr(import_module(module), function)), name
+
+
+def test_exported_backends_are_the_export_runtimes():
+    assert set(_RUNTIMES) == {name for name, path in BACKENDS.items() if path.endswith(":load_exported")}
