@@ -73,9 +73,37 @@ def _walks(p0: np.ndarray, theta0: np.ndarray, length: np.ndarray, r0: np.ndarra
     return pts, radius, frac <= 1
 
 
-def _layout(size: int, rng: np.random.Generator) -> _Layout:
-    if size < MIN_SIZE:
-        raise DrganError(f"phantom size {size} is below the minimum of {MIN_SIZE} px")
+# Vessel random-walk step (pixels) and branching levels: (branches per unit parent length, shortest
+# and longest branch as fractions of the FOV radius).
+_STEP = 0.7
+_BRANCH_LEVELS = [(5.0, 0.25, 0.55), (4.0, 0.12, 0.3), (3.0, 0.06, 0.15)]
+
+
+@dataclass
+class _Landmarks:
+    eye: int
+    R: float
+    center: float
+    disc: np.ndarray
+    disc_radius: float
+    fovea: np.ndarray
+    fov: np.ndarray
+    disc_mask: np.ndarray
+
+
+@dataclass
+class _Segments:
+    """Vessel centre lines, one (n, L) block per entry: points (n, L, 2), radii (n, L), vein flags (n, L)."""
+    points: list[np.ndarray]
+    radii: list[np.ndarray]
+    veins: list[np.ndarray]
+
+    def add(self, points: np.ndarray, radii: np.ndarray, veins: np.ndarray) -> None:
+        self.points.append(points), self.radii.append(radii), self.veins.append(veins)
+
+
+def _landmarks(size: int, rng: np.random.Generator) -> _Landmarks:
+    """Field of view, optic disc and fovea, with the eye's side drawn first."""
     center = (size - 1) / 2
     R = size / 2 - 0.5
     eye = int(rng.choice([-1, 1]))
@@ -85,90 +113,127 @@ def _layout(size: int, rng: np.random.Generator) -> _Layout:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     fov = (yy - center) ** 2 + (xx - center) ** 2 <= R * R
     disc_mask = ((yy - disc[0]) / 1.1) ** 2 + (xx - disc[1]) ** 2 <= disc_radius ** 2
+    return _Landmarks(eye, R, center, disc, disc_radius, fovea, fov, disc_mask)
 
-    step = 0.7
-    bend = 0.9 / math.sqrt(R)           # direction diffusion: ~0.9 rad over one FOV radius
-    r_vein, r_art = 0.016 * R + 0.35, 0.012 * R + 0.3
-    seg_pts, seg_rad, seg_vein = [], [], []
 
-    # Trunks: artery and vein of the superior and inferior temporal arcades (ellipse arcs around
-    # the macula that leave the disc vertically) and of the nasal side.
-    trunks = []
-    to_fovea = fovea[1] - disc[1]
+def _vessel_radii(R: float) -> tuple[float, float]:
+    """Trunk radii at the disc (vein, artery), pixels."""
+    return 0.016 * R + 0.35, 0.012 * R + 0.3
+
+
+def _trunk_arcs(lm: _Landmarks, rng: np.random.Generator) -> list[tuple]:
+    """Ellipse arcs (centre, semi-axes, up/down, side, arc length, vein) of the eight trunks."""
+    R, disc, eye = lm.R, lm.disc, lm.eye
+    arcs = []
+    to_fovea = lm.fovea[1] - disc[1]
     for up in (-1, 1):
         for vein in (True, False):
             a = abs(to_fovea) * rng.uniform(0.95, 1.15)               # horizontal semi-axis
             b = R * rng.uniform(0.42, 0.52) * (1.06 if vein else 0.96)  # vertical semi-axis
             m = np.array([disc[0], disc[1] - eye * a])                # ellipse centre, near the fovea
-            trunks.append((m, a, b, up, -eye, rng.uniform(2.3, 2.6), vein))   # temporal: ~140 degrees
+            arcs.append((m, a, b, up, -eye, rng.uniform(2.3, 2.6), vein))   # temporal: ~140 degrees
             an, bn = R * rng.uniform(0.6, 0.8), R * rng.uniform(0.5, 0.6) * (1.05 if vein else 0.95)
             mn = np.array([disc[0], disc[1] + eye * an])
-            trunks.append((mn, an, bn, up, eye, rng.uniform(1.0, 1.3), vein))  # nasal: a gentle arc outwards
-    for m, a, b, up, side, phi_max, vein in trunks:
-        n_pts = int(phi_max * max(a, b) / step) + 2
+            arcs.append((mn, an, bn, up, eye, rng.uniform(1.0, 1.3), vein))  # nasal: a gentle arc outwards
+    return arcs
+
+
+def _trunks(lm: _Landmarks, rng: np.random.Generator) -> _Segments:
+    """Artery and vein of the superior and inferior temporal arcades (ellipse arcs around the macula
+    that leave the disc vertically) and of the nasal side, with a slight wobble."""
+    r_vein, r_art = _vessel_radii(lm.R)
+    segments = _Segments([], [], [])
+    for m, a, b, up, side, phi_max, vein in _trunk_arcs(lm, rng):
+        n_pts = int(phi_max * max(a, b) / _STEP) + 2
         phi = np.linspace(0, phi_max, n_pts)
         wob = sum(rng.normal(0, 0.025) * np.sin(k * phi + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
         pts = np.stack([m[0] + up * b * np.sin(phi) * (1 + wob), m[1] - side * a * np.cos(phi) * (1 + wob)], 1)
         rad = (r_vein if vein else r_art) * (1 - 0.55 * phi / phi_max)
-        seg_pts.append(pts[None]), seg_rad.append(rad[None]), seg_vein.append(np.full((1, n_pts), vein))
+        segments.add(pts[None], rad[None], np.full((1, n_pts), vein))
+    return segments
 
-    # Branch levels: children spawn along the parents (per unit length of the whole level), at an
-    # angle to the parent's local direction, thinner than the parent there.
-    def flat(pts, rad, vein):
-        d = np.gradient(pts, axis=1)
-        return pts.reshape(-1, 2), np.arctan2(d[..., 0], d[..., 1]).ravel(), rad.ravel(), vein.ravel()
-    level = [flat(p, r, v) for p, r, v in zip(seg_pts, seg_rad, seg_vein)]
-    P, T, Rd, V = (np.concatenate(x) for x in zip(*level))
-    for per_len, lmin, lmax in [(5.0, 0.25, 0.55), (4.0, 0.12, 0.3), (3.0, 0.06, 0.15)]:
-        ij = np.clip(np.round(P).astype(np.int64), 0, size - 1)
-        ok = np.flatnonzero((Rd > 0.45) & fov[ij[:, 0], ij[:, 1]])
-        k = rng.poisson(per_len * ok.size * step / R)
+
+def _flatten(points: np.ndarray, radii: np.ndarray, veins: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centre-line points of a block as flat arrays: positions (N, 2), directions, radii, vein flags."""
+    d = np.gradient(points, axis=1)
+    return points.reshape(-1, 2), np.arctan2(d[..., 0], d[..., 1]).ravel(), radii.ravel(), veins.ravel()
+
+
+def _grow_branches(lm: _Landmarks, segments: _Segments, size: int, rng: np.random.Generator) -> None:
+    """Add the branch levels to `segments`: children spawn along the parents (per unit length of the
+    whole level), at an angle to the parent's local direction, thinner than the parent there."""
+    R, center, fovea = lm.R, lm.center, lm.fovea
+    bend = 0.9 / math.sqrt(R)           # direction diffusion: ~0.9 rad over one FOV radius
+    level = [_flatten(p, r, v) for p, r, v in zip(segments.points, segments.radii, segments.veins)]
+    points, angles, radii, veins = (np.concatenate(x) for x in zip(*level))
+    for per_len, lmin, lmax in _BRANCH_LEVELS:
+        ij = np.clip(np.round(points).astype(np.int64), 0, size - 1)
+        ok = np.flatnonzero((radii > 0.45) & lm.fov[ij[:, 0], ij[:, 1]])
+        k = rng.poisson(per_len * ok.size * _STEP / R)
         if k == 0 or ok.size == 0:
             break
         at = ok[rng.integers(0, ok.size, size=k)]
-        theta = T[at] + rng.choice([-1, 1], size=k) * rng.uniform(0.5, 1.2, size=k)
-        pts, rad, inlen = _walks(P[at], theta, R * rng.uniform(lmin, lmax, size=k),
-                                 Rd[at] * rng.uniform(0.5, 0.75, size=k), step, bend, rng)
+        theta = angles[at] + rng.choice([-1, 1], size=k) * rng.uniform(0.5, 1.2, size=k)
+        pts, rad, inlen = _walks(points[at], theta, R * rng.uniform(lmin, lmax, size=k),
+                                 radii[at] * rng.uniform(0.5, 0.75, size=k), _STEP, bend, rng)
         # A branch ends where it leaves the FOV or enters the foveal avascular zone.
         inside = (pts[..., 0] - center) ** 2 + (pts[..., 1] - center) ** 2 <= (R - 1) ** 2
         faz = (pts[..., 0] - fovea[0]) ** 2 + (pts[..., 1] - fovea[1]) ** 2 < (0.08 * R) ** 2
         alive = np.logical_and.accumulate(inlen & inside & ~faz, axis=1)
         rad = np.where(alive, rad, 0)
-        vein = np.repeat(V[at][:, None], pts.shape[1], 1)
-        seg_pts.append(pts), seg_rad.append(rad), seg_vein.append(vein)
-        P, T, Rd, V = flat(pts, rad, vein)
+        vein = np.repeat(veins[at][:, None], pts.shape[1], 1)
+        segments.add(pts, rad, vein)
+        points, angles, radii, veins = _flatten(pts, rad, vein)
 
-    # Rasterise the centre lines (points are < 1 px apart), then grow them to their radii with
-    # distance transforms, one per radius class (edges 3, 12, 48 px) so that a thin branch never
-    # carves into a much thicker vessel: a pixel belongs to the class where it is deepest inside.
-    pts = np.concatenate([p.reshape(-1, 2) for p in seg_pts])
-    rad = np.concatenate([r.ravel() for r in seg_rad]).astype(np.float32)
-    vein = np.concatenate([v.ravel() for v in seg_vein])
+
+def _rasterise(segments: _Segments, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel: depth inside the nearest vessel (distance / radius), that vessel's radius, vein flag.
+
+    The centre lines (points are < 1 px apart) are grown to their radii with distance transforms,
+    one per radius class (edges 3, 12, 48 px) so that a thin branch never carves into a much
+    thicker vessel: a pixel belongs to the class where it is deepest inside.
+    """
+    pts = np.concatenate([p.reshape(-1, 2) for p in segments.points])
+    rad = np.concatenate([r.ravel() for r in segments.radii]).astype(np.float32)
+    vein = np.concatenate([v.ravel() for v in segments.veins])
     keep = rad > 0.3
     pts, rad, vein = pts[keep], rad[keep], vein[keep]
     ij = np.clip(np.round(pts).astype(np.int64), 0, size - 1)
-    flat = ij[:, 0] * size + ij[:, 1]
+    pixel = ij[:, 0] * size + ij[:, 1]
     octave = np.searchsorted(np.array([3.0, 12.0, 48.0], np.float32), rad, side="right")
-    depth = np.full((size, size), np.inf, np.float32)      # distance / radius of the deepest vessel
+    depth = np.full((size, size), np.inf, np.float32)
     rnear = np.zeros((size, size), np.float32)
     is_vein = np.zeros((size, size), bool)
     for k in np.unique(octave):
         sel = octave == k
         rad_img = np.zeros(size * size, np.float32)
-        np.maximum.at(rad_img, flat[sel], rad[sel])
+        np.maximum.at(rad_img, pixel[sel], rad[sel])
         vein_img = np.zeros(size * size, bool)
-        vein_img[flat[sel & vein]] = True
+        vein_img[pixel[sel & vein]] = True
         rad_img, vein_img = rad_img.reshape(size, size), vein_img.reshape(size, size)
         dist, (iy, ix) = ndimage.distance_transform_edt(rad_img == 0, return_indices=True)
         r_k = np.maximum(rad_img[iy, ix], 0.5)
         q = (dist / r_k).astype(np.float32)
         better = q < depth
         depth[better], rnear[better], is_vein[better] = q[better], r_k[better], vein_img[iy, ix][better]
-    vessel = (depth <= 1) & fov
+    return depth, rnear, is_vein
+
+
+def _layout(size: int, rng: np.random.Generator) -> _Layout:
+    """The structure of one phantom: landmarks, then the vessel tree grown from the disc."""
+    if size < MIN_SIZE:
+        raise DrganError(f"phantom size {size} is below the minimum of {MIN_SIZE} px")
+    lm = _landmarks(size, rng)
+    segments = _trunks(lm, rng)
+    _grow_branches(lm, segments, size, rng)
+    depth, rnear, is_vein = _rasterise(segments, size)
+    vessel = (depth <= 1) & lm.fov
     alpha = np.where(vessel, 0.6 + 0.4 * np.clip(1 - depth ** 2, 0, 1), 0).astype(np.float32)
     # Thin vessels are fainter; the mask still records them, at a visible minimum contrast.
-    alpha *= np.clip(0.55 + 0.45 * rnear / r_vein, 0, 1)
-    return _Layout(size, eye, R, center, disc, disc_radius, fovea, fov, disc_mask, vessel, alpha, is_vein)
+    alpha *= np.clip(0.55 + 0.45 * rnear / _vessel_radii(lm.R)[0], 0, 1)
+    return _Layout(size, lm.eye, lm.R, lm.center, lm.disc, lm.disc_radius, lm.fovea, lm.fov, lm.disc_mask,
+                   vessel, alpha, is_vein)
 
 
 def _u8(mask: np.ndarray) -> np.ndarray:
