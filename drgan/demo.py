@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -81,52 +82,58 @@ def _device(name: str) -> str:
     return name
 
 
-def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=print) -> Path:
-    """Run every stage into `out`; returns the report path. Finished stages are reused on rerun."""
-    from drgan.data.contact_sheet import save_contact_sheet
-    from drgan.data.dataset import FundusDataset
-    from drgan.data.phantom import write_phantom_dataset
-    from drgan.metrics.fidelity import evaluate_fidelity
-    from drgan.synthesis.runner import SynthesisOptions, synthesize
-    from drgan.training.gan import train_gan
-    from drgan.training.grader_pretraining import train_grader
-    from drgan.training.options import GanOptions, GraderOptions
+@dataclass
+class _DemoRun:
+    """The stages of one demo run into `out`, and the time each took."""
+    out: Path
+    scale: DemoScale
+    device: str
+    log: Callable[[str], object]
+    timings: list[tuple[str, float, str]] = field(default_factory=list)
 
-    out = Path(out)
-    device = _device(device)
-    scale = SCALES["quick" if quick else "cuda" if device.startswith("cuda") else "cpu"]
-    out.mkdir(parents=True, exist_ok=True)
-    timings: list[tuple[str, float, str]] = []
+    def __post_init__(self) -> None:
+        self.data, self.grader_run, self.global_run, self.local_run, self.synth = (
+            self.out / n for n in ("data", "grader", "gan-global", "gan-local", "synthetic"))
 
-    def stage(name: str, fn) -> None:
+    def stage(self, name: str, fn: Callable[[], str]) -> None:
+        """Run one stage (or reuse its earlier result) and log and time it."""
         # A stage counts as done only once it returned: a killed stage runs again on rerun.
-        done = out / f".done-{name.split()[0].lower()}-{len(timings)}"
+        done = self.out / f".done-{name.split()[0].lower()}-{len(self.timings)}"
         start = time.perf_counter()
-        log(f"[demo] {name} ...")
+        self.log(f"[demo] {name} ...")
         detail = done.read_text() + " (reused)" if done.exists() else fn()
         done.write_text(detail.removesuffix(" (reused)"))
-        timings.append((name, time.perf_counter() - start, detail))
-        log(f"[demo] {name}: {detail} ({timings[-1][1]:.1f} s)")
+        self.timings.append((name, time.perf_counter() - start, detail))
+        self.log(f"[demo] {name}: {detail} ({self.timings[-1][1]:.1f} s)")
 
-    data, grader_run, global_run, local_run, synth = (out / n for n in ("data", "grader", "gan-global", "gan-local", "synthetic"))
+    def make_data(self) -> str:
+        from drgan.data.phantom import write_phantom_dataset
 
-    def make_data() -> str:
-        write_phantom_dataset(data, scale.phantoms, scale.phantom_size, seed=0, progress=True)
-        return f"{scale.phantoms} phantoms at {scale.phantom_size} px"
+        write_phantom_dataset(self.data, self.scale.phantoms, self.scale.phantom_size, seed=0, progress=True)
+        return f"{self.scale.phantoms} phantoms at {self.scale.phantom_size} px"
 
-    def grader() -> str:
-        opts = GraderOptions(preset=scale.preset, epochs=scale.grader_epochs, batch=scale.grader_batch, device=device)
+    def grader(self) -> str:
+        from drgan.data.dataset import FundusDataset
+        from drgan.training.grader_pretraining import train_grader
+        from drgan.training.options import GraderOptions
+
+        scale, data = self.scale, self.data
+        opts = GraderOptions(preset=scale.preset, epochs=scale.grader_epochs, batch=scale.grader_batch, device=self.device)
         res = scale.phantom_size
         report = train_grader(FundusDataset(data, res, split="train", augment=True), FundusDataset(data, res, split="val"),
-                              grader_run, opts, overwrite=True)
+                              self.grader_run, opts, overwrite=True)
         final = report["epochs"][-1]["val"]
         return f"val accuracy {final['accuracy']:.2f}, kappa {final['kappa']:.2f}"
 
-    def gan(stage_name: str, steps: int, run: Path, init: Path | None) -> str:
+    def gan(self, stage_name: str, steps: int, run: Path, init: Path | None) -> str:
+        from drgan.training.gan import train_gan
+        from drgan.training.options import GanOptions
+
+        scale, device = self.scale, self.device
         opts = GanOptions(
-            out=str(run), data=str(data), grading_space=str(grader_run / "grading_space.safetensors"), stage=stage_name,
-            init=str(init) if init else None, preset=scale.preset, epochs=1000, max_steps=steps, batch=scale.gan_batch,
-            device=device, precision="bf16" if device.startswith("cuda") else "fp32", **DEMO_RECIPE,
+            out=str(run), data=str(self.data), grading_space=str(self.grader_run / "grading_space.safetensors"),
+            stage=stage_name, init=str(init) if init else None, preset=scale.preset, epochs=1000, max_steps=steps,
+            batch=scale.gan_batch, device=device, precision="bf16" if device.startswith("cuda") else "fp32", **DEMO_RECIPE,
             log_every=max(1, steps // 20), sample_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2),
         )
         report = train_gan(opts, overwrite=True)  # a stage killed half-way starts over
@@ -134,37 +141,55 @@ def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=pri
         losses = ", ".join(f"{k[5:]} {last[k]:.3f}" for k in ("loss/G_total", "loss/D_total") if k in last)
         return f"{report['steps']} steps" + (f" ({losses})" if losses else "")
 
-    def synthesis() -> str:
+    def synthesis(self) -> str:
+        from drgan.synthesis.runner import SynthesisOptions, synthesize
+
         summary = synthesize(SynthesisOptions(
-            run=str(local_run), out=str(synth), count=scale.per_grade * NUM_GRADES, batch=scale.per_grade,
-            device=device, save_masks=True, threads=2,
+            run=str(self.local_run), out=str(self.synth), count=self.scale.per_grade * NUM_GRADES,
+            batch=self.scale.per_grade, device=self.device, save_masks=True, threads=2,
         ))
         return f"{summary.total} images, {summary.images_per_second:.1f} images/s"
 
-    stage("phantom dataset", make_data)
-    stage("grader + grading spaces", grader)
-    stage("GAN global stage", lambda: gan("global", scale.global_steps, global_run, None))
-    stage("GAN local stage", lambda: gan("local", scale.local_steps, local_run, global_run))
-    def fidelity() -> str:
-        result, text = evaluate_fidelity(synth, reference=data, reference_split="test", grader_run=grader_run,
-                                         resolution=preset(scale.preset).resolution, device=device)
-        (out / "fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "fidelity.md").write_text(text)
+    def fidelity(self) -> str:
+        from drgan.metrics.fidelity import evaluate_fidelity
+
+        result, text = evaluate_fidelity(self.synth, reference=self.data, reference_split="test",
+                                         grader_run=self.grader_run, resolution=preset(self.scale.preset).resolution,
+                                         device=self.device)
+        (self.out / "fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
+        (self.out / "fidelity.md").write_text(text)
         fractions = result["fraction_of_reference"]
         return ", ".join(f"{k} {v:.2f}" for k, v in fractions.items()) + (
             f" of the real phantoms' fidelity; grader kappa {result['grading']['kappa']:.2f}, "
             f"accuracy {result['grading']['accuracy']:.2f}")
 
-    stage("synthesis", synthesis)
-    stage("condition fidelity", fidelity)
+    def write_report(self) -> Path:
+        """Contact sheet and report.md from the finished stages; returns the report path."""
+        from drgan.data.contact_sheet import save_contact_sheet
 
-    sheet = out / "contact_sheet.png"
-    _contact_sheet(synth, sheet, save_contact_sheet)
-    report = out / "report.md"
-    _write_report(report, scale, device, timings, sheet, json.loads((out / "fidelity.json").read_text()),
-                  (out / "fidelity.md").read_text())
-    log(f"[demo] contact sheet: {sheet}\n[demo] report: {report}")
-    return report
+        sheet = self.out / "contact_sheet.png"
+        _contact_sheet(self.synth, sheet, save_contact_sheet)
+        report = self.out / "report.md"
+        _write_report(report, self.scale, self.device, self.timings, sheet,
+                      json.loads((self.out / "fidelity.json").read_text()), (self.out / "fidelity.md").read_text())
+        self.log(f"[demo] contact sheet: {sheet}\n[demo] report: {report}")
+        return report
+
+
+def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=print) -> Path:
+    """Run every stage into `out`; returns the report path. Finished stages are reused on rerun."""
+    out = Path(out)
+    device = _device(device)
+    scale = SCALES["quick" if quick else "cuda" if device.startswith("cuda") else "cpu"]
+    out.mkdir(parents=True, exist_ok=True)
+    demo = _DemoRun(out, scale, device, log)
+    demo.stage("phantom dataset", demo.make_data)
+    demo.stage("grader + grading spaces", demo.grader)
+    demo.stage("GAN global stage", lambda: demo.gan("global", scale.global_steps, demo.global_run, None))
+    demo.stage("GAN local stage", lambda: demo.gan("local", scale.local_steps, demo.local_run, demo.global_run))
+    demo.stage("synthesis", demo.synthesis)
+    demo.stage("condition fidelity", demo.fidelity)
+    return demo.write_report()
 
 
 def _contact_sheet(synth: Path, path: Path, save) -> None:
