@@ -102,8 +102,6 @@ def train_grader(
 
 def _train_grader(train: Dataset, val: Dataset, out: Path, opts: GraderOptions, batch_transform: BatchTransform | None,
                   device: torch.device) -> dict[str, Any]:
-    from drgan.metrics.grading import grading_metrics
-
     out.mkdir(parents=True, exist_ok=True)
     cfg = preset(opts.preset)
     torch.manual_seed(opts.seed)
@@ -125,36 +123,58 @@ def _train_grader(train: Dataset, val: Dataset, out: Path, opts: GraderOptions, 
         grader.train()
         if hasattr(train, "set_epoch"):
             train.set_epoch(epoch)  # FundusDataset: fresh augmentations each epoch
-        losses = []
-        bar = tqdm(loader, desc=f"grader epoch {epoch + 1}/{opts.epochs}", leave=False, dynamic_ncols=True)
-        for item in bar:
-            images, target = item["image"], item["grade"].long()
-            if batch_transform is not None:
-                images, target = batch_transform(images, target, mix)
-            logits, _ = grader(images.to(device))
-            loss = F.cross_entropy(logits, target.to(device))  # int grades or (B, 5) soft targets
-            if not torch.isfinite(loss):
-                save_module(grader, out / GRADER_FILE)
-                raise DrganError(f"grader: non-finite loss at epoch {epoch + 1}, step {step}; weights saved to {out / GRADER_FILE}")
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            losses.append(loss.item())
-            step += 1
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        pred, _, truth = grader_features(grader, val, opts.batch, device, opts.workers)
-        metrics = grading_metrics(truth.numpy(), pred.numpy(), cfg.num_grades)
-        train_loss = sum(losses) / max(1, len(losses))
-        report["epochs"].append({"epoch": epoch + 1, "train_loss": train_loss, "val": metrics})
-        scalars = {"grader/train_loss": train_loss, "grader/val_accuracy": metrics["accuracy"], "grader/val_kappa": metrics["kappa"], "grader/lr": opts.lr}
-        scalars.update({f"grader/val_tpr_{g}": t for g, t in enumerate(metrics["tpr"]) if t is not None})
-        logger.scalars(scalars, epoch + 1)
-        tqdm.write(f"grader epoch {epoch + 1}/{opts.epochs}: loss {train_loss:.4f}  val accuracy {metrics['accuracy']:.3f}  kappa {metrics['kappa']:.3f}", file=sys.stderr)
+        losses, step = _train_epoch(grader, optim, loader, batch_transform, mix, device, out, epoch, opts.epochs, step)
+        report["epochs"].append(_validate(grader, val, opts, device, cfg.num_grades, losses, epoch, logger))
     logger.close()
     save_module(grader, out / GRADER_FILE)
+    return _fit_grading_space(grader, train, out, opts, device, cfg.num_grades, report)
+
+
+def _train_epoch(grader: GradeNet, optim: torch.optim.Optimizer, loader: DataLoader, batch_transform: BatchTransform | None,
+                 mix: torch.Generator, device: torch.device, out: Path, epoch: int, epochs: int, step: int
+                 ) -> tuple[list[float], int]:
+    """One pass over the training loader; returns the batch losses and the step count after it."""
+    losses = []
+    bar = tqdm(loader, desc=f"grader epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+    for item in bar:
+        images, target = item["image"], item["grade"].long()
+        if batch_transform is not None:
+            images, target = batch_transform(images, target, mix)
+        logits, _ = grader(images.to(device))
+        loss = F.cross_entropy(logits, target.to(device))  # int grades or (B, 5) soft targets
+        if not torch.isfinite(loss):
+            save_module(grader, out / GRADER_FILE)
+            raise DrganError(f"grader: non-finite loss at epoch {epoch + 1}, step {step}; weights saved to {out / GRADER_FILE}")
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+        step += 1
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses, step
+
+
+def _validate(grader: GradeNet, val: Dataset, opts: GraderOptions, device: torch.device, num_grades: int,
+              losses: list[float], epoch: int, logger: RunLogger) -> dict[str, Any]:
+    """Validation metrics after one epoch, logged and printed; returns the epoch's report entry."""
+    from drgan.metrics.grading import grading_metrics
+
+    pred, _, truth = grader_features(grader, val, opts.batch, device, opts.workers)
+    metrics = grading_metrics(truth.numpy(), pred.numpy(), num_grades)
+    train_loss = sum(losses) / max(1, len(losses))
+    scalars = {"grader/train_loss": train_loss, "grader/val_accuracy": metrics["accuracy"], "grader/val_kappa": metrics["kappa"], "grader/lr": opts.lr}
+    scalars.update({f"grader/val_tpr_{g}": t for g, t in enumerate(metrics["tpr"]) if t is not None})
+    logger.scalars(scalars, epoch + 1)
+    tqdm.write(f"grader epoch {epoch + 1}/{opts.epochs}: loss {train_loss:.4f}  val accuracy {metrics['accuracy']:.3f}  kappa {metrics['kappa']:.3f}", file=sys.stderr)
+    return {"epoch": epoch + 1, "train_loss": train_loss, "val": metrics}
+
+
+def _fit_grading_space(grader: GradeNet, train: Dataset, out: Path, opts: GraderOptions, device: torch.device,
+                       num_grades: int, report: dict[str, Any]) -> dict[str, Any]:
+    """Fit and save the grading spaces on the unaugmented training split; completes `report`."""
     accuracy = report["epochs"][-1]["val"]["accuracy"]
     _, features, grades = grader_features(grader, _unaugmented(train), opts.batch, device, opts.workers)
-    space = GradingSpace.fit(features, grades, cfg.num_grades, accuracy)
+    space = GradingSpace.fit(features, grades, num_grades, accuracy)
     space.save(out / SPACE_FILE)
     report.update(val_accuracy=accuracy, grader=str(out / GRADER_FILE), grading_space=str(out / SPACE_FILE))
     if accuracy < AGM_MIN_ACCURACY:
