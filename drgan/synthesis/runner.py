@@ -154,25 +154,14 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     start = time.perf_counter()
     size, space = _model(opts)
     plan = Plan(opts.count, tuple(opts.grades), opts.seed, opts.batch)
-    if opts.quality not in JPEG_QUALITIES:
-        raise ParameterError(f"{{quality}} {opts.quality}: JPEG quality lies in 1..100")
-    if opts.png_level not in PNG_LEVELS:
-        raise ParameterError(f"{{png_level}} {opts.png_level}: PNG levels lie in 0..9")
-    if opts.label not in LABELS:
-        raise ParameterError(f"{{label}} {opts.label!r}: choose one of {', '.join(LABELS)}")
-    if opts.label == "predicted" and opts.backend == "null":
-        raise ParameterError("{label} predicted needs the generator's encoder: a {run} and a generator backend, not null")
+    _check_output_options(opts)
     shard = _shard(opts.shard)
     device = _device(opts.device)
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
     pool = StructurePool.from_dataset(opts.structures, size, opts.loader) if opts.structures else StructurePool.phantom(size, opts.seed)
     loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch)
     times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
-    out = OutputFolder(
-        Path(opts.out), opts.format, opts.quality, opts.png_level, opts.save_masks,
-        journal_name=f".journal-{shard.index}-of-{shard.count}.csv", threads=opts.threads,
-        fingerprint=_fingerprint(opts, plan, size, pool, loaded), times=times,
-    )
+    out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
     try:
         pipeline = _Pipeline(opts, plan, pool, space, stats, loaded, device, size, out, times)
         generated, skipped, pipeline_seconds = pipeline.run(shard)
@@ -182,8 +171,35 @@ def synthesize(opts: SynthesisOptions) -> Summary:
         raise
     rows = _complete_rows(out, plan, pool, space, stats, pipeline.batch_predictions if opts.label == "predicted" else None)
     out.write_manifest(list(rows.values()))
-    per_grade = Counter(int(r["grade"]) for r in rows.values())
-    pairs = [(int(r["grade"]), int(r["predicted_grade"])) for r in rows.values() if r.get("predicted_grade") not in (None, "")]
+    return _summary(opts, list(rows.values()), generated, skipped, start, pipeline_seconds, times, device)
+
+
+def _check_output_options(opts: SynthesisOptions) -> None:
+    """Refuse encoder settings and labels the output cannot honour."""
+    if opts.quality not in JPEG_QUALITIES:
+        raise ParameterError(f"{{quality}} {opts.quality}: JPEG quality lies in 1..100")
+    if opts.png_level not in PNG_LEVELS:
+        raise ParameterError(f"{{png_level}} {opts.png_level}: PNG levels lie in 0..9")
+    if opts.label not in LABELS:
+        raise ParameterError(f"{{label}} {opts.label!r}: choose one of {', '.join(LABELS)}")
+    if opts.label == "predicted" and opts.backend == "null":
+        raise ParameterError("{label} predicted needs the generator's encoder: a {run} and a generator backend, not null")
+
+
+def _output_folder(opts: SynthesisOptions, shard: Shard, set_fingerprint: dict, times: StageTimes) -> OutputFolder:
+    """The output folder with this shard's journal."""
+    return OutputFolder(
+        Path(opts.out), opts.format, opts.quality, opts.png_level, opts.save_masks,
+        journal_name=f".journal-{shard.index}-of-{shard.count}.csv", threads=opts.threads,
+        fingerprint=set_fingerprint, times=times,
+    )
+
+
+def _summary(opts: SynthesisOptions, rows: list[dict], generated: int, skipped: int, start: float,
+             pipeline_seconds: float, times: StageTimes, device: torch.device) -> Summary:
+    """The run's summary from the manifest rows and the stage times."""
+    per_grade = Counter(int(r["grade"]) for r in rows)
+    pairs = [(int(r["grade"]), int(r["predicted_grade"])) for r in rows if r.get("predicted_grade") not in (None, "")]
     return Summary(
         Path(opts.out), generated, skipped, len(rows), dict(sorted(per_grade.items())), time.perf_counter() - start,
         gpu_busy_seconds=times.device_seconds() if device.type == "cuda" else None, pipeline_seconds=pipeline_seconds,
