@@ -29,7 +29,7 @@ from drgan.demo import DEMO_RECIPE
 from drgan.errors import DrganError
 from drgan.metrics.fid import compute_fid
 from drgan.metrics.fidelity import GROUPS, fidelity_above_chance, tensor_fidelity
-from drgan.metrics.images import open_image_set
+from drgan.metrics.images import open_image_set, to_uint8
 from drgan.metrics.swd import compute_swd
 from drgan.training.gan import GanTrainer
 from drgan.training.grader_pretraining import GraderOptions, train_grader
@@ -49,8 +49,7 @@ RECIPES = {"demo": DEMO_RECIPE, "paper": {}}
 
 def _save_images(images: torch.Tensor, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    for i, p in enumerate(pixels):
+    for i, p in enumerate(to_uint8(images)):
         Image.fromarray(p).save(folder / f"{i:05d}.png")
 
 

@@ -9,15 +9,10 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from drgan.data.contact_sheet import save_contact_sheet
+from drgan.metrics.images import to_uint8
 
 LOG_DIR = "logs"
 SAMPLE_DIR = "samples"
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
 
 
 class RunLogger:

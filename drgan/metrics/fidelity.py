@@ -22,6 +22,7 @@ from scipy.stats import rankdata
 
 from drgan.config import COND_CHANNELS
 from drgan.errors import DrganError
+from drgan.metrics.images import to_uint8
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,8 @@ def dataset_fidelity(root, resolution: int | None = None, split: str | None = No
 
 def tensor_fidelity(images, cond, grades) -> dict:
     """condition_fidelity of a batch: images (B, 3, H, W) in [-1, 1], cond (B, 8, H, W) in [0, 1]."""
-    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     masks = (cond.detach().float() * 255).round().byte().cpu().numpy()
-    return condition_fidelity(zip(pixels, masks, [int(g) for g in grades]))
+    return condition_fidelity(zip(to_uint8(images), masks, [int(g) for g in grades]))
 
 
 def evaluate_fidelity(
