@@ -36,14 +36,6 @@ class StageTimes:
         finally:
             self.add(stage, time.thread_time() - start)
 
-    @contextmanager
-    def wall(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(stage, time.perf_counter() - start)
-
     def bound(self) -> str:
         """The lane group with the most time per lane, and within it the costliest stage."""
         per_lane = {g: sum(self.seconds[s] for s in stages) / self.lanes[g] for g, stages in GROUPS.items()}
