@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset
-from drgan.errors import DrganError
+from drgan.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -70,16 +70,6 @@ def render_conditions(masks: np.ndarray) -> np.ndarray:
     for name, mask in zip(COND_CHANNELS, masks):
         out[mask > 127] = _MASK_COLOURS[name]
     return out
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DrganError(f"--device {name}: no CUDA device is available")
-    return name
 
 
 @dataclass
@@ -179,7 +169,7 @@ class _DemoRun:
 def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=print) -> Path:
     """Run every stage into `out`; returns the report path. Finished stages are reused on rerun."""
     out = Path(out)
-    device = _device(device)
+    device = str(resolve_device(device))
     scale = SCALES["quick" if quick else "cuda" if device.startswith("cuda") else "cpu"]
     out.mkdir(parents=True, exist_ok=True)
     demo = _DemoRun(out, scale, device, log)
