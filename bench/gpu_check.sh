@@ -2,6 +2,7 @@
 # Every GPU correctness check and benchmark in one call, for a lent GPU machine (at most 8 minutes):
 #   bash bench/gpu_check.sh             JSON under $OUT (bench/results/gpu if OUT is unset)
 #   bash bench/gpu_check.sh --dry-run   the same parts on the CPU at their smallest shapes (CI)
+#   bash bench/gpu_check.sh [--dry-run] PART...   only these parts (a rerun of the ones that failed)
 # Each part, bench/gpu/<part>.py, has its own time limit and always leaves OUT/<part>.json: what it
 # wrote, plus its outcome, seconds and the end of its log (report.py --record), also when it
 # crashed or ran out of time. OUT also gets device.txt: 8 files in all. A failing part does not stop
@@ -10,7 +11,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DRY=""
-[[ ${1:-} == --dry-run ]] && DRY=--dry-run
+[[ ${1:-} == --dry-run ]] && { DRY=--dry-run; shift; }
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
 LOGS=$(mktemp -d)
@@ -19,6 +20,12 @@ export PYTHONUNBUFFERED=1
 # install, the parts must end within TOTAL.
 PARTS=(kernels training generator synthesis export native fid)
 declare -A LIMIT=([kernels]=140 [training]=75 [generator]=60 [synthesis]=60 [export]=60 [native]=45 [fid]=30)
+if (( $# )); then
+  for name in "$@"; do
+    [[ -v LIMIT[$name] ]] || { echo "unknown part '$name': choose from ${PARTS[*]}" >&2; exit 2; }
+  done
+  PARTS=("$@")
+fi
 TOTAL=470
 start=$(date +%s)
 

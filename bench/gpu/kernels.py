@@ -1,4 +1,4 @@
-"""GPU check and benchmark of the Triton kernels at the paper's shapes (one H100, bf16 and fp16).
+"""GPU check and benchmark of the Triton kernels at the paper's shapes (one GPU, bf16 and fp16).
 
 (1) Each kernel against its reference: spatial attention forward at N = 6,400 / 25,600 / 102,400
 (QK dims 64 / 16 / 4, V dims 512 / 256 / 128, batch 1; at 102,400 on sampled query rows) and
@@ -7,7 +7,8 @@ channel attention at the SCA shapes; AdaIN at 80x80x512 ... 640x640x64, contiguo
 channels_last, forward and backward.
 (2) Timings: spatial attention Triton forward and backward vs the chunked reference,
 F.scaled_dot_product_attention (memory-efficient backend, Q/K zero-padded to 8) and torch.compile
-of the reference's chunk step; AdaIN achieved bandwidth against the H100 roofline.
+of the reference's chunk step; AdaIN achieved bandwidth against the device's own copy bandwidth (measured first:
+bytes read plus written by a large device-to-device copy).
 
     python3 bench/gpu/kernels.py --out OUT/kernels.json [--dry-run]
 """
@@ -32,7 +33,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # timed in the first
 BACKWARD_CHECK_MAX_N = 25600
 CHECK_ROWS = 4096  # query rows compared against the reference at N > BACKWARD_CHECK_MAX_N
 REL_TOL = 2e-2  # max |error| / max |reference|, for bf16/fp16 outputs and gradients
-H100_PEAK_BYTES_PER_S = 3.35e12
+COPY_BYTES = 1 << 31  # the bandwidth probe's source tensor: far past any L2
 SDPA_QK_PAD = 8
 TIME_BUDGET_S = 120  # optional baselines are skipped past this, so the part ends within gpu_check's limit
 # --dry-run: one shape per branch (the first spatial shape takes the sampled-rows check), fp16
@@ -54,6 +55,15 @@ def time_ms(fn, rep_ms: int = 60) -> float:
     start = time.perf_counter()
     fn()
     return (time.perf_counter() - start) * 1e3
+
+
+def copy_bandwidth(device: str) -> float:
+    """Bytes per second that a large device-to-device copy moves (read plus written): the ceiling
+    of a memory-bound kernel on this card, measured rather than taken from a datasheet."""
+    size = COPY_BYTES if device == "cuda" else 1 << 20
+    src = torch.rand(size // 4, device=device)  # random, not zeros: METHOD.md
+    dst = torch.empty_like(src)
+    return 2 * size / (time_ms(lambda: dst.copy_(src)) / 1e3)
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -156,7 +166,8 @@ def check_channel(c: int, n: int, dtype: torch.dtype, device: str) -> dict:
     return result
 
 
-def check_adain(side: int, c: int, dtype: torch.dtype, channels_last: bool, device: str, batch: int) -> dict:
+def check_adain(side: int, c: int, dtype: torch.dtype, channels_last: bool, device: str, batch: int,
+                peak_bytes_per_s: float) -> dict:
     gen = torch.Generator(device=device).manual_seed(side)
     x = (torch.randn(batch, c, side, side, device=device, generator=gen) + 0.5).to(dtype)
     if channels_last:
@@ -183,7 +194,7 @@ def check_adain(side: int, c: int, dtype: torch.dtype, channels_last: bool, devi
     # affine), so 2/3 of the peak is its ceiling unless the second read hits L2.
     useful = 2 * x.numel() * x.element_size()
     result["useful_GBps"] = useful / ms / 1e6
-    result["roofline_fraction"] = useful / (ms / 1e3) / H100_PEAK_BYTES_PER_S
+    result["roofline_fraction"] = useful / (ms / 1e3) / peak_bytes_per_s
     return result
 
 
@@ -206,6 +217,9 @@ def run(device: str, dtypes: dict, spatial_shapes, channel_shapes, adain_shapes,
     except ImportError:
         pass
     compiled = compiled_reference() if compile_baseline else None
+    peak = copy_bandwidth(device)
+    report["copy_GBps"] = peak / 1e9
+    print(f"device-to-device copy: {peak / 1e9:.0f} GB/s (read + written)", flush=True)
     for index, (dname, dtype) in enumerate(dtypes.items()):
         for n, dqk, dv in spatial_shapes:
             entry = {"dtype": dname, "N": n, "Dqk": dqk, "Dv": dv, **check_spatial(n, dqk, dv, dtype, device, backward_max_n)}
@@ -221,7 +235,7 @@ def run(device: str, dtypes: dict, spatial_shapes, channel_shapes, adain_shapes,
         for side, c in adain_shapes:
             for channels_last in (False, True):
                 entry = {"dtype": dname, "shape": [adain_batch, c, side, side], "channels_last": channels_last,
-                         **check_adain(side, c, dtype, channels_last, device, adain_batch)}
+                         **check_adain(side, c, dtype, channels_last, device, adain_batch, peak)}
                 report["adain"].append(entry)
                 _print_row("adain", entry)
     # What the autotuner chose per launch and key (N, DQK, DV, dtypes...): empty in the interpreter.
