@@ -8,8 +8,9 @@ bounding stage. Before the timed runs, the correctness checks of synthesis_check
 replay against eager, images written with and without graphs, GPU JPEG); the part exits 1 when
 one fails.
 
-    python3 bench/gpu/synthesis.py --out OUT/synthesis.json [--dry-run]
+    python3 bench/gpu/synthesis.py --out OUT/synthesis.json [--checks-only] [--dry-run]
 """
+import argparse
 import sys
 import tempfile
 import time
@@ -40,7 +41,9 @@ RUNS = [("torch", "jpeg", True), ("torch", "jpeg", False), ("torch", "png", Fals
 
 
 def main() -> None:
-    args = _part.arguments(__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checks-only", action="store_true", help="the correctness checks, no timed runs")
+    args = _part.arguments(__doc__, parser)
     t0 = time.time()
     preset, count, batch = (DRY_PRESET, DRY_COUNT, DRY_BATCH) if args.dry_run else (PRESET, COUNT, BATCH)
     device = _part.device(args)
@@ -66,7 +69,7 @@ def main() -> None:
         }
         print("checks:", results["checks"])
         _part.write(args.out, results, args.dry_run)  # kept if the timed runs below run out of time
-        for backend, fmt, gpu_encode in RUNS:
+        for backend, fmt, gpu_encode in [] if args.checks_only else RUNS:
             encoder = "gpu" if gpu_encode and results["gpu_jpeg"] else "host"
             if (fmt, gpu_encode) == ("jpeg", False) and not results["gpu_jpeg"]:
                 continue  # the host-encoded JPEG run is already the run above

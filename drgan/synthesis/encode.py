@@ -38,7 +38,15 @@ def gpu_jpeg_encoder(quality: int) -> Callable | None:
     returns one uint8 tensor of JPEG bytes per image, still on the GPU.
     """
     try:
+        import torch
         from torchvision.io import encode_jpeg
     except (ImportError, RuntimeError):
         return None
-    return lambda pixels: encode_jpeg(list(pixels), quality=quality)
+
+    def encode(pixels: torch.Tensor) -> list[torch.Tensor]:
+        # nvJPEG runs on a stream of torchvision's own that does not wait for the caller's: pixels
+        # written on a side stream were read before they were there (H200, torchvision 0.26: a
+        # batch of black images). The wait costs nothing measurable: encoding blocks the host anyway.
+        torch.cuda.current_stream(pixels.device).synchronize()
+        return encode_jpeg(list(pixels), quality=quality)
+    return encode
