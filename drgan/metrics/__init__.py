@@ -1,2 +1,3 @@
-"""Fidelity and grading metrics: FID (fid), SWD (swd), accuracy / kappa / TPR (grading), the grader as an
-instrument (grader), image sets (images) and the paper's augmentation experiment (experiment)."""
+"""Fidelity and grading metrics: FID (fid), SWD (swd), condition fidelity (fidelity), accuracy / kappa / TPR
+(grading), the grader as an instrument (grade_prediction), image sets (images), and all of them by name
+(registry)."""

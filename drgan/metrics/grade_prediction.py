@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from drgan.checkpoint import load_module
+from drgan.data.dataset import FundusDataset
 from drgan.runs import GRADER_FILE, grader_resolution, require_kind
 from drgan.errors import DrganError
 from drgan.metrics.grading import grading_metrics
@@ -57,3 +58,17 @@ def evaluate_grader(
         raise DrganError("grading: the dataset has no images")
     truth, pred = predict_grades(model, dataset, batch, progress=progress)
     return grading_metrics(truth, pred)
+
+
+def grade_dataset(
+    run: str | Path,
+    data: str | Path,
+    split: str | None = None,
+    device: str | torch.device = "cpu",
+    batch: int = 32,
+) -> dict[str, Any]:
+    """evaluate_grader of a grader run folder on a dataset folder (only `split`'s rows when given),
+    at the grader's resolution, with the run and the dataset named."""
+    model, resolution = load_grader(run, device)
+    metrics = evaluate_grader(model, FundusDataset(data, resolution, split=split), batch=batch)
+    return {"model": str(run), "data": str(data), **metrics}

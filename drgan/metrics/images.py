@@ -62,14 +62,17 @@ class ImageSet:
         return digest.hexdigest()
 
 
-def open_image_set(folder: str | os.PathLike) -> ImageSet:
-    """A dataset folder (images/ + labels.csv) with grades, or a plain folder of images without."""
+def open_image_set(folder: str | os.PathLike, split: str | None = None) -> ImageSet:
+    """A dataset folder (images/ + labels.csv) with grades, only `split`'s rows when given, or a
+    plain folder of images without grades."""
     root = Path(folder)
     if not root.is_dir():
         raise DrganError(f"{root}: not a folder")
     if (root / LABELS_FILE).is_file() and (root / "images").is_dir():
-        samples = sorted(open_dataset(root).samples, key=lambda s: s.id)  # validates the dataset
+        samples = sorted(open_dataset(root, split=split).samples, key=lambda s: s.id)  # validates the dataset
         image_set = ImageSet(root, [s.image for s in samples], [s.grade for s in samples])
+    elif split is not None:
+        raise DrganError(f"{root}: split {split!r} needs a dataset folder (images/ + labels.csv)")
     else:
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         image_set = ImageSet(root, paths, None)

@@ -1,0 +1,169 @@
+"""Metrics by name: a command, a benchmark or a script asks for "fid" or "swd" instead of wiring
+each metric's sets, devices and options by hand.
+
+A metric is a function of one MetricInputs that returns a flat dict: its keys start with the
+metric's name, so the results of several metrics merge into one dict, and its values are JSON
+numbers, strings or None; the key `warnings`, when present, lists where a value would mislead.
+The CLI lists the names at startup, before torch is imported, so each metric imports its module
+inside its body. A new metric is one decorated function here, calling its module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from drgan.errors import ParameterError
+
+if TYPE_CHECKING:
+    from drgan.metrics.images import ImageSet
+
+Result = dict[str, Any]
+Metric = Callable[["MetricInputs"], Result]
+
+
+@dataclass(frozen=True)
+class MetricInputs:
+    """What the metrics measure; each metric reads the fields it needs."""
+
+    fake: Path                     # the set measured: a synthesized set, a dataset folder or a folder of images
+    real: Path | None = None       # the reference set: fid and swd compare with it, fidelity and grading measure it beside
+    real_split: str | None = None  # only this split of `real` (e.g. test)
+    grader: Path | None = None     # grader run folder (grading)
+    device: str = "cpu"             # a torch device name (the CLI resolves auto)
+    max_images: int | None = None  # images per set for swd and fidelity; None: their own defaults
+    seed: int = 0                  # swd's subsets, patch positions and directions
+    per_grade: bool = False        # also the values per grade (dataset folders)
+
+
+_METRICS: dict[str, Metric] = {}
+
+
+def register_metric(function: Metric) -> Metric:
+    """Register `function` under its own name."""
+    _METRICS[function.__name__] = function
+    return function
+
+
+def metric_names() -> list[str]:
+    return list(_METRICS)
+
+
+def _unknown(param: str, name: str) -> ParameterError:
+    return ParameterError(f"{{{param}}} {name!r}: choose one of {', '.join(_METRICS)}")
+
+
+def metric_list(metrics: str) -> list[str]:
+    """The names of a comma-separated list, in order, once each; all are checked before any runs."""
+    names = list(dict.fromkeys(name.strip() for name in metrics.split(",")))
+    for name in names:
+        if name not in _METRICS:
+            raise _unknown("metrics", name)
+    return names
+
+
+def calc_metric(metric: str, inputs: MetricInputs) -> Result:
+    """The flat result of the metric named `metric` on `inputs`."""
+    if metric not in _METRICS:
+        raise _unknown("metric", metric)
+    return _METRICS[metric](inputs)
+
+
+def format_metrics(result: Result) -> str:
+    """A flat result as a two-column table, each line ending in its value."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return "-" if value is None else str(value)
+
+    rows = {key: value for key, value in result.items() if key != "warnings"}
+    width = max(map(len, rows), default=0)
+    return "\n".join(f"{key:<{width}}  {cell(value)}" for key, value in rows.items())
+
+
+def _real(inputs: MetricInputs, metric: str) -> Path:
+    if inputs.real is None:
+        raise ParameterError(f"{metric} compares two sets: give the reference set {{real}}")
+    return inputs.real
+
+
+def _cap(inputs: MetricInputs) -> dict[str, int]:
+    """`max_images` when given; otherwise the metric keeps its own default."""
+    return {} if inputs.max_images is None else {"max_images": inputs.max_images}
+
+
+def _sets(inputs: MetricInputs, metric: str) -> tuple[ImageSet, ImageSet]:
+    """(real, fake) image sets of a metric that compares the two."""
+    from drgan.metrics.images import open_image_set
+
+    return open_image_set(_real(inputs, metric), inputs.real_split), open_image_set(inputs.fake)
+
+
+@register_metric
+def fid(inputs: MetricInputs) -> Result:
+    """FID over every image of both sets (drgan.metrics.fid.compute_fid), the real set's statistics not cached."""
+    from drgan.metrics.fid import compute_fid
+
+    real, fake = _sets(inputs, "fid")
+    result = compute_fid(real, fake, per_grade=inputs.per_grade, device=inputs.device)
+    flat = {"fid": result["fid"], "fid_real_images": result["real"]["count"], "fid_fake_images": result["fake"]["count"]}
+    if inputs.per_grade:
+        flat.update({f"fid_grade_{grade}": value for grade, value in result["per_grade"].items()})
+        flat["fid_grade_average"] = result["fid_grade_average"]
+    return {**flat, "warnings": result["warnings"]}
+
+
+@register_metric
+def swd(inputs: MetricInputs) -> Result:
+    """SWD x1e3 per pyramid level and averaged (drgan.metrics.swd.compute_swd)."""
+    from drgan.metrics.swd import compute_swd
+
+    real, fake = _sets(inputs, "swd")
+    result = compute_swd(real, fake, seed=inputs.seed, device=inputs.device, per_grade=inputs.per_grade, **_cap(inputs))
+    flat = {"swd_x1e3_average": result["swd_x1e3_average"], "swd_images": result["count"],
+            "swd_resolution": result["resolution"]}
+    flat.update({f"swd_x1e3_{level}px": value for level, value in result["swd_x1e3"].items()})
+    if inputs.per_grade:
+        flat.update({f"swd_x1e3_grade_{grade}": value["swd_x1e3_average"] for grade, value in result["per_grade"].items()})
+        flat["swd_x1e3_grade_average"] = result["swd_x1e3_grade_average"]
+    return flat
+
+
+@register_metric
+def fidelity(inputs: MetricInputs) -> Result:
+    """Condition fidelity (ROC AUC per condition group) of the fake set, and of the real set beside
+    it when given (drgan.metrics.fidelity.evaluate_fidelity); the fake set needs its masks."""
+    from drgan.metrics.fidelity import evaluate_fidelity
+
+    result, _ = evaluate_fidelity(inputs.fake, inputs.real, inputs.real_split, **_cap(inputs))
+    flat: Result = {"fidelity_images": result["fidelity"]["images"]}
+    flat.update({f"fidelity_{group}": auc for group, auc in result["fidelity"]["overall"].items()})
+    if inputs.per_grade:
+        for grade, groups in result["fidelity"]["per_grade"].items():
+            flat.update({f"fidelity_grade_{grade}_{group}": auc for group, auc in groups.items()})
+    if inputs.real is not None:
+        reference = result["fidelity_reference"]
+        flat["fidelity_real_images"] = reference["images"]
+        flat.update({f"fidelity_real_{group}": auc for group, auc in reference["overall"].items()})
+        flat.update({f"fidelity_fraction_of_real_{group}": v for group, v in result["fraction_of_reference"].items()})
+    return flat
+
+
+@register_metric
+def grading(inputs: MetricInputs) -> Result:
+    """A grader's accuracy and quadratic-weighted kappa on the fake set by its labels, and on the
+    real set when given (drgan.metrics.grade_prediction.grade_dataset)."""
+    if inputs.grader is None:
+        raise ParameterError("grading needs a grader: give its run folder {grader}")
+    from drgan.metrics.grade_prediction import grade_dataset
+
+    flat: Result = {}
+    for prefix, folder, split in (("grading", inputs.fake, None), ("grading_real", inputs.real, inputs.real_split)):
+        if folder is None:
+            continue
+        result = grade_dataset(inputs.grader, folder, split, inputs.device)
+        flat.update({f"{prefix}_accuracy": result["accuracy"], f"{prefix}_kappa": result["kappa"],
+                     f"{prefix}_images": result["count"]})
+        if inputs.per_grade:
+            flat.update({f"{prefix}_tpr_grade_{grade}": tpr for grade, tpr in enumerate(result["tpr"])})
+    return flat

@@ -1,0 +1,146 @@
+"""Metrics by name: the registry's names and errors, each metric's result against its module's own,
+and `drgan evaluate metrics` end to end."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from drgan.cli import cli
+from drgan.cli.common import run_command
+from drgan.data.phantom import write_phantom_dataset
+from drgan.errors import DrganError, ParameterError
+from drgan.metrics.fid import compute_fid as direct_fid
+from drgan.metrics.fidelity import evaluate_fidelity
+from drgan.metrics.grade_prediction import grade_dataset
+from drgan.metrics.images import open_image_set
+from drgan.metrics.registry import MetricInputs, calc_metric, metric_list, metric_names
+from drgan.metrics.swd import compute_swd
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    grades = [0, 3] * 5  # the train split holds 3 of each: per-grade FID needs 2
+    real = write_phantom_dataset(root / "real", 10, 64, seed=0, grades=grades)
+    return real, write_phantom_dataset(root / "fake", 10, 64, seed=1, grades=grades)
+
+
+@pytest.fixture(scope="module")
+def grader(tmp_path_factory):
+    from drgan.checkpoint import save_module
+    from drgan.config import preset
+    from drgan.nn import build_grader
+    from drgan.runs import write_run_config
+
+    run = tmp_path_factory.mktemp("grader") / "run"
+    cfg = preset("tiny-64")
+    write_run_config(run, cfg, "global", {"trainer": "grader"})
+    save_module(build_grader(cfg), run / "grader.safetensors")
+    return run
+
+
+def test_registry_lists_the_metrics_and_unknown_names_are_one_line():
+    assert metric_names() == ["fid", "swd", "fidelity", "grading"]
+    with pytest.raises(ParameterError) as err:
+        calc_metric("kid", MetricInputs(fake="unused"))
+    assert str(err.value) == "metric 'kid': choose one of fid, swd, fidelity, grading"
+    assert metric_list("swd, fidelity,swd") == ["swd", "fidelity"]
+    with pytest.raises(ParameterError, match="^metrics 'kid': choose one of fid, swd, fidelity, grading$"):
+        metric_list("swd,kid")
+
+
+def test_metrics_that_cannot_run_say_what_is_missing(sets):
+    real, fake = sets
+    for name in ("fid", "swd"):
+        with pytest.raises(ParameterError) as err:
+            calc_metric(name, MetricInputs(fake=fake))
+        assert err.value.params == ["real"]
+    with pytest.raises(ParameterError) as err:
+        calc_metric("grading", MetricInputs(fake=fake, real=real))
+    assert err.value.params == ["grader"]
+    with pytest.raises(DrganError, match="needs a dataset folder"):
+        calc_metric("swd", MetricInputs(fake=fake, real=real / "images", real_split="test"))
+
+
+@pytest.fixture(scope="module")
+def inputs(sets, grader) -> MetricInputs:
+    real, fake = sets
+    return MetricInputs(fake=fake, real=real, real_split="train", grader=grader, seed=2, per_grade=True)
+
+
+@pytest.fixture(scope="module")
+def results(inputs):
+    """Each metric's result by name, and the result and arguments of the one compute_fid call
+    (loading the Inception network takes seconds: one FID here)."""
+    calls = []
+
+    def compute_fid(*args, **kwargs):
+        calls.append((args, kwargs, direct_fid(*args, **kwargs)))
+        return calls[-1][2]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("drgan.metrics.fid.compute_fid", compute_fid)
+        by_name = {name: calc_metric(name, inputs) for name in metric_names()}
+    assert len(calls) == 1
+    return by_name, calls[0]
+
+
+def test_registered_metrics_equal_their_modules(inputs, results):
+    by_name, (fid_args, fid_kwargs, fid) = results
+    real_set, fake_set = open_image_set(inputs.real, "train"), open_image_set(inputs.fake)
+    assert len(real_set) == 6 and len(fake_set) == 10
+
+    swd = compute_swd(real_set, fake_set, seed=2, per_grade=True, progress=False)
+    result = by_name["swd"]
+    assert result["swd_x1e3_average"] == swd["swd_x1e3_average"] and result["swd_images"] == swd["count"]
+    assert [result[f"swd_x1e3_{level}px"] for level in swd["swd_x1e3"]] == list(swd["swd_x1e3"].values())
+    assert result["swd_x1e3_grade_average"] == swd["swd_x1e3_grade_average"]
+
+    assert [s.paths for s in fid_args] == [real_set.paths, fake_set.paths] and fid_kwargs["per_grade"]
+    result = by_name["fid"]
+    assert (result["fid"], result["fid_grade_average"], result["warnings"]) == \
+        (fid["fid"], fid["fid_grade_average"], fid["warnings"])
+    assert {g: result[f"fid_grade_{g}"] for g in fid["per_grade"]} == fid["per_grade"]
+
+    fidelity, _ = evaluate_fidelity(inputs.fake, inputs.real, "train")
+    result = by_name["fidelity"]
+    assert {k: result[f"fidelity_{k}"] for k in fidelity["fidelity"]["overall"]} == fidelity["fidelity"]["overall"]
+    assert {k: result[f"fidelity_fraction_of_real_{k}"] for k in fidelity["fraction_of_reference"]} == \
+        fidelity["fraction_of_reference"]
+
+    grading = grade_dataset(inputs.grader, inputs.real, "train")
+    result = by_name["grading"]
+    assert (result["grading_real_accuracy"], result["grading_real_kappa"]) == (grading["accuracy"], grading["kappa"])
+    assert [result[f"grading_real_tpr_grade_{g}"] for g in range(5)] == grading["tpr"]
+    assert result["grading_images"] == 10 and result["grading_real_images"] == grading["count"] == 6
+
+
+def test_every_key_starts_with_its_metric_so_results_merge(results):
+    for name, result in results[0].items():
+        assert all(key.startswith(name) for key in result if key != "warnings"), (name, list(result))
+        json.dumps(result)
+
+
+def test_cli_metrics_json_text_and_bad_names(sets, capsys):
+    real, fake = sets
+    args = ["evaluate", "metrics", "--fake", str(fake), "--real", str(real), "--metrics", "swd,fidelity",
+            "--max-images", "6", "--seed", "1", "--device", "cpu"]
+    assert run_command(cli, args=args + ["--json"], prog_name="drgan") == 0
+    result = json.loads(capsys.readouterr().out)
+    inputs = MetricInputs(fake=fake, real=real, max_images=6, seed=1)
+    assert result == {**calc_metric("swd", inputs), **calc_metric("fidelity", inputs)}
+    assert run_command(cli, args=args, prog_name="drgan") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table] == list(result)
+    assert f"{result['swd_x1e3_average']:.4f}" == table[0].split()[-1]
+
+    assert run_command(cli, args=args[:-2] + ["--metrics", "swd,kid"], prog_name="drgan") == 1
+    assert capsys.readouterr().err == "error: --metrics 'kid': choose one of fid, swd, fidelity, grading\n"
+    assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "grading"], prog_name="drgan") == 1
+    assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"
+
+
+def test_command_line_lists_metric_names_without_torch():
+    code = "import sys, drgan.cli; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
