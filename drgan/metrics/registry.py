@@ -30,7 +30,7 @@ class MetricInputs:
     real: Path | None = None       # the reference set: fid and swd compare with it, fidelity and grading measure it beside
     real_split: str | None = None  # only this split of `real` (e.g. test)
     grader: Path | None = None     # grader run folder (grading)
-    device: str = "cpu"             # a torch device name (the CLI resolves auto)
+    device: str = "cpu"            # a torch device name (the CLI resolves auto)
     max_images: int | None = None  # images per set for swd and fidelity; None: their own defaults
     seed: int = 0                  # swd's subsets, patch positions and directions
     per_grade: bool = False        # also the values per grade (dataset folders)
