@@ -66,6 +66,17 @@ def copy_bandwidth(device: str) -> float:
     return 2 * size / (time_ms(lambda: dst.copy_(src)) / 1e3)
 
 
+def tuning_timings(run) -> dict:
+    """ms of every configuration each autotuned kernel tried during `run()` (the tuning it did for
+    a new shape), so a tuning space can be judged from one GPU window: {kernel: {config: ms}}."""
+    for tuner in tuners.values():
+        tuner.configs_timings = None
+    run()
+    return {name: {str(config): round(float(ms[0] if isinstance(ms, (list, tuple)) else ms), 4)
+                   for config, ms in tuner.configs_timings.items()}
+            for name, tuner in tuners.items() if getattr(tuner, "configs_timings", None)}
+
+
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12)).item()
 
@@ -209,6 +220,7 @@ def run(device: str, dtypes: dict, spatial_shapes, channel_shapes, adain_shapes,
         "spatial": [],
         "channel": [],
         "adain": [],
+        "tuning_ms": [],  # median ms of every configuration the autotuner tried, per shape
     }
     try:
         import triton
@@ -222,7 +234,10 @@ def run(device: str, dtypes: dict, spatial_shapes, channel_shapes, adain_shapes,
     print(f"device-to-device copy: {peak / 1e9:.0f} GB/s (read + written)", flush=True)
     for index, (dname, dtype) in enumerate(dtypes.items()):
         for n, dqk, dv in spatial_shapes:
-            entry = {"dtype": dname, "N": n, "Dqk": dqk, "Dv": dv, **check_spatial(n, dqk, dv, dtype, device, backward_max_n)}
+            entry = {"dtype": dname, "N": n, "Dqk": dqk, "Dv": dv}
+            tried = tuning_timings(lambda: entry.update(check_spatial(n, dqk, dv, dtype, device, backward_max_n)))
+            report["tuning_ms"] += [{"dtype": dname, "N": n, "Dqk": dqk, "Dv": dv, "kernel": name, "config": config, "ms": ms}
+                                    for name, timings in tried.items() for config, ms in timings.items()]
             # Timings in the first dtype only: the others run the same kernels at the same speed.
             if index == 0:
                 entry.update(bench_spatial(n, dqk, dv, dtype, device, deadline, compiled, largest_n))
