@@ -87,8 +87,8 @@ class OutputFolder:
         return future
 
     def _write(self, row: dict, image: Callable[[], np.ndarray | bytes], masks: np.ndarray | None) -> None:
+        data = image()  # waits for the device's copy: not host work, so outside the stage times
         with self.times.cpu("encoding"):
-            data = image()
             if not isinstance(data, bytes):
                 data = encode_image(data, self.fmt, self.quality, self.png_level)
             encoded_masks = [encode_image(m, "png", 0, self.png_level) for m in masks] if masks is not None else []
