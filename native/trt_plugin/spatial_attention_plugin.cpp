@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "drgan_kernel_constants.h"  // generated from kernels/spatial_attention_triton.py
 #include "drgan_kernels.h"
 
 #define DRGAN_PLUGIN_API extern "C" __attribute__((visibility("default")))
@@ -61,7 +62,8 @@ std::string checkShapes(Dims const& q, Dims const& k, Dims const& v) {
         if (k.d[i] != q.d[i] || v.d[i] != q.d[i]) return "Q, K, V must agree on every axis but the last";
     }
     if (k.d[q.nbDims - 1] != q.d[q.nbDims - 1]) return "Q and K must have one width";
-    if (q.d[q.nbDims - 1] > 128) return "the Q/K width exceeds 128";
+    if (q.d[q.nbDims - 1] > DRGAN_SPATIAL_MAX_QK_DIM)
+        return "the Q/K width exceeds " + std::to_string(DRGAN_SPATIAL_MAX_QK_DIM);
     return {};
 }
 
