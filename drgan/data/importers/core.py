@@ -26,7 +26,7 @@ from drgan.data.labels import LABELS_FILE
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError, ParameterError
-from drgan.io import TEMP_MARK, atomic_write_bytes, atomic_write_text, check_writable_dir, encode_png
+from drgan.io import atomic_write_bytes, atomic_write_text, check_writable_dir, encode_png, remove_temp_files
 
 IMPORT_FILE = "import.json"      # the options a dataset was imported with; a rerun must match them
 REPORT_FILE = "import_report.txt"
@@ -287,8 +287,7 @@ def import_plan(kind: str, plan: Plan, out: str | Path, size: int, vessels: str,
         first = f"; first: {plan.skipped[0]}" if plan.skipped else ""
         raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped{first})")
     _check_options(out, {"kind": kind, "size": size, "vessels": vessels})
-    for tmp in (out / "images").glob(f".*{TEMP_MARK}*"):          # left by a killed run
-        tmp.unlink()
+    remove_temp_files(out)  # left by a killed run, images and masks alike
     counts = Counter(it.id for it in plan.items)
     report_skipped = [f"{it.image}: another image has the id {it.id!r}" for it in plan.items if counts[it.id] > 1]
     items = carve_splits([it for it in plan.items if counts[it.id] == 1])
