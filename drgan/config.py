@@ -78,6 +78,12 @@ class ModelConfig:
         """Grading-vector size: the grader's pooled ResNet-50 feature (2048 at width 64)."""
         return self.grader_width * 32
 
+    @property
+    def attention_tokens(self) -> tuple[int, ...]:
+        """N (= H x W) of each SCA block's spatial attention, coarse to fine; empty without SCA."""
+        side = self.global_resolution // 2 ** (len(self.enc_channels) - 1)
+        return tuple((side * 2**i) ** 2 for i in range(len(self.sca_qk_dims))) if self.sca else ()
+
     def stage_resolution(self, stage: str) -> int:
         if stage not in STAGES:
             raise DrganError(f"unknown stage {stage!r}; choose one of {STAGES}")

@@ -59,8 +59,7 @@ def generator_costs(cfg: ModelConfig, stage: str = "local") -> list[ModuleCost]:
 
 def attention_exps(cfg: ModelConfig, stage: str = "local") -> int:
     """Exponentials of the spatial-attention softmax per image: sum of N^2 over SCA blocks."""
-    side = cfg.global_resolution // 2 ** (len(cfg.enc_channels) - 1)
-    return sum((side * 2**i) ** 4 for i in range(len(cfg.sca_qk_dims)))
+    return sum(n * n for n in cfg.attention_tokens)
 
 
 def format_report(cfg: ModelConfig, name: str, stage: str = "local") -> str:

@@ -34,6 +34,8 @@ def compile_aoti(
     device_type = torch.device(device).type
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ParameterError("{device} cuda: no CUDA GPU is visible")
+    if device_type == "cpu":
+        _check_cpu_attention_memory(generator, profile)
     model = prepare(generator, impl="sdpa", precision=precision, pad_qk=CUDA_QK_MULTIPLE if device_type == "cuda" else None)
     model = model.to(device)
     # Trace at batch >= 2 unless fixed: a size-1 axis would be specialized to 1.
@@ -63,6 +65,26 @@ def compile_aoti(
         "model": generator.cfg.to_dict(),
     })
     return path
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_cpu_attention_memory(generator: DRGANGenerator, profile: BatchProfile) -> None:
+    """Refuse, before minutes of compilation, a CPU package whose attention cannot run here: on the
+    CPU the compiled SDPA holds each image's N x N fp32 scores at once (paper-1280: N = 102,400,
+    42 GB per image, measured)."""
+    tokens = generator.cfg.attention_tokens
+    if not tokens:
+        return
+    n = max(tokens)
+    need, have = profile.max * n * n * 4, physical_memory()
+    if need > have:
+        raise DrganError(f"an AOTInductor package on the CPU holds the attention's N x N scores: N = {n:,} at batch "
+                         f"{profile.max} needs {need / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB; "
+                         "compile it for CUDA (--device cuda) or synthesize with --backend torch")
 
 
 class AotiGenerator:

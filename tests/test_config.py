@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from drgan.config import PRESETS, ModelConfig, load_model_config, preset, save_json
 from drgan.errors import DrganError
@@ -48,3 +49,21 @@ def test_paper_preset_matches_the_paper():
     assert cfg.enc_channels == (64, 128, 256, 512) and cfg.n_res_blocks == 7
     # d = 8, 16, 32 at 80, 160, 320 px with 512, 256, 128 channels.
     assert cfg.sca_qk_dims == (512 // 8, 256 // 16, 128 // 32)
+
+
+def test_attention_tokens_are_the_sca_blocks_sizes():
+    import dataclasses
+
+    from drgan.nn import DRGANGenerator
+
+    cfg = preset("tiny-64")
+    g = DRGANGenerator(cfg, "local")
+    sides = []  # the feature side each SCA block attends over, read off the model's forward
+    hooks = [block.sca.register_forward_hook(lambda m, args, out: sides.append(out.shape[-2] * out.shape[-1]))
+             for block in g.global_gen.synth]
+    g(torch.zeros(1, cfg.cond_channels, 64, 64), torch.zeros(1, cfg.z_dim), [torch.zeros(s) for s in g.noise_shapes(1)])
+    for hook in hooks:
+        hook.remove()
+    assert cfg.attention_tokens == tuple(sides)
+    assert preset("paper-1280").attention_tokens == (6400, 25600, 102400)  # 80, 160, 320 px: the paper's SCA sizes
+    assert dataclasses.replace(cfg, sca=False).attention_tokens == ()

@@ -1,5 +1,6 @@
 """AOTInductor: a tiny-64 package compiled on the CPU through the CLI loads in a fresh process (no drgan
-model code) and matches PyTorch. The compile takes minutes on two shared cores, hence slow."""
+model code) and matches PyTorch (minutes on two shared cores, hence slow); a CPU package whose
+attention cannot fit in memory is refused before compiling."""
 from __future__ import annotations
 
 import subprocess
@@ -15,8 +16,9 @@ from drgan.cli.common import run_command
 from drgan.cli.export import export
 from drgan.config import preset
 from drgan.errors import DrganError
+from drgan.export import aoti
 from drgan.export.backends import make_backend
-from drgan.export.sidecar import read_sidecar
+from drgan.export.sidecar import BatchProfile, read_sidecar
 from drgan.export.wrapper import example_inputs, input_names
 from drgan.nn import DRGANGenerator
 
@@ -69,3 +71,13 @@ def test_aoti_package_loads_in_fresh_process_and_matches(tmp_path):
     assert (image - ref_image).abs().max().item() <= 1e-3
     with pytest.raises(DrganError, match="takes batches 1..4"):
         make_backend("aoti", run, device="cpu", batch=8)
+
+
+def test_cpu_package_whose_attention_cannot_fit_is_refused_before_compiling(tmp_path, monkeypatch):
+    g = DRGANGenerator(preset("tiny-64"), "local").eval()
+    n = max(g.cfg.attention_tokens)
+    monkeypatch.setattr(aoti, "physical_memory", lambda: 2 * n * n * 4 - 1)  # room for one image, not two
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", lambda *a, **k: pytest.fail("compiled"))
+    with pytest.raises(DrganError, match=rf"N = {n:,} at batch 2 needs .*--device cuda"):
+        aoti.compile_aoti(g, tmp_path / "g.pt2", BatchProfile(1, 2, 2), "cpu")
+    assert not list(tmp_path.iterdir())
