@@ -81,3 +81,15 @@ def test_cpu_package_whose_attention_cannot_fit_is_refused_before_compiling(tmp_
     with pytest.raises(DrganError, match=rf"N = {n:,} at batch 2 needs .*--device cuda"):
         aoti.compile_aoti(g, tmp_path / "g.pt2", BatchProfile(1, 2, 2), "cpu")
     assert not list(tmp_path.iterdir())
+
+
+def test_cpu_package_whose_attention_cannot_fit_is_refused_at_load(tmp_path, monkeypatch):
+    g = DRGANGenerator(preset("tiny-64"), "local").eval()
+    n = max(g.cfg.attention_tokens)
+    package = tmp_path / "g.pt2"
+    package.write_bytes(b"not loaded")
+    aoti.write_sidecar(package, {"device": "cpu", "batch": {"min": 1, "opt": 1, "max": 1}, "model": g.cfg.to_dict()})
+    monkeypatch.setattr(aoti, "physical_memory", lambda: n * n * 4 - 1)
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(DrganError, match=rf"N = {n:,} at batch 1 needs"):
+        aoti.AotiGenerator(package)
