@@ -13,6 +13,7 @@
 #   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
 # bench/results/gpu-h200-2026-11-29/README.md has the calls as run.
 set -u
+export PYTHONFAULTHANDLER=1  # a crash in native code still prints where Python was
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DRY=""

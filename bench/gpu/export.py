@@ -4,8 +4,10 @@
 
 Random weights with the attention branches switched on (cost does not depend on the values). Eager runs
 twice: with the kernels the torch backend uses (impl 'auto') and with the SDPA path the AOTInductor
-package is compiled from, so compile gains and kernel choice are told apart. The package and the
-engine come from drgan-export's pipeline (export_run: compiled, then checked against eager fp32).
+package is compiled from, so compile gains and kernel choice are told apart. The package is
+compiled by compile_aoti and loaded first in a fresh interpreter, then in this process (torch 2.11
+crashed loading a CUDA package in the process that compiled it); the TensorRT engine comes from
+drgan-export's pipeline (export_run: built, then checked against eager fp32).
 The JSON is rewritten after each part, so a part cut off by the time limit leaves the earlier
 numbers. --dry-run: the tiny preset in fp32 on the CPU, and the AOTInductor export only has its
 options checked (it takes minutes on a CPU; tests/test_export_aoti.py compiles for real).
@@ -14,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -24,7 +29,7 @@ import torch
 
 from drgan.checkpoint import save_module
 from drgan.config import preset
-from drgan.export.aoti import AotiGenerator
+from drgan.export.aoti import AotiGenerator, compile_aoti
 from drgan.export.backends import aoti_file, engine_file
 from drgan.export.pipeline import ExportOptions, export_run
 from drgan.export.sidecar import BatchProfile
@@ -32,6 +37,38 @@ from drgan.export.trt_runner import TrtGenerator
 from drgan.export.wrapper import example_inputs, prepare
 from drgan.nn import DRGANGenerator
 from drgan.runs import write_run_config
+
+
+# A fresh interpreter loads the package and runs it once on random inputs of its sidecar's shapes.
+FRESH_LOAD = """
+import json, sys, time, torch
+path = sys.argv[1]
+side = json.load(open(path + ".json"))
+t = time.perf_counter()
+package = torch._inductor.aoti_load_package(path)
+load_s = time.perf_counter() - t
+inputs = [torch.randn([1, *shape[1:]], device=side["device"]) for shape in side["inputs"].values()]
+with torch.no_grad():
+    image, _ = package(*inputs)
+if image.is_cuda:
+    torch.cuda.synchronize()
+print(json.dumps({"load_s": round(load_s, 2), "image_finite": bool(torch.isfinite(image).all())}))
+"""
+
+
+def fresh_process_load(path: Path, timeout_s: int = 90) -> dict:
+    """Outcome of loading and running the package in a new interpreter (return code -11: SIGSEGV)."""
+    try:
+        done = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(path)], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no answer within {timeout_s} s"}
+    outcome = {"returncode": done.returncode, "stderr_tail": done.stderr[-800:]}
+    if done.returncode == 0:
+        outcome.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    else:
+        outcome["error"] = f"fresh process exited with {done.returncode}"
+    return outcome
 
 
 def latency_ms(run, args, repeats: int) -> float:
@@ -107,18 +144,22 @@ def main() -> bool:
         write_run_config(run, g.cfg, g.stage)  # the random weights as a run folder: what drgan-export reads
         save_module(g, run / "G_ema.safetensors")
         profile = BatchProfile(opts.batch, opts.batch, opts.batch)
-        aoti = ExportOptions(onnx=False, aoti=True, precision=opts.precision, device=device)
+        out.mkdir()
         if opts.dry_run:
-            inspect.signature(export_run).bind(run, out, aoti, profile)
+            inspect.signature(compile_aoti).bind(g, out / "g.pt2", profile, device, opts.precision)
             result["notes"]["aoti"] = {"skipped": "dry run: options checked, not compiled"}
         else:
             try:
                 start = time.perf_counter()
-                export_run(run, out, aoti, profile)
-                export_s = round(time.perf_counter() - start, 1)
-                print(f"AOTInductor export (compile and check): {export_s} s")
-                package = AotiGenerator(out / aoti_file(device, opts.precision))
-                record("aoti", lambda c, z, *n: package(c, z, list(n)), {"export_s": export_s})
+                path = compile_aoti(g, out / aoti_file(device, opts.precision), profile, device, opts.precision)
+                compile_s = round(time.perf_counter() - start, 1)
+                print(f"AOTInductor compile: {compile_s} s", flush=True)
+                # First in a fresh process: torch 2.11 crashed (SIGSEGV) loading a CUDA package in the
+                # process that compiled it; this tells whether a fresh process loads it.
+                result["notes"]["aoti_fresh_process"] = fresh_process_load(path)
+                save()
+                package = AotiGenerator(path)
+                record("aoti", lambda c, z, *n: package(c, z, list(n)), {"compile_s": compile_s})
             except Exception as exc:
                 result["notes"]["aoti"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
                 traceback.print_exc()
