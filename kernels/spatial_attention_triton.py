@@ -31,10 +31,13 @@ def _config(block_m: int, block_n: int, block_dv: int, warps: int, stages: int) 
 
 
 # Hopper tiles: the forward is exp- and tensor-core-bound at QK dim 4-16, so large query tiles
-# amortize the exps' bookkeeping; 64-wide tiles cover Dv = 512 without spilling.
+# amortize the exps' bookkeeping; 64-wide tiles cover Dv = 512 without spilling. Each Dv tile
+# recomputes the scores and their exps: 64 x 64 x 128 keeps Dv = 128 (the paper's N = 102,400
+# block) in one tile. H200, 2026-11-29: 128 x 64 x 128 won at N = 6,400 and 25,600, 64 x 64 x 64 at
+# 102,400; 128 x 128 x 128 never won and spills at every QK width (ptxas, sm_90a).
 FWD_CONFIGS = [
     _config(128, 64, 128, 8, 3),
-    _config(128, 128, 128, 8, 2),
+    _config(64, 64, 128, 8, 3),
     _config(64, 64, 64, 4, 3),
 ]
 BWD_CONFIGS = [
