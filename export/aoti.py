@@ -8,10 +8,15 @@ compiles static shapes; a range compiles a dynamic batch axis bounded by --min-b
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from drgan.config import ModelConfig
 from drgan.errors import DrganError, ParameterError
@@ -113,3 +118,37 @@ class AotiGenerator:
         with torch.no_grad():
             image, logits = self.package(*(t.to(self.device, torch.float32) for t in (cond, z, *noise)))
         return image, logits
+
+
+# The child of run_in_fresh_process: load the package, run it on the saved inputs, save the outputs.
+_FRESH_RUN = """
+import sys
+from safetensors.torch import load_file, save_file
+from drgan.export.aoti import AotiGenerator
+runner = AotiGenerator(sys.argv[1])
+inputs = load_file(sys.argv[2])
+inputs = [inputs[str(i)] for i in range(len(inputs))]
+image, logits = runner(inputs[0], inputs[1], inputs[2:])
+save_file({"image": image.float().cpu().contiguous(), "grade_logits": logits.float().cpu().contiguous()}, sys.argv[3])
+"""
+
+
+def fresh_process_command(path: Path, inputs: Path, outputs: Path) -> list[str]:
+    return [sys.executable, "-c", _FRESH_RUN, str(path), str(inputs), str(outputs)]
+
+
+def run_in_fresh_process(path: str | Path, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, grade_logits) of the package on `inputs`, loaded and run by a new interpreter: the
+    way synthesis uses it, and a crash in torch's loader becomes one error instead of killing the
+    caller (torch 2.11 died with SIGSEGV loading a CUDA package in the process that compiled it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        given, got = Path(tmp) / "inputs.safetensors", Path(tmp) / "outputs.safetensors"
+        save_file({str(i): t.detach().cpu().contiguous() for i, t in enumerate(inputs)}, str(given))
+        done = subprocess.run(fresh_process_command(Path(path), given, got), capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            reason = (f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0
+                      else f"exit status {done.returncode}: {lines[-1] if lines else 'no message'}")
+            raise DrganError(f"{path}: loading and running the package in a fresh process failed ({reason})")
+        outputs = load_file(str(got))
+    return outputs["image"], outputs["grade_logits"]

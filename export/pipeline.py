@@ -22,7 +22,7 @@ import torch
 
 from drgan.checkpoint import load_generator
 from drgan.errors import DrganError, ParameterError
-from drgan.export.aoti import AotiGenerator, compile_aoti
+from drgan.export.aoti import compile_aoti, run_in_fresh_process
 from drgan.export.backends import (
     MANIFEST, ONNX_FILE, TRT_ONNX_FILE, aoti_file, engine_file, read_manifest, weights_digest, weights_file,
 )
@@ -178,7 +178,8 @@ class _Exporter:
         self.status(f"TensorRT {precision} engine, batch {profile.min}/{profile.opt}/{profile.max}, "
                     f"optimization level {opt_level}: building {path.name} (minutes)")
         build_engine(self.out / onnx_name, path, self.generator, profile, precision, cache, opt_level, plugin_library)
-        diff = self.compare(TrtGenerator(path), profile.min)
+        engine = TrtGenerator(path)
+        diff = self.compare(lambda inputs: engine(inputs[0], inputs[1], list(inputs[2:])), engine.device, profile.min)
         self.status(f"  engine loaded; max abs diff vs PyTorch fp32 at batch {profile.min}: {diff:.2e}")
         self.record(path, {"precision": precision, "onnx": onnx_name, "max_abs_diff_vs_torch": diff})
         self.written += [sidecar_path(path), cache]
@@ -188,20 +189,27 @@ class _Exporter:
         shape = f"batch {profile.min}" if profile.fixed else f"batch {profile.min}..{profile.max}"
         self.status(f"AOTInductor {device} {precision}, {shape}: compiling {path.name} (minutes)")
         compile_aoti(self.generator, path, profile, device, precision)
-        diff = self.compare(AotiGenerator(path), profile.min)
-        self.status(f"  package loaded; max abs diff vs PyTorch fp32 at batch {profile.min}: {diff:.2e}")
-        if precision == "fp32" and diff > 1e-3:
-            raise DrganError(f"{path}: the AOTInductor package differs from PyTorch by {diff:.2e} (> 1e-3)")
+        try:
+            diff = self.compare(lambda inputs: run_in_fresh_process(path, inputs), torch.device(device), profile.min)
+            if precision == "fp32" and diff > 1e-3:
+                raise DrganError(f"{path}: the AOTInductor package differs from PyTorch by {diff:.2e} (> 1e-3)")
+        except DrganError:
+            for stale in (path, sidecar_path(path)):  # a package that failed its check is not left to be used
+                stale.unlink(missing_ok=True)
+            raise
+        self.status(f"  package loaded in a fresh process; max abs diff vs PyTorch fp32 at batch {profile.min}: {diff:.2e}")
         self.record(path, {"precision": precision, "device": device, "max_abs_diff_vs_torch": diff})
         self.written.append(sidecar_path(path))
 
-    def compare(self, runner: AotiGenerator | TrtGenerator, batch: int) -> float:
-        """Max abs difference of a runner's outputs from the eager fp32 generator's."""
-        inputs = example_inputs(self.generator, batch, seed=1, device=runner.device)
-        image, logits = runner(inputs[0], inputs[1], list(inputs[2:]))
+    def compare(self, run: Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]],
+                device: torch.device, batch: int) -> float:
+        """Max abs difference of run(inputs) -> (image, grade_logits) from the eager fp32 generator's."""
+        inputs = example_inputs(self.generator, batch, seed=1, device=device)
+        image, logits = run(inputs)
         with torch.no_grad():  # the reference on the runner's device: paper-1280 on a CPU takes minutes
-            ref_image, ref_logits = self.generator.to(runner.device)(inputs[0], inputs[1], list(inputs[2:]))
+            ref_image, ref_logits = self.generator.to(device)(inputs[0], inputs[1], list(inputs[2:]))
         self.generator.cpu()
+        image, logits = image.to(device), logits.to(device)
         return max((image - ref_image).abs().max().item(), (logits - ref_logits).abs().max().item())
 
     def record(self, path: Path, info: dict[str, Any]) -> None:

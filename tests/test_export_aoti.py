@@ -16,7 +16,7 @@ from drgan.cli.common import run_command
 from drgan.cli.export import export
 from drgan.config import preset
 from drgan.errors import DrganError
-from drgan.export import aoti
+from drgan.export import aoti, pipeline
 from drgan.export.backends import make_backend
 from drgan.export.sidecar import BatchProfile, read_sidecar
 from drgan.export.wrapper import example_inputs, input_names
@@ -93,3 +93,27 @@ def test_cpu_package_whose_attention_cannot_fit_is_refused_at_load(tmp_path, mon
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: pytest.fail("loaded"))
     with pytest.raises(DrganError, match=rf"N = {n:,} at batch 1 needs"):
         aoti.AotiGenerator(package)
+
+
+def test_package_that_crashes_its_loader_is_one_error_and_removed(tmp_path, monkeypatch, capsys):
+    """torch 2.11 died with SIGSEGV loading a CUDA package in the compiling process: the export checks
+    the package in a fresh process, so such a crash is one error line and the package is not left."""
+    g = DRGANGenerator(preset("tiny-64"), "local").eval()
+    run = tmp_path / "run"
+    write_run_config(run, preset("tiny-64"), "local")
+    save_module(g, run / "G_ema.safetensors")
+
+    def fake_compile(generator, path, profile, device, precision):  # the minutes of compilation skipped
+        path.write_bytes(b"package")
+        aoti.write_sidecar(path, {"device": device})
+        return path
+
+    monkeypatch.setattr(pipeline, "compile_aoti", fake_compile)
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(aoti, "fresh_process_command", lambda *paths: [sys.executable, "-c", crash])
+    args = ["--checkpoint", str(run), "--aoti", "--device", "cpu", "--batch", "1"]
+    assert run_command(export, args=args) == 1
+    err = capsys.readouterr().err
+    assert "generator_cpu_fp32.pt2: loading and running the package in a fresh process failed (killed by SIGSEGV)" in err
+    assert "Traceback" not in err
+    assert not list((run / "export").glob("generator_cpu_fp32.pt2*"))
