@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from drgan.config import ModelConfig
 from drgan.errors import DrganError, ParameterError
 from drgan.export.sidecar import BatchProfile, read_sidecar, write_sidecar
-from drgan.export.wrapper import example_inputs, input_shapes, output_shapes, prepare
+from drgan.export.wrapper import check_cpu_attention_memory, example_inputs, input_shapes, output_shapes, prepare
 from drgan.nn import DRGANGenerator
 
 # Memory-efficient SDPA kernels need fp16/bf16 head sizes in multiples of 8 (paper-1280's last block has 4).
@@ -41,7 +41,7 @@ def compile_aoti(
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ParameterError("{device} cuda: no CUDA GPU is visible")
     if device_type == "cpu":
-        check_cpu_attention_memory(generator.cfg, profile.max)
+        _check_cpu_memory(generator.cfg, profile.max)
     model = prepare(generator, impl="sdpa", precision=precision, pad_qk=CUDA_QK_MULTIPLE if device_type == "cuda" else None)
     model = model.to(device)
     # Trace at batch >= 2 unless fixed: a size-1 axis would be specialized to 1.
@@ -73,23 +73,9 @@ def compile_aoti(
     return path
 
 
-def physical_memory() -> int:
-    """Bytes of RAM on this machine."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_cpu_attention_memory(cfg: ModelConfig, batch: int) -> None:
-    """Refuse a CPU package whose attention cannot run here, before minutes of compilation or a
-    failed allocation: on the CPU the compiled SDPA holds each image's N x N fp32 scores at once
-    (paper-1280: N = 102,400, 42 GB per image, measured)."""
-    if not cfg.attention_tokens:
-        return
-    n = max(cfg.attention_tokens)
-    need, have = batch * n * n * 4, physical_memory()
-    if need > have:
-        raise DrganError(f"an AOTInductor package on the CPU holds the attention's N x N scores: N = {n:,} at batch "
-                         f"{batch} needs {need / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB; "
-                         "compile it for CUDA (--device cuda) or synthesize with --backend torch")
+def _check_cpu_memory(cfg: ModelConfig, batch: int) -> None:
+    check_cpu_attention_memory(cfg, batch, "an AOTInductor package",
+                               "compile it for CUDA (--device cuda) or synthesize with --backend torch")
 
 
 class AotiGenerator:
@@ -106,7 +92,7 @@ class AotiGenerator:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DrganError(f"{path}: compiled for CUDA, but no CUDA GPU is visible")
         if self.device.type == "cpu" and "model" in self.sidecar:
-            check_cpu_attention_memory(ModelConfig.from_dict(self.sidecar["model"]), self.sidecar["batch"]["min"])
+            _check_cpu_memory(ModelConfig.from_dict(self.sidecar["model"]), self.sidecar["batch"]["min"])
         self.package = torch._inductor.aoti_load_package(str(path))
 
     def __call__(

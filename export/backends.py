@@ -94,12 +94,17 @@ def make_backend(
 @_runtime("onnxruntime")
 def _open_onnxruntime(folder: Path, run: str | Path, device: str, precision: str, batch: int | None) -> GeneratorBackend:
     from drgan.export.ort_runner import OrtGenerator, has_cuda_provider
+    from drgan.export.wrapper import check_cpu_attention_memory
 
     if precision != "fp32":
         raise ParameterError("{backend} onnxruntime runs the fp32 ONNX file; use {precision} fp32")
     _check_current(folder, ONNX_FILE, run, "--onnx")
     # Without onnxruntime-gpu the session runs on the CPU; outputs are then CPU tensors.
-    return OrtGenerator(folder / ONNX_FILE, device if has_cuda_provider() else "cpu")
+    device = device if has_cuda_provider() else "cpu"
+    if device == "cpu":
+        check_cpu_attention_memory(read_run_config(run)[0], batch or 1, "ONNX Runtime",
+                                   "install onnxruntime-gpu for a GPU or synthesize with --backend torch")
+    return OrtGenerator(folder / ONNX_FILE, device)
 
 
 @_runtime("tensorrt")

@@ -14,11 +14,13 @@ same (cond, z, noise) gets the same image from every backend.
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 from torch import nn
 
-from drgan.errors import ParameterError
+from drgan.config import ModelConfig
+from drgan.errors import DrganError, ParameterError
 from drgan.nn import SCA, DRGANGenerator, set_kernel_impl
 from drgan.runtime import PRECISIONS
 
@@ -125,3 +127,21 @@ def _padded_conv(conv: nn.Conv2d, width: int) -> nn.Conv2d:
         padded.weight[: conv.out_channels].copy_(conv.weight)
         padded.bias[: conv.out_channels].copy_(conv.bias)
     return padded
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_cpu_attention_memory(cfg: ModelConfig, batch: int, runtime: str, remedy: str) -> None:
+    """Refuse a CPU runtime whose attention cannot run here, before its minutes of compilation or a
+    failed allocation: compiled SDPA (AOTInductor) and ONNX Runtime's Attention hold each image's
+    N x N fp32 scores at once on the CPU (paper-1280: N = 102,400, 42 GB per image, measured)."""
+    if not cfg.attention_tokens:
+        return
+    n = max(cfg.attention_tokens)
+    need, have = batch * n * n * 4, physical_memory()
+    if need > have:
+        raise DrganError(f"{runtime} on the CPU holds the attention's N x N scores: N = {n:,} at batch {batch} needs "
+                         f"{need / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB; {remedy}")

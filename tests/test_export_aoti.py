@@ -16,7 +16,7 @@ from drgan.cli.common import run_command
 from drgan.cli.export import export
 from drgan.config import preset
 from drgan.errors import DrganError
-from drgan.export import aoti, pipeline
+from drgan.export import aoti, pipeline, wrapper
 from drgan.export.backends import make_backend
 from drgan.export.sidecar import BatchProfile, read_sidecar
 from drgan.export.wrapper import example_inputs, input_names
@@ -76,7 +76,7 @@ def test_aoti_package_loads_in_fresh_process_and_matches(tmp_path):
 def test_cpu_package_whose_attention_cannot_fit_is_refused_before_compiling(tmp_path, monkeypatch):
     g = DRGANGenerator(preset("tiny-64"), "local").eval()
     n = max(g.cfg.attention_tokens)
-    monkeypatch.setattr(aoti, "physical_memory", lambda: 2 * n * n * 4 - 1)  # room for one image, not two
+    monkeypatch.setattr(wrapper, "physical_memory", lambda: 2 * n * n * 4 - 1)  # room for one image, not two
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", lambda *a, **k: pytest.fail("compiled"))
     with pytest.raises(DrganError, match=rf"N = {n:,} at batch 2 needs .*--device cuda"):
         aoti.compile_aoti(g, tmp_path / "g.pt2", BatchProfile(1, 2, 2), "cpu")
@@ -89,7 +89,7 @@ def test_cpu_package_whose_attention_cannot_fit_is_refused_at_load(tmp_path, mon
     package = tmp_path / "g.pt2"
     package.write_bytes(b"not loaded")
     aoti.write_sidecar(package, {"device": "cpu", "batch": {"min": 1, "opt": 1, "max": 1}, "model": g.cfg.to_dict()})
-    monkeypatch.setattr(aoti, "physical_memory", lambda: n * n * 4 - 1)
+    monkeypatch.setattr(wrapper, "physical_memory", lambda: n * n * 4 - 1)
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: pytest.fail("loaded"))
     with pytest.raises(DrganError, match=rf"N = {n:,} at batch 1 needs"):
         aoti.AotiGenerator(package)

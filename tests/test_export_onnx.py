@@ -84,6 +84,19 @@ def test_tiny_onnxruntime_matches_through_backend(tiny_run):
     assert (logits - ref_logits).abs().max().item() <= 1e-3
 
 
+def test_cpu_backend_whose_attention_cannot_fit_is_refused(tiny_run, monkeypatch):
+    from drgan.export import ort_runner, wrapper
+    from drgan.export.backends import make_backend
+
+    run, g, _ = tiny_run
+    n = max(g.cfg.attention_tokens)
+    monkeypatch.setattr(wrapper, "physical_memory", lambda: 4 * n * n * 4 - 1)  # room for 3 images' scores, not 4
+    monkeypatch.setattr(ort_runner, "has_cuda_provider", lambda: False)
+    assert make_backend("onnxruntime", run, batch=3).name == "onnxruntime"
+    with pytest.raises(DrganError, match=rf"ONNX Runtime on the CPU .* N = {n:,} at batch 4 needs"):
+        make_backend("onnxruntime", run, batch=4)
+
+
 def test_backend_refuses_export_of_other_weights(tiny_run, tmp_path):
     from drgan.export.backends import make_backend
 
