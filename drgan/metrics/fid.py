@@ -37,7 +37,7 @@ from drgan.checkpoint import save_tensors
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
 from drgan.io import sha256_file
-from drgan.metrics.images import ImageSet, load_rgb
+from drgan.metrics.images import ImageSet, grade_average_line, load_rgb
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
@@ -263,7 +263,6 @@ def format_fid(result: dict[str, Any]) -> str:
     if "per_grade" in result:
         for g, value in result["per_grade"].items():
             lines.append(f"FID grade {g}: {value:.4f}")
-        used = result["grades_used"]
-        note = "" if len(used) == NUM_GRADES else f" (only grades {','.join(map(str, used))} have >= 2 images in both sets)"
-        lines.append(f"FID average over grades{note}: {result['fid_grade_average']:.4f}")
+        lines.append(grade_average_line("FID", result["grades_used"], result["fid_grade_average"],
+                                        "have >= 2 images in both sets"))
     return "\n".join(lines)

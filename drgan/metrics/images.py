@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from drgan.config import NUM_GRADES
 from drgan.data.format import open_dataset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
@@ -60,6 +61,13 @@ class ImageSet:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
         return digest.hexdigest()
+
+
+def grade_average_line(metric: str, used: list[int], value: float, condition: str) -> str:
+    """The readable line of a per-grade average, naming the grades it covers when some are missing
+    (`condition`: what a grade needed in both sets)."""
+    note = "" if len(used) == NUM_GRADES else f" (only grades {','.join(map(str, used))} {condition})"
+    return f"{metric} average over grades{note}: {value:.4f}"
 
 
 def open_image_set(folder: str | os.PathLike, split: str | None = None) -> ImageSet:

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
-from drgan.metrics.images import ImageSet, load_rgb
+from drgan.metrics.images import ImageSet, grade_average_line, load_rgb
 
 NHOOD_SIZE = 7           # neighbourhood side
 NHOODS_PER_IMAGE = 128   # neighbourhoods drawn per image and level
@@ -197,7 +196,6 @@ def format_swd(result: dict[str, Any]) -> str:
     if "per_grade" in result:
         for g, value in result["per_grade"].items():
             lines.append(f"SWD x1e3 grade {g} ({value['count']} images each): {value['swd_x1e3_average']:.4f}")
-        used = result["grades_used"]
-        note = "" if len(used) == NUM_GRADES else f" (only grades {','.join(map(str, used))} have images in both sets)"
-        lines.append(f"SWD x1e3 average over grades{note}: {result['swd_x1e3_grade_average']:.4f}")
+        lines.append(grade_average_line("SWD x1e3", result["grades_used"], result["swd_x1e3_grade_average"],
+                                        "have images in both sets"))
     return "\n".join(lines)
