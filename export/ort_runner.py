@@ -114,7 +114,7 @@ def verify_onnx(
     """
     runner = None
     results = []
-    widest = max(n for n, _, _ in attention_widths(generator))
+    widest = max((n for n, _, _ in attention_widths(generator)), default=0)
     for b in batches:
         if device == "cpu" and b * widest * widest * 4 > CPU_SCORE_BUDGET:
             reason = (f"ONNX Runtime's CPU Attention would hold a {widest} x {widest} score matrix per image; "

@@ -73,9 +73,9 @@ class InferenceGenerator(nn.Module):
 
 
 def attention_widths(generator: DRGANGenerator) -> list[tuple[int, int, int]]:
-    """(N, Dqk, Dv) of the spatial attention in each SCA block, coarse to fine."""
-    shapes = generator.noise_shapes(1)
-    return [(s[2] * s[3], sca.query.out_channels, sca.value.out_channels) for s, sca in zip(shapes, _scas(generator))]
+    """(N, Dqk, Dv) of the spatial attention in each SCA block, coarse to fine; none without SCA."""
+    tokens = generator.cfg.attention_tokens
+    return [(n, sca.query.out_channels, sca.value.out_channels) for n, sca in zip(tokens, _scas(generator))]
 
 
 def pad_attention_qk(generator: DRGANGenerator, to: int | str = "v") -> DRGANGenerator:
