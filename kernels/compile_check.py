@@ -1,15 +1,22 @@
 """Compile every Triton kernel, for each tuning configuration and dtype, to a cubin without a GPU.
 
 The CPU interpreter accepts programs the GPU compiler rejects (a `tl.dot` with K < 16, a tile
-that does not fit shared memory), so this lowers each kernel the way a launch would: pointers
-16-byte aligned, unit strides specialized to the constant 1. Run it with TRITON_INTERPRET unset
+that does not fit shared memory), so this lowers each kernel for sm_90 and sm_80: the matrix of
+variants (every kernel, configuration, dtype and layout; pointers 16-byte aligned, unit strides
+folded to 1) proves that everything compiles. `--launches` compiles the spatial attention exactly
+as the host code launches it at the paper's shapes (drgan.kernels.launches: same specialization
+of sizes and strides, the autotuner's configurations for those sizes) and checks the forward's main
+loops (forward and backward) in the sm_90a SASS (drgan.kernels.sass): Hopper tensor cores, no
+two-byte loads, one exponential per score, no spills, registers under REGISTER_CAP. Run it with TRITON_INTERPRET unset
 (under the interpreter `triton.jit` yields functions that cannot be compiled):
 
-    python -m drgan.kernels.compile_check            # sm_90 and sm_80, exits 1 on any failure
+    python -m drgan.kernels.compile_check              # the matrix, sm_90 and sm_80; exit 1 on any failure
+    python -m drgan.kernels.compile_check --launches [--json OUT.json]   # launches and their SASS
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +25,8 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from drgan.kernels import adain_triton, channel_attention_triton, spatial_attention_triton
+from drgan.config import PRESETS
+from drgan.kernels import adain_triton, channel_attention_triton, launches, sass, spatial_attention_triton
 from drgan.kernels.spec import KernelSpec
 
 DTYPES = ("fp16", "bf16", "fp32")
@@ -83,9 +91,9 @@ def spatial_variants() -> list[Variant]:
         for qk_block in (16, 64, 128):
             if dtype == "fp32" and qk_block > mod.MAX_QK_DIM_FP32:
                 continue  # refused by spatial_attention._triton_unsupported
-            out += [variant(mod.FWD, dtype, config=config, qk_block=qk_block) for config in mod.FWD_CONFIGS]
-            for config in mod.BWD_CONFIGS:
-                out += [variant(spec, dtype, config=config, qk_block=qk_block) for spec in (mod.DKDV, mod.DQ)]
+            out += [variant(mod.FWD, dtype, config=config, qk_block=qk_block, QK_PADDED=True) for config in mod.FWD_CONFIGS]
+            out += [variant(spec, dtype, config=config, qk_block=qk_block, QK_PADDED=True)
+                    for spec in (mod.DKDV, mod.DQ) for config in spec.configs]
         out.append(variant(mod.DELTA, dtype))
     return out
 
@@ -156,13 +164,118 @@ def check(capabilities=TARGETS, dtypes=tuple(DTYPES), qk_blocks=(16, 64, 128), v
     return failures
 
 
+# Registers per thread the forward may use: below ptxas' ceiling of 255, where it starts trading
+# registers for recomputation and spills.
+REGISTER_CAP = 240
+LAUNCH_BATCH = 8  # the synthesis batch the paper-1280 numbers are measured at
+
+
+def paper_spatial_shapes() -> list[tuple[int, int, int]]:
+    """(N, Dqk, Dv) of each SCA block of paper-1280, coarse to fine: 6,400 / 25,600 / 102,400."""
+    config = PRESETS["paper-1280"]
+    return list(zip(config.attention_tokens, config.sca_qk_dims, config.enc_channels[::-1]))
+
+
+def spatial_launches(n: int, dqk: int, dv: int, batch: int, dtype: torch.dtype) -> list[launches.Launch]:
+    """Every kernel launch of one spatial attention forward and backward on the tokens of
+    channels_last maps ((B, N, C) views, unit stride along C), as the SCA module calls it."""
+    q, k = (torch.empty(batch, n, dqk, dtype=dtype, device="meta", requires_grad=True) for _ in range(2))
+    v = torch.empty(batch, n, dv, dtype=dtype, device="meta", requires_grad=True)
+    with launches.captured_launches() as recorded:
+        out = spatial_attention_triton.spatial_attention_triton(q, k, v)
+        out.backward(torch.empty_like(out))
+    return recorded
+
+
+def attention_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
+    """What keeps a spatial attention launch (forward, dK/dV or dQ) off the hardware's floor, read
+    from its main loop's sm_90a SASS."""
+    mod = spatial_attention_triton
+    block_m, block_n, warps, dv, block_dv = (launch.constexpr(a) for a in ("BLOCK_M", "BLOCK_N", "num_warps", "DV", "BLOCK_DV"))
+    scores = block_m * block_n // (32 * warps)  # per thread and loop step
+    # The forward rescales its running sums once per row and step; a warp's 16-row MMA slab gives
+    # each thread two rows. The backward reads the saved log-sum-exp instead.
+    rescales = block_m // (8 * warps) if launch.fn is mod._fwd_kernel else 0
+    problems = []
+    if not code.loop_count("HGMMA"):
+        problems.append("no HGMMA (Hopper warpgroup MMA) in the main loop")
+    if narrow := code.loop_count("LDG.E.U16") + code.loop_count("LDG.E.S16") + code.loop_count("STS.U16"):
+        problems.append(f"{narrow} two-byte loads/stores in the main loop (unpadded Q/K)")
+    if (ex2 := code.loop_count("MUFU.EX2")) != scores + rescales:
+        problems.append(f"{ex2} MUFU.EX2 per loop step where {scores} scores + {rescales} rescales need {scores + rescales}")
+    if block_dv < dv <= max(c.kwargs["BLOCK_DV"] for c in mod.TUNED[_TUNED_NAME[launch.fn]][1]):
+        problems.append("Dv split over programs that each recompute every exponential, where a tile holds it whole")
+    if code.stack or code.spill_instructions:
+        problems.append(f"spills ({code.stack} B of stack, {code.spill_instructions} STL/LDL)")
+    if code.registers > REGISTER_CAP:
+        problems.append(f"{code.registers} registers, over the cap of {REGISTER_CAP}")
+    return problems
+
+
+_TUNED_NAME = {fn: name for name, (fn, _) in spatial_attention_triton.TUNED.items()}
+
+
+def flop_shares(shapes: list[tuple[int, int, int]]) -> list[float]:
+    """Each SCA block's share of the spatial attention's arithmetic (N^2 (Dqk + Dv) each)."""
+    flops = [n * n * (dqk + dv) for n, dqk, dv in shapes]
+    return [f / sum(flops) for f in flops]
+
+
+# Blocks with at least this share of the attention's arithmetic must pass the SASS checks; the
+# others (paper-1280: N = 6,400, Dv = 512, 1.5 %) are only reported: Dv = 512 cannot be held in
+# one tile, and their tiles are chosen by measurement.
+CHECKED_SHARE = 0.05
+
+
+def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, verbose: bool = True) -> tuple[list[str], list[dict]]:
+    """Compile the spatial attention's launches at the paper's shapes; returns the SASS problems of
+    the tuned kernels (one line each, blocks over CHECKED_SHARE) and a row per launch: resources
+    and main-loop instruction mix."""
+    failures, rows = [], []
+    shapes = paper_spatial_shapes()
+    for (n, dqk, dv), share in zip(shapes, flop_shares(shapes)):
+        for launch in spatial_launches(n, dqk, dv, LAUNCH_BATCH, dtype):
+            config = {a: launch.kwargs[a] for a in ("BLOCK_M", "BLOCK_N", "BLOCK_DV", "num_warps", "num_stages", "maxnreg")
+                      if launch.kwargs.get(a) is not None}
+            code = sass.inspect(compile_launch := launches.compile_launch(launch, capability))
+            dv_tiles = triton.cdiv(dv, config["BLOCK_DV"]) if "BLOCK_DV" in config else 1
+            row = {"kernel": launch.name, "N": n, "Dqk": dqk, "Dv": dv, "flop_share": round(share, 4), "config": config,
+                   "registers": code.registers, "stack": code.stack, "shared": compile_launch.metadata.shared,
+                   "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "LDGSTS", "LDG.E", "STS", "BAR.SYNC")}}
+            if launch.fn in _TUNED_NAME:
+                scores = config["BLOCK_M"] * config["BLOCK_N"] // (32 * config["num_warps"])
+                row["exp_per_score"] = round(code.loop_count("MUFU.EX2") * dv_tiles / scores, 3)
+                row["problems"] = attention_problems(launch, code) if capability == 90 else []
+                if share >= CHECKED_SHARE:
+                    failures += [f"sm_{capability} {launch.name} N={n} {config}: {p}" for p in row["problems"]]
+            rows.append(row)
+            if verbose:
+                loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
+                print(f"sm_{capability} {launch.name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
+                      f"stack {code.stack} smem {row['shared']} | loop {loop}"
+                      + (f" | exp/score {row['exp_per_score']}" if "exp_per_score" in row else "")
+                      + "".join(f"\n    PROBLEM: {p}" for p in row.get("problems", [])), flush=True)
+    return failures, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--launches", action="store_true",
+                        help="compile the spatial attention as launched at the paper's shapes and check its sm_90a SASS")
+    parser.add_argument("--json", help="with --launches: write every launch's resources and loop mix here")
     parser.add_argument("--arch", type=int, action="append", choices=TARGETS, help="compute capability (repeatable; default all)")
     parser.add_argument("--dtype", action="append", choices=tuple(DTYPES), help="input dtype (repeatable; default all)")
     parser.add_argument("--qk-block", type=int, action="append", choices=(16, 64, 128),
                         help="spatial attention padded Q/K width (repeatable; default all)")
     args = parser.parse_args()
+    if args.launches:
+        failures, rows = check_launches()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"triton": triton.__version__, "target": "sm_90a", "batch": LAUNCH_BATCH, "launches": rows}, f, indent=1)
+        for line in failures:
+            print(line, file=sys.stderr)
+        sys.exit(1 if failures else 0)
     failures = check(tuple(args.arch or TARGETS), tuple(args.dtype or DTYPES), tuple(args.qk_block or (16, 64, 128)))
     for line in failures:
         print(line, file=sys.stderr)

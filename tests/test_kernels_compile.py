@@ -18,23 +18,64 @@ import pytest
 pytest.importorskip("triton")
 
 
-def _compile_check(*args: str) -> None:
+def _compile_check(*args: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run(
         [sys.executable, "-m", "drgan.kernels.compile_check", *args], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, f"compile failures:\n{result.stderr[-4000:]}\n{result.stdout[-4000:]}"
-    assert " ok " in result.stdout
+    return result.stdout
 
 
 def test_kernels_compile_for_hopper():
-    _compile_check("--arch", "90", "--qk-block", "16")
+    assert " ok " in _compile_check("--arch", "90", "--qk-block", "16")
 
 
 def test_kernels_compile_for_ampere_fp16():
-    _compile_check("--arch", "80", "--qk-block", "16", "--dtype", "fp16")
+    assert " ok " in _compile_check("--arch", "80", "--qk-block", "16", "--dtype", "fp16")
 
 
 @pytest.mark.slow
 def test_kernels_compile_every_variant():
-    _compile_check()
+    assert " ok " in _compile_check()
+
+
+def test_spatial_attention_launches_pass_the_sass_checks(tmp_path):
+    """The launches the host code makes at the paper's shapes (sizes and strides specialized as a
+    GPU launch would) keep the main loops on Hopper's floor: HGMMA, no two-byte loads, one
+    exponential per score, no spills, registers under the cap (drgan.kernels.compile_check)."""
+    import json
+
+    report = tmp_path / "launches.json"
+    _compile_check("--launches", "--json", str(report))
+    rows = json.loads(report.read_text())["launches"]
+    forward = [r for r in rows if r["kernel"] == "_fwd_kernel" and r["N"] == 102400]
+    assert forward and all(r["config"]["BLOCK_DV"] == 128 and r["exp_per_score"] < 1.07 for r in forward)
+    assert {r["kernel"] for r in rows} == {"_fwd_kernel", "_bwd_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"}
+    assert all(r["loop"]["HGMMA"] > 0 for r in rows if r["kernel"] != "_bwd_delta_kernel")
+
+
+UNPADDED_PROBE = """
+import torch
+from drgan.kernels import compile_check as cc, launches, sass, spatial_attention_triton as sat
+q = torch.empty(8, 102400, 4, dtype=torch.bfloat16, device="meta")
+v = torch.empty(8, 102400, 128, dtype=torch.bfloat16, device="meta")
+with launches.captured_launches() as recorded:
+    sat.spatial_attention_triton(q, q, v)
+launch = next(l for l in recorded if l.fn is sat._fwd_kernel)
+assert launch.args[0].shape[2] == 16 and launch.kwargs["QK_PADDED"], "the wrapper pads Q/K to 16 columns"
+# The same launch with the caller's unpadded Q/K (what the C API passes) loads K two bytes at a time.
+raw = launches.Launch(launch.fn, (q, q, *launch.args[2:5], *q.stride(), *q.stride(), *launch.args[11:]),
+                      {**launch.kwargs, "QK_PADDED": False})
+problems = cc.attention_problems(raw, sass.inspect(launches.compile_launch(raw, 90)))
+print("PROBLEMS", problems)
+assert any("two-byte" in p for p in problems), problems
+"""
+
+
+def test_sass_checks_catch_unpadded_keys():
+    """The checks fail where they should: Q/K as the C API takes them (4 columns, masked)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter's kernels do not compile
+    result = subprocess.run([sys.executable, "-c", UNPADDED_PROBE], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+    assert "two-byte" in result.stdout
