@@ -1,9 +1,13 @@
 """Flash-style Triton kernels for the SCA spatial attention, forward and backward.
 
 The score matrix never exists: each program holds a BLOCK_M x BLOCK_N tile of scores in fp32 and
-an online softmax (exp2, log2(e) folded into the scale). Q/K are zero-padded in registers to the
-tensor-core minimum K = 16 (the paper's QK dims 4 and 16 would otherwise be rejected by `tl.dot`),
-and V is tiled along Dv (grid axis 1) so the accumulator stays BLOCK_M x BLOCK_DV.
+an online softmax (exp2, log2(e) folded into the scale). Q/K are zero-padded to the tensor-core
+minimum K = 16 (the paper's QK dims 4 and 16 would otherwise be rejected by `tl.dot`): the wrapper
+stores them padded and contiguous (QK_PADDED), so every key row is one aligned vector that
+cp.async pipelines, instead of 2-byte masked loads on the critical path (the C launcher passes
+unpadded Q/K and QK_PADDED=False). V is tiled along Dv (grid axis 1) so the accumulator stays
+BLOCK_M x BLOCK_DV; every score's exp is computed once per Dv tile, so Hopper's tiles keep Dv =
+128 (the paper's N = 102,400 block) in one tile.
 
 Backward (FlashAttention-2 split, no atomics): delta = rowsum(dO * O); one kernel per key block
 accumulates dV and dK, one per query block accumulates dQ, both recomputing the probabilities
@@ -30,23 +34,48 @@ def _config(block_m: int, block_n: int, block_dv: int, warps: int, stages: int) 
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_DV": block_dv}, num_warps=warps, num_stages=stages)
 
 
-# Hopper tiles: the forward is exp- and tensor-core-bound at QK dim 4-16, so large query tiles
-# amortize the exps' bookkeeping; 64-wide tiles cover Dv = 512 without spilling. Each Dv tile
-# recomputes the scores and their exps: 64 x 64 x 128 keeps Dv = 128 (the paper's N = 102,400
-# block) in one tile. H200, 2026-11-29: 128 x 64 x 128 won at N = 6,400 and 25,600, 64 x 64 x 64 at
-# 102,400; 128 x 128 x 128 never won and spills at every QK width (ptxas, sm_90a).
+# Hopper tiles (what `python -m drgan.kernels.compile_check --launches` reports for a launch of the
+# paper's shapes, sm_90a): 128 x 64 x 128 (8 warps, 154 registers) and 128 x 128 x 128 (8 warps,
+# 2 stages, 214 registers) hold Dv = 128 (the N = 102,400 block) in one tile, 128 x 64 x 256 (232
+# registers) Dv = 256 (N = 25,600): one exp per score, no spills; 256 x 64 x 128 (16 warps, 128
+# registers) doubles the warps resident per SM to hide the loads' latency. 64 x 64 x 64 is the small
+# tile for Dv = 512 and the sm_80 choice of the native library (index 2). Tiles with 4 warps per 128
+# rows spill, and 64-row tiles with 8 warps compute each exp twice (both warpgroups hold the same
+# rows). whole_dv_tiles narrows the choice per shape; the autotuner then picks by measurement.
 FWD_CONFIGS = [
     _config(128, 64, 128, 8, 3),
-    _config(64, 64, 128, 8, 3),
+    _config(128, 128, 128, 8, 2),
+    _config(64, 64, 64, 4, 3),
+    _config(256, 64, 128, 16, 3),
+    _config(128, 64, 256, 8, 2),
+]
+# Backward: the key-block kernel's MMA rows are its BLOCK_N keys, the query-block kernel's its
+# BLOCK_M queries; 8 warps need 128 of them, or both warpgroups compute the same exponentials.
+# sm_90a at N >= 25,600: 232 registers (dK/dV), 106-109 (dQ), no spills, one exp per score. dK/dV
+# with Dv = 256 in one tile spills, so that block's dK/dV splits Dv in two.
+DKDV_CONFIGS = [
+    _config(64, 128, 128, 8, 2),
+    _config(64, 64, 128, 4, 2),
     _config(64, 64, 64, 4, 3),
 ]
-BWD_CONFIGS = [
-    _config(64, 64, 128, 8, 2),
+DQ_CONFIGS = [
+    _config(128, 64, 128, 8, 2),
+    _config(64, 64, 128, 4, 2),
     _config(64, 64, 64, 4, 3),
+    _config(128, 64, 256, 8, 2),
 ]
 # The interpreter runs every program in numpy: one small configuration, no tuning.
 INTERPRET_CONFIG = _config(32, 32, 64, 4, 1)
 DELTA_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_DV": 64})
+
+
+@triton.jit
+def _qk_columns(offs_d, DQK, BLOCK_D: tl.constexpr, QK_PADDED: tl.constexpr):
+    """Which of the BLOCK_D Q/K columns hold data. QK_PADDED: Q/K are stored BLOCK_D wide, zero-
+    padded, so the mask is a constant the compiler drops: rows load as whole 16-byte vectors."""
+    if QK_PADDED:
+        return tl.full([BLOCK_D], 1, tl.int1)
+    return offs_d < DQK
 
 
 @triton.jit
@@ -82,7 +111,7 @@ def _fwd_kernel(
     stride_ob, stride_on, stride_od,
     N, DQK, DV, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, QK_PADDED: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -91,7 +120,7 @@ def _fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    d_ok = offs_d < DQK
+    d_ok = _qk_columns(offs_d, DQK, BLOCK_D, QK_PADDED)
     v_ok = offs_v < DV
 
     q = tl.load(
@@ -155,7 +184,7 @@ def _bwd_dkdv_kernel(
     stride_xb, stride_xn, stride_xd,
     B, N, DQK, DV, qk_scale, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, QK_PADDED: tl.constexpr,
 ):
     """One key block and one Dv tile: dV tile, and this tile's share of dK."""
     pid_n = tl.program_id(0)
@@ -165,7 +194,7 @@ def _bwd_dkdv_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    d_ok = offs_d < DQK
+    d_ok = _qk_columns(offs_d, DQK, BLOCK_D, QK_PADDED)
     v_ok = offs_v < DV
     key_ok = offs_n < N
 
@@ -210,7 +239,7 @@ def _bwd_dq_kernel(
     stride_gb, stride_gn, stride_gd,
     B, N, DQK, DV, qk_scale, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, QK_PADDED: tl.constexpr,
 ):
     """One query block and one Dv tile: this tile's share of dQ."""
     pid_m = tl.program_id(0)
@@ -220,7 +249,7 @@ def _bwd_dq_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    d_ok = offs_d < DQK
+    d_ok = _qk_columns(offs_d, DQK, BLOCK_D, QK_PADDED)
     v_ok = offs_v < DV
     row_ok = offs_m < N
 
@@ -256,20 +285,29 @@ FWD = KernelSpec("spatial_fwd", _fwd_kernel, {**_QKV, "O": INPUT, "LSE": "fp32"}
                  {"contiguous": Layout(_UNIT + ("stride_od",))})
 DKDV = KernelSpec("spatial_dkdv", _bwd_dkdv_kernel,
                   {**_QKV, "DO": INPUT, "LSE": "fp32", "DELTA": "fp32", "DK_PART": "fp32", "DV_OUT": INPUT},
-                  ("qk_scale", "scale"), tuple(BWD_CONFIGS), {"contiguous": Layout(_UNIT + ("stride_gd", "stride_xd"))})
+                  ("qk_scale", "scale"), tuple(DKDV_CONFIGS), {"contiguous": Layout(_UNIT + ("stride_gd", "stride_xd"))})
 DQ = KernelSpec("spatial_dq", _bwd_dq_kernel, {**_QKV, "DO": INPUT, "LSE": "fp32", "DELTA": "fp32", "DQ_PART": "fp32"},
-                ("qk_scale", "scale"), tuple(BWD_CONFIGS), {"contiguous": Layout(_UNIT + ("stride_gd",))})
+                ("qk_scale", "scale"), tuple(DQ_CONFIGS), {"contiguous": Layout(_UNIT + ("stride_gd",))})
 DELTA = KernelSpec("spatial_delta", _bwd_delta_kernel, {"O": INPUT, "DO": INPUT, "DELTA": "fp32"}, configs=(DELTA_CONFIG,),
                    layouts={"contiguous": Layout(("stride_od", "stride_gd"))})
 
 
+def whole_dv_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Every Dv tile recomputes all scores and their exponentials: where some configurations hold
+    Dv in one tile, only those with the narrowest such tile (wider ones waste MMA on masked
+    columns). Where none does, all of them, and the autotuner measures."""
+    whole = [config.kwargs["BLOCK_DV"] for config in configs if config.kwargs["BLOCK_DV"] >= named_args["DV"]]
+    return [config for config in configs if config.kwargs["BLOCK_DV"] == min(whole)] if whole else configs
+
+
 def autotuner(kernel, configs: list[triton.Config], do_bench=None) -> triton.runtime.Autotuner:
     """`kernel` tuned over `configs` per (N, DQK, DV); `do_bench` replaces the timing (tests)."""
-    return triton.autotune(configs=configs, key=["N", "DQK", "DV"], do_bench=do_bench)(kernel)
+    return triton.autotune(configs=configs, key=["N", "DQK", "DV"], do_bench=do_bench,
+                           prune_configs_by={"early_config_prune": whole_dv_tiles})(kernel)
 
 
 # Every autotuned launch: name -> (kernel, configurations). The interpreter runs INTERPRET_CONFIG.
-TUNED = {"fwd": (_fwd_kernel, FWD_CONFIGS), "dkdv": (_bwd_dkdv_kernel, BWD_CONFIGS), "dq": (_bwd_dq_kernel, BWD_CONFIGS)}
+TUNED = {"fwd": (_fwd_kernel, FWD_CONFIGS), "dkdv": (_bwd_dkdv_kernel, DKDV_CONFIGS), "dq": (_bwd_dq_kernel, DQ_CONFIGS)}
 tuners = {} if interpreting() else {name: autotuner(kernel, configs) for name, (kernel, configs) in TUNED.items()}
 
 
@@ -295,24 +333,39 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qk_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    b, n, dqk = q.shape
+def padded_qk(t: torch.Tensor) -> torch.Tensor:
+    """(B, N, Dqk) -> (B, N, block_d(Dqk)), contiguous, zero columns past Dqk: the layout the kernels
+    load without a column mask (QK_PADDED). A tensor already in it is returned as is."""
+    b, n, d = t.shape
+    width = block_d(d)
+    if d == width and t.is_contiguous():
+        return t
+    out = t.new_zeros((b, n, width))
+    out[..., :d] = t
+    return out
+
+
+def _forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qk_scale: float, qk_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k padded (padded_qk) from `qk_dim` columns; returns out and the log-sum-exp."""
+    b, n, bd = q.shape
     dv = v.shape[2]
     out = torch.empty((b, n, dv), device=v.device, dtype=v.dtype)
     lse = torch.empty((b, n), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
     _launch(
         "fwd", grid,
-        q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), n, dqk, dv, qk_scale,
-        BLOCK_D=block_d(dqk), PRECISION=dot_precision(q.dtype),
+        q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), n, qk_dim, dv, qk_scale,
+        BLOCK_D=bd, PRECISION=dot_precision(q.dtype), QK_PADDED=True,
     )
     return out, lse
 
 
-def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float):
-    b, n, dqk = q.shape
+def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float, qk_dim: int):
+    """q, k padded (padded_qk) from `qk_dim` columns; returns dq, dk (fp32, `qk_dim` wide) and dv."""
+    b, n, bd = q.shape
     dv = v.shape[2]
-    bd = block_d(dqk)
     delta = torch.empty((b, n), device=q.device, dtype=torch.float32)
     _bwd_delta_kernel[(triton.cdiv(n, DELTA_CONFIG.kwargs["BLOCK_M"]), b)](
         out, grad, delta, *out.stride(), *grad.stride(), n, dv, **DELTA_CONFIG.kwargs,
@@ -320,7 +373,7 @@ def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float):
     dv_out = torch.empty_like(v, memory_format=torch.contiguous_format)
     # One partial dK / dQ per Dv tile, room for the smallest BLOCK_DV. While autotuning, every
     # configuration writes its tiles here; only those of the configuration that ran last are summed.
-    max_tiles = triton.cdiv(dv, min(c.kwargs["BLOCK_DV"] for c in BWD_CONFIGS + [INTERPRET_CONFIG]))
+    max_tiles = triton.cdiv(dv, min(c.kwargs["BLOCK_DV"] for c in DKDV_CONFIGS + DQ_CONFIGS + [INTERPRET_CONFIG]))
     dk_part = torch.empty((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
     dq_part = torch.empty((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad.stride())
@@ -328,17 +381,17 @@ def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float):
     grid_k = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
     meta_k = _launch(
         "dkdv", grid_k,
-        q, k, v, grad, lse, delta, dk_part, dv_out, *strides, *dv_out.stride(), b, n, dqk, dv, qk_scale, scale,
-        BLOCK_D=bd, PRECISION=precision,
+        q, k, v, grad, lse, delta, dk_part, dv_out, *strides, *dv_out.stride(), b, n, qk_dim, dv, qk_scale, scale,
+        BLOCK_D=bd, PRECISION=precision, QK_PADDED=True,
     )
     grid_q = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
     meta_q = _launch(
         "dq", grid_q,
-        q, k, v, grad, lse, delta, dq_part, *strides, b, n, dqk, dv, qk_scale, scale,
-        BLOCK_D=bd, PRECISION=precision,
+        q, k, v, grad, lse, delta, dq_part, *strides, b, n, qk_dim, dv, qk_scale, scale,
+        BLOCK_D=bd, PRECISION=precision, QK_PADDED=True,
     )
-    dq = dq_part[: triton.cdiv(dv, meta_q["BLOCK_DV"])].sum(0)[..., :dqk]
-    dk = dk_part[: triton.cdiv(dv, meta_k["BLOCK_DV"])].sum(0)[..., :dqk]
+    dq = dq_part[: triton.cdiv(dv, meta_q["BLOCK_DV"])].sum(0)[..., :qk_dim]
+    dk = dk_part[: triton.cdiv(dv, meta_k["BLOCK_DV"])].sum(0)[..., :qk_dim]
     return dq, dk, dv_out
 
 
@@ -348,19 +401,19 @@ class _SpatialAttention(torch.autograd.Function):
         # The kernels take max(scores) * scale as the running maximum, which needs scale > 0: a
         # negative scale is moved onto q's sign, a zero scale becomes q = 0 (uniform weights).
         sign = (scale > 0) - (scale < 0)
-        q_eff = q if sign == 1 else q * sign
+        q_pad = padded_qk(q if sign == 1 else q * sign)
+        k_pad = padded_qk(k)
         scale_eff = abs(scale) if sign else 1.0
-        out, lse = _forward(q_eff, k, v, scale_eff * LOG2E)
-        ctx.save_for_backward(q_eff, k, v, out, lse)
-        ctx.sign, ctx.scale = sign, scale_eff
+        out, lse = _forward(q_pad, k_pad, v, scale_eff * LOG2E, q.shape[2])
+        ctx.save_for_backward(q_pad, k_pad, v, out, lse)
+        ctx.sign, ctx.scale, ctx.qk_dim = sign, scale_eff, q.shape[2]
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q_eff, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q_eff, k, v, out, lse, grad, ctx.scale * LOG2E, ctx.scale)
-        dq = (dq * ctx.sign).to(q_eff.dtype)
-        return dq, dk.to(k.dtype), dv, None
+        q_pad, k_pad, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q_pad, k_pad, v, out, lse, grad, ctx.scale * LOG2E, ctx.scale, ctx.qk_dim)
+        return (dq * ctx.sign).to(q_pad.dtype), dk.to(k_pad.dtype), dv, None
 
 
 def spatial_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

@@ -83,7 +83,7 @@ def kernels(qk_blocks: tuple[int, ...]) -> list[Kernel]:
             Layout("aligned", unit_qkvo, qk + vo + ("DQK", "DV")),
             Layout("qk_unaligned", unit_qkvo, vo + ("DV",)),
             Layout("generic", (), (), pointers=False),
-        ), tuple(qk_blocks)),
+        ), tuple(qk_blocks), choices={"QK_PADDED": False}),  # the C API takes Q/K as the caller has them
     ]
     for c_name, spec in (("CHANNEL_GRAM", channel_attention_triton.GRAM), ("CHANNEL_APPLY", channel_attention_triton.APPLY)):
         outs = spec is channel_attention_triton.APPLY

@@ -44,15 +44,16 @@ def emulated_bench(winner: int, count: int):
     return do_bench
 
 
-@pytest.mark.parametrize("name, winner", CASES, ids=[f"{n}-config{w}" for n, w in CASES])
-def test_spatial_attention_exact_whichever_configuration_wins(monkeypatch, name, winner):
+def run_tuned(monkeypatch, name: str, winner: int, dv: int):
+    """Spatial attention forward and backward with launch `name` tuned so that configuration
+    `winner` wins among those the autotuner considers at this Dv; returns (candidates, bench calls)."""
     kernel, configs = sat.TUNED[name]
-    bench = emulated_bench(winner, len(configs))
+    candidates = sat.whole_dv_tiles(configs, {"DV": dv})
+    bench = emulated_bench(candidates.index(configs[winner]), len(candidates))
     tuner = sat.autotuner(kernel, configs, do_bench=bench)
     monkeypatch.setitem(sat.tuners, name, tuner)
-    # Dv = 96: two 64-wide V tiles but one 128-wide tile, so configurations write different partials.
     q, k = (torch.randn(2, 40, 4, device=DEVICE).requires_grad_(True) for _ in range(2))
-    v = torch.randn(2, 40, 96, device=DEVICE).requires_grad_(True)
+    v = torch.randn(2, 40, dv, device=DEVICE).requires_grad_(True)
     out = spatial_attention(q, k, v, impl="triton")
     want = spatial_attention_ref(q, k, v)
     grad = torch.randn_like(out)
@@ -60,10 +61,28 @@ def test_spatial_attention_exact_whichever_configuration_wins(monkeypatch, name,
     want_grads = torch.autograd.grad(want, (q, k, v), grad)
 
     assert tuner.best_config is configs[winner]
-    assert next(bench.calls) == len(configs), "each configuration is benchmarked exactly once"
+    assert next(bench.calls) == len(candidates), "each candidate configuration is benchmarked exactly once"
     torch.testing.assert_close(out, want, atol=1e-4, rtol=0)
     for label, got, expected in zip(("dq", "dk", "dv"), got_grads, want_grads):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0, msg=lambda m, label=label: f"{label}: {m}")
+    return candidates
+
+
+@pytest.mark.parametrize("name, winner", CASES, ids=[f"{n}-config{w}" for n, w in CASES])
+def test_spatial_attention_exact_whichever_configuration_wins(monkeypatch, name, winner):
+    # Dv 32 below the winner's tile: the tightest tile that holds Dv whole is the winner's, so it is
+    # a candidate; tiles of other widths are not.
+    dv = sat.TUNED[name][1][winner].kwargs["BLOCK_DV"] - 32
+    candidates = run_tuned(monkeypatch, name, winner, dv)
+    assert all(c.kwargs["BLOCK_DV"] == dv + 32 for c in candidates)
+
+
+@pytest.mark.parametrize("name", sorted(sat.TUNED))
+def test_dv_wider_than_every_tile_tunes_all_configurations(monkeypatch, name):
+    # Dv = 300: no tile holds it whole, so every configuration is measured, with 2 to 5 V tiles
+    # writing different partials into the same buffers.
+    configs = sat.TUNED[name][1]
+    assert run_tuned(monkeypatch, name, len(configs) - 1, 300) == configs
 
 
 def test_every_autotuned_launch_is_emulated():
