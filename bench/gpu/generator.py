@@ -2,7 +2,9 @@
 
 Batch 8 (halved on out-of-memory), bf16 autocast, channels_last, inference_mode; random weights
 with the SCA gammas switched on (they start at 0), so both paths compute the same attention work.
-Reports ms per image, the speedup and the peak memory of each path.
+Reports ms per image, the speedup and the peak memory of each path, and where the Triton path's
+time goes: torch.profiler over one batch, the PROFILE_TOP kernels by device time, and the spatial
+attention forward's share.
 
     python3 bench/gpu/generator.py --out OUT/generator.json [--dry-run]
 """
@@ -21,6 +23,7 @@ BATCHES = (8, 4, 2, 1)  # tried in order until one fits
 IMPLS = ("triton", "ref")
 ITERS = {"triton": 5, "ref": 2}  # the reference path takes seconds per batch
 SCA_GAMMA = 0.1
+PROFILE_TOP = 15
 AUTOCAST = torch.bfloat16
 # --dry-run: the tiny preset, one pass each; fp16 autocast (the interpreter's bf16 tl.dot is wrong).
 DRY_PRESET, DRY_BATCHES, DRY_ITERS, DRY_AUTOCAST = "tiny-64", (1,), {"triton": 1, "ref": 1}, torch.float16
@@ -64,6 +67,27 @@ def time_forward(gen: DRGANGenerator, cond: torch.Tensor, z: torch.Tensor, impl:
     return elapsed, image.float(), peak
 
 
+def profile_forward(gen: DRGANGenerator, cond: torch.Tensor, z: torch.Tensor, autocast: torch.dtype) -> dict:
+    """Self device time per kernel (host time on the CPU) over one Triton-path batch, per image."""
+    from torch.profiler import ProfilerActivity, profile
+
+    set_kernel_impl(gen, "triton")
+    cuda = cond.is_cuda
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.inference_mode(), torch.autocast(cond.device.type, dtype=autocast), profile(activities=activities) as prof:
+        gen(cond, z, noise=0)
+        if cuda:
+            torch.cuda.synchronize()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+    total = sum(getattr(e, attr) for e in events) / 1e3
+    batch = cond.shape[0]
+    top = [{"name": e.key[:120], "calls": e.count, "ms_per_image": getattr(e, attr) / 1e3 / batch} for e in events[:PROFILE_TOP]]
+    attention = sum(getattr(e, attr) for e in events if "_fwd_kernel" in e.key) / 1e3
+    return {"clock": "device" if cuda else "host", "total_ms_per_image": total / batch,
+            "spatial_attention_fwd_ms_per_image": attention / batch, "top": top}
+
+
 def run(preset_name: str, device: str, batches=BATCHES, iters=ITERS, autocast: torch.dtype = AUTOCAST) -> dict:
     gen = build(preset_name, device)
     report = {"preset": preset_name, "device": _part.device_name(device),
@@ -86,6 +110,7 @@ def run(preset_name: str, device: str, batches=BATCHES, iters=ITERS, autocast: t
     report.update(results)
     report["speedup"] = results["ref"]["ms_per_image"] / results["triton"]["ms_per_image"]
     report["max_abs_image_diff"] = (images["triton"] - images["ref"]).abs().max().item()
+    report["profile"] = profile_forward(gen, cond, z, autocast)
     return report
 
 
@@ -101,6 +126,11 @@ def main() -> None:
         r = report[impl]
         print(f"{impl:8s} {r['ms_per_image']:10.2f} {r['peak_memory_GiB']:10.2f}")
     print(f"speedup {report['speedup']:.2f}x; max |image difference| {report['max_abs_image_diff']:.3g}")
+    prof = report["profile"]
+    print(f"profile ({prof['clock']} time, per image): {prof['total_ms_per_image']:.2f} ms, spatial attention forward "
+          f"{prof['spatial_attention_fwd_ms_per_image']:.2f} ms")
+    for row in prof["top"]:
+        print(f"  {row['ms_per_image']:8.3f} ms  x{row['calls']:<4d} {row['name']}")
     _part.write(args.out, report, args.dry_run)
 
 
