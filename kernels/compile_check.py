@@ -72,7 +72,9 @@ def variant(spec: KernelSpec, dtype: str, layout: str = "contiguous", config: tr
     first), the padded Q/K width `qk_block` (spatial attention) and the constexpr `choices`."""
     config = config or spec.configs[0]
     tile = spec.layouts[layout]
-    constexprs = {**{arg: 1 for arg in tile.unit}, **tile.meta, **config.kwargs, **choices}
+    # A launch fills in a constexpr's default value; a compile from source must name it.
+    defaults = {p.name: p.default for p in spec.fn.params if p.is_constexpr and p.has_default}
+    constexprs = {**defaults, **{arg: 1 for arg in tile.unit}, **tile.meta, **config.kwargs, **choices}
     if qk_block:
         constexprs["BLOCK_D"] = qk_block
     if "PRECISION" in spec.fn.arg_names:

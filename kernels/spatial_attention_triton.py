@@ -30,8 +30,9 @@ MAX_QK_DIM_FP32 = 64  # fp32 tiles twice the bytes: beyond 64 the backward's exc
 MAX_V_DIM = 512  # V is tiled; larger Dv works but the partial dK/dQ buffers grow with Dv / BLOCK_DV
 
 
-def _config(block_m: int, block_n: int, block_dv: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_DV": block_dv}, num_warps=warps, num_stages=stages)
+def _config(block_m: int, block_n: int, block_dv: int, warps: int, stages: int, **choices) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_DV": block_dv, **choices},
+                         num_warps=warps, num_stages=stages)
 
 
 # Hopper tiles (what `python -m drgan.kernels.compile_check --launches` reports for a launch of the
@@ -41,13 +42,16 @@ def _config(block_m: int, block_n: int, block_dv: int, warps: int, stages: int) 
 # registers) doubles the warps resident per SM to hide the loads' latency. 64 x 64 x 64 is the small
 # tile for Dv = 512 and the sm_80 choice of the native library (index 2). Tiles with 4 warps per 128
 # rows spill, and 64-row tiles with 8 warps compute each exp twice (both warpgroups hold the same
-# rows). whole_dv_tiles narrows the choice per shape; the autotuner then picks by measurement.
+# rows). The lazy rescale (_fwd_block) skips 64 multiplies per thread and key block but needs a
+# block-wide maximum (one more barrier): a candidate for the autotuner, unmeasured so far.
+# whole_dv_tiles narrows the choice per shape; the autotuner then picks by measurement.
 FWD_CONFIGS = [
     _config(128, 64, 128, 8, 3),
     _config(128, 128, 128, 8, 2),
     _config(64, 64, 64, 4, 3),
     _config(256, 64, 128, 16, 3),
     _config(128, 64, 256, 8, 2),
+    _config(128, 64, 128, 8, 3, LAZY_RESCALE=True),
 ]
 # Backward: the key-block kernel's MMA rows are its BLOCK_N keys, the query-block kernel's its
 # BLOCK_M queries; 8 warps need 128 of them, or both warpgroups compute the same exponentials.
@@ -81,9 +85,13 @@ def _qk_columns(offs_d, DQK, BLOCK_D: tl.constexpr, QK_PADDED: tl.constexpr):
 @triton.jit
 def _fwd_block(
     acc, l_i, m_i, q, kt_ptrs, v_ptrs, start, N, offs_n, d_ok, v_ok, stride_kn, stride_vn, qk_scale,
-    RAGGED: tl.constexpr, PRECISION: tl.constexpr,
+    RAGGED: tl.constexpr, PRECISION: tl.constexpr, LAZY_RESCALE: tl.constexpr,
 ):
-    """One key block of the online softmax; RAGGED masks the keys past N (the last, partial block)."""
+    """One key block of the online softmax; RAGGED masks the keys past N (the last, partial block).
+
+    LAZY_RESCALE moves the running maxima only when one grows by more than 8 (log2 units), as
+    FlashAttention-4 does: until then p = exp2(s - m) <= 256, exact enough in fp32 and bf16, and the
+    block skips the accumulator's rescale (BLOCK_DV multiplies per row) and its exponentials."""
     cols = start + offs_n
     if RAGGED:
         kt = tl.load(kt_ptrs + start * stride_kn, mask=d_ok[:, None] & (cols[None, :] < N), other=0.0)
@@ -95,6 +103,16 @@ def _fwd_block(
     if RAGGED:
         qk = tl.where(cols[None, :] < N, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    if LAZY_RESCALE:
+        if tl.max(m_new - m_i, 0) > 8.0:
+            alpha = tl.math.exp2(m_i - m_new)
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_new
+        p = tl.math.exp2(qk * qk_scale - m_i[:, None])
+        l_i = l_i + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+        return acc, l_i, m_i
     p = tl.math.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
@@ -111,7 +129,7 @@ def _fwd_kernel(
     stride_ob, stride_on, stride_od,
     N, DQK, DV, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PRECISION: tl.constexpr, QK_PADDED: tl.constexpr,
+    PRECISION: tl.constexpr, QK_PADDED: tl.constexpr, LAZY_RESCALE: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -137,10 +155,12 @@ def _fwd_kernel(
     n_full = N - N % BLOCK_N
     for start in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, kt_ptrs, v_ptrs, start, N, offs_n, d_ok, v_ok,
-                                   stride_kn, stride_vn, qk_scale, RAGGED=False, PRECISION=PRECISION)
+                                   stride_kn, stride_vn, qk_scale, RAGGED=False, PRECISION=PRECISION,
+                                   LAZY_RESCALE=LAZY_RESCALE)
     if n_full < N:
         acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, kt_ptrs, v_ptrs, n_full, N, offs_n, d_ok, v_ok,
-                                   stride_kn, stride_vn, qk_scale, RAGGED=True, PRECISION=PRECISION)
+                                   stride_kn, stride_vn, qk_scale, RAGGED=True, PRECISION=PRECISION,
+                                   LAZY_RESCALE=LAZY_RESCALE)
 
     acc = acc / l_i[:, None]
     row_ok = offs_m < N

@@ -91,3 +91,24 @@ def test_every_autotuned_launch_is_emulated():
     tuning = {p.name for p in folder.glob("*.py") if re.search(r"\bautotune\(", p.read_text())}
     assert tuning == {"spatial_attention_triton.py"}
     assert sat.TUNED, "no autotuned launches registered"
+
+
+def test_lazy_rescale_exact_while_maxima_grow(monkeypatch):
+    """The lazy rescale over many key blocks whose row maxima grow both by less and by more than
+    its threshold of 8 (log2 units): keys sorted by norm and stretched make later blocks' scores larger."""
+    (config,) = [c for c in sat.FWD_CONFIGS if c.kwargs.get("LAZY_RESCALE")]
+    monkeypatch.setitem(sat.tuners, "fwd", sat.autotuner(sat._fwd_kernel, [config], do_bench=emulated_bench(0, 1)))
+    gen = torch.Generator().manual_seed(3)
+    block = config.kwargs["BLOCK_N"]
+    n = 6 * block
+    q = torch.randn(1, n, 4, generator=gen) * 2
+    k = torch.randn(1, n, 4, generator=gen)
+    k = k[:, k.norm(dim=2)[0].argsort()] * torch.linspace(0.5, 1.5, n)[None, :, None]
+    v = torch.randn(1, n, 96, generator=gen)
+    # log2-domain running maxima per key block: the growth from block to block, over all rows.
+    maxima = ((q[0] @ k[0].T) * sat.LOG2E).unflatten(1, (-1, block)).amax(2).cummax(1).values
+    growth = maxima.diff(dim=1).amax(0)
+    assert (growth > 8).any() and ((growth > 0) & (growth <= 8)).any(), growth
+    q, k, v = q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
+    out = spatial_attention(q, k, v, impl="triton")
+    torch.testing.assert_close(out, spatial_attention_ref(q, k, v), atol=1e-4, rtol=1e-4)
