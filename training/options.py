@@ -91,7 +91,7 @@ class GanOptions(_Options):
     ema: bool = False                   # also keep G_ema, an exponential moving average of G (the paper has none)
     ema_decay: float = 0.999            # G_ema decay (ramped up over the first steps)
     lambda_fm: float = 10.0             # lambda1: discriminator feature matching
-    fm_norm: str = "l1"                 # feature-matching distance: 'l1' (pix2pixHD, whose lambda1 = 10 the paper takes) or 'l2'
+    fm_norm: str = "l1"                 # feature-matching distance: 'l1' (as pix2pixHD, whose lambda1 = 10 the paper takes) or 'l2'
     lambda_perceptual: float = 10.0     # lambda2: perceptual L1
     lambda_cls: float = 1.0             # lambda3: focal grade classification of the discriminators (real and fake)
     g_cls_weight: float = 0.0           # the generator's own focal term on D's grade heads (ACGAN; not in the paper)
