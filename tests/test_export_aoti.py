@@ -17,7 +17,6 @@ from drgan.cli.export import export
 from drgan.config import preset
 from drgan.errors import DrganError
 from drgan.export import aoti, pipeline, wrapper
-from drgan.export.backends import make_backend
 from drgan.export.sidecar import BatchProfile, read_sidecar
 from drgan.export.wrapper import example_inputs, input_names
 from drgan.nn import DRGANGenerator
@@ -66,11 +65,14 @@ def test_aoti_package_loads_in_fresh_process_and_matches(tmp_path):
     assert (out["image"] - ref_image).abs().max().item() <= 1e-3
     assert (out["grade_logits"] - ref_logits).abs().max().item() <= 1e-3
 
-    backend = make_backend("aoti", run, device="cpu", batch=3)  # the same package behind the runner's interface
-    image, _ = backend(inputs[0], inputs[1], list(inputs[2:]))
+    from drgan.synthesis.registry import make_backend
+
+    cpu = torch.device("cpu")
+    backend = make_backend("aoti", run, 64, cpu, "fp32", 3)  # the same package behind the runner's interface
+    image = backend.call(inputs[0], inputs[1], list(inputs[2:]))
     assert (image - ref_image).abs().max().item() <= 1e-3
     with pytest.raises(DrganError, match="takes batches 1..4"):
-        make_backend("aoti", run, device="cpu", batch=8)
+        make_backend("aoti", run, 64, cpu, "fp32", 8)
 
 
 def test_cpu_package_whose_attention_cannot_fit_is_refused_before_compiling(tmp_path, monkeypatch):
