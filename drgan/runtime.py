@@ -5,6 +5,7 @@ import contextlib
 import re
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from drgan.errors import ParameterError
@@ -41,6 +42,12 @@ def resolve_precision(name: str, device: torch.device, param: str = "precision")
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision name; None for fp32 (no autocast)."""
     return None if precision == "fp32" else PRECISIONS[precision]
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU torch.Generator seeded by numpy's SeedSequence of `keys` (seed, purpose, rank, step...):
+    distinct keys give independent streams, which arithmetic on a seed does not promise."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]))
 
 
 @contextlib.contextmanager
