@@ -22,7 +22,8 @@ from torch import nn
 from drgan.config import ModelConfig
 from drgan.errors import DrganError, ParameterError
 from drgan.nn import SCA, DRGANGenerator, set_kernel_impl
-from drgan.runtime import PRECISIONS
+from drgan.config import PRECISIONS
+from drgan.runtime import precision_dtype
 
 OUTPUT_NAMES = ("image", "grade_logits")
 
@@ -112,7 +113,7 @@ def prepare(
     set_kernel_impl(g, impl)
     if pad_qk is not None:
         pad_attention_qk(g, pad_qk)
-    return InferenceGenerator(g, PRECISIONS[precision])
+    return InferenceGenerator(g, precision_dtype(precision))
 
 
 def _scas(generator: DRGANGenerator) -> list[SCA]:
