@@ -52,7 +52,7 @@ def open_onnxruntime(folder: Path, run: str | Path, weights: str, device: str, p
     device = device if has_cuda_provider() else "cpu"
     if device == "cpu":
         check_cpu_attention_memory(read_run_config(run)[0], batch or 1, "ONNX Runtime",
-                                   "install onnxruntime-gpu for a GPU or synthesize with --backend torch")
+                                   "install onnxruntime-gpu for a GPU or use {backend} torch")
     return OrtGenerator(folder / ONNX_FILE, device)
 
 

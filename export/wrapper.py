@@ -138,11 +138,12 @@ def physical_memory() -> int:
 def check_cpu_attention_memory(cfg: ModelConfig, batch: int, runtime: str, remedy: str) -> None:
     """Refuse a CPU runtime whose attention cannot run here, before its minutes of compilation or a
     failed allocation: compiled SDPA (AOTInductor) and ONNX Runtime's Attention hold each image's
-    N x N fp32 scores at once on the CPU (paper-1280: N = 102,400, 42 GB per image, measured)."""
+    N x N fp32 scores at once on the CPU (paper-1280: N = 102,400, 42 GB per image, measured).
+    `remedy` names the caller's parameters as {fields} (a ParameterError template)."""
     if not cfg.attention_tokens:
         return
     n = max(cfg.attention_tokens)
     need, have = batch * n * n * 4, physical_memory()
     if need > have:
-        raise DrganError(f"{runtime} on the CPU holds the attention's N x N scores: N = {n:,} at batch {batch} needs "
+        raise ParameterError(f"{runtime} on the CPU holds the attention's N x N scores: N = {n:,} at batch {batch} needs "
                          f"{need / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB; {remedy}")

@@ -107,8 +107,9 @@ def test_cpu_backend_whose_attention_cannot_fit_is_refused(tiny_run, monkeypatch
     monkeypatch.setattr(wrapper, "physical_memory", lambda: 4 * n * n * 4 - 1)  # room for 3 images' scores, not 4
     monkeypatch.setattr(ort_runner, "has_cuda_provider", lambda: False)
     assert _backend("onnxruntime", run, batch=3).precision == "fp32"
-    with pytest.raises(DrganError, match=rf"ONNX Runtime on the CPU .* N = {n:,} at batch 4 needs"):
+    with pytest.raises(DrganError, match=rf"ONNX Runtime on the CPU .* N = {n:,} at batch 4 needs .* use backend torch") as err:
         _backend("onnxruntime", run, batch=4)
+    assert err.value.params == ["backend"]  # the CLI names its flag
 
 
 def test_backend_refuses_export_of_other_weights(tiny_run, tmp_path):
