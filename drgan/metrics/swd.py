@@ -171,7 +171,7 @@ def compute_swd(
 
     `resolution` defaults to the width of the first fake image; every image is resized (area) to it.
     Descriptors take 147 * 128 * 4 bytes per image and level, hence the `max_images` cap (per grade
-    too).
+    too). Every file of both sets is read once to hash it (content order), also beyond the cap.
     """
     if per_grade:
         real_grades, fake_grades = real.by_grade(), fake.by_grade()  # raises for a plain folder
