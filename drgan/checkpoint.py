@@ -1,6 +1,7 @@
 """Checkpoints: safetensors weights. Loading one never executes code (run folders: drgan.runs)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,3 +65,14 @@ def load_generator(run: str | Path, ema: bool = True, device: str | torch.device
     g = DRGANGenerator(cfg, stage)
     load_module(g, generator_weights(run, ema))
     return g.to(device).eval()
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """Hash of a module's parameters and buffers (names, dtypes, shapes and bytes): what names a
+    generator in a set's fingerprint and in export.json, whatever file it was read from."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()

@@ -18,6 +18,8 @@ STRUCTURE_CHANNELS = ("vessel", "disc")  # the rest are lesion masks
 NUM_GRADES = 5
 NORMS = ("batch", "instance", "none")
 STAGES = ("global", "local")
+# Precision names every command accepts (synthesis also takes "auto"); drgan.runtime maps them to dtypes.
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)

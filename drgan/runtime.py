@@ -5,11 +5,13 @@ import contextlib
 import re
 from typing import Iterator
 
+import numpy as np
 import torch
 
+from drgan.config import PRECISIONS
 from drgan.errors import ParameterError
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 _DEVICE = re.compile(r"(auto|cpu|cuda)(:\d+)?")
 
 
@@ -38,9 +40,20 @@ def resolve_precision(name: str, device: torch.device, param: str = "precision")
     return name
 
 
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype of a precision name (drgan.config.PRECISIONS)."""
+    return _DTYPES[precision]
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision name; None for fp32 (no autocast)."""
-    return None if precision == "fp32" else PRECISIONS[precision]
+    return None if precision == "fp32" else _DTYPES[precision]
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU torch.Generator seeded by numpy's SeedSequence of `keys` (seed, purpose, rank, step...):
+    distinct keys give independent streams, which arithmetic on a seed does not promise."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]))
 
 
 @contextlib.contextmanager

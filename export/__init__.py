@@ -8,5 +8,5 @@ ort_runner   ONNX Runtime session and the comparison with PyTorch
 sidecar      BatchProfile and the JSON sidecar beside every engine and package
 trt_build    TensorRT engine builder; trt_runner: the engine runner
 aoti         AOTInductor .pt2 packages
-backends     make_backend(name, run, ...): onnxruntime | tensorrt | aoti for the synthesis runner
+backends     open_onnxruntime | open_tensorrt | open_aoti: the runtimes the synthesis backends load
 """

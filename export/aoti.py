@@ -41,7 +41,8 @@ def compile_aoti(
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ParameterError("{device} cuda: no CUDA GPU is visible")
     if device_type == "cpu":
-        _check_cpu_memory(generator.cfg, profile.max)
+        check_cpu_attention_memory(generator.cfg, profile.max, "an AOTInductor package",
+                                   "compile it for CUDA ({device} cuda); synthesis on the CPU runs the torch backend")
     model = prepare(generator, impl="sdpa", precision=precision, pad_qk=CUDA_QK_MULTIPLE if device_type == "cuda" else None)
     model = model.to(device)
     # Trace at batch >= 2 unless fixed: a size-1 axis would be specialized to 1.
@@ -73,11 +74,6 @@ def compile_aoti(
     return path
 
 
-def _check_cpu_memory(cfg: ModelConfig, batch: int) -> None:
-    check_cpu_attention_memory(cfg, batch, "an AOTInductor package",
-                               "compile it for CUDA (--device cuda) or synthesize with --backend torch")
-
-
 class AotiGenerator:
     """A loaded .pt2 package: call(cond, z, noise) -> (image, grade_logits), fp32 I/O on its device."""
 
@@ -92,7 +88,8 @@ class AotiGenerator:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DrganError(f"{path}: compiled for CUDA, but no CUDA GPU is visible")
         if self.device.type == "cpu" and "model" in self.sidecar:
-            _check_cpu_memory(ModelConfig.from_dict(self.sidecar["model"]), self.sidecar["batch"]["min"])
+            check_cpu_attention_memory(ModelConfig.from_dict(self.sidecar["model"]), self.sidecar["batch"]["min"],
+                                       "an AOTInductor package", "use {backend} torch, or a package compiled for CUDA")
         self.package = torch._inductor.aoti_load_package(str(path))
 
     def __call__(
@@ -100,7 +97,7 @@ class AotiGenerator:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self.sidecar["batch"]["min"], self.sidecar["batch"]["max"]
         if not lo <= cond.shape[0] <= hi:
-            raise DrganError(f"batch {cond.shape[0]} is outside the package's range {lo}..{hi} (re-export with --batch or --max-batch)")
+            raise DrganError(f"batch {cond.shape[0]} is outside the package's range {lo}..{hi} (re-export it with drgan-export --batch or --max-batch)")
         with torch.no_grad():
             image, logits = self.package(*(t.to(self.device, torch.float32) for t in (cond, z, *noise)))
         return image, logits

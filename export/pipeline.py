@@ -20,12 +20,10 @@ from typing import Any, Callable
 
 import torch
 
-from drgan.checkpoint import load_generator
+from drgan.checkpoint import load_generator, weights_sha256
 from drgan.errors import DrganError, ParameterError
 from drgan.export.aoti import compile_aoti, run_in_fresh_process
-from drgan.export.backends import (
-    MANIFEST, ONNX_FILE, TRT_ONNX_FILE, aoti_file, engine_file, read_manifest, weights_digest, weights_file,
-)
+from drgan.export.backends import MANIFEST, ONNX_FILE, TRT_ONNX_FILE, aoti_file, engine_file, read_manifest
 from drgan.export.onnx_export import data_path, export_onnx
 from drgan.export.ort_runner import verify_onnx
 from drgan.export.sidecar import BatchProfile, sidecar_path
@@ -34,7 +32,7 @@ from drgan.export.trt_runner import TrtGenerator
 from drgan.export.wrapper import OUTPUT_NAMES, attention_flops, example_inputs, input_shapes, output_shapes, pad_attention_qk, prepare
 from drgan.io import atomic_write_bytes, check_writable_dir
 from drgan.nn import DRGANGenerator
-from drgan.runs import read_run_config
+from drgan.runs import generator_weights, read_run_config
 
 
 @dataclass(frozen=True)
@@ -98,11 +96,11 @@ class _Exporter:
         self.out = out
         self.status(f"loading {run}")
         self.generator = _load_stage(run, stage)
-        self.sha = weights_digest(run)
+        self.sha = weights_sha256(self.generator)  # the hash synthesis checks (drgan.export.backends)
         out.mkdir(parents=True, exist_ok=True)
         self.manifest = {
             "run": str(run.resolve()),
-            "weights": str(weights_file(run).name),
+            "weights": str(generator_weights(run).name),
             "files": read_manifest(out)["files"],
         }
         self.written: list[Path] = []

@@ -57,7 +57,7 @@ class TrtGenerator:
         batch = tensors[0].shape[0]
         lo, hi = self.sidecar["batch"]["min"], self.sidecar["batch"]["max"]
         if not lo <= batch <= hi:
-            raise DrganError(f"batch {batch} is outside the engine's profile {lo}..{hi} (rebuild with --max-batch)")
+            raise DrganError(f"batch {batch} is outside the engine's profile {lo}..{hi} (rebuild it with drgan-export --max-batch)")
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         if not self.cuda_graph:
             outputs = self._bind(tensors)

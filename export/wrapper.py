@@ -22,7 +22,8 @@ from torch import nn
 from drgan.config import ModelConfig
 from drgan.errors import DrganError, ParameterError
 from drgan.nn import SCA, DRGANGenerator, set_kernel_impl
-from drgan.runtime import PRECISIONS
+from drgan.config import PRECISIONS
+from drgan.runtime import precision_dtype
 
 OUTPUT_NAMES = ("image", "grade_logits")
 
@@ -112,7 +113,7 @@ def prepare(
     set_kernel_impl(g, impl)
     if pad_qk is not None:
         pad_attention_qk(g, pad_qk)
-    return InferenceGenerator(g, PRECISIONS[precision])
+    return InferenceGenerator(g, precision_dtype(precision))
 
 
 def _scas(generator: DRGANGenerator) -> list[SCA]:
@@ -137,11 +138,12 @@ def physical_memory() -> int:
 def check_cpu_attention_memory(cfg: ModelConfig, batch: int, runtime: str, remedy: str) -> None:
     """Refuse a CPU runtime whose attention cannot run here, before its minutes of compilation or a
     failed allocation: compiled SDPA (AOTInductor) and ONNX Runtime's Attention hold each image's
-    N x N fp32 scores at once on the CPU (paper-1280: N = 102,400, 42 GB per image, measured)."""
+    N x N fp32 scores at once on the CPU (paper-1280: N = 102,400, 42 GB per image, measured).
+    `remedy` names the caller's parameters as {fields} (a ParameterError template)."""
     if not cfg.attention_tokens:
         return
     n = max(cfg.attention_tokens)
     need, have = batch * n * n * 4, physical_memory()
     if need > have:
-        raise DrganError(f"{runtime} on the CPU holds the attention's N x N scores: N = {n:,} at batch {batch} needs "
+        raise ParameterError(f"{runtime} on the CPU holds the attention's N x N scores: N = {n:,} at batch {batch} needs "
                          f"{need / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB; {remedy}")

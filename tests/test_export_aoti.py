@@ -15,9 +15,8 @@ from drgan.runs import write_run_config
 from drgan.cli.common import run_command
 from drgan.cli.export import export
 from drgan.config import preset
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.export import aoti, pipeline, wrapper
-from drgan.export.backends import make_backend
 from drgan.export.sidecar import BatchProfile, read_sidecar
 from drgan.export.wrapper import example_inputs, input_names
 from drgan.nn import DRGANGenerator
@@ -66,11 +65,14 @@ def test_aoti_package_loads_in_fresh_process_and_matches(tmp_path):
     assert (out["image"] - ref_image).abs().max().item() <= 1e-3
     assert (out["grade_logits"] - ref_logits).abs().max().item() <= 1e-3
 
-    backend = make_backend("aoti", run, device="cpu", batch=3)  # the same package behind the runner's interface
-    image, _ = backend(inputs[0], inputs[1], list(inputs[2:]))
+    from drgan.synthesis.registry import make_backend
+
+    cpu = torch.device("cpu")
+    backend = make_backend("aoti", run, 64, cpu, "fp32", 3)  # the same package behind the runner's interface
+    image = backend.call(inputs[0], inputs[1], list(inputs[2:]))
     assert (image - ref_image).abs().max().item() <= 1e-3
     with pytest.raises(DrganError, match="takes batches 1..4"):
-        make_backend("aoti", run, device="cpu", batch=8)
+        make_backend("aoti", run, 64, cpu, "fp32", 8)
 
 
 def test_cpu_package_whose_attention_cannot_fit_is_refused_before_compiling(tmp_path, monkeypatch):
@@ -78,8 +80,9 @@ def test_cpu_package_whose_attention_cannot_fit_is_refused_before_compiling(tmp_
     n = max(g.cfg.attention_tokens)
     monkeypatch.setattr(wrapper, "physical_memory", lambda: 2 * n * n * 4 - 1)  # room for one image, not two
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", lambda *a, **k: pytest.fail("compiled"))
-    with pytest.raises(DrganError, match=rf"N = {n:,} at batch 2 needs .*--device cuda"):
+    with pytest.raises(ParameterError, match=rf"N = {n:,} at batch 2 needs .*; compile it for CUDA \(device cuda\)") as err:
         aoti.compile_aoti(g, tmp_path / "g.pt2", BatchProfile(1, 2, 2), "cpu")
+    assert err.value.params == ["device"]  # the CLI names its flag
     assert not list(tmp_path.iterdir())
 
 
@@ -91,8 +94,9 @@ def test_cpu_package_whose_attention_cannot_fit_is_refused_at_load(tmp_path, mon
     aoti.write_sidecar(package, {"device": "cpu", "batch": {"min": 1, "opt": 1, "max": 1}, "model": g.cfg.to_dict()})
     monkeypatch.setattr(wrapper, "physical_memory", lambda: n * n * 4 - 1)
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: pytest.fail("loaded"))
-    with pytest.raises(DrganError, match=rf"N = {n:,} at batch 1 needs"):
+    with pytest.raises(ParameterError, match=rf"N = {n:,} at batch 1 needs .*; use backend torch") as err:
         aoti.AotiGenerator(package)
+    assert err.value.params == ["backend"]
 
 
 def test_package_that_crashes_its_loader_is_one_error_and_removed(tmp_path, monkeypatch, capsys):

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from drgan.checkpoint import save_module
+from drgan.checkpoint import save_module, weights_sha256
 from drgan.runs import write_run_config
 from drgan.cli.common import run_command
 from drgan.cli.export import export
@@ -69,43 +69,59 @@ def test_cli_writes_checked_onnx_and_manifest(tiny_run):
     assert manifest["inputs"]["cond"] == [-1, 8, 64, 64]
 
 
-def test_tiny_onnxruntime_matches_through_backend(tiny_run):
-    from drgan.export.backends import make_backend
+def _backend(name, run, batch=2, precision="fp32"):
+    from drgan.synthesis.registry import make_backend
 
-    run, g, _ = tiny_run
-    backend = make_backend("onnxruntime", run)
-    assert backend.name == "onnxruntime"
+    return make_backend(name, run, 64, torch.device("cpu"), precision, batch)
+
+
+def test_tiny_onnxruntime_matches_through_backend(tiny_run):
+    from drgan.export.backends import open_onnxruntime
+
+    run, g, out = tiny_run
     cond, z, *noise = example_inputs(g, 2, seed=5)
-    image, logits = backend(cond, z, noise)
     with torch.no_grad():
         ref_image, ref_logits = g(cond, z, noise)
+    image, logits = open_onnxruntime(out, run, weights_sha256(g), "cpu", "fp32", 2)(cond, z, noise)
     assert image.shape == (2, 3, 64, 64) and logits.shape == (2, 5)
-    assert (image - ref_image).abs().max().item() <= 1e-3
     assert (logits - ref_logits).abs().max().item() <= 1e-3
+    loaded = _backend("onnxruntime", run, precision="auto")  # the runner's backend: the image, fp32
+    assert loaded.precision == "fp32" and loaded.noise_shapes(2) == [tuple(n.shape) for n in noise]
+    for image in (image, loaded.call(cond, z, noise)):
+        assert (image - ref_image).abs().max().item() <= 1e-3
+
+
+def test_manifest_names_the_generator_as_the_set_fingerprint_does(tiny_run):
+    """export.json and a synthesized set's fingerprint hash the same thing: the loaded generator."""
+    run, g, out = tiny_run
+    entry = json.loads((out / "export.json").read_text())["files"]["generator.onnx"]
+    assert entry["weights_sha256"] == weights_sha256(g) == _backend("torch", run).weights
+    assert _backend("onnxruntime", run).weights == weights_sha256(g)
 
 
 def test_cpu_backend_whose_attention_cannot_fit_is_refused(tiny_run, monkeypatch):
     from drgan.export import ort_runner, wrapper
-    from drgan.export.backends import make_backend
 
     run, g, _ = tiny_run
     n = max(g.cfg.attention_tokens)
     monkeypatch.setattr(wrapper, "physical_memory", lambda: 4 * n * n * 4 - 1)  # room for 3 images' scores, not 4
     monkeypatch.setattr(ort_runner, "has_cuda_provider", lambda: False)
-    assert make_backend("onnxruntime", run, batch=3).name == "onnxruntime"
-    with pytest.raises(DrganError, match=rf"ONNX Runtime on the CPU .* N = {n:,} at batch 4 needs"):
-        make_backend("onnxruntime", run, batch=4)
+    assert _backend("onnxruntime", run, batch=3).precision == "fp32"
+    with pytest.raises(DrganError, match=rf"ONNX Runtime on the CPU .* N = {n:,} at batch 4 needs .* use backend torch") as err:
+        _backend("onnxruntime", run, batch=4)
+    assert err.value.params == ["backend"]  # the CLI names its flag
 
 
 def test_backend_refuses_export_of_other_weights(tiny_run, tmp_path):
-    from drgan.export.backends import make_backend
+    import shutil
 
     run, _, out = tiny_run
     other = tmp_path / "other"
     write_run_config(other, preset("tiny-64"), "local")
     save_module(DRGANGenerator(preset("tiny-64"), "local"), other / "G_ema.safetensors")
+    shutil.copytree(out, other / "export")
     with pytest.raises(DrganError, match="other weights"):
-        make_backend("onnxruntime", other, export_dir=out)
+        _backend("onnxruntime", other)
 
 
 def test_small_graph_has_attention_per_sca_and_no_square_tensor(small_onnx):

@@ -133,15 +133,15 @@ def test_cli_missing_run_is_one_line(tmp_path, capsys):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed (pip install 'drgan[trt]')")
 def test_engine_builds_and_matches_pytorch(run, tiny):
-    from drgan.export.backends import make_backend
     from drgan.export.wrapper import example_inputs
+    from drgan.synthesis.registry import make_backend
 
     assert run_command(export, args=["--checkpoint", str(run), "--trt", "--min-batch", "1", "--opt-batch", "2", "--max-batch", "4"]) == 0
-    backend = make_backend("tensorrt", run, device="cuda", precision="fp32")
+    backend = make_backend("tensorrt", run, 64, torch.device("cuda"), "fp32", 3)
     cond, z, *noise = example_inputs(tiny, 3)
     with torch.no_grad():
         ref_image, _ = tiny(cond, z, noise)
     for _ in range(2):  # capture, then replay
-        image, logits = backend(cond, z, noise)
+        image = backend.call(cond, z, noise)
     assert (image.cpu() - ref_image).abs().max().item() < 1e-2
     assert read_sidecar(run / "export" / "generator_fp32.engine")["batch"] == {"min": 1, "opt": 2, "max": 4}

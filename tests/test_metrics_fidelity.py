@@ -83,9 +83,16 @@ def test_real_phantoms_show_their_masks(phantoms):
 
 
 def test_cli_fidelity_json_with_reference(phantoms, capsys):
-    args = ["evaluate", "fidelity", "--data", str(phantoms), "--reference", str(phantoms), "--resolution", "64", "--json"]
+    args = ["evaluate", "fidelity", "--fake", str(phantoms), "--real", str(phantoms), "--resolution", "64", "--json"]
     assert run_command(cli, args=args, prog_name="drgan") == 0
     result = json.loads(capsys.readouterr().out)
+    split = []
+    for spelling in (["--fake", "--real", "--real-split"], ["--data", "--reference", "--reference-split"]):  # and the former
+        fake, real, real_split = spelling
+        assert run_command(cli, args=["evaluate", "fidelity", fake, str(phantoms), real, str(phantoms), real_split, "train",
+                                      "--resolution", "64", "--json"], prog_name="drgan") == 0
+        split.append(json.loads(capsys.readouterr().out))
+    assert split[0] == split[1] and split[0]["fidelity_reference"]["images"] < result["fidelity_reference"]["images"]
     assert result["fidelity"] == result["fidelity_reference"]
     assert result["fraction_of_reference"] == pytest.approx({"vessel": 1.0, "red_lesion": 1.0, "bright_lesion": 1.0})
     assert run_command(cli, args=["evaluate", "fidelity", "--data", str(phantoms / "images")], prog_name="drgan") == 1

@@ -79,10 +79,13 @@ def test_cli_evaluate_grading_matches_direct_predictions(tmp_path):
     save_module(model, run / "grader.safetensors")
     data = write_phantom_dataset(tmp_path / "data", 20, 64, seed=0)
 
-    result = CliRunner().invoke(cli, ["evaluate", "grading", "--model", str(run), "--data", str(data),
+    result = CliRunner().invoke(cli, ["evaluate", "grading", "--grader", str(run), "--fake", str(data),
                                       "--device", "cpu", "--batch", "4", "--json"])
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)
+    for old in (["--model", str(run), "--data", str(data)], ["--run", str(run), "--data", str(data)]):  # former spellings
+        again = CliRunner().invoke(cli, ["evaluate", "grading", *old, "--device", "cpu", "--batch", "4", "--json"])
+        assert json.loads(again.stdout) == m
     truth = np.array(FundusDataset(data, 64).grades)
     assert m["count"] == 20 and m["confusion"] == confusion_matrix(truth, np.full(20, 2), labels=range(5)).tolist()
     assert m["accuracy"] == pytest.approx(0.2) and m["tpr"] == [0.0, 0.0, 1.0, 0.0, 0.0] and m["kappa"] == 0.0

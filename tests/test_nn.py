@@ -3,7 +3,7 @@ import torch
 
 from drgan.config import PRESETS, preset
 from drgan.errors import DrganError
-from drgan.nn import DRGANGenerator, build_discriminator, build_grader
+from drgan.nn import DRGANGenerator, build_discriminator, build_grader, set_kernel_impl
 
 
 def inputs(cfg, stage, batch=2, device="cpu"):
@@ -126,3 +126,10 @@ def test_grader_feature_is_the_grading_vector():
     net = build_grader(cfg).eval()
     logits, feat = net(torch.randn(2, 3, 64, 64))
     assert logits.shape == (2, 5) and feat.shape == (2, cfg.z_dim)
+
+
+def test_unknown_kernel_impl_is_refused_when_set():
+    g = DRGANGenerator(preset("tiny-64"), "global")
+    with pytest.raises(DrganError, match="kernel impl 'cuda' is not one of auto, ref, triton, sdpa"):
+        set_kernel_impl(g, "cuda")
+    assert set_kernel_impl(g, "sdpa").global_gen.synth[0].sca.impl == "sdpa"

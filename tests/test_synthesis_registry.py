@@ -1,7 +1,7 @@
-"""The backend registry: every name the CLI offers loads, and the exported ones are the export runtimes."""
+"""The backend registry: every name the CLI offers loads, and each exported one opens its export runtime."""
 from importlib import import_module
 
-from drgan.export.backends import _RUNTIMES
+from drgan.export import backends as export_backends
 from drgan.synthesis.registry import BACKENDS
 
 
@@ -12,4 +12,6 @@ def test_every_backend_name_has_a_loader():
 
 
 def test_exported_backends_are_the_export_runtimes():
-    assert set(_RUNTIMES) == {name for name, path in BACKENDS.items() if path.endswith(":load_exported")}
+    openers = {n[len("open_"):] for n in vars(export_backends) if n.startswith("open_")}
+    assert openers == set(BACKENDS) - {"torch", "null"}
+    assert all(BACKENDS[name].endswith(f":load_{name}") for name in openers)

@@ -167,6 +167,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path, space, monkeypatch):
         GanTrainer(options(tmp_path, space, batch=8), PhantomSet(4))
     with pytest.raises(DrganError, match="^precision 'fp8'"):  # the parameter; the CLI maps it to --precision
         options(tmp_path, space, precision="fp8")
+    with pytest.raises(DrganError, match="^kernel_impl 'cuda' is not one of .*'sdpa'"):  # when set, not at a forward
+        options(tmp_path, space, kernel_impl="cuda")
+    assert options(tmp_path, space, kernel_impl="sdpa").kernel_impl == "sdpa"
 
 
 def test_bf16_autocast_and_activation_checkpointing_step(tmp_path, space):

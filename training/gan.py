@@ -6,8 +6,10 @@ G step through a frozen D: adversarial + lambda1 * feature matching + lambda2 * 
 + lambda3 * focal(fake) + encoder grade-head cross entropy. Both losses are checked for finiteness
 (averaged over ranks) before any weight changes, so a failing step leaves a clean checkpoint.
 
-Every random draw of a step (z, noise) comes from a generator seeded by (seed, rank, step) and the
-data order from (seed, epoch, rank): with num_workers=0 a resumed run replays the same steps.
+Every random draw of a step (z, noise) comes from a generator seeded by (seed, rank, step), the
+loader workers' seeds by (seed, rank, epoch) (drgan.runtime.seeded_generator: numpy's SeedSequence,
+one stream per purpose) and the data order from (seed, epoch, rank): with num_workers=0 a resumed
+run replays the same steps.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ from drgan.io import atomic_write_bytes, sha256_file
 from drgan.runs import WEIGHT_FILES, prepare_out, read_run, remove_unfinished, require_kind, write_run_config
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.metrics.fidelity import tensor_fidelity
-from drgan.nn import DRGANGenerator, build_discriminator, set_kernel_impl, structure_only
+from drgan.nn import DiscOutput, DRGANGenerator, build_discriminator, set_kernel_impl, structure_only
+from drgan.runtime import autocast_dtype, seeded_generator
 from drgan.training import distributed as dist_util
 from drgan.training import losses
 from drgan.training.logger import RunLogger
@@ -46,6 +49,7 @@ from drgan.training.state import (
 )
 
 ENV_FILE = "environment.json"
+_STEP_STREAM, _FIXED_STREAM, _WORKERS_STREAM = 0, 1, 2  # seeded_generator keys: one stream per purpose
 GRID_COLUMNS = 4  # fixed conditions per sample grid (columns); rows are the grades
 FIXED_ITEMS = 16  # fixed conditions whose images measure L1 and condition fidelity at every sample
 G_TERMS = ("G_adv", "G_fm", "G_perceptual", "G_cls", "G_l1", "G_encoder", "G_total")
@@ -152,6 +156,23 @@ class GanTrainer:
         self.dataset = dataset if dataset is not None else self._open_dataset()
         self.space = self._grading_space()
 
+        self._build_networks()
+        self._build_optimizers()
+        self.sampler = dist_util.ResumableSampler(self.dataset, self.info, opts.batch, opts.seed)
+        self.step, self.epoch, self.next_batch = 0, 0, 0
+        if opts.resume:
+            self._load_checkpoint()
+        else:
+            self._write_run()
+        self._wrap_for_training()
+        self.fixed = self._fixed_batch()
+
+    # ----------------------------------------------------------------------------- setup
+
+    def _build_networks(self) -> None:
+        """G (from --init's Gm when given), G_ema with --ema, D and the perceptual network, on the
+        device in the training layout."""
+        opts = self.opts
         torch.manual_seed(opts.seed)  # same initial weights on every rank
         self.G = set_kernel_impl(DRGANGenerator(self.cfg, opts.stage), opts.kernel_impl)
         # G_ema is opt-in (the paper has none). It shares G's BatchNorm statistics, which fit its
@@ -163,12 +184,7 @@ class GanTrainer:
             print("warning: local stage without an init run: Gm and Gl both start from scratch "
                   "(the paper fine-tunes a trained global stage)", file=sys.stderr)
         self.D = build_discriminator(self.cfg)
-        # The run records the network 'auto' resolves to (a resumed run's is resolved already).
-        perceptual, vgg19_weights = losses.resolve_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space)
-        opts = self.opts = dataclasses.replace(opts, perceptual=perceptual, vgg19_weights=vgg19_weights)
-        self.perceptual = losses.build_perceptual(opts.perceptual, self.cfg, opts.vgg19_weights, opts.grading_space)
-        if self.info.is_main:
-            print(losses.describe_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space), file=sys.stderr)
+        self._build_perceptual()
         fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
         for m in (self.G, self.G_ema, self.D, self.perceptual):
             if m is not None:
@@ -176,19 +192,27 @@ class GanTrainer:
         if opts.checkpoint_activations:
             checkpoint_attention_blocks(self.G)
 
+    def _build_perceptual(self) -> None:
+        # The run records the network 'auto' resolves to (a resumed run's is resolved already).
+        opts = self.opts
+        perceptual, vgg19_weights = losses.resolve_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space)
+        opts = self.opts = dataclasses.replace(opts, perceptual=perceptual, vgg19_weights=vgg19_weights)
+        self.perceptual = losses.build_perceptual(opts.perceptual, self.cfg, opts.vgg19_weights, opts.grading_space)
+        if self.info.is_main:
+            print(losses.describe_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space), file=sys.stderr)
+
+    def _build_optimizers(self) -> None:
+        """Adam for G and D, the fp16 gradient scaler, and the autocast dtype of --precision."""
+        opts = self.opts
         betas = (opts.beta1, opts.beta2)
         self.opt_G = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], lr=opts.lr, betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=opts.lr, betas=betas)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=opts.precision == "fp16")
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.precision)
+        self.autocast_dtype = autocast_dtype(opts.precision)
 
-        self.sampler = dist_util.ResumableSampler(self.dataset, self.info, opts.batch, opts.seed)
-        self.step, self.epoch, self.next_batch = 0, 0, 0
-        if opts.resume:
-            self._load_checkpoint()
-        else:
-            self._write_run()
-
+    def _wrap_for_training(self) -> None:
+        """The modules a step runs: DDP replicas across ranks, compiled with --compile; D_frozen is
+        D without DDP (the G step needs no gradient sync of D)."""
         self.G_train: nn.Module = self.G
         self.D_train: nn.Module = self.D
         if self.info.enabled:
@@ -196,11 +220,8 @@ class GanTrainer:
             self.G_train = DDP(self.G, device_ids=ids)
             self.D_train = DDP(self.D, device_ids=ids)
         self.D_frozen: nn.Module = self.D
-        if opts.compile:
+        if self.opts.compile:
             self.G_train, self.D_train, self.D_frozen = map(torch.compile, (self.G_train, self.D_train, self.D_frozen))
-        self.fixed = self._fixed_batch()
-
-    # ----------------------------------------------------------------------------- setup
 
     def _open_dataset(self) -> Dataset:
         if self.opts.data is None:
@@ -262,7 +283,7 @@ class GanTrainer:
         items = [self.dataset[i] for i in range(n)]
         real, cond = self._prepare(torch.stack([it["image"] for it in items]), torch.stack([it["cond"] for it in items]))
         grade = torch.tensor([int(it["grade"]) for it in items])
-        gen = torch.Generator().manual_seed(self.opts.seed + 12345)
+        gen = seeded_generator(self.opts.seed, _FIXED_STREAM)
         z_own = self.space.sample(grade, gen)
         z_rows = [self.space.sample(torch.full((n,), g), gen) for g in range(self.cfg.num_grades)]
         noise = [torch.randn(s, generator=gen) for s in self.G.noise_shapes(n)]
@@ -286,24 +307,36 @@ class GanTrainer:
 
     # ----------------------------------------------------------------------------- one step
 
-    def _step_generator(self, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.opts.seed * 1_000_003 + self.info.rank) * 1_000_000_007 + step)
-
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
-        o = self.opts
+        """One D and one G update; the loss terms averaged over ranks (raises NonFiniteLoss before
+        any weight changes)."""
         real, cond = self._prepare(batch["image"], batch["cond"])
         grade_cpu = batch["grade"].long()
         grade = grade_cpu.to(self.device)
-        b = real.shape[0]
-        gen = self._step_generator(step)
+        gen = seeded_generator(self.opts.seed, _STEP_STREAM, self.info.rank, step)
         z = self.space.sample(grade_cpu, gen).to(self.device)
-        noise = [torch.randn(s, generator=gen).to(self.device) for s in self.G.noise_shapes(b)]
-
+        noise = [torch.randn(s, generator=gen).to(self.device) for s in self.G.noise_shapes(real.shape[0])]
         with self._autocast():
             fake, enc_logits = self.G_train(cond, z, noise)
+        d_real, t = self._discriminator_terms(cond, real, fake, grade)
+        t.update(self._generator_terms(cond, real, fake, enc_logits, grade, d_real))
+        names = G_TERMS + D_TERMS
+        values = dist_util.all_reduce_mean(torch.stack([t[k].detach().float() for k in names]), self.info).tolist()
+        logged = dict(zip(names, values))
+        if not all(v == v and abs(v) != float("inf") for v in values):
+            raise NonFiniteLoss(logged)
+        self._update_weights(t["G_total"], t["D_total"], step)
+        return logged
+
+    def _discriminator_terms(self, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
+                             grade: torch.Tensor) -> tuple[list[DiscOutput], dict[str, torch.Tensor]]:
+        """D on (c, real) and (c, fake.detach()) in one forward: D's real outputs (the feature-matching
+        targets) and its loss terms."""
+        o, b = self.opts, real.shape[0]
+        with self._autocast():
             both = self.D_train(torch.cat([cond, cond]), torch.cat([real, fake.detach()]))
         d_real = [out._replace(logit=out.logit[:b], grade_logits=out.grade_logits[:b], features=[f[:b] for f in out.features]) for out in both]
         d_fake = [out._replace(logit=out.logit[b:], grade_logits=out.grade_logits[b:], features=[]) for out in both]
@@ -312,12 +345,18 @@ class GanTrainer:
         t["D_cls_real"] = losses.grade_focal(d_real, grade, o.focal_gamma)
         t["D_cls_fake"] = losses.grade_focal(d_fake, grade, o.focal_gamma)
         t["D_total"] = t["D_adv"] + o.lambda_cls * (t["D_cls_real"] + t["D_cls_fake"])
+        return d_real, t
 
+    def _generator_terms(self, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, enc_logits: torch.Tensor,
+                         grade: torch.Tensor, d_real: list[DiscOutput]) -> dict[str, torch.Tensor]:
+        """G's loss terms through a frozen D."""
+        o = self.opts
         self.D.requires_grad_(False)  # the G step's gradients flow through D into G only
         with self._autocast():
             g_fake = self.D_frozen(cond, fake)
             perceptual = self.perceptual(fake, real) if self.perceptual is not None else torch.zeros((), device=self.device)
         self.D.requires_grad_(True)
+        t: dict[str, torch.Tensor] = {}
         t["G_adv"] = losses.g_adversarial(g_fake, o.gan_loss)
         t["G_fm"] = losses.feature_matching(d_real, g_fake, o.fm_norm)  # D's real activations are the targets
         t["G_perceptual"] = perceptual.float()
@@ -326,22 +365,17 @@ class GanTrainer:
         t["G_l1"] = F.l1_loss(fake.float(), real)
         t["G_total"] = (t["G_adv"] + o.lambda_fm * t["G_fm"] + o.lambda_perceptual * t["G_perceptual"]
                         + o.g_cls_weight * t["G_cls"] + o.lambda_l1 * t["G_l1"] + t["G_encoder"])
+        return t
 
-        names = G_TERMS + D_TERMS
-        values = dist_util.all_reduce_mean(torch.stack([t[k].detach().float() for k in names]), self.info).tolist()
-        logged = dict(zip(names, values))
-        if not all(v == v and abs(v) != float("inf") for v in values):
-            raise NonFiniteLoss(logged)
-
+    def _update_weights(self, g_total: torch.Tensor, d_total: torch.Tensor, step: int) -> None:
         self.opt_G.zero_grad(set_to_none=True)
-        self.scaler.scale(t["G_total"]).backward()
+        self.scaler.scale(g_total).backward()
         self.scaler.step(self.opt_G)
         self.opt_D.zero_grad(set_to_none=True)
-        self.scaler.scale(t["D_total"]).backward()
+        self.scaler.scale(d_total).backward()
         self.scaler.step(self.opt_D)
         self.scaler.update()
         self._update_ema(step)
-        return logged
 
     def _generators(self) -> dict[str, nn.Module]:
         """The generator weights this run keeps: G, and G_ema when --ema is on."""
@@ -455,7 +489,7 @@ class GanTrainer:
                 if hasattr(self.dataset, "set_epoch"):
                     self.dataset.set_epoch(self.epoch)  # FundusDataset: augmentations per (epoch, index)
                 # The loader's own generator keeps the global RNG (augmentations) out of its seeding.
-                workers_seed = torch.Generator().manual_seed((o.seed * 1_000_003 + self.info.rank) * 100_003 + self.epoch)
+                workers_seed = seeded_generator(o.seed, _WORKERS_STREAM, self.info.rank, self.epoch)
                 loader = DataLoader(self.dataset, batch_size=o.batch, sampler=self.sampler, num_workers=o.workers,
                                     drop_last=True, pin_memory=self.device.type == "cuda", generator=workers_seed)
                 for batch in loader:

@@ -1,8 +1,9 @@
 """The terms of the DR-GAN objective (paper eq. 1), each computed in fp32.
 
 - adversarial: non-saturating BCE (softplus form) or least squares, summed over the discriminators;
-- feature matching: L1 between the discriminators' activations on real and fake, every layer
-  (pix2pixHD's form, whose lambda = 10 the paper adopts);
+- feature matching: L1 between the discriminators' activations on real and fake, every layer,
+  averaged over layers and summed over discriminators; pix2pixHD's term (whose lambda = 10 the paper
+  adopts) is 4/num_discriminators times this one (docs/paper.md);
 - perceptual: L1 between feature-network activations of real and fake at the largest scale;
 - focal: grade classification (Lin et al.), for the discriminators' grade heads on real and fake.
 """

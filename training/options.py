@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from drgan.config import PRESETS, STAGES
+from drgan.config import PRECISIONS, PRESETS, STAGES
 from drgan.errors import DrganError, ParameterError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 PERCEPTUAL_NETS = ("auto", "vgg19", "grader", "none")
 GAN_LOSSES = ("bce", "lsgan")
 FM_NORMS = ("l1", "l2")
@@ -91,7 +90,7 @@ class GanOptions(_Options):
     ema: bool = False                   # also keep G_ema, an exponential moving average of G (the paper has none)
     ema_decay: float = 0.999            # G_ema decay (ramped up over the first steps)
     lambda_fm: float = 10.0             # lambda1: discriminator feature matching
-    fm_norm: str = "l1"                 # feature-matching distance: 'l1' (pix2pixHD, whose lambda1 = 10 the paper takes) or 'l2'
+    fm_norm: str = "l1"                 # feature-matching distance: 'l1' (as pix2pixHD, whose lambda1 = 10 the paper takes) or 'l2'
     lambda_perceptual: float = 10.0     # lambda2: perceptual L1
     lambda_cls: float = 1.0             # lambda3: focal grade classification of the discriminators (real and fake)
     g_cls_weight: float = 0.0           # the generator's own focal term on D's grade heads (ACGAN; not in the paper)
@@ -107,7 +106,7 @@ class GanOptions(_Options):
     channels_last: bool = True          # NHWC activations end to end
     checkpoint_activations: bool = False  # recompute the attention blocks in backward
     compile: bool = False               # torch.compile the generator and discriminators
-    kernel_impl: str = "auto"           # drgan.kernels implementation ('auto', 'ref', 'triton')
+    kernel_impl: str = "auto"           # drgan.kernels implementation: 'auto', 'ref', 'triton' or 'sdpa' (drgan.kernels.dispatch.IMPLS)
     device: str = "auto"                # torch device ('cuda' picks the local rank's GPU; auto: CUDA when visible)
     seed: int = 0                       # weights, sampling order, z and noise
     workers: int = 0                    # DataLoader worker processes
@@ -116,8 +115,11 @@ class GanOptions(_Options):
     checkpoint_every: int = 1000        # checkpoint every K steps (and at the end)
 
     def __post_init__(self) -> None:
+        from drgan.kernels.dispatch import IMPLS  # torch: this module stays importable without it
+
         self._check([
             (self.stage in STAGES, f"{{stage}} {self.stage!r} is not one of {STAGES}"),
+            (self.kernel_impl in IMPLS, f"{{kernel_impl}} {self.kernel_impl!r} is not one of {IMPLS}"),
             (self.preset in PRESETS, f"{{preset}} {self.preset!r} is not one of {list(PRESETS)}"),
             (self.precision in PRECISIONS, f"{{precision}} {self.precision!r} is not one of {PRECISIONS}"),
             (self.perceptual in PERCEPTUAL_NETS, f"{{perceptual}} {self.perceptual!r} is not one of {PERCEPTUAL_NETS}"),

@@ -1,4 +1,8 @@
-"""`drgan evaluate fid|swd|grading|fidelity|metrics` and `drgan experiment augment`."""
+"""`drgan evaluate fid|swd|grading|fidelity|metrics` and `drgan experiment augment`.
+
+The evaluate commands share one vocabulary, that of drgan.metrics.registry.MetricInputs: --fake is
+the set measured, --real the reference set (--real-split its split), --grader a grader run folder.
+Former spellings stay accepted as aliases (--data, --reference, --reference-split, --run, --model)."""
 from __future__ import annotations
 
 import contextlib
@@ -80,41 +84,44 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
 
 
 @evaluate.command()
-@click.option("--run", "--model", "run", type=_folder, required=True, help="Grader run folder (grader.safetensors + run.json).")
-@click.option("--data", type=_folder, required=True, help="Dataset folder (images/ + labels.csv).")
+@click.option("--grader", "--run", "--model", "grader", type=_folder, required=True,
+              help="Grader run folder (grader.safetensors + run.json).")
+@click.option("--fake", "--data", "fake", type=_folder, required=True,
+              help="Set graded by its labels: a dataset folder (images/ + labels.csv), synthesized or real.")
 @click.option("--split", default=None, help="Only rows of labels.csv with this split (e.g. test) [default: all].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--batch", type=IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def grading(run: Path, data: Path, split: str | None, device: str, batch: int, as_json: bool) -> None:
+def grading(grader: Path, fake: Path, split: str | None, device: str, batch: int, as_json: bool) -> None:
     """Accuracy, quadratic-weighted kappa, per-grade TPR and confusion matrix of a grader."""
     from drgan.metrics.grade_prediction import grade_dataset
     from drgan.metrics.grading import format_grading_table
 
-    metrics = grade_dataset(run, data, split, _device(device), batch)
+    metrics = grade_dataset(grader, fake, split, _device(device), batch)
     _emit(metrics, as_json, format_grading_table(metrics))
 
 
 @evaluate.command()
-@click.option("--data", type=_folder, required=True,
-              help="Dataset with masks: a synthesized set made with --save-masks, or any dataset folder.")
-@click.option("--reference", type=_folder, default=None,
-              help="Real dataset (e.g. the training set) measured the same way, shown beside.")
-@click.option("--reference-split", default=None, help="Only this split of --reference (e.g. test) [default: all].")
-@click.option("--grader", "grader_run", type=_folder, default=None,
-              help="Grader run folder: also grade --data by its labels (accuracy, kappa) at the grader's resolution.")
+@click.option("--fake", "--data", "fake", type=_folder, required=True,
+              help="Set measured, with masks: a synthesized set made with --save-masks, or any dataset folder.")
+@click.option("--real", "--reference", "real", type=_folder, default=None,
+              help="Reference set (e.g. the real training set) measured the same way, shown beside.")
+@click.option("--real-split", "--reference-split", "real_split", default=None,
+              help="Only this split of --real (e.g. test) [default: all].")
+@click.option("--grader", type=_folder, default=None,
+              help="Grader run folder: also grade both sets by their labels (accuracy, kappa) at the grader's resolution.")
 @click.option("--resolution", type=IntRange(min=16), default=None,
-              help="Side both sets are measured at [default: side of the first image of --data].")
+              help="Side both sets are measured at [default: side of the first image of --fake].")
 @click.option("--max-images", type=IntRange(min=1), default=500, show_default=True,
               help="Images per set (evenly spaced).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ... (grading only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def fidelity(data: Path, reference: Path | None, reference_split: str | None, grader_run: Path | None,
+def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path | None,
              resolution: int | None, max_images: int, device: str, as_json: bool) -> None:
     """Condition fidelity: do vessels and lesions show where the masks put them (ROC AUC, 0.5 = ignored)."""
     from drgan.metrics.fidelity import evaluate_fidelity
 
-    result, text = evaluate_fidelity(data, reference, reference_split, grader_run, resolution, max_images, _device(device))
+    result, text = evaluate_fidelity(fake, real, real_split, grader, resolution, max_images, _device(device))
     _emit(result, as_json, text)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from drgan.cli.common import IntRange
-from drgan.config import STAGES
+from drgan.config import PRECISIONS, STAGES
 
 
 @click.command()
@@ -15,7 +15,7 @@ from drgan.config import STAGES
 @click.option("--onnx", "want_onnx", is_flag=True, help="Write the ONNX file (the default when no format is named).")
 @click.option("--trt", "want_trt", is_flag=True, help="Build a TensorRT engine (needs TensorRT and a GPU).")
 @click.option("--aoti", "want_aoti", is_flag=True, help="Compile an AOTInductor .pt2 package.")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]), help="Engine/package precision (the ONNX file is always fp32).")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS), help="Engine/package precision (the ONNX file is always fp32).")
 @click.option("--batch", type=IntRange(1), help="Fixed batch size (not with --min/--opt/--max-batch).")
 @click.option("--min-batch", type=IntRange(1), help="Smallest batch of the engine/package.  [default: 1]")
 @click.option("--opt-batch", type=IntRange(1), help="Batch TensorRT tunes for, min..max.  [default: 4]")

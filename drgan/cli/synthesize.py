@@ -6,7 +6,7 @@ import json
 import click
 
 from drgan.cli.common import DEVICE_HELP, IntRange
-from drgan.config import NUM_GRADES
+from drgan.config import NUM_GRADES, PRECISIONS
 from drgan.synthesis.registry import BACKENDS
 
 
@@ -43,7 +43,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
                    "predicts from the masks, as good as that head is; manifest.csv records both and the summary their agreement.")
 @click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Seed of the whole set: item i depends on (seed, i) only.")
 @click.option("--batch", type=IntRange(1), default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
               help="null: a fixed image instead of a generator, to measure whether this host can feed a GPU.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default="png", show_default=True, help="Image file format.")

@@ -6,7 +6,7 @@ import json
 import click
 
 from drgan.cli.common import DEVICE_HELP, flag
-from drgan.config import PRESETS, STAGES
+from drgan.config import PRECISIONS, PRESETS, STAGES
 from drgan.training.options import RESUMABLE_OVERRIDES
 
 RESUMABLE_FLAGS = ", ".join(flag(name) for name in RESUMABLE_OVERRIDES)
@@ -60,7 +60,7 @@ def grader(data_dir: str, out: str, overwrite: bool, preset: str, epochs: int, b
 @click.option("--batch", type=int, help="Per-process batch size, >= 1.  [default: 16]")
 @click.option("--device", help=DEVICE_HELP + " Under torchrun 'cuda' takes the local rank's GPU.  [default: auto]")
 @click.option("--seed", type=int, help="Random seed, >= 0.  [default: 0]")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="fp32, bf16 autocast, or fp16 autocast with a gradient scaler.  [default: fp32]")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="fp32, bf16 autocast, or fp16 autocast with a gradient scaler.  [default: fp32]")
 @click.option("--perceptual", type=click.Choice(["auto", "vgg19", "grader", "none"]),
               help="Perceptual feature network; auto: VGG-19 (the paper's) when --vgg19-weights is given or torchvision has "
                    "downloaded them ($TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth), else the grader of --grading-space's "

@@ -7,14 +7,21 @@ Follows the reference `metrics/sliced_wasserstein.py` of tkarras/progressive_gro
 - each level's descriptors normalised per colour channel (mean and std over all descriptors of the set);
 - SWD = mean over 4 repeats of 128 random unit directions of the mean |sorted proj A - sorted proj B|;
 - values multiplied by 1e3 (as the paper reports them), per level and averaged over levels.
-Both sets use the same number of images (a seeded subset of the larger one), because the sliced
-distance pairs sorted projections one to one. Everything random is drawn from `seed`, and both sets
-use the same draws (subset indices, patch positions): identical sets give exactly 0 and a difference
-measures the sets rather than the sampling. Per grade (`per_grade`), each grade of the real set is
-compared with the same grade of the fake set, and their mean is the paper's "AVG. SWD".
+As in the reference, each set draws its own patch positions, so two sets of the same images score
+the sampling noise of the distance (20-23 for 64 images at 128 px), not 0. Both sets use the same number of
+images, because the sliced distance pairs sorted projections one to one.
+
+Everything random is drawn from `seed`, and a score depends on the images of each set, never on
+their file names or order: each set is read in the order of its files' content hashes (sha256,
+keyed with the seed); its first `count` images in that order are the subset when a set is larger
+than the other or than `max_images`, and its patch positions are one stream drawn from (seed, role
+of the set: real 0, fake 1). The directions are shared by both sets, as in the reference. Per grade
+(`per_grade`), each grade of the real set is compared with the same grade of the fake set, and
+their mean is the paper's "AVG. SWD".
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -23,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from drgan.errors import DrganError
+from drgan.io import sha256_file
 from drgan.metrics.images import ImageSet, grade_average_line, load_rgb
 
 NHOOD_SIZE = 7           # neighbourhood side
@@ -99,6 +107,17 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generato
     return float(np.mean(results))
 
 
+def content_order(image_set: ImageSet, seed: int) -> ImageSet:
+    """The set's images ordered by a seed-keyed hash of their file's sha256 (then path, which only
+    orders identical files): the same images give the same order whatever their names."""
+    key = seed.to_bytes(8, "little")
+    try:
+        keys = [hashlib.blake2b(bytes.fromhex(sha256_file(p)), key=key).digest() for p in image_set.paths]
+    except OSError as exc:
+        raise DrganError(f"{exc.filename}: cannot read image ({exc.strerror})") from None
+    return image_set.subset(sorted(range(len(keys)), key=lambda i: (keys[i], image_set.paths[i])))
+
+
 def _set_descriptors(
     image_set: ImageSet,
     resolution: int,
@@ -122,11 +141,13 @@ def _set_descriptors(
 
 def _swd_levels(real: ImageSet, fake: ImageSet, resolution: int, max_images: int, seed: int, device: torch.device,
                 batch: int, progress: bool) -> tuple[list[float], int]:
-    """(SWD x 1e3 per pyramid level, images per set) on equal-sized seeded subsets of the two sets."""
+    """(SWD x 1e3 per pyramid level, images per set): the first `count` images of each set in content
+    order, patch positions drawn per set."""
     count = min(len(real), len(fake), max_images)
-    subsets = [s.subset(np.sort(np.random.default_rng([seed, 0]).choice(len(s), count, replace=False))) for s in (real, fake)]
     desc_real, desc_fake = (
-        _set_descriptors(s, resolution, np.random.default_rng([seed, 1]), device, batch, progress) for s in subsets
+        _set_descriptors(content_order(s, seed).subset(list(range(count))), resolution,
+                         np.random.default_rng([seed, 1, role]), device, batch, progress)
+        for role, s in enumerate((real, fake))
     )
     dirs_rng = np.random.default_rng([seed, 2])
     return [sliced_wasserstein(a, b, dirs_rng) * 1e3 for a, b in zip(desc_real, desc_fake)], count
@@ -150,7 +171,7 @@ def compute_swd(
 
     `resolution` defaults to the width of the first fake image; every image is resized (area) to it.
     Descriptors take 147 * 128 * 4 bytes per image and level, hence the `max_images` cap (per grade
-    too).
+    too). Every file of both sets is read once to hash it (content order), also beyond the cap.
     """
     if per_grade:
         real_grades, fake_grades = real.by_grade(), fake.by_grade()  # raises for a plain folder

@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from drgan.errors import DrganError
+from drgan.kernels.dispatch import IMPLS
+
 
 def assert_shape(tensor: torch.Tensor, shape: tuple[int | None, ...], name: str = "tensor") -> None:
     """Check a tensor's shape; None matches any size along that axis."""
@@ -50,7 +53,10 @@ def from_tokens(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def set_kernel_impl(module: nn.Module, impl: str) -> nn.Module:
-    """Switch every kernel-backed submodule (SCA, AdaIN) to impl 'auto' | 'ref' | 'triton'."""
+    """Switch every kernel-backed submodule (SCA, AdaIN) to impl 'auto' | 'ref' | 'triton' | 'sdpa'
+    (drgan.kernels.dispatch); an unknown name is refused here, not at the first forward pass."""
+    if impl not in IMPLS:
+        raise DrganError(f"kernel impl {impl!r} is not one of {', '.join(IMPLS)}")
     for m in module.modules():
         if hasattr(m, "impl"):
             m.impl = impl

@@ -1,12 +1,13 @@
-"""Generator backends for the runner: PyTorch here; ONNX Runtime, TensorRT and AOTInductor come
-from drgan.export.backends behind the same call: backend(cond, z, noise) -> image in [-1, 1].
-The null backend is a capacity check of the host side, not a generator. The loaders at the end
-are what drgan.synthesis.registry names."""
+"""Generator backends for the runner, one protocol: backend(cond, z, noise) -> image in [-1, 1].
+PyTorch runs here; ONNX Runtime, TensorRT and AOTInductor are the runtimes of drgan.export.backends,
+whose outputs (image, grade logits) the loaders below reduce to the image. The null backend is a
+capacity check of the host side, not a generator. The loaders at the end are what
+drgan.synthesis.registry names; each gives a LoadedBackend whose `weights` is the generator's
+drgan.checkpoint.weights_sha256, the hash export.json records for every exported file."""
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -110,44 +111,51 @@ class LoadedBackend:
     predict_grade: Backend | None = None                    # cond -> grade from the encoder's grade head (None: null)
 
 
-def weights_sha256(module: torch.nn.Module) -> str:
-    """Hash of a module's parameters and buffers (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def load_null(name: str, run: str | Path | None, size: int, device: torch.device, precision: str,
-              batch: int) -> LoadedBackend:
+def load_null(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int) -> LoadedBackend:
     return LoadedBackend(NullBackend(size, device), lambda b: [], "none", resolve_precision(precision, device))
 
 
-def load_torch(name: str, run: str | Path | None, size: int, device: torch.device, precision: str,
-               batch: int) -> LoadedBackend:
-    from drgan.checkpoint import load_generator
+def load_torch(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int) -> LoadedBackend:
+    from drgan.checkpoint import load_generator, weights_sha256
 
     g = load_generator(run)
-    weights = weights_sha256(g)
     backend = TorchBackend(g, device, precision)
-    return LoadedBackend(backend, g.noise_shapes, weights, resolve_precision(precision, device), backend.predict_grade)
+    return LoadedBackend(backend, g.noise_shapes, weights_sha256(g), resolve_precision(precision, device),
+                         backend.predict_grade)
 
 
-def load_exported(name: str, run: str | Path | None, size: int, device: torch.device, precision: str,
+def load_onnxruntime(run: str | Path | None, size: int, device: torch.device, precision: str,
+                     batch: int) -> LoadedBackend:
+    from drgan.export.backends import open_onnxruntime
+
+    # The exported ONNX file is fp32.
+    return _load_exported(open_onnxruntime, run, device, "fp32" if precision == "auto" else precision, batch)
+
+
+def load_tensorrt(run: str | Path | None, size: int, device: torch.device, precision: str,
                   batch: int) -> LoadedBackend:
-    """A runtime of drgan.export.backends on the run's exported generator."""
-    from drgan.checkpoint import load_generator
-    from drgan.export.backends import make_backend as make_export_backend
+    from drgan.export.backends import open_tensorrt
+
+    return _load_exported(open_tensorrt, run, device, precision, batch)
+
+
+def load_aoti(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int) -> LoadedBackend:
+    from drgan.export.backends import open_aoti
+
+    return _load_exported(open_aoti, run, device, precision, batch)
+
+
+def _load_exported(open_runtime: Callable, run: str | Path, device: torch.device, precision: str,
+                   batch: int) -> LoadedBackend:
+    """A runtime of drgan.export.backends on the run's exported generator (RUN/export), which must
+    come from the generator's current weights."""
+    from drgan.checkpoint import load_generator, weights_sha256
 
     g = load_generator(run)
     weights = weights_sha256(g)
-    if precision == "auto" and name == "onnxruntime":
-        precision = "fp32"  # the exported ONNX file is fp32
     precision = resolve_precision(precision, device)
-    exported = make_export_backend(name, run, device=device, precision=precision, batch=batch)
+    runtime = open_runtime(Path(run) / "export", run, weights, str(device), precision, batch)
     # The exported graph has no grade head: predictions come from the PyTorch encoder (built lazily).
     encoder = functools.cache(lambda: TorchBackend(g, device, precision, cuda_graph=False))
-    return LoadedBackend(lambda cond, z, noise: exported(cond, z, noise)[0], g.noise_shapes, weights, precision,
+    return LoadedBackend(lambda cond, z, noise: runtime(cond, z, noise)[0], g.noise_shapes, weights, precision,
                          lambda cond: encoder().predict_grade(cond))

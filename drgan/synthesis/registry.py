@@ -1,9 +1,10 @@
 """Generator backends by name. The CLI lists the names at startup, before torch is imported, so
 each name maps to the 'module:function' of its loader, imported when the backend is chosen:
 
-    loader(name, run, size, device, precision, batch) -> drgan.synthesis.backend.LoadedBackend
+    loader(run, size, device, precision, batch) -> drgan.synthesis.backend.LoadedBackend
 
-A new backend is its loader and its line here."""
+This is the one list of backends: a new backend is its loader and its line here (an exported one
+also its opener in drgan.export.backends)."""
 from __future__ import annotations
 
 from importlib import import_module
@@ -19,9 +20,9 @@ if TYPE_CHECKING:
 
 BACKENDS: dict[str, str] = {
     "torch": "drgan.synthesis.backend:load_torch",
-    "onnxruntime": "drgan.synthesis.backend:load_exported",   # the runtimes of drgan.export.backends
-    "tensorrt": "drgan.synthesis.backend:load_exported",
-    "aoti": "drgan.synthesis.backend:load_exported",
+    "onnxruntime": "drgan.synthesis.backend:load_onnxruntime",   # the runtimes of drgan.export.backends
+    "tensorrt": "drgan.synthesis.backend:load_tensorrt",
+    "aoti": "drgan.synthesis.backend:load_aoti",
     "null": "drgan.synthesis.backend:load_null",
 }
 
@@ -33,4 +34,4 @@ def make_backend(
     if name not in BACKENDS:
         raise ParameterError(f"{{backend}} {name!r}: choose one of {', '.join(BACKENDS)}")
     module, function = BACKENDS[name].split(":")
-    return getattr(import_module(module), function)(name, run, size, device, precision, batch)
+    return getattr(import_module(module), function)(run, size, device, precision, batch)
