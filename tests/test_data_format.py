@@ -60,6 +60,29 @@ def _tiny(root):
     return "too small"
 
 
+def declared_png(path, width, height):
+    """A small PNG whose header (IHDR) declares width x height: a decompression bomb's shape."""
+    import struct
+    import zlib
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)      # IHDR fields follow the signature and chunk head
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def _bomb(root):
+    declared_png(root / "images" / "bomb.png", 30000, 30000)
+    add_label(root, "bomb", 0)
+    return "bomb.png: image too large"
+
+
+def _large(root):
+    declared_png(root / "images" / "large.png", 9000, 9000)   # under Pillow's own limit, over drgan's
+    add_label(root, "large", 0)
+    return "large.png: image too large (9000x9000 px"
+
+
 def _mask_mismatch(root):
     Image.fromarray(np.zeros((50, 70), np.uint8)).save(root / "masks" / "phantom_000002" / "he.png")
     return "he.png: mask is 70x50 px but its image is 96x96"
@@ -92,7 +115,7 @@ def _duplicate_file(root):
     return "duplicate id 'phantom_000000'"
 
 
-BAD = [_truncated, _tiny, _mask_mismatch, _mask_without_image, _missing_label, _grade7, _duplicate_row, _duplicate_file]
+BAD = [_truncated, _tiny, _bomb, _large, _mask_mismatch, _mask_without_image, _missing_label, _grade7, _duplicate_row, _duplicate_file]
 
 
 @pytest.mark.parametrize("breaker", BAD, ids=lambda f: f.__name__[1:])
