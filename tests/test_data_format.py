@@ -83,6 +83,14 @@ def _large(root):
     return "large.png: image too large (9000x9000 px"
 
 
+def _fifo_mask(root):
+    import os
+    path = root / "masks" / "phantom_000002" / "ma.png"
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)     # opening it for reading would wait forever for a writer
+    return "ma.png: is a named pipe, not a regular file"
+
+
 def _mask_mismatch(root):
     Image.fromarray(np.zeros((50, 70), np.uint8)).save(root / "masks" / "phantom_000002" / "he.png")
     return "he.png: mask is 70x50 px but its image is 96x96"
@@ -115,9 +123,10 @@ def _duplicate_file(root):
     return "duplicate id 'phantom_000000'"
 
 
-BAD = [_truncated, _tiny, _bomb, _large, _mask_mismatch, _mask_without_image, _missing_label, _grade7, _duplicate_row, _duplicate_file]
+BAD = [_truncated, _tiny, _bomb, _large, _fifo_mask, _mask_mismatch, _mask_without_image, _missing_label, _grade7, _duplicate_row, _duplicate_file]
 
 
+@pytest.mark.timeout(30)   # a reader blocked on a named pipe fails instead of hanging the suite
 @pytest.mark.parametrize("breaker", BAD, ids=lambda f: f.__name__[1:])
 def test_bad_input_is_named_stopped_or_skipped(clean, tmp_path, breaker):
     root = copy_dataset(clean, tmp_path / "ds")
@@ -140,6 +149,16 @@ def test_bad_input_is_named_stopped_or_skipped(clean, tmp_path, breaker):
     assert res.exit_code != 0 and expected in res.output
     res = CliRunner().invoke(cli, ["data", "validate", str(root), "--skip-bad"])
     assert res.exit_code == 0 and "skipped" in res.output
+
+
+@pytest.mark.timeout(30)
+def test_labels_file_that_is_a_named_pipe_is_one_clear_error(clean, tmp_path):
+    import os
+    root = copy_dataset(clean, tmp_path / "ds")
+    (root / "labels.csv").unlink()
+    os.mkfifo(root / "labels.csv")
+    with pytest.raises(DrganError, match="labels.csv: is a named pipe, not a regular file"):
+        open_dataset(root)
 
 
 def test_missing_labels_file_is_one_clear_error(clean, tmp_path):

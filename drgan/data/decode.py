@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from drgan.errors import DrganError
+from drgan.io import check_regular_file
 
 MIN_SIDE = 64            # smaller images cannot hold a usable fundus
 # The largest fundus cameras write about 24 MP (a 45 MP full-frame sensor is the extreme); one
@@ -27,16 +28,15 @@ def _png_bit_depth(path: Path) -> int | None:
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """An image file opened from its header only (Pillow decodes lazily), refused unless its size
-    is within MAX_PIXELS: every reader of image files goes through here."""
+    """An image file opened from its header only (Pillow decodes lazily), refused unless it is a
+    regular file and its size is within MAX_PIXELS: every reader of image files goes through here."""
     path = Path(path)
+    check_regular_file(path)
     too_large = f"{path}: image too large ({{}}over the limit of {MAX_PIXELS:,} pixels)"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
             img = Image.open(path)
-    except FileNotFoundError:
-        raise DrganError(f"{path}: file not found") from None
     except Image.DecompressionBombError:  # Pillow's own limit, far above MAX_PIXELS
         raise DrganError(too_large.format("")) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

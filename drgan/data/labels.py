@@ -8,6 +8,7 @@ from pathlib import Path
 
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
+from drgan.io import check_regular_file
 
 LABELS_FILE = "labels.csv"
 SPLITS = ("train", "val", "test")
@@ -24,8 +25,9 @@ def hash_split(sid: str) -> str:
 def read_labels(root: Path) -> tuple[list[tuple[str, int, str | None]], list[tuple[str | None, str]]]:
     """Rows (id, grade, split) and problems (id or None, message) of DATASET/labels.csv."""
     path = root / LABELS_FILE
-    if not path.is_file():
+    if not path.exists():
         raise DrganError(f"{path}: labels file not found (need columns id,grade[,split])")
+    check_regular_file(path)
     rows, problems = [], []
     try:
         text = path.read_text(encoding="utf-8-sig")
