@@ -5,6 +5,7 @@ A write that fails for lack of space or permission becomes one DrganError naming
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
 import io
@@ -12,7 +13,7 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -136,6 +137,15 @@ def check_regular_file(path: str | Path) -> None:
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket"
         raise DrganError(f"{path}: is {kind}, not a regular file")
+
+
+def csv_rows(reader: Iterator, path: str | Path) -> Iterator:
+    """The rows of a csv reader (or DictReader); a row it cannot parse (a field over the csv
+    module's 131,072 characters, a stray NUL) is one error naming the file and line."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise DrganError(f"{path}:{reader.line_num}: unreadable CSV row ({exc})") from None
 
 
 def sha256_file(path: str | Path) -> str:

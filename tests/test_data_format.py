@@ -161,6 +161,26 @@ def test_labels_file_that_is_a_named_pipe_is_one_clear_error(clean, tmp_path):
         open_dataset(root)
 
 
+def test_an_id_too_long_for_the_csv_module_names_labels_csv_and_its_line(clean, tmp_path):
+    root = copy_dataset(clean, tmp_path / "ds")
+    add_label(root, "x" * 200_000, 0)
+    line = len(rows(clean)) + 1
+    with pytest.raises(DrganError, match=f"labels.csv:{line}: unreadable CSV row"):
+        open_dataset(root, skip_bad=True)
+    res = CliRunner().invoke(cli, ["data", "validate", str(root)])
+    assert res.exit_code == 1 and f"labels.csv:{line}: unreadable CSV row" in res.output
+    assert "Traceback" not in res.output and "x" * 100 not in res.output
+
+
+@pytest.mark.parametrize("sid, reason", [("y" * 300, "is 300 bytes long (at most 200"),
+                                         ("a\x01b", "holds a control character")])
+def test_ids_that_cannot_name_files_are_problems(clean, tmp_path, sid, reason):
+    root = copy_dataset(clean, tmp_path / "ds")
+    add_label(root, sid, 0)
+    report = validate_dataset(root)
+    assert report.ok == 5 and len(report.problems) == 1 and reason in report.problems[0], report.problems
+
+
 def test_missing_labels_file_is_one_clear_error(clean, tmp_path):
     root = copy_dataset(clean, tmp_path / "ds")
     (root / "labels.csv").unlink()
