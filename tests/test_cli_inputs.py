@@ -12,6 +12,7 @@ import click
 import pytest
 
 from drgan.cli import cli
+from drgan.checkpoint import load_tensors, save_tensors
 from drgan.cli.common import run_command
 from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError, ParameterError
@@ -106,6 +107,24 @@ def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
     line = one_error(*drgan("synthesize", "--run", run, "--out", tmp_path / "file", "--count", "5", "--device", "cpu"))
     assert "not empty" not in line and "not a folder" in line
     assert not (tmp_path / "set").exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "negative var"])
+def test_an_unusable_grading_space_is_refused_at_load(drgan, tmp_path, data, bad):
+    run = make_run(tmp_path / "run", stage="global")
+    path = run / "grading_space.safetensors"
+    tensors = load_tensors(path)
+    if bad == "nan":
+        tensors["mean"][2, 5] = float("nan")
+    else:
+        tensors["var"][1, 0] = -1.0
+    save_tensors(tensors, path)
+    line = one_error(*drgan("synthesize", "--run", run, "--out", tmp_path / "set", "--count", "5", "--device", "cpu"))
+    assert line.startswith(f"error: {path}: not a usable grading space (") and bad.split()[0] in line.lower(), line
+    assert not (tmp_path / "set").exists()
+    line = one_error(*drgan("train", "gan", "--data", data, "--grading-space", path, "--out", tmp_path / "gan",
+                            "--preset", "tiny-64", "--perceptual", "none", "--batch", "2", "--device", "cpu", "--max-steps", "1"))
+    assert line.startswith(f"error: {path}: not a usable grading space (")
 
 
 def test_unbalanced_count_is_named(drgan, tmp_path):
