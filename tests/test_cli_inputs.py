@@ -127,6 +127,30 @@ def test_an_unusable_grading_space_is_refused_at_load(drgan, tmp_path, data, bad
     assert line.startswith(f"error: {path}: not a usable grading space (")
 
 
+def test_run_json_out_of_range_or_unlike_its_weights_is_refused_before_building(drgan, tmp_path, monkeypatch):
+    import json
+
+    from drgan import nn
+
+    built = []
+
+    class Recorded(nn.DRGANGenerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(next(self.parameters()).device.type)
+
+    monkeypatch.setattr(nn, "DRGANGenerator", Recorded)
+    run = make_run(tmp_path / "run", stage="global")
+    meta = json.loads((run / "run.json").read_text())
+    for w_dim, expected in ((200_000, f"error: {run / 'run.json'}: invalid model config: w_dim 200000 is out of range"),
+                            (128, f"error: {run / 'G_ema.safetensors'}: weights do not match the model")):
+        meta["model"]["w_dim"] = w_dim
+        (run / "run.json").write_text(json.dumps(meta))
+        line = one_error(*drgan("synthesize", "--run", run, "--out", tmp_path / "set", "--count", "5", "--device", "cpu"))
+        assert line.startswith(expected), line
+    assert "cpu" not in built, built   # the mismatch was found on the meta device, before any allocation
+
+
 def test_unbalanced_count_is_named(drgan, tmp_path):
     rc, _, err = drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set", "--count", "3",
                        "--device", "cpu")
