@@ -151,6 +151,19 @@ def test_run_json_out_of_range_or_unlike_its_weights_is_refused_before_building(
     assert "cpu" not in built, built   # the mismatch was found on the meta device, before any allocation
 
 
+def test_bad_lesion_stats_are_one_line_naming_the_file(drgan, tmp_path):
+    import json
+
+    from drgan.data.lesion_stats import DEFAULT_STATS
+
+    data = DEFAULT_STATS.to_dict()
+    data["grades"]["1"]["ma"]["count_hist"] = [-1.0, 2.0]
+    (tmp_path / "stats.json").write_text(json.dumps(data))
+    line = one_error(*drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set", "--count", "5",
+                            "--lesion-stats", tmp_path / "stats.json", "--device", "cpu"))
+    assert line.startswith(f"error: {tmp_path / 'stats.json'}: invalid lesion statistics: grades.1.ma.count_hist"), line
+
+
 def test_unbalanced_count_is_named(drgan, tmp_path):
     rc, _, err = drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set", "--count", "3",
                        "--device", "cpu")
