@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 import pytest
+import torch
 
 from drgan.cli import cli
 from drgan.checkpoint import load_tensors, save_tensors
@@ -162,6 +163,26 @@ def test_bad_lesion_stats_are_one_line_naming_the_file(drgan, tmp_path):
     line = one_error(*drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set", "--count", "5",
                             "--lesion-stats", tmp_path / "stats.json", "--device", "cpu"))
     assert line.startswith(f"error: {tmp_path / 'stats.json'}: invalid lesion statistics: grades.1.ma.count_hist"), line
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("env, expected", [
+    ({"RANK": "abc"}, "error: RANK='abc' (torchrun's environment): not a whole number"),
+    ({"WORLD_SIZE": "0"}, "error: WORLD_SIZE=0 (torchrun's environment): need at least 1"),
+    ({"RANK": "5", "WORLD_SIZE": "2"}, "error: RANK=5 with WORLD_SIZE=2 (torchrun's environment): need 0 <= RANK < WORLD_SIZE"),
+])
+def test_torchrun_environment_is_checked_as_shard_is(drgan, tmp_path, data, monkeypatch, env, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    line = one_error(*drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set",
+                            "--count", "5", "--device", "cpu"))
+    assert line == expected
+    assert not (tmp_path / "set").exists()
+    space = tmp_path / "space.safetensors"
+    GradingSpace(torch.zeros(5, 256), torch.ones(5, 256), 0.5).save(space)
+    line = one_error(*drgan("train", "gan", "--data", data, "--grading-space", space, "--out", tmp_path / "gan",
+                            "--preset", "tiny-64", "--perceptual", "none", "--batch", "2", "--device", "cpu", "--max-steps", "1"))
+    assert line == expected
 
 
 def test_unbalanced_count_is_named(drgan, tmp_path):

@@ -28,7 +28,7 @@ from drgan.data.lesion_stats import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import sha256_file
-from drgan.runtime import intra_op_threads, resolve_device
+from drgan.runtime import intra_op_threads, resolve_device, torchrun_ranks
 from drgan.synthesis import fingerprint
 from drgan.synthesis.registry import make_backend
 from drgan.synthesis.conditions import Item, item_noise, place_item
@@ -114,15 +114,15 @@ class Summary:
 
 def _device(name: str) -> torch.device:
     if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
+        name = f"cuda:{torchrun_ranks().local_rank}"
     return resolve_device(name)
 
 
 def _shard(text: str | None) -> Shard:
     if text is not None:
         return Shard.parse(text)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Shard(int(os.environ.get("RANK", "0")), world)
+    rank, world, _ = torchrun_ranks()
+    return Shard(rank, world)
 
 
 def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
