@@ -138,6 +138,22 @@ def test_a_failed_first_export_can_be_rerun(tiny_run, tmp_path, monkeypatch):
     assert "generator.onnx" in json.loads((out / "export.json").read_text())["files"]
 
 
+def test_external_data_outside_the_export_folder_is_one_line(tmp_path):
+    g = DRGANGenerator(preset("tiny-64"), "local").eval()
+    path = onnx_export.export_onnx(g, tmp_path / "export" / "generator.onnx", external_data=True)
+    model = onnx.load(str(path), load_external_data=False)
+    (tmp_path / "elsewhere.data").write_bytes(onnx_export.data_path(path).read_bytes())
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../elsewhere.data"
+    onnx.save(model, str(path))
+    with pytest.raises(DrganError) as exc:
+        OrtGenerator(path)
+    message = str(exc.value)
+    assert message.startswith(f"{path}: ONNX Runtime cannot load it (") and "escapes" in message and "\n" not in message
+
+
 def test_small_graph_has_attention_per_sca_and_no_square_tensor(small_onnx):
     g, path = small_onnx
     widths = attention_widths(g)
