@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -37,13 +37,25 @@ def save_module(module: nn.Module, path: str | Path) -> None:
     save_tensors(module.state_dict(), path)
 
 
-def load_module(module: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load weights into `module`; a shape or name mismatch is one clear error naming the file."""
-    state = load_tensors(path)
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+def weight_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, from its header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DrganError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DrganError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _check_shapes(path: Path, own: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], strict: bool) -> None:
+    """One clear error naming the file when the weights' names or shapes are not the model's."""
+    missing = [k for k in own if k not in found]
+    unexpected = [k for k in found if k not in own]
+    wrong = [f"{k} {found[k]} vs {v}" for k, v in own.items() if k in found and found[k] != v]
     if wrong or (strict and (missing or unexpected)):
         detail = "; ".join(
             part for part in (
@@ -53,8 +65,28 @@ def load_module(module: nn.Module, path: str | Path, strict: bool = True) -> nn.
             ) if part
         )
         raise DrganError(f"{path}: weights do not match the model (wrong preset or stage?): {detail}")
+
+
+def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def load_module(module: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load weights into `module`; a shape or name mismatch is one clear error naming the file."""
+    state = load_tensors(path)
+    _check_shapes(Path(path), _shapes(module), {k: tuple(v.shape) for k, v in state.items()}, strict)
     module.load_state_dict(state, strict=False)
     return module
+
+
+def build_loaded(build: Callable[[], nn.Module], path: str | Path, strict: bool = True) -> nn.Module:
+    """`build()` with the weights at `path` loaded. The model is first built on the meta device (no
+    memory) and compared with the file's header, so a run.json that does not describe its weights
+    is one error before any allocation, not a model of the wrong size built and then refused."""
+    with torch.device("meta"):
+        own = _shapes(build())
+    _check_shapes(Path(path), own, weight_shapes(path), strict)
+    return load_module(build(), path, strict)
 
 
 def load_generator(run: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> "DRGANGenerator":
@@ -62,8 +94,7 @@ def load_generator(run: str | Path, ema: bool = True, device: str | torch.device
     from drgan.nn import DRGANGenerator
 
     cfg, stage, _ = read_run_config(run)
-    g = DRGANGenerator(cfg, stage)
-    load_module(g, generator_weights(run, ema))
+    g = build_loaded(lambda: DRGANGenerator(cfg, stage), generator_weights(run, ema))
     return g.to(device).eval()
 
 

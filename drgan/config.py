@@ -22,6 +22,17 @@ STAGES = ("global", "local")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+# Upper bounds of the config fields, about 8x the paper's sizes (widths 512, w_dim 512, 4 mapping
+# layers, 7 residual blocks, 3 discriminators, 1280 px): a larger value is a typo or a hostile
+# run.json, and would allocate tens of GB before a weights file could be compared with it.
+_LIMITS = {
+    "resolution": 8192, "enc_channels": 4096, "sca_qk_dims": 4096, "local_channels": 4096, "disc_channels": 4096,
+    "w_dim": 4096, "mapping_layers": 32, "n_res_blocks": 64, "disc_scales": 8, "grader_width": 512,
+    "img_channels": 4, "num_grades": 16,
+}
+_MAX_LAYERS = 8          # entries of a width list (the paper's have 2 to 4)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     resolution: int = 1280                                  # output side of the full (local) generator
@@ -45,6 +56,18 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("enc_channels", "sca_qk_dims", "local_channels", "disc_channels"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise DrganError(f"invalid model config: {f.name} {value!r} is not an integer")
+            if f.type == "bool" and not isinstance(value, bool):
+                raise DrganError(f"invalid model config: {f.name} {value!r} is not true or false")
+        for name, limit in _LIMITS.items():
+            values = getattr(self, name)
+            if max(values if isinstance(values, tuple) else (values,), default=0) > limit or (
+                    isinstance(values, tuple) and len(values) > _MAX_LAYERS):
+                raise DrganError(f"invalid model config: {name} {values} is out of range (at most {limit}"
+                                 + (f", {_MAX_LAYERS} entries)" if isinstance(values, tuple) else ")"))
         n_up = len(self.enc_channels) - 1
         checks = [
             (self.resolution > 0 and self.resolution % (2 ** (n_up + 1)) == 0,

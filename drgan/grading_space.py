@@ -65,6 +65,23 @@ class GradingSpace:
         tensors = load_tensors(path)
         if set(tensors) != {"mean", "var"}:
             raise DrganError(f"{path}: not a grading space (expected tensors 'mean' and 'var', found {name_list(sorted(tensors))})")
+        problem = _problem(tensors["mean"], tensors["var"])
+        if problem:  # NaN here turns every synthesized image black and every training step NaN
+            raise DrganError(f"{path}: not a usable grading space ({problem})")
         with safe_open(str(path), "pt") as f:
             acc = float((f.metadata() or {}).get("grader_accuracy", "nan"))
         return cls(tensors["mean"], tensors["var"], acc)
+
+
+def _problem(mean: torch.Tensor, var: torch.Tensor) -> str | None:
+    """What makes a loaded mean and variance unusable as Gaussians, or None."""
+    if not (mean.is_floating_point() and var.is_floating_point()):
+        return f"mean {mean.dtype} and var {var.dtype} must be floating point"
+    if mean.ndim != 2 or var.shape != mean.shape:
+        return f"mean {tuple(mean.shape)} and var {tuple(var.shape)} must both be (grades, D)"
+    for name, t in (("mean", mean), ("var", var)):
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            return f"{name} holds {bad} NaN or infinite values"
+    negative = int((var < 0).sum())
+    return f"var holds {negative} negative values" if negative else None

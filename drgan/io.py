@@ -5,13 +5,15 @@ A write that fails for lack of space or permission becomes one DrganError naming
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
 import io
 import os
+import stat
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -121,6 +123,29 @@ def check_writable_file(path: str | Path, make_parent: bool = False) -> None:
     if not make_parent and not path.parent.exists():
         raise DrganError(f"{path}: folder {path.parent} does not exist")
     check_writable_dir(path.parent)
+
+
+def check_regular_file(path: str | Path) -> None:
+    """Refuse anything but a regular file (a symlink to one is fine): reading a named pipe or a
+    device blocks forever or never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DrganError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DrganError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise DrganError(f"{path}: is {kind}, not a regular file")
+
+
+def csv_rows(reader: Iterator, path: str | Path) -> Iterator:
+    """The rows of a csv reader (or DictReader); a row it cannot parse (a field over the csv
+    module's 131,072 characters, a stray NUL) is one error naming the file and line."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise DrganError(f"{path}:{reader.line_num}: unreadable CSV row ({exc})") from None
 
 
 def sha256_file(path: str | Path) -> str:

@@ -60,6 +60,8 @@ def read_run(run: str | Path) -> RunInfo:
         info = RunInfo(ModelConfig.from_dict(data.pop("model")), data.pop("stage"), data.pop("options", {}), data)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise DrganError(f"{path}: malformed run config ({exc})") from None
+    except DrganError as exc:  # the model config's own checks
+        raise DrganError(f"{path}: {exc}") from None
     if info.stage not in STAGES:
         raise DrganError(f"{path}: unknown stage {info.stage!r}")
     return info

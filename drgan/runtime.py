@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
 
 from drgan.config import PRECISIONS
-from drgan.errors import ParameterError
+from drgan.errors import DrganError, ParameterError
 
 _DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 _DEVICE = re.compile(r"(auto|cpu|cuda)(:\d+)?")
@@ -29,6 +30,33 @@ def resolve_device(name: str, param: str = "device") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ParameterError(f"{{{param}}} {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
+
+
+class Ranks(NamedTuple):
+    rank: int          # this process among all: RANK
+    world: int         # processes in all: WORLD_SIZE
+    local_rank: int    # this process on its machine (its GPU): LOCAL_RANK
+
+
+def torchrun_ranks() -> Ranks:
+    """This process's place under torchrun from its environment; (0, 1, 0) without torchrun. A
+    value that is not a whole number, or a RANK outside 0..WORLD_SIZE-1, is one error naming the
+    variable: the checks `--shard i/n` gets."""
+    def read(name: str, default: str) -> int:
+        text = os.environ.get(name, default)
+        try:
+            return int(text)
+        except ValueError:
+            raise DrganError(f"{name}={text!r} (torchrun's environment): not a whole number") from None
+
+    world, rank, local_rank = read("WORLD_SIZE", "1"), read("RANK", "0"), read("LOCAL_RANK", "0")
+    if world < 1:
+        raise DrganError(f"WORLD_SIZE={world} (torchrun's environment): need at least 1")
+    if not 0 <= rank < world:
+        raise DrganError(f"RANK={rank} with WORLD_SIZE={world} (torchrun's environment): need 0 <= RANK < WORLD_SIZE")
+    if local_rank < 0:
+        raise DrganError(f"LOCAL_RANK={local_rank} (torchrun's environment): need at least 0")
+    return Ranks(rank, world, local_rank)
 
 
 def resolve_precision(name: str, device: torch.device, param: str = "precision") -> str:

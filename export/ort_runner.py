@@ -56,7 +56,14 @@ class OrtGenerator:
         if threads:
             options.intra_op_num_threads = threads
         self.device = torch.device(device)
-        self.session = ort.InferenceSession(str(path), options, providers=providers(device))
+        state = ort.capi.onnxruntime_pybind11_state  # where ONNX Runtime's exception types live
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers(device))
+        except (state.Fail, state.InvalidArgument, state.NoSuchFile, state.InvalidProtobuf, state.InvalidGraph,
+                state.NotImplemented, state.RuntimeException) as exc:
+            # e.g. external data that lies outside the model's folder, which ONNX Runtime refuses
+            reason = str(exc).strip().splitlines()[0].split(" : ")[-1]
+            raise DrganError(f"{path}: ONNX Runtime cannot load it ({reason})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(

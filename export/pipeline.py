@@ -83,9 +83,19 @@ def export_run(
     run = Path(run)
     out = Path(out) if out else run / "export"
     check_writable_dir(out)  # before the export's minutes of work
+    _check_out(out)
     exporter = _Exporter(run, out, stage, log)
     exporter.write(options, profile, device)
     return exporter.manifest
+
+
+def _check_out(out: Path) -> None:
+    """OUT is new, empty or an earlier export (it holds export.json, written when an export
+    starts): a folder of other files, whose generator.onnx would be replaced and its .data
+    deleted, is refused as `drgan train --out` refuses a folder that is not its run."""
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ParameterError(f"{{out}} {out}: folder not empty and not a drgan export (no {MANIFEST}); "
+                             "choose a new or empty folder")
 
 
 class _Exporter:
@@ -104,6 +114,8 @@ class _Exporter:
             "files": read_manifest(out)["files"],
         }
         self.written: list[Path] = []
+        if not (out / MANIFEST).is_file():
+            self.write_manifest()  # marks OUT as an export now: a rerun after a failure is accepted
 
     def status(self, message: str) -> None:
         self.log(f"[{time.perf_counter() - self.start:6.1f}s] {message}")
@@ -215,6 +227,10 @@ class _Exporter:
         self.written.append(path)
 
     def save_manifest(self) -> None:
+        self.write_manifest()
+        self.written.append(self.out / MANIFEST)
+
+    def write_manifest(self) -> None:
         g = self.generator
         self.manifest.update({
             "stage": g.stage,
@@ -224,9 +240,7 @@ class _Exporter:
             "output_names": list(OUTPUT_NAMES),
             "model": g.cfg.to_dict(),
         })
-        path = self.out / MANIFEST
-        atomic_write_bytes(path, (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode())
-        self.written.append(path)
+        atomic_write_bytes(self.out / MANIFEST, (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _load_stage(run: Path, stage: str | None) -> DRGANGenerator:

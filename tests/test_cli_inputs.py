@@ -10,8 +10,10 @@ from pathlib import Path
 
 import click
 import pytest
+import torch
 
 from drgan.cli import cli
+from drgan.checkpoint import load_tensors, save_tensors
 from drgan.cli.common import run_command
 from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError, ParameterError
@@ -106,6 +108,81 @@ def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
     line = one_error(*drgan("synthesize", "--run", run, "--out", tmp_path / "file", "--count", "5", "--device", "cpu"))
     assert "not empty" not in line and "not a folder" in line
     assert not (tmp_path / "set").exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "negative var"])
+def test_an_unusable_grading_space_is_refused_at_load(drgan, tmp_path, data, bad):
+    run = make_run(tmp_path / "run", stage="global")
+    path = run / "grading_space.safetensors"
+    tensors = load_tensors(path)
+    if bad == "nan":
+        tensors["mean"][2, 5] = float("nan")
+    else:
+        tensors["var"][1, 0] = -1.0
+    save_tensors(tensors, path)
+    line = one_error(*drgan("synthesize", "--run", run, "--out", tmp_path / "set", "--count", "5", "--device", "cpu"))
+    assert line.startswith(f"error: {path}: not a usable grading space (") and bad.split()[0] in line.lower(), line
+    assert not (tmp_path / "set").exists()
+    line = one_error(*drgan("train", "gan", "--data", data, "--grading-space", path, "--out", tmp_path / "gan",
+                            "--preset", "tiny-64", "--perceptual", "none", "--batch", "2", "--device", "cpu", "--max-steps", "1"))
+    assert line.startswith(f"error: {path}: not a usable grading space (")
+
+
+def test_run_json_out_of_range_or_unlike_its_weights_is_refused_before_building(drgan, tmp_path, monkeypatch):
+    import json
+
+    from drgan import nn
+
+    built = []
+
+    class Recorded(nn.DRGANGenerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(next(self.parameters()).device.type)
+
+    monkeypatch.setattr(nn, "DRGANGenerator", Recorded)
+    run = make_run(tmp_path / "run", stage="global")
+    meta = json.loads((run / "run.json").read_text())
+    for w_dim, expected in ((200_000, f"error: {run / 'run.json'}: invalid model config: w_dim 200000 is out of range"),
+                            (128, f"error: {run / 'G_ema.safetensors'}: weights do not match the model")):
+        meta["model"]["w_dim"] = w_dim
+        (run / "run.json").write_text(json.dumps(meta))
+        line = one_error(*drgan("synthesize", "--run", run, "--out", tmp_path / "set", "--count", "5", "--device", "cpu"))
+        assert line.startswith(expected), line
+    assert "cpu" not in built, built   # the mismatch was found on the meta device, before any allocation
+
+
+def test_bad_lesion_stats_are_one_line_naming_the_file(drgan, tmp_path):
+    import json
+
+    from drgan.data.lesion_stats import DEFAULT_STATS
+
+    data = DEFAULT_STATS.to_dict()
+    data["grades"]["1"]["ma"]["count_hist"] = [-1.0, 2.0]
+    (tmp_path / "stats.json").write_text(json.dumps(data))
+    line = one_error(*drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set", "--count", "5",
+                            "--lesion-stats", tmp_path / "stats.json", "--device", "cpu"))
+    assert line.startswith(f"error: {tmp_path / 'stats.json'}: invalid lesion statistics: grades.1.ma.count_hist"), line
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("env, expected", [
+    ({"RANK": "abc"}, "error: RANK='abc' (torchrun's environment): not a whole number"),
+    ({"WORLD_SIZE": "0"}, "error: WORLD_SIZE=0 (torchrun's environment): need at least 1"),
+    ({"RANK": "5", "WORLD_SIZE": "2"}, "error: RANK=5 with WORLD_SIZE=2 (torchrun's environment): need 0 <= RANK < WORLD_SIZE"),
+])
+def test_torchrun_environment_is_checked_as_shard_is(drgan, tmp_path, data, monkeypatch, env, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    line = one_error(*drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set",
+                            "--count", "5", "--device", "cpu"))
+    assert line == expected
+    assert not (tmp_path / "set").exists()
+    space = tmp_path / "space.safetensors"
+    GradingSpace(torch.zeros(5, 256), torch.ones(5, 256), 0.5).save(space)
+    line = one_error(*drgan("train", "gan", "--data", data, "--grading-space", space, "--out", tmp_path / "gan",
+                            "--preset", "tiny-64", "--perceptual", "none", "--batch", "2", "--device", "cpu", "--max-steps", "1"))
+    assert line == expected
 
 
 def test_unbalanced_count_is_named(drgan, tmp_path):

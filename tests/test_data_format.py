@@ -60,6 +60,37 @@ def _tiny(root):
     return "too small"
 
 
+def declared_png(path, width, height):
+    """A small PNG whose header (IHDR) declares width x height: a decompression bomb's shape."""
+    import struct
+    import zlib
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)      # IHDR fields follow the signature and chunk head
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def _bomb(root):
+    declared_png(root / "images" / "bomb.png", 30000, 30000)
+    add_label(root, "bomb", 0)
+    return "bomb.png: image too large"
+
+
+def _large(root):
+    declared_png(root / "images" / "large.png", 9000, 9000)   # under Pillow's own limit, over drgan's
+    add_label(root, "large", 0)
+    return "large.png: image too large (9000x9000 px"
+
+
+def _fifo_mask(root):
+    import os
+    path = root / "masks" / "phantom_000002" / "ma.png"
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)     # opening it for reading would wait forever for a writer
+    return "ma.png: is a named pipe, not a regular file"
+
+
 def _mask_mismatch(root):
     Image.fromarray(np.zeros((50, 70), np.uint8)).save(root / "masks" / "phantom_000002" / "he.png")
     return "he.png: mask is 70x50 px but its image is 96x96"
@@ -92,9 +123,10 @@ def _duplicate_file(root):
     return "duplicate id 'phantom_000000'"
 
 
-BAD = [_truncated, _tiny, _mask_mismatch, _mask_without_image, _missing_label, _grade7, _duplicate_row, _duplicate_file]
+BAD = [_truncated, _tiny, _bomb, _large, _fifo_mask, _mask_mismatch, _mask_without_image, _missing_label, _grade7, _duplicate_row, _duplicate_file]
 
 
+@pytest.mark.timeout(30)   # a reader blocked on a named pipe fails instead of hanging the suite
 @pytest.mark.parametrize("breaker", BAD, ids=lambda f: f.__name__[1:])
 def test_bad_input_is_named_stopped_or_skipped(clean, tmp_path, breaker):
     root = copy_dataset(clean, tmp_path / "ds")
@@ -117,6 +149,36 @@ def test_bad_input_is_named_stopped_or_skipped(clean, tmp_path, breaker):
     assert res.exit_code != 0 and expected in res.output
     res = CliRunner().invoke(cli, ["data", "validate", str(root), "--skip-bad"])
     assert res.exit_code == 0 and "skipped" in res.output
+
+
+@pytest.mark.timeout(30)
+def test_labels_file_that_is_a_named_pipe_is_one_clear_error(clean, tmp_path):
+    import os
+    root = copy_dataset(clean, tmp_path / "ds")
+    (root / "labels.csv").unlink()
+    os.mkfifo(root / "labels.csv")
+    with pytest.raises(DrganError, match="labels.csv: is a named pipe, not a regular file"):
+        open_dataset(root)
+
+
+def test_an_id_too_long_for_the_csv_module_names_labels_csv_and_its_line(clean, tmp_path):
+    root = copy_dataset(clean, tmp_path / "ds")
+    add_label(root, "x" * 200_000, 0)
+    line = len(rows(clean)) + 1
+    with pytest.raises(DrganError, match=f"labels.csv:{line}: unreadable CSV row"):
+        open_dataset(root, skip_bad=True)
+    res = CliRunner().invoke(cli, ["data", "validate", str(root)])
+    assert res.exit_code == 1 and f"labels.csv:{line}: unreadable CSV row" in res.output
+    assert "Traceback" not in res.output and "x" * 100 not in res.output
+
+
+@pytest.mark.parametrize("sid, reason", [("y" * 300, "is 300 bytes long (at most 200"),
+                                         ("a\x01b", "holds a control character")])
+def test_ids_that_cannot_name_files_are_problems(clean, tmp_path, sid, reason):
+    root = copy_dataset(clean, tmp_path / "ds")
+    add_label(root, sid, 0)
+    report = validate_dataset(root)
+    assert report.ok == 5 and len(report.problems) == 1 and reason in report.problems[0], report.problems
 
 
 def test_missing_labels_file_is_one_clear_error(clean, tmp_path):

@@ -1,13 +1,16 @@
 """Lesion imitation: the DR scale's rules over many seeds, and sampling after a fit."""
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
 
 from drgan.data.lesion_fit import fit_lesion_stats
-from drgan.data.lesion_stats import LESION_TYPES, LesionStats
+from drgan.data.lesion_stats import DEFAULT_STATS, LESION_TYPES, LesionStats
 from drgan.data.lesions import imitate_lesions
 from drgan.data.phantom import render_structure, write_phantom_dataset
+from drgan.errors import DrganError
 
 EIGHT = np.ones((3, 3))
 
@@ -105,3 +108,28 @@ def test_fit_reproduces_per_grade_mean_counts(tmp_path):
             # distribution, at least 1.5 lesions. Counts the layout cannot hold would show as bias.
             assert abs(mean - fitted[t]) <= max(1.5, 3 * sd[t] / np.sqrt(n)), (g, t, mean, fitted[t])
         assert fitted["he"] == 0 if g < 2 else fitted["he"] > 0
+
+
+def _bad_stats(field, value):
+    data = DEFAULT_STATS.to_dict()
+    data["grades"]["2"]["ma"][field] = value
+    return data
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("count_hist", [-1.0, 2.0], "count_hist needs finite, non-negative values with a positive sum"),
+    ("count_hist", [0.0, 0.0], "count_hist needs finite, non-negative values with a positive sum"),
+    ("count_hist", [0.0] * 200_000 + [1.0], "count_hist allows 200000 lesions per image (at most 2000)"),
+    ("dist_hist", [1.0, 1.0, 1.0], "dist_hist has 3 bins, not 16"),
+    ("dist_hist", [float("nan")] * 16, "dist_hist needs finite"),
+    ("log_area_mean", 1e300, "log_area_mean 1e+300 is outside -20..1"),
+    ("log_area_mean", float("nan"), "log_area_mean nan is outside -20..1"),
+    ("log_area_std", -0.5, "log_area_std -0.5 is outside 0..5"),
+])
+def test_lesion_stats_out_of_range_name_the_file_and_field(tmp_path, field, value, reason):
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(_bad_stats(field, value)))     # NaN is written as the bare NaN Python reads
+    with pytest.raises(DrganError) as exc:
+        LesionStats.load(path)
+    assert str(exc.value).startswith(f"{path}: invalid lesion statistics: grades.2.ma.{reason}"), str(exc.value)
+

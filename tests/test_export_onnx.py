@@ -124,6 +124,52 @@ def test_backend_refuses_export_of_other_weights(tiny_run, tmp_path):
         _backend("onnxruntime", other)
 
 
+def test_out_that_is_not_an_export_is_refused_untouched(tiny_run, tmp_path, capsys):
+    run, _, _ = tiny_run
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "generator.onnx").write_bytes(b"another model")
+    (out / "generator.onnx.data").write_bytes(b"its weights")
+    assert run_command(export, args=["--run", str(run), "--out", str(out), "--onnx"]) == 1
+    assert capsys.readouterr().err == (f"error: --out {out}: folder not empty and not a drgan export (no export.json); "
+                                       "choose a new or empty folder\n")
+    assert (out / "generator.onnx").read_bytes() == b"another model" and (out / "generator.onnx.data").is_file()
+
+
+def test_a_failed_first_export_can_be_rerun(tiny_run, tmp_path, monkeypatch):
+    from drgan.export import pipeline
+
+    run, _, _ = tiny_run
+    out = tmp_path / "new"
+
+    def fail(*args, **kwargs):
+        (out / "generator.onnx").write_bytes(b"half")
+        raise DrganError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "export_onnx", fail)
+        assert run_command(export, args=["--run", str(run), "--out", str(out), "--onnx"]) == 1
+    assert (out / "export.json").is_file()   # the folder is marked as an export from the start
+    assert run_command(export, args=["--run", str(run), "--out", str(out), "--onnx"]) == 0
+    assert "generator.onnx" in json.loads((out / "export.json").read_text())["files"]
+
+
+def test_external_data_outside_the_export_folder_is_one_line(tmp_path):
+    g = DRGANGenerator(preset("tiny-64"), "local").eval()
+    path = onnx_export.export_onnx(g, tmp_path / "export" / "generator.onnx", external_data=True)
+    model = onnx.load(str(path), load_external_data=False)
+    (tmp_path / "elsewhere.data").write_bytes(onnx_export.data_path(path).read_bytes())
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../elsewhere.data"
+    onnx.save(model, str(path))
+    with pytest.raises(DrganError) as exc:
+        OrtGenerator(path)
+    message = str(exc.value)
+    assert message.startswith(f"{path}: ONNX Runtime cannot load it (") and "escapes" in message and "\n" not in message
+
+
 def test_small_graph_has_attention_per_sca_and_no_square_tensor(small_onnx):
     g, path = small_onnx
     widths = attention_widths(g)

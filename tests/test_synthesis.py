@@ -135,11 +135,41 @@ def test_predicted_label_takes_the_grading_vector_of_the_encoders_grade(run, tmp
         synthesize(SynthesisOptions(run=None, preset="tiny-64", backend="null", out=str(tmp_path / "n"), count=2, label="predicted"))
 
 
+def test_a_huge_count_streams_its_plan(tmp_path, monkeypatch):
+    """Nothing is listed per item or per batch before the first batch: memory is flat in the count."""
+    import tracemalloc
+
+    from drgan.synthesis import runner
+
+    class FirstBatch(Exception):
+        pass
+
+    def first_batch(self, items, slot):
+        raise FirstBatch
+
+    monkeypatch.setattr(runner._Pipeline, "_device_batch", first_batch)
+    options = SynthesisOptions(run=None, preset="tiny-64", backend="null", out=str(tmp_path / "set"), count=3_000_000,
+                               batch=1, device="cpu", progress=False, threads=1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FirstBatch):
+            synthesize(options)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20, f"{peak / 2**20:.0f} MiB"
+    assert not (tmp_path / "set" / "images").exists()
+
+
 def test_plan_is_balanced_and_sharded():
     plan = Plan(count=23, grades=(0, 1, 2, 3, 4), seed=3, batch=4)
     assert [plan.grade(i) for i in range(7)] == [0, 1, 2, 3, 4, 0, 1]
     batches = [plan.shard_batches(Shard(i, 3)) for i in range(3)]
-    assert sorted(sum(batches, [])) == list(range(plan.num_batches))
+    assert sorted(k for b in batches for k in b) == list(range(plan.num_batches))
+    assert [plan.shard_size(Shard(i, 3)) for i in range(3)] == [sum(len(plan.batch_items(k)) for k in b) for b in batches]
+    assert sum(plan.shard_size(Shard(i, 3)) for i in range(3)) == 23
+    assert [plan.item_index(plan.item_id(i)) for i in range(23)] == list(range(23))
+    assert [plan.item_index(x) for x in ("syn_3_0000023", "syn_4_0000001", "syn_3_00000001", "syn_3_x")] == [None] * 4
     assert plan.item_seeds(5) == Plan(count=9, grades=(0, 1, 2, 3, 4), seed=3, batch=1).item_seeds(5)
     assert plan.item_seeds(5) != plan.item_seeds(6)
     with pytest.raises(DrganError, match="^shard '2/2'"):

@@ -6,7 +6,6 @@ backend is nccl for CUDA devices and gloo on CPU.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -15,7 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from drgan.errors import ParameterError
-from drgan.runtime import resolve_device
+from drgan.runtime import resolve_device, torchrun_ranks
 
 
 @dataclass(frozen=True)
@@ -35,9 +34,7 @@ class DistInfo:
 
 def setup(device: str) -> DistInfo:
     """Join the torchrun process group when there is one; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = torchrun_ranks()
     dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))

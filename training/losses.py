@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drgan.checkpoint import load_module, read_run_config
+from drgan.checkpoint import build_loaded, read_run_config
 from drgan.config import ModelConfig
 from drgan.errors import ParameterError
 from drgan.runs import grader_resolution
@@ -155,7 +155,6 @@ def build_perceptual(kind: str, cfg: ModelConfig, vgg19_weights: str | None, gra
     if not path.is_file():
         raise ParameterError(f"{{perceptual}} grader needs the grader weights {path} beside the grading space (run `drgan train grader`)")
     grader_cfg, _, _ = read_run_config(path.parent)
-    grader = build_grader(grader_cfg)
-    load_module(grader, path)
+    grader = build_loaded(lambda: build_grader(grader_cfg), path)
     return Perceptual(GraderFeatures(grader, grader_resolution(path.parent)), None)
 

@@ -12,11 +12,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from drgan.errors import DrganError
+from drgan.io import check_regular_file
 
 MIN_SIDE = 64            # smaller images cannot hold a usable fundus
-MAX_PIXELS = 20000 * 20000
-
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS   # a fundus photograph is large but not a decompression bomb
+# The largest fundus cameras write about 24 MP (a 45 MP full-frame sensor is the extreme); one
+# decoded 50 MP RGB image is 150 MB, its eight masks 400 MB more. A larger header is refused before
+# decoding: a 100-byte PNG can declare 30000x30000 px (2.7 GB of pixels).
+MAX_PIXELS = 50_000_000
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -25,18 +27,35 @@ def _png_bit_depth(path: Path) -> int | None:
     return head[24] if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 else None
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: str | Path) -> Image.Image:
+    """An image file opened from its header only (Pillow decodes lazily), refused unless it is a
+    regular file and its size is within MAX_PIXELS: every reader of image files goes through here."""
+    path = Path(path)
+    check_regular_file(path)
+    too_large = f"{path}: image too large ({{}}over the limit of {MAX_PIXELS:,} pixels)"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
             img = Image.open(path)
-            img.load()           # decode now: a truncated file fails here, not later
-        return img
-    except FileNotFoundError:
-        raise DrganError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:  # Pillow's own limit, far above MAX_PIXELS
+        raise DrganError(too_large.format("")) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DrganError(f"{path}: unreadable image ({exc})") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        img.close()
+        raise DrganError(too_large.format(f"{w}x{h} px, "))
+    return img
+
+
+def _open(path: Path) -> Image.Image:
+    img = open_image(path)
+    try:
+        img.load()           # decode now: a truncated file fails here, not later
+    except (OSError, SyntaxError, ValueError) as exc:
+        img.close()
+        raise DrganError(f"{path}: unreadable image ({exc})") from None
+    return img
 
 
 def _to_uint8(arr: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from drgan.config import COND_CHANNELS
-from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
+from drgan.data.decode import MIN_SIDE, open_image, read_mask, read_rgb
 from drgan.data.labels import LABELS_FILE, SPLITS, hash_split, read_labels
 from drgan.errors import DrganError
 
@@ -198,11 +197,8 @@ def _index(root: Path, samples: list[Sample], problems: list[tuple[str | None, s
 def _check_headers(sample: Sample) -> None:
     """Cheap checks from the file headers only: openable, big enough, masks of the image's size."""
     def size(path: Path) -> tuple[int, int]:
-        try:
-            with Image.open(path) as img:
-                return img.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise DrganError(f"{path}: unreadable image ({exc})") from None
+        with open_image(path) as img:
+            return img.size
     w, h = size(sample.image)
     if min(w, h) < MIN_SIDE:
         raise DrganError(f"{sample.image}: too small ({w}x{h} px, need at least {MIN_SIDE})")

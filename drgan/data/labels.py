@@ -8,10 +8,14 @@ from pathlib import Path
 
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
+from drgan.io import check_regular_file, csv_rows
 
 LABELS_FILE = "labels.csv"
 SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.1      # rows without a split: this share goes to "val" by a hash of the id
+# An id names files (images/<id>.png, masks/<id>/) and their temp siblings, which add about 40
+# bytes (drgan.io.temp_path): 200 bytes keeps every name under the file systems' 255.
+MAX_ID_BYTES = 200
 
 
 def hash_split(sid: str) -> str:
@@ -21,17 +25,29 @@ def hash_split(sid: str) -> str:
     return "val" if fraction < VAL_FRACTION else "train"
 
 
+def id_problem(sid: str) -> str | None:
+    """Why `sid` cannot be a sample id (it names files), or None."""
+    if not sid or "/" in sid or "\\" in sid or sid.startswith("."):
+        return f"invalid id {sid[:40]!r}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in sid):
+        return f"id {sid[:40]!r} holds a control character"
+    if len(sid.encode()) > MAX_ID_BYTES:
+        return f"id {sid[:20]!r}... is {len(sid.encode())} bytes long (at most {MAX_ID_BYTES}: ids are file names)"
+    return None
+
+
 def read_labels(root: Path) -> tuple[list[tuple[str, int, str | None]], list[tuple[str | None, str]]]:
     """Rows (id, grade, split) and problems (id or None, message) of DATASET/labels.csv."""
     path = root / LABELS_FILE
-    if not path.is_file():
+    if not path.exists():
         raise DrganError(f"{path}: labels file not found (need columns id,grade[,split])")
+    check_regular_file(path)
     rows, problems = [], []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DrganError(f"{path}: unreadable labels file ({exc})") from None
-    reader = csv.reader(io.StringIO(text))
+    reader = csv_rows(csv.reader(io.StringIO(text)), path)
     header = [h.strip().lower() for h in next(reader, [])]
     if header[:2] != ["id", "grade"] or len(header) > 3 or (len(header) == 3 and header[2] != "split"):
         raise DrganError(f"{path}: header must be id,grade[,split], got {','.join(header) or 'nothing'}")
@@ -45,8 +61,9 @@ def read_labels(root: Path) -> tuple[list[tuple[str, int, str | None]], list[tup
             continue
         sid, grade_s = row[0].strip(), row[1].strip()
         split = row[2].strip() or None if len(row) == 3 else None
-        if not sid or "/" in sid or "\\" in sid or sid.startswith("."):
-            problems.append((None, f"{where}: invalid id {sid!r}"))
+        problem = id_problem(sid)
+        if problem is not None:
+            problems.append((None, f"{where}: {problem}"))
             continue
         if sid in seen:
             problems.append((sid, f"{where}: duplicate id {sid!r}"))

@@ -8,7 +8,8 @@ import numpy as np
 from scipy import ndimage
 
 from drgan.data.format import open_dataset
-from drgan.data.lesion_stats import DEFAULT_STATS, DIST_BINS, DIST_MAX, LESION_TYPES, LesionStats, TypeStats
+from drgan.data.lesion_stats import (DEFAULT_STATS, DIST_BINS, DIST_MAX, LESION_TYPES, MAX_LESIONS, LesionStats,
+                                     TypeStats)
 from drgan.data.preprocess import detect_fov
 
 EIGHT = np.ones((3, 3), bool)   # 8-connectivity: one lesion is one connected component
@@ -45,7 +46,7 @@ def fit_lesion_stats(dataset_root: str | Path, skip_bad: bool = False) -> Lesion
         types = {}
         for t in LESION_TYPES:
             default = DEFAULT_STATS.grades[g][t]
-            c = np.asarray(counts[g][t], int)
+            c = np.minimum(np.asarray(counts[g][t], int), MAX_LESIONS)  # what LesionStats accepts
             hist = np.bincount(c) / len(c) if len(c) else np.asarray(default.count_hist)
             a = np.asarray(areas[g][t])
             d = np.asarray(dists[g][t])

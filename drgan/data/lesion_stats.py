@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
+from drgan.io import check_regular_file
 
 LESION_TYPES = ("ma", "he", "ex", "se", "laser", "membrane")
 DIST_BINS = 16            # histogram bins of (distance from the disc centre) / FOV radius
 DIST_MAX = 2.0            # upper edge of the distance histogram, in FOV radii
+# Most lesions of one type in one image (count_hist has at most MAX_LESIONS + 1 entries). Panretinal
+# photocoagulation, the most numerous lesions an eye shows, places 1200-1600 burns over the whole
+# retina, fewer of them inside one photograph; 200,000 microaneurysms cost 860 MB per image.
+MAX_LESIONS = 2000
+# log(lesion area / FOV area): below -20 a lesion is under 0.01 px even at 1280 px; above 1 it is
+# larger than the field of view. A log-std above 5 spreads areas over more than e^10.
+LOG_AREA_RANGE = (-20.0, 1.0)
+LOG_AREA_STD_MAX = 5.0
 
 
 @dataclass
@@ -40,14 +50,17 @@ class LesionStats:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LesionStats":
-        try:
-            grades = {int(g): {t: TypeStats(**s) for t, s in types.items()} for g, types in data["grades"].items()}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DrganError(f"invalid lesion statistics: {exc}") from None
-        for g in range(5):
-            missing = [t for t in LESION_TYPES if t not in grades.get(g, {})]
-            if missing:
-                raise DrganError(f"invalid lesion statistics: grade {g} lacks {', '.join(missing)}")
+        """Statistics from their JSON form; a field out of its range is a DrganError naming it."""
+        if not isinstance(data, dict) or not isinstance(data.get("grades"), dict):
+            raise DrganError("invalid lesion statistics: expected an object with a 'grades' object")
+        if sorted(data["grades"]) != [str(g) for g in range(NUM_GRADES)]:
+            raise DrganError(f"invalid lesion statistics: grades must be 0..{NUM_GRADES - 1}, "
+                             f"got {', '.join(map(str, data['grades'])) or 'none'}")
+        grades = {}
+        for g, types in data["grades"].items():
+            if not isinstance(types, dict) or sorted(types) != sorted(LESION_TYPES):
+                raise DrganError(f"invalid lesion statistics: grades.{g} must hold exactly {', '.join(LESION_TYPES)}")
+            grades[int(g)] = {t: _type_stats(types[t], f"grades.{g}.{t}") for t in LESION_TYPES}
         return cls(grades)
 
     def save(self, path: str | Path) -> None:
@@ -57,12 +70,47 @@ class LesionStats:
     @classmethod
     def load(cls, path: str | Path) -> "LesionStats":
         path = Path(path)
+        if not path.exists():
+            raise DrganError(f"{path}: lesion statistics file not found")
+        check_regular_file(path)
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise DrganError(f"{path}: lesion statistics file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DrganError(f"{path}: unreadable ({exc})") from None
         except json.JSONDecodeError as exc:
             raise DrganError(f"{path}: not valid JSON ({exc})") from None
+        except DrganError as exc:
+            raise DrganError(f"{path}: {exc}") from None
+
+
+def _numbers(value: object, field: str) -> np.ndarray:
+    """A JSON list of finite, non-negative numbers whose sum is positive and finite."""
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise DrganError(f"invalid lesion statistics: {field} must be a list of numbers")
+    arr = np.asarray(value, float)
+    if not np.isfinite(arr).all() or (arr < 0).any() or not 0 < arr.sum() < np.inf:
+        raise DrganError(f"invalid lesion statistics: {field} needs finite, non-negative values with a positive sum")
+    return arr
+
+
+def _type_stats(value: object, field: str) -> TypeStats:
+    """One lesion type's statistics, each field checked against its range."""
+    names = [f.name for f in fields(TypeStats)]
+    if not isinstance(value, dict) or sorted(value) != sorted(names):
+        raise DrganError(f"invalid lesion statistics: {field} must hold exactly {', '.join(names)}")
+    counts = _numbers(value["count_hist"], f"{field}.count_hist")
+    if len(counts) > MAX_LESIONS + 1:
+        raise DrganError(f"invalid lesion statistics: {field}.count_hist allows {len(counts) - 1} lesions per image "
+                         f"(at most {MAX_LESIONS})")
+    dist = _numbers(value["dist_hist"], f"{field}.dist_hist")
+    if len(dist) != DIST_BINS:
+        raise DrganError(f"invalid lesion statistics: {field}.dist_hist has {len(dist)} bins, not {DIST_BINS}")
+    for name, (low, high) in (("log_area_mean", LOG_AREA_RANGE), ("log_area_std", (0.0, LOG_AREA_STD_MAX))):
+        v = value[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+            raise DrganError(f"invalid lesion statistics: {field}.{name} {v!r} is outside {low:g}..{high:g}")
+    return TypeStats([float(v) for v in counts], float(value["log_area_mean"]), float(value["log_area_std"]),
+                     [float(v) for v in dist])
 
 
 def _poisson_hist(mean: float, offset: int = 0, p_zero: float = 0.0) -> list[float]:

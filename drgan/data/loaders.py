@@ -13,12 +13,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from drgan.config import COND_CHANNELS
 from drgan.data.dataset import FundusDataset
-from drgan.data.decode import read_mask, read_rgb
+from drgan.data.decode import open_image, read_mask, read_rgb
 from drgan.io import encode_png
 from drgan.data.preprocess import FOV_THRESHOLD
 from drgan.errors import DrganError
@@ -153,10 +152,11 @@ class DaliLoader:
         return 1 + len(COND_CHANNELS) + (2 if self.augment else 0)
 
     def _image_bytes(self, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-        data = np.fromfile(path, np.uint8)
-        with Image.open(path) as img:
+        with open_image(path) as img:
             size = img.size[::-1]
-            plain = img.mode == "RGB" and (_png_kind(data) in (None, (8, 2)))
+            mode = img.mode
+        data = np.fromfile(path, np.uint8)
+        plain = mode == "RGB" and (_png_kind(data) in (None, (8, 2)))
         if not plain:   # grayscale, alpha, palette, 16-bit: convert exactly as the torch path does
             data = _encode(read_rgb(path)[0])
         return data, size

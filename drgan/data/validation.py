@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from drgan.data.decode import open_image
 from drgan.data.format import open_dataset
 from drgan.data.labels import LABELS_FILE, read_labels
 from drgan.errors import DrganError
@@ -51,7 +50,7 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     except DrganError:
         checked = 0
     for s in samples:   # non-square photographs are normal input: report the crop readers apply
-        with Image.open(s.image) as img:
+        with open_image(s.image) as img:
             if img.size[0] != img.size[1]:
                 notes.append(f"{s.image}: non-square {img.size[0]}x{img.size[1]}, cropped to the field of view and padded")
     grades: dict[int, int] = {}

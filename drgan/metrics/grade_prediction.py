@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from drgan.checkpoint import load_module
+from drgan.checkpoint import build_loaded
 from drgan.data.dataset import FundusDataset
 from drgan.runs import GRADER_FILE, grader_resolution, require_kind
 from drgan.errors import DrganError
@@ -23,7 +23,7 @@ def load_grader(run: str | Path, device: str | torch.device = "cpu") -> tuple[to
     path = Path(run) / GRADER_FILE
     if not path.is_file():
         raise DrganError(f"{run}: no {GRADER_FILE} (not a grader run folder?)")
-    model = load_module(build_grader(info.cfg), path)
+    model = build_loaded(lambda: build_grader(info.cfg), path)
     resolution = grader_resolution(run)
     return model.to(device).eval(), resolution
 

@@ -15,6 +15,7 @@ import numpy as np
 import PIL.Image
 
 from drgan.config import NUM_GRADES
+from drgan.data.decode import open_image
 from drgan.data.format import open_dataset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
@@ -91,9 +92,10 @@ def open_image_set(folder: str | os.PathLike, split: str | None = None) -> Image
 
 def load_rgb(path: Path, size: int | None = None) -> np.ndarray:
     """An image file as uint8 (H, W, 3); with `size`, resized to size x size by area averaging.
-    Any mode and size is taken as is (a dataset's own checks are drgan.data.decode.read_rgb's)."""
+    Any mode and size within drgan.data.decode.MAX_PIXELS is taken as is (a dataset's own checks
+    are drgan.data.decode.read_rgb's)."""
     try:
-        with PIL.Image.open(path) as image:
+        with open_image(path) as image:
             image = image.convert("RGB")
             if size is not None and image.size != (size, size):
                 image = image.resize((size, size), PIL.Image.BOX)

@@ -2,7 +2,8 @@
 
 Everything about item i derives from (seed, i) alone. Items are generated in fixed batches
 [k*B, (k+1)*B): a resumed or sharded run recomputes exactly the same batches, so its images are
-bit-identical to an uninterrupted run with the same batch size.
+bit-identical to an uninterrupted run with the same batch size. Nothing here holds a list of the
+items or batches: the memory of a run does not grow with the count.
 """
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ class Plan:
     def item_id(self, i: int) -> str:
         return f"syn_{self.seed}_{i:07d}"
 
+    def item_index(self, item_id: str) -> int | None:
+        """The i whose item_id is `item_id`, None for an id outside this plan (no table of ids:
+        memory stays flat in the count)."""
+        prefix = f"syn_{self.seed}_"
+        digits = item_id[len(prefix):]
+        if not item_id.startswith(prefix) or not digits.isdigit():
+            return None
+        i = int(digits)
+        return i if i < self.count and self.item_id(i) == item_id else None
+
     def item_seeds(self, i: int) -> tuple[int, int, int]:
         """Independent 63-bit seeds of item i for (structure + lesions, grading vector, noise)."""
         state = np.random.SeedSequence([int(self.seed), int(i)]).generate_state(3, np.uint64)
@@ -63,5 +74,14 @@ class Plan:
     def batch_items(self, k: int) -> range:
         return range(k * self.batch, min(self.count, (k + 1) * self.batch))
 
-    def shard_batches(self, shard: Shard) -> list[int]:
-        return list(range(shard.index, self.num_batches, shard.count))
+    def shard_batches(self, shard: Shard) -> range:
+        return range(shard.index, self.num_batches, shard.count)
+
+    def in_shard(self, i: int, shard: Shard) -> bool:
+        return (i // self.batch) % shard.count == shard.index
+
+    def shard_size(self, shard: Shard) -> int:
+        """Items of the shard's batches (all full but the plan's last batch)."""
+        batches = self.shard_batches(shard)
+        short = self.num_batches * self.batch - self.count   # the last batch's missing items
+        return len(batches) * self.batch - (short if batches and batches[-1] == self.num_batches - 1 else 0)

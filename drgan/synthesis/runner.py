@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import time
 from collections import Counter
@@ -28,7 +29,7 @@ from drgan.data.lesion_stats import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import sha256_file
-from drgan.runtime import intra_op_threads, resolve_device
+from drgan.runtime import intra_op_threads, resolve_device, torchrun_ranks
 from drgan.synthesis import fingerprint
 from drgan.synthesis.registry import make_backend
 from drgan.synthesis.conditions import Item, item_noise, place_item
@@ -114,15 +115,15 @@ class Summary:
 
 def _device(name: str) -> torch.device:
     if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
+        name = f"cuda:{torchrun_ranks().local_rank}"
     return resolve_device(name)
 
 
 def _shard(text: str | None) -> Shard:
     if text is not None:
         return Shard.parse(text)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Shard(int(os.environ.get("RANK", "0")), world)
+    rank, world, _ = torchrun_ranks()
+    return Shard(rank, world)
 
 
 def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
@@ -252,19 +253,22 @@ class _Pipeline:
 
     def run(self, shard: Shard) -> tuple[int, int, float]:
         plan, done = self.plan, self.out.done_ids()
-        batches = [k for k in plan.shard_batches(shard) if any(plan.item_id(i) not in done for i in plan.batch_items(k))]
-        todo = sum(1 for k in batches for i in plan.batch_items(k) if plan.item_id(i) not in done)
-        skipped = sum(len(plan.batch_items(k)) for k in plan.shard_batches(shard)) - todo
+        # Streamed: the batches still to make are found as they are reached, never listed.
+        batches = (k for k in plan.shard_batches(shard) if any(plan.item_id(i) not in done for i in plan.batch_items(k)))
+        indices = (plan.item_index(item_id) for item_id in done)
+        skipped = sum(1 for i in indices if i is not None and plan.in_shard(i, shard))
+        todo = plan.shard_size(shard) - skipped
         bar = tqdm(total=todo, unit="img", desc=f"synthesize {shard.index}/{shard.count}", disable=not self.opts.progress, smoothing=0.1)
         placers = ThreadPoolExecutor(max_workers=self.opts.threads, thread_name_prefix="drgan-place")
         in_flight: list[list] = [[] for _ in range(IN_FLIGHT)]   # encoder futures per host buffer
         generated, start = 0, time.perf_counter()
         try:
-            ahead = [[placers.submit(self._place, i) for i in plan.batch_items(k)] for k in batches[:PREFETCH]]
-            for n, k in enumerate(batches):
+            ahead = [[placers.submit(self._place, i) for i in plan.batch_items(k)] for k in itertools.islice(batches, PREFETCH)]
+            for n in itertools.takewhile(lambda _: ahead, itertools.count()):
                 items = [f.result() for f in ahead.pop(0)]
-                if n + PREFETCH < len(batches):
-                    ahead.append([placers.submit(self._place, i) for i in plan.batch_items(batches[n + PREFETCH])])
+                k = next(batches, None)
+                if k is not None:
+                    ahead.append([placers.submit(self._place, i) for i in plan.batch_items(k)])
                 slot = n % IN_FLIGHT
                 for f in in_flight[slot]:   # the encoders are done with this host buffer
                     f.result()
@@ -417,12 +421,12 @@ def _complete_rows(out: OutputFolder, plan: Plan, pool: StructurePool, space: Gr
     """Journal rows of every finished item of the plan; rows lost to a kill are rebuilt (with the
     grade predicted for them, from predictions(batch), under --label predicted)."""
     rows = out.journal_rows()
-    index = {plan.item_id(i): i for i in range(plan.count)}
-    rows = {k: v for k, v in rows.items() if k in index}
+    rows = {k: v for k, v in rows.items() if plan.item_index(k) is not None}
     for item_id in sorted(out.done_ids() - set(rows)):
-        if item_id not in index:
+        i = plan.item_index(item_id)
+        if i is None:
             continue
-        item = place_item(plan, index[item_id], pool, space, stats)
+        item = place_item(plan, i, pool, space, stats)
         path = out.image_path(item_id)
         rows[item_id] = {**item.manifest_row(), "file": f"images/{path.name}", "sha256": sha256_file(path)}
         if predictions is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines,
                                         tables)
+from drgan.io import csv_rows
 
 IMAGE_DIR = "Original_Images"
 MASK_DIRS = {                       # release folder -> condition channel
@@ -26,7 +27,7 @@ EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 def read_grades(path: Path) -> dict[str, int | None]:
     """Image stem -> grade from the release's CSV (no header; a header row is tolerated)."""
-    rows = list(csv.reader(read_lines(path)))
+    rows = list(csv_rows(csv.reader(read_lines(path)), path))
     if rows and len(rows[0]) >= 2 and parse_grade(rows[0][1]) is None:
         rows = rows[1:]
     return {Path(r[0].strip()).stem: parse_grade(r[1]) for r in rows if len(r) >= 2 and r[0].strip()}

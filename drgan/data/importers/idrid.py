@@ -16,6 +16,7 @@ from pathlib import Path
 from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines,
                                         tables)
 from drgan.errors import DrganError
+from drgan.io import csv_rows
 
 SEG = "A. Segmentation"
 IMAGES = f"{SEG}/1. Original Images"
@@ -30,7 +31,7 @@ def read_grades(folder: Path) -> dict[str, int | None]:
     """Image name -> grade from every grading table of the release."""
     grades: dict[str, int | None] = {}
     for table in tables(folder, "*.csv", "grading table (*.csv with 'Image name', 'Retinopathy grade')"):
-        for row in csv.DictReader(read_lines(table)):
+        for row in csv_rows(csv.DictReader(read_lines(table)), table):
             row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
             if "image name" not in row or "retinopathy grade" not in row:
                 raise DrganError(f"{table}: needs columns 'Image name' and 'Retinopathy grade'")

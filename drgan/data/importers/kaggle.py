@@ -7,6 +7,7 @@ from pathlib import Path
 
 from drgan.data.importers.core import Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines
 from drgan.errors import DrganError
+from drgan.io import csv_rows
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
 
@@ -15,7 +16,7 @@ def scan_table(src: Path, what: str, table: str, image_dir: str, id_col: str, gr
     """Images of `image_dir` graded by the `id_col`, `grade_col` columns of `table`."""
     root = find_root(src, table, what)
     path = root / table
-    rows = list(csv.DictReader(read_lines(path)))
+    rows = list(csv_rows(csv.DictReader(read_lines(path)), path))
     if rows and not {id_col, grade_col} <= {(k or "").strip() for k in rows[0]}:
         raise DrganError(f"{path}: needs columns {id_col},{grade_col}")
     grades = {Path(r[id_col].strip()).stem: parse_grade(r[grade_col]) for r in rows if r[id_col].strip()}
