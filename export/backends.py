@@ -9,7 +9,8 @@ execution provider with onnxruntime-gpu, the CPU otherwise, whatever `device` sa
 (EXPORT/generator_<precision>.engine), "aoti" (EXPORT/generator_<device>_<precision>.pt2); the eager PyTorch backend is the synthesis
 runner's own (drgan.synthesis.backend). EXPORT is the run's `export/` folder unless
 `export_dir` says otherwise; each file must come from the run's current weights (export.json records
-the weights' hash per file).
+the weights' hash per file). TensorRT engines, AOTInductor packages and the TensorRT plugin library
+run native code when loaded: load only ones you built or trust.
 Inputs are float32 tensors on any device; outputs are float32 on `backend.device`.
 """
 from __future__ import annotations
@@ -58,13 +59,13 @@ def weights_digest(run: str | Path) -> str:
     return sha256_file(weights_file(run))
 
 
-Opener = Callable[[Path, str | Path, str, str, int | None], GeneratorBackend]
+Opener = Callable[[Path, str | Path, str, str, int | None, str | Path | None], GeneratorBackend]
 _RUNTIMES: dict[str, Opener] = {}
 
 
 def _runtime(name: str) -> Callable[[Opener], Opener]:
-    """Registers opener(folder, run, device, precision, batch) as backend `name` (the export folder
-    is resolved and the run, name and precision checked before it is called)."""
+    """Registers opener(folder, run, device, precision, batch, trt_plugin) as backend `name` (the
+    export folder is resolved and the run, name and precision checked before it is called)."""
     def register(opener: Opener) -> Opener:
         _RUNTIMES[name] = opener
         return opener
@@ -78,21 +79,26 @@ def make_backend(
     precision: str = "fp32",
     export_dir: str | Path | None = None,
     batch: int | None = None,
+    trt_plugin: str | Path | None = None,
 ) -> GeneratorBackend:
     """The generator of `run` behind backend `name` on `device` at `precision`; `batch`, when
-    given, is checked against the batch range the engine or package was built for."""
+    given, is checked against the batch range the engine or package was built for. `trt_plugin`:
+    the plugin library an engine built with it needs (tensorrt only; never read from the export)."""
     device = str(device)
     if name not in _RUNTIMES:
         raise ParameterError(f"{{backend}} {name!r} is not one of {', '.join(_RUNTIMES)}")
     if precision not in PRECISIONS:
         raise ParameterError(f"{{precision}} {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if trt_plugin is not None and name != "tensorrt":
+        raise ParameterError(f"{{trt_plugin}} applies to {{backend}} tensorrt, not {name}")
     read_run_config(run)  # a clear error when it is not a run folder
     folder = Path(export_dir) if export_dir else Path(run) / "export"
-    return _RUNTIMES[name](folder, run, device, precision, batch)
+    return _RUNTIMES[name](folder, run, device, precision, batch, trt_plugin)
 
 
 @_runtime("onnxruntime")
-def _open_onnxruntime(folder: Path, run: str | Path, device: str, precision: str, batch: int | None) -> GeneratorBackend:
+def _open_onnxruntime(folder: Path, run: str | Path, device: str, precision: str, batch: int | None,
+                      trt_plugin: None) -> GeneratorBackend:
     from drgan.export.ort_runner import OrtGenerator, has_cuda_provider
     from drgan.export.wrapper import check_cpu_attention_memory
 
@@ -108,15 +114,17 @@ def _open_onnxruntime(folder: Path, run: str | Path, device: str, precision: str
 
 
 @_runtime("tensorrt")
-def _open_tensorrt(folder: Path, run: str | Path, device: str, precision: str, batch: int | None) -> GeneratorBackend:
+def _open_tensorrt(folder: Path, run: str | Path, device: str, precision: str, batch: int | None,
+                   trt_plugin: str | Path | None) -> GeneratorBackend:
     from drgan.export.trt_runner import TrtGenerator
 
     _check_current(folder, engine_file(precision), run, f"--trt --precision {precision}")
-    return _check_batch(TrtGenerator(folder / engine_file(precision), device), batch)
+    return _check_batch(TrtGenerator(folder / engine_file(precision), device, plugin_library=trt_plugin), batch)
 
 
 @_runtime("aoti")
-def _open_aoti(folder: Path, run: str | Path, device: str, precision: str, batch: int | None) -> GeneratorBackend:
+def _open_aoti(folder: Path, run: str | Path, device: str, precision: str, batch: int | None,
+               trt_plugin: None) -> GeneratorBackend:
     from drgan.export.aoti import AotiGenerator
 
     _check_current(folder, aoti_file(device, precision), run,

@@ -178,7 +178,7 @@ class _Exporter:
         self.status(f"TensorRT {precision} engine, batch {profile.min}/{profile.opt}/{profile.max}, "
                     f"optimization level {opt_level}: building {path.name} (minutes)")
         build_engine(self.out / onnx_name, path, self.generator, profile, precision, cache, opt_level, plugin_library)
-        engine = TrtGenerator(path)
+        engine = TrtGenerator(path, plugin_library=plugin_library)
         diff = self.compare(lambda inputs: engine(inputs[0], inputs[1], list(inputs[2:])), engine.device, profile.min)
         self.status(f"  engine loaded; max abs diff vs PyTorch fp32 at batch {profile.min}: {diff:.2e}")
         self.record(path, {"precision": precision, "onnx": onnx_name, "max_abs_diff_vs_torch": diff})

@@ -121,12 +121,12 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 
 def load_null(name: str, run: str | Path | None, size: int, device: torch.device, precision: str,
-              batch: int) -> LoadedBackend:
+              batch: int, trt_plugin: None = None) -> LoadedBackend:
     return LoadedBackend(NullBackend(size, device), lambda b: [], "none", resolve_precision(precision, device))
 
 
 def load_torch(name: str, run: str | Path | None, size: int, device: torch.device, precision: str,
-               batch: int) -> LoadedBackend:
+               batch: int, trt_plugin: None = None) -> LoadedBackend:
     from drgan.checkpoint import load_generator
 
     g = load_generator(run)
@@ -136,7 +136,7 @@ def load_torch(name: str, run: str | Path | None, size: int, device: torch.devic
 
 
 def load_exported(name: str, run: str | Path | None, size: int, device: torch.device, precision: str,
-                  batch: int) -> LoadedBackend:
+                  batch: int, trt_plugin: str | Path | None = None) -> LoadedBackend:
     """A runtime of drgan.export.backends on the run's exported generator."""
     from drgan.checkpoint import load_generator
     from drgan.export.backends import make_backend as make_export_backend
@@ -146,7 +146,8 @@ def load_exported(name: str, run: str | Path | None, size: int, device: torch.de
     if precision == "auto" and name == "onnxruntime":
         precision = "fp32"  # the exported ONNX file is fp32
     precision = resolve_precision(precision, device)
-    exported = make_export_backend(name, run, device=device, precision=precision, batch=batch)
+    exported = make_export_backend(name, run, device=device, precision=precision, batch=batch,
+                                   trt_plugin=trt_plugin)
     # The exported graph has no grade head: predictions come from the PyTorch encoder (built lazily).
     encoder = functools.cache(lambda: TorchBackend(g, device, precision, cuda_graph=False))
     return LoadedBackend(lambda cond, z, noise: exported(cond, z, noise)[0], g.noise_shapes, weights, precision,

@@ -70,6 +70,7 @@ class SynthesisOptions:
     threads: int = field(default_factory=lambda: max(2, (os.cpu_count() or 2)))
     progress: bool = True
     preset: str | None = None                   # with backend "null" instead of a run
+    trt_plugin: str | None = None               # TensorRT plugin library an engine built with one needs
     label: str = "planned"                      # grading vector of the planned grade, or of the grade the encoder predicts from the masks
 
 
@@ -159,7 +160,7 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     device = _device(opts.device)
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
     pool = StructurePool.from_dataset(opts.structures, size, opts.loader) if opts.structures else StructurePool.phantom(size, opts.seed)
-    loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch)
+    loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch, opts.trt_plugin)
     times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
     out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
     try:
