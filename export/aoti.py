@@ -2,7 +2,10 @@
 
 torch.export traces the generator (spatial attention through F.scaled_dot_product_attention) and
 torch._inductor.aoti_compile_and_package compiles it for one device and precision. The package loads
-with torch._inductor.aoti_load_package and runs without drgan's model code. A fixed batch (--batch)
+with torch._inductor.aoti_load_package and runs without drgan's model code. A package is native code:
+the sidecar records its sha256 and the loader refuses a package that differs, which proves it is the
+file the export wrote beside that sidecar (both sit in one folder: it is no signature, so load only
+packages you built or trust). A fixed batch (--batch)
 compiles static shapes; a range compiles a dynamic batch axis bounded by --min-batch/--max-batch.
 """
 from __future__ import annotations
@@ -20,7 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from drgan.config import ModelConfig
 from drgan.errors import DrganError, ParameterError
-from drgan.export.sidecar import BatchProfile, read_sidecar, write_sidecar
+from drgan.export.sidecar import BatchProfile, read_sidecar, sidecar_path, write_sidecar
+from drgan.io import sha256_file
 from drgan.export.wrapper import check_cpu_attention_memory, example_inputs, input_shapes, output_shapes, prepare
 from drgan.nn import DRGANGenerator
 
@@ -69,6 +73,7 @@ def compile_aoti(
         "dtype": "float32",
         "stage": generator.stage,
         "model": generator.cfg.to_dict(),
+        "sha256": sha256_file(path),
     })
     return path
 
@@ -76,6 +81,16 @@ def compile_aoti(
 def _check_cpu_memory(cfg: ModelConfig, batch: int) -> None:
     check_cpu_attention_memory(cfg, batch, "an AOTInductor package",
                                "compile it for CUDA (--device cuda) or synthesize with --backend torch")
+
+
+def check_package(path: Path, sidecar: dict) -> None:
+    """Refuse a package that is not the file its export wrote (its sha256 is in the sidecar)."""
+    recorded = sidecar.get("sha256")
+    hint = "re-run drgan-export --aoti (a package runs native code: load only packages you built or trust)"
+    if not recorded:
+        raise DrganError(f"{path}: {sidecar_path(path).name} records no sha256 of the package: {hint}")
+    if sha256_file(path) != recorded:
+        raise DrganError(f"{path}: not the package its export wrote (sha256 differs from {sidecar_path(path).name}): {hint}")
 
 
 class AotiGenerator:
@@ -93,6 +108,7 @@ class AotiGenerator:
             raise DrganError(f"{path}: compiled for CUDA, but no CUDA GPU is visible")
         if self.device.type == "cpu" and "model" in self.sidecar:
             _check_cpu_memory(ModelConfig.from_dict(self.sidecar["model"]), self.sidecar["batch"]["min"])
+        check_package(path, self.sidecar)
         self.package = torch._inductor.aoti_load_package(str(path))
 
     def __call__(
