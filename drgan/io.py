@@ -81,6 +81,16 @@ def _file_in_the_way(folder: Path) -> Path | None:
     return None if existing.is_dir() else existing
 
 
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's files and the folder itself to disk, so that a rename after it is durable."""
+    for path in [*(p for p in folder.iterdir() if p.is_file()), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_save(path, lambda tmp: tmp.write_bytes(data))
 

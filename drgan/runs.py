@@ -10,6 +10,7 @@ A run folder (`--out RUN` of the train commands, `--run RUN` elsewhere) holds:
     RUN/grader.safetensors        grader weights (grader run)
     RUN/grading_space.safetensors grading spaces (written by the grader run, copied in by the GAN run)
     RUN/state.json + state.safetensors   training state (step, epoch, optimizer, scaler, RNG)
+    RUN/checkpoint.next/          a committed checkpoint not yet moved into RUN (see drgan.training.state)
 """
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ from drgan.training import losses
 from drgan.training.logger import RunLogger
 from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
 from drgan.training.state import (
-    STATE_JSON, check_step, load_state, optimizer_from_state, optimizer_to_state, rng_state, save_state, set_rng_state,
+    STATE_JSON, check_step, finish_checkpoint, load_state, optimizer_from_state, optimizer_to_state, rng_state, save_state,
+    set_rng_state, write_checkpoint,
 )
 
 ENV_FILE = "environment.json"
@@ -366,26 +367,32 @@ class GanTrainer:
         plain, rng_tensors = rng_state(self.device)
         all_rng = dist_util.gather_objects((plain, {k: v.cpu() for k, v in rng_tensors.items()}), self.info)
         if self.info.is_main:
-            meta_step = {"step": str(self.step)}
-            for key, module in {**self._generators(), "D": self.D}.items():
-                save_tensors(module.state_dict(), self.run / WEIGHT_FILES[key], metadata=meta_step)
-            tensors: dict[str, torch.Tensor] = {}
-            meta = {
-                "step": self.step,
-                "epoch": self.epoch,
-                "next_batch": self.next_batch,
-                "world_size": self.info.world,
-                "optimizer_G": optimizer_to_state(self.opt_G, "opt_G", tensors),
-                "optimizer_D": optimizer_to_state(self.opt_D, "opt_D", tensors),
-                "scaler": self.scaler.state_dict(),
-                "rng": [p for p, _ in all_rng],
-            }
-            for rank, (_, ts) in enumerate(all_rng):
-                tensors.update({f"rng.{rank}.{k}": v for k, v in ts.items()})
-            save_state(self.run, meta, tensors)
+            write_checkpoint(self.run, lambda folder: self._write_checkpoint(folder, all_rng))
         dist_util.barrier(self.info)
 
+    def _write_checkpoint(self, folder: Path, all_rng: list[tuple[dict[str, Any], dict[str, torch.Tensor]]]) -> None:
+        meta_step = {"step": str(self.step)}
+        for key, module in {**self._generators(), "D": self.D}.items():
+            save_tensors(module.state_dict(), folder / WEIGHT_FILES[key], metadata=meta_step)
+        tensors: dict[str, torch.Tensor] = {}
+        meta = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "next_batch": self.next_batch,
+            "world_size": self.info.world,
+            "optimizer_G": optimizer_to_state(self.opt_G, "opt_G", tensors),
+            "optimizer_D": optimizer_to_state(self.opt_D, "opt_D", tensors),
+            "scaler": self.scaler.state_dict(),
+            "rng": [p for p, _ in all_rng],
+        }
+        for rank, (_, ts) in enumerate(all_rng):
+            tensors.update({f"rng.{rank}.{k}": v for k, v in ts.items()})
+        save_state(folder, meta, tensors)
+
     def _load_checkpoint(self) -> None:
+        if self.info.is_main:
+            finish_checkpoint(self.run)  # a checkpoint committed just before a crash
+        dist_util.barrier(self.info)
         meta, tensors = load_state(self.run)
         for key, module in {**self._generators(), "D": self.D}.items():
             check_step(self.run / WEIGHT_FILES[key], meta["step"])
