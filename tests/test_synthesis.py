@@ -233,3 +233,40 @@ def test_lesion_stats_fit_on_a_dataset_drive_synthesis(run, structures, tmp_path
     summary = synthesize(opts(run, tmp_path / "out", count=5, lesion_stats=str(stats)))
     assert summary.total == 5
     assert all(int(r["ma"]) == 0 for r in manifest(tmp_path / "out") if r["grade"] == "0")
+
+
+def test_journal_line_cut_short_is_dropped_on_resume(run, tmp_path):
+    """A full disk mid-line left the journal's last row without its end; the rerun appends rows
+    after it (an image is regenerated here) and still writes the manifest and labels."""
+    out = tmp_path / "cut"
+    synthesize(opts(run, out, count=5))
+    before = manifest(out)
+    journal = out / ".journal-0-of-1.csv"
+    journal.write_bytes(journal.read_bytes()[:-20])  # the last row's sha256 and newline cut
+    (out / before[0]["file"]).unlink()
+    for name in ("manifest.csv", "labels.csv"):
+        (out / name).unlink()
+    again = synthesize(opts(run, out, count=5))
+    assert (again.generated, again.total) == (1, 5)
+    assert manifest(out) == before and (out / "labels.csv").is_file()
+    assert journal.read_bytes().endswith(b"\n") and len(journal.read_text().splitlines()) == 4 + 1
+
+
+def test_full_disk_while_appending_to_the_journal_is_one_error_and_resumes(run, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from drgan.synthesis import writer
+
+    def full_journal(path, mode="r", *args, **kwargs):
+        if ".journal-" in str(path) and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return builtins.open(path, mode, *args, **kwargs)
+
+    out = tmp_path / "full"
+    monkeypatch.setattr(writer, "open", full_journal, raising=False)
+    with pytest.raises(DrganError, match=f"^{out}: disk full while writing .journal-0-of-1.csv$"):
+        synthesize(opts(run, out, count=5))
+    monkeypatch.undo()
+    summary = synthesize(opts(run, out, count=5))
+    assert summary.total == 5 and len(manifest(out)) == 5

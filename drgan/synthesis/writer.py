@@ -2,8 +2,10 @@
 
 A file appears under its final name only complete (temp + rename); a journal row is appended
 after the rename. On resume the image files are the truth: a file without a journal row (killed
-between the two) gets its row rebuilt from the plan. The folder's fingerprint is written before
-the first image and checked on every rerun (drgan.synthesis.fingerprint).
+between the two) gets its row rebuilt from the plan; so does one whose row was cut short (a full
+disk mid-line): such a row is skipped when read, and cut off this shard's journal before it appends
+again. The folder's fingerprint is written before the first image and checked on every rerun
+(drgan.synthesis.fingerprint).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +25,7 @@ import numpy as np
 from drgan.config import COND_CHANNELS
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
-from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files
+from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files, write_error
 from drgan.synthesis import fingerprint as fp
 from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
@@ -30,6 +33,7 @@ from drgan.synthesis.stages import StageTimes
 # grade: the planned grade (lesion rules, labels.csv); predicted_grade: the encoder's, with --label predicted.
 MANIFEST_FIELDS = ["id", "grade", "predicted_grade", "seed", "structure_id", *LESION_TYPES, "file", "sha256"]
 FORMATS = {"png": "png", "jpeg": "jpg"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class OutputFolder:
@@ -65,6 +69,7 @@ class OutputFolder:
         self.images.mkdir(exist_ok=True)
         remove_temp_files(root)
         self.journal_path = root / journal_name
+        _drop_cut_line(self.journal_path)
         self._journal_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drgan-write")
         self._pending: list[Future] = []
@@ -101,8 +106,12 @@ class OutputFolder:
             path = self.image_path(row["id"])
             atomic_write_bytes(path, data)
             row = {**row, "file": f"images/{path.name}", "sha256": hashlib.sha256(data).hexdigest()}
-            with self._journal_lock, open(self.journal_path, "a", newline="") as f:
-                csv.DictWriter(f, MANIFEST_FIELDS).writerow(row)
+            with self._journal_lock:
+                try:
+                    with open(self.journal_path, "a", newline="") as f:
+                        csv.DictWriter(f, MANIFEST_FIELDS).writerow(row)
+                except OSError as exc:
+                    raise write_error(self.journal_path, exc) from None
 
     def flush(self) -> None:
         while self._pending:
@@ -133,7 +142,7 @@ class OutputFolder:
         for journal in self.root.glob(".journal-*.csv"):
             with open(journal, newline="") as f:
                 for row in csv.DictReader(f, MANIFEST_FIELDS):
-                    if (self.root / row["file"]).is_file():
+                    if _whole(row) and (self.root / row["file"]).is_file():
                         rows[row["id"]] = row
         return rows
 
@@ -148,3 +157,20 @@ class OutputFolder:
         labels = "id,grade\n" + "".join(f"{r['id']},{r['grade']}\n" for r in rows)
         atomic_write_bytes(self.root / "labels.csv", labels.encode())
 
+
+
+def _whole(row: dict) -> bool:
+    """False for a journal line cut short (missing fields, a short sha256) or run into the next
+    line (extra fields, under the key None)."""
+    return None not in row and None not in row.values() and bool(_SHA256.fullmatch(row["sha256"]))
+
+
+def _drop_cut_line(journal: Path) -> None:
+    """Cut off a last line that a full disk left without its newline, so that the next row does
+    not run into it."""
+    if not journal.is_file():
+        return
+    with open(journal, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
