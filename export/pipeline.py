@@ -32,7 +32,7 @@ from drgan.export.sidecar import BatchProfile, sidecar_path
 from drgan.export.trt_build import build_engine, import_tensorrt
 from drgan.export.trt_runner import TrtGenerator
 from drgan.export.wrapper import OUTPUT_NAMES, attention_flops, example_inputs, input_shapes, output_shapes, pad_attention_qk, prepare
-from drgan.io import atomic_write_bytes, check_writable_dir
+from drgan.io import atomic_write_bytes, check_writable_dir, remove_temp_files
 from drgan.nn import DRGANGenerator
 from drgan.runs import read_run_config
 
@@ -100,6 +100,7 @@ class _Exporter:
         self.generator = _load_stage(run, stage)
         self.sha = weights_digest(run)
         out.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(out, recursive=False)  # left by a killed export
         self.manifest = {
             "run": str(run.resolve()),
             "weights": str(weights_file(run).name),

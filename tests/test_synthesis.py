@@ -270,3 +270,16 @@ def test_full_disk_while_appending_to_the_journal_is_one_error_and_resumes(run, 
     monkeypatch.undo()
     summary = synthesize(opts(run, out, count=5))
     assert summary.total == 5 and len(manifest(out)) == 5
+
+
+def test_rerun_removes_only_temp_files_whose_writer_is_gone(run, tmp_path):
+    """Shard 1/2 starting beside a running shard 0/2 must not delete the file it is writing."""
+    out = tmp_path / "shared"
+    synthesize(opts(run, out, count=4, shard="0/2"))
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    stale, writing = out / "images" / f".x.png.tmp-{killed.pid}-1", out / "images" / f".y.png.tmp-{os.getppid()}-1"
+    for path in (stale, writing):
+        path.write_bytes(b"partial")
+    synthesize(opts(run, out, count=4, shard="1/2"))
+    assert not stale.exists() and writing.exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from drgan.cli.common import IntRange
+from drgan.cli.common import IntRange, terminate_as_exit
 from drgan.config import STAGES
 
 
@@ -45,4 +45,5 @@ def export(
         timing_cache=timing_cache,
     )
     profile = BatchProfile.from_options(batch, min_batch, opt_batch, max_batch)
-    export_run(run, out, options, profile, stage, log=click.echo)
+    with terminate_as_exit():  # a killed export removes its temp folder
+        export_run(run, out, options, profile, stage, log=click.echo)
