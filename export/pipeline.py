@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from drgan import locks
 from drgan.checkpoint import load_generator
 from drgan.errors import DrganError, ParameterError
 from drgan.export.aoti import compile_aoti, run_in_fresh_process
@@ -85,8 +86,11 @@ def export_run(
     run = Path(run)
     out = Path(out) if out else run / "export"
     check_writable_dir(out)  # before the export's minutes of work
-    exporter = _Exporter(run, out, stage, log)
-    exporter.write(options, profile, device)
+    try:
+        exporter = _Exporter(run, out, stage, log)
+        exporter.write(options, profile, device)
+    finally:
+        locks.release(out)
     return exporter.manifest
 
 
@@ -99,7 +103,7 @@ class _Exporter:
         self.status(f"loading {run}")
         self.generator = _load_stage(run, stage)
         self.sha = weights_digest(run)
-        out.mkdir(parents=True, exist_ok=True)
+        locks.hold(out)  # creates OUT; a second export into it is refused
         remove_temp_files(out, recursive=False)  # left by a killed export
         self.manifest = {
             "run": str(run.resolve()),

@@ -204,7 +204,7 @@ def test_full_disk_while_saving_onnx_is_one_line(tiny_run, tmp_path, monkeypatch
     out = tmp_path / "export"
     assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {out}: disk full while writing generator.onnx"]
-    assert list(out.iterdir()) == []  # no temp folder left
+    assert [p.name for p in out.iterdir()] == [".drgan.lock"]  # no temp folder left
 
 
 def test_rerun_removes_temp_folders_of_killed_exports_only(tiny_run, tmp_path):
@@ -228,3 +228,12 @@ def test_sigterm_while_saving_removes_the_temp_folder(tmp_path):
     with pytest.raises(SystemExit) as exc, terminate_as_exit():
         onnx_export.save_atomically(tmp_path / "generator.onnx", killed, external_data=False)
     assert exc.value.code == 143 and list(tmp_path.iterdir()) == []
+
+
+def test_export_folder_in_use_is_refused(tiny_run, tmp_path, lock_holder, capsys):
+    run, _, _ = tiny_run
+    out = tmp_path / "export"
+    pid = lock_holder(out)
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {out} is in use by another drgan process (pid {pid})"]
+    assert [p.name for p in out.iterdir()] == [".drgan.lock"]

@@ -283,3 +283,17 @@ def test_rerun_removes_only_temp_files_whose_writer_is_gone(run, tmp_path):
         path.write_bytes(b"partial")
     synthesize(opts(run, out, count=4, shard="1/2"))
     assert not stale.exists() and writing.exists()
+
+
+def test_a_shard_already_being_written_is_refused_and_other_shards_run(run, tmp_path, lock_holder, capsys):
+    from drgan.cli.common import run_command
+    from drgan.cli.synthesize import synthesize as synthesize_command
+
+    out = tmp_path / "busy"
+    pid = lock_holder(out, "0/2")
+    args = ["--run", str(run), "--out", str(out), "--count", "5", "--batch", "2", "--device", "cpu"]
+    assert run_command(synthesize_command, args=[*args, "--shard", "0/2"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {out} is in use by another drgan process writing shard 0/2 (pid {pid})"]
+    assert not (out / "images").exists()
+    assert synthesize(opts(run, out, count=5, batch=2, shard="1/2")).generated == 2  # batch 1 of 0..2

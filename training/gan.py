@@ -28,11 +28,12 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from drgan import locks
 from drgan.checkpoint import load_module, load_tensors, save_tensors
 from drgan.config import ModelConfig, preset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_bytes, sha256_file
+from drgan.io import atomic_write_bytes, remove_temp_files, sha256_file
 from drgan.runs import WEIGHT_FILES, prepare_out, read_run, remove_unfinished, require_kind, write_run_config
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.metrics.fidelity import tensor_fidelity
@@ -145,8 +146,11 @@ class GanTrainer:
         self.info = dist_util.setup(opts.device)
         self.device = self.info.device
         self.run = Path(opts.out)
-        if not opts.resume and self.info.is_main:
-            prepare_out(self.run, overwrite)
+        if self.info.is_main:  # one process writes a run folder (a second is refused: drgan.locks)
+            if opts.resume:
+                locks.hold(self.run)
+            else:
+                prepare_out(self.run, overwrite)
         self.cfg = model_config(opts)
         self.stage = opts.stage
         self.resolution = self.cfg.stage_resolution(opts.stage)
@@ -392,6 +396,7 @@ class GanTrainer:
     def _load_checkpoint(self) -> None:
         if self.info.is_main:
             finish_checkpoint(self.run)  # a checkpoint committed just before a crash
+            remove_temp_files(self.run, recursive=False)  # a checkpoint a killed run had not committed
         dist_util.barrier(self.info)
         meta, tensors = load_state(self.run)
         for key, module in {**self._generators(), "D": self.D}.items():
@@ -518,3 +523,5 @@ def train_gan(opts: GanOptions, dataset: Dataset | None = None, overwrite: bool 
     except BaseException:
         remove_unfinished(out, created, STATE_JSON)
         raise
+    finally:
+        locks.release(opts.resume or out)  # a resume writes the resumed run

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from drgan import locks
 from drgan.checkpoint import read_run_config
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.lesion_stats import LESION_TYPES, LesionStats
@@ -170,8 +171,12 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     except BaseException:
         out.abort()
         raise
-    rows = _complete_rows(out, plan, pool, space, stats, pipeline.batch_predictions if opts.label == "predicted" else None)
-    out.write_manifest(list(rows.values()))
+    try:
+        with locks.section(out.root):  # shards finishing together: the last one writes every row
+            rows = _complete_rows(out, plan, pool, space, stats, pipeline.batch_predictions if opts.label == "predicted" else None)
+            out.write_manifest(list(rows.values()))
+    finally:
+        locks.release(out.root)
     return _summary(opts, list(rows.values()), generated, skipped, start, pipeline_seconds, times, device)
 
 
@@ -191,7 +196,7 @@ def _output_folder(opts: SynthesisOptions, shard: Shard, set_fingerprint: dict, 
     """The output folder with this shard's journal."""
     return OutputFolder(
         Path(opts.out), opts.format, opts.quality, opts.png_level, opts.save_masks,
-        journal_name=f".journal-{shard.index}-of-{shard.count}.csv", threads=opts.threads,
+        journal_name=f".journal-{shard.index}-of-{shard.count}.csv", shard=f"{shard.index}/{shard.count}", threads=opts.threads,
         fingerprint=set_fingerprint, times=times,
     )
 

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from drgan import locks
 from drgan.config import COND_CHANNELS
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
@@ -45,6 +46,7 @@ class OutputFolder:
         png_level: int,     # PNG compression level (drgan.synthesis.encode.encode_image)
         save_masks: bool,   # also write masks/<id>/<name>.png
         journal_name: str,  # this process's journal (one per shard, no write contention)
+        shard: str,         # "i/n": the shard this process writes (its lock: drgan.locks)
         threads: int,       # encoder/writer threads
         fingerprint: dict,  # what makes the set; an existing folder must hold the same
         times: StageTimes,  # encoding and writing time are added here
@@ -54,9 +56,8 @@ class OutputFolder:
         self.root, self.fmt, self.quality, self.png_level, self.save_masks = root, fmt, quality, png_level, save_masks
         self.images = root / "images"
         self.times = times
-        resumed = fp.check(root, fingerprint)
+        fp.check(root, fingerprint)  # before the folder is created or locked
         self._created_root = not root.exists()
-        self._wrote_fingerprint = not resumed
         try:
             root.mkdir(parents=True, exist_ok=True)
             probe = root / f".write-probe{TEMP_MARK}{os.getpid()}"
@@ -64,8 +65,16 @@ class OutputFolder:
             probe.unlink()
         except OSError as exc:
             raise DrganError(f"{root}: output folder is not writable ({exc.strerror})") from None
-        if not resumed:
-            fp.record(root, fingerprint, atomic_write_bytes)
+        locks.hold(root, shard)
+        try:
+            with locks.section(root):  # again, as another shard may have started the set meanwhile
+                resumed = fp.check(root, fingerprint)
+                if not resumed:
+                    fp.record(root, fingerprint, atomic_write_bytes)
+        except BaseException:
+            locks.release(root)
+            raise
+        self._wrote_fingerprint = not resumed
         self.images.mkdir(exist_ok=True)
         remove_temp_files(root)
         self.journal_path = root / journal_name
@@ -125,15 +134,17 @@ class OutputFolder:
 
     def abort(self) -> None:
         """After a failure: stop the writers; leave the folder as it was found when not one image
-        was written (else as a set that a rerun completes)."""
+        was written and no other shard is writing (else as a set that a rerun completes)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if any(self.images.iterdir()):
+        if any(self.images.iterdir()) or not locks.alone(self.root):
+            locks.release(self.root)
             return
         self.images.rmdir()
         self.journal_path.unlink(missing_ok=True)
         shutil.rmtree(self.root / "masks", ignore_errors=True)
         if self._wrote_fingerprint:
             (self.root / fp.FILE_NAME).unlink(missing_ok=True)
+        locks.release(self.root, remove=True)
         if self._created_root and not any(self.root.iterdir()):
             self.root.rmdir()
 
