@@ -45,10 +45,11 @@ def alone(folder: str | Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
     except BlockingIOError:
         return False
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return True
+    finally:  # back to shared (a failed conversion drops the lock held before it)
+        fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 def release(folder: str | Path, remove: bool = False) -> None:

@@ -297,3 +297,23 @@ def test_a_shard_already_being_written_is_refused_and_other_shards_run(run, tmp_
         f"error: {out} is in use by another drgan process writing shard 0/2 (pid {pid})"]
     assert not (out / "images").exists()
     assert synthesize(opts(run, out, count=5, batch=2, shard="1/2")).generated == 2  # batch 1 of 0..2
+
+
+def test_shard_failing_beside_a_running_one_leaves_the_set_to_it(run, tmp_path, lock_holder, monkeypatch):
+    """A shard that fails before its first image tidies the folder only when it is alone in it."""
+    from drgan import locks
+    from drgan.synthesis import runner
+
+    out = tmp_path / "shared"
+    lock_holder(out, "0/2")
+
+    def failing(*args, **kwargs):
+        raise DrganError("the generator failed")
+
+    monkeypatch.setattr(runner._Pipeline, "run", failing)
+    with pytest.raises(DrganError, match="the generator failed"):
+        synthesize(opts(run, out, count=4, shard="1/2"))
+    assert (out / "fingerprint.json").is_file() and (out / "images").is_dir()
+    locks.hold(out, "1/2")  # the shared lock is still compatible with the other shard's
+    assert not locks.alone(out)
+    locks.release(out)
