@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -18,9 +20,24 @@ if TYPE_CHECKING:
     from drgan.nn import DRGANGenerator
 
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_save(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+    atomic_save(path, lambda tmp: _save_file(cpu, tmp, metadata))
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
+    """safetensors' save_file, its I/O failures as OSError: the library reports them (a full disk
+    too) as SafetensorError, whose text is the only place that keeps the errno."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        found = _OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from None
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,6 +1,8 @@
 """Files: atomic writes (temp + rename, the temp removed on failure), PNG/JPEG encoding, sha256.
 
-A write that fails for lack of space or permission becomes one DrganError naming the path.
+A write that fails for lack of space or permission becomes one DrganError naming the path. A temp
+name carries its owner (pid and host): cleanup removes only temps whose owner process is gone, so
+one process never deletes the file another (a concurrent shard) is writing.
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import errno
 import hashlib
 import io
 import os
+import re
+import shutil
+import socket
 import stat
 import threading
 from pathlib import Path
@@ -21,13 +26,38 @@ from PIL import Image
 from drgan.errors import DrganError
 
 TEMP_MARK = ".tmp-"
+HOST = re.sub(r"[^A-Za-z0-9_-]", "", socket.gethostname()) or "host"
+_OWNER = re.compile(re.escape(TEMP_MARK) + r"(\d+)(?:-\d+)?(?:@([A-Za-z0-9_-]+))?")
 _UMASK = os.umask(0o022)  # read once at import: os.umask can only be read by setting it
 os.umask(_UMASK)
 
 
-def temp_path(path: Path) -> Path:
-    """A hidden sibling unique to this process and thread."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
+def temp_path(path: Path, keep_suffix: bool = False) -> Path:
+    """A hidden sibling unique to this process and thread (`keep_suffix`: ending in path's suffix,
+    for writers that insist on it)."""
+    owner = f"{TEMP_MARK}{os.getpid()}-{threading.get_ident()}@{HOST}"
+    if keep_suffix:
+        return path.with_name(f".{path.stem}{owner}{path.suffix}")
+    return path.with_name(f".{path.name}{owner}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _owner_gone(name: str) -> bool:
+    """Whether the process that named this temp is gone; one on another host is never judged."""
+    found = _OWNER.search(name)
+    if found is None:
+        return False
+    pid, host = int(found.group(1)), found.group(2)
+    return host in (None, HOST) and pid != os.getpid() and not pid_alive(pid)
 
 
 def write_error(path: Path, exc: OSError) -> DrganError:
@@ -83,6 +113,16 @@ def _file_in_the_way(folder: Path) -> Path | None:
     return None if existing.is_dir() else existing
 
 
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's files and the folder itself to disk, so that a rename after it is durable."""
+    for path in [*(p for p in folder.iterdir() if p.is_file()), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_save(path, lambda tmp: tmp.write_bytes(data))
 
@@ -91,12 +131,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def remove_temp_files(root: str | Path) -> int:
-    """Delete the temp files a killed writer left anywhere under root; returns how many."""
-    stale = [p for p in Path(root).rglob(f".*{TEMP_MARK}*") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
+def remove_temp_files(root: str | Path, recursive: bool = True) -> int:
+    """Delete the temp files and folders that killed writers left under root (only its top level
+    unless `recursive`), never one whose owner still runs; returns how many."""
+    found = Path(root).rglob(f".*{TEMP_MARK}*") if recursive else Path(root).glob(f".*{TEMP_MARK}*")
+    removed = 0
+    for p in [p for p in found if _owner_gone(p.name)]:
+        if not p.exists():  # inside a temp folder removed before it
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def check_writable_dir(folder: str | Path) -> None:

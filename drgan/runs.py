@@ -10,6 +10,7 @@ A run folder (`--out RUN` of the train commands, `--run RUN` elsewhere) holds:
     RUN/grader.safetensors        grader weights (grader run)
     RUN/grading_space.safetensors grading spaces (written by the grader run, copied in by the GAN run)
     RUN/state.json + state.safetensors   training state (step, epoch, optimizer, scaler, RNG)
+    RUN/checkpoint.next/          a committed checkpoint not yet moved into RUN (see drgan.training.state)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drgan import locks
 from drgan.config import ModelConfig, STAGES
 from drgan.errors import DrganError, ParameterError
 from drgan.io import atomic_write_text, check_writable_dir
@@ -110,7 +112,7 @@ def check_out(out: str | Path, overwrite: bool, param: str = "out") -> bool:
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{{{param}}} {out}: is a file, expected a run folder")
     check_writable_dir(out)
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or all(locks.is_lock_file(p) for p in out.iterdir()):
         return False
     kind = run_kind(out)
     if kind is None:
@@ -122,10 +124,19 @@ def check_out(out: str | Path, overwrite: bool, param: str = "out") -> bool:
 
 
 def prepare_out(out: str | Path, overwrite: bool, param: str = "out") -> Path:
-    """`check_out`, then remove the previous run it allows replacing."""
+    """`check_out`, the folder's lock for this process (drgan.locks), then `check_out` again (another
+    process may have written meanwhile) and the removal of the previous run it allows replacing."""
     out = Path(out)
+    check_out(out, overwrite, param)  # before the folder is created for its lock
+    locks.hold(out)
     if check_out(out, overwrite, param):
-        shutil.rmtree(out)
+        for path in out.iterdir():
+            if locks.is_lock_file(path):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     return out
 
 

@@ -2,7 +2,10 @@
 
 torch.export traces the generator (spatial attention through F.scaled_dot_product_attention) and
 torch._inductor.aoti_compile_and_package compiles it for one device and precision. The package loads
-with torch._inductor.aoti_load_package and runs without drgan's model code. A fixed batch (--batch)
+with torch._inductor.aoti_load_package and runs without drgan's model code. A package is native code:
+the sidecar records its sha256 and the loader refuses a package that differs, which proves it is the
+file the export wrote beside that sidecar (both sit in one folder: it is no signature, so load only
+packages you built or trust). A fixed batch (--batch)
 compiles static shapes; a range compiles a dynamic batch axis bounded by --min-batch/--max-batch.
 """
 from __future__ import annotations
@@ -20,7 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from drgan.config import ModelConfig
 from drgan.errors import DrganError, ParameterError
-from drgan.export.sidecar import BatchProfile, read_sidecar, write_sidecar
+from drgan.export.sidecar import BatchProfile, read_sidecar, sidecar_path, write_sidecar
+from drgan.io import sha256_file, temp_path
 from drgan.export.wrapper import check_cpu_attention_memory, example_inputs, input_shapes, output_shapes, prepare
 from drgan.nn import DRGANGenerator
 
@@ -52,12 +56,16 @@ def compile_aoti(
     if not profile.fixed:
         batch = torch.export.Dim("batch", min=profile.min, max=profile.max)
         dynamic_shapes = ({0: batch}, {0: batch}, tuple({0: batch} for _ in args[2:]))
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.pt2")  # the packager insists on the suffix
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
-    os.replace(tmp, path)
+    tmp = temp_path(path, keep_suffix=True)  # the packager insists on the suffix
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     write_sidecar(path, {
         "format": "aotinductor-package",
         "device": device_type,
@@ -70,8 +78,19 @@ def compile_aoti(
         "dtype": "float32",
         "stage": generator.stage,
         "model": generator.cfg.to_dict(),
+        "sha256": sha256_file(path),
     })
     return path
+
+
+def check_package(path: Path, sidecar: dict) -> None:
+    """Refuse a package that is not the file its export wrote (its sha256 is in the sidecar)."""
+    recorded = sidecar.get("sha256")
+    hint = "re-run drgan-export --aoti (a package runs native code: load only packages you built or trust)"
+    if not recorded:
+        raise DrganError(f"{path}: {sidecar_path(path).name} records no sha256 of the package: {hint}")
+    if sha256_file(path) != recorded:
+        raise DrganError(f"{path}: not the package its export wrote (sha256 differs from {sidecar_path(path).name}): {hint}")
 
 
 class AotiGenerator:
@@ -90,6 +109,7 @@ class AotiGenerator:
         if self.device.type == "cpu" and "model" in self.sidecar:
             check_cpu_attention_memory(ModelConfig.from_dict(self.sidecar["model"]), self.sidecar["batch"]["min"],
                                        "an AOTInductor package", "use {backend} torch, or a package compiled for CUDA")
+        check_package(path, self.sidecar)
         self.package = torch._inductor.aoti_load_package(str(path))
 
     def __call__(

@@ -10,7 +10,9 @@ otherwise, whatever `device` says), "tensorrt" (EXPORT/generator_<precision>.eng
 (EXPORT/generator_<device>_<precision>.pt2). Each file must come from the run's current generator:
 export.json records per file the generator's drgan.checkpoint.weights_sha256, and `weights` is that
 hash of the generator synthesis loaded. Inputs are float32 tensors on any device; outputs are
-float32 on `runtime.device`.
+float32 on `runtime.device`. TensorRT engines, AOTInductor packages and the TensorRT plugin library
+run native code when loaded: load only ones you built or trust; the plugin library is loaded only
+when the caller names it (`trt_plugin`), never from a path the export records.
 """
 from __future__ import annotations
 
@@ -56,11 +58,13 @@ def open_onnxruntime(folder: Path, run: str | Path, weights: str, device: str, p
     return OrtGenerator(folder / ONNX_FILE, device)
 
 
-def open_tensorrt(folder: Path, run: str | Path, weights: str, device: str, precision: str, batch: int | None) -> TrtGenerator:
+def open_tensorrt(folder: Path, run: str | Path, weights: str, device: str, precision: str, batch: int | None,
+                  trt_plugin: str | Path | None = None) -> TrtGenerator:
+    """`trt_plugin`: the plugin library an engine built with it needs, as the user named it."""
     from drgan.export.trt_runner import TrtGenerator
 
     _check_current(folder, engine_file(precision), run, weights, f"--trt --precision {precision}")
-    return _check_batch(TrtGenerator(folder / engine_file(precision), device), batch)
+    return _check_batch(TrtGenerator(folder / engine_file(precision), device, plugin_library=trt_plugin), batch)
 
 
 def open_aoti(folder: Path, run: str | Path, weights: str, device: str, precision: str, batch: int | None) -> AotiGenerator:

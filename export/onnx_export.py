@@ -11,10 +11,12 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from drgan.errors import DrganError, ParameterError
+from drgan.io import temp_path, write_error
 from drgan.export.wrapper import OUTPUT_NAMES, example_inputs, input_names, prepare
 from drgan.nn import DRGANGenerator
 
@@ -59,7 +61,7 @@ def export_onnx(
         )
     if program is None:
         raise DrganError("torch.onnx.export returned no program (dynamo exporter unavailable?)")
-    _save_atomically(program, path, external_data)
+    save_atomically(path, lambda file: program.save(str(file), external_data=external_data), external_data)
     return path
 
 
@@ -68,19 +70,20 @@ def data_path(path: Path) -> Path:
     return path.with_name(path.name + ".data")
 
 
-def _save_atomically(program: "torch.onnx.ONNXProgram", path: Path, external_data: bool) -> None:
-    """Save into a private folder beside `path`, then rename each file into place.
-
-    The external data file is referenced by its base name, so the pair stays valid after the move.
-    """
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+def save_atomically(path: Path, save: Callable[[Path], None], external_data: bool) -> None:
+    """`save(file)` writes the model (and its .data) into a private folder beside `path`; each file
+    is then renamed into place. The external data file is referenced by its base name, so the pair
+    stays valid after the move. A failed write (disk full) is one error; a rerun removes the
+    folder of a killed export (drgan.io.remove_temp_files)."""
+    tmp = temp_path(path)
     tmp.mkdir(parents=True)
     try:
-        program.save(str(tmp / path.name), external_data=external_data)
+        save(tmp / path.name)
         if not external_data:
             data_path(path).unlink(missing_ok=True)  # a stale weights file from an earlier export
         for f in tmp.iterdir():
             os.replace(f, path.parent / f.name)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

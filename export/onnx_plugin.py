@@ -14,8 +14,6 @@ the file's value_info for tools that lack the schema. ONNX Runtime cannot run th
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import onnx
 from onnx import defs, helper
 
 from drgan.errors import DrganError, ParameterError
+from drgan.export.onnx_export import save_atomically
 
 DOMAIN = "drgan"
 OP_TYPE = "DrganSpatialAttention"  # the TensorRT plugin's name (native/trt_plugin)
@@ -131,18 +130,9 @@ def convert_file(src: str | Path, dst: str | Path, external_data: bool | None = 
     external = external_data if external_data is not None else src.with_name(src.name + ".data").is_file()
     count = replace_attention(model)
     onnx.load_external_data_for_model(model, str(src.parent))  # `dst` gets its own copy of the weights
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        onnx.save_model(model, str(tmp / dst.name), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=dst.name + ".data")
-        if not external:
-            dst.with_name(dst.name + ".data").unlink(missing_ok=True)  # a stale weights file from an earlier run
-        for f in tmp.iterdir():
-            os.replace(f, dst.parent / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_atomically(dst, lambda file: onnx.save_model(model, str(file), save_as_external_data=external,
+                                                      all_tensors_to_one_file=True, location=dst.name + ".data"),
+                    external)
     return count
 
 

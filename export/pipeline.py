@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from drgan import locks
 from drgan.checkpoint import load_generator, weights_sha256
 from drgan.errors import DrganError, ParameterError
 from drgan.export.aoti import compile_aoti, run_in_fresh_process
@@ -30,7 +31,7 @@ from drgan.export.sidecar import BatchProfile, sidecar_path
 from drgan.export.trt_build import build_engine, import_tensorrt
 from drgan.export.trt_runner import TrtGenerator
 from drgan.export.wrapper import OUTPUT_NAMES, attention_flops, example_inputs, input_shapes, output_shapes, pad_attention_qk, prepare
-from drgan.io import atomic_write_bytes, check_writable_dir
+from drgan.io import atomic_write_bytes, check_writable_dir, remove_temp_files
 from drgan.nn import DRGANGenerator
 from drgan.runs import generator_weights, read_run_config
 
@@ -84,8 +85,11 @@ def export_run(
     out = Path(out) if out else run / "export"
     check_writable_dir(out)  # before the export's minutes of work
     _check_out(out)
-    exporter = _Exporter(run, out, stage, log)
-    exporter.write(options, profile, device)
+    try:
+        exporter = _Exporter(run, out, stage, log)
+        exporter.write(options, profile, device)
+    finally:
+        locks.release(out)
     return exporter.manifest
 
 
@@ -93,7 +97,7 @@ def _check_out(out: Path) -> None:
     """OUT is new, empty or an earlier export (it holds export.json, written when an export
     starts): a folder of other files, whose generator.onnx would be replaced and its .data
     deleted, is refused as `drgan train --out` refuses a folder that is not its run."""
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+    if out.is_dir() and any(not locks.is_lock_file(p) for p in out.iterdir()) and not (out / MANIFEST).is_file():
         raise ParameterError(f"{{out}} {out}: folder not empty and not a drgan export (no {MANIFEST}); "
                              "choose a new or empty folder")
 
@@ -107,7 +111,8 @@ class _Exporter:
         self.status(f"loading {run}")
         self.generator = _load_stage(run, stage)
         self.sha = weights_sha256(self.generator)  # the hash synthesis checks (drgan.export.backends)
-        out.mkdir(parents=True, exist_ok=True)
+        locks.hold(out)  # creates OUT; a second export into it is refused
+        remove_temp_files(out, recursive=False)  # left by a killed export
         self.manifest = {
             "run": str(run.resolve()),
             "weights": str(generator_weights(run).name),
@@ -188,7 +193,7 @@ class _Exporter:
         self.status(f"TensorRT {precision} engine, batch {profile.min}/{profile.opt}/{profile.max}, "
                     f"optimization level {opt_level}: building {path.name} (minutes)")
         build_engine(self.out / onnx_name, path, self.generator, profile, precision, cache, opt_level, plugin_library)
-        engine = TrtGenerator(path)
+        engine = TrtGenerator(path, plugin_library=plugin_library)
         diff = self.compare(lambda inputs: engine(inputs[0], inputs[1], list(inputs[2:])), engine.device, profile.min)
         self.status(f"  engine loaded; max abs diff vs PyTorch fp32 at batch {profile.min}: {diff:.2e}")
         self.record(path, {"precision": precision, "onnx": onnx_name, "max_abs_diff_vs_torch": diff})

@@ -77,7 +77,8 @@ def build_engine(
     """Build and write the engine and its sidecar (`engine_path` + .json); returns the sidecar.
 
     `plugin_library` (libdrgan_trt_plugin.so) is loaded first, so the parser builds the
-    DrganSpatialAttention nodes of an `onnx_plugin` file from it; the sidecar records it for the runner."""
+    DrganSpatialAttention nodes of an `onnx_plugin` file from it; the sidecar records that the engine
+    needs it, not where it is: the runner loads only a library its caller names."""
     trt = import_tensorrt()
     import torch
 
@@ -105,7 +106,7 @@ def build_engine(
         generator, profile, precision, trt.__version__, torch.cuda.get_device_name(), onnx_path.name, optimization_level
     )
     if plugin_library is not None:
-        sidecar["plugin_library"] = str(Path(plugin_library).resolve())
+        sidecar["trt_plugin"] = True
     write_sidecar(engine_path, sidecar)
     return sidecar
 

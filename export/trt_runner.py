@@ -12,9 +12,14 @@ from pathlib import Path
 
 import torch
 
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.export.sidecar import read_sidecar
 from drgan.export.trt_build import import_tensorrt
+
+
+def uses_plugin(sidecar: dict) -> bool:
+    """Whether the engine needs the plugin library; older sidecars recorded its path instead."""
+    return bool(sidecar.get("trt_plugin") or sidecar.get("plugin_library"))
 
 
 class TrtGenerator:
@@ -22,7 +27,10 @@ class TrtGenerator:
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, device: str = "cuda", cuda_graph: bool = True) -> None:
+    def __init__(self, engine_path: str | Path, device: str = "cuda", cuda_graph: bool = True,
+                 plugin_library: str | Path | None = None) -> None:
+        """`plugin_library`: the drgan attention plugin an engine built with --trt-plugin needs. Only
+        the caller names it: a path read from the sidecar would run a downloaded folder's native code."""
         trt = import_tensorrt()
         path = Path(engine_path)
         if not path.is_file():
@@ -31,10 +39,15 @@ class TrtGenerator:
         if self.device.type != "cuda":
             raise DrganError(f"device {device}: TensorRT engines run on a CUDA GPU")
         self.sidecar = read_sidecar(path)
-        if self.sidecar.get("plugin_library"):  # an engine with the drgan attention plugin
+        if plugin_library is not None:
             from drgan.export.onnx_plugin import load_trt_plugin
 
-            load_trt_plugin(trt, self.sidecar["plugin_library"])
+            load_trt_plugin(trt, plugin_library)
+        elif uses_plugin(self.sidecar):
+            raise ParameterError(
+                f"{path}: built with the drgan attention plugin; name the library with {{trt_plugin}} "
+                "(it runs native code: only one you built or trust)"
+            )
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())

@@ -32,3 +32,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+_HOLD = "import sys; from drgan import locks; locks.hold(sys.argv[1], sys.argv[2] or None); print('held', flush=True); sys.stdin.read()"
+
+
+@pytest.fixture
+def lock_holder():
+    """hold(folder, shard=None) -> pid of another process that holds the folder's lock until the test ends."""
+    import subprocess
+    import sys
+
+    children = []
+
+    def hold(folder, shard=None) -> int:
+        child = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), shard or ""],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        children.append(child)
+        assert child.stdout.readline() == "held\n"
+        return child.pid
+
+    yield hold
+    for child in children:
+        child.stdin.close()
+        child.wait()

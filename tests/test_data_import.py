@@ -3,6 +3,8 @@ channel and label by label. Each lesion type is drawn at its own place with anti
 (255 inside, 200 on the first ring: positive; 60 on the second: negative), so a channel mix-up,
 a wrong threshold or a lost mask fails a comparison."""
 import csv
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -298,7 +300,9 @@ def test_rerun_resumes_and_equals_parallel_run(eyepacs, tmp_path):
 
     before = {p: (serial / p).read_bytes() for p in files}
     (serial / "images" / "13_left.png").unlink()                         # killed before its image was written
-    (serial / "images" / ".10_left.png.tmp-1-2").write_bytes(b"partial")
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()  # the temp file's owner is gone
+    (serial / "images" / f".10_left.png.tmp-{killed.pid}-2").write_bytes(b"partial")
     report = import_release("eyepacs", eyepacs, serial, size=SIZE, vessels="extract", progress=False)
     assert (report.new, report.resumed) == (1, 2)
     assert {p: (serial / p).read_bytes() for p in files} == before

@@ -121,3 +121,25 @@ def test_package_that_crashes_its_loader_is_one_error_and_removed(tmp_path, monk
     assert "generator_cpu_fp32.pt2: loading and running the package in a fresh process failed (killed by SIGSEGV)" in err
     assert "Traceback" not in err
     assert not list((run / "export").glob("generator_cpu_fp32.pt2*"))
+
+
+def test_export_records_the_package_sha256(tmp_path, monkeypatch):
+    from drgan.io import sha256_file
+
+    g = DRGANGenerator(preset("tiny-64"), "local").eval()
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: None)  # the minutes of compilation skipped
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
+                        lambda program, package_path: open(package_path, "wb").write(b"compiled"))
+    path = aoti.compile_aoti(g, tmp_path / "g.pt2", BatchProfile(1, 1, 1), "cpu")
+    assert read_sidecar(path)["sha256"] == sha256_file(path)
+
+
+@pytest.mark.parametrize("recorded", ["0" * 64, None])
+def test_package_that_is_not_the_exported_one_is_refused_before_loading(tmp_path, monkeypatch, recorded):
+    package = tmp_path / "g.pt2"
+    package.write_bytes(b"a swapped library")
+    aoti.write_sidecar(package, {"device": "cpu", "batch": {"min": 1, "opt": 1, "max": 1}, "sha256": recorded})
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: pytest.fail("loaded"))
+    message = "sha256 differs from g.pt2.json" if recorded else "g.pt2.json records no sha256"
+    with pytest.raises(DrganError, match=message):
+        aoti.AotiGenerator(package)

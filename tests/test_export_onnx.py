@@ -1,7 +1,12 @@
 """ONNX export: checker, one Attention node per SCA block, the N x N guard, ONNX Runtime == PyTorch."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import onnx
 import pytest
@@ -243,3 +248,54 @@ def test_padded_qk_is_exact_and_exports_with_external_data(tmp_path):
 def test_opset_below_23_is_refused(tmp_path):
     with pytest.raises(DrganError, match="opset 22"):
         onnx_export.export_onnx(_generator("tiny-64"), tmp_path / "g.onnx", opset=22)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_full_disk_while_saving_onnx_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
+    run, _, _ = tiny_run
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", full)
+    out = tmp_path / "export"
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {out}: disk full while writing generator.onnx"]
+    assert [p.name for p in out.iterdir()] == [".drgan.lock"]  # no temp folder left
+
+
+def test_rerun_removes_temp_folders_of_killed_exports_only(tiny_run, tmp_path):
+    run, _, _ = tiny_run
+    out = tmp_path / "export"
+    stale, live = out / f".generator.onnx.tmp-{_dead_pid()}", out / f".generator.onnx.tmp-{os.getppid()}-1"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "generator.onnx").write_bytes(b"partial")
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 0
+    assert not stale.exists() and live.is_dir()
+
+
+def test_sigterm_while_saving_removes_the_temp_folder(tmp_path):
+    from drgan.cli.common import terminate_as_exit
+
+    def killed(file):
+        file.write_bytes(b"partial")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(SystemExit) as exc, terminate_as_exit():
+        onnx_export.save_atomically(tmp_path / "generator.onnx", killed, external_data=False)
+    assert exc.value.code == 143 and list(tmp_path.iterdir()) == []
+
+
+def test_export_folder_in_use_is_refused(tiny_run, tmp_path, lock_holder, capsys):
+    run, _, _ = tiny_run
+    out = tmp_path / "export"
+    pid = lock_holder(out)
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {out} is in use by another drgan process (pid {pid})"]
+    assert [p.name for p in out.iterdir()] == [".drgan.lock"]

@@ -145,3 +145,29 @@ def test_engine_builds_and_matches_pytorch(run, tiny):
         image = backend.call(cond, z, noise)
     assert (image.cpu() - ref_image).abs().max().item() < 1e-2
     assert read_sidecar(run / "export" / "generator_fp32.engine")["batch"] == {"min": 1, "opt": 2, "max": 4}
+
+
+def test_engine_runner_never_loads_a_library_its_sidecar_names(tmp_path, monkeypatch):
+    """A sidecar is data: its plugin library is loaded only when the caller names one."""
+    from types import SimpleNamespace
+
+    from drgan.export import trt_runner
+
+    loaded = []
+    registry = SimpleNamespace(load_library=lambda path: loaded.append(path) or object())
+    monkeypatch.setattr(trt_runner, "import_tensorrt", lambda: SimpleNamespace(get_plugin_registry=lambda: registry))
+    library = tmp_path / "evil.so"
+    library.write_bytes(b"\x7fELF")
+    engine = tmp_path / "generator_fp16.engine"
+    engine.write_bytes(b"engine")
+    write_sidecar(engine, {"batch": {"min": 1, "opt": 1, "max": 1}, "plugin_library": str(library)})
+    with pytest.raises(DrganError, match="built with the drgan attention plugin; name the library with trt_plugin"):
+        trt_runner.TrtGenerator(engine, device="cuda")
+    assert loaded == []
+
+
+def test_trt_plugin_applies_to_the_tensorrt_backend_only(run):
+    from drgan.synthesis.registry import make_backend
+
+    with pytest.raises(DrganError, match="trt_plugin applies to backend tensorrt, not onnxruntime"):
+        make_backend("onnxruntime", run, 64, torch.device("cpu"), "fp32", 1, trt_plugin="lib.so")

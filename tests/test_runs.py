@@ -234,3 +234,26 @@ def test_fid_cache_that_cannot_be_written_fails_before_any_work(drgan, tmp_path,
     cache = tmp_path / "file" / "fid"  # under a file: can never be created
     line = _one_error(*drgan("evaluate", "fid", "--real", data, "--fake", data, "--cache", cache, "--device", "cpu")[::2])
     assert line.startswith(f"error: {cache}: cannot write")
+
+
+def test_a_run_folder_in_use_is_refused(drgan, tmp_path, data, lock_holder):
+    """A second writer would mix its run.json with the first one's state.json."""
+    run = _new_run(drgan, tmp_path, data, "--max-steps", "1")
+    pid = lock_holder(run)
+    refusal = f"error: {run} is in use by another drgan process (pid {pid})"
+    assert _one_error(*drgan("train", "gan", "--resume", run, "--max-steps", "2")[::2]) == refusal
+    args = ["--data", data, "--grading-space", tmp_path / "space.safetensors", "--out", run, *TINY, "--max-steps", "1"]
+    assert _one_error(*drgan("train", "gan", *args, "--lr", "0.5", "--overwrite")[::2]) == refusal
+    assert _one_error(*drgan("train", "grader", "--data", data, "--out", run, "--preset", "tiny-64", "--overwrite")[::2]) == refusal
+    assert _step(run) == 1 and read_run(run).kind == "gan"
+
+
+def test_the_lock_is_released_when_training_ends(tmp_path, data):
+    """In a notebook the process lives on: another process may resume the run afterwards."""
+    space = write_space(tmp_path / "space.safetensors")
+    run = tmp_path / "run"
+    opts = dict(grading_space=str(space), preset="tiny-64", perceptual="none", batch=2, device="cpu")
+    train_gan(GanOptions(data=str(data), out=str(run), max_steps=1, **opts))
+    train_gan(GanOptions(resume=str(run), max_steps=2))
+    hold = "import sys; from drgan import locks; locks.hold(sys.argv[1])"
+    assert subprocess.run([sys.executable, "-c", hold, str(run)]).returncode == 0

@@ -263,3 +263,87 @@ def test_lesion_stats_fit_on_a_dataset_drive_synthesis(run, structures, tmp_path
     summary = synthesize(opts(run, tmp_path / "out", count=5, lesion_stats=str(stats)))
     assert summary.total == 5
     assert all(int(r["ma"]) == 0 for r in manifest(tmp_path / "out") if r["grade"] == "0")
+
+
+def test_journal_line_cut_short_is_dropped_on_resume(run, tmp_path):
+    """A full disk mid-line left the journal's last row without its end; the rerun appends rows
+    after it (an image is regenerated here) and still writes the manifest and labels."""
+    out = tmp_path / "cut"
+    synthesize(opts(run, out, count=5))
+    before = manifest(out)
+    journal = out / ".journal-0-of-1.csv"
+    journal.write_bytes(journal.read_bytes()[:-20])  # the last row's sha256 and newline cut
+    (out / before[0]["file"]).unlink()
+    for name in ("manifest.csv", "labels.csv"):
+        (out / name).unlink()
+    again = synthesize(opts(run, out, count=5))
+    assert (again.generated, again.total) == (1, 5)
+    assert manifest(out) == before and (out / "labels.csv").is_file()
+    assert journal.read_bytes().endswith(b"\n") and len(journal.read_text().splitlines()) == 4 + 1
+
+
+def test_full_disk_while_appending_to_the_journal_is_one_error_and_resumes(run, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from drgan.synthesis import writer
+
+    def full_journal(path, mode="r", *args, **kwargs):
+        if ".journal-" in str(path) and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return builtins.open(path, mode, *args, **kwargs)
+
+    out = tmp_path / "full"
+    monkeypatch.setattr(writer, "open", full_journal, raising=False)
+    with pytest.raises(DrganError, match=f"^{out}: disk full while writing .journal-0-of-1.csv$"):
+        synthesize(opts(run, out, count=5))
+    monkeypatch.undo()
+    summary = synthesize(opts(run, out, count=5))
+    assert summary.total == 5 and len(manifest(out)) == 5
+
+
+def test_rerun_removes_only_temp_files_whose_writer_is_gone(run, tmp_path):
+    """Shard 1/2 starting beside a running shard 0/2 must not delete the file it is writing."""
+    out = tmp_path / "shared"
+    synthesize(opts(run, out, count=4, shard="0/2"))
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    stale, writing = out / "images" / f".x.png.tmp-{killed.pid}-1", out / "images" / f".y.png.tmp-{os.getppid()}-1"
+    for path in (stale, writing):
+        path.write_bytes(b"partial")
+    synthesize(opts(run, out, count=4, shard="1/2"))
+    assert not stale.exists() and writing.exists()
+
+
+def test_a_shard_already_being_written_is_refused_and_other_shards_run(run, tmp_path, lock_holder, capsys):
+    from drgan.cli.common import run_command
+    from drgan.cli.synthesize import synthesize as synthesize_command
+
+    out = tmp_path / "busy"
+    pid = lock_holder(out, "0/2")
+    args = ["--run", str(run), "--out", str(out), "--count", "5", "--batch", "2", "--device", "cpu"]
+    assert run_command(synthesize_command, args=[*args, "--shard", "0/2"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {out} is in use by another drgan process writing shard 0/2 (pid {pid})"]
+    assert not (out / "images").exists()
+    assert synthesize(opts(run, out, count=5, batch=2, shard="1/2")).generated == 2  # batch 1 of 0..2
+
+
+def test_shard_failing_beside_a_running_one_leaves_the_set_to_it(run, tmp_path, lock_holder, monkeypatch):
+    """A shard that fails before its first image tidies the folder only when it is alone in it."""
+    from drgan import locks
+    from drgan.synthesis import runner
+
+    out = tmp_path / "shared"
+    lock_holder(out, "0/2")
+
+    def failing(*args, **kwargs):
+        raise DrganError("the generator failed")
+
+    monkeypatch.setattr(runner._Pipeline, "run", failing)
+    with pytest.raises(DrganError, match="the generator failed"):
+        synthesize(opts(run, out, count=4, shard="1/2"))
+    assert (out / "fingerprint.json").is_file() and (out / "images").is_dir()
+    locks.hold(out, "1/2")  # the shared lock is still compatible with the other shard's
+    assert not locks.alone(out)
+    locks.release(out)

@@ -15,3 +15,13 @@ def test_exported_backends_are_the_export_runtimes():
     openers = {n[len("open_"):] for n in vars(export_backends) if n.startswith("open_")}
     assert openers == set(BACKENDS) - {"torch", "null"}
     assert all(BACKENDS[name].endswith(f":load_{name}") for name in openers)
+
+
+def test_trt_plugin_is_refused_for_other_backends(tmp_path, capsys):
+    from drgan.cli.common import run_command
+    from drgan.cli.synthesize import synthesize
+
+    args = ["--preset", "tiny-64", "--backend", "null", "--out", str(tmp_path / "s"), "--count", "5",
+            "--trt-plugin", str(tmp_path / "lib.so"), "--device", "cpu"]
+    assert run_command(synthesize, args=args) == 1
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --trt-plugin applies to --backend tensorrt, not null"]

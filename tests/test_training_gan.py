@@ -1,6 +1,7 @@
 """GAN training on phantom retinas at tiny-64: losses, logging, checkpoints, exact resume, local init."""
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from drgan.runs import generator_weights, read_run_config
 from drgan.config import preset
 from drgan.errors import DrganError
+from drgan.training import gan, state
 from drgan.training.gan import D_TERMS, G_TERMS, GanTrainer, train_gan
 from drgan.training.options import GanOptions
 from training_fixtures import PhantomSet, write_space
@@ -100,6 +102,55 @@ def test_resume_is_exact(tmp_path, space):
         torch.use_deterministic_algorithms(False)
     assert report["steps"] == 8 and report["epoch"] == 1
     _assert_same_run(tmp_path / "full", tmp_path / "half")
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_checkpoint_cut_short_leaves_the_previous_one(tmp_path, space, monkeypatch):
+    """A full disk after G and D are written and before the state: one error, and the run resumes
+    from the checkpoint before (which the old file-by-file writing had mixed with the new G/D)."""
+    data, run = PhantomSet(4), tmp_path / "run"
+    train_gan(options(tmp_path, space, max_steps=1), data)
+    g_before = (run / "G.safetensors").read_bytes()
+    monkeypatch.setattr(gan, "save_state", _full_disk)
+    with pytest.raises(DrganError, match=f"{run}: disk full while writing checkpoint.next"):
+        train_gan(GanOptions(resume=str(run), max_steps=2), data)
+    monkeypatch.undo()
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == []  # no temp folder left
+    assert (run / "G.safetensors").read_bytes() == g_before
+    assert json.loads((run / "state.json").read_text())["step"] == 1
+    assert train_gan(GanOptions(resume=str(run), max_steps=2), data)["steps"] == 2
+
+
+def test_committed_checkpoint_is_finished_on_resume(tmp_path, space, monkeypatch):
+    """Killed after the new checkpoint folder was committed, before its files replaced the run's."""
+    data, run = PhantomSet(4), tmp_path / "run"
+    train_gan(options(tmp_path, space, max_steps=1), data)
+    monkeypatch.setattr(state, "finish_checkpoint", lambda run: None)
+    train_gan(GanOptions(resume=str(run), max_steps=2), data)
+    monkeypatch.undo()
+    assert json.loads((run / "checkpoint.next" / "state.json").read_text())["step"] == 2
+    assert json.loads((run / "state.json").read_text())["step"] == 1
+    with pytest.raises(DrganError, match="already trained 2 of 2 steps"):
+        train_gan(GanOptions(resume=str(run), max_steps=2), data)
+    assert not (run / "checkpoint.next").exists()
+    assert load_file(str(run / "G.safetensors")) and json.loads((run / "state.json").read_text())["step"] == 2
+
+
+def test_full_disk_while_saving_weights_is_one_error(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from drgan import checkpoint
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28) at path "x"')
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(DrganError, match=f"^{tmp_path}: disk full while writing G.safetensors$"):
+        checkpoint.save_tensors({"w": torch.zeros(2)}, tmp_path / "G.safetensors")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_local_stage_starts_from_global_weights(tmp_path, space):

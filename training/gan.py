@@ -30,11 +30,12 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from drgan import locks
 from drgan.checkpoint import load_module, load_tensors, save_tensors
 from drgan.config import ModelConfig, preset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_bytes, sha256_file
+from drgan.io import atomic_write_bytes, remove_temp_files, sha256_file
 from drgan.runs import WEIGHT_FILES, prepare_out, read_run, remove_unfinished, require_kind, write_run_config
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.metrics.fidelity import tensor_fidelity
@@ -45,7 +46,8 @@ from drgan.training import losses
 from drgan.training.logger import RunLogger
 from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
 from drgan.training.state import (
-    STATE_JSON, check_step, load_state, optimizer_from_state, optimizer_to_state, rng_state, save_state, set_rng_state,
+    STATE_JSON, check_step, finish_checkpoint, load_state, optimizer_from_state, optimizer_to_state, rng_state, save_state,
+    set_rng_state, write_checkpoint,
 )
 
 ENV_FILE = "environment.json"
@@ -148,8 +150,11 @@ class GanTrainer:
         self.info = dist_util.setup(opts.device)
         self.device = self.info.device
         self.run = Path(opts.out)
-        if not opts.resume and self.info.is_main:
-            prepare_out(self.run, overwrite)
+        if self.info.is_main:  # one process writes a run folder (a second is refused: drgan.locks)
+            if opts.resume:
+                locks.hold(self.run)
+            else:
+                prepare_out(self.run, overwrite)
         self.cfg = model_config(opts)
         self.stage = opts.stage
         self.resolution = self.cfg.stage_resolution(opts.stage)
@@ -400,26 +405,33 @@ class GanTrainer:
         plain, rng_tensors = rng_state(self.device)
         all_rng = dist_util.gather_objects((plain, {k: v.cpu() for k, v in rng_tensors.items()}), self.info)
         if self.info.is_main:
-            meta_step = {"step": str(self.step)}
-            for key, module in {**self._generators(), "D": self.D}.items():
-                save_tensors(module.state_dict(), self.run / WEIGHT_FILES[key], metadata=meta_step)
-            tensors: dict[str, torch.Tensor] = {}
-            meta = {
-                "step": self.step,
-                "epoch": self.epoch,
-                "next_batch": self.next_batch,
-                "world_size": self.info.world,
-                "optimizer_G": optimizer_to_state(self.opt_G, "opt_G", tensors),
-                "optimizer_D": optimizer_to_state(self.opt_D, "opt_D", tensors),
-                "scaler": self.scaler.state_dict(),
-                "rng": [p for p, _ in all_rng],
-            }
-            for rank, (_, ts) in enumerate(all_rng):
-                tensors.update({f"rng.{rank}.{k}": v for k, v in ts.items()})
-            save_state(self.run, meta, tensors)
+            write_checkpoint(self.run, lambda folder: self._write_checkpoint(folder, all_rng))
         dist_util.barrier(self.info)
 
+    def _write_checkpoint(self, folder: Path, all_rng: list[tuple[dict[str, Any], dict[str, torch.Tensor]]]) -> None:
+        meta_step = {"step": str(self.step)}
+        for key, module in {**self._generators(), "D": self.D}.items():
+            save_tensors(module.state_dict(), folder / WEIGHT_FILES[key], metadata=meta_step)
+        tensors: dict[str, torch.Tensor] = {}
+        meta = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "next_batch": self.next_batch,
+            "world_size": self.info.world,
+            "optimizer_G": optimizer_to_state(self.opt_G, "opt_G", tensors),
+            "optimizer_D": optimizer_to_state(self.opt_D, "opt_D", tensors),
+            "scaler": self.scaler.state_dict(),
+            "rng": [p for p, _ in all_rng],
+        }
+        for rank, (_, ts) in enumerate(all_rng):
+            tensors.update({f"rng.{rank}.{k}": v for k, v in ts.items()})
+        save_state(folder, meta, tensors)
+
     def _load_checkpoint(self) -> None:
+        if self.info.is_main:
+            finish_checkpoint(self.run)  # a checkpoint committed just before a crash
+            remove_temp_files(self.run, recursive=False)  # a checkpoint a killed run had not committed
+        dist_util.barrier(self.info)
         meta, tensors = load_state(self.run)
         for key, module in {**self._generators(), "D": self.D}.items():
             check_step(self.run / WEIGHT_FILES[key], meta["step"])
@@ -545,3 +557,5 @@ def train_gan(opts: GanOptions, dataset: Dataset | None = None, overwrite: bool 
     except BaseException:
         remove_unfinished(out, created, STATE_JSON)
         raise
+    finally:
+        locks.release(opts.resume or out)  # a resume writes the resumed run

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
+from drgan import locks
 from drgan.checkpoint import save_module
 from drgan.runs import GRADER_FILE, prepare_out, remove_unfinished, write_run_config
 from drgan.runtime import resolve_device
@@ -98,6 +99,8 @@ def train_grader(
     except BaseException:
         remove_unfinished(out, created, SPACE_FILE)
         raise
+    finally:
+        locks.release(out)
 
 
 def _train_grader(train: Dataset, val: Dataset, out: Path, opts: GraderOptions, batch_transform: BatchTransform | None,

@@ -1,25 +1,31 @@
 """Training state for exact resume: `state.json` (counters, hyper-parameters, scaler, Python RNG)
 beside `state.safetensors` (optimizer moments, torch/numpy RNG states). No pickle anywhere.
 
-Every weights file of a checkpoint carries its step in the safetensors metadata, so a checkpoint
-cut short between files is detected on resume instead of silently mixing steps.
+A checkpoint is all or nothing: its files are written into a temp folder, flushed to disk, and the
+folder is renamed to RUN/checkpoint.next in one step; only then do its files replace RUN's, one by
+one, and a resume first finishes that move (`finish_checkpoint`). A crash or a full disk at any point
+leaves RUN's previous checkpoint or a complete new one. Every weights file also carries its step in
+the safetensors metadata, so a folder mixed by other means is refused on resume.
 """
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from drgan.checkpoint import load_tensors, save_tensors
-from drgan.io import atomic_write_bytes
+from drgan.io import atomic_write_bytes, fsync_folder, temp_path, write_error
 from drgan.errors import DrganError, ParameterError
 
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
+NEXT_CHECKPOINT = "checkpoint.next"
 
 
 def optimizer_to_state(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -68,6 +74,37 @@ def save_state(run: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
     """Write the tensors first and the JSON last: state.json is the commit mark of a checkpoint."""
     save_tensors(tensors, run / STATE_TENSORS, metadata={"step": str(meta["step"])})
     atomic_write_bytes(run / STATE_JSON, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_checkpoint(run: Path, write: Callable[[Path], None]) -> None:
+    """`write(folder)` writes a whole checkpoint into a temp folder, which then becomes RUN's."""
+    finish_checkpoint(run)
+    next_folder = run / NEXT_CHECKPOINT
+    tmp = temp_path(next_folder)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        fsync_folder(tmp)
+        os.replace(tmp, next_folder)  # the commit: from here on the new checkpoint is the one
+        fsync_folder(run)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(next_folder, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finish_checkpoint(run)
+
+
+def finish_checkpoint(run: Path) -> None:
+    """Move a committed RUN/checkpoint.next into RUN (state.json last); nothing to do without one."""
+    next_folder = run / NEXT_CHECKPOINT
+    if not next_folder.is_dir():
+        return
+    for path in sorted(next_folder.iterdir(), key=lambda p: p.name == STATE_JSON):
+        os.replace(path, run / path.name)
+    fsync_folder(run)
+    next_folder.rmdir()
 
 
 def load_state(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -2,7 +2,9 @@
 errors (unknown option, missing argument, a value of the wrong type) exit 2; `-h` is help."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import signal
+from typing import Any, Iterator
 
 import click
 
@@ -50,6 +52,20 @@ def dataset_folder(positional: str | None, option: str | None) -> str:
     if folder is None:
         raise click.UsageError("Missing option '--data'.")
     return folder
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (kill, a job scheduler) as SystemExit(143) while inside: Python's default ends the
+    process at once, this lets cleanup (the `finally` that removes a temp folder) run first."""
+    def exit_on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_command(command: click.Command, **kwargs) -> int:

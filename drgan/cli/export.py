@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from drgan.cli.common import IntRange
+from drgan.cli.common import IntRange, terminate_as_exit
 from drgan.config import PRECISIONS, STAGES
 
 
@@ -13,8 +13,8 @@ from drgan.config import PRECISIONS, STAGES
 @click.option("--run", "--checkpoint", "run", required=True, type=click.Path(file_okay=False), help="Run folder (run.json + G_ema/G.safetensors).")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder to write.  [default: RUN/export]")
 @click.option("--onnx", "want_onnx", is_flag=True, help="Write the ONNX file (the default when no format is named).")
-@click.option("--trt", "want_trt", is_flag=True, help="Build a TensorRT engine (needs TensorRT and a GPU).")
-@click.option("--aoti", "want_aoti", is_flag=True, help="Compile an AOTInductor .pt2 package.")
+@click.option("--trt", "want_trt", is_flag=True, help="Build a TensorRT engine (needs TensorRT and a GPU; an engine runs native code: load only engines you built or trust).")
+@click.option("--aoti", "want_aoti", is_flag=True, help="Compile an AOTInductor .pt2 package (native code: load only packages you built or trust).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS), help="Engine/package precision (the ONNX file is always fp32).")
 @click.option("--batch", type=IntRange(1), help="Fixed batch size (not with --min/--opt/--max-batch).")
 @click.option("--min-batch", type=IntRange(1), help="Smallest batch of the engine/package.  [default: 1]")
@@ -25,7 +25,7 @@ from drgan.config import PRECISIONS, STAGES
 @click.option("--device", help="Device of the AOTInductor package (cpu, cuda).  [default: cuda if available]")
 @click.option("--external-data", is_flag=True, help="Keep the ONNX weights in a .data file (automatic above 1 GB).")
 @click.option("--pad-qk/--no-pad-qk", default=True, show_default=True, help="TensorRT path: zero-pad Q/K to V's width (fused attention; ~1.9x attention FLOPs).")
-@click.option("--trt-plugin", "trt_plugin", type=click.Path(dir_okay=False), help="TensorRT path: run each spatial attention as the drgan plugin (libdrgan_trt_plugin.so of the native build) instead of padding Q/K.")
+@click.option("--trt-plugin", "trt_plugin", type=click.Path(dir_okay=False), help="TensorRT path: run each spatial attention as the drgan plugin (libdrgan_trt_plugin.so of the native build) instead of padding Q/K; it runs native code, and synthesis loads it only when named again with --trt-plugin.")
 @click.option("--opt-level", type=IntRange(0, 5), help="TensorRT builder optimization level.  [default: 3]")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache to reuse and update.  [default: OUT/timing.cache]")
 def export(
@@ -45,4 +45,5 @@ def export(
         timing_cache=timing_cache,
     )
     profile = BatchProfile.from_options(batch, min_batch, opt_batch, max_batch)
-    export_run(run, out, options, profile, stage, log=click.echo)
+    with terminate_as_exit():  # a killed export removes its temp folder
+        export_run(run, out, options, profile, stage, log=click.echo)

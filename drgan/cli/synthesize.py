@@ -45,7 +45,10 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--batch", type=IntRange(1), default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
 @click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
-              help="null: a fixed image instead of a generator, to measure whether this host can feed a GPU.")
+              help="null: a fixed image instead of a generator, to measure whether this host can feed a GPU. "
+                   "tensorrt and aoti load an engine or package of RUN/export that runs native code: only ones you built or trust.")
+@click.option("--trt-plugin", type=click.Path(dir_okay=False),
+              help="TensorRT plugin library (libdrgan_trt_plugin.so) an engine exported with --trt-plugin needs; it runs native code: only one you built or trust.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default="png", show_default=True, help="Image file format.")
 @click.option("--quality", type=IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
 @click.option("--png-level", type=IntRange(0, 9), default=1, show_default=True, help="PNG compression: 0 stored, 1 fast, 2..9 zlib levels (slower; README).")
@@ -55,7 +58,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (with per-stage times) as JSON.")
 def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_stats, label, seed, batch, precision,
-               backend, fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
+               backend, trt_plugin, fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
     """Generate a balanced augmentation set; rerun the same command to resume.
 
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
@@ -72,6 +75,6 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
     summary = synthesize_set(SynthesisOptions(
         run=run, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
         seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality, png_level=png_level,
-        save_masks=save_masks, shard=shard, loader=loader, device=device, label=label,
+        save_masks=save_masks, shard=shard, loader=loader, device=device, label=label, trt_plugin=trt_plugin,
     ))
     click.echo(json.dumps(summary.to_dict()) if as_json else format_summary(summary))

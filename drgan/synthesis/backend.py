@@ -111,11 +111,13 @@ class LoadedBackend:
     predict_grade: Backend | None = None                    # cond -> grade from the encoder's grade head (None: null)
 
 
-def load_null(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int) -> LoadedBackend:
+def load_null(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int,
+              trt_plugin: None = None) -> LoadedBackend:
     return LoadedBackend(NullBackend(size, device), lambda b: [], "none", resolve_precision(precision, device))
 
 
-def load_torch(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int) -> LoadedBackend:
+def load_torch(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int,
+               trt_plugin: None = None) -> LoadedBackend:
     from drgan.checkpoint import load_generator, weights_sha256
 
     g = load_generator(run)
@@ -125,7 +127,7 @@ def load_torch(run: str | Path | None, size: int, device: torch.device, precisio
 
 
 def load_onnxruntime(run: str | Path | None, size: int, device: torch.device, precision: str,
-                     batch: int) -> LoadedBackend:
+                     batch: int, trt_plugin: None = None) -> LoadedBackend:
     from drgan.export.backends import open_onnxruntime
 
     # The exported ONNX file is fp32.
@@ -133,13 +135,14 @@ def load_onnxruntime(run: str | Path | None, size: int, device: torch.device, pr
 
 
 def load_tensorrt(run: str | Path | None, size: int, device: torch.device, precision: str,
-                  batch: int) -> LoadedBackend:
+                  batch: int, trt_plugin: str | Path | None = None) -> LoadedBackend:
     from drgan.export.backends import open_tensorrt
 
-    return _load_exported(open_tensorrt, run, device, precision, batch)
+    return _load_exported(functools.partial(open_tensorrt, trt_plugin=trt_plugin), run, device, precision, batch)
 
 
-def load_aoti(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int) -> LoadedBackend:
+def load_aoti(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int,
+              trt_plugin: None = None) -> LoadedBackend:
     from drgan.export.backends import open_aoti
 
     return _load_exported(open_aoti, run, device, precision, batch)

@@ -1,7 +1,7 @@
 """Generator backends by name. The CLI lists the names at startup, before torch is imported, so
 each name maps to the 'module:function' of its loader, imported when the backend is chosen:
 
-    loader(run, size, device, precision, batch) -> drgan.synthesis.backend.LoadedBackend
+    loader(run, size, device, precision, batch, trt_plugin) -> drgan.synthesis.backend.LoadedBackend
 
 This is the one list of backends: a new backend is its loader and its line here (an exported one
 also its opener in drgan.export.backends)."""
@@ -28,10 +28,14 @@ BACKENDS: dict[str, str] = {
 
 
 def make_backend(
-    name: str, run: str | Path | None, size: int, device: torch.device, precision: str, batch: int
+    name: str, run: str | Path | None, size: int, device: torch.device, precision: str, batch: int,
+    trt_plugin: str | Path | None = None,
 ) -> LoadedBackend:
-    """The backend of the run folder's generator (run None: only the null backend)."""
+    """The backend of the run folder's generator (run None: only the null backend); `trt_plugin`:
+    the TensorRT plugin library the user named (tensorrt only)."""
     if name not in BACKENDS:
         raise ParameterError(f"{{backend}} {name!r}: choose one of {', '.join(BACKENDS)}")
+    if trt_plugin is not None and name != "tensorrt":
+        raise ParameterError(f"{{trt_plugin}} applies to {{backend}} tensorrt, not {name}")
     module, function = BACKENDS[name].split(":")
-    return getattr(import_module(module), function)(run, size, device, precision, batch)
+    return getattr(import_module(module), function)(run, size, device, precision, batch, trt_plugin)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from drgan import locks
 from drgan.checkpoint import read_run_config
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.lesion_stats import LESION_TYPES, LesionStats
@@ -71,6 +72,7 @@ class SynthesisOptions:
     threads: int = field(default_factory=lambda: max(2, (os.cpu_count() or 2)))
     progress: bool = True
     preset: str | None = None                   # with backend "null" instead of a run
+    trt_plugin: str | None = None               # TensorRT plugin library an engine built with one needs
     label: str = "planned"                      # grading vector of the planned grade, or of the grade the encoder predicts from the masks
 
 
@@ -160,7 +162,7 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     device = _device(opts.device)
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
     pool = StructurePool.from_dataset(opts.structures, size, opts.loader) if opts.structures else StructurePool.phantom(size, opts.seed)
-    loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch)
+    loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch, opts.trt_plugin)
     times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
     out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
     try:
@@ -170,8 +172,12 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     except BaseException:
         out.abort()
         raise
-    rows = _complete_rows(out, plan, pool, space, stats, pipeline.batch_predictions if opts.label == "predicted" else None)
-    out.write_manifest(list(rows.values()))
+    try:
+        with locks.section(out.root):  # shards finishing together: the last one writes every row
+            rows = _complete_rows(out, plan, pool, space, stats, pipeline.batch_predictions if opts.label == "predicted" else None)
+            out.write_manifest(list(rows.values()))
+    finally:
+        locks.release(out.root)
     return _summary(opts, list(rows.values()), generated, skipped, start, pipeline_seconds, times, device)
 
 
@@ -191,7 +197,7 @@ def _output_folder(opts: SynthesisOptions, shard: Shard, set_fingerprint: dict, 
     """The output folder with this shard's journal."""
     return OutputFolder(
         Path(opts.out), opts.format, opts.quality, opts.png_level, opts.save_masks,
-        journal_name=f".journal-{shard.index}-of-{shard.count}.csv", threads=opts.threads,
+        journal_name=f".journal-{shard.index}-of-{shard.count}.csv", shard=f"{shard.index}/{shard.count}", threads=opts.threads,
         fingerprint=set_fingerprint, times=times,
     )
 

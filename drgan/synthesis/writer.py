@@ -2,8 +2,10 @@
 
 A file appears under its final name only complete (temp + rename); a journal row is appended
 after the rename. On resume the image files are the truth: a file without a journal row (killed
-between the two) gets its row rebuilt from the plan. The folder's fingerprint is written before
-the first image and checked on every rerun (drgan.synthesis.fingerprint).
+between the two) gets its row rebuilt from the plan; so does one whose row was cut short (a full
+disk mid-line): such a row is skipped when read, and cut off this shard's journal before it appends
+again. The folder's fingerprint is written before the first image and checked on every rerun
+(drgan.synthesis.fingerprint).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,10 +22,11 @@ from typing import Callable
 
 import numpy as np
 
+from drgan import locks
 from drgan.config import COND_CHANNELS
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
-from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files
+from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files, write_error
 from drgan.synthesis import fingerprint as fp
 from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
@@ -30,6 +34,7 @@ from drgan.synthesis.stages import StageTimes
 # grade: the planned grade (lesion rules, labels.csv); predicted_grade: the encoder's, with --label predicted.
 MANIFEST_FIELDS = ["id", "grade", "predicted_grade", "seed", "structure_id", *LESION_TYPES, "file", "sha256"]
 FORMATS = {"png": "png", "jpeg": "jpg"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class OutputFolder:
@@ -41,6 +46,7 @@ class OutputFolder:
         png_level: int,     # PNG compression level (drgan.synthesis.encode.encode_image)
         save_masks: bool,   # also write masks/<id>/<name>.png
         journal_name: str,  # this process's journal (one per shard, no write contention)
+        shard: str,         # "i/n": the shard this process writes (its lock: drgan.locks)
         threads: int,       # encoder/writer threads
         fingerprint: dict,  # what makes the set; an existing folder must hold the same
         times: StageTimes,  # encoding and writing time are added here
@@ -50,9 +56,8 @@ class OutputFolder:
         self.root, self.fmt, self.quality, self.png_level, self.save_masks = root, fmt, quality, png_level, save_masks
         self.images = root / "images"
         self.times = times
-        resumed = fp.check(root, fingerprint)
+        fp.check(root, fingerprint)  # before the folder is created or locked
         self._created_root = not root.exists()
-        self._wrote_fingerprint = not resumed
         try:
             root.mkdir(parents=True, exist_ok=True)
             probe = root / f".write-probe{TEMP_MARK}{os.getpid()}"
@@ -60,11 +65,20 @@ class OutputFolder:
             probe.unlink()
         except OSError as exc:
             raise DrganError(f"{root}: output folder is not writable ({exc.strerror})") from None
-        if not resumed:
-            fp.record(root, fingerprint, atomic_write_bytes)
+        locks.hold(root, shard)
+        try:
+            with locks.section(root):  # again, as another shard may have started the set meanwhile
+                resumed = fp.check(root, fingerprint)
+                if not resumed:
+                    fp.record(root, fingerprint, atomic_write_bytes)
+        except BaseException:
+            locks.release(root)
+            raise
+        self._wrote_fingerprint = not resumed
         self.images.mkdir(exist_ok=True)
         remove_temp_files(root)
         self.journal_path = root / journal_name
+        _drop_cut_line(self.journal_path)
         self._journal_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drgan-write")
         self._pending: list[Future] = []
@@ -101,8 +115,12 @@ class OutputFolder:
             path = self.image_path(row["id"])
             atomic_write_bytes(path, data)
             row = {**row, "file": f"images/{path.name}", "sha256": hashlib.sha256(data).hexdigest()}
-            with self._journal_lock, open(self.journal_path, "a", newline="") as f:
-                csv.DictWriter(f, MANIFEST_FIELDS).writerow(row)
+            with self._journal_lock:
+                try:
+                    with open(self.journal_path, "a", newline="") as f:
+                        csv.DictWriter(f, MANIFEST_FIELDS).writerow(row)
+                except OSError as exc:
+                    raise write_error(self.journal_path, exc) from None
 
     def flush(self) -> None:
         while self._pending:
@@ -116,15 +134,17 @@ class OutputFolder:
 
     def abort(self) -> None:
         """After a failure: stop the writers; leave the folder as it was found when not one image
-        was written (else as a set that a rerun completes)."""
+        was written and no other shard is writing (else as a set that a rerun completes)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if any(self.images.iterdir()):
+        if any(self.images.iterdir()) or not locks.alone(self.root):
+            locks.release(self.root)
             return
         self.images.rmdir()
         self.journal_path.unlink(missing_ok=True)
         shutil.rmtree(self.root / "masks", ignore_errors=True)
         if self._wrote_fingerprint:
             (self.root / fp.FILE_NAME).unlink(missing_ok=True)
+        locks.release(self.root, remove=True)
         if self._created_root and not any(self.root.iterdir()):
             self.root.rmdir()
 
@@ -133,7 +153,7 @@ class OutputFolder:
         for journal in self.root.glob(".journal-*.csv"):
             with open(journal, newline="") as f:
                 for row in csv.DictReader(f, MANIFEST_FIELDS):
-                    if (self.root / row["file"]).is_file():
+                    if _whole(row) and (self.root / row["file"]).is_file():
                         rows[row["id"]] = row
         return rows
 
@@ -148,3 +168,20 @@ class OutputFolder:
         labels = "id,grade\n" + "".join(f"{r['id']},{r['grade']}\n" for r in rows)
         atomic_write_bytes(self.root / "labels.csv", labels.encode())
 
+
+
+def _whole(row: dict) -> bool:
+    """False for a journal line cut short (missing fields, a short sha256) or run into the next
+    line (extra fields, under the key None)."""
+    return None not in row and None not in row.values() and bool(_SHA256.fullmatch(row["sha256"]))
+
+
+def _drop_cut_line(journal: Path) -> None:
+    """Cut off a last line that a full disk left without its newline, so that the next row does
+    not run into it."""
+    if not journal.is_file():
+        return
+    with open(journal, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)

@@ -1,0 +1,104 @@
+"""Folder locks: a second drgan process writing the same folder is refused in one line.
+
+An OS lock (fcntl.flock) on a file inside the folder, held until the work is done (`release`) or
+the process ends: the OS drops it however the process ends, so a killed run leaves no stale lock.
+The file of an exclusive lock holds its owner's pid, for the message. (filelock is not a
+dependency; on Linux it takes the same flock.) Shards of a synthesis set share its folder: each holds the folder's lock shared and its own
+shard's lock exclusively, so distinct shards run together and the same shard twice is refused; the
+files they share are written inside `section`, one process at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator
+
+from drgan.errors import DrganError
+
+LOCK_FILE = ".drgan.lock"
+_held: dict[Path, int] = {}  # lock file -> its open descriptor, kept until released
+
+
+def is_lock_file(path: Path) -> bool:
+    return path.name.startswith(LOCK_FILE)
+
+
+def hold(folder: str | Path, shard: str | None = None) -> None:
+    """Lock `folder` (created if missing) for this process: exclusively, or with `shard` ("i/n")
+    shared plus that shard's own lock exclusively. Another process holding it is one error."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if shard is None:
+        _lock(folder / LOCK_FILE, fcntl.LOCK_EX, f"{folder} is in use by another drgan process")
+        return
+    _lock(folder / LOCK_FILE, fcntl.LOCK_SH, f"{folder} is in use by another drgan process")
+    name = shard.replace("/", "-of-")
+    _lock(folder / f"{LOCK_FILE}-shard-{name}", fcntl.LOCK_EX, f"{folder} is in use by another drgan process writing shard {shard}")
+
+
+def alone(folder: str | Path) -> bool:
+    """Whether no other process holds `folder`'s lock (this one holding it shared)."""
+    fd = _held.get((Path(folder) / LOCK_FILE).absolute())
+    if fd is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:  # back to shared (a failed conversion drops the lock held before it)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def release(folder: str | Path, remove: bool = False) -> None:
+    """Drop this process's locks of `folder`; `remove` (only when `alone`: a folder left as it was
+    found) also deletes the lock files."""
+    folder = Path(folder).absolute()
+    for path in [p for p in _held if p.parent == folder]:
+        if remove:
+            path.unlink(missing_ok=True)
+        os.close(_held.pop(path))
+    if remove:
+        (folder / f"{LOCK_FILE}-section").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def section(folder: str | Path) -> Iterator[None]:
+    """One process at a time (the others wait) for files that the holders of `folder` share."""
+    fd = os.open(Path(folder) / f"{LOCK_FILE}-section", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock(path: Path, mode: int, refusal: str) -> None:
+    path = path.absolute()
+    fd = _held.pop(path, None)
+    if fd is not None:
+        if _same_file(fd, path):
+            _held[path] = fd
+            return  # held by this process already
+        os.close(fd)  # its file went with its folder (a run replaced by this process)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DrganError(f"{refusal} (pid {pid})") from None
+    if mode == fcntl.LOCK_EX:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[path] = fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the held descriptor is still the file at `path` (not one removed with its folder)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
