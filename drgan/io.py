@@ -131,6 +131,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is a temp file or folder of temp_path (what remove_temp_files looks for)."""
+    return name.startswith(".") and TEMP_MARK in name
+
+
 def remove_temp_files(root: str | Path, recursive: bool = True) -> int:
     """Delete the temp files and folders that killed writers left under root (only its top level
     unless `recursive`), never one whose owner still runs; returns how many."""
