@@ -5,8 +5,8 @@ that does not fit shared memory), so this lowers each kernel for sm_90 and sm_80
 variants (every kernel, configuration, dtype and layout; pointers 16-byte aligned, unit strides
 folded to 1) proves that everything compiles. `--launches` compiles the spatial attention exactly
 as the host code launches it at the paper's shapes (drgan.kernels.launches: same specialization
-of sizes and strides, the autotuner's configurations for those sizes) and checks the forward's main
-loops (forward and backward) in the sm_90a SASS (drgan.kernels.sass): Hopper tensor cores, no
+of sizes and strides, the autotuner's configurations for those sizes) and checks the main loops of
+the forward and backward kernels in the sm_90a SASS (drgan.kernels.sass): Hopper tensor cores, no
 two-byte loads, one exponential per score, no spills, registers under REGISTER_CAP. Run it with TRITON_INTERPRET unset
 (under the interpreter `triton.jit` yields functions that cannot be compiled):
 
@@ -166,8 +166,8 @@ def check(capabilities=TARGETS, dtypes=tuple(DTYPES), qk_blocks=(16, 64, 128), v
     return failures
 
 
-# Registers per thread the forward may use: below ptxas' ceiling of 255, where it starts trading
-# registers for recomputation and spills.
+# Registers per thread an attention kernel may use: below ptxas' ceiling of 255, where it starts
+# trading registers for recomputation and spills.
 REGISTER_CAP = 240
 LAUNCH_BATCH = 8  # the synthesis batch the paper-1280 numbers are measured at
 
@@ -237,12 +237,12 @@ def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, ve
     shapes = paper_spatial_shapes()
     for (n, dqk, dv), share in zip(shapes, flop_shares(shapes)):
         for launch in spatial_launches(n, dqk, dv, LAUNCH_BATCH, dtype):
-            config = {a: launch.kwargs[a] for a in ("BLOCK_M", "BLOCK_N", "BLOCK_DV", "num_warps", "num_stages", "maxnreg")
-                      if launch.kwargs.get(a) is not None}
-            code = sass.inspect(compile_launch := launches.compile_launch(launch, capability))
+            config = {a: launch.kwargs[a] for a in ("BLOCK_M", "BLOCK_N", "BLOCK_DV", "num_warps", "num_stages", "maxnreg",
+                                                    "LAZY_RESCALE") if launch.kwargs.get(a) is not None}
+            code = sass.inspect(launches.compile_launch(launch, capability))
             dv_tiles = triton.cdiv(dv, config["BLOCK_DV"]) if "BLOCK_DV" in config else 1
             row = {"kernel": launch.name, "N": n, "Dqk": dqk, "Dv": dv, "flop_share": round(share, 4), "config": config,
-                   "registers": code.registers, "stack": code.stack, "shared": compile_launch.metadata.shared,
+                   "registers": code.registers, "stack": code.stack, "shared": code.shared,
                    "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "LDGSTS", "LDG.E", "STS", "BAR.SYNC")}}
             if launch.fn in _TUNED_NAME:
                 scores = config["BLOCK_M"] * config["BLOCK_N"] // (32 * config["num_warps"])
