@@ -133,3 +133,30 @@ def test_unknown_kernel_impl_is_refused_when_set():
     with pytest.raises(DrganError, match="kernel impl 'cuda' is not one of auto, ref, triton, sdpa"):
         set_kernel_impl(g, "cuda")
     assert set_kernel_impl(g, "sdpa").global_gen.synth[0].sca.impl == "sdpa"
+
+
+def test_batchnorm_folded_into_convolutions_gives_the_same_image():
+    from drgan.checkpoint import weights_sha256
+    from drgan.nn.layers import fold_batchnorm
+
+    cfg = preset("tiny-64")
+    torch.manual_seed(0)
+    g = DRGANGenerator(cfg, "local").eval()
+    with torch.no_grad():  # eval statistics far from the identity, so folding has something to do
+        for m in g.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    before = weights_sha256(g)
+    folded = fold_batchnorm(g)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in g.modules()) and weights_sha256(g) == before
+    cond, z = torch.rand(2, cfg.cond_channels, 64, 64), torch.randn(2, cfg.z_dim)
+    noise = g.make_noise(2, seed=0)
+    with torch.inference_mode():
+        want, want_logits = g(cond, z, noise)
+        got, got_logits = folded(cond, z, noise)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got_logits, want_logits, atol=1e-4, rtol=1e-4)

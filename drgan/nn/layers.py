@@ -1,8 +1,11 @@
 """Small building blocks shared by the networks."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from drgan.errors import DrganError
 from drgan.kernels.dispatch import IMPLS
@@ -38,6 +41,22 @@ def conv_norm_relu(
     else:
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
     return nn.Sequential(conv, norm_layer(norm, out_channels), nn.ReLU(inplace=True))
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """An inference copy of `module` in which every BatchNorm2d that directly follows a convolution
+    in a Sequential is folded into that convolution's weights (eval statistics): one pass over the
+    activations less per layer. `module` itself is left as it is (its weights hash is unchanged)."""
+    folded = copy.deepcopy(module).eval()
+    for seq in folded.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, norm = seq[i], seq[i + 1]
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(norm, nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
+                seq[i + 1] = nn.Identity()
+    return folded
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from drgan.nn.layers import fold_batchnorm
 from drgan.runtime import autocast_dtype, intra_op_threads, resolve_precision
 
 class Backend(Protocol):
@@ -32,8 +33,10 @@ class TorchBackend:
     ) -> None:
         precision = resolve_precision(precision, device)
         self.device, self.dtype = device, autocast_dtype(precision)
-        # channels_last is faster on CUDA and on CPU alike (bench/results/generator_cpu.json).
-        self.g = generator.to(device=device, memory_format=torch.channels_last).eval()
+        # channels_last is faster on CUDA and on CPU alike (bench/results/generator_cpu.json), and so
+        # is BatchNorm folded into the convolutions (bench/results/generator_fold_bn_cpu.json); the
+        # folded copy leaves `generator` and its weights hash as they are.
+        self.g = fold_batchnorm(generator).to(device=device, memory_format=torch.channels_last)
         self.use_graph = cuda_graph and device.type == "cuda"
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
 
