@@ -23,6 +23,7 @@ import platform
 
 import torch
 
+import drgan.nn.sca as sca
 from drgan.config import PRESETS
 from drgan.kernels.spatial_attention import spatial_attention_ref
 from drgan.nn import DRGANGenerator
@@ -72,8 +73,6 @@ def image_errors(preset: str = "small-256", batch: int = 2) -> dict:
             p.data.fill_(1.0)
     cond = (torch.rand(batch, cfg.cond_channels, cfg.resolution, cfg.resolution) > 0.9).float()
     z = torch.randn(batch, cfg.z_dim)
-    import drgan.nn.sca as sca
-
     with torch.inference_mode():
         exact, _ = g(cond, z, noise=0)
         original = sca.spatial_attention

@@ -17,6 +17,7 @@ dp_t = dO_t V_t^T, so each Dv tile writes a partial dK / dQ (fp32) and the parti
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -356,13 +357,10 @@ def dot_precision(dtype: torch.dtype) -> str:
 def padded_qk(t: torch.Tensor) -> torch.Tensor:
     """(B, N, Dqk) -> (B, N, block_d(Dqk)), contiguous, zero columns past Dqk: the layout the kernels
     load without a column mask (QK_PADDED). A tensor already in it is returned as is."""
-    b, n, d = t.shape
-    width = block_d(d)
-    if d == width and t.is_contiguous():
+    width = block_d(t.shape[2])
+    if t.shape[2] == width and t.is_contiguous():
         return t
-    out = t.new_zeros((b, n, width))
-    out[..., :d] = t
-    return out
+    return F.pad(t, (0, width - t.shape[2])).contiguous()
 
 
 def _forward(
