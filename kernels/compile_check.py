@@ -7,7 +7,9 @@ folded to 1) proves that everything compiles. `--launches` compiles the spatial 
 as the host code launches it at the paper's shapes (drgan.kernels.launches: same specialization
 of sizes and strides, the autotuner's configurations for those sizes) and checks the main loops of
 the forward and backward kernels in the sm_90a SASS (drgan.kernels.sass): Hopper tensor cores, no
-two-byte loads, one exponential per score, no spills, registers under REGISTER_CAP. Run it with TRITON_INTERPRET unset
+two-byte loads, one exponential per score, no spills, registers under REGISTER_CAP; the same for
+the Gluon forward (drgan.kernels.spatial_attention_gluon) at the shapes it supports, its consumer
+loop within the consumer partition's register budget. Run it with TRITON_INTERPRET unset
 (under the interpreter `triton.jit` yields functions that cannot be compiled):
 
     python -m drgan.kernels.compile_check              # the matrix, sm_90 and sm_80; exit 1 on any failure
@@ -26,7 +28,14 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from drgan.config import PRESETS
-from drgan.kernels import adain_triton, channel_attention_triton, launches, sass, spatial_attention_triton
+from drgan.kernels import (
+    adain_triton,
+    channel_attention_triton,
+    launches,
+    sass,
+    spatial_attention_gluon,
+    spatial_attention_triton,
+)
 from drgan.kernels.spec import KernelSpec
 
 DTYPES = ("fp16", "bf16", "fp32")
@@ -189,6 +198,39 @@ def spatial_launches(n: int, dqk: int, dv: int, batch: int, dtype: torch.dtype) 
     return recorded
 
 
+def gluon_launches(n: int, dqk: int, dv: int, batch: int, dtype: torch.dtype) -> list[launches.Launch]:
+    """The Gluon forward's launch for these shapes, Q/K padded as _SpatialAttention pads them."""
+    q = spatial_attention_triton.padded_qk(torch.empty(batch, n, dqk, dtype=dtype, device="meta"))
+    v = torch.empty(batch, n, dv, dtype=dtype, device="meta")
+    with launches.captured_launches() as recorded:
+        spatial_attention_gluon.forward(q, q, v, spatial_attention_triton.LOG2E, dqk)
+    return recorded
+
+
+def gluon_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
+    """What keeps the Gluon forward's consumer loop (code read with innermost=True) off the floor."""
+    block_m, block_n = launch.constexpr("BLOCK_M"), launch.constexpr("BLOCK_N")
+    # Per consumer warpgroup thread: its share of the scores, and one rescale per row it holds
+    # (a warp's 16-row MMA slab gives each thread two rows).
+    scores = block_m * block_n // 128
+    rescales = block_m // 32
+    budget = spatial_attention_gluon.WORKER_REGS.value[0]
+    problems = []
+    if not code.loop_count("HGMMA"):
+        problems.append("no HGMMA (Hopper warpgroup MMA) in the main loop")
+    if narrow := code.loop_count("LDG.E.U16") + code.loop_count("LDG.E.S16") + code.loop_count("STS.U16"):
+        problems.append(f"{narrow} two-byte loads/stores in the main loop")
+    if (ex2 := code.loop_count("MUFU.EX2")) != scores + rescales:
+        problems.append(f"{ex2} MUFU.EX2 per loop step where {scores} scores + {rescales} rescales need {scores + rescales}")
+    if code.stack or code.spill_instructions:
+        problems.append(f"spills ({code.stack} B of stack, {code.spill_instructions} STL/LDL)")
+    if code.registers > REGISTER_CAP:
+        problems.append(f"{code.registers} registers at launch, over the cap of {REGISTER_CAP}")
+    if code.loop_registers > budget:
+        problems.append(f"the consumer loop names {code.loop_registers} registers, over its partition's {budget}")
+    return problems
+
+
 def attention_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
     """What keeps a spatial attention launch (forward, dK/dV or dQ) off the hardware's floor, read
     from its main loop's sm_90a SASS."""
@@ -257,6 +299,32 @@ def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, ve
                       f"stack {code.stack} smem {row['shared']} | loop {loop}"
                       + (f" | exp/score {row['exp_per_score']}" if "exp_per_score" in row else "")
                       + "".join(f"\n    PROBLEM: {p}" for p in row.get("problems", [])), flush=True)
+        if spatial_attention_gluon.MAX_V_DIM < dv:
+            continue
+        for launch in gluon_launches(n, dqk, dv, LAUNCH_BATCH, dtype):
+            config = {a: launch.kwargs[a] for a in ("BLOCK_M", "BLOCK_N", "STAGES", "num_warps")}
+            config["worker_warps"] = list(spatial_attention_gluon.WORKER_WARPS.value)
+            config["worker_regs"] = list(spatial_attention_gluon.WORKER_REGS.value)
+            code = sass.inspect(launches.compile_launch(launch, capability), innermost=True)
+            scores = config["BLOCK_M"] * config["BLOCK_N"] // 128
+            row = {"kernel": launch.name, "impl": "gluon", "N": n, "Dqk": dqk, "Dv": dv, "flop_share": round(share, 4),
+                   "config": config, "registers": code.registers, "loop_registers": code.loop_registers,
+                   "stack": code.stack, "shared": code.shared,
+                   "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "WARPGROUP.DEPBAR", "SYNCS", "BAR.SYNC")},
+                   "exp_per_score": round(code.loop_count("MUFU.EX2") / scores, 3),
+                   # Exponentials ptxas issues while the step's P @ V is still in flight (between the
+                   # wait for S and the wait for P @ V); the rest wait for it.
+                   "ex2_under_pv": code.between("MUFU.EX2", "WARPGROUP.DEPBAR.LE", "WARPGROUP.DEPBAR.LE"),
+                   "problems": gluon_problems(launch, code) if capability == 90 else []}
+            if share >= CHECKED_SHARE:
+                failures += [f"sm_{capability} {launch.name} N={n} {config}: {p}" for p in row["problems"]]
+            rows.append(row)
+            if verbose:
+                loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
+                print(f"sm_{capability} {launch.name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
+                      f"(loop {code.loop_registers}) stack {code.stack} smem {code.shared} | loop {loop} | exp/score "
+                      f"{row['exp_per_score']} | exp under P@V {row['ex2_under_pv']}"
+                      + "".join(f"\n    PROBLEM: {p}" for p in row["problems"]), flush=True)
     return failures, rows
 
 

@@ -19,6 +19,7 @@ from typing import Iterator
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
+from triton.experimental.gluon._runtime import GluonASTSource
 from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
@@ -73,4 +74,5 @@ def compile_launch(launch: Launch, capability: int):
     binder = create_function_from_signature(launch.fn.signature, launch.fn.params, backend)
     bound, specialization, options = binder(*launch.args, **launch.kwargs)
     options, signature, constexprs, attrs = launch.fn._pack_args(backend, launch.kwargs, bound, specialization, options)
-    return triton.compile(ASTSource(launch.fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+    source = GluonASTSource if launch.fn.is_gluon() else ASTSource
+    return triton.compile(source(launch.fn, signature, constexprs, attrs), target=target, options=options.__dict__)

@@ -5,6 +5,9 @@ resources. `inspect` gives the registers, spill stack, shared memory and the ins
 main loop (the loop body that issues the most instructions of a given kind), which is where a
 flash-attention kernel spends its time: MUFU.EX2 are the softmax's exponentials, HGMMA Hopper's
 warpgroup matrix multiplies, LDG/STS.U16 two-byte memory accesses, LDGSTS cp.async copies.
+A warp-specialized kernel holds several loops with exponentials (one per consumer partition), and
+its retry paths for mbarrier waits branch back from the end of the code, forming spurious loops
+around them: `innermost` takes the smallest loop body instead of the one with the most.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import triton
 _TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 _INSTR = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z0-9_.]+)(.*?);")
 _BRANCH_TARGET = re.compile(r"\b0x([0-9a-f]+)\b")
+_REGISTER = re.compile(r"\bR(\d+)\b")
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
@@ -31,6 +35,18 @@ class Sass:
     shared: int                 # bytes of shared memory per block (Triton's dynamic allocation)
     loop: collections.Counter   # opcode -> count in the main loop's body
     text: str                   # the disassembly
+    loop_sequence: list[str]    # the main loop's opcodes in program order
+    loop_registers: int         # registers the main loop names (highest R index + 1): a partition's use
+
+    def between(self, prefix: str, first: str, second: str) -> int:
+        """`prefix` instructions in the main loop after the first `first` and before the first
+        `second` that follows it (0 if either is missing)."""
+        ops = self.loop_sequence
+        start = next((i for i, op in enumerate(ops) if op.startswith(first)), None)
+        if start is None:
+            return 0
+        end = next((i for i in range(start + 1, len(ops)) if ops[i].startswith(second)), None)
+        return 0 if end is None else sum(op.startswith(prefix) for op in ops[start + 1 : end])
 
     def loop_count(self, prefix: str) -> int:
         return sum(n for op, n in self.loop.items() if op.startswith(prefix))
@@ -55,18 +71,25 @@ def _loops(instructions: list[tuple[int, str, str]]) -> list[tuple[int, int]]:
     return loops
 
 
-def inspect(kernel, loop_of: str = "MUFU.EX2") -> Sass:
+def inspect(kernel, loop_of: str = "MUFU.EX2", innermost: bool = False) -> Sass:
     """Resources and main-loop instruction mix of a compiled Triton kernel; the main loop is the
-    one whose body holds the most `loop_of` instructions (empty if the kernel has no loop)."""
+    one whose body holds the most `loop_of` instructions (innermost: the smallest body holding
+    any), empty if the kernel has no loop."""
     cubin = kernel.asm["cubin"]
     regs, stack, _, _ = map(int, _RESOURCES.search(_cuobjdump(cubin, "-res-usage")).groups())
     text = _cuobjdump(cubin, "-sass")
     instructions = [(int(m.group(1), 16), m.group(2), m.group(3)) for line in text.splitlines() if (m := _INSTR.match(line))]
     ops = [op for _, op, _ in instructions]
-    best = collections.Counter()
-    for first, last in _loops(instructions):
-        body = collections.Counter(ops[first : last + 1])
-        if sum(n for op, n in body.items() if op.startswith(loop_of)) > sum(n for op, n in best.items() if op.startswith(loop_of)):
-            best = body
+    def count(span: tuple[int, int]) -> int:
+        return sum(op.startswith(loop_of) for op in ops[span[0] : span[1] + 1])
+
+    spans = [span for span in _loops(instructions) if count(span)]
+    if innermost:
+        best = min(spans, key=lambda span: span[1] - span[0], default=(0, -1))
+    else:
+        best = max(spans, key=count, default=(0, -1))
+    body = instructions[best[0] : best[1] + 1]
+    names = [int(r) for _, _, operands in body for r in _REGISTER.findall(operands)]
     spills = sum(1 for op in ops if op.startswith(("STL", "LDL")))
-    return Sass(regs, stack, spills, kernel.metadata.shared, best, text)
+    return Sass(regs, stack, spills, kernel.metadata.shared, collections.Counter(op for _, op, _ in body), text,
+                [op for _, op, _ in body], max(names, default=-1) + 1)
