@@ -4,7 +4,9 @@
 exporter turns into the standard `Attention` op; also a benchmark baseline); ops without such a
 path run their reference. `impl='auto'` takes Triton for CUDA tensors whose shape and dtype the kernel supports, and the
 reference otherwise (always on CPU). `impl='triton'` on an unsupported request raises one clear
-error. Setting TRITON_INTERPRET=1 before import lets the Triton kernels run on CPU tensors (tests).
+error. `impl='gluon'` (spatial attention only, opt-in: unmeasured, `auto` never picks it) runs the
+Hopper Gluon forward with the Triton backward; it needs CUDA tensors, and raises where the kernel
+does not apply. Setting TRITON_INTERPRET=1 before import lets the Triton kernels run on CPU tensors (tests).
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import torch
 
 from drgan.errors import DrganError
 
-IMPLS = ("auto", "ref", "triton", "sdpa")
+IMPLS = ("auto", "ref", "triton", "sdpa", "gluon")
+GLUON_OPS = ("spatial_attention",)  # ops with a Gluon kernel
 
 
 def triton_available() -> bool:
@@ -48,12 +51,22 @@ if interpreting() and triton_available():
 
 
 def resolve(op: str, impl: str, tensors: tuple[torch.Tensor, ...], unsupported: str | None) -> str:
-    """Return 'ref', 'sdpa' or 'triton' for this call (ops without an sdpa path treat it as 'ref').
+    """Return 'ref', 'sdpa', 'triton' or 'gluon' for this call (ops without an sdpa path treat it as 'ref').
 
     `unsupported` is None when the Triton kernel handles these inputs, else the reason it does not.
     """
     if impl not in IMPLS:
         raise DrganError(f"{op}: impl={impl!r} is not one of {IMPLS}")
+    if impl == "gluon":
+        if op not in GLUON_OPS:
+            raise DrganError(f"{op}: impl='gluon' exists only for {', '.join(GLUON_OPS)}")
+        if not triton_available():
+            raise DrganError(f"{op}: impl='gluon' needs the triton package (pip install triton)")
+        if not all(t.is_cuda for t in tensors):
+            raise DrganError(f"{op}: impl='gluon' needs CUDA tensors on a Hopper GPU (Gluon has no CPU interpreter)")
+        if unsupported is not None:
+            raise DrganError(f"{op}: impl='gluon' does not support this call: {unsupported}")
+        return "gluon"
     on_device = all(t.is_cuda for t in tensors) or (interpreting() and all(t.device.type == "cpu" for t in tensors))
     if impl in ("ref", "sdpa"):
         return impl

@@ -30,10 +30,10 @@ def spatial_attention(
     if v.ndim != 3 or v.shape[:2] != q.shape[:2]:
         raise DrganError(f"spatial_attention: v {tuple(v.shape)} must be (B, N, Dv) with q {tuple(q.shape)}")
     chosen = dispatch.resolve("spatial_attention", impl, (q, k, v), _triton_unsupported(q, v))
-    if chosen == "triton":
+    if chosen in ("triton", "gluon"):
         from drgan.kernels.spatial_attention_triton import spatial_attention_triton
 
-        return spatial_attention_triton(q, k, v, scale)
+        return spatial_attention_triton(q, k, v, scale, gluon_forward=chosen == "gluon")
     if chosen == "sdpa":
         return spatial_attention_sdpa(q, k, v, scale)
     return spatial_attention_ref(q, k, v, scale)

@@ -45,6 +45,11 @@ if not interpreting():
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    @gluon.constexpr_function
+    def _tile_layout(desc_layout):
+        """The shared layout of one (1, rows, cols) TMA box seen as a rows x cols MMA operand."""
+        return gl.NVMMASharedLayout(desc_layout.swizzle_byte_width, desc_layout.element_bitwidth)
+
     @gluon.jit
     def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty,
                         b, off_m, n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
@@ -147,19 +152,16 @@ if not interpreting():
 
     @gluon.jit
     def _gluon_fwd_kernel(q_desc, k_desc, v_desc, O, LSE, N, DV, qk_scale,
-                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+                          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
         BLOCK_D: gl.constexpr = q_desc.block_type.shape[2]
         BLOCK_DV: gl.constexpr = v_desc.block_type.shape[2]
         dtype: gl.constexpr = q_desc.dtype
         b = gl.program_id(1)
         off_m = gl.program_id(0) * (2 * BLOCK_M)
         n_blocks = gl.cdiv(N, BLOCK_N)
-        q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_D], dtype)
-        k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_D], dtype)
-        v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_DV], dtype)
-        q_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, BLOCK_D], q_layout)
-        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, BLOCK_D], k_layout)
-        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, BLOCK_DV], v_layout)
+        q_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, BLOCK_D], _tile_layout(q_desc.layout))
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, BLOCK_D], _tile_layout(k_desc.layout))
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, BLOCK_DV], _tile_layout(v_desc.layout))
         q_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -181,7 +183,7 @@ if not interpreting():
 
 
 def unsupported(q_pad: torch.Tensor, v: torch.Tensor) -> str | None:
-    """None where `forward` takes these padded Q and V, else the reason."""
+    """None where `forward` takes this padded Q (or K) and V, else the reason."""
     if interpreting():
         return "Gluon kernels have no interpreter (TRITON_INTERPRET=1)"
     if not (q_pad.is_cuda and torch.cuda.get_device_capability(q_pad.device) == (9, 0)):

@@ -413,16 +413,27 @@ def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float, qk_dim: in
     return dq, dk, dv_out
 
 
+def _gluon_forward(q_pad, k_pad, v, qk_scale: float, qk_dim: int):
+    """The Hopper Gluon forward (same out and lse), or one clear error where it does not apply."""
+    from drgan.errors import DrganError
+    from drgan.kernels import spatial_attention_gluon
+
+    reason = spatial_attention_gluon.unsupported(q_pad, v) or spatial_attention_gluon.unsupported(k_pad, v)
+    if reason is not None:
+        raise DrganError(f"spatial_attention: impl='gluon' does not support this call: {reason}")
+    return spatial_attention_gluon.forward(q_pad, k_pad, v, qk_scale, qk_dim)
+
+
 class _SpatialAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale: float):
+    def forward(ctx, q, k, v, scale: float, gluon_forward: bool):
         # The kernels take max(scores) * scale as the running maximum, which needs scale > 0: a
         # negative scale is moved onto q's sign, a zero scale becomes q = 0 (uniform weights).
         sign = (scale > 0) - (scale < 0)
         q_pad = padded_qk(q if sign == 1 else q * sign)
         k_pad = padded_qk(k)
         scale_eff = abs(scale) if sign else 1.0
-        out, lse = _forward(q_pad, k_pad, v, scale_eff * LOG2E, q.shape[2])
+        out, lse = (_gluon_forward if gluon_forward else _forward)(q_pad, k_pad, v, scale_eff * LOG2E, q.shape[2])
         ctx.save_for_backward(q_pad, k_pad, v, out, lse)
         ctx.sign, ctx.scale, ctx.qk_dim = sign, scale_eff, q.shape[2]
         return out
@@ -431,9 +442,13 @@ class _SpatialAttention(torch.autograd.Function):
     def backward(ctx, grad):
         q_pad, k_pad, v, out, lse = ctx.saved_tensors
         dq, dk, dv = _backward(q_pad, k_pad, v, out, lse, grad, ctx.scale * LOG2E, ctx.scale, ctx.qk_dim)
-        return (dq * ctx.sign).to(q_pad.dtype), dk.to(k_pad.dtype), dv, None
+        return (dq * ctx.sign).to(q_pad.dtype), dk.to(k_pad.dtype), dv, None, None
 
 
-def spatial_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """q, k: (B, N, Dqk), v: (B, N, Dv), any strides, one dtype (fp32/fp16/bf16) -> (B, N, Dv)."""
-    return _SpatialAttention.apply(q, k.to(q.dtype), v, float(scale))
+def spatial_attention_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0, gluon_forward: bool = False
+) -> torch.Tensor:
+    """q, k: (B, N, Dqk), v: (B, N, Dv), any strides, one dtype (fp32/fp16/bf16) -> (B, N, Dv).
+    gluon_forward: the forward runs the Hopper Gluon kernel (spatial_attention_gluon), the
+    backward the same Triton kernels, from the same log-sum-exp."""
+    return _SpatialAttention.apply(q, k.to(q.dtype), v, float(scale), gluon_forward)

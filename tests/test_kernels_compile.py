@@ -40,19 +40,42 @@ def test_kernels_compile_every_variant():
     assert " ok " in _compile_check()
 
 
-def test_spatial_attention_launches_pass_the_sass_checks(tmp_path):
+@pytest.fixture(scope="module")
+def launch_rows(tmp_path_factory) -> list[dict]:
+    """compile_check --launches (it exits 1 on any SASS problem): one row per launch."""
+    import json
+
+    report = tmp_path_factory.mktemp("launches") / "launches.json"
+    _compile_check("--launches", "--json", str(report))
+    return json.loads(report.read_text())["launches"]
+
+
+def test_spatial_attention_launches_pass_the_sass_checks(launch_rows):
     """The launches the host code makes at the paper's shapes (sizes and strides specialized as a
     GPU launch would) keep the main loops on Hopper's floor: HGMMA, no two-byte loads, one
     exponential per score, no spills, registers under the cap (drgan.kernels.compile_check)."""
-    import json
-
-    report = tmp_path / "launches.json"
-    _compile_check("--launches", "--json", str(report))
-    rows = json.loads(report.read_text())["launches"]
+    rows = launch_rows
     forward = [r for r in rows if r["kernel"] == "_fwd_kernel" and r["N"] == 102400]
     assert forward and all(r["config"]["BLOCK_DV"] == 128 and r["exp_per_score"] < 1.07 for r in forward)
-    assert {r["kernel"] for r in rows} == {"_fwd_kernel", "_bwd_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"}
+    assert {r["kernel"] for r in rows} == {"_fwd_kernel", "_bwd_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel",
+                                           "_gluon_fwd_kernel"}
     assert all(r["loop"]["HGMMA"] > 0 for r in rows if r["kernel"] != "_bwd_delta_kernel")
+
+
+def test_gluon_forward_launches_pass_the_sass_checks(launch_rows):
+    """The Gluon forward compiles for sm_90a at N = 102,400 (Dv 128) and 25,600 (Dv 256), batch 8,
+    bf16, and its consumer loop holds: HGMMA, one exponential per score plus one rescale per row,
+    no spills, within the consumer partition's registers."""
+    gluon = {r["N"]: r for r in launch_rows if r["kernel"] == "_gluon_fwd_kernel"}
+    assert set(gluon) == {102400, 25600}  # Dv = 512 (N = 6,400) is left to the Triton kernel
+    for row in gluon.values():
+        block_m, block_n = row["config"]["BLOCK_M"], row["config"]["BLOCK_N"]
+        assert row["problems"] == []
+        assert row["loop"]["MUFU.EX2"] == block_m * block_n // 128 + block_m // 32
+        # S = Q K^T: one MMA (K = 16); P V: BLOCK_N / 16 of them.
+        assert row["loop"]["HGMMA"] == 1 + block_n // 16
+        assert row["stack"] == 0 and row["loop_registers"] <= row["config"]["worker_regs"][0]
+        assert row["shared"] <= 232448
 
 
 UNPADDED_PROBE = """

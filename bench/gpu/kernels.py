@@ -5,7 +5,11 @@
 backward up to N = BACKWARD_CHECK_MAX_N (the checkpointed reference backward is too slow beyond);
 channel attention at the SCA shapes; AdaIN at 80x80x512 ... 640x640x64, contiguous and
 channels_last, forward and backward.
-(2) Timings: spatial attention Triton forward and backward vs the chunked reference,
+(2) The Gluon Hopper forward (impl='gluon') at each spatial shape it supports, after everything
+else (the report is written first, so a hang there loses nothing): its error against the
+reference (gluon_forward_rel_err, counted in pass) and its time (gluon_fwd_ms, first dtype only);
+elsewhere "gluon": "skipped: <reason>", and a failure is recorded as "gluon": "failed: ...".
+(3) Timings: spatial attention Triton forward and backward vs the chunked reference,
 F.scaled_dot_product_attention (memory-efficient backend, Q/K zero-padded to 8) and torch.compile
 of the reference's chunk step; AdaIN achieved bandwidth against the device's own copy bandwidth (measured first:
 bytes read plus written by a large device-to-device copy).
@@ -134,6 +138,48 @@ def check_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, ba
         result["backward_checked"] = f"no: the reference backward at N = {n} exceeds the time budget"
     result["pass"] = all(v <= REL_TOL for key, v in result.items() if key.endswith("rel_err"))
     return result
+
+
+def gluon_skip(q: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the Gluon forward does not run on these inputs here; None where it does."""
+    from drgan.kernels import spatial_attention_gluon
+    from drgan.kernels.spatial_attention_triton import padded_qk
+
+    return spatial_attention_gluon.unsupported(padded_qk(q), v)
+
+
+def check_gluon(entry: dict, dtype: torch.dtype, device: str, timed: bool) -> None:
+    """Adds the Gluon forward's check (and time) to a spatial entry, or why it did not run."""
+    n, dqk, dv = entry["N"], entry["Dqk"], entry["Dv"]
+    q, k, v = spatial_inputs(n, dqk, dv, dtype, device)
+    if (reason := gluon_skip(q, v)) is not None:
+        entry["gluon"] = f"skipped: {reason}"
+        return
+    try:
+        with torch.no_grad():
+            out = spatial_attention(q, k, v, impl="gluon")
+            half = min(CHECK_ROWS, n) // 2
+            rows = torch.cat([torch.arange(half), torch.arange(n - half, n)]).unique().to(device)
+            entry["gluon_forward_rel_err"] = rel_err(out[:, rows], spatial_attention_ref(q[:, rows], k, v))
+            entry["gluon"] = "ran"
+            if timed:
+                entry["gluon_fwd_ms"] = time_ms(lambda: spatial_attention(q, k, v, impl="gluon"))
+                if isinstance(entry.get("triton_fwd_ms"), float):
+                    entry["gluon_speedup_vs_triton"] = entry["triton_fwd_ms"] / entry["gluon_fwd_ms"]
+    except Exception as exc:  # recorded, so the rest of the part still reports
+        entry["gluon"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    entry["pass"] = entry["pass"] and not entry["gluon"].startswith("failed") and \
+        entry.get("gluon_forward_rel_err", 0.0) <= REL_TOL
+
+
+def run_gluon(report: dict, dtypes: dict, device: str) -> None:
+    """The Gluon checks on every spatial entry of `report`, in place; timed in the first dtype."""
+    first = next(iter(dtypes))
+    for entry in report["spatial"]:
+        check_gluon(entry, dtypes[entry["dtype"]], device, timed=entry["dtype"] == first)
+        _print_row("spatial", {"dtype": entry["dtype"], "N": entry["N"], "pass": entry["pass"],
+                               **{k: v for k, v in entry.items() if k.startswith("gluon")}})
+    report["pass"] = all(e["pass"] for part in ("spatial", "channel", "adain") for e in report[part])
 
 
 def bench_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, deadline: float, compiled, largest_n: int) -> dict:
@@ -272,11 +318,15 @@ def _print_row(part: str, entry: dict) -> None:
 def main() -> None:
     args = _part.arguments(__doc__)
     if args.dry_run:
-        report = run("cpu", DRY_DTYPES, DRY_SPATIAL_SHAPES, DRY_CHANNEL_SHAPES, DRY_ADAIN_SHAPES, 2,
+        dtypes, device = DRY_DTYPES, "cpu"
+        report = run(device, dtypes, DRY_SPATIAL_SHAPES, DRY_CHANNEL_SHAPES, DRY_ADAIN_SHAPES, 2,
                      DRY_BACKWARD_CHECK_MAX_N, compile_baseline=False)
     else:
-        report = run("cuda", DTYPES, SPATIAL_SHAPES, CHANNEL_SHAPES, ADAIN_SHAPES, ADAIN_BATCH,
+        dtypes, device = DTYPES, "cuda"
+        report = run(device, dtypes, SPATIAL_SHAPES, CHANNEL_SHAPES, ADAIN_SHAPES, ADAIN_BATCH,
                      BACKWARD_CHECK_MAX_N, compile_baseline=True)
+    _part.write(args.out, report, args.dry_run)
+    run_gluon(report, dtypes, device)
     _part.write(args.out, report, args.dry_run)
     print(f"{'all checks passed' if report['pass'] else 'SOME CHECKS FAILED'}; report in {args.out}")
     raise SystemExit(0 if report["pass"] else 1)
