@@ -2,16 +2,18 @@
 
 At the paper's largest block (N = 102,400, Dqk 4 padded to 16, Dv 128) the QK^T product is almost
 free and the time splits between the softmax's exponentials (MUFU) and the P @ V products (tensor
-cores). The portable `tl` kernel runs them one after the other in every warp; this kernel overlaps
-them. One program covers 2 x BLOCK_M query rows with three warp-specialized partitions:
+cores). The portable `tl` kernel runs them one after the other in every warp; this kernel is laid
+out to overlap them. One program covers 2 x BLOCK_M query rows with three warp-specialized partitions:
 
 - a one-warp load partition streams K and V blocks through a ring of STAGES shared-memory buffers
   with TMA (out-of-bounds rows arrive as zeros), each buffer guarded by mbarriers: ready (bytes
   landed) and empty (both consumers' products on it finished);
 - two consumer warpgroups, each with its own BLOCK_M query rows, sharing the K/V ring. Each issues
-  S_j = Q K_j^T and P_{j-1} V_{j-1} as asynchronous warpgroup MMAs, waits only for S_j and
-  computes the softmax of block j while P_{j-1} V_{j-1} runs; while one warpgroup is in its
-  exponentials, the other's MMAs keep the tensor cores busy.
+  S_j = Q K_j^T and P_{j-1} V_{j-1} as asynchronous warpgroup MMAs and waits for S_j, then for
+  P_{j-1} V_{j-1}, with the softmax of block j between the two waits in program order. The
+  exponentials of one warpgroup run while the other's MMAs keep the tensor cores busy. Within a
+  warpgroup, ptxas (Triton 3.6) moves the second wait ahead of the exponentials at Dv = 128
+  (SASS: none under P @ V; at Dv = 256 16 of 34), so there the overlap is the other warpgroup's.
 
 Same contract as spatial_attention_triton._forward: the same online softmax in the exp2 domain
 (qk_scale includes log2(e), positive), out = sum p v / l and lse = m + log2(l) per row (fp32,
@@ -33,9 +35,12 @@ WORKER_REGS = triton.language.constexpr((240, 24))
 
 
 def _tile(block_dv: int) -> dict:
-    """Tiles per consumer warpgroup; sm_90a, batch 8 (compile_check --launches):
-    Dv <= 128: 64 x 128 keys, 3 stages (S 64, P 32, O 64 registers per thread);
-    Dv = 256: 64 x 64 keys, 3 stages (S 32, P 16, O 128)."""
+    """Tiles per consumer warpgroup (64 query rows: each thread holds 2 rows of every MMA result).
+    compile_check --launches, sm_90a, bf16, batch 8 (consumer loop per step):
+    Dv <= 128: 64 x 128 keys, 3 stages; S 64, P 32, O 64 registers per thread; loop 189 registers
+      of 240, 66 MUFU.EX2 (64 scores + 2 rescales), 9 HGMMA, 115 KB shared, no spills.
+    Dv = 256: 64 x 64 keys, 3 stages; S 32, P 16, O 128; loop 200 registers, 34 MUFU.EX2, 5 HGMMA,
+      109 KB shared, no spills. 128-row consumers would hold O in 128 (256) registers plus S."""
     return {"BLOCK_M": 64, "BLOCK_N": 128 if block_dv <= 128 else 64, "STAGES": 3}
 
 
@@ -87,8 +92,8 @@ if not interpreting():
     @gluon.jit
     def _step(acc, p, m_i, l_i, j, q_smem, k_smem, v_smem, k_ready, v_ready, kv_empty, N, qk_scale,
               s_layout: gl.constexpr, o_layout: gl.constexpr, STAGES: gl.constexpr, MASK: gl.constexpr):
-        """Key block j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together, then the softmax
-        of S_j while the second runs."""
+        """Key block j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} issued together, then the softmax of S_j
+        (see the module docstring for where ptxas places the second wait)."""
         BLOCK_M: gl.constexpr = q_smem.shape[0]
         BLOCK_N: gl.constexpr = k_smem.shape[1]
         stage = j % STAGES
@@ -99,8 +104,8 @@ if not interpreting():
         mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
         acc = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
         s = warpgroup_mma_wait(1, deps=(s, ))
-        # The exponentials, in the fp32 score registers, run while P_{j-1} V_{j-1} does; P's registers
-        # are the in-flight MMA's operand, so the new P is packed into them only after the wait.
+        # The exponentials stay in the fp32 score registers before the second wait; P's registers are
+        # the in-flight MMA's operand, so the new P is packed only after it.
         p_new, alpha, m_i, l_i = _softmax(s, m_i, l_i, j * BLOCK_N, N, qk_scale, MASK)
         acc, p = warpgroup_mma_wait(0, deps=(acc, p))
         mbarrier.arrive(kv_empty.index(prev))
