@@ -91,3 +91,23 @@ def test_reference_fp8_pv_is_the_exact_attention_up_to_fp8_rounding():
     with torch.no_grad():
         err = _rel(spatial_attention(q, k, v, impl="ref", pv_fp8=True), spatial_attention_ref(q, k, v))
     assert 1e-3 < err < 0.08
+
+
+def test_generator_switches_its_spatial_attention_to_fp8():
+    from drgan.config import PRESETS
+    from drgan.nn import DRGANGenerator, set_attention_fp8
+
+    cfg = PRESETS["tiny-64"]
+    torch.manual_seed(0)
+    g = DRGANGenerator(cfg, "local").eval()
+    for name, p in g.named_parameters():
+        if name.endswith("gamma_s"):
+            p.data.fill_(1.0)  # a new generator's attention is switched off (DANet)
+    cond = (torch.rand(2, cfg.cond_channels, cfg.resolution, cfg.resolution) > 0.9).float()
+    z = torch.randn(2, cfg.z_dim)
+    with torch.no_grad():
+        exact = g(cond, z, noise=0)[0]
+        fp8 = set_attention_fp8(g, True)(cond, z, noise=0)[0]
+        again = set_attention_fp8(g, False)(cond, z, noise=0)[0]
+    assert torch.equal(exact, again)
+    assert 0 < (fp8 - exact).abs().max() < 0.05
