@@ -189,12 +189,15 @@ def paper_spatial_shapes() -> list[tuple[int, int, int]]:
 
 def spatial_launches(n: int, dqk: int, dv: int, batch: int, dtype: torch.dtype) -> list[launches.Launch]:
     """Every kernel launch of one spatial attention forward and backward on the tokens of
-    channels_last maps ((B, N, C) views, unit stride along C), as the SCA module calls it."""
+    channels_last maps ((B, N, C) views, unit stride along C), as the SCA module calls it, then
+    the fp8 P@V forward's (pv_fp8)."""
     q, k = (torch.empty(batch, n, dqk, dtype=dtype, device="meta", requires_grad=True) for _ in range(2))
     v = torch.empty(batch, n, dv, dtype=dtype, device="meta", requires_grad=True)
     with launches.captured_launches() as recorded:
         out = spatial_attention_triton.spatial_attention_triton(q, k, v)
         out.backward(torch.empty_like(out))
+        with torch.no_grad():
+            spatial_attention_triton.spatial_attention_triton(q, k, v, pv_fp8=True)
     return recorded
 
 
@@ -231,6 +234,10 @@ def gluon_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
     return problems
 
 
+def _fp8_pv(launch: launches.Launch) -> bool:
+    return launch.fn is spatial_attention_triton._fwd_kernel and launch.args[2].dtype == torch.float8_e4m3fn
+
+
 def attention_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
     """What keeps a spatial attention launch (forward, dK/dV or dQ) off the hardware's floor, read
     from its main loop's sm_90a SASS."""
@@ -243,11 +250,14 @@ def attention_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
     problems = []
     if not code.loop_count("HGMMA"):
         problems.append("no HGMMA (Hopper warpgroup MMA) in the main loop")
+    if _fp8_pv(launch) and not code.loop_count("QGMMA"):
+        problems.append("fp8 V without QGMMA (fp8 warpgroup MMA) in the main loop")
     if narrow := code.loop_count("LDG.E.U16") + code.loop_count("LDG.E.S16") + code.loop_count("STS.U16"):
         problems.append(f"{narrow} two-byte loads/stores in the main loop (unpadded Q/K)")
     if (ex2 := code.loop_count("MUFU.EX2")) != scores + rescales:
         problems.append(f"{ex2} MUFU.EX2 per loop step where {scores} scores + {rescales} rescales need {scores + rescales}")
-    if block_dv < dv <= max(c.kwargs["BLOCK_DV"] for c in mod.TUNED[_TUNED_NAME[launch.fn]][1]):
+    widest = max(c.kwargs["BLOCK_DV"] for fn, configs in mod.TUNED.values() if fn is launch.fn for c in configs)
+    if block_dv < dv <= widest:
         problems.append("Dv split over programs that each recompute every exponential, where a tile holds it whole")
     if code.stack or code.spill_instructions:
         problems.append(f"spills ({code.stack} B of stack, {code.spill_instructions} STL/LDL)")
@@ -283,9 +293,10 @@ def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, ve
                                                     "LAZY_RESCALE") if launch.kwargs.get(a) is not None}
             code = sass.inspect(launches.compile_launch(launch, capability))
             dv_tiles = triton.cdiv(dv, config["BLOCK_DV"]) if "BLOCK_DV" in config else 1
-            row = {"kernel": launch.name, "N": n, "Dqk": dqk, "Dv": dv, "flop_share": round(share, 4), "config": config,
+            row = {"kernel": launch.name, "pv": "fp8" if _fp8_pv(launch) else "input", "N": n, "Dqk": dqk, "Dv": dv,
+                   "flop_share": round(share, 4), "config": config,
                    "registers": code.registers, "stack": code.stack, "shared": code.shared,
-                   "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "LDGSTS", "LDG.E", "STS", "BAR.SYNC")}}
+                   "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "QGMMA", "LDGSTS", "LDG.E", "STS", "BAR.SYNC")}}
             if launch.fn in _TUNED_NAME:
                 scores = config["BLOCK_M"] * config["BLOCK_N"] // (32 * config["num_warps"])
                 row["exp_per_score"] = round(code.loop_count("MUFU.EX2") * dv_tiles / scores, 3)
@@ -295,7 +306,8 @@ def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, ve
             rows.append(row)
             if verbose:
                 loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
-                print(f"sm_{capability} {launch.name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
+                name = launch.name + (" fp8" if _fp8_pv(launch) else "")
+                print(f"sm_{capability} {name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
                       f"stack {code.stack} smem {row['shared']} | loop {loop}"
                       + (f" | exp/score {row['exp_per_score']}" if "exp_per_score" in row else "")
                       + "".join(f"\n    PROBLEM: {p}" for p in row.get("problems", [])), flush=True)

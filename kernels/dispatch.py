@@ -46,8 +46,30 @@ def _patch_interpreter_scalars() -> None:
     interpreter._patch_lang_tensor = patch
 
 
+def _patch_interpreter_fp8_casts() -> None:
+    """Triton 3.6's interpreter rounds to fp8 without carrying into the exponent (0.498 -> 0.25 in
+    e4m3) and truncates subnormals, where the GPU's cvt.rn rounds to nearest even: convert through
+    torch's float8 casts instead, so the fp8 P@V path tests the GPU's numbers."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    fp8 = {tl.float8e4nv: torch.float8_e4m3fn, tl.float8e5: torch.float8_e5m2}
+    original = interpreter.InterpreterBuilder.create_fp_to_fp
+
+    def create_fp_to_fp(self, src, dst_type, rounding_mode):
+        target = fp8.get(dst_type.scalar)
+        if target is None or src.dtype.scalar.primitive_bitwidth == 8:
+            return original(self, src, dst_type, rounding_mode)
+        wide = torch.from_numpy(np.ascontiguousarray(src.data).astype(np.float32))
+        return interpreter.TensorHandle(wide.to(target).view(torch.uint8).numpy(), dst_type.scalar)
+
+    interpreter.InterpreterBuilder.create_fp_to_fp = create_fp_to_fp
+
+
 if interpreting() and triton_available():
     _patch_interpreter_scalars()
+    _patch_interpreter_fp8_casts()
 
 
 def resolve(op: str, impl: str, tensors: tuple[torch.Tensor, ...], unsupported: str | None) -> str:

@@ -3,6 +3,12 @@
 At 320x320 the N x N score matrix would take 21 GB in bf16, so neither implementation ever holds
 it: the reference walks over query chunks (and recomputes each chunk in backward through
 activation checkpointing), the Triton kernel is flash-style with an online softmax.
+
+`pv_fp8=True` (inference only, off by default) rounds P and V to float8 e4m3 for their product,
+the larger of the kernel's two matrix products: Hopper's fp8 tensor cores take it at twice the bf16
+rate. V is scaled per (sample, channel) to e4m3's largest magnitude and the scale undone after the
+fp32 accumulation; the probabilities (in [0, 1]) are rounded as they are. The error is about ten
+times bf16's (bench/results/fp8-pv-cpu.json), so the mode is opt-in and judged by its images.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from drgan.kernels import dispatch
 
 # Scores held at once by the reference: chunk_rows x N fp32 values (about 256 MB).
 _REF_SCORE_BUDGET = 64 * 1024 * 1024
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = 448.0  # largest finite e4m3fn magnitude
 
 
 def spatial_attention(
@@ -23,20 +31,28 @@ def spatial_attention(
     v: torch.Tensor,
     scale: float = 1.0,
     impl: str = "auto",
+    pv_fp8: bool = False,
 ) -> torch.Tensor:
-    """q, k: (B, N, Dqk); v: (B, N, Dv) -> (B, N, Dv) in v's dtype; softmax in fp32."""
+    """q, k: (B, N, Dqk); v: (B, N, Dv) -> (B, N, Dv) in v's dtype; softmax in fp32. pv_fp8: P@V
+    in float8 (module docstring), for inference."""
     if q.ndim != 3 or k.shape != q.shape:
         raise DrganError(f"spatial_attention: q {tuple(q.shape)} and k {tuple(k.shape)} must both be (B, N, Dqk)")
     if v.ndim != 3 or v.shape[:2] != q.shape[:2]:
         raise DrganError(f"spatial_attention: v {tuple(v.shape)} must be (B, N, Dv) with q {tuple(q.shape)}")
-    chosen = dispatch.resolve("spatial_attention", impl, (q, k, v), _triton_unsupported(q, v))
+    if pv_fp8 and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise DrganError("spatial_attention: pv_fp8 is for inference; it has no backward (run under torch.no_grad)")
+    chosen = dispatch.resolve("spatial_attention", impl, (q, k, v), _triton_unsupported(q, v, pv_fp8))
+    if chosen == "gluon" and pv_fp8:
+        raise DrganError("spatial_attention: impl='gluon' has no fp8 P@V; use impl='triton'")
     if chosen in ("triton", "gluon"):
         from drgan.kernels.spatial_attention_triton import spatial_attention_triton
 
-        return spatial_attention_triton(q, k, v, scale, gluon_forward=chosen == "gluon")
+        return spatial_attention_triton(q, k, v, scale, pv_fp8=pv_fp8, gluon_forward=chosen == "gluon")
     if chosen == "sdpa":
+        if pv_fp8:
+            raise DrganError("spatial_attention: impl='sdpa' has no fp8 P@V; use impl='triton' or 'ref'")
         return spatial_attention_sdpa(q, k, v, scale)
-    return spatial_attention_ref(q, k, v, scale)
+    return (spatial_attention_fp8_pv_ref if pv_fp8 else spatial_attention_ref)(q, k, v, scale)
 
 
 def spatial_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -54,6 +70,29 @@ def spatial_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     return torch.cat(chunks, dim=1).to(v.dtype)
 
 
+def fp8_values(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v (B, N, Dv) -> (e4m3 values, fp32 scale (B, 1, Dv)): each (sample, channel) scaled so its
+    largest magnitude is E4M3_MAX; value * scale restores v up to e4m3 rounding."""
+    scale = v.detach().abs().amax(dim=1, keepdim=True).float().clamp_min(torch.finfo(torch.float32).tiny) / E4M3_MAX
+    return (v.detach().float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+
+
+def spatial_attention_fp8_pv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """The reference with P and V rounded to e4m3 before their product (pv_fp8), fp32 otherwise:
+    p = exp(s - rowmax) in [0, 1], row sums of the unrounded p. (The kernel rounds p relative to its
+    running maximum instead, which changes which values round where, not how much they do.)"""
+    n = q.shape[1]
+    rows = max(1, min(n, _REF_SCORE_BUDGET // max(1, n * q.shape[0])))
+    v8, v_scale = fp8_values(v)
+    kf, v8f = k.float(), v8.float()
+    chunks = []
+    for start in range(0, n, rows):
+        scores = torch.bmm(q[:, start : start + rows].float(), kf.transpose(1, 2)) * scale
+        p = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+        chunks.append(torch.bmm(p.to(E4M3).float(), v8f) / p.sum(dim=-1, keepdim=True))
+    return (torch.cat(chunks, dim=1) * v_scale).to(v.dtype)
+
+
 def spatial_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Through F.scaled_dot_product_attention: exports to ONNX `Attention`; on CPU it may hold N x N."""
     out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)
@@ -65,11 +104,15 @@ def _attend(qc: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) ->
     return torch.bmm(torch.softmax(scores, dim=-1), v)
 
 
-def _triton_unsupported(q: torch.Tensor, v: torch.Tensor) -> str | None:
+def _triton_unsupported(q: torch.Tensor, v: torch.Tensor, pv_fp8: bool = False) -> str | None:
     if not dispatch.triton_available():
         return "the triton package is not installed"
     if not (q.is_cuda or dispatch.interpreting()):
         return "CPU tensors run the reference (the kernel needs CUDA or TRITON_INTERPRET=1)"
+    if pv_fp8 and q.dtype == torch.float32:
+        return "pv_fp8 takes float16/bfloat16 inputs"
+    if pv_fp8 and q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 9):
+        return "pv_fp8 needs fp8 tensor cores (compute capability 8.9 or newer)"
     from drgan.kernels.spatial_attention_triton import MAX_QK_DIM, MAX_QK_DIM_FP32, MAX_V_DIM
 
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or v.dtype != q.dtype:

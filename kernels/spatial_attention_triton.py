@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from drgan.kernels.dispatch import interpreting
+from drgan.kernels.spatial_attention import fp8_values
 from drgan.kernels.spec import INPUT, KernelSpec, Layout
 
 LOG2E = 1.4426950408889634
@@ -52,6 +53,17 @@ FWD_CONFIGS = [
     _config(64, 64, 64, 4, 3),
     _config(256, 64, 128, 16, 3),
     _config(128, 64, 256, 8, 2),
+    _config(128, 64, 128, 8, 3, LAZY_RESCALE=True),
+]
+# The fp8 P@V forward (e4m3 V, transposed: fp8_pv_forward) at sm_90a: 128 x 64 x 128 159 registers,
+# 128 x 128 x 128 218, 256 x 64 x 128 128, all with QGMMA (fp8 wgmma) and V through cp.async. For
+# Dv = 256, 64 keys per step spill (255 registers); 32 keys hold it in 231 (one QGMMA of K = 32).
+FP8_FWD_CONFIGS = [
+    _config(128, 64, 128, 8, 3),
+    _config(128, 128, 128, 8, 2),
+    _config(64, 64, 64, 4, 3),
+    _config(256, 64, 128, 16, 3),
+    _config(128, 32, 256, 8, 2),
     _config(128, 64, 128, 8, 3, LAZY_RESCALE=True),
 ]
 # Backward: the key-block kernel's MMA rows are its BLOCK_N keys, the query-block kernel's its
@@ -328,7 +340,8 @@ def autotuner(kernel, configs: list[triton.Config], do_bench=None) -> triton.run
 
 
 # Every autotuned launch: name -> (kernel, configurations). The interpreter runs INTERPRET_CONFIG.
-TUNED = {"fwd": (_fwd_kernel, FWD_CONFIGS), "dkdv": (_bwd_dkdv_kernel, DKDV_CONFIGS), "dq": (_bwd_dq_kernel, DQ_CONFIGS)}
+TUNED = {"fwd": (_fwd_kernel, FWD_CONFIGS), "fwd_fp8": (_fwd_kernel, FP8_FWD_CONFIGS),
+         "dkdv": (_bwd_dkdv_kernel, DKDV_CONFIGS), "dq": (_bwd_dq_kernel, DQ_CONFIGS)}
 tuners = {} if interpreting() else {name: autotuner(kernel, configs) for name, (kernel, configs) in TUNED.items()}
 
 
@@ -366,14 +379,15 @@ def padded_qk(t: torch.Tensor) -> torch.Tensor:
 def _forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qk_scale: float, qk_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q, k padded (padded_qk) from `qk_dim` columns; returns out and the log-sum-exp."""
+    """q, k padded (padded_qk) from `qk_dim` columns; returns out (q's dtype) and the log-sum-exp.
+    An e4m3 v makes the kernel's P@V an fp8 product (p is cast to v's dtype)."""
     b, n, bd = q.shape
     dv = v.shape[2]
-    out = torch.empty((b, n, dv), device=v.device, dtype=v.dtype)
+    out = torch.empty((b, n, dv), device=v.device, dtype=q.dtype)
     lse = torch.empty((b, n), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
     _launch(
-        "fwd", grid,
+        "fwd_fp8" if v.dtype == torch.float8_e4m3fn else "fwd", grid,
         q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), n, qk_dim, dv, qk_scale,
         BLOCK_D=bd, PRECISION=dot_precision(q.dtype), QK_PADDED=True,
     )
@@ -424,15 +438,18 @@ def _gluon_forward(q_pad, k_pad, v, qk_scale: float, qk_dim: int):
     return spatial_attention_gluon.forward(q_pad, k_pad, v, qk_scale, qk_dim)
 
 
+def _scaled_qk(q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """Padded q, k, the sign moved onto q and the positive scale left. The kernels take max(scores) *
+    scale as the running maximum, which needs scale > 0: a negative scale is moved onto q's sign, a
+    zero scale becomes q = 0 (uniform weights)."""
+    sign = (scale > 0) - (scale < 0)
+    return padded_qk(q if sign == 1 else q * sign), padded_qk(k), sign, abs(scale) if sign else 1.0
+
+
 class _SpatialAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale: float, gluon_forward: bool):
-        # The kernels take max(scores) * scale as the running maximum, which needs scale > 0: a
-        # negative scale is moved onto q's sign, a zero scale becomes q = 0 (uniform weights).
-        sign = (scale > 0) - (scale < 0)
-        q_pad = padded_qk(q if sign == 1 else q * sign)
-        k_pad = padded_qk(k)
-        scale_eff = abs(scale) if sign else 1.0
+        q_pad, k_pad, sign, scale_eff = _scaled_qk(q, k, scale)
         out, lse = (_gluon_forward if gluon_forward else _forward)(q_pad, k_pad, v, scale_eff * LOG2E, q.shape[2])
         ctx.save_for_backward(q_pad, k_pad, v, out, lse)
         ctx.sign, ctx.scale, ctx.qk_dim = sign, scale_eff, q.shape[2]
@@ -445,10 +462,24 @@ class _SpatialAttention(torch.autograd.Function):
         return (dq * ctx.sign).to(q_pad.dtype), dk.to(k_pad.dtype), dv, None, None
 
 
+def fp8_pv_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The forward with P@V in e4m3 (spatial_attention's pv_fp8), no autograd. V goes in scaled
+    per channel and transposed, tokens contiguous: fp8 wgmma reads its B operand K-major, and the
+    transposed copy lets the tile load straight into that layout."""
+    v8, v_scale = fp8_values(v)
+    v8 = v8.transpose(1, 2).contiguous().transpose(1, 2)
+    q_pad, k_pad, _, scale_eff = _scaled_qk(q, k, scale)
+    out, _ = _forward(q_pad, k_pad, v8, scale_eff * LOG2E, q.shape[2])
+    return out.mul_(v_scale)
+
+
 def spatial_attention_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0, gluon_forward: bool = False
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0, pv_fp8: bool = False,
+    gluon_forward: bool = False,
 ) -> torch.Tensor:
     """q, k: (B, N, Dqk), v: (B, N, Dv), any strides, one dtype (fp32/fp16/bf16) -> (B, N, Dv).
-    gluon_forward: the forward runs the Hopper Gluon kernel (spatial_attention_gluon), the
-    backward the same Triton kernels, from the same log-sum-exp."""
+    pv_fp8: fp8_pv_forward. gluon_forward: the forward runs the Hopper Gluon kernel
+    (spatial_attention_gluon), the backward the same Triton kernels, from the same log-sum-exp."""
+    if pv_fp8:
+        return fp8_pv_forward(q, k.to(q.dtype), v, float(scale))
     return _SpatialAttention.apply(q, k.to(q.dtype), v, float(scale), gluon_forward)

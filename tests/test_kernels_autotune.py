@@ -22,6 +22,7 @@ pytest.importorskip("triton")
 import drgan.kernels  # noqa: E402
 from drgan.kernels import spatial_attention, spatial_attention_ref  # noqa: E402
 from drgan.kernels import spatial_attention_triton as sat  # noqa: E402
+from drgan.kernels.spatial_attention import spatial_attention_fp8_pv_ref  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -45,13 +46,35 @@ def emulated_bench(winner: int, count: int):
 
 
 def run_tuned(monkeypatch, name: str, winner: int, dv: int):
-    """Spatial attention forward and backward with launch `name` tuned so that configuration
-    `winner` wins among those the autotuner considers at this Dv; returns (candidates, bench calls)."""
+    """Spatial attention forward and backward (the fp8 forward for fwd_fp8) with launch `name` tuned
+    so that configuration `winner` wins among those the autotuner considers at this Dv; returns
+    the candidates."""
     kernel, configs = sat.TUNED[name]
     candidates = sat.whole_dv_tiles(configs, {"DV": dv})
     bench = emulated_bench(candidates.index(configs[winner]), len(candidates))
     tuner = sat.autotuner(kernel, configs, do_bench=bench)
     monkeypatch.setitem(sat.tuners, name, tuner)
+    if name == "fwd_fp8":
+        check_fp8_forward(dv)
+    else:
+        check_forward_and_backward(dv)
+    assert tuner.best_config is configs[winner]
+    assert next(bench.calls) == len(candidates), "each candidate configuration is benchmarked exactly once"
+    return candidates
+
+
+def check_fp8_forward(dv: int) -> None:
+    """The fp8 P@V forward (fp16 inputs, inference) against its emulation: one key block at this N
+    for most tiles, so the same roundings; two for 32-key tiles."""
+    q, k = (torch.randn(2, 40, 4, device=DEVICE).half() for _ in range(2))
+    v = torch.randn(2, 40, dv, device=DEVICE).half()
+    with torch.no_grad():
+        out = spatial_attention(q, k, v, impl="triton", pv_fp8=True)
+        want = spatial_attention_fp8_pv_ref(q, k, v)
+    assert ((out.float() - want.float()).abs().max() / want.float().abs().max()).item() < 0.03
+
+
+def check_forward_and_backward(dv: int) -> None:
     q, k = (torch.randn(2, 40, 4, device=DEVICE).requires_grad_(True) for _ in range(2))
     v = torch.randn(2, 40, dv, device=DEVICE).requires_grad_(True)
     out = spatial_attention(q, k, v, impl="triton")
@@ -59,13 +82,9 @@ def run_tuned(monkeypatch, name: str, winner: int, dv: int):
     grad = torch.randn_like(out)
     got_grads = torch.autograd.grad(out, (q, k, v), grad)
     want_grads = torch.autograd.grad(want, (q, k, v), grad)
-
-    assert tuner.best_config is configs[winner]
-    assert next(bench.calls) == len(candidates), "each candidate configuration is benchmarked exactly once"
     torch.testing.assert_close(out, want, atol=1e-4, rtol=0)
     for label, got, expected in zip(("dq", "dk", "dv"), got_grads, want_grads):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0, msg=lambda m, label=label: f"{label}: {m}")
-    return candidates
 
 
 @pytest.mark.parametrize("name, winner", CASES, ids=[f"{n}-config{w}" for n, w in CASES])

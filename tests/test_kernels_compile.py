@@ -60,6 +60,9 @@ def test_spatial_attention_launches_pass_the_sass_checks(launch_rows):
     assert {r["kernel"] for r in rows} == {"_fwd_kernel", "_bwd_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel",
                                            "_gluon_fwd_kernel"}
     assert all(r["loop"]["HGMMA"] > 0 for r in rows if r["kernel"] != "_bwd_delta_kernel")
+    # The fp8 P@V forward (pv_fp8): fp8 warpgroup MMA for P@V, V pipelined, no problems where checked.
+    fp8 = [r for r in rows if r.get("pv") == "fp8" and r["N"] >= 25600]
+    assert fp8 and all(r["loop"]["QGMMA"] > 0 and r["loop"]["LDGSTS"] > 0 and not r["problems"] for r in fp8)
 
 
 def test_gluon_forward_launches_pass_the_sass_checks(launch_rows):

@@ -37,6 +37,7 @@ def listed_equals_present(out: Path) -> bool:
     ({"seed": 1}, "seed"), ({"count": 10}, "count"), ({"format": "jpeg"}, "format"),
     ({"grades": (0, 1)}, "grades"), ({"batch": 2}, "batch"), ({"png_level": 3}, "png_level"),
     ({"save_masks": True}, "save_masks"), ({"backend": "null"}, "backend"), ({"label": "predicted"}, "label"),
+    ({"fp8_attention": True}, "fp8_attention"),
 ])
 def test_rerun_with_another_setup_stops_and_says_what_differs(run, made, change, key):
     before = image_bytes(made)

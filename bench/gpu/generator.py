@@ -3,7 +3,8 @@
 Batch 8 (halved on out-of-memory), bf16 autocast, channels_last, inference_mode; random weights
 with the SCA gammas switched on (they start at 0), so both paths compute the same attention work.
 Both paths run the generator as synthesis does, with BatchNorm folded into the convolutions; the
-Triton path is also timed unfolded (`triton_unfolded_bn`). Reports ms per image, the speedup and
+Triton path is also timed unfolded (`triton_unfolded_bn`) and with the spatial attention's P@V in
+fp8 (`triton_fp8_attention`, `drgan synthesize --fp8-attention`; compute capability 8.9+). Reports ms per image, the speedup and
 the peak memory of each path, and where the Triton path's
 time goes: torch.profiler over one batch, the PROFILE_TOP kernels by device time, and the spatial
 attention forward's share.
@@ -18,7 +19,7 @@ import _part  # first: with --dry-run it switches Triton's interpreter on before
 import torch
 
 from drgan.config import preset
-from drgan.nn import DRGANGenerator, set_kernel_impl
+from drgan.nn import DRGANGenerator, set_attention_fp8, set_kernel_impl
 from drgan.nn.layers import fold_batchnorm
 
 PRESET = "paper-1280"
@@ -107,6 +108,11 @@ def run(preset_name: str, device: str, batches=BATCHES, iters=ITERS, autocast: t
             ms, image, _ = time_forward(unfolded, cond, z, "triton", iters["triton"], autocast)
             results["triton_unfolded_bn"] = {"ms_per_image": ms / batch,
                                              "max_abs_image_diff": (image - images["triton"]).abs().max().item()}
+            if device != "cuda" or torch.cuda.get_device_capability() >= (8, 9):
+                ms, image, _ = time_forward(set_attention_fp8(gen, True), cond, z, "triton", iters["triton"], autocast)
+                set_attention_fp8(gen, False)
+                results["triton_fp8_attention"] = {"ms_per_image": ms / batch,
+                                                   "max_abs_image_diff": (image - images["triton"]).abs().max().item()}
             break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -134,6 +140,9 @@ def main() -> None:
         print(f"{impl:8s} {r['ms_per_image']:10.2f} {r['peak_memory_GiB']:10.2f}")
     print(f"speedup {report['speedup']:.2f}x; max |image difference| {report['max_abs_image_diff']:.3g}; "
           f"Triton with BatchNorm unfolded {report['triton_unfolded_bn']['ms_per_image']:.2f} ms/image")
+    if "triton_fp8_attention" in report:
+        fp8 = report["triton_fp8_attention"]
+        print(f"Triton with fp8 P@V attention {fp8['ms_per_image']:.2f} ms/image, max |image difference| {fp8['max_abs_image_diff']:.3g}")
     prof = report["profile"]
     print(f"profile ({prof['clock']} time, per image): {prof['total_ms_per_image']:.2f} ms, spatial attention forward "
           f"{prof['spatial_attention_fwd_ms_per_image']:.2f} ms")

@@ -37,6 +37,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # timed in the first
 BACKWARD_CHECK_MAX_N = 25600
 CHECK_ROWS = 4096  # query rows compared against the reference at N > BACKWARD_CHECK_MAX_N
 REL_TOL = 2e-2  # max |error| / max |reference|, for bf16/fp16 outputs and gradients
+FP8_REL_TOL = 0.1  # pv_fp8: e4m3 P and V, about ten times bf16's error (bench/results/fp8-pv-cpu.json)
 COPY_BYTES = 1 << 31  # the bandwidth probe's source tensor: far past any L2
 SDPA_QK_PAD = 8
 TIME_BUDGET_S = 120  # optional baselines are skipped past this, so the part ends within gpu_check's limit
@@ -182,6 +183,21 @@ def run_gluon(report: dict, dtypes: dict, device: str) -> None:
     report["pass"] = all(e["pass"] for part in ("spatial", "channel", "adain") for e in report[part])
 
 
+def check_fp8_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str) -> dict:
+    """The fp8 P@V forward (pv_fp8): its error against the exact attention on the query rows
+    check_spatial samples, and its time beside the kernel's (triton_fwd_ms)."""
+    if device == "cuda" and torch.cuda.get_device_capability() < (8, 9):
+        return {"fp8_pv": "skipped: needs compute capability 8.9+"}
+    q, k, v = spatial_inputs(n, dqk, dv, dtype, device)
+    half = min(CHECK_ROWS, n) // 2
+    rows = torch.cat([torch.arange(half), torch.arange(n - half, n)]).to(device)
+    with torch.no_grad():
+        out = spatial_attention(q, k, v, impl="triton", pv_fp8=True)
+        err = rel_err(out[:, rows], spatial_attention_ref(q[:, rows], k, v))
+        ms = time_ms(lambda: spatial_attention(q, k, v, impl="triton", pv_fp8=True))
+    return {"fp8_pv_rel_err": err, "fp8_pv_pass": err <= FP8_REL_TOL, "triton_fp8_pv_fwd_ms": ms}
+
+
 def bench_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, deadline: float, compiled, largest_n: int) -> dict:
     q, k, v = spatial_inputs(n, dqk, dv, dtype, device, grad=True)
     timings = {}
@@ -281,7 +297,14 @@ def run(device: str, dtypes: dict, spatial_shapes, channel_shapes, adain_shapes,
     for index, (dname, dtype) in enumerate(dtypes.items()):
         for n, dqk, dv in spatial_shapes:
             entry = {"dtype": dname, "N": n, "Dqk": dqk, "Dv": dv}
-            tried = tuning_timings(lambda: entry.update(check_spatial(n, dqk, dv, dtype, device, backward_max_n)))
+
+            def checks() -> None:
+                entry.update(check_spatial(n, dqk, dv, dtype, device, backward_max_n))
+                if index == 0:  # the fp8 forward's check, tuning and time: in the first dtype
+                    entry.update(check_fp8_spatial(n, dqk, dv, dtype, device))
+                    entry["pass"] = entry["pass"] and entry.get("fp8_pv_pass", True)
+
+            tried = tuning_timings(checks)
             report["tuning_ms"] += [{"dtype": dname, "N": n, "Dqk": dqk, "Dv": dv, "kernel": name, "config": config, "ms": ms}
                                     for name, timings in tried.items() for config, ms in timings.items()]
             # Timings in the first dtype only: the others run the same kernels at the same speed.

@@ -49,6 +49,9 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
                    "tensorrt and aoti load an engine or package of RUN/export that runs native code: only ones you built or trust.")
 @click.option("--trt-plugin", type=click.Path(dir_okay=False),
               help="TensorRT plugin library (libdrgan_trt_plugin.so) an engine exported with --trt-plugin needs; it runs native code: only one you built or trust.")
+@click.option("--fp8-attention", is_flag=True,
+              help="Spatial attention's P@V product in float8 e4m3 (torch backend; CUDA: bf16/fp16 on compute capability 8.9+, "
+                   "CPU: emulated). Opt-in: about ten times bf16's attention error; README says what it changes in the images.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default="png", show_default=True, help="Image file format.")
 @click.option("--quality", type=IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
 @click.option("--png-level", type=IntRange(0, 9), default=1, show_default=True, help="PNG compression: 0 stored, 1 fast, 2..9 zlib levels (slower; README).")
@@ -58,7 +61,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (with per-stage times) as JSON.")
 def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_stats, label, seed, batch, precision,
-               backend, trt_plugin, fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
+               backend, trt_plugin, fp8_attention, fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
     """Generate a balanced augmentation set; rerun the same command to resume.
 
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
@@ -76,5 +79,6 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
         run=run, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
         seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality, png_level=png_level,
         save_masks=save_masks, shard=shard, loader=loader, device=device, label=label, trt_plugin=trt_plugin,
+        fp8_attention=fp8_attention,
     ))
     click.echo(json.dumps(summary.to_dict()) if as_json else format_summary(summary))

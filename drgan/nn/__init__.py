@@ -3,7 +3,7 @@ from drgan.nn.agm import AdaIN
 from drgan.nn.discriminator import DiscOutput, MultiScaleDiscriminator, PatchDiscriminator
 from drgan.nn.generator import DRGANGenerator, GlobalGenerator, LocalEnhancer, structure_only
 from drgan.nn.grade_net import GradeNet
-from drgan.nn.layers import set_kernel_impl
+from drgan.nn.layers import set_attention_fp8, set_kernel_impl
 from drgan.nn.mapping import MappingNetwork
 from drgan.nn.sca import SCA
 from drgan.config import ModelConfig
@@ -30,6 +30,7 @@ __all__ = [
     "SCA",
     "build_discriminator",
     "build_grader",
+    "set_attention_fp8",
     "set_kernel_impl",
     "structure_only",
 ]

@@ -71,6 +71,15 @@ def from_tokens(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return t.reshape(b, height, width, c).permute(0, 3, 1, 2)
 
 
+def set_attention_fp8(module: nn.Module, enabled: bool) -> nn.Module:
+    """Every SCA's spatial attention with P@V in float8 e4m3 (drgan.kernels.spatial_attention's
+    pv_fp8: opt-in, inference only) or as its inputs."""
+    for m in module.modules():
+        if hasattr(m, "pv_fp8"):
+            m.pv_fp8 = enabled
+    return module
+
+
 def set_kernel_impl(module: nn.Module, impl: str) -> nn.Module:
     """Switch every kernel-backed submodule (SCA, AdaIN) to impl 'auto' | 'ref' | 'triton' | 'sdpa'
     (drgan.kernels.dispatch); an unknown name is refused here, not at the first forward pass."""

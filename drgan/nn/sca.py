@@ -24,12 +24,13 @@ class SCA(nn.Module):
         self.out_s = nn.Conv2d(channels, channels, 1)
         self.out_c = nn.Conv2d(channels, channels, 1)
         self.impl = impl
+        self.pv_fp8 = False  # spatial attention's P@V in float8 (inference; drgan.nn.set_attention_fp8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         # With channels_last x the conv outputs are channels_last and to_tokens is a free view.
         q, k, v = to_tokens(self.query(x)), to_tokens(self.key(x)), to_tokens(self.value(x))
-        attended = from_tokens(spatial_attention(q, k, v, impl=self.impl), h, w)
+        attended = from_tokens(spatial_attention(q, k, v, impl=self.impl, pv_fp8=self.pv_fp8), h, w)
         spatial = x + self.gamma_s.to(x.dtype) * attended
         # flatten(2) of a channels_last map is a (B, C, N) view with stride C along N.
         channel = x + self.gamma_c.to(x.dtype) * channel_attention(x.flatten(2), impl=self.impl).reshape(b, c, h, w)

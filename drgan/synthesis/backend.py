@@ -14,8 +14,19 @@ from typing import Callable, Protocol
 
 import torch
 
-from drgan.nn.layers import fold_batchnorm
+from drgan.errors import ParameterError
+from drgan.nn.layers import fold_batchnorm, set_attention_fp8
 from drgan.runtime import autocast_dtype, intra_op_threads, resolve_precision
+
+def _check_fp8_attention(device: torch.device, precision: str) -> None:
+    """On CUDA the fp8 P@V runs in the Triton kernel only: refuse what would fall back to the
+    (emulating, far slower) reference instead."""
+    if precision == "fp32":
+        raise ParameterError("{fp8_attention} needs {precision} bf16 or fp16 on CUDA (the fp8 kernel takes 16-bit inputs)")
+    if torch.cuda.get_device_capability(device) < (8, 9):
+        raise ParameterError(f"{{fp8_attention}} needs fp8 tensor cores (compute capability 8.9 or newer); "
+                             f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
+
 
 class Backend(Protocol):
     def __call__(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor: ...
@@ -30,13 +41,17 @@ class TorchBackend:
         device: torch.device,           # where it runs
         precision: str,                 # 'fp32' | 'bf16' | 'fp16' | 'auto' (bf16 on CUDA, fp32 on CPU)
         cuda_graph: bool = True,        # replay one captured graph per batch shape on CUDA
+        fp8_attention: bool = False,    # spatial attention's P@V in float8 (opt-in; emulated on CPU)
     ) -> None:
         precision = resolve_precision(precision, device)
         self.device, self.dtype = device, autocast_dtype(precision)
+        if fp8_attention and device.type == "cuda":
+            _check_fp8_attention(device, precision)
         # channels_last is faster on CUDA and on CPU alike (bench/results/generator_cpu.json), and so
         # is BatchNorm folded into the convolutions (bench/results/generator_fold_bn_cpu.json); the
         # folded copy leaves `generator` and its weights hash as they are.
         self.g = fold_batchnorm(generator).to(device=device, memory_format=torch.channels_last)
+        set_attention_fp8(self.g, fp8_attention)
         self.use_graph = cuda_graph and device.type == "cuda"
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
 
@@ -120,11 +135,11 @@ def load_null(run: str | Path | None, size: int, device: torch.device, precision
 
 
 def load_torch(run: str | Path | None, size: int, device: torch.device, precision: str, batch: int,
-               trt_plugin: None = None) -> LoadedBackend:
+               trt_plugin: None = None, fp8_attention: bool = False) -> LoadedBackend:
     from drgan.checkpoint import load_generator, weights_sha256
 
     g = load_generator(run)
-    backend = TorchBackend(g, device, precision)
+    backend = TorchBackend(g, device, precision, fp8_attention=fp8_attention)
     return LoadedBackend(backend, g.noise_shapes, weights_sha256(g), resolve_precision(precision, device),
                          backend.predict_grade)
 

@@ -3,6 +3,8 @@ each name maps to the 'module:function' of its loader, imported when the backend
 
     loader(run, size, device, precision, batch, trt_plugin) -> drgan.synthesis.backend.LoadedBackend
 
+(the torch loader also takes fp8_attention=True).
+
 This is the one list of backends: a new backend is its loader and its line here (an exported one
 also its opener in drgan.export.backends)."""
 from __future__ import annotations
@@ -29,13 +31,17 @@ BACKENDS: dict[str, str] = {
 
 def make_backend(
     name: str, run: str | Path | None, size: int, device: torch.device, precision: str, batch: int,
-    trt_plugin: str | Path | None = None,
+    trt_plugin: str | Path | None = None, fp8_attention: bool = False,
 ) -> LoadedBackend:
     """The backend of the run folder's generator (run None: only the null backend); `trt_plugin`:
-    the TensorRT plugin library the user named (tensorrt only)."""
+    the TensorRT plugin library the user named (tensorrt only); `fp8_attention`: the spatial
+    attention's P@V in float8 (torch only)."""
     if name not in BACKENDS:
         raise ParameterError(f"{{backend}} {name!r}: choose one of {', '.join(BACKENDS)}")
     if trt_plugin is not None and name != "tensorrt":
         raise ParameterError(f"{{trt_plugin}} applies to {{backend}} tensorrt, not {name}")
+    if fp8_attention and name != "torch":
+        raise ParameterError(f"{{fp8_attention}} applies to {{backend}} torch, not {name}")
     module, function = BACKENDS[name].split(":")
-    return getattr(import_module(module), function)(run, size, device, precision, batch, trt_plugin)
+    extra = {"fp8_attention": True} if fp8_attention else {}
+    return getattr(import_module(module), function)(run, size, device, precision, batch, trt_plugin, **extra)

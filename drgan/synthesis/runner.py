@@ -74,6 +74,7 @@ class SynthesisOptions:
     preset: str | None = None                   # with backend "null" instead of a run
     trt_plugin: str | None = None               # TensorRT plugin library an engine built with one needs
     label: str = "planned"                      # grading vector of the planned grade, or of the grade the encoder predicts from the masks
+    fp8_attention: bool = False                 # spatial attention's P@V in float8 (torch backend; opt-in)
 
 
 @dataclass
@@ -162,7 +163,8 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     device = _device(opts.device)
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
     pool = StructurePool.from_dataset(opts.structures, size, opts.loader) if opts.structures else StructurePool.phantom(size, opts.seed)
-    loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch, opts.trt_plugin)
+    loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch, opts.trt_plugin,
+                          opts.fp8_attention)
     times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
     out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
     try:
@@ -226,6 +228,8 @@ def _fingerprint(opts: SynthesisOptions, plan: Plan, size: int, pool: StructureP
         "lesion_stats": fingerprint.lesion_stats_id(opts.lesion_stats), "structures": pool.identity,
         "generator": loaded.weights, "preset": opts.preset, "backend": opts.backend, "precision": loaded.precision,
         "save_masks": opts.save_masks, "label": opts.label,
+        # Only when on, so the fingerprints of sets made before the option existed still match.
+        **({"fp8_attention": True} if opts.fp8_attention else {}),
     }
 
 
