@@ -1,17 +1,18 @@
-"""How much an fp8 P@V would cost in accuracy: the spatial attention with P and V rounded to
-float8 e4m3 (Hopper's fp8 wgmma inputs), emulated in PyTorch on the CPU, against the exact one.
+"""What the fp8 P@V costs in accuracy: the spatial attention with P and V rounded to float8 e4m3
+(Hopper's fp8 wgmma inputs), emulated in PyTorch on the CPU, against the exact one.
 
-An fp8 P@V kernel (FlashAttention-3 style) would compute p = exp2(s - m) in fp32 as now, keep the
-row sum l in fp32, and round p (in [0, 1]) and V (scaled per channel so its largest magnitude is
-e4m3's 448) to e4m3 before the product; the scale is undone on the fp32 accumulator. This script
-measures that rounding, in three places:
+The fp8 P@V kernel (spatial_attention's pv_fp8) computes p = exp2(s - m) in fp32 as the bf16 one
+does, keeps the row sum l in fp32, and rounds p (in [0, 1]) and V (scaled per channel so its
+largest magnitude is e4m3's 448) to e4m3 before the product; the scale is undone on the fp32
+accumulator. This script
+measures that rounding (drgan.kernels.spatial_attention_fp8_pv_ref, what `pv_fp8` runs on the CPU),
+in three places:
   1. the attention output at each paper-1280 block (N = 6,400 / 25,600 / 102,400; random inputs,
      the scores' spread of the GPU check; sampled query rows against every key);
   2. the attention's error relative to the bf16 rounding the kernels already make (same inputs);
   3. the images of a small-256 generator whose SCA blocks run the emulation, against the exact
      attention, with the spatial branch switched fully on (gamma_s = 1; a new generator has 0).
-Trained-generator gates (condition fidelity, FID/SWD on a synthesized set) need a checkpoint
-and a GPU run; this bounds the error before anyone builds the kernel.
+The trained-generator gate (condition fidelity, SWD of synthesized sets) is bench/fp8_pv_images.py.
 
     python bench/fp8_pv.py --out bench/results/fp8-pv-cpu.json
 """
@@ -23,27 +24,11 @@ import platform
 
 import torch
 
-import drgan.nn.sca as sca
 from drgan.config import PRESETS
-from drgan.kernels.spatial_attention import spatial_attention_ref
-from drgan.nn import DRGANGenerator
+from drgan.kernels.spatial_attention import spatial_attention_fp8_pv_ref, spatial_attention_ref
+from drgan.nn import DRGANGenerator, set_attention_fp8
 
-E4M3 = torch.float8_e4m3fn
-E4M3_MAX = 448.0
 ROWS = 1024  # query rows sampled per block (first and last halves)
-CHUNK = 256  # query rows held at once: CHUNK x N fp32 scores
-
-
-def attention_fp8_pv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """softmax(scale q k^T) v with P and V rounded to e4m3 before their product; fp32 otherwise."""
-    v_scale = v.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / E4M3_MAX  # (B, 1, Dv)
-    v8 = (v.float() / v_scale).to(E4M3).float()
-    out = []
-    for start in range(0, q.shape[1], CHUNK):
-        s = torch.bmm(q[:, start : start + CHUNK].float(), k.float().transpose(1, 2)) * scale
-        p = torch.exp(s - s.amax(dim=-1, keepdim=True))
-        out.append(torch.bmm(p.to(E4M3).float(), v8) * v_scale / p.sum(dim=-1, keepdim=True))
-    return torch.cat(out, dim=1).to(v.dtype)
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -59,7 +44,7 @@ def attention_errors(n: int, dqk: int, dv: int) -> dict:
     rows = torch.cat([torch.arange(ROWS // 2), torch.arange(n - ROWS // 2, n)])
     exact = spatial_attention_ref(q[:, rows], k, v)
     bf16 = spatial_attention_ref(q[:, rows].bfloat16(), k.bfloat16(), v.bfloat16())
-    fp8 = attention_fp8_pv(q[:, rows], k, v)
+    fp8 = spatial_attention_fp8_pv_ref(q[:, rows], k, v)
     return {"N": n, "Dqk": dqk, "Dv": dv, "rows": ROWS,
             "fp8_pv_rel_err": rel_err(fp8, exact), "bf16_rel_err": rel_err(bf16, exact)}
 
@@ -75,12 +60,7 @@ def image_errors(preset: str = "small-256", batch: int = 2) -> dict:
     z = torch.randn(batch, cfg.z_dim)
     with torch.inference_mode():
         exact, _ = g(cond, z, noise=0)
-        original = sca.spatial_attention
-        sca.spatial_attention = lambda q, k, v, impl="auto": attention_fp8_pv(q, k, v)
-        try:
-            fp8, _ = g(cond, z, noise=0)
-        finally:
-            sca.spatial_attention = original
+        fp8, _ = set_attention_fp8(g, True)(cond, z, noise=0)
     diff = (fp8 - exact).abs()
     mse = ((fp8 - exact) ** 2).mean().item()
     # Images are in [-1, 1]: a peak-to-peak of 2, so PSNR = 10 log10(4 / MSE); 8-bit levels = 127.5 per unit.
