@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="JSON result file")
     args = parser.parse_args()
-    gammas = {name: round(float(p), 5) for name, p in load_generator(args.run).named_parameters() if name.endswith("gamma_s")}
+    gammas = {name: round(p.item(), 5) for name, p in load_generator(args.run).named_parameters() if name.endswith("gamma_s")}
     result = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.machine()} CPU (emulation)",
               "torch": torch.__version__, "run": args.run, "count": args.count, "gamma_s": gammas}
     with tempfile.TemporaryDirectory() as tmp:
