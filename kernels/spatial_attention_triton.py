@@ -58,14 +58,7 @@ FWD_CONFIGS = [
 # The fp8 P@V forward (e4m3 V, transposed: fp8_pv_forward) at sm_90a: 128 x 64 x 128 159 registers,
 # 128 x 128 x 128 218, 256 x 64 x 128 128, all with QGMMA (fp8 wgmma) and V through cp.async. For
 # Dv = 256, 64 keys per step spill (255 registers); 32 keys hold it in 231 (one QGMMA of K = 32).
-FP8_FWD_CONFIGS = [
-    _config(128, 64, 128, 8, 3),
-    _config(128, 128, 128, 8, 2),
-    _config(64, 64, 64, 4, 3),
-    _config(256, 64, 128, 16, 3),
-    _config(128, 32, 256, 8, 2),
-    _config(128, 64, 128, 8, 3, LAZY_RESCALE=True),
-]
+FP8_FWD_CONFIGS = [_config(128, 32, 256, 8, 2) if c.kwargs["BLOCK_DV"] == 256 else c for c in FWD_CONFIGS]
 # Backward: the key-block kernel's MMA rows are its BLOCK_N keys, the query-block kernel's its
 # BLOCK_M queries; 8 warps need 128 of them, or both warpgroups compute the same exponentials.
 # sm_90a at N >= 25,600: 232 registers (dK/dV), 106-109 (dQ), no spills, one exp per score. dK/dV
