@@ -266,7 +266,7 @@ def attention_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
     return problems
 
 
-_TUNED_NAME = {fn: name for name, (fn, _) in spatial_attention_triton.TUNED.items()}
+_TUNED_KERNELS = {fn for fn, _ in spatial_attention_triton.TUNED.values()}
 
 
 def flop_shares(shapes: list[tuple[int, int, int]]) -> list[float]:
@@ -297,7 +297,7 @@ def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, ve
                    "flop_share": round(share, 4), "config": config,
                    "registers": code.registers, "stack": code.stack, "shared": code.shared,
                    "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "QGMMA", "LDGSTS", "LDG.E", "STS", "BAR.SYNC")}}
-            if launch.fn in _TUNED_NAME:
+            if launch.fn in _TUNED_KERNELS:
                 scores = config["BLOCK_M"] * config["BLOCK_N"] // (32 * config["num_warps"])
                 row["exp_per_score"] = round(code.loop_count("MUFU.EX2") * dv_tiles / scores, 3)
                 row["problems"] = attention_problems(launch, code) if capability == 90 else []

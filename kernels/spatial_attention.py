@@ -55,10 +55,15 @@ def spatial_attention(
     return (spatial_attention_fp8_pv_ref if pv_fp8 else spatial_attention_ref)(q, k, v, scale)
 
 
+def chunk_rows(q: torch.Tensor) -> int:
+    """Query rows the reference takes at once: chunk x N fp32 scores per sample within _REF_SCORE_BUDGET."""
+    n = q.shape[1]
+    return max(1, min(n, _REF_SCORE_BUDGET // max(1, n * q.shape[0])))
+
+
 def spatial_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Readable reference, chunked over queries so memory stays bounded at any N."""
-    n = q.shape[1]
-    rows = max(1, min(n, _REF_SCORE_BUDGET // max(1, n * q.shape[0])))
+    n, rows = q.shape[1], chunk_rows(q)
     kf, vf = k.float(), v.float()
     chunks = []
     for start in range(0, n, rows):
@@ -74,15 +79,15 @@ def fp8_values(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """v (B, N, Dv) -> (e4m3 values, fp32 scale (B, 1, Dv)): each (sample, channel) scaled so its
     largest magnitude is E4M3_MAX; value * scale restores v up to e4m3 rounding."""
     scale = v.detach().abs().amax(dim=1, keepdim=True).float().clamp_min(torch.finfo(torch.float32).tiny) / E4M3_MAX
-    return (v.detach().float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+    # v / scale promotes to fp32 in one new tensor, which the clamp may then overwrite.
+    return (v.detach() / scale).clamp_(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
 def spatial_attention_fp8_pv_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """The reference with P and V rounded to e4m3 before their product (pv_fp8), fp32 otherwise:
     p = exp(s - rowmax) in [0, 1], row sums of the unrounded p. (The kernel rounds p relative to its
     running maximum instead, which changes which values round where, not how much they do.)"""
-    n = q.shape[1]
-    rows = max(1, min(n, _REF_SCORE_BUDGET // max(1, n * q.shape[0])))
+    n, rows = q.shape[1], chunk_rows(q)
     v8, v_scale = fp8_values(v)
     kf, v8f = k.float(), v8.float()
     chunks = []
@@ -104,15 +109,22 @@ def _attend(qc: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) ->
     return torch.bmm(torch.softmax(scores, dim=-1), v)
 
 
+def fp8_pv_unsupported(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the Triton kernel cannot run the fp8 P@V for inputs of `dtype` on `device`; None if it can."""
+    if dtype == torch.float32:
+        return "fp8 P@V takes float16/bfloat16 inputs"
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        return "fp8 P@V needs fp8 tensor cores (compute capability 8.9 or newer)"
+    return None
+
+
 def _triton_unsupported(q: torch.Tensor, v: torch.Tensor, pv_fp8: bool = False) -> str | None:
     if not dispatch.triton_available():
         return "the triton package is not installed"
     if not (q.is_cuda or dispatch.interpreting()):
         return "CPU tensors run the reference (the kernel needs CUDA or TRITON_INTERPRET=1)"
-    if pv_fp8 and q.dtype == torch.float32:
-        return "pv_fp8 takes float16/bfloat16 inputs"
-    if pv_fp8 and q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 9):
-        return "pv_fp8 needs fp8 tensor cores (compute capability 8.9 or newer)"
+    if pv_fp8 and (reason := fp8_pv_unsupported(q.dtype, q.device)):
+        return reason
     from drgan.kernels.spatial_attention_triton import MAX_QK_DIM, MAX_QK_DIM_FP32, MAX_V_DIM
 
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or v.dtype != q.dtype:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from drgan.kernels import adain, adain_ref, channel_attention, channel_attention_ref, spatial_attention
-from drgan.kernels.spatial_attention import spatial_attention_ref
+from drgan.kernels.spatial_attention import fp8_pv_unsupported, spatial_attention_ref
 from drgan.kernels.spatial_attention_triton import tuners
 
 SPATIAL_SHAPES = [(6400, 64, 512), (25600, 16, 256), (102400, 4, 128)]  # (N, Dqk, Dv), batch 1
@@ -100,8 +100,7 @@ def compiled_reference():
     step = torch.compile(module._attend, dynamic=False)
 
     def run(q, k, v):
-        n = q.shape[1]
-        rows = max(1, min(n, module._REF_SCORE_BUDGET // max(1, n * q.shape[0])))
+        n, rows = q.shape[1], module.chunk_rows(q)
         kf, vf = k.float(), v.float()
         return torch.cat([step(q[:, s : s + rows], kf, vf, 1.0) for s in range(0, n, rows)], 1).to(v.dtype)
 
@@ -115,6 +114,13 @@ def spatial_inputs(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, g
     k = (torch.randn(1, n, dqk, device=device, generator=gen) * 0.5).to(dtype)
     v = torch.randn(1, n, dv, device=device, generator=gen).to(dtype)
     return [t.requires_grad_(grad) for t in (q, k, v)]
+
+
+def sampled_rows(n: int, device: str) -> torch.Tensor:
+    """The first and last CHECK_ROWS / 2 query rows (all of them below CHECK_ROWS): where ragged
+    tiles and both ends of the key range show."""
+    half = min(CHECK_ROWS, n) // 2
+    return torch.cat([torch.arange(half), torch.arange(n - half, n)]).to(device)
 
 
 def check_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, backward_max_n: int) -> dict:
@@ -131,8 +137,7 @@ def check_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, ba
         for name, g, w in zip(("dq", "dk", "dv"), got_g, want_g):
             result[f"{name}_rel_err"] = rel_err(g, w)
     else:
-        half = min(CHECK_ROWS, n) // 2
-        rows = torch.cat([torch.arange(half), torch.arange(n - half, n)]).to(device)
+        rows = sampled_rows(n, device)
         with torch.no_grad():
             want = spatial_attention_ref(q[:, rows], k, v)
         result["forward_rel_err"] = rel_err(out[:, rows], want)
@@ -159,8 +164,7 @@ def check_gluon(entry: dict, dtype: torch.dtype, device: str, timed: bool) -> No
     try:
         with torch.no_grad():
             out = spatial_attention(q, k, v, impl="gluon")
-            half = min(CHECK_ROWS, n) // 2
-            rows = torch.cat([torch.arange(half), torch.arange(n - half, n)]).unique().to(device)
+            rows = sampled_rows(n, device)
             entry["gluon_forward_rel_err"] = rel_err(out[:, rows], spatial_attention_ref(q[:, rows], k, v))
             entry["gluon"] = "ran"
             if timed:
@@ -186,11 +190,10 @@ def run_gluon(report: dict, dtypes: dict, device: str) -> None:
 def check_fp8_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str) -> dict:
     """The fp8 P@V forward (pv_fp8): its error against the exact attention on the query rows
     check_spatial samples, and its time beside the kernel's (triton_fwd_ms)."""
-    if device == "cuda" and torch.cuda.get_device_capability() < (8, 9):
-        return {"fp8_pv": "skipped: needs compute capability 8.9+"}
+    if reason := fp8_pv_unsupported(dtype, torch.device(device)):
+        return {"fp8_pv": f"skipped: {reason}"}
     q, k, v = spatial_inputs(n, dqk, dv, dtype, device)
-    half = min(CHECK_ROWS, n) // 2
-    rows = torch.cat([torch.arange(half), torch.arange(n - half, n)]).to(device)
+    rows = sampled_rows(n, device)
     with torch.no_grad():
         out = spatial_attention(q, k, v, impl="triton", pv_fp8=True)
         err = rel_err(out[:, rows], spatial_attention_ref(q[:, rows], k, v))

@@ -15,17 +15,9 @@ from typing import Callable, Protocol
 import torch
 
 from drgan.errors import ParameterError
+from drgan.kernels.spatial_attention import fp8_pv_unsupported
 from drgan.nn.layers import fold_batchnorm, set_attention_fp8
 from drgan.runtime import autocast_dtype, intra_op_threads, resolve_precision
-
-def _check_fp8_attention(device: torch.device, precision: str) -> None:
-    """On CUDA the fp8 P@V runs in the Triton kernel only: refuse what would fall back to the
-    (emulating, far slower) reference instead."""
-    if precision == "fp32":
-        raise ParameterError("{fp8_attention} needs {precision} bf16 or fp16 on CUDA (the fp8 kernel takes 16-bit inputs)")
-    if torch.cuda.get_device_capability(device) < (8, 9):
-        raise ParameterError(f"{{fp8_attention}} needs fp8 tensor cores (compute capability 8.9 or newer); "
-                             f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}")
 
 
 class Backend(Protocol):
@@ -46,7 +38,11 @@ class TorchBackend:
         precision = resolve_precision(precision, device)
         self.device, self.dtype = device, autocast_dtype(precision)
         if fp8_attention and device.type == "cuda":
-            _check_fp8_attention(device, precision)
+            # On CUDA the fp8 P@V is the Triton kernel's: refuse what would fall back to the
+            # emulating, far slower reference instead.
+            if reason := fp8_pv_unsupported(self.dtype or torch.float32, device):
+                raise ParameterError(f"{{fp8_attention}} with {{precision}} {precision} on "
+                                     f"{torch.cuda.get_device_name(device)}: {reason}")
         # channels_last is faster on CUDA and on CPU alike (bench/results/generator_cpu.json), and so
         # is BatchNorm folded into the convolutions (bench/results/generator_fold_bn_cpu.json); the
         # folded copy leaves `generator` and its weights hash as they are.
