@@ -105,6 +105,8 @@ def spatial_variants() -> list[Variant]:
             out += [variant(mod.FWD, dtype, config=config, qk_block=qk_block, QK_PADDED=True) for config in mod.FWD_CONFIGS]
             out += [variant(spec, dtype, config=config, qk_block=qk_block, QK_PADDED=True)
                     for spec in (mod.DKDV, mod.DQ) for config in spec.configs]
+            out += [variant(mod.DKDV, dtype, config=config, qk_block=qk_block, QK_PADDED=True, DQ_ATOMIC=True)
+                    for config in mod.DKDV.configs]
         out.append(variant(mod.DELTA, dtype))
     return out
 
@@ -190,12 +192,18 @@ def paper_spatial_shapes() -> list[tuple[int, int, int]]:
 def spatial_launches(n: int, dqk: int, dv: int, batch: int, dtype: torch.dtype) -> list[launches.Launch]:
     """Every kernel launch of one spatial attention forward and backward on the tokens of
     channels_last maps ((B, N, C) views, unit stride along C), as the SCA module calls it, then
-    the fp8 P@V forward's (pv_fp8)."""
+    the deterministic backward's and the fp8 P@V forward's (pv_fp8)."""
     q, k = (torch.empty(batch, n, dqk, dtype=dtype, device="meta", requires_grad=True) for _ in range(2))
     v = torch.empty(batch, n, dv, dtype=dtype, device="meta", requires_grad=True)
     with launches.captured_launches() as recorded:
         out = spatial_attention_triton.spatial_attention_triton(q, k, v)
-        out.backward(torch.empty_like(out))
+        out.backward(torch.empty_like(out), retain_graph=True)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            out.backward(torch.empty_like(out))
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
         with torch.no_grad():
             spatial_attention_triton.spatial_attention_triton(q, k, v, pv_fp8=True)
     return recorded
@@ -238,6 +246,10 @@ def _fp8_pv(launch: launches.Launch) -> bool:
     return launch.fn is spatial_attention_triton._fwd_kernel and launch.args[2].dtype == torch.float8_e4m3fn
 
 
+def _atomic_dq(launch: launches.Launch) -> bool:
+    return launch.fn is spatial_attention_triton._bwd_dkdv_kernel and bool(launch.kwargs.get("DQ_ATOMIC"))
+
+
 def attention_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
     """What keeps a spatial attention launch (forward, dK/dV or dQ) off the hardware's floor, read
     from its main loop's sm_90a SASS."""
@@ -252,6 +264,8 @@ def attention_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
         problems.append("no HGMMA (Hopper warpgroup MMA) in the main loop")
     if _fp8_pv(launch) and not code.loop_count("QGMMA"):
         problems.append("fp8 V without QGMMA (fp8 warpgroup MMA) in the main loop")
+    if _atomic_dq(launch) and not code.loop_count("RED"):
+        problems.append("atomic dQ without RED (fire-and-forget global reductions) in the main loop")
     if narrow := code.loop_count("LDG.E.U16") + code.loop_count("LDG.E.S16") + code.loop_count("STS.U16"):
         problems.append(f"{narrow} two-byte loads/stores in the main loop (unpadded Q/K)")
     if (ex2 := code.loop_count("MUFU.EX2")) != scores + rescales:
@@ -294,9 +308,10 @@ def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, ve
             code = sass.inspect(launches.compile_launch(launch, capability))
             dv_tiles = triton.cdiv(dv, config["BLOCK_DV"]) if "BLOCK_DV" in config else 1
             row = {"kernel": launch.name, "pv": "fp8" if _fp8_pv(launch) else "input", "N": n, "Dqk": dqk, "Dv": dv,
+                   **({"dq": "atomic" if _atomic_dq(launch) else "kernel"} if launch.fn is spatial_attention_triton._bwd_dkdv_kernel else {}),
                    "flop_share": round(share, 4), "config": config,
                    "registers": code.registers, "stack": code.stack, "shared": code.shared,
-                   "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "QGMMA", "LDGSTS", "LDG.E", "STS", "BAR.SYNC")}}
+                   "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "QGMMA", "LDGSTS", "LDG.E", "STS", "BAR.SYNC", "RED")}}
             if launch.fn in _TUNED_KERNELS:
                 scores = config["BLOCK_M"] * config["BLOCK_N"] // (32 * config["num_warps"])
                 row["exp_per_score"] = round(code.loop_count("MUFU.EX2") * dv_tiles / scores, 3)
@@ -306,7 +321,7 @@ def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, ve
             rows.append(row)
             if verbose:
                 loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
-                name = launch.name + (" fp8" if _fp8_pv(launch) else "")
+                name = launch.name + (" fp8" if _fp8_pv(launch) else "") + (" atomic" if _atomic_dq(launch) else "")
                 print(f"sm_{capability} {name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
                       f"stack {code.stack} smem {row['shared']} | loop {loop}"
                       + (f" | exp/score {row['exp_per_score']}" if "exp_per_score" in row else "")

@@ -9,10 +9,15 @@ unpadded Q/K and QK_PADDED=False). V is tiled along Dv (grid axis 1) so the accu
 BLOCK_M x BLOCK_DV; every score's exp is computed once per Dv tile, so Hopper's tiles keep Dv =
 128 (the paper's N = 102,400 block) in one tile.
 
-Backward (FlashAttention-2 split, no atomics): delta = rowsum(dO * O); one kernel per key block
-accumulates dV and dK, one per query block accumulates dQ, both recomputing the probabilities
-from the saved log-sum-exp. With V tiled, ds = p * (dp - delta) is linear in the per-tile
-dp_t = dO_t V_t^T, so each Dv tile writes a partial dK / dQ (fp32) and the partials are summed.
+Backward: delta = rowsum(dO * O), then one kernel per key block that recomputes the probabilities
+from the saved log-sum-exp, accumulates dV and dK in registers and adds each query block's share
+of dQ = dS K into an fp32 buffer with atomics (FlashAttention-2's dQ accumulation). The paper's
+Q/K are 4 and 16 wide (16 padded), so that is 16 floats per query row and key block, while every
+score's exponential and its dO V^T product are computed once. Atomic adds land in no fixed order,
+so under torch.use_deterministic_algorithms the backward splits dQ into a second kernel per query
+block instead (no atomics), which recomputes the exponentials and dO V^T: about 1.5x the work.
+With V tiled, ds = p * (dp - delta) is linear in the per-tile dp_t = dO_t V_t^T, so each Dv tile
+adds (or writes) a partial dK / dQ in fp32 and the partials are summed.
 """
 from __future__ import annotations
 
@@ -68,6 +73,11 @@ DKDV_CONFIGS = [
     _config(64, 64, 128, 4, 2),
     _config(64, 64, 64, 4, 3),
 ]
+# The key-block kernel with the atomic dQ (DQ_ATOMIC): the same tiles. The transposed dS it
+# stages in shared memory for ds K takes ptxas to 245 registers; capped at 240 it needs 236
+# (8 warps) and 240 (4 warps), no spills, and one CTA (8 warps) or two (4) per SM either way.
+DKDV_DQ_CONFIGS = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, maxnreg=240)
+                   for c in DKDV_CONFIGS]
 DQ_CONFIGS = [
     _config(128, 64, 128, 8, 2),
     _config(64, 64, 128, 4, 2),
@@ -202,7 +212,7 @@ def _bwd_delta_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK_PART, DV_OUT,
+    Q, K, V, DO, LSE, DELTA, DK_PART, DV_OUT, DQ_ACC,
     stride_qb, stride_qn, stride_qd,
     stride_kb, stride_kn, stride_kd,
     stride_vb, stride_vn, stride_vd,
@@ -210,9 +220,10 @@ def _bwd_dkdv_kernel(
     stride_xb, stride_xn, stride_xd,
     B, N, DQK, DV, qk_scale, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PRECISION: tl.constexpr, QK_PADDED: tl.constexpr,
+    PRECISION: tl.constexpr, QK_PADDED: tl.constexpr, DQ_ATOMIC: tl.constexpr = False,
 ):
-    """One key block and one Dv tile: dV tile, and this tile's share of dK."""
+    """One key block and one Dv tile: dV tile, and this tile's share of dK; with DQ_ATOMIC also its
+    share of dQ, added into DQ_ACC ((B, N, BLOCK_D) fp32, zeroed; otherwise unused)."""
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -230,6 +241,7 @@ def _bwd_dkdv_kernel(
                 mask=key_ok[:, None] & v_ok[None, :], other=0.0)
     qt_ptrs = Q + b * stride_qb + offs_m[None, :] * stride_qn + offs_d[:, None] * stride_qd
     do_ptrs = DO + b * stride_gb + offs_m[:, None] * stride_gn + offs_v[None, :] * stride_gd
+    dq_ptrs = DQ_ACC + (b * N + offs_m[:, None]) * BLOCK_D + offs_d[None, :]
     # Only tile 0 subtracts delta, so the tiles' partial dK sum to the full p * (dp - delta) term.
     delta_scale = tl.where(pid_v == 0, 1.0, 0.0)
 
@@ -249,6 +261,10 @@ def _bwd_dkdv_kernel(
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         dst = pt * (dpt - delta[None, :])
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=PRECISION)
+        if DQ_ATOMIC:
+            # This key block's term of dQ for these query rows: ds K (BLOCK_M x BLOCK_D).
+            dq = tl.dot(tl.trans(dst.to(k.dtype)), k, input_precision=PRECISION)
+            tl.atomic_add(dq_ptrs + start * BLOCK_D, dq * scale, mask=row_ok[:, None], sem="relaxed")
 
     tl.store(DV_OUT + b * stride_xb + offs_n[:, None] * stride_xn + offs_v[None, :] * stride_xd,
              dv.to(DV_OUT.dtype.element_ty), mask=key_ok[:, None] & v_ok[None, :])
@@ -310,7 +326,7 @@ _UNIT = ("stride_qd", "stride_kd", "stride_vd")
 FWD = KernelSpec("spatial_fwd", _fwd_kernel, {**_QKV, "O": INPUT, "LSE": "fp32"}, ("qk_scale",), tuple(FWD_CONFIGS),
                  {"contiguous": Layout(_UNIT + ("stride_od",))})
 DKDV = KernelSpec("spatial_dkdv", _bwd_dkdv_kernel,
-                  {**_QKV, "DO": INPUT, "LSE": "fp32", "DELTA": "fp32", "DK_PART": "fp32", "DV_OUT": INPUT},
+                  {**_QKV, "DO": INPUT, "LSE": "fp32", "DELTA": "fp32", "DK_PART": "fp32", "DV_OUT": INPUT, "DQ_ACC": "fp32"},
                   ("qk_scale", "scale"), tuple(DKDV_CONFIGS), {"contiguous": Layout(_UNIT + ("stride_gd", "stride_xd"))})
 DQ = KernelSpec("spatial_dq", _bwd_dq_kernel, {**_QKV, "DO": INPUT, "LSE": "fp32", "DELTA": "fp32", "DQ_PART": "fp32"},
                 ("qk_scale", "scale"), tuple(DQ_CONFIGS), {"contiguous": Layout(_UNIT + ("stride_gd",))})
@@ -326,16 +342,25 @@ def whole_dv_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     return [config for config in configs if config.kwargs["BLOCK_DV"] == min(whole)] if whole else configs
 
 
-def autotuner(kernel, configs: list[triton.Config], do_bench=None) -> triton.runtime.Autotuner:
-    """`kernel` tuned over `configs` per (N, DQK, DV); `do_bench` replaces the timing (tests)."""
-    return triton.autotune(configs=configs, key=["N", "DQK", "DV"], do_bench=do_bench,
+# Every autotuned launch: name -> (kernel, configurations). The interpreter runs INTERPRET_CONFIG.
+# "dkdv" and "dq" are the deterministic backward, "dkdv_dq" the default one (atomic dQ).
+TUNED = {"fwd": (_fwd_kernel, FWD_CONFIGS), "fwd_fp8": (_fwd_kernel, FP8_FWD_CONFIGS),
+         "dkdv": (_bwd_dkdv_kernel, DKDV_CONFIGS), "dq": (_bwd_dq_kernel, DQ_CONFIGS),
+         "dkdv_dq": (_bwd_dkdv_kernel, DKDV_DQ_CONFIGS)}
+# Buffers a launch adds into: zeroed before each configuration the autotuner times, and by the caller.
+ACCUMULATED = {"dkdv_dq": ["DQ_ACC"]}
+
+
+def autotuner(name: str, configs: list[triton.Config] | None = None, do_bench=None) -> triton.runtime.Autotuner:
+    """Launch `name`'s kernel tuned over `configs` (default: its TUNED ones) per (N, DQK, DV);
+    `do_bench` replaces the timing (tests)."""
+    kernel, tuned = TUNED[name]
+    return triton.autotune(configs=configs or tuned, key=["N", "DQK", "DV"], do_bench=do_bench,
+                           reset_to_zero=ACCUMULATED.get(name),
                            prune_configs_by={"early_config_prune": whole_dv_tiles})(kernel)
 
 
-# Every autotuned launch: name -> (kernel, configurations). The interpreter runs INTERPRET_CONFIG.
-TUNED = {"fwd": (_fwd_kernel, FWD_CONFIGS), "fwd_fp8": (_fwd_kernel, FP8_FWD_CONFIGS),
-         "dkdv": (_bwd_dkdv_kernel, DKDV_CONFIGS), "dq": (_bwd_dq_kernel, DQ_CONFIGS)}
-tuners = {} if interpreting() else {name: autotuner(kernel, configs) for name, (kernel, configs) in TUNED.items()}
+tuners = {} if interpreting() else {name: autotuner(name) for name in TUNED}
 
 
 def _launch(name: str, grid, *args, **constexprs) -> dict:
@@ -388,7 +413,8 @@ def _forward(
 
 
 def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float, qk_dim: int):
-    """q, k padded (padded_qk) from `qk_dim` columns; returns dq, dk (fp32, `qk_dim` wide) and dv."""
+    """q, k padded (padded_qk) from `qk_dim` columns; returns dq, dk (fp32, `qk_dim` wide) and dv.
+    Deterministic (separate dQ kernel) under torch.use_deterministic_algorithms, else atomic dQ."""
     b, n, bd = q.shape
     dv = v.shape[2]
     delta = torch.empty((b, n), device=q.device, dtype=torch.float32)
@@ -400,15 +426,21 @@ def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float, qk_dim: in
     # configuration writes its tiles here; only those of the configuration that ran last are summed.
     max_tiles = triton.cdiv(dv, min(c.kwargs["BLOCK_DV"] for c in DKDV_CONFIGS + DQ_CONFIGS + [INTERPRET_CONFIG]))
     dk_part = torch.empty((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
-    dq_part = torch.empty((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad.stride())
     precision = dot_precision(q.dtype)
     grid_k = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
+    atomic = not torch.are_deterministic_algorithms_enabled()
+    # Atomic: every Dv tile adds its partial dQ into dq_acc. Deterministic: unused by the key-block kernel.
+    dq_acc = torch.zeros((b, n, bd), device=q.device, dtype=torch.float32) if atomic else dk_part
     meta_k = _launch(
-        "dkdv", grid_k,
-        q, k, v, grad, lse, delta, dk_part, dv_out, *strides, *dv_out.stride(), b, n, qk_dim, dv, qk_scale, scale,
-        BLOCK_D=bd, PRECISION=precision, QK_PADDED=True,
+        "dkdv_dq" if atomic else "dkdv", grid_k,
+        q, k, v, grad, lse, delta, dk_part, dv_out, dq_acc, *strides, *dv_out.stride(), b, n, qk_dim, dv, qk_scale, scale,
+        BLOCK_D=bd, PRECISION=precision, QK_PADDED=True, DQ_ATOMIC=atomic,
     )
+    dk = dk_part[: triton.cdiv(dv, meta_k["BLOCK_DV"])].sum(0)[..., :qk_dim]
+    if atomic:
+        return dq_acc[..., :qk_dim], dk, dv_out
+    dq_part = torch.empty((max_tiles, b, n, bd), device=q.device, dtype=torch.float32)
     grid_q = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(dv, meta["BLOCK_DV"]), b)  # noqa: E731
     meta_q = _launch(
         "dq", grid_q,
@@ -416,7 +448,6 @@ def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float, qk_dim: in
         BLOCK_D=bd, PRECISION=precision, QK_PADDED=True,
     )
     dq = dq_part[: triton.cdiv(dv, meta_q["BLOCK_DV"])].sum(0)[..., :qk_dim]
-    dk = dk_part[: triton.cdiv(dv, meta_k["BLOCK_DV"])].sum(0)[..., :qk_dim]
     return dq, dk, dv_out
 
 

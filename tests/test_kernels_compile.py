@@ -60,6 +60,12 @@ def test_spatial_attention_launches_pass_the_sass_checks(launch_rows):
     assert {r["kernel"] for r in rows} == {"_fwd_kernel", "_bwd_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel",
                                            "_gluon_fwd_kernel"}
     assert all(r["loop"]["HGMMA"] > 0 for r in rows if r["kernel"] != "_bwd_delta_kernel")
+    # The backward's key-block kernel twice per shape: with the atomic dQ (the default: one exp per
+    # score for the whole backward at N = 102,400, dQ through RED) and for the deterministic backward.
+    dkdv = [r for r in rows if r["kernel"] == "_bwd_dkdv_kernel"]
+    assert {r["dq"] for r in dkdv} == {"atomic", "kernel"}
+    atomic = [r for r in dkdv if r["dq"] == "atomic" and r["N"] == 102400]
+    assert atomic and all(r["loop"]["RED"] > 0 and r["exp_per_score"] == 1.0 and not r["problems"] for r in atomic)
     # The fp8 P@V forward (pv_fp8): fp8 warpgroup MMA for P@V, V pipelined, no problems where checked.
     fp8 = [r for r in rows if r.get("pv") == "fp8" and r["N"] >= 25600]
     assert fp8 and all(r["loop"]["QGMMA"] > 0 and r["loop"]["LDGSTS"] > 0 and not r["problems"] for r in fp8)

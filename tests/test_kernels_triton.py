@@ -75,6 +75,28 @@ def test_spatial_attention_matches_reference(batch, n, dqk, dv, dtype):
     _close_grads(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad), rel)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_spatial_attention_deterministic_backward(dtype):
+    """Under torch.use_deterministic_algorithms the backward takes dQ from its own kernel instead
+    of atomic adds: the same gradients (the reference's, and the atomic path's to rounding), and
+    bit-identical from run to run."""
+    q, k, v = _leaf((2, 75, 4), dtype), _leaf((2, 75, 4), dtype), _leaf((2, 75, 128), dtype)
+    out = spatial_attention(q, k, v, impl="triton")
+    grad = torch.randn_like(out)
+    atomic = torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [torch.autograd.grad(out, (q, k, v), grad, retain_graph=True) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    want = torch.autograd.grad(spatial_attention_ref(q, k, v), (q, k, v), grad)
+    rel = TOL[dtype][1]
+    _close_grads(runs[0], want, rel)
+    _close_grads(atomic, want, rel)
+    _close_grads(atomic, runs[0], rel / 4)
+
+
 def test_spatial_attention_strided_views_and_scale():
     """q, k, v as column slices of one fused projection (non-unit row strides); scale < 0 and 0."""
     qkv = _leaf((2, 37, 4 + 4 + 24), torch.float32)

@@ -9,7 +9,11 @@ channels_last, forward and backward.
 else (the report is written first, so a hang there loses nothing): its error against the
 reference (gluon_forward_rel_err, counted in pass) and its time (gluon_fwd_ms, first dtype only);
 elsewhere "gluon": "skipped: <reason>", and a failure is recorded as "gluon": "failed: ...".
-(3) Timings: spatial attention Triton forward and backward vs the chunked reference,
+The backward is checked as it runs by default (dQ added atomically) and, in the first dtype,
+under torch.use_deterministic_algorithms (dQ from its own kernel): deterministic_*_rel_err
+against the default's gradients.
+(3) Timings: spatial attention Triton forward and backward (both backwards: triton_bwd_ms and
+triton_bwd_deterministic_ms, the latter the two-kernel backward of earlier runs) vs the chunked reference,
 F.scaled_dot_product_attention (memory-efficient backend, Q/K zero-padded to 8) and torch.compile
 of the reference's chunk step; AdaIN achieved bandwidth against the device's own copy bandwidth (measured first:
 bytes read plus written by a large device-to-device copy).
@@ -18,6 +22,7 @@ bytes read plus written by a large device-to-device copy).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 
@@ -116,6 +121,17 @@ def spatial_inputs(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, g
     return [t.requires_grad_(grad) for t in (q, k, v)]
 
 
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms for the block (warn_only: cuBLAS' workspace rule aside)."""
+    saved, saved_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved, warn_only=saved_warn)
+
+
 def sampled_rows(n: int, device: str) -> torch.Tensor:
     """The first and last CHECK_ROWS / 2 query rows (all of them below CHECK_ROWS): where ragged
     tiles and both ends of the key range show."""
@@ -123,19 +139,26 @@ def sampled_rows(n: int, device: str) -> torch.Tensor:
     return torch.cat([torch.arange(half), torch.arange(n - half, n)]).to(device)
 
 
-def check_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, backward_max_n: int) -> dict:
-    """Forward and (first call per shape: right after autotuning) backward against the reference."""
+def check_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, backward_max_n: int,
+                  deterministic: bool = False) -> dict:
+    """Forward and (first call per shape: right after autotuning) backward against the reference;
+    `deterministic`: also the deterministic backward against the default one."""
     q, k, v = spatial_inputs(n, dqk, dv, dtype, device, grad=n <= backward_max_n)
     out = spatial_attention(q, k, v, impl="triton")
     result = {}
     if n <= backward_max_n:
         want = spatial_attention_ref(q, k, v)
         grad = torch.randn_like(out)
-        got_g = torch.autograd.grad(out, (q, k, v), grad)
+        got_g = torch.autograd.grad(out, (q, k, v), grad, retain_graph=deterministic)
         want_g = torch.autograd.grad(want, (q, k, v), grad)
         result["forward_rel_err"] = rel_err(out, want)
         for name, g, w in zip(("dq", "dk", "dv"), got_g, want_g):
             result[f"{name}_rel_err"] = rel_err(g, w)
+        if deterministic:
+            with deterministic_algorithms():
+                det_g = torch.autograd.grad(out, (q, k, v), grad)
+            for name, g, w in zip(("dq", "dk", "dv"), det_g, got_g):
+                result[f"deterministic_{name}_rel_err"] = rel_err(g, w)
     else:
         rows = sampled_rows(n, device)
         with torch.no_grad():
@@ -223,6 +246,9 @@ def bench_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, de
     grad = torch.randn_like(out)
     timings["triton_bwd_ms"] = time_ms(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True))
     timings["bwd_over_fwd"] = timings["triton_bwd_ms"] / timings["triton_fwd_ms"]
+    with deterministic_algorithms():
+        timings["triton_bwd_deterministic_ms"] = time_ms(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True))
+    timings["deterministic_bwd_over_fwd"] = timings["triton_bwd_deterministic_ms"] / timings["triton_fwd_ms"]
     sdpa = timings["sdpa_efficient_padded_fwd_ms"]
     if isinstance(sdpa, float):
         timings["speedup_vs_sdpa"] = sdpa / timings["triton_fwd_ms"]
@@ -302,7 +328,7 @@ def run(device: str, dtypes: dict, spatial_shapes, channel_shapes, adain_shapes,
             entry = {"dtype": dname, "N": n, "Dqk": dqk, "Dv": dv}
 
             def checks() -> None:
-                entry.update(check_spatial(n, dqk, dv, dtype, device, backward_max_n))
+                entry.update(check_spatial(n, dqk, dv, dtype, device, backward_max_n, deterministic=index == 0))
                 if index == 0:  # the fp8 forward's check, tuning and time: in the first dtype
                     entry.update(check_fp8_spatial(n, dqk, dv, dtype, device))
                     entry["pass"] = entry["pass"] and entry.get("fp8_pv_pass", True)
