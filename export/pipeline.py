@@ -114,6 +114,7 @@ class _Exporter:
         self.generator = _load_stage(run, stage)
         self.sha = weights_sha256(self.generator)  # the hash synthesis checks (drgan.export.backends)
         locks.hold(out)  # creates OUT; a second export into it is refused
+        _check_out(out)  # again: another process may have written into it meanwhile
         remove_temp_files(out, recursive=False)  # left by a killed export
         self.manifest = {
             "run": str(run.resolve()),

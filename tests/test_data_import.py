@@ -317,6 +317,26 @@ def test_rerun_with_other_options_is_refused(eyepacs, tmp_path):
     assert isinstance(res.exception, DrganError) and "was imported with size 80" in str(res.exception)
 
 
+def test_import_into_a_folder_in_use_is_refused(eyepacs, tmp_path, lock_holder):
+    """Two imports into one folder would convert the same ids at once; the second is refused, and
+    the folder is taken once the first has finished (or died)."""
+    out = tmp_path / "ds"
+    pid = lock_holder(out)
+    res, _ = run_import("eyepacs", eyepacs, "--out", out, "--vessels", "none", "--workers", 0)
+    assert isinstance(res.exception, DrganError)
+    assert str(res.exception) == f"{out} is in use by another drgan process (pid {pid})"
+    assert [p.name for p in out.iterdir()] == [".drgan.lock"]
+
+
+def test_import_resumes_a_folder_holding_only_its_lock(eyepacs, tmp_path):
+    """A run killed after taking the folder's lock and before its first write left only the lock file."""
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / ".drgan.lock").write_text("12345\n")
+    report = import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    assert report.new == 3 and (out / "labels.csv").is_file()
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, message", [

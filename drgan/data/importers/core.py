@@ -25,6 +25,7 @@ from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
 from drgan.data.labels import LABELS_FILE
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
+from drgan import locks
 from drgan.errors import DrganError, ParameterError
 from drgan.io import atomic_write_bytes, atomic_write_text, check_writable_dir, encode_png, remove_temp_files
 
@@ -255,7 +256,8 @@ class ImportReport:
 
 
 def _check_options(out: Path, options: dict) -> None:
-    """A new folder, or one this importer wrote with the same options (a rerun resumes it)."""
+    """A new folder, or one this importer wrote with the same options (a rerun resumes it); its
+    lock file alone (a run killed before its first write) counts as new."""
     record = out / IMPORT_FILE
     if record.is_file():
         try:
@@ -267,12 +269,9 @@ def _check_options(out: Path, options: dict) -> None:
             raise DrganError(f"{out}: was imported with {diff}; rerun with the same options or use a new folder")
     elif out.exists() and not out.is_dir():
         raise DrganError(f"{out}: is a file, expected a dataset folder")
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and not all(locks.is_lock_file(p) for p in out.iterdir()):
         raise DrganError(f"{out}: output folder exists and is not an import to resume")
     check_writable_dir(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
-    atomic_write_text(record, json.dumps(options, sort_keys=True) + "\n")
 
 
 def import_plan(kind: str, plan: Plan, out: str | Path, size: int, vessels: str, workers: int,
@@ -286,7 +285,21 @@ def import_plan(kind: str, plan: Plan, out: str | Path, size: int, vessels: str,
     if not plan.items:
         first = f"; first: {plan.skipped[0]}" if plan.skipped else ""
         raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped{first})")
-    _check_options(out, {"kind": kind, "size": size, "vessels": vessels})
+    options = {"kind": kind, "size": size, "vessels": vessels}
+    _check_options(out, options)  # before the folder is created for its lock
+    locks.hold(out)  # a second import into the same folder is refused
+    try:
+        _check_options(out, options)  # again: another process may have written meanwhile
+        (out / "images").mkdir(exist_ok=True)
+        (out / "masks").mkdir(exist_ok=True)
+        atomic_write_text(out / IMPORT_FILE, json.dumps(options, sort_keys=True) + "\n")
+        return _convert_all(kind, plan, out, size, vessels, workers, progress)
+    finally:
+        locks.release(out)
+
+
+def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, workers: int,
+                 progress: bool) -> ImportReport:
     remove_temp_files(out)  # left by a killed run, images and masks alike
     counts = Counter(it.id for it in plan.items)
     report_skipped = [f"{it.image}: another image has the id {it.id!r}" for it in plan.items if counts[it.id] > 1]
