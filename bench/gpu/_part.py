@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 DRY_RUN = "--dry-run" in sys.argv
 if DRY_RUN:
@@ -42,3 +43,25 @@ def write(path: Path, report: dict, dry_run: bool) -> None:
     """The report as JSON, marked with whether it came from a dry run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"dry_run": dry_run, **report}, indent=2) + "\n")
+
+
+def profile(run: Callable[[], object], cuda: bool, per: int, groups: dict[str, tuple[str, ...]], top: int = 15) -> dict:
+    """Self time per kernel over one `run()` (device time on CUDA, host time on the CPU), divided by
+    `per` (images): the total, the `top` kernels, and per group the kernels whose names contain one
+    of its substrings."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+
+    def ms(chosen) -> float:
+        return sum(getattr(e, attr) for e in chosen) / 1e3 / per
+
+    return {"clock": "device" if cuda else "host", "total_ms_per_image": ms(events),
+            **{f"{group}_ms_per_image": ms(e for e in events if any(k in e.key for k in keys)) for group, keys in groups.items()},
+            "top": [{"name": e.key[:120], "calls": e.count, "ms_per_image": ms([e])} for e in events[:top]]}

@@ -73,23 +73,13 @@ def time_forward(gen: DRGANGenerator, cond: torch.Tensor, z: torch.Tensor, impl:
 
 def profile_forward(gen: DRGANGenerator, cond: torch.Tensor, z: torch.Tensor, autocast: torch.dtype) -> dict:
     """Self device time per kernel (host time on the CPU) over one Triton-path batch, per image."""
-    from torch.profiler import ProfilerActivity, profile
-
     set_kernel_impl(gen, "triton")
-    cuda = cond.is_cuda
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch.inference_mode(), torch.autocast(cond.device.type, dtype=autocast), profile(activities=activities) as prof:
-        gen(cond, z, noise=0)
-        if cuda:
-            torch.cuda.synchronize()
-    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
-    total = sum(getattr(e, attr) for e in events) / 1e3
-    batch = cond.shape[0]
-    top = [{"name": e.key[:120], "calls": e.count, "ms_per_image": getattr(e, attr) / 1e3 / batch} for e in events[:PROFILE_TOP]]
-    attention = sum(getattr(e, attr) for e in events if "_fwd_kernel" in e.key) / 1e3
-    return {"clock": "device" if cuda else "host", "total_ms_per_image": total / batch,
-            "spatial_attention_fwd_ms_per_image": attention / batch, "top": top}
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast(cond.device.type, dtype=autocast):
+            gen(cond, z, noise=0)
+
+    return _part.profile(forward, cond.is_cuda, cond.shape[0], {"spatial_attention_fwd": ("_fwd_kernel",)}, PROFILE_TOP)
 
 
 def run(preset_name: str, device: str, batches=BATCHES, iters=ITERS, autocast: torch.dtype = AUTOCAST) -> dict:

@@ -3,7 +3,9 @@
     python bench/gpu/training.py --out OUT/training.json [--dry-run]
 
 Each variant builds the trainer (VGG19 perceptual with random weights: same cost as real ones),
-warms up, then times a few full G + D steps; ms/step and peak memory per variant. A variant that
+warms up, then times a few full G + D steps; ms/step and peak memory per variant; the first variant
+also profiles one step (torch.profiler: the top kernels by device time, the spatial attention's
+forward and backward kernels' share). A variant that
 fails (out of memory, missing kernel) is recorded with its error and the next one runs; the part
 then exits 1. First, exact resume on the device (resume_check.py: RNG state, 2+2 steps).
 """
@@ -27,6 +29,11 @@ from drgan.training.vgg import VGG19Features
 from resume_check import resume_matches
 
 BUDGET_S = 50
+PROFILE_TOP = 15
+# Kernels by name: the spatial attention's forward and its backward (the default, atomic-dQ one and
+# the deterministic one's extra dQ kernel).
+PROFILE_GROUPS = {"spatial_attention_fwd": ("_fwd_kernel",),
+                  "spatial_attention_bwd": ("_bwd_dkdv_kernel", "_bwd_dq_kernel", "_bwd_delta_kernel")}
 VARIANTS = (("triton", 1, 3, "bf16"), ("ref", 1, 2, "bf16"), ("triton", 2, 3, "bf16"))  # impl, batch, steps, precision
 # --dry-run: the tiny preset, one timed step, Triton in fp32 (the interpreter's bf16 tl.dot is wrong).
 DRY_VARIANTS = (("triton", 1, 1, "fp32"),)
@@ -46,7 +53,7 @@ class RandomRetinas(Dataset):
         return {"id": str(i), "image": self.image[i], "cond": self.cond[i], "grade": torch.tensor(i % 5)}
 
 
-def run_variant(tmp: Path, preset_name: str, device: str, variant: tuple, data: Dataset) -> dict:
+def run_variant(tmp: Path, preset_name: str, device: str, variant: tuple, data: Dataset, profiled: bool = False) -> dict:
     impl, batch, steps, precision = variant
     cuda = device == "cuda"
     if cuda:
@@ -66,10 +73,13 @@ def run_variant(tmp: Path, preset_name: str, device: str, variant: tuple, data: 
         values = trainer.train_step(b, s + 1)
         sync()
         times.append(time.perf_counter() - start)
-    return {"impl": impl, "batch": batch, "precision": precision, "ms_per_step": 1000 * sum(times) / len(times),
-            "ms_per_image": 1000 * sum(times) / len(times) / batch, "steps": steps,
-            "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "losses_finite": all(v == v for v in values.values())}
+    row = {"impl": impl, "batch": batch, "precision": precision, "ms_per_step": 1000 * sum(times) / len(times),
+           "ms_per_image": 1000 * sum(times) / len(times) / batch, "steps": steps,
+           "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+           "losses_finite": all(v == v for v in values.values())}
+    if profiled:
+        row["profile"] = _part.profile(lambda: trainer.train_step(b, steps + 1), cuda, batch, PROFILE_GROUPS, PROFILE_TOP)
+    return row
 
 
 def main() -> None:
@@ -97,10 +107,17 @@ def main() -> None:
                 result["variants"].append({"impl": impl, "batch": batch, "skipped": "time budget"})
                 continue
             try:
-                row = run_variant(tmp, preset_name, device, variant, data)
+                row = run_variant(tmp, preset_name, device, variant, data, profiled=variant is variants[0])
             except Exception as exc:  # recorded, so the other variants still run
                 row = {"impl": impl, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc()[-1500:]}
-            print({k: v for k, v in row.items() if k != "trace"}, flush=True)
+            print({k: v for k, v in row.items() if k not in ("trace", "profile")}, flush=True)
+            if "profile" in row:
+                prof = row["profile"]
+                print(f"profile ({prof['clock']} time, per image): {prof['total_ms_per_image']:.2f} ms, spatial attention "
+                      f"forward {prof['spatial_attention_fwd_ms_per_image']:.2f} ms, backward "
+                      f"{prof['spatial_attention_bwd_ms_per_image']:.2f} ms", flush=True)
+                for top in prof["top"]:
+                    print(f"  {top['ms_per_image']:8.3f} ms  x{top['calls']:<4d} {top['name']}", flush=True)
             result["variants"].append(row)
     result["total_s"] = time.time() - t0
     result["pass"] = result["resume"]["pass"] and not any("error" in row for row in result["variants"])
