@@ -193,11 +193,11 @@ def test_grader_resolution_is_recorded_and_used(tmp_path):
     assert load_grader(tmp_path)[1] == 128
 
 
-def test_help_and_exit_codes_of_the_console_scripts(capsys):
+def test_help_and_exit_codes_of_the_console_scripts(capsys, monkeypatch):
     from drgan.cli import export_main, synthesize_main, train_main
 
+    monkeypatch.setattr(sys, "argv", ["prog", "-h"])  # restored after the test
     for main in (train_main, synthesize_main, export_main):
-        sys.argv = ["prog", "-h"]
         with pytest.raises(SystemExit) as exit_:
             main()
         assert exit_.value.code == 0 and "Usage:" in capsys.readouterr().out
