@@ -85,6 +85,18 @@ def seeded_generator(*keys: int) -> torch.Generator:
 
 
 @contextlib.contextmanager
+def deterministic_algorithms(on: bool = True, warn_only: bool = False) -> Iterator[None]:
+    """torch.use_deterministic_algorithms(on, warn_only=...) for the block, then the caller's
+    setting again (kernels read it to choose a deterministic path, e.g. the attention backward)."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on, warn_only=warn_only)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+@contextlib.contextmanager
 def intra_op_threads(n: int) -> Iterator[None]:
     """Run the block's CPU tensor operations with n intra-op threads (the calling thread's
     setting), then restore it. Stages of a pipeline that has its own parallel lanes use 1: an

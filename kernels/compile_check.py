@@ -28,6 +28,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from drgan.config import PRESETS
+from drgan.runtime import deterministic_algorithms
 from drgan.kernels import (
     adain_triton,
     channel_attention_triton,
@@ -198,12 +199,8 @@ def spatial_launches(n: int, dqk: int, dv: int, batch: int, dtype: torch.dtype) 
     with launches.captured_launches() as recorded:
         out = spatial_attention_triton.spatial_attention_triton(q, k, v)
         out.backward(torch.empty_like(out), retain_graph=True)
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)
-        try:
+        with deterministic_algorithms():
             out.backward(torch.empty_like(out))
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
         with torch.no_grad():
             spatial_attention_triton.spatial_attention_triton(q, k, v, pv_fp8=True)
     return recorded

@@ -9,7 +9,6 @@ configuration in turn is the one chosen.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
@@ -24,6 +23,7 @@ import drgan.kernels  # noqa: E402
 from drgan.kernels import spatial_attention, spatial_attention_ref  # noqa: E402
 from drgan.kernels import spatial_attention_triton as sat  # noqa: E402
 from drgan.kernels.spatial_attention import spatial_attention_fp8_pv_ref  # noqa: E402
+from drgan.runtime import deterministic_algorithms  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -33,16 +33,6 @@ pytestmark = pytest.mark.skipif(
 # Launches of the backward under torch.use_deterministic_algorithms (the others: "dkdv_dq").
 DETERMINISTIC_BACKWARD = {"dkdv", "dq"}
 CASES = [(name, winner) for name, (_, configs) in sat.TUNED.items() for winner in range(len(configs))]
-
-
-@contextlib.contextmanager
-def deterministic(on: bool):
-    saved = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(on)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved)
 
 
 def emulated_bench(winner: int, count: int):
@@ -70,7 +60,7 @@ def run_tuned(monkeypatch, name: str, winner: int, dv: int):
     if name == "fwd_fp8":
         check_fp8_forward(dv)
     else:
-        with deterministic(name in DETERMINISTIC_BACKWARD):
+        with deterministic_algorithms(name in DETERMINISTIC_BACKWARD):
             check_forward_and_backward(dv)
     assert tuner.best_config is configs[winner]
     assert next(bench.calls) == len(candidates), "each candidate configuration is benchmarked exactly once"

@@ -32,6 +32,7 @@ from drgan.kernels import (  # noqa: E402
 )
 from drgan.nn import DRGANGenerator, set_kernel_impl  # noqa: E402
 from drgan.nn.sca import SCA  # noqa: E402
+from drgan.runtime import deterministic_algorithms  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -84,11 +85,8 @@ def test_spatial_attention_deterministic_backward(dtype):
     out = spatial_attention(q, k, v, impl="triton")
     grad = torch.randn_like(out)
     atomic = torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         runs = [torch.autograd.grad(out, (q, k, v), grad, retain_graph=True) for _ in range(2)]
-    finally:
-        torch.use_deterministic_algorithms(False)
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     want = torch.autograd.grad(spatial_attention_ref(q, k, v), (q, k, v), grad)
     rel = TOL[dtype][1]

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from drgan.runs import generator_weights, read_run_config
 from drgan.config import preset
 from drgan.errors import DrganError
+from drgan.runtime import deterministic_algorithms
 from drgan.training import gan, state
 from drgan.training.gan import D_TERMS, G_TERMS, GanTrainer, train_gan
 from drgan.training.options import GanOptions
@@ -92,14 +93,11 @@ def _assert_same_run(a: Path, b: Path,
 
 
 def test_resume_is_exact(tmp_path, space):
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         data = PhantomSet(10)  # 5 batches per epoch: the resumed half crosses an epoch boundary
         train_gan(options(tmp_path, space, out=str(tmp_path / "full"), max_steps=8, ema=True), data)
         train_gan(options(tmp_path, space, out=str(tmp_path / "half"), max_steps=4, ema=True), data)
         report = train_gan(GanOptions(resume=str(tmp_path / "half"), max_steps=8), data)
-    finally:
-        torch.use_deterministic_algorithms(False)
     assert report["steps"] == 8 and report["epoch"] == 1
     _assert_same_run(tmp_path / "full", tmp_path / "half")
 
@@ -247,14 +245,11 @@ def test_fp16_scaler_skips_overflowing_steps(tmp_path, space):
 
 
 def test_fp16_resume_is_exact_with_the_scaler_state(tmp_path, space):
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         data = PhantomSet(4)
         full = train_gan(options(tmp_path, space, out=str(tmp_path / "full"), max_steps=2, precision="fp16"), data)
         train_gan(options(tmp_path, space, out=str(tmp_path / "half"), max_steps=1, precision="fp16"), data)
         train_gan(GanOptions(resume=str(tmp_path / "half"), max_steps=2), data)
-    finally:
-        torch.use_deterministic_algorithms(False)
     scale = full["log"][-1]["amp/scale"]
     assert json.loads((tmp_path / "full" / "state.json").read_text())["scaler"]["scale"] == scale
     assert json.loads((tmp_path / "half" / "state.json").read_text())["scaler"]["scale"] == scale

@@ -65,3 +65,12 @@ def profile(run: Callable[[], object], cuda: bool, per: int, groups: dict[str, t
     return {"clock": "device" if cuda else "host", "total_ms_per_image": ms(events),
             **{f"{group}_ms_per_image": ms(e for e in events if any(k in e.key for k in keys)) for group, keys in groups.items()},
             "top": [{"name": e.key[:120], "calls": e.count, "ms_per_image": ms([e])} for e in events[:top]]}
+
+
+def print_profile(prof: dict) -> None:
+    """A `profile` result for the log: the total, each group, then the top kernels."""
+    groups = ", ".join(f"{key[: -len('_ms_per_image')].replace('_', ' ')} {value:.2f} ms" for key, value in prof.items()
+                       if key.endswith("_ms_per_image") and key != "total_ms_per_image")
+    print(f"profile ({prof['clock']} time, per image): {prof['total_ms_per_image']:.2f} ms, {groups}", flush=True)
+    for row in prof["top"]:
+        print(f"  {row['ms_per_image']:8.3f} ms  x{row['calls']:<4d} {row['name']}", flush=True)

@@ -133,11 +133,7 @@ def main() -> None:
     if "triton_fp8_attention" in report:
         fp8 = report["triton_fp8_attention"]
         print(f"Triton with fp8 P@V attention {fp8['ms_per_image']:.2f} ms/image, max |image difference| {fp8['max_abs_image_diff']:.3g}")
-    prof = report["profile"]
-    print(f"profile ({prof['clock']} time, per image): {prof['total_ms_per_image']:.2f} ms, spatial attention forward "
-          f"{prof['spatial_attention_fwd_ms_per_image']:.2f} ms")
-    for row in prof["top"]:
-        print(f"  {row['ms_per_image']:8.3f} ms  x{row['calls']:<4d} {row['name']}")
+    _part.print_profile(report["profile"])
     _part.write(args.out, report, args.dry_run)
 
 

@@ -22,7 +22,6 @@ bytes read plus written by a large device-to-device copy).
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import time
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from drgan.kernels import adain, adain_ref, channel_attention, channel_attention_ref, spatial_attention
 from drgan.kernels.spatial_attention import fp8_pv_unsupported, spatial_attention_ref
 from drgan.kernels.spatial_attention_triton import tuners
+from drgan.runtime import deterministic_algorithms
 
 SPATIAL_SHAPES = [(6400, 64, 512), (25600, 16, 256), (102400, 4, 128)]  # (N, Dqk, Dv), batch 1
 CHANNEL_SHAPES = [(512, 6400), (256, 25600), (128, 102400)]  # (C, N), batch 1
@@ -121,17 +121,6 @@ def spatial_inputs(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, g
     return [t.requires_grad_(grad) for t in (q, k, v)]
 
 
-@contextlib.contextmanager
-def deterministic_algorithms():
-    """torch.use_deterministic_algorithms for the block (warn_only: cuBLAS' workspace rule aside)."""
-    saved, saved_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved, warn_only=saved_warn)
-
-
 def sampled_rows(n: int, device: str) -> torch.Tensor:
     """The first and last CHECK_ROWS / 2 query rows (all of them below CHECK_ROWS): where ragged
     tiles and both ends of the key range show."""
@@ -155,7 +144,7 @@ def check_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, ba
         for name, g, w in zip(("dq", "dk", "dv"), got_g, want_g):
             result[f"{name}_rel_err"] = rel_err(g, w)
         if deterministic:
-            with deterministic_algorithms():
+            with deterministic_algorithms(warn_only=True):  # warn_only: cuBLAS' workspace rule aside
                 det_g = torch.autograd.grad(out, (q, k, v), grad)
             for name, g, w in zip(("dq", "dk", "dv"), det_g, got_g):
                 result[f"deterministic_{name}_rel_err"] = rel_err(g, w)
@@ -246,7 +235,7 @@ def bench_spatial(n: int, dqk: int, dv: int, dtype: torch.dtype, device: str, de
     grad = torch.randn_like(out)
     timings["triton_bwd_ms"] = time_ms(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True))
     timings["bwd_over_fwd"] = timings["triton_bwd_ms"] / timings["triton_fwd_ms"]
-    with deterministic_algorithms():
+    with deterministic_algorithms(warn_only=True):
         timings["triton_bwd_deterministic_ms"] = time_ms(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True))
     timings["deterministic_bwd_over_fwd"] = timings["triton_bwd_deterministic_ms"] / timings["triton_fwd_ms"]
     sdpa = timings["sdpa_efficient_padded_fwd_ms"]

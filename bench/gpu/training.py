@@ -112,12 +112,7 @@ def main() -> None:
                 row = {"impl": impl, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc()[-1500:]}
             print({k: v for k, v in row.items() if k not in ("trace", "profile")}, flush=True)
             if "profile" in row:
-                prof = row["profile"]
-                print(f"profile ({prof['clock']} time, per image): {prof['total_ms_per_image']:.2f} ms, spatial attention "
-                      f"forward {prof['spatial_attention_fwd_ms_per_image']:.2f} ms, backward "
-                      f"{prof['spatial_attention_bwd_ms_per_image']:.2f} ms", flush=True)
-                for top in prof["top"]:
-                    print(f"  {top['ms_per_image']:8.3f} ms  x{top['calls']:<4d} {top['name']}", flush=True)
+                _part.print_profile(row["profile"])
             result["variants"].append(row)
     result["total_s"] = time.time() - t0
     result["pass"] = result["resume"]["pass"] and not any("error" in row for row in result["variants"])

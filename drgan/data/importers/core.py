@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from drgan import locks
 from drgan.config import COND_CHANNELS, NUM_GRADES
 from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
 from drgan.data.labels import LABELS_FILE
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
-from drgan import locks
 from drgan.errors import DrganError, ParameterError
 from drgan.io import atomic_write_bytes, atomic_write_text, check_writable_dir, encode_png, remove_temp_files
 
