@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +44,19 @@ def write(path: Path, report: dict, dry_run: bool) -> None:
     """The report as JSON, marked with whether it came from a dry run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"dry_run": dry_run, **report}, indent=2) + "\n")
+
+
+def time_ms(fn: Callable[[], object], rep_ms: int = 60) -> float:
+    """Median milliseconds per call (CUDA events through triton's do_bench, which clears the L2
+    between calls); on the CPU the wall clock of one call after one warm-up call."""
+    if torch.cuda.is_available():
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median"))
+    fn()
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
 def profile(run: Callable[[], object], cuda: bool, per: int, groups: dict[str, tuple[str, ...]], top: int = 15) -> dict:

@@ -26,6 +26,7 @@ import importlib
 import time
 
 import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
+from _part import time_ms
 import torch
 import torch.nn.functional as F
 
@@ -53,18 +54,6 @@ DRY_BACKWARD_CHECK_MAX_N = 64
 DRY_CHANNEL_SHAPES = [(16, 70)]
 DRY_ADAIN_SHAPES = [(6, 8)]
 DRY_DTYPES = {"fp16": torch.float16}
-
-
-def time_ms(fn, rep_ms: int = 60) -> float:
-    """Median milliseconds per call (CUDA events through triton's do_bench; wall clock on CPU)."""
-    if torch.cuda.is_available():
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median"))
-    fn()
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
 
 
 def copy_bandwidth(device: str) -> float:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
+from _part import time_ms
 import torch
 
 from drgan.kernels import adain, adain_ref, channel_attention, channel_attention_ref, spatial_attention
@@ -114,12 +115,6 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12)).item()
 
 
-def time_ms(fn) -> float:
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median"))
-
-
 def run(native: Native, deadline: float) -> dict:
     report = {"spatial": [], "channel": [], "adain": []}
     for dname, (dtype, dtype_id) in DTYPES.items():
@@ -136,8 +131,8 @@ def run(native: Native, deadline: float) -> dict:
                 entry["vs_triton_jit_rel_err"] = rel_err(got, jit)
                 if time.monotonic() < deadline:
                     out, ws = torch.empty_like(got), native._workspace(native.lib.drgan_spatial_attention_workspace_size(1, n))
-                    entry["native_ms"] = time_ms(lambda: native.spatial(q, k, v, dtype_id, out, ws))
-                    entry["triton_jit_ms"] = time_ms(lambda: spatial_attention(q, k, v, impl="triton"))
+                    entry["native_ms"] = time_ms(lambda: native.spatial(q, k, v, dtype_id, out, ws), rep_ms=20)
+                    entry["triton_jit_ms"] = time_ms(lambda: spatial_attention(q, k, v, impl="triton"), rep_ms=20)
             report["spatial"].append(_row("spatial", entry))
         for c, n in CHANNEL_SHAPES:
             gen = torch.Generator(device="cuda").manual_seed(c)
@@ -146,8 +141,8 @@ def run(native: Native, deadline: float) -> dict:
             entry = {"dtype": dname, "C": c, "N": n, "vs_reference_rel_err": rel_err(got, channel_attention_ref(x)),
                      "vs_triton_jit_rel_err": rel_err(got, channel_attention(x, impl="triton"))}
             if time.monotonic() < deadline:
-                entry["native_ms"] = time_ms(lambda: native.channel(x, dtype_id))
-                entry["triton_jit_ms"] = time_ms(lambda: channel_attention(x, impl="triton"))
+                entry["native_ms"] = time_ms(lambda: native.channel(x, dtype_id), rep_ms=20)
+                entry["triton_jit_ms"] = time_ms(lambda: channel_attention(x, impl="triton"), rep_ms=20)
             report["channel"].append(_row("channel", entry))
         for side, c in ADAIN_SHAPES:
             for channels_last in (False, True):
@@ -162,8 +157,8 @@ def run(native: Native, deadline: float) -> dict:
                          "vs_triton_jit_rel_err": rel_err(got, adain(x, gamma, beta, impl="triton")),
                          "layout_kept": got.stride() == x.stride()}
                 if time.monotonic() < deadline:
-                    entry["native_ms"] = time_ms(lambda: native.adain(x, gamma, beta, dtype_id))
-                    entry["triton_jit_ms"] = time_ms(lambda: adain(x, gamma, beta, impl="triton"))
+                    entry["native_ms"] = time_ms(lambda: native.adain(x, gamma, beta, dtype_id), rep_ms=20)
+                    entry["triton_jit_ms"] = time_ms(lambda: adain(x, gamma, beta, impl="triton"), rep_ms=20)
                 report["adain"].append(_row("adain", entry))
     report["pass"] = all(e["pass"] for part in ("spatial", "channel", "adain") for e in report[part])
     return report
