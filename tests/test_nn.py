@@ -132,6 +132,8 @@ def test_unknown_kernel_impl_is_refused_when_set():
     g = DRGANGenerator(preset("tiny-64"), "global")
     with pytest.raises(DrganError, match="kernel impl 'cuda' is not one of auto, ref, triton, sdpa"):
         set_kernel_impl(g, "cuda")
+    with pytest.raises(DrganError, match=r"kernel impl 'gluon' is not one of .*exists only for drgan.kernels.spatial_attention"):
+        set_kernel_impl(g, "gluon")
     assert set_kernel_impl(g, "sdpa").global_gen.synth[0].sca.impl == "sdpa"
 
 

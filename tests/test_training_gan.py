@@ -218,6 +218,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, space, monkeypatch):
         options(tmp_path, space, precision="fp8")
     with pytest.raises(DrganError, match="^kernel_impl 'cuda' is not one of .*'sdpa'"):  # when set, not at a forward
         options(tmp_path, space, kernel_impl="cuda")
+    with pytest.raises(DrganError, match="^kernel_impl 'gluon' is not one of .*'sdpa'\\)$"):  # spatial attention's alone
+        options(tmp_path, space, kernel_impl="gluon")
     assert options(tmp_path, space, kernel_impl="sdpa").kernel_impl == "sdpa"
 
 

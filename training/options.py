@@ -106,7 +106,7 @@ class GanOptions(_Options):
     channels_last: bool = True          # NHWC activations end to end
     checkpoint_activations: bool = False  # recompute the attention blocks in backward
     compile: bool = False               # torch.compile the generator and discriminators
-    kernel_impl: str = "auto"           # drgan.kernels implementation: 'auto', 'ref', 'triton' or 'sdpa' (drgan.kernels.dispatch.IMPLS)
+    kernel_impl: str = "auto"           # drgan.kernels implementation: 'auto', 'ref', 'triton' or 'sdpa' (drgan.kernels.dispatch.NETWORK_IMPLS)
     device: str = "auto"                # torch device ('cuda' picks the local rank's GPU; auto: CUDA when visible)
     seed: int = 0                       # weights, sampling order, z and noise
     workers: int = 0                    # DataLoader worker processes
@@ -115,11 +115,11 @@ class GanOptions(_Options):
     checkpoint_every: int = 1000        # checkpoint every K steps (and at the end)
 
     def __post_init__(self) -> None:
-        from drgan.kernels.dispatch import IMPLS  # torch: this module stays importable without it
+        from drgan.kernels.dispatch import NETWORK_IMPLS  # torch: this module stays importable without it
 
         self._check([
             (self.stage in STAGES, f"{{stage}} {self.stage!r} is not one of {STAGES}"),
-            (self.kernel_impl in IMPLS, f"{{kernel_impl}} {self.kernel_impl!r} is not one of {IMPLS}"),
+            (self.kernel_impl in NETWORK_IMPLS, f"{{kernel_impl}} {self.kernel_impl!r} is not one of {NETWORK_IMPLS}"),
             (self.preset in PRESETS, f"{{preset}} {self.preset!r} is not one of {list(PRESETS)}"),
             (self.precision in PRECISIONS, f"{{precision}} {self.precision!r} is not one of {PRECISIONS}"),
             (self.perceptual in PERCEPTUAL_NETS, f"{{perceptual}} {self.perceptual!r} is not one of {PERCEPTUAL_NETS}"),

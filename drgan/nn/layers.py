@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from drgan.errors import DrganError
-from drgan.kernels.dispatch import IMPLS
+from drgan.kernels.dispatch import NETWORK_IMPLS
 
 
 def assert_shape(tensor: torch.Tensor, shape: tuple[int | None, ...], name: str = "tensor") -> None:
@@ -82,9 +82,11 @@ def set_attention_fp8(module: nn.Module, enabled: bool) -> nn.Module:
 
 def set_kernel_impl(module: nn.Module, impl: str) -> nn.Module:
     """Switch every kernel-backed submodule (SCA, AdaIN) to impl 'auto' | 'ref' | 'triton' | 'sdpa'
-    (drgan.kernels.dispatch); an unknown name is refused here, not at the first forward pass."""
-    if impl not in IMPLS:
-        raise DrganError(f"kernel impl {impl!r} is not one of {', '.join(IMPLS)}")
+    (drgan.kernels.dispatch); an unknown name, or 'gluon' (spatial attention alone has that kernel),
+    is refused here, not at the first forward pass."""
+    if impl not in NETWORK_IMPLS:
+        raise DrganError(f"kernel impl {impl!r} is not one of {', '.join(NETWORK_IMPLS)}"
+                         + (" ('gluon' exists only for drgan.kernels.spatial_attention)" if impl == "gluon" else ""))
     for m in module.modules():
         if hasattr(m, "impl"):
             m.impl = impl
