@@ -7,6 +7,7 @@ anything imports drgan.kernels: the interpreter is switched on at import time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -44,6 +45,18 @@ def write(path: Path, report: dict, dry_run: bool) -> None:
     """The report as JSON, marked with whether it came from a dry run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"dry_run": dry_run, **report}, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """cuDNN times every algorithm of a new convolution shape and keeps the fastest (on), or takes
+    its heuristic's first choice (off, PyTorch's default)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def time_ms(fn: Callable[[], object], rep_ms: int = 60) -> float:

@@ -26,13 +26,12 @@ Then what the time outside attention is made of, and what recovers it:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 
 import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
 import torch
-from _part import time_ms
+from _part import cudnn_benchmark, time_ms
 from torch import nn
 
 from drgan.config import preset
@@ -99,18 +98,6 @@ def profile_forward(gen: DRGANGenerator, cond: torch.Tensor, z: torch.Tensor, au
             gen(cond, z, noise=0)
 
     return _part.profile(forward, cond.is_cuda, cond.shape[0], {"spatial_attention_fwd": ("_fwd_kernel",)}, PROFILE_TOP)
-
-
-@contextlib.contextmanager
-def cudnn_benchmark(on: bool):
-    """cuDNN times every algorithm of a new convolution shape and keeps the fastest (on), or takes
-    its heuristic's first choice (off, PyTorch's default)."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
 
 
 def conv_flops(conv: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

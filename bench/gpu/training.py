@@ -5,7 +5,9 @@
 Each variant builds the trainer (VGG19 perceptual with random weights: same cost as real ones),
 warms up, then times a few full G + D steps; ms/step and peak memory per variant; the first variant
 also profiles one step (torch.profiler: the top kernels by device time, the spatial attention's
-forward and backward kernels' share). A variant that
+forward and backward kernels' share). The last variant repeats the first with cudnn.benchmark
+(cuDNN times its algorithms for each convolution shape; last, so that no other variant runs with
+the plans it found). A variant that
 fails (out of memory, missing kernel) is recorded with its error and the next one runs; the part
 then exits 1. First, exact resume on the device (resume_check.py: RNG state, 2+2 steps).
 """
@@ -28,15 +30,17 @@ from drgan.training.options import GanOptions
 from drgan.training.vgg import VGG19Features
 from resume_check import resume_matches
 
-BUDGET_S = 50
+BUDGET_S = 60
 PROFILE_TOP = 15
 # Kernels by name: the spatial attention's forward and its backward (the default, atomic-dQ one and
 # the deterministic one's extra dQ kernel).
 PROFILE_GROUPS = {"spatial_attention_fwd": ("_fwd_kernel",),
                   "spatial_attention_bwd": ("_bwd_dkdv_kernel", "_bwd_dq_kernel", "_bwd_delta_kernel")}
-VARIANTS = (("triton", 1, 3, "bf16"), ("ref", 1, 2, "bf16"), ("triton", 2, 3, "bf16"))  # impl, batch, steps, precision
+# impl, batch, steps, precision, cudnn.benchmark
+VARIANTS = (("triton", 1, 3, "bf16", False), ("ref", 1, 2, "bf16", False), ("triton", 2, 3, "bf16", False),
+            ("triton", 1, 3, "bf16", True))
 # --dry-run: the tiny preset, one timed step, Triton in fp32 (the interpreter's bf16 tl.dot is wrong).
-DRY_VARIANTS = (("triton", 1, 1, "fp32"),)
+DRY_VARIANTS = (("triton", 1, 1, "fp32", False), ("triton", 1, 1, "fp32", True))
 RESUME_PRECISION, DRY_RESUME_PRECISION = "bf16", "fp32"
 
 
@@ -54,26 +58,28 @@ class RandomRetinas(Dataset):
 
 
 def run_variant(tmp: Path, preset_name: str, device: str, variant: tuple, data: Dataset, profiled: bool = False) -> dict:
-    impl, batch, steps, precision = variant
+    impl, batch, steps, precision, benchmark = variant
     cuda = device == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    opts = GanOptions(out=str(tmp / f"run-{impl}-{batch}"), grading_space=str(tmp / "space.safetensors"), preset=preset_name,
+    opts = GanOptions(out=str(tmp / f"run-{impl}-{batch}{'-benchmark' * benchmark}"), grading_space=str(tmp / "space.safetensors"), preset=preset_name,
                       stage="local", perceptual="vgg19", vgg19_weights=str(tmp / "vgg19.safetensors"), batch=batch,
                       precision=precision, channels_last=True, device=device, kernel_impl=impl)
     trainer = GanTrainer(opts, data)
     b = next(iter(DataLoader(data, batch_size=batch)))
-    trainer.train_step(b, 0)  # warm-up: Triton compilation, cuDNN autotuning
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    sync()
     times = []
-    for s in range(steps):
-        start = time.perf_counter()
-        values = trainer.train_step(b, s + 1)
+    with _part.cudnn_benchmark(benchmark):
+        trainer.train_step(b, 0)  # warm-up: Triton compilation and autotuning (cuDNN's with benchmark)
         sync()
-        times.append(time.perf_counter() - start)
-    row = {"impl": impl, "batch": batch, "precision": precision, "ms_per_step": 1000 * sum(times) / len(times),
+        for s in range(steps):
+            start = time.perf_counter()
+            values = trainer.train_step(b, s + 1)
+            sync()
+            times.append(time.perf_counter() - start)
+    row = {"impl": impl, "batch": batch, "precision": precision, "cudnn_benchmark": benchmark,
+           "ms_per_step": 1000 * sum(times) / len(times),
            "ms_per_image": 1000 * sum(times) / len(times) / batch, "steps": steps,
            "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
            "losses_finite": all(v == v for v in values.values())}
@@ -103,7 +109,7 @@ def main() -> None:
         data = RandomRetinas(2, cfg.resolution)
         for variant in variants:
             impl, batch = variant[:2]
-            if time.time() - t0 > BUDGET_S:
+            if not args.dry_run and time.time() - t0 > BUDGET_S:  # the dry run checks every variant's code
                 result["variants"].append({"impl": impl, "batch": batch, "skipped": "time budget"})
                 continue
             try:
