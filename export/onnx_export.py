@@ -31,9 +31,12 @@ def export_onnx(
     opset: int = MIN_OPSET,
     pad_qk: int | str | None = None,
     external_data: bool | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `generator` (fp32) as ONNX to `path`; returns the path. Weights go to `path`.data when
-    external_data is True, or when None and they exceed EXTERNAL_DATA_BYTES."""
+    external_data is True, or when None and they exceed EXTERNAL_DATA_BYTES. The written file must
+    declare `opset`, and `check(file)` (when given) must pass on it, before it replaces `path`: a
+    failed export leaves an earlier file as it was."""
     if opset < MIN_OPSET:
         raise ParameterError(f"{{opset}} {opset}: the spatial attention needs the Attention op of opset {MIN_OPSET} or later")
     path = Path(path)
@@ -47,6 +50,8 @@ def export_onnx(
     # The exporter's deprecation warnings and its note that torchvision ops are not registered are not
     # the user's concern.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    # A failed opset conversion is logged there with a traceback; the opset check below says it in one line.
+    logging.getLogger("onnxscript.version_converter").setLevel(logging.CRITICAL)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -61,8 +66,25 @@ def export_onnx(
         )
     if program is None:
         raise DrganError("torch.onnx.export returned no program (dynamo exporter unavailable?)")
-    save_atomically(path, lambda file: program.save(str(file), external_data=external_data), external_data)
+
+    def checked(file: Path) -> None:
+        declared = _default_opset(file)
+        if declared != opset:
+            raise ParameterError(f"{{opset}} {opset}: the ONNX exporter could not convert the model to it (it "
+                                 f"wrote opset {declared}); choose an earlier opset (from {MIN_OPSET})")
+        if check is not None:
+            check(file)
+
+    save_atomically(path, lambda file: program.save(str(file), external_data=external_data), external_data, checked)
     return path
+
+
+def _default_opset(file: Path) -> int | None:
+    """The opset a model file declares for the default ONNX domain (its weights are not read)."""
+    import onnx
+
+    model = onnx.load(str(file), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def data_path(path: Path) -> Path:
@@ -70,15 +92,18 @@ def data_path(path: Path) -> Path:
     return path.with_name(path.name + ".data")
 
 
-def save_atomically(path: Path, save: Callable[[Path], None], external_data: bool) -> None:
-    """`save(file)` writes the model (and its .data) into a private folder beside `path`; each file
-    is then renamed into place. The external data file is referenced by its base name, so the pair
-    stays valid after the move. A failed write (disk full) is one error; a rerun removes the
-    folder of a killed export (drgan.io.remove_temp_files)."""
+def save_atomically(path: Path, save: Callable[[Path], None], external_data: bool,
+                    check: Callable[[Path], None] | None = None) -> None:
+    """`save(file)` writes the model (and its .data) into a private folder beside `path`, `check(file)`
+    (when given) raises if it is unusable; each file is then renamed into place. The external data
+    file is referenced by its base name, so the pair stays valid after the move. A failed write
+    (disk full) is one error; a rerun removes the folder of a killed export (drgan.io.remove_temp_files)."""
     tmp = temp_path(path)
     tmp.mkdir(parents=True)
     try:
         save(tmp / path.name)
+        if check is not None:
+            check(tmp / path.name)
         if not external_data:
             data_path(path).unlink(missing_ok=True)  # a stale weights file from an earlier export
         for f in tmp.iterdir():

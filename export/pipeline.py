@@ -163,13 +163,18 @@ class _Exporter:
             plain = attention_flops(self.generator)
             wide = attention_flops(pad_attention_qk(prepare(self.generator).generator))
             self.status(f"  padding Q/K raises the attention cost from {plain / 1e9:.1f} to {wide / 1e9:.1f} GFLOP per image")
-        export_onnx(self.generator, path, opset=opset, pad_qk=pad_qk, external_data=external_data)
-        report = check_graph(path, expected_attention=len(self.generator.global_gen.synth))
-        self.status(f"  graph check passed: {report.summary()}")
-        self.status("  ONNX Runtime vs PyTorch (fp32)")
-        comparisons = verify_onnx(path, self.generator)
-        for c in comparisons:
-            self.status(f"    {c.line()}")
+        checks = {}
+
+        def check(file: Path) -> None:  # before the file replaces an earlier export's
+            checks["graph"] = check_graph(file, expected_attention=len(self.generator.global_gen.synth))
+            self.status(f"  graph check passed: {checks['graph'].summary()}")
+            self.status("  ONNX Runtime vs PyTorch (fp32)")
+            checks["onnxruntime"] = verify_onnx(file, self.generator)
+            for c in checks["onnxruntime"]:
+                self.status(f"    {c.line()}")
+
+        export_onnx(self.generator, path, opset=opset, pad_qk=pad_qk, external_data=external_data, check=check)
+        report, comparisons = checks["graph"], checks["onnxruntime"]
         self.record(path, {"opset": opset, "qk_padded": bool(pad_qk), "op_counts": report.op_counts,
                            "onnxruntime_check": [c.line() for c in comparisons]})
         if data_path(path).is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -248,6 +249,21 @@ def test_padded_qk_is_exact_and_exports_with_external_data(tmp_path):
 def test_opset_below_23_is_refused(tmp_path):
     with pytest.raises(DrganError, match="opset 22"):
         onnx_export.export_onnx(_generator("tiny-64"), tmp_path / "g.onnx", opset=22)
+
+
+def test_failed_reexport_keeps_the_earlier_file(tiny_run, tmp_path, capsys):
+    """An opset the exporter cannot convert to is one error line, and the working export stays."""
+    run, _, _ = tiny_run
+    out = tmp_path / "export"
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out), "--opset", "99"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.fullmatch(
+        r"error: --opset 99: the ONNX exporter could not convert the model to it \(it wrote opset \d+\); "
+        r"choose an earlier opset \(from 23\)", err.strip())
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 def _dead_pid() -> int:
