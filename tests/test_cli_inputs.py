@@ -276,3 +276,23 @@ def test_written_files_have_the_mode_of_a_plain_open(drgan, tmp_path, data):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.suffix == ".safetensors" for p in files)
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~_UMASK)}
+
+
+def test_sigterm_runs_a_commands_cleanup_as_an_interrupt_does():
+    """A job scheduler's SIGTERM: the command's cleanup (a new run folder removed, temp files
+    deleted) runs and the exit status is 143, where Python's default would end the process at once."""
+    import signal
+
+    cleaned = []
+
+    @click.command()
+    def killed() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            cleaned.append(True)
+
+    with pytest.raises(SystemExit) as exc:
+        run_command(killed, args=[])
+    assert exc.value.code == 143 and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored afterwards

@@ -221,6 +221,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path, space, monkeypatch):
     with pytest.raises(DrganError, match="^kernel_impl 'gluon' is not one of .*'sdpa'\\)$"):  # spatial attention's alone
         options(tmp_path, space, kernel_impl="gluon")
     assert options(tmp_path, space, kernel_impl="sdpa").kernel_impl == "sdpa"
+    for name, value in (("lr", float("inf")), ("lambda_l1", float("nan")), ("lambda_fm", float("inf"))):
+        with pytest.raises(DrganError, match=f"^{name} {value}: not a finite number"):  # inf passes ">= 0", nan every check
+            options(tmp_path, space, **{name: value})
+
+
+def test_diverged_weights_are_not_checkpointed(tmp_path, space):
+    """A huge learning rate gives finite losses and NaN weights: refused at the checkpoint, the new run
+    folder removed (a set synthesized from such weights would be blank)."""
+    with pytest.raises(DrganError, match="^the weights became NaN or infinite by step 1 .*nothing saved .*try a lower lr"):
+        train_gan(options(tmp_path, space, max_steps=1, lr=1e308), PhantomSet(2))
+    assert not (tmp_path / "run").exists()
 
 
 def test_bf16_autocast_and_activation_checkpointing_step(tmp_path, space):

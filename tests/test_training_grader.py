@@ -72,6 +72,17 @@ def test_grading_spaces_fit_on_unaugmented_training_images(tmp_path, phantom_dir
     torch.testing.assert_close(space.var, expected.var)
 
 
+def test_diverged_grader_writes_no_grading_space(tmp_path, phantom_dir):
+    """One step at a huge learning rate: a finite loss, NaN weights after it. No NaN grading space is
+    written (a GAN conditioned on it draws NaN grading vectors); the new run folder is removed."""
+    from drgan.errors import DrganError
+
+    train, val = FundusDataset(phantom_dir, 64, split="train"), FundusDataset(phantom_dir, 64, split="val")
+    with pytest.raises(DrganError, match=r"^grader: its features are NaN or infinite after training \(it diverged\)"):
+        train_grader(train, val, tmp_path / "g", GraderOptions(preset="tiny-64", epochs=1, batch=64, lr=1e308))
+    assert not (tmp_path / "g").exists()
+
+
 def test_gan_with_grader_perceptual_loss(tmp_path, phantom_dir):
     train = FundusDataset(phantom_dir, 64, split="train")
     train_grader(train, FundusDataset(phantom_dir, 64, split="val"), tmp_path / "grader", GraderOptions(preset="tiny-64", epochs=1, batch=8))

@@ -398,6 +398,15 @@ class GanTrainer:
 
     # ----------------------------------------------------------------------------- checkpoints
 
+    def _refuse_diverged_weights(self) -> None:
+        """Weights a step turned NaN or infinite (a finite loss can still give a non-finite update:
+        a huge learning rate) are not checkpointed: every image they made would be blank."""
+        finite = torch.stack([torch.isfinite(p).all() for m in (self.G, self.D) for p in m.parameters()]).all()
+        if not bool(finite):
+            kept = f"the last checkpoint in {self.run} is kept" if (self.run / STATE_JSON).is_file() else "nothing saved"
+            raise ParameterError(f"the weights became NaN or infinite by step {self.step} (training diverged); "
+                                 f"{kept} (try a lower {{lr}} or {{precision}} fp32)")
+
     def save_checkpoint(self) -> None:
         """Weights, optimizers, scaler, position and every rank's RNG states (collective call)."""
         for module in self._generators().values():
@@ -529,6 +538,7 @@ class GanTrainer:
                     if self.info.is_main and (self.step % o.sample_every == 0 or self.step == limit):
                         report["samples"].append(self.samples(logger))
                     if self.step % o.checkpoint_every == 0 or self.step == limit:
+                        self._refuse_diverged_weights()
                         self.save_checkpoint()
                         saved_at = self.step
                     if self.step >= limit:

@@ -22,7 +22,7 @@ from drgan.checkpoint import save_module
 from drgan.runs import GRADER_FILE, prepare_out, remove_unfinished, write_run_config
 from drgan.runtime import resolve_device
 from drgan.config import preset
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.nn import GradeNet, build_grader
 from drgan.training.logger import RunLogger
@@ -177,6 +177,8 @@ def _fit_grading_space(grader: GradeNet, train: Dataset, out: Path, opts: Grader
     """Fit and save the grading spaces on the unaugmented training split; completes `report`."""
     accuracy = report["epochs"][-1]["val"]["accuracy"]
     _, features, grades = grader_features(grader, _unaugmented(train), opts.batch, device, opts.workers)
+    if not bool(torch.isfinite(features).all()):  # a finite last loss can still give a non-finite update
+        raise ParameterError("grader: its features are NaN or infinite after training (it diverged): try a lower {lr}")
     space = GradingSpace.fit(features, grades, num_grades, accuracy)
     space.save(out / SPACE_FILE)
     report.update(val_accuracy=accuracy, grader=str(out / GRADER_FILE), grading_space=str(out / SPACE_FILE))

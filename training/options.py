@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +43,12 @@ class _Options:
             raise DrganError(f"{path}: cannot read training options ({exc})") from None
 
     def _check(self, checks: list[tuple[bool, str]]) -> None:
-        """Each check: (condition, message naming parameters as {name} fields)."""
+        """Each check: (condition, message naming parameters as {name} fields); first, every float
+        option must be finite (nan passes no comparison, but inf passes a lower bound)."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ParameterError(f"{{{field.name}}} {value}: not a finite number")
         for ok, message in checks:
             if not ok:
                 raise ParameterError(message)

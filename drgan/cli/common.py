@@ -40,10 +40,6 @@ class IntRange(_BadInputRange, click.IntRange):
     base = click.INT
 
 
-class FloatRange(_BadInputRange, click.FloatRange):
-    base = click.FLOAT
-
-
 def dataset_folder(positional: str | None, option: str | None) -> str:
     """The dataset of a command that takes `--data DIR` and, as before, a positional DIR."""
     if positional is not None and option is not None and positional != option:
@@ -70,7 +66,8 @@ def terminate_as_exit() -> Iterator[None]:
 
 def run_command(command: click.Command, **kwargs) -> int:
     try:
-        command.main(standalone_mode=False, help_option_names=["-h", "--help"], **kwargs)
+        with terminate_as_exit():  # a killed command cleans up as an interrupted one does
+            command.main(standalone_mode=False, help_option_names=["-h", "--help"], **kwargs)
     except ParameterError as exc:
         click.echo(f"error: {exc.render(flag)}", err=True)
         return exc.exit_code

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from drgan.cli.common import IntRange, terminate_as_exit
+from drgan.cli.common import IntRange
 from drgan.config import PRECISIONS, STAGES
 
 
@@ -45,5 +45,4 @@ def export(
         timing_cache=timing_cache,
     )
     profile = BatchProfile.from_options(batch, min_batch, opt_batch, max_batch)
-    with terminate_as_exit():  # a killed export removes its temp folder
-        export_run(run, out, options, profile, stage, log=click.echo)
+    export_run(run, out, options, profile, stage, log=click.echo)  # killed: run_command lets it remove its temp folder
