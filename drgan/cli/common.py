@@ -82,6 +82,12 @@ def run_command(command: click.Command, **kwargs) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.BadParameter as exc:
+        if exc.param is not None and isinstance(exc.param.type, click.Path):  # a missing file, a file for a folder
+            click.echo(f"error: {exc.format_message()}", err=True)  # bad input, not a usage error
+            return 1
+        exc.show()
+        return 2
     except click.ClickException as exc:
         exc.show()
         return 2 if isinstance(exc, click.UsageError) else 1
