@@ -87,3 +87,27 @@ def test_augment_experiment_end_to_end(tmp_path):
     table = (out / "results.md").read_text()
     assert "| real+synthetic | 20 |" in table and "| Training | grade 0 |" in table
     assert "2 (10.0%)" in table and "7 (35.0%)" in table
+
+
+def test_augment_experiment_output_folder_is_its_own(tmp_path):
+    """Never written into a dataset; a rerun keeps the arms an interrupted run finished; other
+    settings in the same folder are refused."""
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.errors import DrganError
+    from drgan.training.augmentation_experiment import run_augment_experiment
+
+    real = write_phantom_dataset(tmp_path / "real", 20, 64, seed=0)
+    fake = write_phantom_dataset(tmp_path / "fake", 10, 64, seed=1, grades=[3, 4] * 5, split=False)
+    before = sorted(p.name for p in real.iterdir())
+    args = dict(preset="tiny-64", epochs=1, batch=8, device="cpu")
+    with pytest.raises(DrganError, match="not an augmentation experiment"):
+        run_augment_experiment(real, fake, real, real, **args)
+    assert sorted(p.name for p in real.iterdir()) == before
+    out = tmp_path / "exp"
+    first, _ = run_augment_experiment(real, fake, real, out, **args)
+    (out / "results.json").unlink()  # as if killed before the end
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")}
+    again, _ = run_augment_experiment(real, fake, real, out, **args)
+    assert again == first and {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")} == stamp
+    with pytest.raises(DrganError, match=r"holds an experiment with other settings \(epochs\)"):
+        run_augment_experiment(real, fake, real, out, **{**args, "epochs": 2})

@@ -27,7 +27,9 @@ from drgan.checkpoint import load_module
 from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.format import open_dataset
-from drgan.errors import DrganError
+from drgan import locks
+from drgan.errors import DrganError, ParameterError
+from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_bytes
 from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
 from drgan.nn import build_grader
@@ -35,6 +37,7 @@ from drgan.training.grader_pretraining import GraderOptions, train_grader
 
 BASELINES = ("mixup", "cutmix")
 MIX_ALPHA = 1.0  # Beta(alpha, alpha) mixing ratio
+PROTOCOL_FILE = "experiment.json"  # marks a folder as this experiment's, with the settings it runs
 
 
 def mixup(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
@@ -163,7 +166,8 @@ def run_augment_experiment(
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[dict[str, Any], str]:
-    """Train one grader per arm under `out/<arm>`; write out/results.json and out/results.md."""
+    """Train one grader per arm under `out/<arm>`; write out/results.json and out/results.md. A rerun
+    with the same settings into the same `out` keeps the arms an interrupted run finished."""
     opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, seed=seed, device=device)
     cfg = get_preset(preset)
     resolution = cfg.resolution
@@ -179,23 +183,65 @@ def run_augment_experiment(
 
     out = Path(out)
     result: dict[str, Any] = {
-        "protocol": {**opts.to_dict(), "resolution": resolution, "real": str(real), "synthetic": str(synthetic)},
+        "protocol": {**opts.to_dict(), "resolution": resolution, "real": str(real), "synthetic": str(synthetic),
+                     "arms": list(arms)},
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
         "arms": {},
     }
-    for name, train in arms.items():
-        run = out / name.replace("+", "_")
-        report = train_grader(train, real_val, run, opts)
-        grader = load_module(build_grader(cfg), run / GRADER_FILE).to(device).eval()
-        result["arms"][name] = {
-            "run": str(run),
-            "train_images": len(train),
-            "label_distribution": label_distribution(train.grades),
-            "val_accuracy": report["val_accuracy"],
-            "test": evaluate_grader(grader, test_set, batch=batch),
-        }
-    markdown = format_markdown(result)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write_bytes(out / "results.md", markdown.encode())
+    _claim(out, result["protocol"])
+    try:
+        for name, train in arms.items():
+            run = out / name.replace("+", "_")
+            if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment
+                val_accuracy = GradingSpace.load(run / SPACE_FILE).grader_accuracy
+            else:
+                val_accuracy = train_grader(train, real_val, run, opts)["val_accuracy"]
+            grader = load_module(build_grader(cfg), run / GRADER_FILE).to(device).eval()
+            result["arms"][name] = {
+                "run": str(run),
+                "train_images": len(train),
+                "label_distribution": label_distribution(train.grades),
+                "val_accuracy": val_accuracy,
+                "test": evaluate_grader(grader, test_set, batch=batch),
+            }
+        markdown = format_markdown(result)
+        atomic_write_bytes(out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_bytes(out / "results.md", markdown.encode())
+    finally:
+        locks.release(out)
     return result, markdown
+
+
+def _claim(out: Path, protocol: dict[str, Any]) -> None:
+    """Hold `out` for this experiment: a new or empty folder gets PROTOCOL_FILE; a folder holding the
+    same protocol is resumed (its finished arms are kept); any other folder is refused, so that no
+    dataset or earlier result is written into."""
+    _resumes(out, protocol)  # before the lock file is created in it
+    locks.hold(out)  # a second experiment in the same folder is refused
+    try:
+        if not _resumes(out, protocol):  # again: another process may have written meanwhile
+            atomic_write_bytes(out / PROTOCOL_FILE, (json.dumps(protocol, indent=2) + "\n").encode())
+    except BaseException:
+        locks.release(out)
+        raise
+
+
+def _resumes(out: Path, protocol: dict[str, Any]) -> bool:
+    """Whether `out` holds this experiment already (False: missing or empty); raises for any other folder."""
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"{{out}} {out}: is a file, expected a folder")
+    marker = out / PROTOCOL_FILE
+    if marker.is_file():
+        try:
+            earlier = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            raise ParameterError(f"{{out}} {out}: unreadable {PROTOCOL_FILE} ({exc}); choose a new folder") from None
+        if earlier != protocol:
+            changed = sorted(k for k in {**earlier, **protocol} if earlier.get(k) != protocol.get(k))
+            raise ParameterError(f"{{out}} {out}: holds an experiment with other settings ({', '.join(changed)}); "
+                                 "rerun it with its own or choose a new folder")
+        return True
+    if out.is_dir() and any(not locks.is_lock_file(p) for p in out.iterdir()):
+        raise ParameterError(f"{{out}} {out}: folder not empty and not an augmentation experiment (no "
+                             f"{PROTOCOL_FILE}); choose a new or empty folder")
+    return False
