@@ -97,3 +97,16 @@ def test_cli_fidelity_json_with_reference(phantoms, capsys):
     assert result["fraction_of_reference"] == pytest.approx({"vessel": 1.0, "red_lesion": 1.0, "bright_lesion": 1.0})
     assert run_command(cli, args=["evaluate", "fidelity", "--data", str(phantoms / "images")], prog_name="drgan") == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_set_without_masks_is_refused_not_reported_empty(phantoms, tmp_path, capsys):
+    """A set synthesized without --save-masks: every mask reads as zeros, so nothing can be measured."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(phantoms, bare)
+    shutil.rmtree(bare / "masks")
+    args = ["evaluate", "fidelity", "--fake", str(bare), "--real", str(phantoms), "--resolution", "64"]
+    assert run_command(cli, args=args, prog_name="drgan") == 1
+    assert capsys.readouterr().err == (f"error: {bare}: no condition mask in the 15 image(s) measured: condition fidelity "
+                                       "needs masks/<id>/<name>.png (drgan synthesize --save-masks)\n")

@@ -163,7 +163,11 @@ def dataset_fidelity(root, resolution: int | None = None, split: str | None = No
             image, masks = data.load(int(i))
             yield image, np.moveaxis(masks, -1, 0), data.grades[i]
 
-    return condition_fidelity(samples())
+    result = condition_fidelity(samples())
+    if not result["overall"]:  # a missing mask file reads as zeros: a set without masks/ measures nothing
+        raise DrganError(f"{root}: no condition mask in the {result['images']} image(s) measured: condition "
+                         "fidelity needs masks/<id>/<name>.png (drgan synthesize --save-masks)")
+    return result
 
 
 def tensor_fidelity(images, cond, grades) -> dict:
