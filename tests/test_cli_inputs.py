@@ -203,7 +203,7 @@ def test_synthesize_device_tpu_in_a_process_is_one_line():
 
 def test_sizes_name_the_option(drgan, tmp_path, data):
     line = one_error(*drgan("data", "contact-sheet", "--data", data, "--out", tmp_path / "s.png", "--size", "0"))
-    assert line == "error: --size 0: outside the range x>=8"
+    assert line == "error: --size 0: outside the range 8<=x<=1024"
     assert run_command(cli, args=["data", "contact-sheet", str(data), "--out", "s.png", "--size", "x"]) == 2  # wrong type
 
 
@@ -306,3 +306,17 @@ def test_a_missing_path_or_a_file_for_a_folder_is_bad_input(drgan, tmp_path, dat
     for args, expected in cases:
         assert one_error(*drgan(*args)) == expected
     assert drgan("info", "--no-such-option")[0] == 2  # a usage error stays one
+
+
+def test_sizes_and_counts_have_an_upper_bound(drgan, tmp_path, data):
+    """Past these a command ran out of memory with a traceback or hung building its job list."""
+    cases = [(("phantom", "--out", tmp_path / "p", "--size", "100000"), "error: --size 100000: outside 32..4096 px"),
+             (("phantom", "--out", tmp_path / "p", "--count", "99999999999999999999"),
+              "error: --count 99999999999999999999: outside 1..1000000"),
+             (("data", "contact-sheet", data, "--out", tmp_path / "s.png", "--size", "100000"),
+              "error: --size 100000: outside the range 8<=x<=1024"),
+             (("evaluate", "swd", "--real", data, "--fake", data, "--resolution", "100000"),
+              "error: --resolution 100000: outside the range 16<=x<=4096")]
+    for args, expected in cases:
+        assert one_error(*drgan(*args)) == expected
+    assert not (tmp_path / "p").exists()

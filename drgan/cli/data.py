@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from drgan.cli.common import IntRange, dataset_folder
-from drgan.config import NUM_GRADES
+from drgan.config import MAX_IMAGE_SIDE, NUM_GRADES
 from drgan.errors import DrganError
 
 # The dataset is `--data DIR`, as in every command; a positional DIR is still accepted.
@@ -42,7 +42,7 @@ def validate(directory: str | None, data_dir: str | None, skip_bad: bool) -> Non
 @click.argument("kind")
 @click.argument("src", type=click.Path())
 @click.option("--out", "out", type=click.Path(), required=True, help="Dataset folder (new, or an earlier import to resume).")
-@click.option("--size", type=IntRange(1), default=1280, show_default=True, help="Image side in pixels.")
+@click.option("--size", type=IntRange(64, MAX_IMAGE_SIDE), default=1280, show_default=True, help="Image side in pixels.")
 @click.option("--workers", type=IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
               help="Conversion processes.")
 @click.option("--vessels", type=click.Choice(["extract", "none"]), default="extract", show_default=True,
@@ -66,7 +66,7 @@ def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str
 @_data_option
 @click.option("--out", "out", type=click.Path(), required=True, help="PNG file to write (its folder is created).")
 @click.option("--per-grade", type=IntRange(1), default=6, show_default=True, help="Images per row (one row per grade).")
-@click.option("--size", type=IntRange(8), default=192, show_default=True, help="Tile side in pixels.")
+@click.option("--size", type=IntRange(8, 1024), default=192, show_default=True, help="Tile side in pixels.")
 def contact_sheet(directory: str | None, data_dir: str | None, out: str, per_grade: int, size: int) -> None:
     """Grid of a dataset's images: one row per grade."""
     from drgan.data.contact_sheet import save_contact_sheet
@@ -104,8 +104,8 @@ def fit_lesions(directory: str | None, data_dir: str | None, out: str, skip_bad:
 
 @click.command()
 @click.option("--out", "out", type=click.Path(), required=True, help="New dataset folder.")
-@click.option("--count", type=int, default=100, show_default=True, help="Number of samples, >= 1 (grades round-robin 0..4).")
-@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels, >= 32.")
+@click.option("--count", type=int, default=100, show_default=True, help="Number of samples, 1..1000000 (grades round-robin 0..4).")
+@click.option("--size", type=int, default=256, show_default=True, help=f"Image side in pixels, 32..{MAX_IMAGE_SIDE}.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed, >= 0: the same seed gives identical files.")
 @click.option("--no-split", is_flag=True, help="Leave the split column out of labels.csv.")
 @click.option("--workers", type=IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,

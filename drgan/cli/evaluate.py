@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from drgan.cli.common import DEVICE_HELP, IntRange
-from drgan.config import PRESETS
+from drgan.config import MAX_IMAGE_SIDE, PRESETS
 from drgan.metrics.registry import metric_names
 
 _folder = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -64,7 +64,7 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
 @evaluate.command()
 @click.option("--real", type=_folder, required=True, help="Real images: a folder of images or a dataset folder.")
 @click.option("--fake", type=_folder, required=True, help="Synthesized images: a folder of images or a dataset folder.")
-@click.option("--resolution", type=IntRange(min=16), default=None,
+@click.option("--resolution", type=IntRange(16, MAX_IMAGE_SIDE), default=None,
               help="Side every image is resized to [default: width of the first fake image].")
 @click.option("--max-images", type=IntRange(min=1), default=8192, show_default=True,
               help="Images per set (a seeded random subset); memory grows with it.")
@@ -110,7 +110,7 @@ def grading(grader: Path, fake: Path, split: str | None, device: str, batch: int
               help="Only this split of --real (e.g. test) [default: all].")
 @click.option("--grader", type=_folder, default=None,
               help="Grader run folder: also grade both sets by their labels (accuracy, kappa) at the grader's resolution.")
-@click.option("--resolution", type=IntRange(min=16), default=None,
+@click.option("--resolution", type=IntRange(16, MAX_IMAGE_SIDE), default=None,
               help="Side both sets are measured at [default: side of the first image of --fake].")
 @click.option("--max-images", type=IntRange(min=1), default=500, show_default=True,
               help="Images per set (evenly spaced).")

@@ -18,12 +18,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from drgan.config import COND_CHANNELS, NUM_GRADES
+from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, NUM_GRADES
 from drgan.data.lesions import imitate_lesions
 from drgan.io import encode_png
 from drgan.errors import DrganError, ParameterError
 
 MIN_SIZE = 32
+MAX_COUNT = 1_000_000  # samples per dataset: the job list is built up front
 
 
 @dataclass
@@ -367,8 +368,8 @@ def write_phantom_dataset(out: str | Path, count: int, size: int, seed: int, gra
     """
     from drgan.data.dataset_writer import DatasetWriter
 
-    if count < 1:
-        raise ParameterError(f"{{count}} {count}: need at least one sample")
+    if not 1 <= count <= MAX_COUNT:
+        raise ParameterError(f"{{count}} {count}: outside 1..{MAX_COUNT}")
     if seed < 0:
         raise ParameterError(f"{{seed}} {seed} must be >= 0")
     if grades is not None:
@@ -380,8 +381,8 @@ def write_phantom_dataset(out: str | Path, count: int, size: int, seed: int, gra
             raise DrganError(f"got {len(grades)} grades for {count} samples")
     else:
         grades = [i % NUM_GRADES for i in range(count)]
-    if size < MIN_SIZE:
-        raise ParameterError(f"{{size}} {size} is below the minimum of {MIN_SIZE} px")
+    if not MIN_SIZE <= size <= MAX_IMAGE_SIDE:
+        raise ParameterError(f"{{size}} {size}: outside {MIN_SIZE}..{MAX_IMAGE_SIDE} px")
     with DatasetWriter(out) as writer:
         return _write_phantoms(writer, grades, size, seed, split, progress, workers)
 

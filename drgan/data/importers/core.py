@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from drgan import locks
-from drgan.config import COND_CHANNELS, NUM_GRADES
+from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, NUM_GRADES
 from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
 from drgan.data.labels import LABELS_FILE
 from drgan.data.lesion_stats import LESION_TYPES
@@ -278,8 +278,8 @@ def import_plan(kind: str, plan: Plan, out: str | Path, size: int, vessels: str,
                 progress: bool = True) -> ImportReport:
     """Convert a scanned release into the dataset at `out` and report what came in and what did not."""
     out = Path(out)
-    if size < MIN_SIDE:
-        raise ParameterError(f"{{size}} {size}: need at least {MIN_SIDE} px")
+    if not MIN_SIDE <= size <= MAX_IMAGE_SIDE:
+        raise ParameterError(f"{{size}} {size}: outside {MIN_SIDE}..{MAX_IMAGE_SIDE} px")
     if vessels not in VESSEL_MODES:
         raise ParameterError(f"{{vessels}} {vessels!r}: one of {', '.join(VESSEL_MODES)}")
     if not plan.items:
