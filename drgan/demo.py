@@ -6,6 +6,7 @@ A phantom is a drawing, not a photograph: the demo shows the machinery, not clin
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from drgan import locks
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset
+from drgan.runs import claim_folder
 from drgan.runtime import resolve_device
 
 
@@ -53,6 +56,7 @@ SCALES = {
     "quick": DemoScale("tiny-64", phantoms=50, phantom_size=64, grader_epochs=1, grader_batch=8,
                        global_steps=3, local_steps=3, gan_batch=4, per_grade=2),
 }
+MARKER = "demo.json"  # the scale a demo folder was made at
 # What the demo's synthesized set should reach (report.md marks each): fidelity per condition as
 # a fraction of the real phantoms' above chance, and the demo grader on the synthesized set.
 TARGETS = {"fidelity_fraction": 0.8, "kappa": 0.6, "accuracy": 0.4}
@@ -171,15 +175,20 @@ def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=pri
     out = Path(out)
     device = str(resolve_device(device))
     scale = SCALES["quick" if quick else "cuda" if device.startswith("cuda") else "cpu"]
-    out.mkdir(parents=True, exist_ok=True)
-    demo = _DemoRun(out, scale, device, log)
-    demo.stage("phantom dataset", demo.make_data)
-    demo.stage("grader + grading spaces", demo.grader)
-    demo.stage("GAN global stage", lambda: demo.gan("global", scale.global_steps, demo.global_run, None))
-    demo.stage("GAN local stage", lambda: demo.gan("local", scale.local_steps, demo.local_run, demo.global_run))
-    demo.stage("synthesis", demo.synthesis)
-    demo.stage("condition fidelity", demo.fidelity)
-    return demo.write_report()
+    # The scale marks the folder: a rerun at another (--quick, or CPU after CUDA) is refused rather
+    # than reusing stages of the other scale under this one's report.
+    claim_folder(out, MARKER, dataclasses.asdict(scale), "a drgan demo")
+    try:
+        demo = _DemoRun(out, scale, device, log)
+        demo.stage("phantom dataset", demo.make_data)
+        demo.stage("grader + grading spaces", demo.grader)
+        demo.stage("GAN global stage", lambda: demo.gan("global", scale.global_steps, demo.global_run, None))
+        demo.stage("GAN local stage", lambda: demo.gan("local", scale.local_steps, demo.local_run, demo.global_run))
+        demo.stage("synthesis", demo.synthesis)
+        demo.stage("condition fidelity", demo.fidelity)
+        return demo.write_report()
+    finally:
+        locks.release(out)
 
 
 def _contact_sheet(synth: Path, path: Path, save) -> None:

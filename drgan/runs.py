@@ -145,3 +145,39 @@ def remove_unfinished(out: Path, created: bool, finished_file: str) -> None:
     so that rerunning the same command is accepted."""
     if created and out.is_dir() and not (out / finished_file).exists():
         shutil.rmtree(out, ignore_errors=True)
+
+
+def claim_folder(out: str | Path, marker: str, settings: dict[str, Any], what: str, param: str = "out") -> bool:
+    """Hold `out` (drgan.locks) for a job whose folder `marker` names with its `settings`: a new or
+    empty folder gets the marker (False); a folder whose marker holds the same settings is resumed
+    (True); any other folder is refused, so that no dataset or other result is written into."""
+    out = Path(out)
+    _resumes(out, marker, settings, what, param)  # before the lock file is created in it
+    locks.hold(out)  # a second job in the same folder is refused
+    try:
+        resumed = _resumes(out, marker, settings, what, param)  # again: another process may have written meanwhile
+        if not resumed:
+            atomic_write_text(out / marker, json.dumps(settings, indent=2) + "\n")
+        return resumed
+    except BaseException:
+        locks.release(out)
+        raise
+
+
+def _resumes(out: Path, marker: str, settings: dict[str, Any], what: str, param: str) -> bool:
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"{{{param}}} {out}: is a file, expected a folder")
+    if (out / marker).is_file():
+        try:
+            earlier = json.loads((out / marker).read_text())
+        except (OSError, ValueError) as exc:
+            raise ParameterError(f"{{{param}}} {out}: unreadable {marker} ({exc}); choose a new folder") from None
+        if earlier != settings:
+            changed = sorted(k for k in {**earlier, **settings} if earlier.get(k) != settings.get(k))
+            raise ParameterError(f"{{{param}}} {out}: holds {what} with other settings ({', '.join(changed)}); "
+                                 "rerun it with its own or choose a new folder")
+        return True
+    if out.is_dir() and any(not locks.is_lock_file(p) for p in out.iterdir()):
+        raise ParameterError(f"{{{param}}} {out}: folder not empty and not {what} (no {marker}); "
+                             "choose a new or empty folder")
+    return False

@@ -29,3 +29,14 @@ def test_demo_runs_end_to_end(tmp_path):
     again = subprocess.run([sys.executable, "-m", "drgan.cli", "demo", "--out", str(out), "--quick", "--device", "cpu"],
                            capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("(reused)") == len(stages)
+    # A rerun at another scale is refused, not served the --quick stages under the full demo's report;
+    # a dataset folder is not written into.
+    full = subprocess.run([sys.executable, "-m", "drgan.cli", "demo", "--out", str(out), "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert full.returncode == 1 and full.stderr.startswith(f"error: --out {out}: holds a drgan demo with other settings (")
+    data = out / "data"
+    before = sorted(p.name for p in data.iterdir())
+    into = subprocess.run([sys.executable, "-m", "drgan.cli", "demo", "--out", str(data), "--quick", "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert into.returncode == 1 and "folder not empty and not a drgan demo (no demo.json)" in into.stderr
+    assert sorted(p.name for p in data.iterdir()) == before

@@ -109,5 +109,5 @@ def test_augment_experiment_output_folder_is_its_own(tmp_path):
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")}
     again, _ = run_augment_experiment(real, fake, real, out, **args)
     assert again == first and {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")} == stamp
-    with pytest.raises(DrganError, match=r"holds an experiment with other settings \(epochs\)"):
+    with pytest.raises(DrganError, match=r"holds an augmentation experiment with other settings \(epochs\)"):
         run_augment_experiment(real, fake, real, out, **{**args, "epochs": 2})

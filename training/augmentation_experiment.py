@@ -28,11 +28,12 @@ from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.format import open_dataset
 from drgan import locks
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_bytes
 from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
 from drgan.nn import build_grader
+from drgan.runs import claim_folder
 from drgan.training.grader_pretraining import GraderOptions, train_grader
 
 BASELINES = ("mixup", "cutmix")
@@ -188,7 +189,7 @@ def run_augment_experiment(
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
         "arms": {},
     }
-    _claim(out, result["protocol"])
+    claim_folder(out, PROTOCOL_FILE, result["protocol"], "an augmentation experiment")
     try:
         for name, train in arms.items():
             run = out / name.replace("+", "_")
@@ -210,38 +211,3 @@ def run_augment_experiment(
     finally:
         locks.release(out)
     return result, markdown
-
-
-def _claim(out: Path, protocol: dict[str, Any]) -> None:
-    """Hold `out` for this experiment: a new or empty folder gets PROTOCOL_FILE; a folder holding the
-    same protocol is resumed (its finished arms are kept); any other folder is refused, so that no
-    dataset or earlier result is written into."""
-    _resumes(out, protocol)  # before the lock file is created in it
-    locks.hold(out)  # a second experiment in the same folder is refused
-    try:
-        if not _resumes(out, protocol):  # again: another process may have written meanwhile
-            atomic_write_bytes(out / PROTOCOL_FILE, (json.dumps(protocol, indent=2) + "\n").encode())
-    except BaseException:
-        locks.release(out)
-        raise
-
-
-def _resumes(out: Path, protocol: dict[str, Any]) -> bool:
-    """Whether `out` holds this experiment already (False: missing or empty); raises for any other folder."""
-    if out.exists() and not out.is_dir():
-        raise ParameterError(f"{{out}} {out}: is a file, expected a folder")
-    marker = out / PROTOCOL_FILE
-    if marker.is_file():
-        try:
-            earlier = json.loads(marker.read_text())
-        except (OSError, ValueError) as exc:
-            raise ParameterError(f"{{out}} {out}: unreadable {PROTOCOL_FILE} ({exc}); choose a new folder") from None
-        if earlier != protocol:
-            changed = sorted(k for k in {**earlier, **protocol} if earlier.get(k) != protocol.get(k))
-            raise ParameterError(f"{{out}} {out}: holds an experiment with other settings ({', '.join(changed)}); "
-                                 "rerun it with its own or choose a new folder")
-        return True
-    if out.is_dir() and any(not locks.is_lock_file(p) for p in out.iterdir()):
-        raise ParameterError(f"{{out}} {out}: folder not empty and not an augmentation experiment (no "
-                             f"{PROTOCOL_FILE}); choose a new or empty folder")
-    return False
