@@ -16,9 +16,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from drgan import locks
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset
-from drgan.runs import claim_folder
+from drgan.runs import claimed_folder
 from drgan.runtime import resolve_device
 
 
@@ -177,8 +176,7 @@ def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=pri
     scale = SCALES["quick" if quick else "cuda" if device.startswith("cuda") else "cpu"]
     # The scale marks the folder: a rerun at another (--quick, or CPU after CUDA) is refused rather
     # than reusing stages of the other scale under this one's report.
-    claim_folder(out, MARKER, dataclasses.asdict(scale), "a drgan demo")
-    try:
+    with claimed_folder(out, MARKER, dataclasses.asdict(scale), "a drgan demo"):
         demo = _DemoRun(out, scale, device, log)
         demo.stage("phantom dataset", demo.make_data)
         demo.stage("grader + grading spaces", demo.grader)
@@ -187,8 +185,6 @@ def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=pri
         demo.stage("synthesis", demo.synthesis)
         demo.stage("condition fidelity", demo.fidelity)
         return demo.write_report()
-    finally:
-        locks.release(out)
 
 
 def _contact_sheet(synth: Path, path: Path, save) -> None:

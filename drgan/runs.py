@@ -14,11 +14,12 @@ A run folder (`--out RUN` of the train commands, `--run RUN` elsewhere) holds:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from drgan import locks
 from drgan.config import ModelConfig, STAGES
@@ -147,21 +148,20 @@ def remove_unfinished(out: Path, created: bool, finished_file: str) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def claim_folder(out: str | Path, marker: str, settings: dict[str, Any], what: str, param: str = "out") -> bool:
-    """Hold `out` (drgan.locks) for a job whose folder `marker` names with its `settings`: a new or
-    empty folder gets the marker (False); a folder whose marker holds the same settings is resumed
-    (True); any other folder is refused, so that no dataset or other result is written into."""
+@contextlib.contextmanager
+def claimed_folder(out: str | Path, marker: str, settings: dict[str, Any], what: str, param: str = "out") -> Iterator[None]:
+    """Hold `out` (drgan.locks) while inside, for a job whose folder `marker` names with its
+    `settings`: a new or empty folder gets the marker; a folder whose marker holds the same settings
+    is resumed; any other folder is refused, so that no dataset or other result is written into."""
     out = Path(out)
     _resumes(out, marker, settings, what, param)  # before the lock file is created in it
     locks.hold(out)  # a second job in the same folder is refused
     try:
-        resumed = _resumes(out, marker, settings, what, param)  # again: another process may have written meanwhile
-        if not resumed:
+        if not _resumes(out, marker, settings, what, param):  # again: another process may have written meanwhile
             atomic_write_text(out / marker, json.dumps(settings, indent=2) + "\n")
-        return resumed
-    except BaseException:
+        yield
+    finally:
         locks.release(out)
-        raise
 
 
 def _resumes(out: Path, marker: str, settings: dict[str, Any], what: str, param: str) -> bool:

@@ -18,7 +18,7 @@ from drgan.errors import DrganError
 
 IMPLS = ("auto", "ref", "triton", "sdpa", "gluon")
 GLUON_OPS = ("spatial_attention",)  # ops with a Gluon kernel
-NETWORK_IMPLS = ("auto", "ref", "triton", "sdpa")  # what every op of a network runs (not Gluon: one op only)
+NETWORK_IMPLS = tuple(i for i in IMPLS if i != "gluon")  # what every op of a network runs (Gluon: one op only)
 
 
 def triton_available() -> bool:

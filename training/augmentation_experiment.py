@@ -27,13 +27,12 @@ from drgan.checkpoint import load_module
 from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.format import open_dataset
-from drgan import locks
 from drgan.errors import DrganError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_bytes
 from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
 from drgan.nn import build_grader
-from drgan.runs import claim_folder
+from drgan.runs import claimed_folder
 from drgan.training.grader_pretraining import GraderOptions, train_grader
 
 BASELINES = ("mixup", "cutmix")
@@ -189,8 +188,7 @@ def run_augment_experiment(
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
         "arms": {},
     }
-    claim_folder(out, PROTOCOL_FILE, result["protocol"], "an augmentation experiment")
-    try:
+    with claimed_folder(out, PROTOCOL_FILE, result["protocol"], "an augmentation experiment"):
         for name, train in arms.items():
             run = out / name.replace("+", "_")
             if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment
@@ -208,6 +206,4 @@ def run_augment_experiment(
         markdown = format_markdown(result)
         atomic_write_bytes(out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
         atomic_write_bytes(out / "results.md", markdown.encode())
-    finally:
-        locks.release(out)
     return result, markdown

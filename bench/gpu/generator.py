@@ -158,8 +158,7 @@ def time_convolutions(layers: list[dict], dtype: torch.dtype) -> dict:
             flops = conv_flops(layer, x, layer(x)) / shape[0]
             # Heuristic first: cuDNN may keep for later calls the plan a benchmark found.
             for mode, on in (("heuristic", False), ("benchmark", True)):
-                with cudnn_benchmark(on):
-                    layer(x)
+                with cudnn_benchmark(on):  # time_ms's warm-up calls run cuDNN's search
                     row[f"{mode}_ms"] = time_ms(lambda: layer(x), rep_ms=20) / shape[0]
             row["benchmark_TFLOPs"] = flops / row["benchmark_ms"] / 1e9
             wide = padded(conv, CHANNEL_MULTIPLE)
@@ -168,7 +167,6 @@ def time_convolutions(layers: list[dict], dtype: torch.dtype) -> dict:
                 x = torch.randn(shape[0], wide.in_channels, *shape[2:], device=device, dtype=dtype)
                 x = x.contiguous(memory_format=torch.channels_last)
                 with cudnn_benchmark(True):
-                    wide(x)
                     row["padded16_ms"] = time_ms(lambda: wide(x), rep_ms=20) / shape[0]
         rows.append(row)
     rows.sort(key=lambda r: r["count"] * r["heuristic_ms"], reverse=True)
