@@ -59,6 +59,11 @@ def cudnn_benchmark(on: bool):
         torch.backends.cudnn.benchmark = before
 
 
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|: the kernels' error measure against their references."""
+    return ((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12)).item()
+
+
 def time_ms(fn: Callable[[], object], rep_ms: int = 60) -> float:
     """Median milliseconds per call (CUDA events through triton's do_bench, which clears the L2
     between calls); on the CPU the wall clock of one call after one warm-up call."""

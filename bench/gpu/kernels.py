@@ -26,7 +26,7 @@ import importlib
 import time
 
 import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
-from _part import time_ms
+from _part import rel_err, time_ms
 import torch
 import torch.nn.functional as F
 
@@ -74,10 +74,6 @@ def tuning_timings(run) -> dict:
     return {name: {str(config): round(float(ms[0] if isinstance(ms, (list, tuple)) else ms), 4)
                    for config, ms in tuner.configs_timings.items()}
             for name, tuner in tuners.items() if getattr(tuner, "configs_timings", None)}
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12)).item()
 
 
 def sdpa_padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

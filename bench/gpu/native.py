@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
-from _part import time_ms
+from _part import rel_err, time_ms
 import torch
 
 from drgan.kernels import adain, adain_ref, channel_attention, channel_attention_ref, spatial_attention
@@ -109,10 +109,6 @@ class Native:
                                              y.data_ptr(), self.s4(*x.stride()), b, c, h, w, 1e-5, dtype_id, ws.data_ptr(),
                                              size, torch.cuda.current_stream().cuda_stream))
         return y
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12)).item()
 
 
 def run(native: Native, deadline: float) -> dict:
