@@ -14,7 +14,7 @@ from torch import nn
 
 from drgan.errors import DrganError, name_list
 from drgan.io import atomic_save
-from drgan.runs import generator_weights, read_run_config
+from drgan.runs import generator_weights, require_kind
 
 if TYPE_CHECKING:
     from drgan.nn import DRGANGenerator
@@ -110,8 +110,8 @@ def load_generator(run: str | Path, ema: bool = True, device: str | torch.device
     """The generator of a run folder, in eval mode (EMA weights unless ema=False)."""
     from drgan.nn import DRGANGenerator
 
-    cfg, stage, _ = read_run_config(run)
-    g = build_loaded(lambda: DRGANGenerator(cfg, stage), generator_weights(run, ema))
+    info = require_kind(run, "gan", "run")  # a grader run is named as such, not as a missing G.safetensors
+    g = build_loaded(lambda: DRGANGenerator(info.cfg, info.stage), generator_weights(run, ema))
     return g.to(device).eval()
 
 

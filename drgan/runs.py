@@ -105,32 +105,36 @@ def grader_resolution(run: str | Path) -> int:
     return int(info.extra.get("resolution", info.options.get("resolution", info.cfg.resolution)))
 
 
-def check_out(out: str | Path, overwrite: bool, param: str = "out") -> bool:
-    """Whether `out` can take a new run: missing or empty, or (with overwrite) holding a previous
-    drgan run; returns True when that run is to be replaced. Anything else (a run without
-    overwrite, a dataset, a file) is refused, so no work is lost by accident."""
+def check_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -> bool:
+    """Whether `out` can take a new run of `kind`: missing or empty, or (with overwrite) holding a
+    previous run of the same kind; returns True when that run is to be replaced. Anything else (a
+    run without overwrite, a run of the other kind, a dataset, a file) is refused, so no work is
+    lost by accident."""
+    assert kind in KINDS, kind
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{{{param}}} {out}: is a file, expected a run folder")
     check_writable_dir(out)
     if not out.is_dir() or all(locks.is_lock_file(p) for p in out.iterdir()):
         return False
-    kind = run_kind(out)
-    if kind is None:
+    found = run_kind(out)
+    if found is None:
         raise ParameterError(f"{{{param}}} {out}: folder not empty and not a drgan run; choose a new or empty folder")
+    if found != kind:  # {overwrite} replaces a run with a new one of its kind, never another kind's
+        raise ParameterError(f"{{{param}}} {out}: holds a {found} run, not a {kind} run; choose a new or empty folder")
     if not overwrite:
         hint = "continue it with {resume}, or " if kind == "gan" else ""
         raise ParameterError(f"{{{param}}} {out}: already holds a {kind} run; {hint}start over with {{overwrite}}")
     return True
 
 
-def prepare_out(out: str | Path, overwrite: bool, param: str = "out") -> Path:
+def prepare_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -> Path:
     """`check_out`, the folder's lock for this process (drgan.locks), then `check_out` again (another
     process may have written meanwhile) and the removal of the previous run it allows replacing."""
     out = Path(out)
-    check_out(out, overwrite, param)  # before the folder is created for its lock
+    check_out(out, overwrite, kind, param)  # before the folder is created for its lock
     locks.hold(out)
-    if check_out(out, overwrite, param):
+    if check_out(out, overwrite, kind, param):
         for path in out.iterdir():
             if locks.is_lock_file(path):
                 continue

@@ -33,7 +33,7 @@ from drgan.export.trt_runner import TrtGenerator
 from drgan.export.wrapper import OUTPUT_NAMES, attention_flops, example_inputs, input_shapes, output_shapes, pad_attention_qk, prepare
 from drgan.io import atomic_write_bytes, check_writable_dir, is_temp_name, remove_temp_files
 from drgan.nn import DRGANGenerator
-from drgan.runs import generator_weights, read_run_config
+from drgan.runs import generator_weights, require_kind
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ class _Exporter:
 def _load_stage(run: Path, stage: str | None) -> DRGANGenerator:
     """The run's generator; `stage` only confirms which one (a local run has no global RGB head:
     pix2pixHD drops it when the local enhancer is added, so its Gm cannot be exported alone)."""
-    _, run_stage, _ = read_run_config(run)
+    run_stage = require_kind(run, "gan", "run").stage
     if stage is not None and stage != run_stage:
         raise ParameterError(f"{{stage}} {stage}: {run} is a {run_stage}-stage run; export it with {{stage}} {run_stage}")
     return load_generator(run)

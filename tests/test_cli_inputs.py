@@ -194,6 +194,22 @@ def test_unbalanced_count_is_named(drgan, tmp_path):
                         "(--per-grade gives each grade the same number)"]
 
 
+def test_repeated_or_unknown_grades_are_refused_before_the_balance_warning(drgan, tmp_path):
+    synth = ["synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set", "--count", "5", "--device", "cpu"]
+    for grades, reason in (("1,1", "each grade once"), ("1,9", "grades must lie in 0..4")):
+        rc, out, err = drgan(*synth, "--grades", grades)
+        assert one_error(rc, out, err).endswith(reason) and "warning" not in err
+    assert not (tmp_path / "set").exists()
+
+
+def test_info_of_a_run_refuses_a_preset_or_stage_it_would_ignore(drgan, run):
+    for extra in (["--preset", "paper-1280"], ["--stage", "local"]):
+        assert one_error(*drgan("info", "--run", run, *extra)) == \
+            f"error: --run {run}: the run gives the model and stage; drop {extra[0]}"
+    rc, out, _ = drgan("info", "--run", run)
+    assert rc == 0 and "stage 'global'" in out
+
+
 def test_synthesize_device_tpu_in_a_process_is_one_line():
     proc = subprocess.run([sys.executable, "-c", "from drgan.cli import main; main()", "synthesize", "--preset", "tiny-64",
                            "--backend", "null", "--out", "unused", "--count", "5", "--device", "tpu"],

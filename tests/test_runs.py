@@ -21,6 +21,7 @@ from drgan.nn import build_grader
 from drgan.runs import GRADER_FILE, read_run, write_run_config
 from drgan.training.gan import train_gan
 from drgan.training.options import GanOptions
+from synthesis_fixtures import make_run
 from training_fixtures import PhantomSet, write_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,6 +92,31 @@ def test_grader_run_is_refused_without_overwrite(drgan, tmp_path, data):
     write_run_config(tmp_path / "g", preset("tiny-64"), "global", {"trainer": "grader"})
     line = _one_error(*drgan("train", "grader", "--data", data, "--out", tmp_path / "g", "--preset", "tiny-64")[::2])
     assert "already holds a grader run" in line and "--overwrite" in line
+
+
+def test_overwrite_never_replaces_a_run_of_the_other_kind(drgan, tmp_path, data):
+    gan = _new_run(drgan, tmp_path, data, "--max-steps", "1")
+    weights = (gan / "G.safetensors").read_bytes()
+    line = _one_error(*drgan("train", "grader", "--data", data, "--out", gan, "--preset", "tiny-64", "--overwrite")[::2])
+    assert line == f"error: --out {gan}: holds a gan run, not a grader run; choose a new or empty folder"
+    assert (gan / "G.safetensors").read_bytes() == weights
+    write_run_config(tmp_path / "g", preset("tiny-64"), "global", {"trainer": "grader"})
+    line = _one_error(*drgan("train", "gan", "--data", data, "--grading-space", tmp_path / "space.safetensors",
+                             "--out", tmp_path / "g", *TINY, "--overwrite")[::2])
+    assert line == f"error: --out {tmp_path / 'g'}: holds a grader run, not a gan run; choose a new or empty folder"
+    assert (tmp_path / "g" / "run.json").is_file()
+
+
+def test_a_run_of_the_wrong_kind_is_named_with_the_commands_flag(drgan, tmp_path, data):
+    grader, gan = make_run(tmp_path / "grader"), make_run(tmp_path / "gan")
+    write_run_config(grader, preset("tiny-64"), "local", {"trainer": "grader"})
+    write_run_config(gan, preset("tiny-64"), "local", {"trainer": "gan"})
+    for command in (["synthesize", "--out", tmp_path / "set", "--count", "5", "--device", "cpu"], ["export", "--out", tmp_path / "exp"]):
+        line = _one_error(*drgan(*command, "--run", grader)[::2])
+        assert line == f"error: --run {grader}: a grader run, not a gan run"
+    line = _one_error(*drgan("evaluate", "grading", "--grader", gan, "--data", data)[::2])
+    assert line == f"error: --grader {gan}: a gan run, not a grader run"
+    assert not (tmp_path / "set").exists() and not (tmp_path / "exp").exists()
 
 
 def test_resume_from_another_folder_with_relative_paths(drgan, tmp_path, data, monkeypatch):
@@ -244,8 +270,11 @@ def test_a_run_folder_in_use_is_refused(drgan, tmp_path, data, lock_holder):
     assert _one_error(*drgan("train", "gan", "--resume", run, "--max-steps", "2")[::2]) == refusal
     args = ["--data", data, "--grading-space", tmp_path / "space.safetensors", "--out", run, *TINY, "--max-steps", "1"]
     assert _one_error(*drgan("train", "gan", *args, "--lr", "0.5", "--overwrite")[::2]) == refusal
-    assert _one_error(*drgan("train", "grader", "--data", data, "--out", run, "--preset", "tiny-64", "--overwrite")[::2]) == refusal
     assert _step(run) == 1 and read_run(run).kind == "gan"
+    write_run_config(tmp_path / "g", preset("tiny-64"), "global", {"trainer": "grader"})
+    pid = lock_holder(tmp_path / "g")
+    assert _one_error(*drgan("train", "grader", "--data", data, "--out", tmp_path / "g", "--preset", "tiny-64", "--overwrite")[::2]) == \
+        f"error: {tmp_path / 'g'} is in use by another drgan process (pid {pid})"
 
 
 def test_the_lock_is_released_when_training_ends(tmp_path, data):

@@ -177,13 +177,27 @@ def test_init_must_be_a_global_run_of_the_same_preset(tmp_path, space):
         GanTrainer(options(tmp_path, space, out=str(tmp_path / "l"), stage="local", preset="small-256", init=str(tmp_path / "global")), data)
 
 
+class _NanImages(PhantomSet):
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        return {**item, "image": torch.full_like(item["image"], float("nan"))}
+
+
 def test_non_finite_loss_stops_with_checkpoint(tmp_path, space):
+    """A non-finite loss from finite weights (here: bad pixels) stops the run with those weights saved."""
+    trainer = GanTrainer(options(tmp_path, space, max_steps=3), _NanImages(4))
+    with pytest.raises(DrganError, match="non-finite loss at step 0 .*checkpoint of the last good step saved"):
+        trainer.fit()
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 0
+
+
+def test_non_finite_loss_from_diverged_weights_saves_nothing(tmp_path, space):
     trainer = GanTrainer(options(tmp_path, space, max_steps=3), PhantomSet(4))
     with torch.no_grad():
         trainer.G.global_gen.to_rgb.weight.fill_(float("nan"))
-    with pytest.raises(DrganError, match="non-finite loss at step 0"):
+    with pytest.raises(DrganError, match="non-finite loss at step 0 .*; the weights are NaN or infinite; nothing saved"):
         trainer.fit()
-    assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 0
+    assert not (tmp_path / "run" / "state.json").exists()
 
 
 def test_perceptual_auto_is_vgg19_where_torchvision_keeps_it_else_the_grader(tmp_path, space, monkeypatch, capsys):

@@ -154,7 +154,7 @@ class GanTrainer:
             if opts.resume:
                 locks.hold(self.run)
             else:
-                prepare_out(self.run, overwrite)
+                prepare_out(self.run, overwrite, "gan")
         self.cfg = model_config(opts)
         self.stage = opts.stage
         self.resolution = self.cfg.stage_resolution(opts.stage)
@@ -398,14 +398,16 @@ class GanTrainer:
 
     # ----------------------------------------------------------------------------- checkpoints
 
-    def _refuse_diverged_weights(self) -> None:
+    def _refuse_diverged_weights(self, cause: str | None = None) -> None:
         """Weights a step turned NaN or infinite (a finite loss can still give a non-finite update:
-        a huge learning rate) are not checkpointed: every image they made would be blank."""
+        a huge learning rate) are not checkpointed: every image they made would be blank. `cause`:
+        what stopped the run first (a non-finite loss), named before the weights."""
         finite = torch.stack([torch.isfinite(p).all() for m in (self.G, self.D) for p in m.parameters()]).all()
         if not bool(finite):
             kept = f"the last checkpoint in {self.run} is kept" if (self.run / STATE_JSON).is_file() else "nothing saved"
-            raise ParameterError(f"the weights became NaN or infinite by step {self.step} (training diverged); "
-                                 f"{kept} (try a lower {{lr}} or {{precision}} fp32)")
+            what = (f"the weights became NaN or infinite by step {self.step} (training diverged)" if cause is None
+                    else f"{cause}; the weights are NaN or infinite")
+            raise ParameterError(f"{what}; {kept} (try a lower {{lr}} or {{precision}} fp32)")
 
     def save_checkpoint(self) -> None:
         """Weights, optimizers, scaler, position and every rank's RNG states (collective call)."""
@@ -517,11 +519,11 @@ class GanTrainer:
                     try:
                         values = self.train_step(batch, self.step)
                     except NonFiniteLoss as exc:
+                        cause = f"non-finite loss at step {self.step} ({exc})"
+                        self._refuse_diverged_weights(cause)
                         self.save_checkpoint()
-                        raise ParameterError(
-                            f"non-finite loss at step {self.step} ({exc}); checkpoint of the last good step saved in "
-                            f"{self.run} (try {{precision}} fp32 or a lower learning rate)"
-                        ) from None
+                        raise ParameterError(f"{cause}; checkpoint of the last good step saved in {self.run} "
+                                             "(try {precision} fp32 or a lower {lr})") from None
                     self.step += 1
                     self.next_batch += 1
                     if self.next_batch == per_epoch:
@@ -544,6 +546,7 @@ class GanTrainer:
                     if self.step >= limit:
                         break
             if saved_at != self.step:
+                self._refuse_diverged_weights()
                 self.save_checkpoint()
         finally:
             bar.close()

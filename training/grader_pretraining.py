@@ -93,7 +93,7 @@ def train_grader(
     device = resolve_device(opts.device)
     out = Path(out)
     created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
-    prepare_out(out, overwrite)
+    prepare_out(out, overwrite, "grader")
     try:
         return _train_grader(train, val, out, opts, batch_transform, device)
     except BaseException:

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drgan.checkpoint import build_loaded, read_run_config
+from drgan.checkpoint import build_loaded
 from drgan.config import ModelConfig
 from drgan.errors import ParameterError
-from drgan.runs import grader_resolution
+from drgan.runs import grader_resolution, read_run_config
 from drgan.nn import DiscOutput, GradeNet, build_grader
 from drgan.training.vgg import TAP_WEIGHTS, find_vgg19_weights, load_vgg19, torchvision_weights_path
 

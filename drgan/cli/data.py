@@ -110,7 +110,7 @@ def fit_lesions(directory: str | None, data_dir: str | None, out: str, skip_bad:
 @click.option("--no-split", is_flag=True, help="Leave the split column out of labels.csv.")
 @click.option("--workers", type=IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
               help="Rendering processes (the output does not depend on it).")
-@click.option("--contact-sheet", "sheet", type=click.Path(), default=None, help="Also write a PNG grid, one row per grade.")
+@click.option("--contact-sheet", "sheet", type=click.Path(), default=None, help="Also write a PNG grid, one row per grade (its folder is created).")
 def phantom(out: str, count: int, size: int, seed: int, no_split: bool, workers: int, sheet: str | None) -> None:
     """Render procedural paired retinas (image, masks, grade) in the dataset format."""
     from drgan.data.phantom import write_phantom_dataset

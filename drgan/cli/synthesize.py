@@ -67,12 +67,14 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
     """
     from drgan.errors import DrganError
+    from drgan.synthesis.plan import Plan
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as synthesize_set
 
     grade_list = _grades(grades)
     if (count is None) == (per_grade is None):
         raise DrganError("give exactly one of --count and --per-grade")
     total = count if count is not None else per_grade * len(grade_list)
+    Plan(total, grade_list, seed, batch)  # its checks of the grades come before a warning about their balance
     if total % len(grade_list):
         click.echo(f"warning: {_imbalance(total, grade_list)}", err=True)
     summary = synthesize_set(SynthesisOptions(

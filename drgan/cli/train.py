@@ -38,7 +38,7 @@ def grader(data_dir: str, out: str, overwrite: bool, preset: str, epochs: int, b
     from drgan.training.grader_pretraining import GraderOptions, train_grader
 
     opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, lr=lr, balanced=balanced, seed=seed, device=device, workers=workers)
-    check_out(out, overwrite)  # before the datasets are opened
+    check_out(out, overwrite, "grader")  # before the datasets are opened
     resolution = get_preset(preset).resolution
     train_set = FundusDataset(data_dir, resolution, split="train", augment=True)
     val_set = FundusDataset(data_dir, resolution, split="val")

@@ -19,7 +19,7 @@ def load_grader(run: str | Path, device: str | torch.device = "cpu") -> tuple[to
     """(GradeNet in eval mode, input resolution) of a `drgan train grader` run folder."""
     from drgan.nn import build_grader
 
-    info = require_kind(run, "grader", "run")
+    info = require_kind(run, "grader", "grader")  # every command takes it as --grader
     path = Path(run) / GRADER_FILE
     if not path.is_file():
         raise DrganError(f"{run}: no {GRADER_FILE} (not a grader run folder?)")

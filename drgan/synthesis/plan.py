@@ -43,6 +43,8 @@ class Plan:
             raise ParameterError(f"{{count}} {self.count}: need at least one image")
         if not self.grades or any(g not in range(NUM_GRADES) for g in self.grades):
             raise ParameterError(f"{{grades}} {list(self.grades)}: grades must lie in 0..{NUM_GRADES - 1}")
+        if len(set(self.grades)) != len(self.grades):  # a repeat would skew the balance the set promises
+            raise ParameterError(f"{{grades}} {list(self.grades)}: each grade once")
         if self.batch < 1:
             raise ParameterError(f"{{batch}} {self.batch}: need at least 1")
 

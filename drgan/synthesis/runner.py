@@ -24,12 +24,12 @@ import torch
 from tqdm import tqdm
 
 from drgan import locks
-from drgan.checkpoint import read_run_config
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.lesion_stats import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import sha256_file
+from drgan.runs import require_kind
 from drgan.runtime import intra_op_threads, resolve_device, torchrun_ranks
 from drgan.synthesis import fingerprint
 from drgan.synthesis.registry import make_backend
@@ -140,8 +140,8 @@ def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
         cfg = preset_config(opts.preset)
         return cfg.resolution, GradingSpace(torch.zeros(NUM_GRADES, cfg.z_dim), torch.ones(NUM_GRADES, cfg.z_dim), float("nan"))
     run = Path(opts.run)
-    cfg, stage, _ = read_run_config(run)
-    return cfg.stage_resolution(stage), _grading_space(run, cfg.z_dim)
+    info = require_kind(run, "gan", "run")
+    return info.cfg.stage_resolution(info.stage), _grading_space(run, info.cfg.z_dim)
 
 
 def _grading_space(run: Path, z_dim: int) -> GradingSpace:
