@@ -9,7 +9,8 @@ A run folder (`--out RUN` of the train commands, `--run RUN` elsewhere) holds:
     RUN/D.safetensors             discriminator weights
     RUN/grader.safetensors        grader weights (grader run)
     RUN/grading_space.safetensors grading spaces (written by the grader run, copied in by the GAN run)
-    RUN/state.json + state.safetensors   training state (step, epoch, optimizer, scaler, RNG)
+    RUN/state.json + state.safetensors   training state (GAN: step, epoch, optimizer, scaler, RNG;
+                                  grader: epochs done and their reports, weights, optimizer, RNG)
     RUN/checkpoint.next/          a committed checkpoint not yet moved into RUN (see drgan.training.state)
 """
 from __future__ import annotations
@@ -123,8 +124,7 @@ def check_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -
     if found != kind:  # {overwrite} replaces a run with a new one of its kind, never another kind's
         raise ParameterError(f"{{{param}}} {out}: holds a {found} run, not a {kind} run; choose a new or empty folder")
     if not overwrite:
-        hint = "continue it with {resume}, or " if kind == "gan" else ""
-        raise ParameterError(f"{{{param}}} {out}: already holds a {kind} run; {hint}start over with {{overwrite}}")
+        raise ParameterError(f"{{{param}}} {out}: already holds a {kind} run; continue it with {{resume}}, or start over with {{overwrite}}")
     return True
 
 

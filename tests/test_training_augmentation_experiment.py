@@ -109,5 +109,9 @@ def test_augment_experiment_output_folder_is_its_own(tmp_path):
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")}
     again, _ = run_augment_experiment(real, fake, real, out, **args)
     assert again == first and {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")} == stamp
+    for name in ("grader.safetensors", "grading_space.safetensors"):  # killed after the arm's last checkpoint
+        (out / "real_synthetic" / name).unlink()
+    again, _ = run_augment_experiment(real, fake, real, out, **args)
+    assert again == first  # the arm resumed from its checkpoint: the same grader
     with pytest.raises(DrganError, match=r"holds an augmentation experiment with other settings \(epochs\)"):
         run_augment_experiment(real, fake, real, out, **{**args, "epochs": 2})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from drgan.runs import read_run, read_run_config
 from drgan.config import preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.phantom import write_phantom_dataset
+from drgan.errors import DrganError
 from drgan.grading_space import GradingSpace
 from drgan.training.gan import train_gan
 from drgan.training.grader_pretraining import GraderOptions, train_grader
@@ -75,10 +77,8 @@ def test_grading_spaces_fit_on_unaugmented_training_images(tmp_path, phantom_dir
 def test_diverged_grader_writes_no_grading_space(tmp_path, phantom_dir):
     """One step at a huge learning rate: a finite loss, NaN weights after it. No NaN grading space is
     written (a GAN conditioned on it draws NaN grading vectors); the new run folder is removed."""
-    from drgan.errors import DrganError
-
     train, val = FundusDataset(phantom_dir, 64, split="train"), FundusDataset(phantom_dir, 64, split="val")
-    with pytest.raises(DrganError, match=r"^grader: its features are NaN or infinite after training \(it diverged\)"):
+    with pytest.raises(DrganError, match=r"^grader: its weights are NaN or infinite after epoch 1 \(it diverged\); nothing saved"):
         train_grader(train, val, tmp_path / "g", GraderOptions(preset="tiny-64", epochs=1, batch=64, lr=1e308))
     assert not (tmp_path / "g").exists()
 
@@ -109,3 +109,70 @@ def test_cli_trains_grader_then_gan_and_resumes(tmp_path, phantom_dir):
     assert state["step"] == 2
     _, _, options = read_run_config(tmp_path / "run")
     assert options["channels_last"] is False and options["batch"] == 4
+
+
+class _FailsInEpoch(FundusDataset):
+    """Raises in the given epoch (0-based), as a killed process would stop there."""
+
+    fail_epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.failing = epoch == self.fail_epoch
+
+    def __getitem__(self, i: int) -> dict:
+        if getattr(self, "failing", False):
+            raise KeyboardInterrupt
+        return super().__getitem__(i)
+
+
+def test_killed_grader_resumes_to_the_uninterrupted_result(tmp_path, phantom_dir):
+    """A run stopped in epoch 2 keeps its folder with epoch 1's checkpoint; resuming it gives the
+    weights, reports and grading spaces of a run that was never stopped."""
+    from drgan.checkpoint import load_tensors
+
+    val = FundusDataset(phantom_dir, 64, split="val")
+    opts = GraderOptions(preset="tiny-64", epochs=3, batch=8, balanced=True)
+    whole = train_grader(FundusDataset(phantom_dir, 64, split="train", augment=True), val, tmp_path / "whole", opts,
+                         batch_transform=_mixup)
+    with pytest.raises(KeyboardInterrupt):
+        train_grader(_FailsInEpoch(phantom_dir, 64, split="train", augment=True), val, tmp_path / "cut", opts,
+                     batch_transform=_mixup)
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["epoch"] == 1
+    assert not (tmp_path / "cut" / "grader.safetensors").exists()  # nothing that looks like a finished grader
+    resumed = train_grader(FundusDataset(phantom_dir, 64, split="train", augment=True), val, tmp_path / "cut", opts,
+                           batch_transform=_mixup, resume=True)
+    assert resumed["epochs"] == whole["epochs"]
+    for name in ("grader.safetensors", "grading_space.safetensors"):
+        a, b = load_tensors(tmp_path / "whole" / name), load_tensors(tmp_path / "cut" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    with pytest.raises(DrganError, match="already trained 3 of 3 epochs; give a larger epochs"):
+        train_grader(FundusDataset(phantom_dir, 64, split="train"), val, tmp_path / "cut", opts, resume=True)
+
+
+def test_grader_resume_on_the_command_line(tmp_path, phantom_dir, capsys):
+    from drgan.cli import cli
+    from drgan.cli.common import run_command
+
+    def drgan(*args):
+        rc = run_command(cli, args=[str(a) for a in args], prog_name="drgan")
+        return rc, capsys.readouterr().err
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir, data)
+    run = tmp_path / "g"
+    new = ["train", "grader", "--data", data, "--out", run, "--preset", "tiny-64", "--batch", "8"]
+    assert drgan(*new, "--epochs", "1")[0] == 0
+    rc, err = drgan(*new, "--epochs", "2")
+    assert rc == 1 and f"--out {run}: already holds a grader run; continue it with --resume, or start over with --overwrite" in err
+    rc, err = drgan("train", "grader", "--resume", run, "--batch", "16")
+    assert rc == 1 and f"--batch 16: --resume {run} keeps the run's own value (8)" in err
+    rc, err = drgan("train", "grader", "--resume", run, "--data", phantom_dir, "--epochs", "2")
+    assert rc == 1 and f"--data {phantom_dir}: --resume {run} keeps the run's own dataset ({data})" in err
+    assert drgan("train", "grader", "--resume", run, "--epochs", "2")[0] == 0
+    assert json.loads((run / "state.json").read_text())["epoch"] == 2
+    assert read_run(run).options["epochs"] == 2
+    with open(data / "labels.csv", "a") as f:
+        f.write("\n")
+    rc, err = drgan("train", "grader", "--resume", run, "--epochs", "3")
+    assert rc == 1 and "labels.csv: changed since" in err

@@ -34,6 +34,7 @@ from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
 from drgan.nn import build_grader
 from drgan.runs import claimed_folder
 from drgan.training.grader_pretraining import GraderOptions, train_grader
+from drgan.training.state import STATE_JSON
 
 BASELINES = ("mixup", "cutmix")
 MIX_ALPHA = 1.0  # Beta(alpha, alpha) mixing ratio
@@ -194,7 +195,7 @@ def run_augment_experiment(
             if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment
                 val_accuracy = GradingSpace.load(run / SPACE_FILE).grader_accuracy
             else:
-                val_accuracy = train_grader(train, real_val, run, opts)["val_accuracy"]
+                val_accuracy = train_grader(train, real_val, run, opts, resume=(run / STATE_JSON).is_file())["val_accuracy"]
             grader = load_module(build_grader(cfg), run / GRADER_FILE).to(device).eval()
             result["arms"][name] = {
                 "run": str(run),

@@ -3,7 +3,9 @@
 `train_grader` fits the ResNet-50 grader on the training split, reports validation accuracy,
 quadratic-weighted kappa and per-grade TPR each epoch, then fits the per-grade Gaussians of the
 pooled features over the training split, read without augmentation. Run folder: RUN/grader.safetensors, RUN/run.json,
-RUN/grading_space.safetensors, RUN/logs (TensorBoard).
+RUN/grading_space.safetensors, RUN/logs (TensorBoard), and after every epoch a checkpoint (RUN/state.json +
+state.safetensors: weights, Adam moments, the epochs' reports; drgan.training.state) that `resume` continues
+exactly: the sampling order, augmentations and batch transforms of an epoch depend on (seed, epoch) only.
 """
 from __future__ import annotations
 
@@ -19,18 +21,23 @@ from tqdm import tqdm
 
 from drgan import locks
 from drgan.checkpoint import save_module
-from drgan.runs import GRADER_FILE, prepare_out, remove_unfinished, write_run_config
-from drgan.runtime import resolve_device
+from drgan.runs import GRADER_FILE, prepare_out, read_run, remove_unfinished, require_kind, write_run_config
+from drgan.runtime import resolve_device, seeded_generator
 from drgan.config import preset
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.nn import GradeNet, build_grader
 from drgan.training.logger import RunLogger
-from drgan.training.options import GraderOptions
+from drgan.training.options import GRADER_RESUMABLE, GraderOptions
+from drgan.training.state import (STATE_JSON, finish_checkpoint, load_state, optimizer_from_state, optimizer_to_state,
+                                  rng_state, save_state, set_rng_state, write_checkpoint)
 
-__all__ = ["GraderOptions", "train_grader", "grader_features", "GRADER_FILE", "AGM_MIN_ACCURACY"]
+__all__ = ["GraderOptions", "train_grader", "check_resumable", "grader_features", "GRADER_FILE", "AGM_MIN_ACCURACY"]
 
 AGM_MIN_ACCURACY = 0.8  # the paper finds the grading spaces help once the grader reaches ~80%
+
+# Streams of seeded_generator(seed, stream, epoch): an epoch's randomness never depends on the ones before.
+_ORDER_STREAM, _MIX_STREAM = 0, 1
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -43,13 +50,12 @@ def _grades(dataset: Dataset) -> torch.Tensor:
     return torch.tensor(grades, dtype=torch.long)
 
 
-def _sampler(train: Dataset, opts: GraderOptions, num_grades: int) -> WeightedRandomSampler | None:
+def _sampler(train: Dataset, opts: GraderOptions, num_grades: int, gen: torch.Generator) -> WeightedRandomSampler | None:
     """Inverse-frequency sampling so each grade is drawn equally often (--balanced)."""
     if not opts.balanced:
         return None
     grades = _grades(train)
     counts = torch.bincount(grades, minlength=num_grades).clamp(min=1).double()
-    gen = torch.Generator().manual_seed(opts.seed)
     return WeightedRandomSampler((1.0 / counts)[grades], num_samples=len(grades), replacement=True, generator=gen)
 
 
@@ -81,80 +87,146 @@ def train_grader(
     opts: GraderOptions,
     batch_transform: BatchTransform | None = None,
     overwrite: bool = False,
+    resume: bool = False,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train the grader, write its run folder and grading spaces; returns per-epoch metrics.
 
-    A non-empty `out` is refused unless `overwrite` replaces a previous run; a run that fails
-    leaves no run folder behind."""
+    A non-empty `out` is refused unless `overwrite` replaces a previous run or `resume` continues
+    the grader run in it from its last epoch (its options hold, but for GRADER_RESUMABLE). `data`:
+    the dataset folder, recorded so that a resume can reopen it and check it is unchanged. A new run
+    that fails before its first checkpoint leaves no run folder behind."""
     if len(train) == 0:
         raise DrganError("grader: the training split is empty")
     if len(val) == 0:
         raise DrganError("grader: the validation split is empty (labels.csv needs rows with split 'val')")
+    if overwrite and resume:
+        raise ParameterError("{overwrite} starts a run over; {resume} continues one: give one of them")
     device = resolve_device(opts.device)
     out = Path(out)
-    created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
-    prepare_out(out, overwrite, "grader")
+    created = not resume and (not out.exists() or (out.is_dir() and not any(out.iterdir())))
+    if resume:
+        require_kind(out, "grader", "resume")
+        locks.hold(out)
+    else:
+        prepare_out(out, overwrite, "grader")
     try:
-        return _train_grader(train, val, out, opts, batch_transform, device)
+        return _Training(train, val, out, opts, batch_transform, device, data, resume).fit()
     except BaseException:
-        remove_unfinished(out, created, SPACE_FILE)
+        remove_unfinished(out, created, STATE_JSON)
         raise
     finally:
         locks.release(out)
 
 
-def _train_grader(train: Dataset, val: Dataset, out: Path, opts: GraderOptions, batch_transform: BatchTransform | None,
-                  device: torch.device) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = preset(opts.preset)
-    torch.manual_seed(opts.seed)
-    grader = build_grader(cfg).to(device)
-    optim = torch.optim.Adam(grader.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))
-    sampler = _sampler(train, opts, cfg.num_grades)
-    order = torch.Generator().manual_seed(opts.seed)
-    loader = DataLoader(
-        train, batch_size=opts.batch, shuffle=sampler is None, sampler=sampler, generator=order,
-        num_workers=opts.workers, drop_last=len(train) > opts.batch,
-    )
-    mix = torch.Generator().manual_seed(opts.seed + 1)
-    resolution = int(train[0]["image"].shape[-1])  # what evaluation must resize to (not always the preset's)
-    write_run_config(out, cfg, stage="global", options={"trainer": "grader", **opts.to_dict()}, resolution=resolution)
-    logger = RunLogger(out, enabled=True, purge_step=None)
-    report: dict[str, Any] = {"epochs": []}
-    step = 0
-    for epoch in range(opts.epochs):
-        grader.train()
-        if hasattr(train, "set_epoch"):
-            train.set_epoch(epoch)  # FundusDataset: fresh augmentations each epoch
-        losses, step = _train_epoch(grader, optim, loader, batch_transform, mix, device, out, epoch, opts.epochs, step)
-        report["epochs"].append(_validate(grader, val, opts, device, cfg.num_grades, losses, epoch, logger))
-    logger.close()
-    save_module(grader, out / GRADER_FILE)
-    return _fit_grading_space(grader, train, out, opts, device, cfg.num_grades, report)
+def check_resumable(run: str | Path, opts: GraderOptions) -> None:
+    """`opts` may continue the grader run: its own options, but for GRADER_RESUMABLE."""
+    saved = {k: v for k, v in read_run(run).options.items() if k != "trainer"}
+    for name, value in opts.to_dict().items():
+        if name not in GRADER_RESUMABLE and saved.get(name) != value:
+            allowed = ", ".join(f"{{{k}}}" for k in GRADER_RESUMABLE)
+            raise ParameterError(f"{{{name}}} {value}: {{resume}} {run} keeps the run's own value ({saved.get(name)}); "
+                                 f"only {allowed} may change on resume")
 
 
-def _train_epoch(grader: GradeNet, optim: torch.optim.Optimizer, loader: DataLoader, batch_transform: BatchTransform | None,
-                 mix: torch.Generator, device: torch.device, out: Path, epoch: int, epochs: int, step: int
-                 ) -> tuple[list[float], int]:
-    """One pass over the training loader; returns the batch losses and the step count after it."""
-    losses = []
-    bar = tqdm(loader, desc=f"grader epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
-    for item in bar:
-        images, target = item["image"], item["grade"].long()
-        if batch_transform is not None:
-            images, target = batch_transform(images, target, mix)
-        logits, _ = grader(images.to(device))
-        loss = F.cross_entropy(logits, target.to(device))  # int grades or (B, 5) soft targets
-        if not torch.isfinite(loss):
-            save_module(grader, out / GRADER_FILE)
-            raise DrganError(f"grader: non-finite loss at epoch {epoch + 1}, step {step}; weights saved to {out / GRADER_FILE}")
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        losses.append(loss.item())
-        step += 1
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return losses, step
+class _Training:
+    """One grader run: the epochs after the last checkpoint, then the grading spaces."""
+
+    def __init__(self, train: Dataset, val: Dataset, out: Path, opts: GraderOptions, batch_transform: BatchTransform | None,
+                 device: torch.device, data: str | Path | None, resume: bool) -> None:
+        self.train, self.val, self.out, self.opts, self.batch_transform, self.device = train, val, out, opts, batch_transform, device
+        self.cfg = preset(opts.preset)
+        torch.manual_seed(opts.seed)
+        self.grader = build_grader(self.cfg).to(device)
+        self.optim = torch.optim.Adam(self.grader.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))
+        self.epochs: list[dict[str, Any]] = []  # the report of every finished epoch
+        self.step = 0
+        if resume:
+            self._load()
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            resolution = int(train[0]["image"].shape[-1])  # what evaluation must resize to (not always the preset's)
+            extra: dict[str, Any] = {"resolution": resolution}
+            if data is not None:
+                from drgan.data.format import LABELS_FILE
+                from drgan.io import sha256_file
+
+                extra.update(data=str(Path(data).resolve()), dataset={"labels_sha256": sha256_file(Path(data) / LABELS_FILE)})
+            write_run_config(out, self.cfg, stage="global", options={"trainer": "grader", **opts.to_dict()}, **extra)
+
+    def _load(self) -> None:
+        check_resumable(self.out, self.opts)
+        finish_checkpoint(self.out)  # a checkpoint committed but not yet moved into place
+        meta, tensors = load_state(self.out)
+        if meta["epoch"] >= self.opts.epochs and (self.out / SPACE_FILE).is_file():  # else only the spaces are left to fit
+            raise ParameterError(f"{{resume}} {self.out}: already trained {meta['epoch']} of {self.opts.epochs} epochs; "
+                                 "give a larger {epochs} to continue")
+        weights = {k.removeprefix("grader."): v for k, v in tensors.items() if k.startswith("grader.")}
+        self.grader.load_state_dict(weights)
+        optimizer_from_state(self.optim, "optimizer", meta["optimizer"], tensors)
+        set_rng_state(meta["rng"], {k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")}, self.device)
+        self.epochs, self.step = meta["report"], meta["step"]
+        extra = read_run(self.out).extra  # run.json: the epochs, device and workers it now runs with
+        write_run_config(self.out, self.cfg, stage="global", options={"trainer": "grader", **self.opts.to_dict()}, **extra)
+
+    def fit(self) -> dict[str, Any]:
+        opts, out = self.opts, self.out
+        start = len(self.epochs)
+        logger = RunLogger(out, enabled=True, purge_step=start + 1 if start else None)  # scalars are logged per epoch
+        try:
+            for epoch in range(start, opts.epochs):
+                self.grader.train()
+                if hasattr(self.train, "set_epoch"):
+                    self.train.set_epoch(epoch)  # FundusDataset: fresh augmentations each epoch
+                losses = self._train_epoch(epoch)
+                self.epochs.append(_validate(self.grader, self.val, opts, self.device, self.cfg.num_grades, losses, epoch, logger))
+                self._checkpoint()
+        finally:
+            logger.close()
+        save_module(self.grader, out / GRADER_FILE)
+        return _fit_grading_space(self.grader, self.train, out, opts, self.device, self.cfg.num_grades, {"epochs": self.epochs})
+
+    def _train_epoch(self, epoch: int) -> list[float]:
+        """One pass over the training split; returns the batch losses."""
+        opts, grader = self.opts, self.grader
+        order = seeded_generator(opts.seed, _ORDER_STREAM, epoch)
+        sampler = _sampler(self.train, opts, self.cfg.num_grades, order)
+        loader = DataLoader(self.train, batch_size=opts.batch, shuffle=sampler is None, sampler=sampler, generator=order,
+                            num_workers=opts.workers, drop_last=len(self.train) > opts.batch)
+        mix = seeded_generator(opts.seed, _MIX_STREAM, epoch)
+        losses = []
+        bar = tqdm(loader, desc=f"grader epoch {epoch + 1}/{opts.epochs}", leave=False, dynamic_ncols=True)
+        for item in bar:
+            images, target = item["image"], item["grade"].long()
+            if self.batch_transform is not None:
+                images, target = self.batch_transform(images, target, mix)
+            logits, _ = grader(images.to(self.device))
+            loss = F.cross_entropy(logits, target.to(self.device))  # int grades or (B, 5) soft targets
+            if not torch.isfinite(loss):
+                kept = f"the checkpoint of epoch {epoch} in {self.out} is kept" if epoch else "nothing saved"
+                raise ParameterError(f"grader: non-finite loss at epoch {epoch + 1}, step {self.step}; {kept} (try a lower {{lr}})")
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optim.step()
+            losses.append(loss.item())
+            self.step += 1
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        return losses
+
+    def _checkpoint(self) -> None:
+        """The run after its latest epoch; weights a step turned NaN or infinite (a finite loss can still
+        give a non-finite update) are refused instead, so the previous checkpoint stays."""
+        tensors = {f"grader.{k}": v for k, v in self.grader.state_dict().items()}
+        if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
+            kept = f"the checkpoint of epoch {len(self.epochs) - 1} in {self.out} is kept" if len(self.epochs) > 1 else "nothing saved"
+            raise ParameterError(f"grader: its weights are NaN or infinite after epoch {len(self.epochs)} (it diverged); "
+                                 f"{kept} (try a lower {{lr}})")
+        meta = {"step": self.step, "epoch": len(self.epochs), "report": self.epochs,
+                "optimizer": optimizer_to_state(self.optim, "optimizer", tensors)}
+        plain, rng = rng_state(self.device)  # the global RNGs: nothing draws from them after the weights' init today
+        meta["rng"] = plain
+        tensors.update({f"rng.{k}": v for k, v in rng.items()})
+        write_checkpoint(self.out, lambda folder: save_state(folder, meta, tensors))
 
 
 def _validate(grader: GradeNet, val: Dataset, opts: GraderOptions, device: torch.device, num_grades: int,

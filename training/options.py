@@ -147,3 +147,4 @@ class GanOptions(_Options):
 
 # Options a resumed run may change: how long and where it runs, not what it optimizes.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "device", "workers", "log_every", "sample_every", "checkpoint_every")
+GRADER_RESUMABLE = ("epochs", "device", "workers")

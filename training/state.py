@@ -45,8 +45,8 @@ def optimizer_to_state(opt: torch.optim.Optimizer, prefix: str, tensors: dict[st
 def optimizer_from_state(opt: torch.optim.Optimizer, prefix: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
     for key, value in tensors.items():
-        head, idx, name = key.rsplit(".", 2)
-        if head == prefix:
+        if key.startswith(prefix + "."):  # the file holds other tensors too (weights, RNG states)
+            idx, name = key.removeprefix(prefix + ".").split(".", 1)
             state.setdefault(int(idx), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from drgan.cli.common import run_command
+from drgan.cli.common import HELP_NAMES, run_command
 from drgan.cli.data import data, masks, phantom
 from drgan.cli.demo import demo
 from drgan.cli.evaluate import evaluate, experiment
@@ -15,7 +15,7 @@ from drgan.cli.synthesize import synthesize
 from drgan.cli.train import train
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=HELP_NAMES)
 @click.version_option(package_name="drgan")
 def cli() -> None:
     """DR-GAN: synthesize diabetic-retinopathy fundus photographs from masks and a grade."""

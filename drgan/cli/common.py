@@ -12,6 +12,10 @@ from drgan.errors import DrganError, ParameterError
 
 DEVICE_HELP = "auto (CUDA when visible, else CPU), cpu, cuda or cuda:N."
 
+# On the commands that are also console scripts: click keeps a command's help option once made, so
+# passing these names to main() alone is not enough once the command has run another way.
+HELP_NAMES = {"help_option_names": ["-h", "--help"]}
+
 # Library parameters whose flag is not the parameter's name with dashes.
 _FLAGS = {"data_dir": "--data", "init_run": "--init", "fmt": "--format"}
 
@@ -67,7 +71,7 @@ def terminate_as_exit() -> Iterator[None]:
 def run_command(command: click.Command, **kwargs) -> int:
     try:
         with terminate_as_exit():  # a killed command cleans up as an interrupted one does
-            command.main(standalone_mode=False, help_option_names=["-h", "--help"], **kwargs)
+            command.main(standalone_mode=False, **HELP_NAMES, **kwargs)
     except ParameterError as exc:
         click.echo(f"error: {exc.render(flag)}", err=True)
         return exc.exit_code

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import click
 
-from drgan.cli.common import IntRange
+from drgan.cli.common import HELP_NAMES, IntRange
 from drgan.config import PRECISIONS, STAGES
 
 
-@click.command()
+@click.command(context_settings=HELP_NAMES)
 @click.option("--run", "--checkpoint", "run", required=True, type=click.Path(file_okay=False), help="Run folder (run.json + G_ema/G.safetensors).")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder to write.  [default: RUN/export]")
 @click.option("--onnx", "want_onnx", is_flag=True, help="Write the ONNX file (the default when no format is named).")

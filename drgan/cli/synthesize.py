@@ -5,7 +5,7 @@ import json
 
 import click
 
-from drgan.cli.common import DEVICE_HELP, IntRange
+from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange
 from drgan.config import NUM_GRADES, PRECISIONS
 from drgan.synthesis.registry import BACKENDS
 
@@ -27,7 +27,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
             f"the others {count // len(grades)} (--per-grade gives each grade the same number)")
 
 
-@click.command()
+@click.command(context_settings=HELP_NAMES)
 @click.option("--run", "--checkpoint", "run", type=click.Path(), help="Run folder of a trained GAN.")
 @click.option("--preset", help="With --backend null instead of --run: the preset's resolution, standard-normal grading spaces.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (dataset format + manifest.csv).")

@@ -2,48 +2,83 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from drgan.cli.common import DEVICE_HELP, flag
-from drgan.config import PRECISIONS, PRESETS, STAGES
+from drgan.cli.common import DEVICE_HELP, HELP_NAMES, flag
+from drgan.config import PRECISIONS, PRESETS, STAGES, preset as get_preset
 from drgan.training.options import RESUMABLE_OVERRIDES
 
 RESUMABLE_FLAGS = ", ".join(flag(name) for name in RESUMABLE_OVERRIDES)
 
 
-@click.group()
+@click.group(context_settings=HELP_NAMES)
 def train() -> None:
     """Train the grader (grading spaces) and the GAN."""
 
 
 @train.command()
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder (images/, masks/, labels.csv with train/val splits).")
-@click.option("--out", required=True, type=click.Path(), help="New run folder (an existing run only with --overwrite).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Dataset folder (images/, masks/, labels.csv with train/val splits).")
+@click.option("--out", type=click.Path(), help="New run folder (an existing run only with --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
-@click.option("--preset", default="paper-1280", show_default=True, type=click.Choice(list(PRESETS)), help="Model config.")
-@click.option("--epochs", default=30, show_default=True, type=int, help="Training epochs, >= 1 (paper: 30).")
-@click.option("--batch", default=64, show_default=True, type=int, help="Batch size, >= 2 (paper: 64).")
-@click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate, > 0 (paper: 1e-3).")
-@click.option("--balanced/--no-balanced", default=False, show_default=True, help="Class-balanced sampling.")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed, >= 0.")
-@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes, >= 0.")
-def grader(data_dir: str, out: str, overwrite: bool, preset: str, epochs: int, batch: int, lr: float, balanced: bool, device: str,
-           seed: int, workers: int) -> None:
-    """ResNet-50 grader and grading spaces."""
+@click.option("--resume", type=click.Path(file_okay=False),
+              help="Grader run folder to continue from its last finished epoch. Its options and dataset hold; --epochs, --device and --workers may change.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="Model config.  [default: paper-1280]")
+@click.option("--epochs", type=int, help="Training epochs, >= 1 (paper: 30).  [default: 30]")
+@click.option("--batch", type=int, help="Batch size, >= 2 (paper: 64).  [default: 64]")
+@click.option("--lr", type=float, help="Adam learning rate, > 0 (paper: 1e-3).  [default: 0.001]")
+@click.option("--balanced/--no-balanced", default=None, help="Class-balanced sampling.  [default: no-balanced]")
+@click.option("--device", help=DEVICE_HELP + "  [default: auto]")
+@click.option("--seed", type=int, help="Random seed, >= 0.  [default: 0]")
+@click.option("--workers", type=int, help="DataLoader worker processes, >= 0.  [default: 0]")
+def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str | None, **given) -> None:
+    """ResNet-50 grader and grading spaces; a killed run continues with --resume."""
     from drgan.data.dataset import FundusDataset
-    from drgan.config import preset as get_preset
-    from drgan.runs import check_out
-    from drgan.training.grader_pretraining import GraderOptions, train_grader
+    from drgan.errors import DrganError
+    from drgan.runs import check_out, read_run, require_kind
+    from drgan.training.grader_pretraining import GraderOptions, check_resumable, train_grader
 
-    opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, lr=lr, balanced=balanced, seed=seed, device=device, workers=workers)
-    check_out(out, overwrite, "grader")  # before the datasets are opened
-    resolution = get_preset(preset).resolution
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume is None:
+        if out is None or data_dir is None:
+            raise DrganError("--data DIR and --out RUN are required (or --resume RUN)")
+        opts = GraderOptions(**given)
+        check_out(out, overwrite, "grader")  # before the datasets are opened
+        resolution = get_preset(opts.preset).resolution
+    else:
+        if overwrite:
+            raise DrganError("--overwrite starts a run over; --resume continues one: give one of them")
+        if out is not None and Path(out).resolve() != Path(resume).resolve():
+            raise DrganError(f"--out {out}: --resume {resume} continues in its own folder; drop --out")
+        info = require_kind(resume, "grader", "resume")
+        opts = GraderOptions.from_dict({**{k: v for k, v in info.options.items() if k != "trainer"}, **given})
+        check_resumable(resume, opts)  # before the datasets are opened
+        data_dir = _recorded_data(resume, info.extra, data_dir)
+        out, resolution = resume, int(info.extra.get("resolution", get_preset(opts.preset).resolution))
     train_set = FundusDataset(data_dir, resolution, split="train", augment=True)
     val_set = FundusDataset(data_dir, resolution, split="val")
-    report = train_grader(train_set, val_set, out, opts, overwrite=overwrite)
+    report = train_grader(train_set, val_set, out, opts, overwrite=overwrite, resume=resume is not None, data=data_dir)
     click.echo(f"grader: validation accuracy {report['val_accuracy']:.3f}; grading spaces in {report['grading_space']}")
+
+
+def _recorded_data(run: str, extra: dict, given: str | None) -> str:
+    """The dataset a grader run trained on: the one run.json records, unchanged since (labels.csv's sha256)."""
+    from drgan.data.format import LABELS_FILE
+    from drgan.errors import DrganError, ParameterError
+    from drgan.io import sha256_file
+
+    recorded = extra.get("data")
+    if recorded is None:
+        raise DrganError(f"{run}: its run.json names no dataset folder (trained from Python without one), so the command line cannot resume it")
+    if given is not None and Path(given).resolve() != Path(recorded):
+        raise ParameterError(f"{{data}} {given}: {{resume}} {run} keeps the run's own dataset ({recorded})")
+    labels = Path(recorded) / LABELS_FILE
+    if not labels.is_file():
+        raise DrganError(f"{labels}: the dataset of {run} is gone")
+    if sha256_file(labels) != extra.get("dataset", {}).get("labels_sha256"):
+        raise DrganError(f"{labels}: changed since {run} started (sha256 differs); resume on the same dataset")
+    return recorded
 
 
 @train.command()
