@@ -336,3 +336,19 @@ def test_sizes_and_counts_have_an_upper_bound(drgan, tmp_path, data):
     for args, expected in cases:
         assert one_error(*drgan(*args)) == expected
     assert not (tmp_path / "p").exists()
+
+
+def test_json_outputs_are_json_alone_on_stdout(drgan, tmp_path, data, run):
+    import json
+
+    rc, out, _ = drgan("data", "validate", "--data", data, "--json")
+    report = json.loads(out)
+    assert rc == 0 and report["ok"] == report["checked"] == 10 and report["problems"] == [] and sum(report["grades"].values()) == 10
+    rc, out, err = drgan("export", "--run", run, "--out", tmp_path / "exp", "--json")
+    assert rc == 0, err
+    assert set(json.loads(out)["files"]) == {"generator.onnx"} and "generator.onnx" in err  # progress on stderr
+    rc, out, err = drgan("train", "grader", "--data", data, "--out", tmp_path / "g", "--preset", "tiny-64", "--epochs", "1",
+                         "--batch", "4", "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["run"] == str(tmp_path / "g") and [e["epoch"] for e in result["epochs"]] == [1]

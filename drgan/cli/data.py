@@ -1,6 +1,7 @@
 """`drgan data validate`, `drgan data import`, `drgan data contact-sheet`, `drgan phantom`, `drgan masks extract`."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,13 +25,14 @@ def data() -> None:
 @_data_argument
 @_data_option
 @click.option("--skip-bad", is_flag=True, help="Exit 0 when usable samples remain; bad ones are counted as skipped.")
-def validate(directory: str | None, data_dir: str | None, skip_bad: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the report (counts per grade and split, problems, conversions) as JSON.")
+def validate(directory: str | None, data_dir: str | None, skip_bad: bool, as_json: bool) -> None:
     """Check every file of a dataset folder; exits non-zero listing the problems."""
     from drgan.data.validation import validate_dataset
 
     directory = dataset_folder(directory, data_dir)
     report = validate_dataset(directory)
-    click.echo(report.render())
+    click.echo(json.dumps(report.to_dict()) if as_json else report.render())
     if report.problems:
         if skip_bad and report.ok:
             click.echo(f"skipped {len(report.problems)} problem(s); {report.ok} usable samples remain")

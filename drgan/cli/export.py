@@ -3,6 +3,9 @@
 The files it writes to OUT (default RUN/export) are listed in drgan.export.pipeline."""
 from __future__ import annotations
 
+import functools
+import json
+
 import click
 
 from drgan.cli.common import HELP_NAMES, IntRange
@@ -28,11 +31,12 @@ from drgan.config import PRECISIONS, STAGES
 @click.option("--trt-plugin", "trt_plugin", type=click.Path(dir_okay=False), help="TensorRT path: run each spatial attention as the drgan plugin (libdrgan_trt_plugin.so of the native build) instead of padding Q/K; it runs native code, and synthesis loads it only when named again with --trt-plugin.")
 @click.option("--opt-level", type=IntRange(0, 5), help="TensorRT builder optimization level.  [default: 3]")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache to reuse and update.  [default: OUT/timing.cache]")
+@click.option("--json", "as_json", is_flag=True, help="Print export.json (every file written, with its checks) instead of the progress lines, which go to stderr.")
 def export(
     run: str, out: str | None, want_onnx: bool, want_trt: bool, want_aoti: bool, precision: str,
     batch: int | None, min_batch: int | None, opt_batch: int | None, max_batch: int | None, stage: str | None,
     opset: int, device: str | None, external_data: bool, pad_qk: bool, opt_level: int | None, timing_cache: str | None,
-    trt_plugin: str | None,
+    trt_plugin: str | None, as_json: bool,
 ) -> None:
     """Export the inference generator (mapping network + generator; inputs cond, z, noise0..noise2;
     outputs image, grade_logits)."""
@@ -45,4 +49,7 @@ def export(
         timing_cache=timing_cache,
     )
     profile = BatchProfile.from_options(batch, min_batch, opt_batch, max_batch)
-    export_run(run, out, options, profile, stage, log=click.echo)  # killed: run_command lets it remove its temp folder
+    log = functools.partial(click.echo, err=as_json)
+    manifest = export_run(run, out, options, profile, stage, log=log)  # killed: run_command lets it remove its temp folder
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2, sort_keys=True))

@@ -32,7 +32,8 @@ def train() -> None:
 @click.option("--device", help=DEVICE_HELP + "  [default: auto]")
 @click.option("--seed", type=int, help="Random seed, >= 0.  [default: 0]")
 @click.option("--workers", type=int, help="DataLoader worker processes, >= 0.  [default: 0]")
-def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str | None, **given) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result (run, validation metrics per epoch, grading spaces) as JSON.")
+def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str | None, as_json: bool, **given) -> None:
     """ResNet-50 grader and grading spaces; a killed run continues with --resume."""
     from drgan.data.dataset import FundusDataset
     from drgan.errors import DrganError
@@ -59,6 +60,9 @@ def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str |
     train_set = FundusDataset(data_dir, resolution, split="train", augment=True)
     val_set = FundusDataset(data_dir, resolution, split="val")
     report = train_grader(train_set, val_set, out, opts, overwrite=overwrite, resume=resume is not None, data=data_dir)
+    if as_json:
+        click.echo(json.dumps({"run": str(out), **report}))
+        return
     click.echo(f"grader: validation accuracy {report['val_accuracy']:.3f}; grading spaces in {report['grading_space']}")
 
 

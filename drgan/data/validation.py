@@ -20,6 +20,10 @@ class ValidationReport:
     grades: dict[int, int]        # usable samples per grade
     splits: dict[str, int]        # usable samples per split ("-" for none)
 
+    def to_dict(self) -> dict:
+        return {"root": str(self.root), "checked": self.checked, "ok": self.ok, "problems": self.problems, "notes": self.notes,
+                "grades": {str(g): n for g, n in sorted(self.grades.items())}, "splits": dict(sorted(self.splits.items()))}
+
     def render(self) -> str:
         lines = [f"dataset {self.root}: {self.ok} usable samples of {self.checked}"]
         lines.append("grades: " + ", ".join(f"{g}: {n}" for g, n in sorted(self.grades.items())))
