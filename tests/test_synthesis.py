@@ -106,6 +106,25 @@ def test_rerun_is_a_no_op(run, tmp_path):
     assert (again.generated, again.skipped, again.total) == (0, 5, 5)
 
 
+def test_verify_makes_damaged_files_again(run, tmp_path):
+    """A file that no longer matches its journal row, and one without a row that does not decode:
+    --verify finds both and writes them again, byte for byte; a plain rerun trusts what is there."""
+    out = tmp_path / "a"
+    synthesize(opts(run, out, count=6))
+    whole = image_bytes(out)
+    images = sorted((out / "images").iterdir())
+    images[1].write_bytes(images[1].read_bytes()[:-10] + bytes(10))  # same size, other bytes
+    journal = next(out.glob(".journal-*.csv"))
+    journal.write_text("".join(line for line in journal.read_text().splitlines(keepends=True) if images[4].stem not in line))
+    images[4].write_bytes(images[4].read_bytes()[:200])  # cut short, and its row gone
+    assert synthesize(opts(run, out, count=6)).generated == 0
+    summary = synthesize(opts(run, out, count=6, verify=True))
+    assert summary.damaged == [images[1].stem, images[4].stem] and summary.generated == 2
+    assert image_bytes(out) == whole
+    assert {r["id"]: r["sha256"] for r in manifest(out)}[images[1].stem] == hashlib.sha256(whole[images[1].name]).hexdigest()
+    assert synthesize(opts(run, out, count=6, verify=True)).damaged == []
+
+
 def test_predicted_label_takes_the_grading_vector_of_the_encoders_grade(run, tmp_path):
     import torch
 

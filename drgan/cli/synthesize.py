@@ -56,12 +56,14 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--quality", type=IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
 @click.option("--png-level", type=IntRange(0, 9), default=1, show_default=True, help="PNG compression: 0 stored, 1 fast, 2..9 zlib levels (slower; README).")
 @click.option("--save-masks", is_flag=True, help="Also write the conditioning masks (masks/<id>/<name>.png).")
+@click.option("--verify", is_flag=True, help="On a rerun, first check the images already written (sha256 against the journal, "
+                                              "else that they decode) and make damaged ones again; reads every file of this shard.")
 @click.option("--shard", help="i/n: generate the i-th of n interleaved parts (default: torchrun's RANK/WORLD_SIZE).")
 @click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch", show_default=True, help="Reader of --structures.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (with per-stage times) as JSON.")
 def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_stats, label, seed, batch, precision,
-               backend, trt_plugin, fp8_attention, fmt, quality, png_level, save_masks, shard, loader, device, as_json) -> None:
+               backend, trt_plugin, fp8_attention, fmt, quality, png_level, save_masks, verify, shard, loader, device, as_json) -> None:
     """Generate a balanced augmentation set; rerun the same command to resume.
 
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
@@ -81,6 +83,6 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
         run=run, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
         seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality, png_level=png_level,
         save_masks=save_masks, shard=shard, loader=loader, device=device, label=label, trt_plugin=trt_plugin,
-        fp8_attention=fp8_attention,
+        fp8_attention=fp8_attention, verify=verify,
     ))
     click.echo(json.dumps(summary.to_dict()) if as_json else format_summary(summary))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from drgan import locks
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.lesion_stats import LESION_TYPES, LesionStats
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError, ParameterError, name_list
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import sha256_file
 from drgan.runs import require_kind
@@ -75,6 +75,7 @@ class SynthesisOptions:
     trt_plugin: str | None = None               # TensorRT plugin library an engine built with one needs
     label: str = "planned"                      # grading vector of the planned grade, or of the grade the encoder predicts from the masks
     fp8_attention: bool = False                 # spatial attention's P@V in float8 (torch backend; opt-in)
+    verify: bool = False                        # check this shard's files already written; damaged ones are made again
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Summary:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # see drgan.synthesis.stages
     bound: str | None = None               # the stage that bounds the run
     agreement: float | None = None         # --label predicted: share of the set whose predicted grade is the planned one
+    damaged: list[str] | None = None       # --verify: ids of the files found damaged (and written again)
 
     @property
     def gpu_idle_share(self) -> float | None:
@@ -113,6 +115,7 @@ class Summary:
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
             "stage_ms_per_image": per_image, "bound": self.bound,
             "label_agreement": None if self.agreement is None else round(self.agreement, 4),
+            "damaged": self.damaged,
         }
 
 
@@ -168,6 +171,7 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
     out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
     try:
+        damaged = out.remove_damaged(_shard_done(out, plan, shard), opts.progress) if opts.verify else None
         pipeline = _Pipeline(opts, plan, pool, space, stats, loaded, device, size, out, times)
         generated, skipped, pipeline_seconds = pipeline.run(shard)
         out.close()
@@ -180,7 +184,14 @@ def synthesize(opts: SynthesisOptions) -> Summary:
             out.write_manifest(list(rows.values()))
     finally:
         locks.release(out.root)
-    return _summary(opts, list(rows.values()), generated, skipped, start, pipeline_seconds, times, device)
+    summary = _summary(opts, list(rows.values()), generated, skipped, start, pipeline_seconds, times, device)
+    summary.damaged = damaged
+    return summary
+
+
+def _shard_done(out: OutputFolder, plan: Plan, shard: Shard) -> list[str]:
+    """The items of this shard already in the folder (other shards' may still be being written)."""
+    return [item_id for item_id in out.done_ids() if (i := plan.item_index(item_id)) is not None and plan.in_shard(i, shard)]
 
 
 def _check_output_options(opts: SynthesisOptions) -> None:
@@ -451,6 +462,9 @@ def format_summary(s: Summary) -> str:
         f"wrote {s.generated} images in {s.seconds:.1f} s ({s.images_per_second:.2f} images/s{idle}), "
         f"{s.skipped} already present; {s.out} holds {s.total} ({grades})"
     )
+    if s.damaged is not None:
+        named = f" ({name_list(s.damaged)}), written again" if s.damaged else ""
+        text += f"\nverified the files already present: {len(s.damaged)} damaged{named}"
     if s.agreement is not None:
         text += f"\nthe encoder's predicted grade is the planned grade for {100 * s.agreement:.1f}% of the set"
     if s.generated:

@@ -18,7 +18,7 @@ import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from drgan import locks
 from drgan.config import COND_CHANNELS
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
-from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files, write_error
+from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files, sha256_file, write_error
 from drgan.synthesis import fingerprint as fp
 from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
@@ -80,6 +80,7 @@ class OutputFolder:
         self.journal_path = root / journal_name
         _drop_cut_line(self.journal_path)
         self._journal_lock = threading.Lock()
+        self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drgan-write")
         self._pending: list[Future] = []
 
@@ -147,6 +148,34 @@ class OutputFolder:
         locks.release(self.root, remove=True)
         if self._created_root and not any(self.root.iterdir()):
             self.root.rmdir()
+
+    def remove_damaged(self, ids: Iterable[str], progress: bool) -> list[str]:
+        """Check the images of `ids` already written (their sha256 against the journal row, or, without
+        a row, that they decode) and remove the ones that fail, so that the run writes them again;
+        returns their ids. Reads every file: an opt-in, for a set whose disk may have lost data."""
+        from PIL import Image
+        from tqdm import tqdm
+
+        rows = self.journal_rows()
+
+        def damaged(item_id: str) -> bool:
+            path = self.image_path(item_id)
+            if item_id in rows:
+                return sha256_file(path) != rows[item_id]["sha256"]
+            try:
+                with Image.open(path) as image:
+                    image.load()
+            except (OSError, ValueError, Image.DecompressionBombError):
+                return True
+            return False
+
+        ids = sorted(ids)
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="drgan-verify") as pool:
+            verdicts = list(tqdm(pool.map(damaged, ids), total=len(ids), desc="verify", unit="img", disable=not progress))
+        bad = [item_id for item_id, is_bad in zip(ids, verdicts) if is_bad]
+        for item_id in bad:
+            self.image_path(item_id).unlink()
+        return bad
 
     def journal_rows(self) -> dict[str, dict]:
         rows = {}
