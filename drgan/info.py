@@ -62,30 +62,46 @@ def attention_exps(cfg: ModelConfig, stage: str = "local") -> int:
     return sum(n * n for n in cfg.attention_tokens)
 
 
-def format_report(cfg: ModelConfig, name: str, stage: str = "local") -> str:
+def cost_report(cfg: ModelConfig, name: str, stage: str = "local") -> dict:
+    """Parameters and FLOPs per module and in total (what `drgan info` prints, as data)."""
     costs = generator_costs(cfg, stage)
-    r = cfg.stage_resolution(stage)
-    total_p = sum(c.params for c in costs)
-    total_f = sum(c.conv_flops + c.attention_flops for c in costs)
-    attn = sum(c.attention_flops for c in costs)
+    return {
+        "name": name, "stage": stage, "resolution": cfg.stage_resolution(stage),
+        "modules": [{"name": c.name, "params": c.params, "conv_flops": c.conv_flops, "attention_flops": c.attention_flops}
+                    for c in costs],
+        "params": sum(c.params for c in costs),
+        "conv_flops": sum(c.conv_flops for c in costs),
+        "attention_flops": sum(c.attention_flops for c in costs),
+        "softmax_exps": attention_exps(cfg, stage),
+        "discriminator_params": sum(p.numel() for p in build_discriminator(cfg).parameters()),
+        "grader_params": sum(p.numel() for p in build_grader(cfg).parameters()),
+        "grader_width": cfg.grader_width,
+        "grading_vector": cfg.z_dim,
+        "ablations": [name for name in ABLATIONS if not getattr(cfg, name)],
+    }
+
+
+def format_report(report: dict) -> str:
+    """cost_report as a table."""
+    r, total_f, attn = report["resolution"], report["conv_flops"] + report["attention_flops"], report["attention_flops"]
     lines = [
-        f"drgan {name}: generator stage {stage!r}, output {r}x{r}, FLOPs per image (1 multiply-add = 2 FLOPs)",
+        f"drgan {report['name']}: generator stage {report['stage']!r}, output {r}x{r}, FLOPs per image (1 multiply-add = 2 FLOPs)",
         "",
         f"{'module':<20} {'params':>12} {'conv GFLOP':>12} {'attn GFLOP':>12} {'share':>7}",
     ]
-    for c in costs:
-        share = 100.0 * (c.conv_flops + c.attention_flops) / total_f
-        lines.append(f"{c.name:<20} {c.params:>12,} {c.conv_flops / 1e9:>12.1f} {c.attention_flops / 1e9:>12.1f} {share:>6.1f}%")
+    for c in report["modules"]:
+        share = 100.0 * (c["conv_flops"] + c["attention_flops"]) / total_f
+        lines.append(f"{c['name']:<20} {c['params']:>12,} {c['conv_flops'] / 1e9:>12.1f} {c['attention_flops'] / 1e9:>12.1f} {share:>6.1f}%")
     lines += [
-        f"{'total':<20} {total_p:>12,} {(total_f - attn) / 1e9:>12.1f} {attn / 1e9:>12.1f} {100.0:>6.1f}%",
+        f"{'total':<20} {report['params']:>12,} {(total_f - attn) / 1e9:>12.1f} {attn / 1e9:>12.1f} {100.0:>6.1f}%",
         "",
         f"total: {total_f / 1e9:,.1f} GFLOP per image, attention {100.0 * attn / total_f:.1f}% "
-        f"({attention_exps(cfg, stage):.3g} softmax exponentials)",
-        f"discriminators: {sum(p.numel() for p in build_discriminator(cfg).parameters()):,} params; "
-        f"grader (ResNet-50, width {cfg.grader_width}): {sum(p.numel() for p in build_grader(cfg).parameters()):,} params, "
-        f"grading vector {cfg.z_dim}-d",
+        f"({report['softmax_exps']:.3g} softmax exponentials)",
+        f"discriminators: {report['discriminator_params']:,} params; "
+        f"grader (ResNet-50, width {report['grader_width']}): {report['grader_params']:,} params, "
+        f"grading vector {report['grading_vector']}-d",
     ]
-    off = [name for name in ABLATIONS if not getattr(cfg, name)]
+    off = report["ablations"]
     lines.append("ablations: " + (", ".join(f"no {name.replace('_', ' ')}" for name in off) if off else "none (the paper's network)"))
     return "\n".join(lines)
 

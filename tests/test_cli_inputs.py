@@ -2,6 +2,7 @@
 nothing left behind, warnings where a result would mislead, and the conventions of every command."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -208,6 +209,9 @@ def test_info_of_a_run_refuses_a_preset_or_stage_it_would_ignore(drgan, run):
             f"error: --run {run}: the run gives the model and stage; drop {extra[0]}"
     rc, out, _ = drgan("info", "--run", run)
     assert rc == 0 and "stage 'global'" in out
+    rc, out, _ = drgan("info", "--run", run, "--json")
+    report = json.loads(out)
+    assert rc == 0 and report["stage"] == "global" and report["params"] == sum(m["params"] for m in report["modules"])
 
 
 def test_synthesize_device_tpu_in_a_process_is_one_line():
@@ -339,8 +343,6 @@ def test_sizes_and_counts_have_an_upper_bound(drgan, tmp_path, data):
 
 
 def test_json_outputs_are_json_alone_on_stdout(drgan, tmp_path, data, run):
-    import json
-
     rc, out, _ = drgan("data", "validate", "--data", data, "--json")
     report = json.loads(out)
     assert rc == 0 and report["ok"] == report["checked"] == 10 and report["problems"] == [] and sum(report["grades"].values()) == 10

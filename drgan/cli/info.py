@@ -1,6 +1,8 @@
 """`drgan info`: parameters and FLOPs per module of a preset."""
 from __future__ import annotations
 
+import json
+
 import click
 
 from drgan.config import PRESETS, STAGES, preset
@@ -12,13 +14,15 @@ from drgan.errors import ParameterError
 @click.option("--stage", type=click.Choice(STAGES), default=None, help="Generator stage.  [default: local]")
 @click.option("--run", type=click.Path(exists=True, file_okay=False), default=None,
               help="A run folder: its model config (ablations included), stage and training options instead of a preset.")
-def info(preset_name: str | None, stage: str | None, run: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the parameters and FLOPs (and a run's options) as JSON.")
+def info(preset_name: str | None, stage: str | None, run: str | None, as_json: bool) -> None:
     """Parameters per module and FLOPs per image (attention vs convolutions), without running the model."""
-    from drgan.info import format_report, format_run
+    from drgan.info import cost_report, format_report, format_run
 
     if run is None:
         preset_name = preset_name or "paper-1280"
-        click.echo(format_report(preset(preset_name), preset_name, stage or "local"))
+        report = cost_report(preset(preset_name), preset_name, stage or "local")
+        click.echo(json.dumps(report) if as_json else format_report(report))
         return
     if preset_name is not None or stage is not None:  # the run's own config and stage would silently win
         given = "{preset}" if preset_name is not None else "{stage}"
@@ -26,5 +30,9 @@ def info(preset_name: str | None, stage: str | None, run: str | None) -> None:
     from drgan.runs import read_run
 
     meta = read_run(run)
-    click.echo(format_report(meta.cfg, run, meta.stage))
+    report = cost_report(meta.cfg, run, meta.stage)
+    if as_json:
+        click.echo(json.dumps({**report, "options": meta.options}))
+        return
+    click.echo(format_report(report))
     click.echo("\n" + format_run({"stage": meta.stage, **meta.options}))
