@@ -133,3 +133,18 @@ def test_lesion_stats_out_of_range_name_the_file_and_field(tmp_path, field, valu
         LesionStats.load(path)
     assert str(exc.value).startswith(f"{path}: invalid lesion statistics: grades.2.ma.{reason}"), str(exc.value)
 
+
+
+def test_fit_refuses_a_dataset_without_lesion_masks(tmp_path):
+    """Missing mask files read as zeros: a set without any would fit 'no lesions in any grade'."""
+    import shutil
+
+    root = write_phantom_dataset(tmp_path / "ph", count=5, size=64, seed=0)
+    for folder in (root / "masks").iterdir():
+        for t in LESION_TYPES:
+            (folder / f"{t}.png").unlink(missing_ok=True)
+    with pytest.raises(DrganError, match="no sample has a lesion mask"):
+        fit_lesion_stats(root)
+    shutil.rmtree(root / "masks")
+    with pytest.raises(DrganError, match="no sample has a lesion mask"):
+        fit_lesion_stats(root)

@@ -11,6 +11,7 @@ from drgan.data.format import open_dataset
 from drgan.data.lesion_stats import (DEFAULT_STATS, DIST_BINS, DIST_MAX, LESION_TYPES, MAX_LESIONS, LesionStats,
                                      TypeStats)
 from drgan.data.preprocess import detect_fov
+from drgan.errors import DrganError
 
 EIGHT = np.ones((3, 3), bool)   # 8-connectivity: one lesion is one connected component
 
@@ -18,6 +19,9 @@ EIGHT = np.ones((3, 3), bool)   # 8-connectivity: one lesion is one connected co
 def fit_lesion_stats(dataset_root: str | Path, skip_bad: bool = False) -> LesionStats:
     """Per-grade lesion statistics measured on a dataset's own masks (one lesion = one component)."""
     ds = open_dataset(dataset_root, skip_bad=skip_bad)
+    if not any(t in sample.masks for sample in ds.samples for t in LESION_TYPES):
+        # A missing mask file reads as zeros: fitting on them would learn that no grade has lesions.
+        raise DrganError(f"{dataset_root}: no sample has a lesion mask (masks/<id>/{{{','.join(LESION_TYPES)}}}.png); nothing to fit")
     counts = {g: {t: [] for t in LESION_TYPES} for g in range(5)}
     areas = {g: {t: [] for t in LESION_TYPES} for g in range(5)}
     dists = {g: {t: [] for t in LESION_TYPES} for g in range(5)}
