@@ -123,17 +123,24 @@ class _DemoRun:
         return f"val accuracy {final['accuracy']:.2f}, kappa {final['kappa']:.2f}"
 
     def gan(self, stage_name: str, steps: int, run: Path, init: Path | None) -> str:
-        from drgan.training.gan import train_gan
+        from drgan.training.gan import resume_options, train_gan
         from drgan.training.options import GanOptions
+        from drgan.training.state import STATE_JSON
 
         scale, device = self.scale, self.device
+        state = run / STATE_JSON
+        if state.is_file() and json.loads(state.read_text())["step"] < steps:  # a demo killed in this stage goes on
+            return self._gan_detail(train_gan(resume_options(run)))
         opts = GanOptions(
             out=str(run), data=str(self.data), grading_space=str(self.grader_run / "grading_space.safetensors"),
             stage=stage_name, init=str(init) if init else None, preset=scale.preset, epochs=1000, max_steps=steps,
             batch=scale.gan_batch, device=device, precision="bf16" if device.startswith("cuda") else "fp32", **DEMO_RECIPE,
             log_every=max(1, steps // 20), sample_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2),
         )
-        report = train_gan(opts, overwrite=True)  # a stage killed half-way starts over
+        return self._gan_detail(train_gan(opts, overwrite=True))  # a stage finished but not marked done starts over
+
+    @staticmethod
+    def _gan_detail(report: dict) -> str:
         last = report["log"][-1] if report["log"] else {}
         losses = ", ".join(f"{k[5:]} {last[k]:.3f}" for k in ("loss/G_total", "loss/D_total") if k in last)
         return f"{report['steps']} steps" + (f" ({losses})" if losses else "")

@@ -40,3 +40,38 @@ def test_demo_runs_end_to_end(tmp_path):
                           capture_output=True, text=True)
     assert into.returncode == 1 and "folder not empty and not a drgan demo (no demo.json)" in into.stderr
     assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_demo_killed_in_a_gan_stage_resumes_it(tmp_path, monkeypatch):
+    """The rerun goes on from the stage's last checkpoint and ends with an uninterrupted demo's weights."""
+    import json
+
+    import pytest
+
+    from drgan.demo import run_demo
+    from drgan.training.gan import GanTrainer
+
+    quiet = dict(device="cpu", quick=True, log=lambda *_: None)
+    run_demo(tmp_path / "whole", **quiet)
+    step = GanTrainer.train_step
+
+    def killed_at_step_2(self, batch, n):
+        if self.stage == "local" and n == 2:
+            raise KeyboardInterrupt
+        return step(self, batch, n)
+
+    monkeypatch.setattr(GanTrainer, "train_step", killed_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "cut", **quiet)
+    assert json.loads((tmp_path / "cut" / "gan-local" / "state.json").read_text())["step"] == 2
+    steps = []
+
+    def recorded(self, batch, n):
+        steps.append((self.stage, n))
+        return step(self, batch, n)
+
+    monkeypatch.setattr(GanTrainer, "train_step", recorded)
+    run_demo(tmp_path / "cut", **quiet)
+    assert steps == [("local", 2)]  # only the step the kill cut off; the global stage is reused
+    for name in ("G.safetensors", "D.safetensors"):
+        assert (tmp_path / "cut" / "gan-local" / name).read_bytes() == (tmp_path / "whole" / "gan-local" / name).read_bytes()
