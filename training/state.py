@@ -110,7 +110,7 @@ def finish_checkpoint(run: Path) -> None:
 def load_state(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     path = run / STATE_JSON
     if not path.is_file():
-        raise ParameterError(f"{{resume}} {run}: no {STATE_JSON} (not a GAN run folder, or no checkpoint written yet)")
+        raise ParameterError(f"{{resume}} {run}: no {STATE_JSON} (not a training run folder, or no checkpoint written yet)")
     try:
         meta = json.loads(path.read_text())
         meta["step"]
