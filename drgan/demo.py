@@ -107,16 +107,14 @@ class _DemoRun:
 
     def grader(self) -> str:
         from drgan.data.dataset import FundusDataset
-        from drgan.training.grader_pretraining import train_grader
+        from drgan.training.grader_pretraining import interrupted, train_grader
         from drgan.training.options import GraderOptions
-        from drgan.grading_space import FILE_NAME as SPACE_FILE
-        from drgan.training.state import STATE_JSON
 
         scale, data = self.scale, self.data
         opts = GraderOptions(preset=scale.preset, epochs=scale.grader_epochs, batch=scale.grader_batch, device=self.device)
         res = scale.phantom_size
         # A demo killed in this stage goes on from the grader's last epoch (a finished grader is trained again).
-        resume = (self.grader_run / STATE_JSON).is_file() and not (self.grader_run / SPACE_FILE).is_file()
+        resume = interrupted(self.grader_run)
         report = train_grader(FundusDataset(data, res, split="train", augment=True), FundusDataset(data, res, split="val"),
                               self.grader_run, opts, overwrite=not resume, resume=resume, data=data)
         final = report["epochs"][-1]["val"]

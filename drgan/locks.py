@@ -25,6 +25,12 @@ def is_lock_file(path: Path) -> bool:
     return path.name.startswith(LOCK_FILE)
 
 
+def only_locks(folder: Path) -> bool:
+    """Whether the folder `folder` holds nothing but lock files: a job killed before its first write
+    leaves just those, and its folder counts as new."""
+    return all(is_lock_file(p) for p in folder.iterdir())
+
+
 def hold(folder: str | Path, shard: str | None = None) -> None:
     """Lock `folder` (created if missing) for this process: exclusively, or with `shard` ("i/n")
     shared plus that shard's own lock exclusively. Another process holding it is one error."""

@@ -24,8 +24,9 @@ from typing import Any, Iterator
 
 from drgan import locks
 from drgan.config import ModelConfig, STAGES
+from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_text, check_writable_dir
+from drgan.io import atomic_write_text, check_writable_dir, sha256_file
 
 RUN_FILE = "run.json"
 GRADER_FILE = "grader.safetensors"
@@ -76,6 +77,21 @@ def read_run_config(run: str | Path) -> tuple[ModelConfig, str, dict[str, Any]]:
     return info.cfg, info.stage, info.options
 
 
+def dataset_record(data: str | Path | None) -> dict[str, Any]:
+    """What run.json records of the dataset a run trains on, for `check_same_dataset`: the sha256 of
+    its labels.csv ({} without one)."""
+    labels = Path(data) / LABELS_FILE if data else None
+    return {"dataset": {"labels_sha256": sha256_file(labels)}} if labels is not None and labels.is_file() else {}
+
+
+def check_same_dataset(run: str | Path, data: str | Path) -> None:
+    """A resume trains on the dataset the run started on: its labels.csv must be unchanged."""
+    recorded = read_run(run).extra.get("dataset", {}).get("labels_sha256")
+    labels = Path(data) / LABELS_FILE
+    if recorded and labels.is_file() and sha256_file(labels) != recorded:
+        raise DrganError(f"{labels}: changed since {run} started (sha256 differs); resume on the same dataset")
+
+
 def run_kind(folder: str | Path) -> str | None:
     """'gan' or 'grader' for a run folder, None for anything else."""
     try:
@@ -116,7 +132,7 @@ def check_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{{{param}}} {out}: is a file, expected a run folder")
     check_writable_dir(out)
-    if not out.is_dir() or all(locks.is_lock_file(p) for p in out.iterdir()):
+    if not out.is_dir() or locks.only_locks(out):
         return False
     found = run_kind(out)
     if found is None:
@@ -181,7 +197,7 @@ def _resumes(out: Path, marker: str, settings: dict[str, Any], what: str, param:
             raise ParameterError(f"{{{param}}} {out}: holds {what} with other settings ({', '.join(changed)}); "
                                  "rerun it with its own or choose a new folder")
         return True
-    if out.is_dir() and any(not locks.is_lock_file(p) for p in out.iterdir()):
+    if out.is_dir() and not locks.only_locks(out):
         raise ParameterError(f"{{{param}}} {out}: folder not empty and not {what} (no {marker}); "
                              "choose a new or empty folder")
     return False

@@ -33,8 +33,7 @@ from drgan.io import atomic_write_bytes
 from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
 from drgan.nn import build_grader
 from drgan.runs import claimed_folder
-from drgan.training.grader_pretraining import GraderOptions, train_grader
-from drgan.training.state import STATE_JSON
+from drgan.training.grader_pretraining import GraderOptions, interrupted, train_grader
 
 BASELINES = ("mixup", "cutmix")
 MIX_ALPHA = 1.0  # Beta(alpha, alpha) mixing ratio
@@ -195,7 +194,7 @@ def run_augment_experiment(
             if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment
                 val_accuracy = GradingSpace.load(run / SPACE_FILE).grader_accuracy
             else:
-                val_accuracy = train_grader(train, real_val, run, opts, resume=(run / STATE_JSON).is_file())["val_accuracy"]
+                val_accuracy = train_grader(train, real_val, run, opts, resume=interrupted(run))["val_accuracy"]
             grader = load_module(build_grader(cfg), run / GRADER_FILE).to(device).eval()
             result["arms"][name] = {
                 "run": str(run),

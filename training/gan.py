@@ -33,10 +33,10 @@ from tqdm import tqdm
 from drgan import locks
 from drgan.checkpoint import load_module, load_tensors, save_tensors
 from drgan.config import ModelConfig, preset
-from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_bytes, remove_temp_files, sha256_file
-from drgan.runs import WEIGHT_FILES, prepare_out, read_run, remove_unfinished, require_kind, write_run_config
+from drgan.io import atomic_write_bytes
+from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepare_out, read_run, remove_unfinished, require_kind,
+                        write_run_config)
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.metrics.fidelity import tensor_fidelity
 from drgan.nn import DiscOutput, DRGANGenerator, build_discriminator, set_kernel_impl, structure_only
@@ -46,7 +46,7 @@ from drgan.training import losses
 from drgan.training.logger import RunLogger
 from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
 from drgan.training.state import (
-    STATE_JSON, check_step, finish_checkpoint, load_state, optimizer_from_state, optimizer_to_state, rng_state, save_state,
+    STATE_JSON, check_step, load_state, optimizer_from_state, optimizer_to_state, recover_checkpoint, rng_state, save_state,
     set_rng_state, write_checkpoint,
 )
 
@@ -234,10 +234,7 @@ class GanTrainer:
         from drgan.data.dataset import FundusDataset
 
         if self.opts.resume:
-            recorded = read_run(self.run).extra.get("dataset", {}).get("labels_sha256")
-            labels = Path(self.opts.data) / LABELS_FILE
-            if recorded and labels.is_file() and sha256_file(labels) != recorded:
-                raise DrganError(f"{labels}: changed since {self.run} started (sha256 differs); resume on the same dataset")
+            check_same_dataset(self.run, self.opts.data)
         return FundusDataset(self.opts.data, self.cfg.resolution, split="train")
 
     def _load_init(self, init: Path) -> None:
@@ -267,11 +264,8 @@ class GanTrainer:
         if not self.info.is_main:
             return
         self.run.mkdir(parents=True, exist_ok=True)
-        extra = {}
-        labels = Path(self.opts.data or "") / LABELS_FILE
-        if self.opts.data and labels.is_file():
-            extra["dataset"] = {"labels_sha256": sha256_file(labels)}
-        write_run_config(self.run, self.cfg, self.stage, options={"trainer": "gan", **self.opts.to_dict()}, **extra)
+        write_run_config(self.run, self.cfg, self.stage, options={"trainer": "gan", **self.opts.to_dict()},
+                         **dataset_record(self.opts.data))
         src = Path(self.opts.grading_space)
         if src.resolve() != (self.run / SPACE_FILE).resolve():
             atomic_write_bytes(self.run / SPACE_FILE, src.read_bytes())
@@ -440,8 +434,7 @@ class GanTrainer:
 
     def _load_checkpoint(self) -> None:
         if self.info.is_main:
-            finish_checkpoint(self.run)  # a checkpoint committed just before a crash
-            remove_temp_files(self.run, recursive=False)  # a checkpoint a killed run had not committed
+            recover_checkpoint(self.run)
         dist_util.barrier(self.info)
         meta, tensors = load_state(self.run)
         for key, module in {**self._generators(), "D": self.D}.items():

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from drgan import locks
 from drgan.checkpoint import save_module
-from drgan.runs import GRADER_FILE, prepare_out, read_run, remove_unfinished, require_kind, write_run_config
+from drgan.runs import (GRADER_FILE, check_same_dataset, dataset_record, prepare_out, read_run, remove_unfinished, require_kind,
+                        write_run_config)
 from drgan.runtime import resolve_device, seeded_generator
 from drgan.config import preset
 from drgan.errors import DrganError, ParameterError
@@ -29,10 +30,10 @@ from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.nn import GradeNet, build_grader
 from drgan.training.logger import RunLogger
 from drgan.training.options import GRADER_RESUMABLE, GraderOptions
-from drgan.training.state import (STATE_JSON, finish_checkpoint, load_state, optimizer_from_state, optimizer_to_state,
+from drgan.training.state import (STATE_JSON, load_state, optimizer_from_state, optimizer_to_state, recover_checkpoint,
                                   rng_state, save_state, set_rng_state, write_checkpoint)
 
-__all__ = ["GraderOptions", "train_grader", "check_resumable", "grader_features", "GRADER_FILE", "AGM_MIN_ACCURACY"]
+__all__ = ["GraderOptions", "train_grader", "check_resumable", "interrupted", "grader_features", "GRADER_FILE", "AGM_MIN_ACCURACY"]
 
 AGM_MIN_ACCURACY = 0.8  # the paper finds the grading spaces help once the grader reaches ~80%
 
@@ -119,6 +120,12 @@ def train_grader(
         locks.release(out)
 
 
+def interrupted(run: Path) -> bool:
+    """Whether `run` holds a grader run stopped after a checkpoint and before its grading spaces:
+    one to resume rather than to start over."""
+    return (run / STATE_JSON).is_file() and not (run / SPACE_FILE).is_file()
+
+
 def check_resumable(run: str | Path, opts: GraderOptions) -> None:
     """`opts` may continue the grader run: its own options, but for GRADER_RESUMABLE."""
     saved = {k: v for k, v in read_run(run).options.items() if k != "trainer"}
@@ -142,21 +149,20 @@ class _Training:
         self.epochs: list[dict[str, Any]] = []  # the report of every finished epoch
         self.step = 0
         if resume:
-            self._load()
+            self._load(data)
         else:
             out.mkdir(parents=True, exist_ok=True)
             resolution = int(train[0]["image"].shape[-1])  # what evaluation must resize to (not always the preset's)
-            extra: dict[str, Any] = {"resolution": resolution}
+            extra: dict[str, Any] = {"resolution": resolution, **dataset_record(data)}
             if data is not None:
-                from drgan.data.format import LABELS_FILE
-                from drgan.io import sha256_file
-
-                extra.update(data=str(Path(data).resolve()), dataset={"labels_sha256": sha256_file(Path(data) / LABELS_FILE)})
+                extra["data"] = str(Path(data).resolve())
             write_run_config(out, self.cfg, stage="global", options={"trainer": "grader", **opts.to_dict()}, **extra)
 
-    def _load(self) -> None:
+    def _load(self, data: str | Path | None) -> None:
         check_resumable(self.out, self.opts)
-        finish_checkpoint(self.out)  # a checkpoint committed but not yet moved into place
+        if data is not None:
+            check_same_dataset(self.out, data)
+        recover_checkpoint(self.out)
         meta, tensors = load_state(self.out)
         if meta["epoch"] >= self.opts.epochs and (self.out / SPACE_FILE).is_file():  # else only the spaces are left to fit
             raise ParameterError(f"{{resume}} {self.out}: already trained {meta['epoch']} of {self.opts.epochs} epochs; "

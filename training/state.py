@@ -3,7 +3,7 @@ beside `state.safetensors` (optimizer moments, torch/numpy RNG states). No pickl
 
 A checkpoint is all or nothing: its files are written into a temp folder, flushed to disk, and the
 folder is renamed to RUN/checkpoint.next in one step; only then do its files replace RUN's, one by
-one, and a resume first finishes that move (`finish_checkpoint`). A crash or a full disk at any point
+one, and a resume first finishes that move (`recover_checkpoint`). A crash or a full disk at any point
 leaves RUN's previous checkpoint or a complete new one. Every weights file also carries its step in
 the safetensors metadata, so a folder mixed by other means is refused on resume.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from drgan.checkpoint import load_tensors, save_tensors
-from drgan.io import atomic_write_bytes, fsync_folder, temp_path, write_error
+from drgan.io import atomic_write_bytes, fsync_folder, remove_temp_files, temp_path, write_error
 from drgan.errors import DrganError, ParameterError
 
 STATE_JSON = "state.json"
@@ -105,6 +105,13 @@ def finish_checkpoint(run: Path) -> None:
         os.replace(path, run / path.name)
     fsync_folder(run)
     next_folder.rmdir()
+
+
+def recover_checkpoint(run: Path) -> None:
+    """Before a resume: finish moving a committed checkpoint into RUN, and remove the temp folder of
+    one that a killed run had not committed."""
+    finish_checkpoint(run)
+    remove_temp_files(run, recursive=False)
 
 
 def load_state(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -48,7 +48,8 @@ def open_image(path: str | Path) -> Image.Image:
     return img
 
 
-def _open(path: Path) -> Image.Image:
+def decode_image(path: Path) -> Image.Image:
+    """open_image, then its pixels decoded: a truncated or corrupt file is one DrganError here."""
     img = open_image(path)
     try:
         img.load()           # decode now: a truncated file fails here, not later
@@ -72,7 +73,7 @@ def _to_uint8(arr: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
 def read_rgb(path: str | Path) -> tuple[np.ndarray, list[str]]:
     """An image file as uint8 (H, W, 3), with notes about the safe conversions applied."""
     path = Path(path)
-    img = _open(path)
+    img = decode_image(path)
     notes: list[str] = []
     if _png_bit_depth(path) == 16 and img.mode == "RGB":
         notes.append(f"{path}: 16-bit converted to 8-bit")   # Pillow keeps the high byte
@@ -100,7 +101,7 @@ def read_rgb(path: str | Path) -> tuple[np.ndarray, list[str]]:
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str]]:
     """A mask file as uint8 (H, W); `shape` (H, W) is the image's size it must match."""
     path = Path(path)
-    img = _open(path)
+    img = decode_image(path)
     notes: list[str] = []
     if img.mode == "1":
         img = img.convert("L")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from drgan.errors import DrganError
-from drgan.locks import is_lock_file
+from drgan.locks import only_locks
 
 FILE_NAME = "fingerprint.json"
 
@@ -55,7 +55,7 @@ def check(root: Path, fingerprint: dict) -> bool:
             what = ", ".join(f"{k} {_show(recorded.get(k))} there, {_show(now.get(k))} now" for k in differ)
             raise DrganError(f"{root}: holds a set made with another setup ({what}); write to a new folder or delete it")
         return True
-    if root.is_dir() and any(not is_lock_file(p) for p in root.iterdir()):
+    if root.is_dir() and not only_locks(root):
         raise DrganError(f"{root}: not empty and not a synthesized set (no {FILE_NAME}); write to a new or empty folder")
     if root.exists() and not root.is_dir():
         raise DrganError(f"{root}: exists and is not a folder")

@@ -171,7 +171,7 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
     out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
     try:
-        damaged = out.remove_damaged(_shard_done(out, plan, shard), opts.progress) if opts.verify else None
+        damaged = out.remove_damaged(_in_shard(out.done_ids(), plan, shard), opts.progress) if opts.verify else None
         pipeline = _Pipeline(opts, plan, pool, space, stats, loaded, device, size, out, times)
         generated, skipped, pipeline_seconds = pipeline.run(shard)
         out.close()
@@ -184,14 +184,12 @@ def synthesize(opts: SynthesisOptions) -> Summary:
             out.write_manifest(list(rows.values()))
     finally:
         locks.release(out.root)
-    summary = _summary(opts, list(rows.values()), generated, skipped, start, pipeline_seconds, times, device)
-    summary.damaged = damaged
-    return summary
+    return _summary(opts, list(rows.values()), generated, skipped, damaged, start, pipeline_seconds, times, device)
 
 
-def _shard_done(out: OutputFolder, plan: Plan, shard: Shard) -> list[str]:
-    """The items of this shard already in the folder (other shards' may still be being written)."""
-    return [item_id for item_id in out.done_ids() if (i := plan.item_index(item_id)) is not None and plan.in_shard(i, shard)]
+def _in_shard(ids: set[str], plan: Plan, shard: Shard) -> list[str]:
+    """Those of `ids` that are items of the plan in this shard (other shards' may be being written)."""
+    return [item_id for item_id in ids if (i := plan.item_index(item_id)) is not None and plan.in_shard(i, shard)]
 
 
 def _check_output_options(opts: SynthesisOptions) -> None:
@@ -215,8 +213,8 @@ def _output_folder(opts: SynthesisOptions, shard: Shard, set_fingerprint: dict, 
     )
 
 
-def _summary(opts: SynthesisOptions, rows: list[dict], generated: int, skipped: int, start: float,
-             pipeline_seconds: float, times: StageTimes, device: torch.device) -> Summary:
+def _summary(opts: SynthesisOptions, rows: list[dict], generated: int, skipped: int, damaged: list[str] | None,
+             start: float, pipeline_seconds: float, times: StageTimes, device: torch.device) -> Summary:
     """The run's summary from the manifest rows and the stage times."""
     per_grade = Counter(int(r["grade"]) for r in rows)
     pairs = [(int(r["grade"]), int(r["predicted_grade"])) for r in rows if r.get("predicted_grade") not in (None, "")]
@@ -224,7 +222,7 @@ def _summary(opts: SynthesisOptions, rows: list[dict], generated: int, skipped: 
         Path(opts.out), generated, skipped, len(rows), dict(sorted(per_grade.items())), time.perf_counter() - start,
         gpu_busy_seconds=times.device_seconds() if device.type == "cuda" else None, pipeline_seconds=pipeline_seconds,
         stage_seconds=dict(times.seconds), bound=times.bound() if generated else None,
-        agreement=float(np.mean([a == b for a, b in pairs])) if pairs else None,
+        agreement=float(np.mean([a == b for a, b in pairs])) if pairs else None, damaged=damaged,
     )
 
 
@@ -276,8 +274,7 @@ class _Pipeline:
         plan, done = self.plan, self.out.done_ids()
         # Streamed: the batches still to make are found as they are reached, never listed.
         batches = (k for k in plan.shard_batches(shard) if any(plan.item_id(i) not in done for i in plan.batch_items(k)))
-        indices = (plan.item_index(item_id) for item_id in done)
-        skipped = sum(1 for i in indices if i is not None and plan.in_shard(i, shard))
+        skipped = len(_in_shard(done, plan, shard))
         todo = plan.shard_size(shard) - skipped
         bar = tqdm(total=todo, unit="img", desc=f"synthesize {shard.index}/{shard.count}", disable=not self.opts.progress, smoothing=0.1)
         placers = ThreadPoolExecutor(max_workers=self.opts.threads, thread_name_prefix="drgan-place")

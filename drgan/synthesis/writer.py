@@ -153,8 +153,9 @@ class OutputFolder:
         """Check the images of `ids` already written (their sha256 against the journal row, or, without
         a row, that they decode) and remove the ones that fail, so that the run writes them again;
         returns their ids. Reads every file: an opt-in, for a set whose disk may have lost data."""
-        from PIL import Image
         from tqdm import tqdm
+
+        from drgan.data.decode import decode_image
 
         rows = self.journal_rows()
 
@@ -163,9 +164,8 @@ class OutputFolder:
             if item_id in rows:
                 return sha256_file(path) != rows[item_id]["sha256"]
             try:
-                with Image.open(path) as image:
-                    image.load()
-            except (OSError, ValueError, Image.DecompressionBombError):
+                decode_image(path).close()
+            except DrganError:
                 return True
             return False
 

@@ -269,7 +269,7 @@ def _check_options(out: Path, options: dict) -> None:
             raise DrganError(f"{out}: was imported with {diff}; rerun with the same options or use a new folder")
     elif out.exists() and not out.is_dir():
         raise DrganError(f"{out}: is a file, expected a dataset folder")
-    elif out.is_dir() and not all(locks.is_lock_file(p) for p in out.iterdir()):
+    elif out.is_dir() and not locks.only_locks(out):
         raise DrganError(f"{out}: output folder exists and is not an import to resume")
     check_writable_dir(out)
 
