@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--out", help="JSON result file")
     args = parser.parse_args()
     cfg = PRESETS["paper-1280"]
-    shapes = zip(cfg.attention_tokens, cfg.sca_qk_dims, cfg.enc_channels[::-1])
+    shapes = cfg.attention_shapes
     result = {"device": f"{platform.machine()} CPU (emulation)", "torch": torch.__version__,
               "attention": [attention_errors(*shape) for shape in shapes], "images": image_errors()}
     print(json.dumps(result, indent=1))

@@ -112,6 +112,11 @@ class ModelConfig:
         side = self.global_resolution // 2 ** (len(self.enc_channels) - 1)
         return tuple((side * 2**i) ** 2 for i in range(len(self.sca_qk_dims))) if self.sca else ()
 
+    @property
+    def attention_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """(N, Dqk, Dv) of each SCA block's spatial attention, coarse to fine; empty without SCA."""
+        return tuple(zip(self.attention_tokens, self.sca_qk_dims, self.enc_channels[::-1]))
+
     def stage_resolution(self, stage: str) -> int:
         if stage not in STAGES:
             raise DrganError(f"unknown stage {stage!r}; choose one of {STAGES}")

@@ -21,7 +21,7 @@ import onnx
 from onnx import defs, helper
 
 from drgan.errors import DrganError, ParameterError
-from drgan.export.onnx_export import save_atomically
+from drgan.export.onnx_export import data_path, save_atomically
 
 DOMAIN = "drgan"
 OP_TYPE = "DrganSpatialAttention"  # the TensorRT plugin's name (native/trt_plugin)
@@ -127,11 +127,11 @@ def convert_file(src: str | Path, dst: str | Path, external_data: bool | None = 
     src, dst = Path(src), Path(dst)
     # Shapes first, without the weights: shape inference serializes the model (2 GB protobuf cap).
     model = onnx.load(str(src), load_external_data=False)
-    external = external_data if external_data is not None else src.with_name(src.name + ".data").is_file()
+    external = external_data if external_data is not None else data_path(src).is_file()
     count = replace_attention(model)
     onnx.load_external_data_for_model(model, str(src.parent))  # `dst` gets its own copy of the weights
     save_atomically(dst, lambda file: onnx.save_model(model, str(file), save_as_external_data=external,
-                                                      all_tensors_to_one_file=True, location=dst.name + ".data"),
+                                                      all_tensors_to_one_file=True, location=data_path(dst).name),
                     external)
     return count
 

@@ -19,10 +19,9 @@ import os
 import torch
 from torch import nn
 
-from drgan.config import ModelConfig
-from drgan.errors import DrganError, ParameterError
+from drgan.config import PRECISIONS, ModelConfig
+from drgan.errors import ParameterError
 from drgan.nn import SCA, DRGANGenerator, set_kernel_impl
-from drgan.config import PRECISIONS
 from drgan.runtime import precision_dtype
 
 OUTPUT_NAMES = ("image", "grade_logits")

@@ -186,8 +186,7 @@ LAUNCH_BATCH = 8  # the synthesis batch the paper-1280 numbers are measured at
 
 def paper_spatial_shapes() -> list[tuple[int, int, int]]:
     """(N, Dqk, Dv) of each SCA block of paper-1280, coarse to fine: 6,400 / 25,600 / 102,400."""
-    config = PRESETS["paper-1280"]
-    return list(zip(config.attention_tokens, config.sca_qk_dims, config.enc_channels[::-1]))
+    return list(PRESETS["paper-1280"].attention_shapes)
 
 
 def spatial_launches(n: int, dqk: int, dv: int, batch: int, dtype: torch.dtype) -> list[launches.Launch]:
@@ -292,10 +291,11 @@ def flop_shares(shapes: list[tuple[int, int, int]]) -> list[float]:
 CHECKED_SHARE = 0.05
 
 
-def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, verbose: bool = True) -> tuple[list[str], list[dict]]:
-    """Compile the spatial attention's launches at the paper's shapes; returns the SASS problems of
-    the tuned kernels (one line each, blocks over CHECKED_SHARE) and a row per launch: resources
-    and main-loop instruction mix."""
+def check_launches() -> tuple[list[str], list[dict]]:
+    """Compile the spatial attention's bf16 launches at the paper's shapes for sm_90a; returns the
+    SASS problems of the tuned kernels (one line each, blocks over CHECKED_SHARE) and a row per
+    launch (resources and main-loop instruction mix), each printed as it is made."""
+    capability, dtype = 90, torch.bfloat16
     failures, rows = [], []
     shapes = paper_spatial_shapes()
     for (n, dqk, dv), share in zip(shapes, flop_shares(shapes)):
@@ -312,17 +312,16 @@ def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, ve
             if launch.fn in _TUNED_KERNELS:
                 scores = config["BLOCK_M"] * config["BLOCK_N"] // (32 * config["num_warps"])
                 row["exp_per_score"] = round(code.loop_count("MUFU.EX2") * dv_tiles / scores, 3)
-                row["problems"] = attention_problems(launch, code) if capability == 90 else []
+                row["problems"] = attention_problems(launch, code)
                 if share >= CHECKED_SHARE:
                     failures += [f"sm_{capability} {launch.name} N={n} {config}: {p}" for p in row["problems"]]
             rows.append(row)
-            if verbose:
-                loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
-                name = launch.name + (" fp8" if _fp8_pv(launch) else "") + (" atomic" if _atomic_dq(launch) else "")
-                print(f"sm_{capability} {name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
-                      f"stack {code.stack} smem {row['shared']} | loop {loop}"
-                      + (f" | exp/score {row['exp_per_score']}" if "exp_per_score" in row else "")
-                      + "".join(f"\n    PROBLEM: {p}" for p in row.get("problems", [])), flush=True)
+            loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
+            name = launch.name + (" fp8" if _fp8_pv(launch) else "") + (" atomic" if _atomic_dq(launch) else "")
+            print(f"sm_{capability} {name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
+                  f"stack {code.stack} smem {row['shared']} | loop {loop}"
+                  + (f" | exp/score {row['exp_per_score']}" if "exp_per_score" in row else "")
+                  + "".join(f"\n    PROBLEM: {p}" for p in row.get("problems", [])), flush=True)
         if spatial_attention_gluon.MAX_V_DIM < dv:
             continue
         for launch in gluon_launches(n, dqk, dv, LAUNCH_BATCH, dtype):
@@ -339,16 +338,15 @@ def check_launches(capability: int = 90, dtype: torch.dtype = torch.bfloat16, ve
                    # Exponentials ptxas issues while the step's P @ V is still in flight (between the
                    # wait for S and the wait for P @ V); the rest wait for it.
                    "ex2_under_pv": code.between("MUFU.EX2", "WARPGROUP.DEPBAR.LE", "WARPGROUP.DEPBAR.LE"),
-                   "problems": gluon_problems(launch, code) if capability == 90 else []}
+                   "problems": gluon_problems(launch, code)}
             if share >= CHECKED_SHARE:
                 failures += [f"sm_{capability} {launch.name} N={n} {config}: {p}" for p in row["problems"]]
             rows.append(row)
-            if verbose:
-                loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
-                print(f"sm_{capability} {launch.name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
-                      f"(loop {code.loop_registers}) stack {code.stack} smem {code.shared} | loop {loop} | exp/score "
-                      f"{row['exp_per_score']} | exp under P@V {row['ex2_under_pv']}"
-                      + "".join(f"\n    PROBLEM: {p}" for p in row["problems"]), flush=True)
+            loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
+            print(f"sm_{capability} {launch.name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
+                  f"(loop {code.loop_registers}) stack {code.stack} smem {code.shared} | loop {loop} | exp/score "
+                  f"{row['exp_per_score']} | exp under P@V {row['ex2_under_pv']}"
+                  + "".join(f"\n    PROBLEM: {p}" for p in row["problems"]), flush=True)
     return failures, rows
 
 

@@ -11,7 +11,6 @@ around them: `innermost` takes the smallest loop body instead of the one with th
 """
 from __future__ import annotations
 
-import collections
 import re
 import subprocess
 import tempfile
@@ -33,8 +32,6 @@ class Sass:
     stack: int                  # bytes of local stack per thread (spills live here)
     spill_instructions: int     # STL/LDL anywhere in the kernel
     shared: int                 # bytes of shared memory per block (Triton's dynamic allocation)
-    loop: collections.Counter   # opcode -> count in the main loop's body
-    text: str                   # the disassembly
     loop_sequence: list[str]    # the main loop's opcodes in program order
     loop_registers: int         # registers the main loop names (highest R index + 1): a partition's use
 
@@ -49,7 +46,8 @@ class Sass:
         return 0 if end is None else sum(op.startswith(prefix) for op in ops[start + 1 : end])
 
     def loop_count(self, prefix: str) -> int:
-        return sum(n for op, n in self.loop.items() if op.startswith(prefix))
+        """`prefix` instructions in the main loop's body."""
+        return sum(op.startswith(prefix) for op in self.loop_sequence)
 
 
 def _cuobjdump(cubin: bytes, *flags: str) -> str:
@@ -71,17 +69,16 @@ def _loops(instructions: list[tuple[int, str, str]]) -> list[tuple[int, int]]:
     return loops
 
 
-def inspect(kernel, loop_of: str = "MUFU.EX2", innermost: bool = False) -> Sass:
+def inspect(kernel, innermost: bool = False) -> Sass:
     """Resources and main-loop instruction mix of a compiled Triton kernel; the main loop is the
-    one whose body holds the most `loop_of` instructions (innermost: the smallest body holding
-    any), empty if the kernel has no loop."""
-    cubin = kernel.asm["cubin"]
-    regs, stack, _, _ = map(int, _RESOURCES.search(_cuobjdump(cubin, "-res-usage")).groups())
-    text = _cuobjdump(cubin, "-sass")
+    one whose body holds the most MUFU.EX2 (innermost: the smallest body holding any), empty if
+    the kernel has no loop."""
+    text = _cuobjdump(kernel.asm["cubin"], "-res-usage", "-sass")  # one disassembly gives both
+    regs, stack, _, _ = map(int, _RESOURCES.search(text).groups())
     instructions = [(int(m.group(1), 16), m.group(2), m.group(3)) for line in text.splitlines() if (m := _INSTR.match(line))]
     ops = [op for _, op, _ in instructions]
     def count(span: tuple[int, int]) -> int:
-        return sum(op.startswith(loop_of) for op in ops[span[0] : span[1] + 1])
+        return sum(op.startswith("MUFU.EX2") for op in ops[span[0] : span[1] + 1])
 
     spans = [span for span in _loops(instructions) if count(span)]
     if innermost:
@@ -91,5 +88,4 @@ def inspect(kernel, loop_of: str = "MUFU.EX2", innermost: bool = False) -> Sass:
     body = instructions[best[0] : best[1] + 1]
     names = [int(r) for _, _, operands in body for r in _REGISTER.findall(operands)]
     spills = sum(1 for op in ops if op.startswith(("STL", "LDL")))
-    return Sass(regs, stack, spills, kernel.metadata.shared, collections.Counter(op for _, op, _ in body), text,
-                [op for _, op, _ in body], max(names, default=-1) + 1)
+    return Sass(regs, stack, spills, kernel.metadata.shared, [op for _, op, _ in body], max(names, default=-1) + 1)

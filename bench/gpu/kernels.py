@@ -30,12 +30,13 @@ from _part import rel_err, time_ms
 import torch
 import torch.nn.functional as F
 
+from drgan.config import preset
 from drgan.kernels import adain, adain_ref, channel_attention, channel_attention_ref, spatial_attention
 from drgan.kernels.spatial_attention import fp8_pv_unsupported, spatial_attention_ref
 from drgan.kernels.spatial_attention_triton import tuners
 from drgan.runtime import deterministic_algorithms
 
-SPATIAL_SHAPES = [(6400, 64, 512), (25600, 16, 256), (102400, 4, 128)]  # (N, Dqk, Dv), batch 1
+SPATIAL_SHAPES = list(preset("paper-1280").attention_shapes)  # (N, Dqk, Dv), batch 1
 CHANNEL_SHAPES = [(512, 6400), (256, 25600), (128, 102400)]  # (C, N), batch 1
 ADAIN_SHAPES = [(80, 512), (160, 256), (320, 128), (640, 64)]  # (side, C)
 ADAIN_BATCH = 8

@@ -23,6 +23,7 @@ import _part  # first: with --dry-run it switches Triton's interpreter on before
 from _part import rel_err, time_ms
 import torch
 
+from drgan.config import preset
 from drgan.kernels import adain, adain_ref, channel_attention, channel_attention_ref, spatial_attention
 from drgan.kernels.spatial_attention import spatial_attention_ref
 
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # One build folder per checkout: CMake refuses a folder configured from another source tree.
 BUILD = Path("/tmp") / f"drgan-native-build-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
 QK_BLOCKS, DRY_QK_BLOCKS = "16;64", "16"
-SPATIAL_SHAPES = [(6400, 64, 512), (25600, 16, 256), (102400, 4, 128)]  # (N, Dqk, Dv), batch 1
+SPATIAL_SHAPES = list(preset("paper-1280").attention_shapes)  # (N, Dqk, Dv), batch 1
 CHANNEL_SHAPES = [(512, 6400), (256, 25600), (128, 102400)]  # (C, N), batch 1, channels_last
 ADAIN_SHAPES = [(80, 512), (640, 64)]  # (side, C), batch 8, both layouts
 DTYPES = {"bf16": (torch.bfloat16, 1), "fp16": (torch.float16, 0)}  # torch dtype, drgan_dtype
