@@ -7,8 +7,6 @@ tensor of the graph (`onnx_check.check_graph` proves it).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -16,7 +14,7 @@ from typing import Callable
 import torch
 
 from drgan.errors import DrganError, ParameterError
-from drgan.io import temp_path, write_error
+from drgan.export.onnx_files import save_atomically
 from drgan.export.wrapper import OUTPUT_NAMES, example_inputs, input_names, prepare
 from drgan.nn import DRGANGenerator
 
@@ -67,48 +65,9 @@ def export_onnx(
     if program is None:
         raise DrganError("torch.onnx.export returned no program (dynamo exporter unavailable?)")
 
-    def checked(file: Path) -> None:
-        declared = _default_opset(file)
-        if declared != opset:
-            raise ParameterError(f"{{opset}} {opset}: the ONNX exporter could not convert the model to it (it "
-                                 f"wrote opset {declared}); choose an earlier opset (from {MIN_OPSET})")
-        if check is not None:
-            check(file)
-
-    save_atomically(path, lambda file: program.save(str(file), external_data=external_data), external_data, checked)
+    declared = program.model.opset_imports.get("")  # the default domain's opset, as it will be saved
+    if declared != opset:
+        raise ParameterError(f"{{opset}} {opset}: the ONNX exporter could not convert the model to it (it "
+                             f"wrote opset {declared}); choose an earlier opset (from {MIN_OPSET})")
+    save_atomically(path, lambda file: program.save(str(file), external_data=external_data), external_data, check)
     return path
-
-
-def _default_opset(file: Path) -> int | None:
-    """The opset a model file declares for the default ONNX domain (its weights are not read)."""
-    import onnx
-
-    model = onnx.load(str(file), load_external_data=False)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
-def data_path(path: Path) -> Path:
-    """The external weights file the exporter writes beside `path`."""
-    return path.with_name(path.name + ".data")
-
-
-def save_atomically(path: Path, save: Callable[[Path], None], external_data: bool,
-                    check: Callable[[Path], None] | None = None) -> None:
-    """`save(file)` writes the model (and its .data) into a private folder beside `path`, `check(file)`
-    (when given) raises if it is unusable; each file is then renamed into place. The external data
-    file is referenced by its base name, so the pair stays valid after the move. A failed write
-    (disk full) is one error; a rerun removes the folder of a killed export (drgan.io.remove_temp_files)."""
-    tmp = temp_path(path)
-    tmp.mkdir(parents=True)
-    try:
-        save(tmp / path.name)
-        if check is not None:
-            check(tmp / path.name)
-        if not external_data:
-            data_path(path).unlink(missing_ok=True)  # a stale weights file from an earlier export
-        for f in tmp.iterdir():
-            os.replace(f, path.parent / f.name)
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

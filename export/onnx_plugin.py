@@ -21,7 +21,7 @@ import onnx
 from onnx import defs, helper
 
 from drgan.errors import DrganError, ParameterError
-from drgan.export.onnx_export import data_path, save_atomically
+from drgan.export.onnx_files import data_path, save_atomically
 
 DOMAIN = "drgan"
 OP_TYPE = "DrganSpatialAttention"  # the TensorRT plugin's name (native/trt_plugin)

@@ -25,7 +25,8 @@ from drgan.checkpoint import load_generator, weights_sha256
 from drgan.errors import DrganError, ParameterError
 from drgan.export.aoti import compile_aoti, run_in_fresh_process
 from drgan.export.backends import MANIFEST, ONNX_FILE, TRT_ONNX_FILE, aoti_file, engine_file, read_manifest
-from drgan.export.onnx_export import data_path, export_onnx
+from drgan.export.onnx_export import export_onnx
+from drgan.export.onnx_files import data_path
 from drgan.export.ort_runner import verify_onnx
 from drgan.export.sidecar import BatchProfile, sidecar_path
 from drgan.export.trt_build import build_engine, import_tensorrt

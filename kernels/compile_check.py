@@ -214,25 +214,31 @@ def gluon_launches(n: int, dqk: int, dv: int, batch: int, dtype: torch.dtype) ->
     return recorded
 
 
-def gluon_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
-    """What keeps the Gluon forward's consumer loop (code read with innermost=True) off the floor."""
-    block_m, block_n = launch.constexpr("BLOCK_M"), launch.constexpr("BLOCK_N")
-    # Per consumer warpgroup thread: its share of the scores, and one rescale per row it holds
-    # (a warp's 16-row MMA slab gives each thread two rows).
-    scores = block_m * block_n // 128
-    rescales = block_m // 32
-    budget = spatial_attention_gluon.WORKER_REGS.value[0]
+def _loop_problems(code: sass.Sass, scores: int, rescales: int) -> list[str]:
+    """The checks every attention main loop must pass: Hopper tensor cores, no two-byte memory
+    accesses, one exponential per score (plus the running-sum rescales), no spills, registers
+    under REGISTER_CAP. `scores` and `rescales`: per thread and loop step."""
     problems = []
     if not code.loop_count("HGMMA"):
         problems.append("no HGMMA (Hopper warpgroup MMA) in the main loop")
     if narrow := code.loop_count("LDG.E.U16") + code.loop_count("LDG.E.S16") + code.loop_count("STS.U16"):
-        problems.append(f"{narrow} two-byte loads/stores in the main loop")
+        problems.append(f"{narrow} two-byte loads/stores in the main loop (unpadded Q/K)")
     if (ex2 := code.loop_count("MUFU.EX2")) != scores + rescales:
         problems.append(f"{ex2} MUFU.EX2 per loop step where {scores} scores + {rescales} rescales need {scores + rescales}")
     if code.stack or code.spill_instructions:
         problems.append(f"spills ({code.stack} B of stack, {code.spill_instructions} STL/LDL)")
     if code.registers > REGISTER_CAP:
-        problems.append(f"{code.registers} registers at launch, over the cap of {REGISTER_CAP}")
+        problems.append(f"{code.registers} registers, over the cap of {REGISTER_CAP}")
+    return problems
+
+
+def gluon_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
+    """What keeps the Gluon forward's consumer loop (code read with innermost=True) off the floor."""
+    block_m, block_n = launch.constexpr("BLOCK_M"), launch.constexpr("BLOCK_N")
+    # Per consumer warpgroup thread: its share of the scores, and one rescale per row it holds
+    # (a warp's 16-row MMA slab gives each thread two rows).
+    problems = _loop_problems(code, block_m * block_n // 128, block_m // 32)
+    budget = spatial_attention_gluon.WORKER_REGS.value[0]
     if code.loop_registers > budget:
         problems.append(f"the consumer loop names {code.loop_registers} registers, over its partition's {budget}")
     return problems
@@ -255,24 +261,14 @@ def attention_problems(launch: launches.Launch, code: sass.Sass) -> list[str]:
     # The forward rescales its running sums once per row and step; a warp's 16-row MMA slab gives
     # each thread two rows. The backward reads the saved log-sum-exp instead.
     rescales = block_m // (8 * warps) if launch.fn is mod._fwd_kernel else 0
-    problems = []
-    if not code.loop_count("HGMMA"):
-        problems.append("no HGMMA (Hopper warpgroup MMA) in the main loop")
+    problems = _loop_problems(code, scores, rescales)
     if _fp8_pv(launch) and not code.loop_count("QGMMA"):
         problems.append("fp8 V without QGMMA (fp8 warpgroup MMA) in the main loop")
     if _atomic_dq(launch) and not code.loop_count("RED"):
         problems.append("atomic dQ without RED (fire-and-forget global reductions) in the main loop")
-    if narrow := code.loop_count("LDG.E.U16") + code.loop_count("LDG.E.S16") + code.loop_count("STS.U16"):
-        problems.append(f"{narrow} two-byte loads/stores in the main loop (unpadded Q/K)")
-    if (ex2 := code.loop_count("MUFU.EX2")) != scores + rescales:
-        problems.append(f"{ex2} MUFU.EX2 per loop step where {scores} scores + {rescales} rescales need {scores + rescales}")
     widest = max(c.kwargs["BLOCK_DV"] for fn, configs in mod.TUNED.values() if fn is launch.fn for c in configs)
     if block_dv < dv <= widest:
         problems.append("Dv split over programs that each recompute every exponential, where a tile holds it whole")
-    if code.stack or code.spill_instructions:
-        problems.append(f"spills ({code.stack} B of stack, {code.spill_instructions} STL/LDL)")
-    if code.registers > REGISTER_CAP:
-        problems.append(f"{code.registers} registers, over the cap of {REGISTER_CAP}")
     return problems
 
 
@@ -291,6 +287,25 @@ def flop_shares(shapes: list[tuple[int, int, int]]) -> list[float]:
 CHECKED_SHARE = 0.05
 
 
+def _launch_row(launch: launches.Launch, code: sass.Sass, config: dict, n: int, dqk: int, dv: int, share: float,
+                ops: tuple[str, ...], kind: dict, **fields) -> dict:
+    """A launch's row: `kind` (pv or impl), its shape and `fields`, configuration, resources and main-loop counts of `ops`."""
+    return {"kernel": launch.name, **kind, "N": n, "Dqk": dqk, "Dv": dv, **fields, "flop_share": round(share, 4), "config": config,
+            "registers": code.registers, **({"loop_registers": code.loop_registers} if "impl" in kind else {}),
+            "stack": code.stack, "shared": code.shared, "loop": {op: code.loop_count(op) for op in ops}}
+
+
+def _report(row: dict, name: str, detail: str, failures: list[str], capability: int) -> None:
+    """Print `row` (its problems indented below it); a block over CHECKED_SHARE fails on them."""
+    if row["flop_share"] >= CHECKED_SHARE:
+        failures += [f"sm_{capability} {row['kernel']} N={row['N']} {row['config']}: {p}" for p in row.get("problems", [])]
+    loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
+    print(f"sm_{capability} {name:18s} N={row['N']:<6d} Dqk={row['Dqk']:<3d} Dv={row['Dv']:<3d} {row['config']} "
+          f"regs {row['registers']}" + (f" (loop {row['loop_registers']})" if "loop_registers" in row else "")
+          + f" stack {row['stack']} smem {row['shared']} | loop {loop}" + detail
+          + "".join(f"\n    PROBLEM: {p}" for p in row.get("problems", [])), flush=True)
+
+
 def check_launches() -> tuple[list[str], list[dict]]:
     """Compile the spatial attention's bf16 launches at the paper's shapes for sm_90a; returns the
     SASS problems of the tuned kernels (one line each, blocks over CHECKED_SHARE) and a row per
@@ -303,25 +318,20 @@ def check_launches() -> tuple[list[str], list[dict]]:
             config = {a: launch.kwargs[a] for a in ("BLOCK_M", "BLOCK_N", "BLOCK_DV", "num_warps", "num_stages", "maxnreg",
                                                     "LAZY_RESCALE") if launch.kwargs.get(a) is not None}
             code = sass.inspect(launches.compile_launch(launch, capability))
-            dv_tiles = triton.cdiv(dv, config["BLOCK_DV"]) if "BLOCK_DV" in config else 1
-            row = {"kernel": launch.name, "pv": "fp8" if _fp8_pv(launch) else "input", "N": n, "Dqk": dqk, "Dv": dv,
-                   **({"dq": "atomic" if _atomic_dq(launch) else "kernel"} if launch.fn is spatial_attention_triton._bwd_dkdv_kernel else {}),
-                   "flop_share": round(share, 4), "config": config,
-                   "registers": code.registers, "stack": code.stack, "shared": code.shared,
-                   "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "QGMMA", "LDGSTS", "LDG.E", "STS", "BAR.SYNC", "RED")}}
+            dq = {"dq": "atomic" if _atomic_dq(launch) else "kernel"} if launch.fn is spatial_attention_triton._bwd_dkdv_kernel else {}
+            row = _launch_row(launch, code, config, n, dqk, dv, share,
+                              ("MUFU.EX2", "HGMMA", "QGMMA", "LDGSTS", "LDG.E", "STS", "BAR.SYNC", "RED"),
+                              {"pv": "fp8" if _fp8_pv(launch) else "input"}, **dq)
+            detail = ""
             if launch.fn in _TUNED_KERNELS:
                 scores = config["BLOCK_M"] * config["BLOCK_N"] // (32 * config["num_warps"])
+                dv_tiles = triton.cdiv(dv, config["BLOCK_DV"]) if "BLOCK_DV" in config else 1
                 row["exp_per_score"] = round(code.loop_count("MUFU.EX2") * dv_tiles / scores, 3)
                 row["problems"] = attention_problems(launch, code)
-                if share >= CHECKED_SHARE:
-                    failures += [f"sm_{capability} {launch.name} N={n} {config}: {p}" for p in row["problems"]]
+                detail = f" | exp/score {row['exp_per_score']}"
             rows.append(row)
-            loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
-            name = launch.name + (" fp8" if _fp8_pv(launch) else "") + (" atomic" if _atomic_dq(launch) else "")
-            print(f"sm_{capability} {name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
-                  f"stack {code.stack} smem {row['shared']} | loop {loop}"
-                  + (f" | exp/score {row['exp_per_score']}" if "exp_per_score" in row else "")
-                  + "".join(f"\n    PROBLEM: {p}" for p in row.get("problems", [])), flush=True)
+            _report(row, launch.name + (" fp8" if _fp8_pv(launch) else "") + (" atomic" if _atomic_dq(launch) else ""),
+                    detail, failures, capability)
         if spatial_attention_gluon.MAX_V_DIM < dv:
             continue
         for launch in gluon_launches(n, dqk, dv, LAUNCH_BATCH, dtype):
@@ -329,24 +339,16 @@ def check_launches() -> tuple[list[str], list[dict]]:
             config["worker_warps"] = list(spatial_attention_gluon.WORKER_WARPS.value)
             config["worker_regs"] = list(spatial_attention_gluon.WORKER_REGS.value)
             code = sass.inspect(launches.compile_launch(launch, capability), innermost=True)
-            scores = config["BLOCK_M"] * config["BLOCK_N"] // 128
-            row = {"kernel": launch.name, "impl": "gluon", "N": n, "Dqk": dqk, "Dv": dv, "flop_share": round(share, 4),
-                   "config": config, "registers": code.registers, "loop_registers": code.loop_registers,
-                   "stack": code.stack, "shared": code.shared,
-                   "loop": {op: code.loop_count(op) for op in ("MUFU.EX2", "HGMMA", "WARPGROUP.DEPBAR", "SYNCS", "BAR.SYNC")},
-                   "exp_per_score": round(code.loop_count("MUFU.EX2") / scores, 3),
-                   # Exponentials ptxas issues while the step's P @ V is still in flight (between the
-                   # wait for S and the wait for P @ V); the rest wait for it.
-                   "ex2_under_pv": code.between("MUFU.EX2", "WARPGROUP.DEPBAR.LE", "WARPGROUP.DEPBAR.LE"),
-                   "problems": gluon_problems(launch, code)}
-            if share >= CHECKED_SHARE:
-                failures += [f"sm_{capability} {launch.name} N={n} {config}: {p}" for p in row["problems"]]
+            row = _launch_row(launch, code, config, n, dqk, dv, share,
+                              ("MUFU.EX2", "HGMMA", "WARPGROUP.DEPBAR", "SYNCS", "BAR.SYNC"), {"impl": "gluon"})
+            row["exp_per_score"] = round(code.loop_count("MUFU.EX2") / (config["BLOCK_M"] * config["BLOCK_N"] // 128), 3)
+            # Exponentials ptxas issues while the step's P @ V is still in flight (between the
+            # wait for S and the wait for P @ V); the rest wait for it.
+            row["ex2_under_pv"] = code.between("MUFU.EX2", "WARPGROUP.DEPBAR.LE", "WARPGROUP.DEPBAR.LE")
+            row["problems"] = gluon_problems(launch, code)
             rows.append(row)
-            loop = " ".join(f"{op}={c}" for op, c in row["loop"].items())
-            print(f"sm_{capability} {launch.name:18s} N={n:<6d} Dqk={dqk:<3d} Dv={dv:<3d} {config} regs {code.registers} "
-                  f"(loop {code.loop_registers}) stack {code.stack} smem {code.shared} | loop {loop} | exp/score "
-                  f"{row['exp_per_score']} | exp under P@V {row['ex2_under_pv']}"
-                  + "".join(f"\n    PROBLEM: {p}" for p in row["problems"]), flush=True)
+            _report(row, launch.name, f" | exp/score {row['exp_per_score']} | exp under P@V {row['ex2_under_pv']}",
+                    failures, capability)
     return failures, rows
 
 

@@ -3,8 +3,6 @@ channel and label by label. Each lesion type is drawn at its own place with anti
 (255 inside, 200 on the first ring: positive; 60 on the second: negative), so a channel mix-up,
 a wrong threshold or a lost mask fails a comparison."""
 import csv
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from drgan.cli import cli
 from drgan.config import COND_CHANNELS
 from drgan.data.decode import read_mask, read_rgb
 from drgan.data.validation import validate_dataset
+from helpers import dead_pid
 from drgan.data.importers import import_release
 from drgan.data.importers.core import Item, binarize, carve_splits, parse_grade
 from drgan.data.preprocess import crop_and_resize
@@ -300,9 +299,7 @@ def test_rerun_resumes_and_equals_parallel_run(eyepacs, tmp_path):
 
     before = {p: (serial / p).read_bytes() for p in files}
     (serial / "images" / "13_left.png").unlink()                         # killed before its image was written
-    killed = subprocess.Popen([sys.executable, "-c", "pass"])
-    killed.wait()  # the temp file's owner is gone
-    (serial / "images" / f".10_left.png.tmp-{killed.pid}-2").write_bytes(b"partial")
+    (serial / "images" / f".10_left.png.tmp-{dead_pid()}-2").write_bytes(b"partial")  # its writer is gone
     report = import_release("eyepacs", eyepacs, serial, size=SIZE, vessels="extract", progress=False)
     assert (report.new, report.resumed) == (1, 2)
     assert {p: (serial / p).read_bytes() for p in files} == before

@@ -6,8 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import onnx
 import pytest
@@ -19,7 +17,7 @@ from drgan.cli.common import run_command
 from drgan.cli.export import export
 from drgan.config import preset
 from drgan.errors import DrganError
-from drgan.export import onnx_export
+from drgan.export import onnx_export, onnx_files
 from drgan.export.onnx_check import check_graph
 from drgan.export.ort_runner import OrtGenerator, verify_onnx
 from drgan.export.wrapper import (
@@ -30,6 +28,7 @@ from drgan.export.wrapper import (
     prepare,
 )
 from drgan.nn import DRGANGenerator
+from helpers import dead_pid
 
 
 def _generator(name: str) -> DRGANGenerator:
@@ -164,7 +163,7 @@ def test_external_data_outside_the_export_folder_is_one_line(tmp_path):
     g = DRGANGenerator(preset("tiny-64"), "local").eval()
     path = onnx_export.export_onnx(g, tmp_path / "export" / "generator.onnx", external_data=True)
     model = onnx.load(str(path), load_external_data=False)
-    (tmp_path / "elsewhere.data").write_bytes(onnx_export.data_path(path).read_bytes())
+    (tmp_path / "elsewhere.data").write_bytes(onnx_files.data_path(path).read_bytes())
     for tensor in model.graph.initializer:
         for entry in tensor.external_data:
             if entry.key == "location":
@@ -237,7 +236,7 @@ def test_padded_qk_is_exact_and_exports_with_external_data(tmp_path):
     eight = pad_attention_qk(prepare(g).generator, 8)
     assert [s.sca.query.out_channels for s in eight.global_gen.synth] == [8, 8, 8]  # tiny-64: 8, 4, 4
     path = onnx_export.export_onnx(g, tmp_path / "padded.onnx", pad_qk="v", external_data=True)
-    assert onnx_export.data_path(path).is_file()
+    assert onnx_files.data_path(path).is_file()
     assert not list(tmp_path.glob(".*tmp*"))  # nothing left from the atomic write
     report = check_graph(path, expected_attention=3)
     assert report.op_counts.get("Pad", 0) == 0  # padded in the weights, not by extra nodes
@@ -266,12 +265,6 @@ def test_failed_reexport_keeps_the_earlier_file(tiny_run, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def test_full_disk_while_saving_onnx_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     run, _, _ = tiny_run
 
@@ -289,7 +282,7 @@ def test_full_disk_while_saving_onnx_is_one_line(tiny_run, tmp_path, monkeypatch
 def test_rerun_removes_temp_folders_of_killed_exports_only(tiny_run, tmp_path):
     run, _, _ = tiny_run
     out = tmp_path / "export"
-    stale, live = out / f".generator.onnx.tmp-{_dead_pid()}", out / f".generator.onnx.tmp-{os.getppid()}-1"
+    stale, live = out / f".generator.onnx.tmp-{dead_pid()}", out / f".generator.onnx.tmp-{os.getppid()}-1"
     for folder in (stale, live):
         folder.mkdir(parents=True)
         (folder / "generator.onnx").write_bytes(b"partial")
@@ -305,7 +298,7 @@ def test_sigterm_while_saving_removes_the_temp_folder(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(SystemExit) as exc, terminate_as_exit():
-        onnx_export.save_atomically(tmp_path / "generator.onnx", killed, external_data=False)
+        onnx_files.save_atomically(tmp_path / "generator.onnx", killed, external_data=False)
     assert exc.value.code == 143 and list(tmp_path.iterdir()) == []
 
 

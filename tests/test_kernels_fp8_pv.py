@@ -15,16 +15,13 @@ pytest.importorskip("triton")
 from drgan.errors import DrganError  # noqa: E402
 from drgan.kernels import spatial_attention, spatial_attention_ref  # noqa: E402
 from drgan.kernels.spatial_attention import E4M3_MAX, fp8_values, spatial_attention_fp8_pv_ref  # noqa: E402
+from helpers import rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_kernel = pytest.mark.skipif(
     DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
     reason="needs a CUDA GPU or TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)",
 )
-
-
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
 
 
 def _inputs(batch: int, n: int, dqk: int, dv: int, seed: int):
@@ -54,11 +51,11 @@ def test_triton_fp8_pv_matches_the_emulated_rounding(batch, n, dqk, dv):
         fp16 = spatial_attention(q16, k16, v16, impl="triton")
         emulated = spatial_attention_fp8_pv_ref(q16, k16, v16)
     assert fp8.dtype == torch.float16 and fp8.shape == v.shape
-    err8, err16, err_emulated = _rel(fp8, exact), _rel(fp16, exact), _rel(emulated, exact)
+    err8, err16, err_emulated = rel_err(fp8, exact), rel_err(fp16, exact), rel_err(emulated, exact)
     assert err16 < 2e-3
     assert 4 * err16 < err8 < 0.08, (err8, err16)  # fp8 rounding present, and bounded
     assert err8 < 1.5 * err_emulated + 5e-3, (err8, err_emulated)
-    assert _rel(fp8, emulated) < 0.05
+    assert rel_err(fp8, emulated) < 0.05
 
 
 @needs_kernel
@@ -89,7 +86,7 @@ def test_fp8_pv_refuses_autograd_and_sdpa():
 def test_reference_fp8_pv_is_the_exact_attention_up_to_fp8_rounding():
     q, k, v = _inputs(2, 300, 16, 32, seed=2)
     with torch.no_grad():
-        err = _rel(spatial_attention(q, k, v, impl="ref", pv_fp8=True), spatial_attention_ref(q, k, v))
+        err = rel_err(spatial_attention(q, k, v, impl="ref", pv_fp8=True), spatial_attention_ref(q, k, v))
     assert 1e-3 < err < 0.08
 
 

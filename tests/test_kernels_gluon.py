@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 
 from drgan.errors import DrganError  # noqa: E402
 from drgan.kernels import adain, spatial_attention, spatial_attention_ref  # noqa: E402
+from helpers import rel_err  # noqa: E402
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 hopper_only = pytest.mark.skipif(not HOPPER, reason="the Gluon kernel needs a Hopper GPU (sm_90); none here")
@@ -48,10 +49,6 @@ def _poison(monkeypatch) -> None:
     monkeypatch.setattr(spatial_attention_gluon, "torch", proxy)
 
 
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
-
-
 def _forwards(q, k, v):
     """(out, lse) of the Gluon and the Triton forward on the same padded inputs."""
     from drgan.kernels import spatial_attention_gluon as sag
@@ -72,8 +69,8 @@ def test_gluon_forward_matches_triton_and_reference(shape, dtype, monkeypatch):
         (out, lse), (tl_out, tl_lse) = _forwards(q, k, v)
     assert out.shape == want.shape and out.is_contiguous()
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
-    assert _rel(out, want) < 2e-2
-    assert _rel(out, tl_out) < 1e-2
+    assert rel_err(out, want) < 2e-2
+    assert rel_err(out, tl_out) < 1e-2
     torch.testing.assert_close(lse, tl_lse, rtol=0, atol=1e-3)
 
 
@@ -89,8 +86,8 @@ def test_gluon_forward_at_the_paper_shapes(shape, dtype, monkeypatch):
         _poison(monkeypatch)
         (out, lse), (tl_out, tl_lse) = _forwards(q, k, v)
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
-    assert _rel(out[:, rows], want) < 2e-2
-    assert _rel(out, tl_out) < 1e-2
+    assert rel_err(out[:, rows], want) < 2e-2
+    assert rel_err(out, tl_out) < 1e-2
     torch.testing.assert_close(lse, tl_lse, rtol=0, atol=1e-3)
 
 
@@ -102,7 +99,7 @@ def test_gluon_impl_keeps_the_triton_backward():
     want = spatial_attention_ref(q, k, v)
     grad = torch.randn_like(out)
     for got, ref in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)):
-        assert _rel(got, ref) < 2e-2
+        assert rel_err(got, ref) < 2e-2
 
 
 @hopper_only

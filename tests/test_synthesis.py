@@ -15,6 +15,7 @@ from drgan.errors import DrganError
 from drgan.synthesis.plan import Plan, Shard
 from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize
 from synthesis_fixtures import make_run
+from helpers import dead_pid
 
 
 @pytest.fixture(scope="module")
@@ -325,9 +326,7 @@ def test_rerun_removes_only_temp_files_whose_writer_is_gone(run, tmp_path):
     """Shard 1/2 starting beside a running shard 0/2 must not delete the file it is writing."""
     out = tmp_path / "shared"
     synthesize(opts(run, out, count=4, shard="0/2"))
-    killed = subprocess.Popen([sys.executable, "-c", "pass"])
-    killed.wait()
-    stale, writing = out / "images" / f".x.png.tmp-{killed.pid}-1", out / "images" / f".y.png.tmp-{os.getppid()}-1"
+    stale, writing = out / "images" / f".x.png.tmp-{dead_pid()}-1", out / "images" / f".y.png.tmp-{os.getppid()}-1"
     for path in (stale, writing):
         path.write_bytes(b"partial")
     synthesize(opts(run, out, count=4, shard="1/2"))
