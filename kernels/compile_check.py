@@ -210,7 +210,7 @@ def gluon_launches(n: int, dqk: int, dv: int, batch: int, dtype: torch.dtype) ->
     q = spatial_attention_triton.padded_qk(torch.empty(batch, n, dqk, dtype=dtype, device="meta"))
     v = torch.empty(batch, n, dv, dtype=dtype, device="meta")
     with launches.captured_launches() as recorded:
-        spatial_attention_gluon.forward(q, q, v, spatial_attention_triton.LOG2E, dqk)
+        spatial_attention_gluon.forward(q, q, v, spatial_attention_triton.LOG2E)
     return recorded
 
 

@@ -204,12 +204,10 @@ def unsupported(q_pad: torch.Tensor, v: torch.Tensor) -> str | None:
 
 
 
-def forward(q_pad: torch.Tensor, k_pad: torch.Tensor, v: torch.Tensor, qk_scale: float, qk_dim: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """spatial_attention_triton._forward on Hopper: q, k (B, N, BLOCK_D) padded (padded_qk) from
-    `qk_dim` columns (their zero columns add nothing to the scores), v (B, N, Dv); returns out
-    (B, N, Dv) contiguous and the log2-domain log-sum-exp (B, N) fp32."""
-    del qk_dim
+def forward(q_pad: torch.Tensor, k_pad: torch.Tensor, v: torch.Tensor, qk_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """spatial_attention_triton._forward on Hopper: q, k (B, N, BLOCK_D) padded (padded_qk; their
+    zero columns add nothing to the scores), v (B, N, Dv); returns out (B, N, Dv) contiguous and the
+    log2-domain log-sum-exp (B, N) fp32."""
     b, n, block_d = q_pad.shape
     dv = v.shape[2]
     block_dv = max(16, triton.next_power_of_2(dv))

@@ -451,7 +451,7 @@ def _backward(q, k, v, out, lse, grad, qk_scale: float, scale: float, qk_dim: in
     return dq, dk, dv_out
 
 
-def _gluon_forward(q_pad, k_pad, v, qk_scale: float, qk_dim: int):
+def _gluon_forward(q_pad, k_pad, v, qk_scale: float):
     """The Hopper Gluon forward (same out and lse), or one clear error where it does not apply."""
     from drgan.errors import DrganError
     from drgan.kernels import spatial_attention_gluon
@@ -459,7 +459,7 @@ def _gluon_forward(q_pad, k_pad, v, qk_scale: float, qk_dim: int):
     reason = spatial_attention_gluon.unsupported(q_pad, v) or spatial_attention_gluon.unsupported(k_pad, v)
     if reason is not None:
         raise DrganError(f"spatial_attention: impl='gluon' does not support this call: {reason}")
-    return spatial_attention_gluon.forward(q_pad, k_pad, v, qk_scale, qk_dim)
+    return spatial_attention_gluon.forward(q_pad, k_pad, v, qk_scale)
 
 
 def _scaled_qk(q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, int, float]:
@@ -474,7 +474,10 @@ class _SpatialAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale: float, gluon_forward: bool):
         q_pad, k_pad, sign, scale_eff = _scaled_qk(q, k, scale)
-        out, lse = (_gluon_forward if gluon_forward else _forward)(q_pad, k_pad, v, scale_eff * LOG2E, q.shape[2])
+        if gluon_forward:
+            out, lse = _gluon_forward(q_pad, k_pad, v, scale_eff * LOG2E)
+        else:
+            out, lse = _forward(q_pad, k_pad, v, scale_eff * LOG2E, q.shape[2])
         ctx.save_for_backward(q_pad, k_pad, v, out, lse)
         ctx.sign, ctx.scale, ctx.qk_dim = sign, scale_eff, q.shape[2]
         return out

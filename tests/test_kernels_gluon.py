@@ -55,7 +55,7 @@ def _forwards(q, k, v):
     from drgan.kernels import spatial_attention_triton as sat
 
     q_pad, k_pad = sat.padded_qk(q), sat.padded_qk(k)
-    return (sag.forward(q_pad, k_pad, v, sat.LOG2E, q.shape[2]), sat._forward(q_pad, k_pad, v, sat.LOG2E, q.shape[2]))
+    return (sag.forward(q_pad, k_pad, v, sat.LOG2E), sat._forward(q_pad, k_pad, v, sat.LOG2E, q.shape[2]))
 
 
 @hopper_only
