@@ -80,26 +80,20 @@ def resolve(op: str, impl: str, tensors: tuple[torch.Tensor, ...], unsupported: 
     """
     if impl not in IMPLS:
         raise DrganError(f"{op}: impl={impl!r} is not one of {IMPLS}")
-    if impl == "gluon":
-        if op not in GLUON_OPS:
-            raise DrganError(f"{op}: impl='gluon' exists only for {', '.join(GLUON_OPS)}")
-        if not triton_available():
-            raise DrganError(f"{op}: impl='gluon' needs the triton package (pip install triton)")
-        if not all(t.is_cuda for t in tensors):
-            raise DrganError(f"{op}: impl='gluon' needs CUDA tensors on a Hopper GPU (Gluon has no CPU interpreter)")
-        if unsupported is not None:
-            raise DrganError(f"{op}: impl='gluon' does not support this call: {unsupported}")
-        return "gluon"
-    on_device = all(t.is_cuda for t in tensors) or (interpreting() and all(t.device.type == "cpu" for t in tensors))
     if impl in ("ref", "sdpa"):
         return impl
     if impl == "auto":
         ok = triton_available() and unsupported is None and all(t.is_cuda for t in tensors)
         return "triton" if ok else "ref"
+    if impl == "gluon" and op not in GLUON_OPS:
+        raise DrganError(f"{op}: impl='gluon' exists only for {', '.join(GLUON_OPS)}")
     if not triton_available():
-        raise DrganError(f"{op}: impl='triton' needs the triton package (pip install triton)")
+        raise DrganError(f"{op}: impl={impl!r} needs the triton package (pip install triton)")
+    if impl == "gluon" and not all(t.is_cuda for t in tensors):
+        raise DrganError(f"{op}: impl='gluon' needs CUDA tensors on a Hopper GPU (Gluon has no CPU interpreter)")
+    on_device = all(t.is_cuda for t in tensors) or (interpreting() and all(t.device.type == "cpu" for t in tensors))
     if not on_device:
         raise DrganError(f"{op}: impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
     if unsupported is not None:
-        raise DrganError(f"{op}: impl='triton' does not support this call: {unsupported}")
-    return "triton"
+        raise DrganError(f"{op}: impl={impl!r} does not support this call: {unsupported}")
+    return impl
