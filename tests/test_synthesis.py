@@ -126,6 +126,20 @@ def test_verify_makes_damaged_files_again(run, tmp_path):
     assert synthesize(opts(run, out, count=6, verify=True)).damaged == []
 
 
+def test_verify_makes_items_with_damaged_masks_again(run, tmp_path):
+    """With --save-masks, an item whose mask file is missing or cut short is written again, masks and all."""
+    out = tmp_path / "a"
+    synthesize(opts(run, out, count=4, save_masks=True))
+    whole = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+    first, second = sorted((out / "masks").iterdir())[:2]
+    (first / "vessel.png").unlink()
+    lesion = sorted(second.iterdir())[-1]
+    lesion.write_bytes(lesion.read_bytes()[:40])
+    summary = synthesize(opts(run, out, count=4, save_masks=True, verify=True))
+    assert summary.damaged == [first.name, second.name] and summary.generated == 2
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.png"))} == whole
+
+
 def test_predicted_label_takes_the_grading_vector_of_the_encoders_grade(run, tmp_path):
     import torch
 

@@ -57,7 +57,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--png-level", type=IntRange(0, 9), default=1, show_default=True, help="PNG compression: 0 stored, 1 fast, 2..9 zlib levels (slower; README).")
 @click.option("--save-masks", is_flag=True, help="Also write the conditioning masks (masks/<id>/<name>.png).")
 @click.option("--verify", is_flag=True, help="On a rerun, first check the images already written (sha256 against the journal, "
-                                              "else that they decode) and make damaged ones again; reads every file of this shard.")
+                                              "else that they decode; masks: that they decode) and make damaged items again; reads every file of this shard.")
 @click.option("--shard", help="i/n: generate the i-th of n interleaved parts (default: torchrun's RANK/WORLD_SIZE).")
 @click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch", show_default=True, help="Reader of --structures.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)

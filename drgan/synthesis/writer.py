@@ -150,24 +150,30 @@ class OutputFolder:
             self.root.rmdir()
 
     def remove_damaged(self, ids: Iterable[str], progress: bool) -> list[str]:
-        """Check the images of `ids` already written (their sha256 against the journal row, or, without
-        a row, that they decode) and remove the ones that fail, so that the run writes them again;
-        returns their ids. Reads every file: an opt-in, for a set whose disk may have lost data."""
+        """Check the items of `ids` already written and remove the images that fail, so that the run
+        writes them (and their masks) again; returns their ids. An image must match its journal
+        row's sha256, or, without a row, decode; with save_masks every mask must be there and decode
+        (the journal holds no hash of them). Reads every file: an opt-in, for a set whose disk may
+        have lost data."""
         from tqdm import tqdm
 
         from drgan.data.decode import decode_image
 
         rows = self.journal_rows()
 
-        def damaged(item_id: str) -> bool:
-            path = self.image_path(item_id)
-            if item_id in rows:
-                return sha256_file(path) != rows[item_id]["sha256"]
+        def decodes(path: Path) -> bool:
             try:
                 decode_image(path).close()
             except DrganError:
+                return False
+            return True
+
+        def damaged(item_id: str) -> bool:
+            path = self.image_path(item_id)
+            if not (sha256_file(path) == rows[item_id]["sha256"] if item_id in rows else decodes(path)):
                 return True
-            return False
+            masks = self.root / "masks" / item_id
+            return self.save_masks and not all(decodes(masks / f"{name}.png") for name in COND_CHANNELS)
 
         ids = sorted(ids)
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="drgan-verify") as pool:
