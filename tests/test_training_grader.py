@@ -37,6 +37,13 @@ def _mixup(images, grades, generator):
     return 0.7 * images + 0.3 * images.roll(1, 0), 0.7 * targets + 0.3 * targets.roll(1, 0)
 
 
+def _random_mixup(images, grades, generator):
+    """A MixUp whose partners and weight come from the transform's generator."""
+    targets = torch.nn.functional.one_hot(grades, 5).float()
+    partner, lam = torch.randperm(len(grades), generator=generator), torch.rand((), generator=generator)
+    return lam * images + (1 - lam) * images[partner], lam * targets + (1 - lam) * targets[partner]
+
+
 def test_grader_epochs_metrics_and_grading_space(tmp_path, phantom_dir, capsys):
     train = FundusDataset(phantom_dir, 64, split="train", augment=True)
     val = FundusDataset(phantom_dir, 64, split="val")
@@ -78,7 +85,7 @@ def test_diverged_grader_writes_no_grading_space(tmp_path, phantom_dir):
     """One step at a huge learning rate: a finite loss, NaN weights after it. No NaN grading space is
     written (a GAN conditioned on it draws NaN grading vectors); the new run folder is removed."""
     train, val = FundusDataset(phantom_dir, 64, split="train"), FundusDataset(phantom_dir, 64, split="val")
-    with pytest.raises(DrganError, match=r"^grader: its weights are NaN or infinite after epoch 1 \(it diverged\); nothing saved"):
+    with pytest.raises(DrganError, match=r"^grader: its weights are NaN or infinite by step \d+ \(it diverged\); nothing saved"):
         train_grader(train, val, tmp_path / "g", GraderOptions(preset="tiny-64", epochs=1, batch=64, lr=1e308))
     assert not (tmp_path / "g").exists()
 
@@ -148,6 +155,51 @@ def test_killed_grader_resumes_to_the_uninterrupted_result(tmp_path, phantom_dir
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     with pytest.raises(DrganError, match="already trained 3 of 3 epochs; give a larger epochs"):
         train_grader(FundusDataset(phantom_dir, 64, split="train"), val, tmp_path / "cut", opts, resume=True)
+
+
+class _FailsAtItem(FundusDataset):
+    """Raises at the given read of epoch 1, as a process killed inside the epoch would stop there."""
+
+    fail_at = 20
+    reads = None
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.reads = 0 if epoch == 1 else None
+
+    def __getitem__(self, i: int) -> dict:
+        if self.reads is not None:
+            self.reads += 1
+            if self.reads > self.fail_at:
+                raise KeyboardInterrupt
+        return super().__getitem__(i)
+
+
+def test_grader_killed_inside_an_epoch_resumes_from_its_batch(tmp_path, phantom_dir):
+    """With a checkpoint every step, a run killed in its third batch of epoch 2 resumes after the
+    second (not from epoch 1's end) and ends as a run never stopped: the batches it trained are
+    not read again, and the batch transform continues its random stream."""
+    from drgan.checkpoint import load_tensors
+
+    val = FundusDataset(phantom_dir, 64, split="val")
+    opts = GraderOptions(preset="tiny-64", epochs=2, batch=8, balanced=True, checkpoint_every=1)
+    whole = train_grader(FundusDataset(phantom_dir, 64, split="train", augment=True), val, tmp_path / "whole", opts,
+                         batch_transform=_random_mixup)
+    with pytest.raises(KeyboardInterrupt):
+        train_grader(_FailsAtItem(phantom_dir, 64, split="train", augment=True), val, tmp_path / "cut", opts,
+                     batch_transform=_random_mixup)
+    state = json.loads((tmp_path / "cut" / "state.json").read_text())
+    per_epoch = state["step"] - state["position"]["batches"]  # batches in an epoch
+    assert state["epoch"] == 1 and state["position"]["batches"] == 2 and per_epoch >= 3
+    resumed_reads = _FailsAtItem(phantom_dir, 64, split="train", augment=True)
+    resumed_reads.fail_at = 10 ** 6
+    resumed = train_grader(resumed_reads, val, tmp_path / "cut", GraderOptions(**{**opts.to_dict(), "checkpoint_every": 50}),
+                           batch_transform=_random_mixup, resume=True)
+    assert resumed_reads.reads == (per_epoch - 2) * opts.batch  # from the third batch on
+    assert resumed["epochs"] == whole["epochs"]
+    for name in ("grader.safetensors", "grading_space.safetensors"):
+        a, b = load_tensors(tmp_path / "whole" / name), load_tensors(tmp_path / "cut" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_grader_resume_on_the_command_line(tmp_path, phantom_dir, capsys):

@@ -3,9 +3,10 @@
 `train_grader` fits the ResNet-50 grader on the training split, reports validation accuracy,
 quadratic-weighted kappa and per-grade TPR each epoch, then fits the per-grade Gaussians of the
 pooled features over the training split, read without augmentation. Run folder: RUN/grader.safetensors, RUN/run.json,
-RUN/grading_space.safetensors, RUN/logs (TensorBoard), and after every epoch a checkpoint (RUN/state.json +
-state.safetensors: weights, Adam moments, the epochs' reports; drgan.training.state) that `resume` continues
-exactly: the sampling order, augmentations and batch transforms of an epoch depend on (seed, epoch) only.
+RUN/grading_space.safetensors, RUN/logs (TensorBoard), and a checkpoint (RUN/state.json + state.safetensors:
+weights, Adam moments, the epochs' reports, the position inside an epoch; drgan.training.state) after every
+epoch and every `checkpoint_every` steps, that `resume` continues exactly: the sampling order,
+augmentations and batch transforms of an epoch depend on (seed, epoch) only.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from drgan import locks
@@ -38,7 +39,7 @@ __all__ = ["GraderOptions", "train_grader", "check_resumable", "interrupted", "g
 AGM_MIN_ACCURACY = 0.8  # the paper finds the grading spaces help once the grader reaches ~80%
 
 # Streams of seeded_generator(seed, stream, epoch): an epoch's randomness never depends on the ones before.
-_ORDER_STREAM, _MIX_STREAM = 0, 1
+_ORDER_STREAM, _MIX_STREAM, _WORKER_STREAM = 0, 1, 2
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -51,13 +52,21 @@ def _grades(dataset: Dataset) -> torch.Tensor:
     return torch.tensor(grades, dtype=torch.long)
 
 
-def _sampler(train: Dataset, opts: GraderOptions, num_grades: int, gen: torch.Generator) -> WeightedRandomSampler | None:
-    """Inverse-frequency sampling so each grade is drawn equally often (--balanced)."""
-    if not opts.balanced:
-        return None
-    grades = _grades(train)
-    counts = torch.bincount(grades, minlength=num_grades).clamp(min=1).double()
-    return WeightedRandomSampler((1.0 / counts)[grades], num_samples=len(grades), replacement=True, generator=gen)
+def _epoch_batches(train: Dataset, opts: GraderOptions, num_grades: int, epoch: int) -> list[list[int]]:
+    """The sample indices of every batch of `epoch`: a permutation, or with --balanced an
+    inverse-frequency draw (each grade equally often), from the epoch's own generator; an
+    incomplete last batch is dropped unless it is the only one. Listed up front so that a resume
+    starts at any batch without reading the ones before it."""
+    order = seeded_generator(opts.seed, _ORDER_STREAM, epoch)
+    n = len(train)
+    if opts.balanced:
+        grades = _grades(train)
+        counts = torch.bincount(grades, minlength=num_grades).clamp(min=1).double()
+        indices = torch.multinomial((1.0 / counts)[grades], n, replacement=True, generator=order)
+    else:
+        indices = torch.randperm(n, generator=order)
+    batches = [chunk.tolist() for chunk in indices.split(opts.batch)]
+    return batches[:n // opts.batch] if n > opts.batch else batches
 
 
 def _unaugmented(dataset: Dataset) -> Dataset:
@@ -148,6 +157,7 @@ class _Training:
         self.optim = torch.optim.Adam(self.grader.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))
         self.epochs: list[dict[str, Any]] = []  # the report of every finished epoch
         self.step = 0
+        self.position: dict[str, Any] | None = None  # a checkpoint inside an epoch: batches done, their losses, the mix RNG
         if resume:
             self._load(data)
         else:
@@ -164,14 +174,20 @@ class _Training:
             check_same_dataset(self.out, data)
         recover_checkpoint(self.out)
         meta, tensors = load_state(self.out)
+        done = meta["epoch"] + ("position" in meta)  # epochs finished, or begun
         if meta["epoch"] >= self.opts.epochs and (self.out / SPACE_FILE).is_file():  # else only the spaces are left to fit
             raise ParameterError(f"{{resume}} {self.out}: already trained {meta['epoch']} of {self.opts.epochs} epochs; "
                                  "give a larger {epochs} to continue")
+        if self.opts.epochs < done:
+            raise ParameterError(f"{{epochs}} {self.opts.epochs}: {{resume}} {self.out} has already begun epoch {done}; "
+                                 f"give {{epochs}} >= {done}")
         weights = {k.removeprefix("grader."): v for k, v in tensors.items() if k.startswith("grader.")}
         self.grader.load_state_dict(weights)
         optimizer_from_state(self.optim, "optimizer", meta["optimizer"], tensors)
         set_rng_state(meta["rng"], {k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")}, self.device)
         self.epochs, self.step = meta["report"], meta["step"]
+        if "position" in meta:
+            self.position = {**meta["position"], "mix": tensors["position.mix"]}
         extra = read_run(self.out).extra  # run.json: the epochs, device and workers it now runs with
         write_run_config(self.out, self.cfg, stage="global", options={"trainer": "grader", **self.opts.to_dict()}, **extra)
 
@@ -193,42 +209,57 @@ class _Training:
         return _fit_grading_space(self.grader, self.train, out, opts, self.device, self.cfg.num_grades, {"epochs": self.epochs})
 
     def _train_epoch(self, epoch: int) -> list[float]:
-        """One pass over the training split; returns the batch losses."""
+        """One pass over the training split, from the checkpoint's batch when one was taken inside
+        it; returns the epoch's batch losses."""
         opts, grader = self.opts, self.grader
-        order = seeded_generator(opts.seed, _ORDER_STREAM, epoch)
-        sampler = _sampler(self.train, opts, self.cfg.num_grades, order)
-        loader = DataLoader(self.train, batch_size=opts.batch, shuffle=sampler is None, sampler=sampler, generator=order,
-                            num_workers=opts.workers, drop_last=len(self.train) > opts.batch)
+        batches = _epoch_batches(self.train, opts, self.cfg.num_grades, epoch)
         mix = seeded_generator(opts.seed, _MIX_STREAM, epoch)
-        losses = []
-        bar = tqdm(loader, desc=f"grader epoch {epoch + 1}/{opts.epochs}", leave=False, dynamic_ncols=True)
-        for item in bar:
+        done, losses = 0, []
+        if self.position is not None:
+            done, losses = self.position["batches"], list(self.position["losses"])
+            mix.set_state(self.position["mix"])
+            self.position = None
+        # The loader's own generator seeds its workers: the global RNGs stay untouched.
+        loader = DataLoader(self.train, batch_sampler=batches[done:], num_workers=opts.workers,
+                            generator=seeded_generator(opts.seed, _WORKER_STREAM, epoch))
+        bar = tqdm(loader, desc=f"grader epoch {epoch + 1}/{opts.epochs}", initial=done, total=len(batches), leave=False,
+                   dynamic_ncols=True)
+        for done, item in enumerate(bar, start=done + 1):
             images, target = item["image"], item["grade"].long()
             if self.batch_transform is not None:
                 images, target = self.batch_transform(images, target, mix)
             logits, _ = grader(images.to(self.device))
             loss = F.cross_entropy(logits, target.to(self.device))  # int grades or (B, 5) soft targets
             if not torch.isfinite(loss):
-                kept = f"the checkpoint of epoch {epoch} in {self.out} is kept" if epoch else "nothing saved"
-                raise ParameterError(f"grader: non-finite loss at epoch {epoch + 1}, step {self.step}; {kept} (try a lower {{lr}})")
+                raise ParameterError(f"grader: non-finite loss at epoch {epoch + 1}, step {self.step}; {self._kept()} "
+                                     "(try a lower {lr})")
             self.optim.zero_grad(set_to_none=True)
             loss.backward()
             self.optim.step()
             losses.append(loss.item())
             self.step += 1
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if self.step % opts.checkpoint_every == 0 and done < len(batches):
+                self._checkpoint({"batches": done, "losses": losses}, mix)
         return losses
 
-    def _checkpoint(self) -> None:
-        """The run after its latest epoch; weights a step turned NaN or infinite (a finite loss can still
-        give a non-finite update) are refused instead, so the previous checkpoint stays."""
+    def _kept(self) -> str:
+        return f"the last checkpoint in {self.out} is kept" if (self.out / STATE_JSON).is_file() else "nothing saved"
+
+    def _checkpoint(self, position: dict[str, Any] | None = None, mix: torch.Generator | None = None) -> None:
+        """The run after its latest epoch, or inside an epoch at `position` (batches done and their
+        losses; `mix`: the batch transforms' generator there). Weights a step turned NaN or infinite
+        (a finite loss can still give a non-finite update) are refused instead, so the previous
+        checkpoint stays."""
         tensors = {f"grader.{k}": v for k, v in self.grader.state_dict().items()}
         if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
-            kept = f"the checkpoint of epoch {len(self.epochs) - 1} in {self.out} is kept" if len(self.epochs) > 1 else "nothing saved"
-            raise ParameterError(f"grader: its weights are NaN or infinite after epoch {len(self.epochs)} (it diverged); "
-                                 f"{kept} (try a lower {{lr}})")
+            raise ParameterError(f"grader: its weights are NaN or infinite by step {self.step} (it diverged); "
+                                 f"{self._kept()} (try a lower {{lr}})")
         meta = {"step": self.step, "epoch": len(self.epochs), "report": self.epochs,
                 "optimizer": optimizer_to_state(self.optim, "optimizer", tensors)}
+        if position is not None:
+            meta["position"] = position
+            tensors["position.mix"] = mix.get_state()
         plain, rng = rng_state(self.device)  # the global RNGs: nothing draws from them after the weights' init today
         meta["rng"] = plain
         tensors.update({f"rng.{k}": v for k, v in rng.items()})

@@ -65,6 +65,7 @@ class GraderOptions(_Options):
     seed: int = 0               # weights, sampling order and batch transforms
     device: str = "auto"        # torch device (auto: CUDA when visible)
     workers: int = 0            # DataLoader worker processes
+    checkpoint_every: int = 500  # also checkpoint every K steps inside an epoch (and after each epoch)
 
     def __post_init__(self) -> None:
         self._check([
@@ -75,6 +76,7 @@ class GraderOptions(_Options):
             (0 <= self.beta1 < 1, f"{{beta1}} {self.beta1} must lie in [0, 1)"),
             (self.workers >= 0, f"{{workers}} {self.workers} must be >= 0"),
             (self.seed >= 0, f"{{seed}} {self.seed} must be >= 0"),
+            (self.checkpoint_every >= 1, f"{{checkpoint_every}} {self.checkpoint_every} must be >= 1"),
         ])
 
 
@@ -147,4 +149,4 @@ class GanOptions(_Options):
 
 # Options a resumed run may change: how long and where it runs, not what it optimizes.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "device", "workers", "log_every", "sample_every", "checkpoint_every")
-GRADER_RESUMABLE = ("epochs", "device", "workers")
+GRADER_RESUMABLE = ("epochs", "device", "workers", "checkpoint_every")

@@ -23,7 +23,7 @@ def train() -> None:
 @click.option("--out", type=click.Path(), help="New run folder (an existing run only with --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--resume", type=click.Path(file_okay=False),
-              help="Grader run folder to continue from its last finished epoch. Its options and dataset hold; --epochs, --device and --workers may change.")
+              help="Grader run folder to continue from its last checkpoint. Its options and dataset hold; --epochs, --device, --workers and --checkpoint-every may change.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Model config.  [default: paper-1280]")
 @click.option("--epochs", type=int, help="Training epochs, >= 1 (paper: 30).  [default: 30]")
 @click.option("--batch", type=int, help="Batch size, >= 2 (paper: 64).  [default: 64]")
@@ -32,6 +32,7 @@ def train() -> None:
 @click.option("--device", help=DEVICE_HELP + "  [default: auto]")
 @click.option("--seed", type=int, help="Random seed, >= 0.  [default: 0]")
 @click.option("--workers", type=int, help="DataLoader worker processes, >= 0.  [default: 0]")
+@click.option("--checkpoint-every", type=int, help="Also checkpoint every K steps inside an epoch, >= 1.  [default: 500]")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (run, validation metrics per epoch, grading spaces) as JSON.")
 def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str | None, as_json: bool, **given) -> None:
     """ResNet-50 grader and grading spaces; a killed run continues with --resume."""
