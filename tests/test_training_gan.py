@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,32 @@ def test_resume_is_exact(tmp_path, space):
         report = train_gan(GanOptions(resume=str(tmp_path / "half"), max_steps=8), data)
     assert report["steps"] == 8 and report["epoch"] == 1
     _assert_same_run(tmp_path / "full", tmp_path / "half")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_inside_a_step_checkpoints_that_step(tmp_path, space, monkeypatch, signum):
+    """Ctrl-C (or SIGTERM, which the commands turn into an exit) during step 3 of a run that
+    checkpoints every 1000: the step finishes, is checkpointed, and the resume ends as a run
+    never stopped."""
+    from drgan.cli.common import terminate_as_exit
+
+    with deterministic_algorithms():
+        data = PhantomSet(10)
+        train_gan(options(tmp_path, space, out=str(tmp_path / "full"), max_steps=5), data)
+        step = gan.GanTrainer.train_step
+
+        def interrupted_step(self, batch, index):
+            if index == 2:
+                os.kill(os.getpid(), signum)  # held until the step ends
+            return step(self, batch, index)
+
+        monkeypatch.setattr(gan.GanTrainer, "train_step", interrupted_step)
+        with terminate_as_exit(), pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else SystemExit):
+            train_gan(options(tmp_path, space, out=str(tmp_path / "cut"), max_steps=5), data)
+        monkeypatch.undo()
+        assert json.loads((tmp_path / "cut" / "state.json").read_text())["step"] == 3
+        train_gan(GanOptions(resume=str(tmp_path / "cut"), max_steps=5), data)
+    _assert_same_run(tmp_path / "full", tmp_path / "cut", ("G.safetensors", "D.safetensors", "state.safetensors"))
 
 
 def _full_disk(*args, **kwargs):

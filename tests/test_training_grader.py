@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -133,11 +134,20 @@ class _FailsInEpoch(FundusDataset):
         return super().__getitem__(i)
 
 
+def _assert_resumes_to(run, whole_run, whole: dict, train, val, opts, transform) -> None:
+    """Resuming `run` gives the per-epoch reports, weights and grading spaces of `whole_run`."""
+    from drgan.checkpoint import load_tensors
+
+    resumed = train_grader(train, val, run, opts, batch_transform=transform, resume=True)
+    assert resumed["epochs"] == whole["epochs"]
+    for name in ("grader.safetensors", "grading_space.safetensors"):
+        a, b = load_tensors(whole_run / name), load_tensors(run / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
 def test_killed_grader_resumes_to_the_uninterrupted_result(tmp_path, phantom_dir):
     """A run stopped in epoch 2 keeps its folder with epoch 1's checkpoint; resuming it gives the
     weights, reports and grading spaces of a run that was never stopped."""
-    from drgan.checkpoint import load_tensors
-
     val = FundusDataset(phantom_dir, 64, split="val")
     opts = GraderOptions(preset="tiny-64", epochs=3, batch=8, balanced=True)
     whole = train_grader(FundusDataset(phantom_dir, 64, split="train", augment=True), val, tmp_path / "whole", opts,
@@ -147,12 +157,8 @@ def test_killed_grader_resumes_to_the_uninterrupted_result(tmp_path, phantom_dir
                      batch_transform=_mixup)
     assert json.loads((tmp_path / "cut" / "state.json").read_text())["epoch"] == 1
     assert not (tmp_path / "cut" / "grader.safetensors").exists()  # nothing that looks like a finished grader
-    resumed = train_grader(FundusDataset(phantom_dir, 64, split="train", augment=True), val, tmp_path / "cut", opts,
-                           batch_transform=_mixup, resume=True)
-    assert resumed["epochs"] == whole["epochs"]
-    for name in ("grader.safetensors", "grading_space.safetensors"):
-        a, b = load_tensors(tmp_path / "whole" / name), load_tensors(tmp_path / "cut" / name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    _assert_resumes_to(tmp_path / "cut", tmp_path / "whole", whole, FundusDataset(phantom_dir, 64, split="train", augment=True),
+                       val, opts, _mixup)
     with pytest.raises(DrganError, match="already trained 3 of 3 epochs; give a larger epochs"):
         train_grader(FundusDataset(phantom_dir, 64, split="train"), val, tmp_path / "cut", opts, resume=True)
 
@@ -179,8 +185,6 @@ def test_grader_killed_inside_an_epoch_resumes_from_its_batch(tmp_path, phantom_
     """With a checkpoint every step, a run killed in its third batch of epoch 2 resumes after the
     second (not from epoch 1's end) and ends as a run never stopped: the batches it trained are
     not read again, and the batch transform continues its random stream."""
-    from drgan.checkpoint import load_tensors
-
     val = FundusDataset(phantom_dir, 64, split="val")
     opts = GraderOptions(preset="tiny-64", epochs=2, batch=8, balanced=True, checkpoint_every=1)
     whole = train_grader(FundusDataset(phantom_dir, 64, split="train", augment=True), val, tmp_path / "whole", opts,
@@ -193,13 +197,47 @@ def test_grader_killed_inside_an_epoch_resumes_from_its_batch(tmp_path, phantom_
     assert state["epoch"] == 1 and state["position"]["batches"] == 2 and per_epoch >= 3
     resumed_reads = _FailsAtItem(phantom_dir, 64, split="train", augment=True)
     resumed_reads.fail_at = 10 ** 6
-    resumed = train_grader(resumed_reads, val, tmp_path / "cut", GraderOptions(**{**opts.to_dict(), "checkpoint_every": 50}),
-                           batch_transform=_random_mixup, resume=True)
+    _assert_resumes_to(tmp_path / "cut", tmp_path / "whole", whole, resumed_reads, val,
+                       GraderOptions(**{**opts.to_dict(), "checkpoint_every": 50}), _random_mixup)
     assert resumed_reads.reads == (per_epoch - 2) * opts.batch  # from the third batch on
-    assert resumed["epochs"] == whole["epochs"]
-    for name in ("grader.safetensors", "grading_space.safetensors"):
-        a, b = load_tensors(tmp_path / "whole" / name), load_tensors(tmp_path / "cut" / name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.parametrize("where", ["step", "validation"])
+def test_interrupted_grader_checkpoints_its_last_step(tmp_path, phantom_dir, monkeypatch, where):
+    """Ctrl-C inside the second step of epoch 2 (held until the step ends), or during epoch 2's
+    validation: the run checkpoints the last whole step, and its resume ends as a run never stopped."""
+    import signal
+
+    from drgan.training import grader_pretraining
+
+    val = FundusDataset(phantom_dir, 64, split="val")
+    opts = GraderOptions(preset="tiny-64", epochs=2, batch=8, balanced=True)
+    whole = train_grader(FundusDataset(phantom_dir, 64, split="train", augment=True), val, tmp_path / "whole", opts,
+                         batch_transform=_random_mixup)
+    calls = []
+
+    def transform(images, grades, generator):
+        calls.append(1)
+        if where == "step" and len(calls) == 7:  # epoch 2 (5 batches an epoch), its second step
+            os.kill(os.getpid(), signal.SIGINT)
+        return _random_mixup(images, grades, generator)
+
+    validate = grader_pretraining._validate
+
+    def interrupted_validation(*args):
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return validate(*args)
+
+    monkeypatch.setattr(grader_pretraining, "_validate", interrupted_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train_grader(FundusDataset(phantom_dir, 64, split="train", augment=True), val, tmp_path / "cut", opts,
+                     batch_transform=transform)
+    monkeypatch.undo()
+    state = json.loads((tmp_path / "cut" / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["position"]["batches"]) == ((7, 1, 2) if where == "step" else (10, 1, 5))
+    _assert_resumes_to(tmp_path / "cut", tmp_path / "whole", whole, FundusDataset(phantom_dir, 64, split="train", augment=True),
+                       val, opts, _random_mixup)
 
 
 def test_grader_resume_on_the_command_line(tmp_path, phantom_dir, capsys):

@@ -43,6 +43,7 @@ from drgan.nn import DiscOutput, DRGANGenerator, build_discriminator, set_kernel
 from drgan.runtime import autocast_dtype, seeded_generator
 from drgan.training import distributed as dist_util
 from drgan.training import losses
+from drgan.training.interrupts import whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
 from drgan.training.state import (
@@ -403,6 +404,19 @@ class GanTrainer:
                     else f"{cause}; the weights are NaN or infinite")
             raise ParameterError(f"{what}; {kept} (try a lower {{lr}} or {{precision}} fp32)")
 
+    def _checkpoint_interrupted(self, saved_at: int) -> None:
+        """After an interrupt between steps: checkpoint the last whole step, unless the last
+        checkpoint holds it, no step ran, the weights diverged, or other ranks run (a checkpoint
+        is a collective call that they may not reach)."""
+        if self.step in (saved_at, 0) or self.info.enabled:
+            return
+        try:
+            self._refuse_diverged_weights()
+        except ParameterError:
+            return
+        self.save_checkpoint()
+        tqdm.write(f"interrupted: step {self.step} checkpointed in {self.run}; continue with --resume", file=sys.stderr)
+
     def save_checkpoint(self) -> None:
         """Weights, optimizers, scaler, position and every rank's RNG states (collective call)."""
         for module in self._generators().values():
@@ -509,18 +523,19 @@ class GanTrainer:
                 loader = DataLoader(self.dataset, batch_size=o.batch, sampler=self.sampler, num_workers=o.workers,
                                     drop_last=True, pin_memory=self.device.type == "cuda", generator=workers_seed)
                 for batch in loader:
-                    try:
-                        values = self.train_step(batch, self.step)
-                    except NonFiniteLoss as exc:
-                        cause = f"non-finite loss at step {self.step} ({exc})"
-                        self._refuse_diverged_weights(cause)
-                        self.save_checkpoint()
-                        raise ParameterError(f"{cause}; checkpoint of the last good step saved in {self.run} "
-                                             "(try {precision} fp32 or a lower {lr})") from None
-                    self.step += 1
-                    self.next_batch += 1
-                    if self.next_batch == per_epoch:
-                        self.epoch, self.next_batch = self.epoch + 1, 0
+                    with whole_step():  # Ctrl-C or SIGTERM waits for the step's end, then checkpoints it (below)
+                        try:
+                            values = self.train_step(batch, self.step)
+                        except NonFiniteLoss as exc:
+                            cause = f"non-finite loss at step {self.step} ({exc})"
+                            self._refuse_diverged_weights(cause)
+                            self.save_checkpoint()
+                            raise ParameterError(f"{cause}; checkpoint of the last good step saved in {self.run} "
+                                                 "(try {precision} fp32 or a lower {lr})") from None
+                        self.step += 1
+                        self.next_batch += 1
+                        if self.next_batch == per_epoch:
+                            self.epoch, self.next_batch = self.epoch + 1, 0
                     bar.update(1)
                     bar.set_postfix(G=f"{values['G_total']:.3f}", D=f"{values['D_total']:.3f}", epoch=self.epoch)
                     if self.step % o.log_every == 0 or self.step == limit:
@@ -541,6 +556,9 @@ class GanTrainer:
             if saved_at != self.step:
                 self._refuse_diverged_weights()
                 self.save_checkpoint()
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM through the command's handler
+            self._checkpoint_interrupted(saved_at)
+            raise
         finally:
             bar.close()
             logger.close()

@@ -29,6 +29,7 @@ from drgan.config import preset
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.nn import GradeNet, build_grader
+from drgan.training.interrupts import whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import GRADER_RESUMABLE, GraderOptions
 from drgan.training.state import (STATE_JSON, load_state, optimizer_from_state, optimizer_to_state, recover_checkpoint,
@@ -158,6 +159,8 @@ class _Training:
         self.epochs: list[dict[str, Any]] = []  # the report of every finished epoch
         self.step = 0
         self.position: dict[str, Any] | None = None  # a checkpoint inside an epoch: batches done, their losses, the mix RNG
+        self.live: tuple[dict[str, Any], torch.Generator] | None = None  # the running epoch's position and mix RNG
+        self.saved_step = -1  # the step the last checkpoint holds
         if resume:
             self._load(data)
         else:
@@ -186,6 +189,7 @@ class _Training:
         optimizer_from_state(self.optim, "optimizer", meta["optimizer"], tensors)
         set_rng_state(meta["rng"], {k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")}, self.device)
         self.epochs, self.step = meta["report"], meta["step"]
+        self.saved_step = self.step
         if "position" in meta:
             self.position = {**meta["position"], "mix": tensors["position.mix"]}
         extra = read_run(self.out).extra  # run.json: the epochs, device and workers it now runs with
@@ -201,8 +205,13 @@ class _Training:
                 if hasattr(self.train, "set_epoch"):
                     self.train.set_epoch(epoch)  # FundusDataset: fresh augmentations each epoch
                 losses = self._train_epoch(epoch)
-                self.epochs.append(_validate(self.grader, self.val, opts, self.device, self.cfg.num_grades, losses, epoch, logger))
+                report = _validate(self.grader, self.val, opts, self.device, self.cfg.num_grades, losses, epoch, logger)
+                self.epochs.append(report)
+                self.live = None
                 self._checkpoint()
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM through the command's handler
+            self._checkpoint_interrupted()
+            raise
         finally:
             logger.close()
         save_module(self.grader, out / GRADER_FILE)
@@ -224,24 +233,38 @@ class _Training:
                             generator=seeded_generator(opts.seed, _WORKER_STREAM, epoch))
         bar = tqdm(loader, desc=f"grader epoch {epoch + 1}/{opts.epochs}", initial=done, total=len(batches), leave=False,
                    dynamic_ncols=True)
+        self.live = ({"batches": done, "losses": losses}, mix)
         for done, item in enumerate(bar, start=done + 1):
-            images, target = item["image"], item["grade"].long()
-            if self.batch_transform is not None:
-                images, target = self.batch_transform(images, target, mix)
-            logits, _ = grader(images.to(self.device))
-            loss = F.cross_entropy(logits, target.to(self.device))  # int grades or (B, 5) soft targets
-            if not torch.isfinite(loss):
-                raise ParameterError(f"grader: non-finite loss at epoch {epoch + 1}, step {self.step}; {self._kept()} "
-                                     "(try a lower {lr})")
-            self.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optim.step()
-            losses.append(loss.item())
-            self.step += 1
+            with whole_step():  # Ctrl-C or SIGTERM waits for the step's end, then checkpoints it (fit)
+                images, target = item["image"], item["grade"].long()
+                if self.batch_transform is not None:
+                    images, target = self.batch_transform(images, target, mix)
+                logits, _ = grader(images.to(self.device))
+                loss = F.cross_entropy(logits, target.to(self.device))  # int grades or (B, 5) soft targets
+                if not torch.isfinite(loss):
+                    raise ParameterError(f"grader: non-finite loss at epoch {epoch + 1}, step {self.step}; {self._kept()} "
+                                         "(try a lower {lr})")
+                self.optim.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optim.step()
+                losses.append(loss.item())
+                self.step += 1
+                self.live = ({"batches": done, "losses": losses}, mix)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if self.step % opts.checkpoint_every == 0 and done < len(batches):
                 self._checkpoint({"batches": done, "losses": losses}, mix)
         return losses
+
+    def _checkpoint_interrupted(self) -> None:
+        """After an interrupt between steps: checkpoint the last whole step (inside its epoch, or at
+        its end), unless the last checkpoint holds it or the weights diverged."""
+        if self.step == self.saved_step or self.step == 0:
+            return
+        try:
+            self._checkpoint(*(self.live or (None, None)))
+        except ParameterError:
+            return
+        tqdm.write(f"interrupted: step {self.step} checkpointed in {self.out}; continue with --resume", file=sys.stderr)
 
     def _kept(self) -> str:
         return f"the last checkpoint in {self.out} is kept" if (self.out / STATE_JSON).is_file() else "nothing saved"
@@ -264,6 +287,7 @@ class _Training:
         meta["rng"] = plain
         tensors.update({f"rng.{k}": v for k, v in rng.items()})
         write_checkpoint(self.out, lambda folder: save_state(folder, meta, tensors))
+        self.saved_step = self.step
 
 
 def _validate(grader: GradeNet, val: Dataset, opts: GraderOptions, device: torch.device, num_grades: int,

@@ -1,0 +1,33 @@
+"""Interrupts between training steps: SIGINT (Ctrl-C) and SIGTERM (kill, a job scheduler) that arrive
+during a step are delivered when the step ends, so that a trainer stopped by one can checkpoint the
+last whole step and a resume loses nothing (SIGKILL still loses what the last checkpoint misses)."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def whole_step() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while inside, then deliver them (once each) to the handlers that were
+    in place: a KeyboardInterrupt, or the command's SIGTERM exit, raised at the step's end. Only
+    the main thread can handle signals: elsewhere, and where a handler was not set from Python,
+    nothing is held."""
+    previous = {s: signal.getsignal(s) for s in HELD}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    pending: list[int] = []
+    for s in HELD:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)
