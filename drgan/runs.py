@@ -29,6 +29,8 @@ from drgan.errors import DrganError, ParameterError
 from drgan.io import atomic_write_text, check_writable_dir, sha256_file
 
 RUN_FILE = "run.json"
+STATE_JSON = "state.json"            # a checkpoint's metadata, written last (drgan.training.state)
+NEXT_CHECKPOINT = "checkpoint.next"  # a committed checkpoint not yet moved into the run
 GRADER_FILE = "grader.safetensors"
 WEIGHT_FILES = {"G": "G.safetensors", "G_ema": "G_ema.safetensors", "D": "D.safetensors"}
 KINDS = ("gan", "grader")
@@ -123,10 +125,10 @@ def grader_resolution(run: str | Path) -> int:
 
 
 def check_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -> bool:
-    """Whether `out` can take a new run of `kind`: missing or empty, or (with overwrite) holding a
-    previous run of the same kind; returns True when that run is to be replaced. Anything else (a
-    run without overwrite, a run of the other kind, a dataset, a file) is refused, so no work is
-    lost by accident."""
+    """Whether `out` can take a new run of `kind`: missing or empty, holding a run of that kind
+    stopped before its first checkpoint, or (with overwrite) any previous run of that kind; returns
+    True when that run is to be replaced. Anything else (a checkpointed run without overwrite, a run
+    of the other kind, a dataset, a file) is refused, so no work is lost by accident."""
     assert kind in KINDS, kind
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -139,9 +141,24 @@ def check_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -
         raise ParameterError(f"{{{param}}} {out}: folder not empty and not a drgan run; choose a new or empty folder")
     if found != kind:  # {overwrite} replaces a run with a new one of its kind, never another kind's
         raise ParameterError(f"{{{param}}} {out}: holds a {found} run, not a {kind} run; choose a new or empty folder")
+    if not has_checkpoint(out):  # killed before its first checkpoint: nothing to resume or to lose
+        return True
     if not overwrite:
         raise ParameterError(f"{{{param}}} {out}: already holds a {kind} run; continue it with {{resume}}, or start over with {{overwrite}}")
     return True
+
+
+def has_checkpoint(run: str | Path) -> bool:
+    """Whether a run folder holds a checkpoint to resume (or a committed one to finish)."""
+    return (Path(run) / STATE_JSON).is_file() or (Path(run) / NEXT_CHECKPOINT).is_dir()
+
+
+def require_checkpoint(run: str | Path) -> None:
+    """A resume needs a checkpoint; a run stopped before its first one is started over by rerunning
+    the command that started it (check_out accepts its folder)."""
+    if not has_checkpoint(run):
+        raise ParameterError(f"{{resume}} {run}: no {STATE_JSON} (not a training run folder, or no checkpoint written "
+                             "yet: then rerun the command that started it, which starts it over)")
 
 
 def prepare_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -> Path:

@@ -90,8 +90,29 @@ def test_out_that_is_no_run_is_never_written(drgan, tmp_path, data):
 
 def test_grader_run_is_refused_without_overwrite(drgan, tmp_path, data):
     write_run_config(tmp_path / "g", preset("tiny-64"), "global", {"trainer": "grader"})
+    (tmp_path / "g" / "state.json").write_text("{}")
     line = _one_error(*drgan("train", "grader", "--data", data, "--out", tmp_path / "g", "--preset", "tiny-64")[::2])
     assert "already holds a grader run" in line and "--overwrite" in line
+
+
+def test_run_killed_before_its_first_checkpoint_is_started_over_by_the_same_command(drgan, tmp_path, data):
+    """SIGKILL before the first checkpoint leaves run.json and logs but nothing to resume: --resume
+    says to rerun, and the same command starts the run over (the GAN and the grader alike)."""
+    space = write_space(tmp_path / "space.safetensors")
+    commands = {"gan": ["train", "gan", "--data", data, "--grading-space", space, *TINY, "--max-steps", "1"],
+                "grader": ["train", "grader", "--data", data, "--preset", "tiny-64", "--batch", "4", "--epochs", "1"]}
+    for kind, command in commands.items():
+        run = tmp_path / kind
+        options = {"trainer": kind, "preset": "tiny-64", **({"data": str(data), "grading_space": str(space)} if kind == "gan" else {})}
+        write_run_config(run, preset("tiny-64"), "global", options, **({"data": str(data)} if kind == "grader" else {}))
+        (run / "logs").mkdir()
+        if kind == "gan":
+            shutil.copy(space, run / "grading_space.safetensors")  # copied in as the run starts
+        line = _one_error(*drgan("train", kind, "--resume", run)[::2])
+        assert "no checkpoint written yet: then rerun the command that started it" in line
+        rc, _, err = drgan(*command, "--out", run)
+        assert rc == 0, err
+        assert (run / "state.json").is_file() and read_run(run).options["max_steps" if kind == "gan" else "epochs"] == 1
 
 
 def test_overwrite_never_replaces_a_run_of_the_other_kind(drgan, tmp_path, data):

@@ -35,7 +35,7 @@ from drgan.checkpoint import load_module, load_tensors, save_tensors
 from drgan.config import ModelConfig, preset
 from drgan.errors import DrganError, ParameterError
 from drgan.io import atomic_write_bytes
-from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepare_out, read_run, remove_unfinished, require_kind,
+from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepare_out, read_run, remove_unfinished, require_checkpoint, require_kind,
                         write_run_config)
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.metrics.fidelity import tensor_fidelity
@@ -153,6 +153,7 @@ class GanTrainer:
         self.run = Path(opts.out)
         if self.info.is_main:  # one process writes a run folder (a second is refused: drgan.locks)
             if opts.resume:
+                require_checkpoint(self.run)  # before anything is built
                 locks.hold(self.run)
             else:
                 prepare_out(self.run, overwrite, "gan")

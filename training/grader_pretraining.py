@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from drgan import locks
 from drgan.checkpoint import save_module
-from drgan.runs import (GRADER_FILE, check_same_dataset, dataset_record, prepare_out, read_run, remove_unfinished, require_kind,
+from drgan.runs import (GRADER_FILE, check_same_dataset, dataset_record, prepare_out, read_run, remove_unfinished, require_checkpoint, require_kind,
                         write_run_config)
 from drgan.runtime import resolve_device, seeded_generator
 from drgan.config import preset
@@ -118,6 +118,7 @@ def train_grader(
     created = not resume and (not out.exists() or (out.is_dir() and not any(out.iterdir())))
     if resume:
         require_kind(out, "grader", "resume")
+        require_checkpoint(out)
         locks.hold(out)
     else:
         prepare_out(out, overwrite, "grader")

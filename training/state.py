@@ -21,11 +21,10 @@ import torch
 
 from drgan.checkpoint import load_tensors, save_tensors
 from drgan.io import atomic_write_bytes, fsync_folder, remove_temp_files, temp_path, write_error
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError
+from drgan.runs import NEXT_CHECKPOINT, STATE_JSON, require_checkpoint
 
-STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
-NEXT_CHECKPOINT = "checkpoint.next"
 
 
 def optimizer_to_state(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -115,9 +114,8 @@ def recover_checkpoint(run: Path) -> None:
 
 
 def load_state(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    require_checkpoint(run)
     path = run / STATE_JSON
-    if not path.is_file():
-        raise ParameterError(f"{{resume}} {run}: no {STATE_JSON} (not a training run folder, or no checkpoint written yet)")
     try:
         meta = json.loads(path.read_text())
         meta["step"]

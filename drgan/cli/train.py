@@ -38,7 +38,7 @@ def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str |
     """ResNet-50 grader and grading spaces; a killed run continues with --resume."""
     from drgan.data.dataset import FundusDataset
     from drgan.errors import DrganError
-    from drgan.runs import check_out, read_run, require_kind
+    from drgan.runs import check_out, require_checkpoint, require_kind
     from drgan.training.grader_pretraining import GraderOptions, check_resumable, train_grader
 
     given = {k: v for k, v in given.items() if v is not None}
@@ -54,6 +54,7 @@ def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str |
         if out is not None and Path(out).resolve() != Path(resume).resolve():
             raise DrganError(f"--out {out}: --resume {resume} continues in its own folder; drop --out")
         info = require_kind(resume, "grader", "resume")
+        require_checkpoint(resume)  # before the datasets are opened
         opts = GraderOptions.from_dict({**{k: v for k, v in info.options.items() if k != "trainer"}, **given})
         check_resumable(resume, opts)  # before the datasets are opened
         data_dir = _recorded_data(resume, info.extra, data_dir)
