@@ -3,6 +3,8 @@ channel and label by label. Each lesion type is drawn at its own place with anti
 (255 inside, 200 on the first ring: positive; 60 on the second: negative), so a channel mix-up,
 a wrong threshold or a lost mask fails a comparison."""
 import csv
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -332,6 +334,87 @@ def test_import_resumes_a_folder_holding_only_its_lock(eyepacs, tmp_path):
     (out / ".drgan.lock").write_text("12345\n")
     report = import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
     assert report.new == 3 and (out / "labels.csv").is_file()
+
+
+def test_rerun_from_another_source_is_refused(eyepacs, tmp_path, monkeypatch):
+    """Finished ids are kept on a rerun, so another release's images would stay under this one's grades."""
+    out, other = tmp_path / "ds", tmp_path / "other"
+    import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    shutil.copytree(eyepacs, other)
+    res, _ = run_import("eyepacs", other, "--out", out, "--size", SIZE, "--vessels", "none", "--workers", 0)
+    assert isinstance(res.exception, DrganError)
+    assert str(res.exception) == (f"{out}: was imported from {eyepacs.resolve()}, not {other.resolve()}; "
+                                  "rerun with that source or use a new folder")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    monkeypatch.chdir(eyepacs.parent)           # the same source spelled another way resumes
+    report = import_release("eyepacs", eyepacs.name, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.resumed) == (0, 3)
+
+
+def test_import_recorded_without_a_source_resumes(eyepacs, tmp_path):
+    """An import.json from before sources were recorded resumes, and records the source from then on."""
+    out = tmp_path / "ds"
+    import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    (out / "import.json").write_text(json.dumps({"kind": "eyepacs", "size": SIZE, "vessels": "none"}))
+    report = import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.resumed) == (0, 3)
+    assert json.loads((out / "import.json").read_text())["source"] == str(eyepacs.resolve())
+
+
+# ---------------------------------------------------------------- malformed grading rows
+
+def grading_case(request, tmp_path, kind: str, table: str, text: str):
+    """A copy of `kind`'s fixture release with `table` (relative to it) rewritten, imported by the CLI."""
+    src = tmp_path / "src"
+    shutil.copytree(request.getfixturevalue(kind), src)
+    (src / table).write_text(text)
+    res, output = run_import(kind, src, "--out", tmp_path / "ds", "--size", SIZE, "--vessels", "none", "--workers", 0)
+    assert res.exit_code == 0, output
+    return src / table, {sid: g for sid, (g, _) in labels(tmp_path / "ds").items()}, output
+
+
+IDRID_TRAIN_TABLE = "B. Disease Grading/2. Groundtruths/a. IDRiD_Disease Grading_Training Labels.csv"
+FGADR_TABLE = "FGADR-Seg-set_Release/Seg-set/DR_Seg_Grading_Label.csv"
+
+
+@pytest.mark.parametrize("kind, table, text, graded, ungraded", [
+    ("eyepacs", "trainLabels.csv", "image,level\n10_left,0\n10_right\n13_left,2\n",
+     {"10_left": 0, "13_left": 2}, "10_right.JPEG: no grade in trainLabels.csv"),
+    ("fgadr", FGADR_TABLE, "0001_1.png,0\n0002_1.png\n0003_2.PNG,3\n0004_3.png,4\n",
+     {"0001_1": 0, "0003_2": 3, "0004_3": 4}, "0002_1.png: no grade in DR_Seg_Grading_Label.csv"),
+    ("idrid", IDRID_TRAIN_TABLE, "Image name,Retinopathy grade,Risk of macular edema \nIDRiD_01,2,0\nIDRiD_02\n",
+     {"IDRiD_01": 2, "IDRiD_55": 1}, "IDRiD_02.JPG: no grade in B. Disease Grading/2. Groundtruths/*.csv"),
+    ("ddr", "DR_grading/train.txt", "007-0004-000.jpg 1\n007-0005-000.jpg\n",
+     {"007-0004-000": 1, "007-0006-000": 2, "007-0008-000": 4}, "007-0005-000.jpg: no grade in DR_grading/*.txt"),
+])
+def test_grading_row_without_a_grade_is_reported(request, tmp_path, kind, table, text, graded, ungraded):
+    """A row holding only a name reads as one with an empty grade: its image is skipped and listed."""
+    _, got, output = grading_case(request, tmp_path, kind, table, text)
+    assert got == graded
+    assert ungraded in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("kind, table, text, graded, line, fields, columns", [
+    # A row's empty trailing fields (13_left, 0003_2, IDRiD_03) are spreadsheet separators, not data.
+    ("eyepacs", "trainLabels.csv", "image,level\n10_left,0\n10_right,4,x\n13_left,2,\n",
+     {"10_left": 0, "13_left": 2}, 3, 3, 2),
+    ("fgadr", FGADR_TABLE, "0001_1.png,0\n0002_1.png,2,x\n0003_2.PNG,3,\n0004_3.png,4\n",
+     {"0001_1": 0, "0003_2": 3, "0004_3": 4}, 2, 3, 2),
+    ("idrid", IDRID_TRAIN_TABLE,
+     "Image name,Retinopathy grade,Risk of macular edema \nIDRiD_01,2,0\nIDRiD_02,3,1,extra\nIDRiD_03,1,0,,\n",
+     {"IDRiD_01": 2, "IDRiD_03": 1, "IDRiD_55": 1}, 3, 4, 3),
+    ("ddr", "DR_grading/train.txt", "007-0004-000.jpg 1\n007-0005-000.jpg 3 1\n",
+     {"007-0004-000": 1, "007-0006-000": 2, "007-0008-000": 4}, 2, 3, 2),
+])
+def test_grading_row_with_extra_fields_is_reported(request, tmp_path, kind, table, text, graded, line, fields,
+                                                   columns):
+    """A row longer than its table may have shifted columns: it is listed and not read, so its image
+    has no grade."""
+    path, got, output = grading_case(request, tmp_path, kind, table, text)
+    assert got == graded
+    assert f"{path}:{line}: {fields} fields, the table has {columns} columns; row not read" in output
+    assert "Traceback" not in output
 
 
 # ---------------------------------------------------------------- bad input

@@ -21,4 +21,4 @@ def import_release(kind: str, src: str | Path, out: str | Path, size: int = 1280
     """Import the release `kind` unpacked at `src` into the dataset folder `out` (resumable)."""
     if kind not in SCANNERS:
         raise DrganError(f"unknown release {kind!r}; one of {', '.join(SCANNERS)}")
-    return import_plan(kind, SCANNERS[kind](Path(src)), out, size, vessels, workers, progress)
+    return import_plan(kind, SCANNERS[kind](Path(src)), Path(src), out, size, vessels, workers, progress)

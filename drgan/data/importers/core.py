@@ -27,9 +27,10 @@ from drgan.data.labels import LABELS_FILE
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_bytes, atomic_write_text, check_writable_dir, encode_png, remove_temp_files
+from drgan.io import (atomic_write_bytes, atomic_write_text, check_writable_dir, csv_rows, encode_png,
+                      remove_temp_files)
 
-IMPORT_FILE = "import.json"      # the options a dataset was imported with; a rerun must match them
+IMPORT_FILE = "import.json"      # the source and options a dataset was imported with; a rerun must match them
 REPORT_FILE = "import_report.txt"
 SHOW_SKIPPED = 50                # skipped lines printed; the report file lists all
 VESSEL_MODES = ("extract", "none")
@@ -100,6 +101,30 @@ def read_lines(path: Path) -> list[str]:
         return path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DrganError(f"{path}: unreadable ({exc})") from None
+
+
+def too_long(plan: Plan, path: Path, line: int, extra: list[str], columns: int) -> bool:
+    """Whether a grading-table row has non-empty fields beyond the table's `columns`; such a row is
+    reported and not read, as its columns may be shifted (an unquoted comma in a name). Empty ones
+    are the trailing separators spreadsheets write."""
+    if not any(f.strip() for f in extra):
+        return False
+    plan.skipped.append(f"{path}:{line}: {columns + len(extra)} fields, the table has {columns} columns; row not read")
+    return True
+
+
+def header_rows(path: Path, plan: Plan) -> list[dict[str, str]]:
+    """The rows of a grading table with a header row, keyed by lower-case column name, cells stripped.
+
+    A short row's missing cells read as empty, so a missing grade is reported with its image like an
+    empty one; a row longer than the header is reported by `too_long` and left out.
+    """
+    reader = csv.DictReader(read_lines(path))
+    rows = []
+    for row in csv_rows(reader, path):
+        if not too_long(plan, path, reader.line_num, row.pop(None, []), len(reader.fieldnames)):
+            rows.append({k.strip().lower(): (v or "").strip() for k, v in row.items()})
+    return rows
 
 
 def tables(folder: Path, pattern: str, expected: str) -> list[Path]:
@@ -256,14 +281,25 @@ class ImportReport:
 
 
 def _check_options(out: Path, options: dict) -> None:
-    """A new folder, or one this importer wrote with the same options (a rerun resumes it); its
-    lock file alone (a run killed before its first write) counts as new."""
+    """A new folder, or one this importer wrote from the same source with the same options (a rerun
+    resumes it); its lock file alone (a run killed before its first write) counts as new.
+
+    The source is compared because finished ids are kept: another release's images would stay
+    under this one's grades. Grading tables are not: labels.csv is rewritten from them every run,
+    and the README's IDRiD recipe adds a table and reruns.
+    """
     record = out / IMPORT_FILE
     if record.is_file():
         try:
             before = json.loads(record.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise DrganError(f"{record}: unreadable ({exc})") from None
+        if not isinstance(before, dict):
+            raise DrganError(f"{record}: unreadable (not an import record)")
+        before.setdefault("source", options["source"])   # recorded since; an older import resumes
+        if before["source"] != options["source"]:
+            raise DrganError(f"{out}: was imported from {before['source']}, not {options['source']}; "
+                             "rerun with that source or use a new folder")
         if before != options:
             diff = ", ".join(f"{k} {before.get(k)!r}" for k in options if before.get(k) != options[k])
             raise DrganError(f"{out}: was imported with {diff}; rerun with the same options or use a new folder")
@@ -274,9 +310,10 @@ def _check_options(out: Path, options: dict) -> None:
     check_writable_dir(out)
 
 
-def import_plan(kind: str, plan: Plan, out: str | Path, size: int, vessels: str, workers: int,
+def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int, vessels: str, workers: int,
                 progress: bool = True) -> ImportReport:
-    """Convert a scanned release into the dataset at `out` and report what came in and what did not."""
+    """Convert the release at `source`, scanned into `plan`, into the dataset at `out` and report
+    what came in and what did not."""
     out = Path(out)
     if not MIN_SIDE <= size <= MAX_IMAGE_SIDE:
         raise ParameterError(f"{{size}} {size}: outside {MIN_SIDE}..{MAX_IMAGE_SIDE} px")
@@ -285,7 +322,7 @@ def import_plan(kind: str, plan: Plan, out: str | Path, size: int, vessels: str,
     if not plan.items:
         first = f"; first: {plan.skipped[0]}" if plan.skipped else ""
         raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped{first})")
-    options = {"kind": kind, "size": size, "vessels": vessels}
+    options = {"kind": kind, "size": size, "vessels": vessels, "source": str(source.resolve())}
     _check_options(out, options)  # before the folder is created for its lock
     locks.hold(out)  # a second import into the same folder is refused
     try:

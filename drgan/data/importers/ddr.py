@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines,
-                                        tables)
+                                        tables, too_long)
 from drgan.errors import DrganError
 
 SEG = "lesion_segmentation"
@@ -23,22 +23,26 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MASK_EXTS = (".tif", ".tiff", ".png")
 
 
-def read_grades(folder: Path) -> dict[str, int | None]:
-    """Image stem -> grade from every DR_grading/*.txt."""
+def read_grades(folder: Path, plan: Plan) -> dict[str, int | None]:
+    """Image stem -> grade from every DR_grading/*.txt.
+
+    A line without a grade reads as an empty grade, reported with its image; one with more than a
+    name and a grade is reported and not read (`too_long`).
+    """
     grades: dict[str, int | None] = {}
     for table in tables(folder, "*.txt", "grading lists (train.txt, valid.txt, test.txt)"):
-        for line in read_lines(table):
+        for number, line in enumerate(read_lines(table), 1):
             parts = line.split()
-            if len(parts) >= 2:
-                grades[Path(parts[0]).stem] = parse_grade(parts[-1])
+            if parts and not too_long(plan, table, number, parts[2:], 2):
+                grades[Path(parts[0]).stem] = parse_grade(parts[1]) if len(parts) >= 2 else None
     return grades
 
 
 def scan(src: Path) -> Plan:
     root = find_root(src, SEG, "DDR")
-    grades = lower_keys(read_grades(root / GRADING))
-    where = f"{GRADING}/*.txt"
     plan = Plan()
+    grades = lower_keys(read_grades(root / GRADING, plan))
+    where = f"{GRADING}/*.txt"
     for folder, split in SPLITS.items():
         part = root / SEG / folder
         if not part.is_dir():

@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 
 from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines,
-                                        tables)
+                                        tables, too_long)
 from drgan.io import csv_rows
 
 IMAGE_DIR = "Original_Images"
@@ -25,21 +25,30 @@ UNMAPPED_DIRS = ("IRMA_Masks",)
 EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
-def read_grades(path: Path) -> dict[str, int | None]:
-    """Image stem -> grade from the release's CSV (no header; a header row is tolerated)."""
-    rows = list(csv_rows(csv.reader(read_lines(path)), path))
-    if rows and len(rows[0]) >= 2 and parse_grade(rows[0][1]) is None:
+def read_grades(path: Path, plan: Plan) -> dict[str, int | None]:
+    """Image stem -> grade from the release's CSV (no header; a header row is tolerated).
+
+    A row without a grade cell reads as an empty grade, reported with its image; one with more
+    fields than a name and a grade is reported and not read (`too_long`).
+    """
+    reader = csv.reader(read_lines(path))
+    rows = [(reader.line_num, r) for r in csv_rows(reader, path)]
+    if rows and len(rows[0][1]) >= 2 and parse_grade(rows[0][1][1]) is None:
         rows = rows[1:]
-    return {Path(r[0].strip()).stem: parse_grade(r[1]) for r in rows if len(r) >= 2 and r[0].strip()}
+    grades: dict[str, int | None] = {}
+    for line, r in rows:
+        if r and r[0].strip() and not too_long(plan, path, line, r[2:], 2):
+            grades[Path(r[0].strip()).stem] = parse_grade(r[1]) if len(r) >= 2 else None
+    return grades
 
 
 def scan(src: Path) -> Plan:
     root = find_root(src, IMAGE_DIR, "FGADR Seg-set")
     grading = tables(root, "*.csv", f"grading CSV (image name, grade) beside {IMAGE_DIR}/")
+    plan = Plan()
     grades: dict[str, int | None] = {}
     for table in grading:
-        grades.update(read_grades(table))
-    plan = Plan()
+        grades.update(read_grades(table, plan))
     images = files_by_stem(root / IMAGE_DIR, EXTS, plan)
     masks = {ch: files_by_stem(root / d, EXTS, plan) for d, ch in MASK_DIRS.items()}
     for d in UNMAPPED_DIRS:

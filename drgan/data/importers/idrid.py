@@ -10,13 +10,11 @@ lesion). Grades are matched by exact image name only: the grading table's names 
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines,
+from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, header_rows, lower_keys, parse_grade,
                                         tables)
 from drgan.errors import DrganError
-from drgan.io import csv_rows
 
 SEG = "A. Segmentation"
 IMAGES = f"{SEG}/1. Original Images"
@@ -27,12 +25,11 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 MASK_EXTS = (".tif", ".tiff", ".png")
 
 
-def read_grades(folder: Path) -> dict[str, int | None]:
-    """Image name -> grade from every grading table of the release."""
+def read_grades(folder: Path, plan: Plan) -> dict[str, int | None]:
+    """Image name -> grade from every grading table of the release (rows not read go to `plan`)."""
     grades: dict[str, int | None] = {}
     for table in tables(folder, "*.csv", "grading table (*.csv with 'Image name', 'Retinopathy grade')"):
-        for row in csv_rows(csv.DictReader(read_lines(table)), table):
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        for row in header_rows(table, plan):
             if "image name" not in row or "retinopathy grade" not in row:
                 raise DrganError(f"{table}: needs columns 'Image name' and 'Retinopathy grade'")
             if row["image name"]:
@@ -47,10 +44,10 @@ def _split(set_name: str) -> str | None:
 
 def scan(src: Path) -> Plan:
     root = find_root(src, IMAGES, "IDRiD")
-    grades = read_grades(root / GRADES)
+    plan = Plan()
+    grades = read_grades(root / GRADES, plan)
     lookup = lower_keys(grades)
     where = f"{GRADES}/*.csv"
-    plan = Plan()
     images: dict[str, Path] = {}
     for set_dir in sorted(p for p in (root / IMAGES).iterdir() if p.is_dir()):
         truths = root / TRUTHS / set_dir.name

@@ -2,12 +2,10 @@
 (train.csv, train_images/*.png). Their labelled images are all the competitions' training part."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from drgan.data.importers.core import Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines
+from drgan.data.importers.core import Plan, add_item, files_by_stem, find_root, header_rows, lower_keys, parse_grade
 from drgan.errors import DrganError
-from drgan.io import csv_rows
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
 
@@ -16,13 +14,13 @@ def scan_table(src: Path, what: str, table: str, image_dir: str, id_col: str, gr
     """Images of `image_dir` graded by the `id_col`, `grade_col` columns of `table`."""
     root = find_root(src, table, what)
     path = root / table
-    rows = list(csv_rows(csv.DictReader(read_lines(path)), path))
-    if rows and not {id_col, grade_col} <= {(k or "").strip() for k in rows[0]}:
+    plan = Plan()
+    rows = header_rows(path, plan)
+    if rows and not {id_col, grade_col} <= rows[0].keys():
         raise DrganError(f"{path}: needs columns {id_col},{grade_col}")
-    grades = {Path(r[id_col].strip()).stem: parse_grade(r[grade_col]) for r in rows if r[id_col].strip()}
+    grades = {Path(r[id_col]).stem: parse_grade(r[grade_col]) for r in rows if r[id_col]}
     if not (root / image_dir).is_dir():
         raise DrganError(f"{root / image_dir}: image folder not found")
-    plan = Plan()
     images = files_by_stem(root / image_dir, IMAGE_EXTS, plan)
     lookup = lower_keys(grades)
     for key, image in images.items():
