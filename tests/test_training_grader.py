@@ -66,6 +66,24 @@ def test_grader_epochs_metrics_and_grading_space(tmp_path, phantom_dir, capsys):
     assert capsys.readouterr().err.count("warning: grader validation accuracy") == 1
 
 
+class _OneGrade(FundusDataset):
+    """Every training image labelled grade 0."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.grades = [0] * len(self.grades)
+
+
+def test_grades_without_training_images_are_named_in_a_warning(tmp_path, phantom_dir, capsys):
+    """A one-grade training split fits the other grades' spaces on the statistics of all grades:
+    the report and stderr say which grades, and how many images they had."""
+    report = train_grader(_OneGrade(phantom_dir, 64, split="train"), FundusDataset(phantom_dir, 64, split="val"),
+                          tmp_path / "g", GraderOptions(preset="tiny-64", epochs=1, batch=8))
+    expected = "grade(s) 1, 2, 3, 4 had fewer than 2 training images (0, 0, 0, 0)"
+    assert any(w.startswith(expected) for w in report["warnings"])
+    assert f"warning: {expected}" in capsys.readouterr().err
+
+
 def test_grading_spaces_fit_on_unaugmented_training_images(tmp_path, phantom_dir):
     from drgan.metrics.grade_prediction import load_grader
     from drgan.training.grader_pretraining import grader_features

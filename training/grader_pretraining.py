@@ -315,11 +315,17 @@ def _fit_grading_space(grader: GradeNet, train: Dataset, out: Path, opts: Grader
         raise ParameterError("grader: its features are NaN or infinite after training (it diverged): try a lower {lr}")
     space = GradingSpace.fit(features, grades, num_grades, accuracy)
     space.save(out / SPACE_FILE)
-    report.update(val_accuracy=accuracy, grader=str(out / GRADER_FILE), grading_space=str(out / SPACE_FILE))
+    report.update(val_accuracy=accuracy, grader=str(out / GRADER_FILE), grading_space=str(out / SPACE_FILE), warnings=[])
+    counts = torch.bincount(grades, minlength=num_grades).tolist()
+    if sparse := [g for g, c in enumerate(counts) if c < 2]:
+        report["warnings"].append(
+            f"grade(s) {', '.join(map(str, sparse))} had fewer than 2 training images ({', '.join(str(counts[g]) for g in sparse)}): "
+            "their grading spaces fall back to the statistics of all grades, so a GAN cannot be conditioned on them")
     if accuracy < AGM_MIN_ACCURACY:
-        report["warning"] = (
+        report["warnings"].append(
             f"grader validation accuracy {accuracy:.3f} is below {AGM_MIN_ACCURACY:.2f}: "
             "the grading spaces may not separate the grades (the paper finds AGM needs about 80%)"
         )
-        print(f"warning: {report['warning']}", file=sys.stderr)
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return report
