@@ -1,12 +1,15 @@
 """Parameters and FLOPs per module of a preset, measured on meta tensors (nothing runs at full size)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from drgan.config import ModelConfig
+from drgan.errors import DrganError
 from drgan.nn import DRGANGenerator, build_discriminator, build_grader
 
 # Matrix products inside an SCA module are its attention; everything else counted is convolution
@@ -79,6 +82,43 @@ def cost_report(cfg: ModelConfig, name: str, stage: str = "local") -> dict:
         "grading_vector": cfg.z_dim,
         "ablations": [name for name in ABLATIONS if not getattr(cfg, name)],
     }
+
+
+def grader_report(run: str | Path) -> dict:
+    """What a grader run holds: the network's parameters and FLOPs per image at its input size, the
+    epochs trained (with their validation metrics) and whether its grading spaces are written."""
+    from drgan.grading_space import FILE_NAME as SPACE_FILE
+    from drgan.runs import STATE_JSON, grader_resolution, read_run
+
+    info, resolution = read_run(run), grader_resolution(run)
+    with torch.device("meta"):
+        grader = build_grader(info.cfg).eval()
+        image = torch.empty(1, info.cfg.img_channels, resolution, resolution)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        grader(image)
+    state = Path(run) / STATE_JSON
+    try:
+        epochs = json.loads(state.read_text())["report"] if state.is_file() else []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DrganError(f"{state}: unreadable training state ({exc})") from None
+    return {"name": str(run), "kind": "grader", "resolution": resolution, "grader_width": info.cfg.grader_width,
+            "params": sum(p.numel() for p in grader.parameters()), "flops": counter.get_total_flops(),
+            "grading_vector": info.cfg.z_dim, "epochs": epochs, "grading_space": (Path(run) / SPACE_FILE).is_file(),
+            "options": info.options}
+
+
+def format_grader(report: dict) -> str:
+    """grader_report as text."""
+    r, trained, wanted = report["resolution"], len(report["epochs"]), report["options"].get("epochs", "?")
+    lines = [f"drgan {report['name']}: grader run, ResNet-50 (width {report['grader_width']}), input {r}x{r}",
+             f"{report['params']:,} params, {report['flops'] / 1e9:.3g} GFLOP per image, grading vector {report['grading_vector']}-d",
+             f"epochs trained: {trained} of {wanted}"]
+    if trained:
+        last = report["epochs"][-1]["val"]
+        lines[-1] += f" (last: val accuracy {last['accuracy']:.3f}, kappa {last['kappa']:.3f})"
+    lines.append("grading spaces: " + ("written" if report["grading_space"] else "not yet (the run is unfinished)"))
+    return "\n".join(lines)
 
 
 def format_report(report: dict) -> str:

@@ -16,6 +16,7 @@ from drgan.data.dataset import FundusDataset
 from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError
 from drgan.grading_space import GradingSpace
+from drgan.nn import build_grader
 from drgan.training.gan import train_gan
 from drgan.training.grader_pretraining import GraderOptions, train_grader
 from drgan.training.options import GanOptions
@@ -284,3 +285,23 @@ def test_grader_resume_on_the_command_line(tmp_path, phantom_dir, capsys):
         f.write("\n")
     rc, err = drgan("train", "grader", "--resume", run, "--epochs", "3")
     assert rc == 1 and "labels.csv: changed since" in err
+
+
+def test_info_describes_a_grader_run(tmp_path, phantom_dir, capsys):
+    """`drgan info --run` on a grader run gives the grader (size, FLOPs at its input, epochs and
+    their validation metrics), not a generator table."""
+    from drgan.cli import cli
+    from drgan.cli.common import run_command
+
+    report = train_grader(FundusDataset(phantom_dir, 64, split="train"), FundusDataset(phantom_dir, 64, split="val"),
+                          tmp_path / "g", GraderOptions(preset="tiny-64", epochs=1, batch=8))
+    capsys.readouterr()
+    assert run_command(cli, args=["info", "--run", str(tmp_path / "g")], prog_name="drgan") == 0
+    out = capsys.readouterr().out
+    accuracy = report["epochs"][0]["val"]["accuracy"]
+    assert "grader run, ResNet-50 (width 8), input 64x64" in out and "generator" not in out
+    assert f"epochs trained: 1 of 1 (last: val accuracy {accuracy:.3f}" in out and "grading spaces: written" in out
+    assert run_command(cli, args=["info", "--run", str(tmp_path / "g"), "--json"], prog_name="drgan") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "grader" and info["epochs"] == report["epochs"] and info["flops"] > 0
+    assert info["params"] == sum(p.numel() for p in build_grader(CFG).parameters())

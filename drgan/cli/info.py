@@ -13,7 +13,8 @@ from drgan.errors import ParameterError
 @click.option("--preset", "preset_name", default=None, help=f"One of {', '.join(PRESETS)}.  [default: paper-1280]")
 @click.option("--stage", type=click.Choice(STAGES), default=None, help="Generator stage.  [default: local]")
 @click.option("--run", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A run folder: its model config (ablations included), stage and training options instead of a preset.")
+              help="A run folder: its model config (ablations included), stage and training options instead of a preset "
+                   "(a grader run: its network, epochs and validation metrics).")
 @click.option("--json", "as_json", is_flag=True, help="Print the parameters and FLOPs (and a run's options) as JSON.")
 def info(preset_name: str | None, stage: str | None, run: str | None, as_json: bool) -> None:
     """Parameters per module and FLOPs per image (attention vs convolutions), without running the model."""
@@ -30,6 +31,12 @@ def info(preset_name: str | None, stage: str | None, run: str | None, as_json: b
     from drgan.runs import read_run
 
     meta = read_run(run)
+    if meta.kind == "grader":  # no generator: the grader's size, epochs and validation metrics
+        from drgan.info import format_grader, grader_report
+
+        report = grader_report(run)
+        click.echo(json.dumps(report) if as_json else format_grader(report) + "\n\n" + format_run(meta.options))
+        return
     report = cost_report(meta.cfg, run, meta.stage)
     if as_json:
         click.echo(json.dumps({**report, "options": meta.options}))
