@@ -18,7 +18,7 @@ import socket
 import stat
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -176,6 +176,29 @@ def check_writable_file(path: str | Path, make_parent: bool = False) -> None:
     if not make_parent and not path.parent.exists():
         raise DrganError(f"{path}: folder {path.parent} does not exist")
     check_writable_dir(path.parent)
+
+
+def check_output_file(path: str | Path, suffix: str, what: str, same_kind: Callable[[Path], bool],
+                      inputs: Iterable[str | Path] = (), make_parent: bool = False) -> None:
+    """check_writable_file for a command's single-file result, `what` (a contact sheet, say): its name
+    ends in `suffix`, it lies outside the folders the command reads (`inputs`), and a file already
+    there is replaced only when `same_kind` says it is an earlier result of that kind (a rerun), so
+    a dataset's own files or anything else are never written over."""
+    path = Path(path)
+    check_writable_file(path, make_parent)
+    if path.suffix.lower() != suffix:
+        raise DrganError(f"{path}: {what} is written as {suffix}; give a file name ending in {suffix}")
+    for folder in inputs:
+        if path.resolve().is_relative_to(Path(folder).resolve()):
+            raise DrganError(f"{path}: inside {folder}, which this command reads; write it elsewhere")
+    if path.exists() and not same_kind(path):
+        raise DrganError(f"{path}: exists and is not {what}; choose another file name")
+
+
+def is_png(path: Path) -> bool:
+    """Whether the file starts with the PNG signature."""
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def check_regular_file(path: str | Path) -> None:

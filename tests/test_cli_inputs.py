@@ -3,6 +3,7 @@ nothing left behind, warnings where a result would mislead, and the conventions 
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import re
 import subprocess
@@ -88,6 +89,32 @@ def test_file_outputs_refuse_a_folder_and_a_missing_folder(drgan, tmp_path, data
     assert not any((tmp_path / "folder").iterdir())
     line = one_error(*drgan("data", "fit-lesions", "--data", data, "--out", tmp_path / "missing" / "l.json"))
     assert line == f"error: {tmp_path / 'missing' / 'l.json'}: folder {tmp_path / 'missing'} does not exist"
+
+
+def test_file_outputs_never_write_over_their_input_or_a_file_of_another_kind(drgan, tmp_path, data):
+    """A contact sheet or lesion statistics over the dataset's labels.csv or one of its images, under
+    the wrong suffix, or over a file that is not an earlier result: refused, nothing written. An
+    earlier result is replaced (a rerun)."""
+    copy = shutil.copytree(data, tmp_path / "data")
+    image = next((copy / "images").iterdir())
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    (tmp_path / "notes.png").write_text("my notes")
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    cases = [(["contact-sheet", copy, "--out", copy / "labels.png"], f"{copy / 'labels.png'}: inside {copy}, which this command reads"),
+             (["contact-sheet", copy, "--out", image], f"{image}: inside {copy}, which this command reads"),
+             (["fit-lesions", copy, "--out", copy / "labels.csv"], f"{copy / 'labels.csv'}: lesion statistics is written as .json"),
+             (["contact-sheet", copy, "--out", tmp_path / "s.jpg"], f"{tmp_path / 's.jpg'}: a contact sheet is written as .png"),
+             (["contact-sheet", copy, "--out", tmp_path / "notes.png"], f"{tmp_path / 'notes.png'}: exists and is not a contact sheet"),
+             (["fit-lesions", copy, "--out", tmp_path / "notes.json"], f"{tmp_path / 'notes.json'}: exists and is not lesion statistics")]
+    for args, message in cases:
+        assert one_error(*drgan("data", *args)).startswith(f"error: {message}"), args
+    line = one_error(*drgan("phantom", "--out", tmp_path / "ph", "--count", "2", "--size", "64", "--contact-sheet", tmp_path / "ph" / "s.png"))
+    assert line.startswith(f"error: {tmp_path / 'ph' / 's.png'}: inside {tmp_path / 'ph'}")
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    assert (tmp_path / "notes.png").read_text() == "my notes" and not (tmp_path / "s.jpg").exists()
+    for _ in range(2):  # the second run replaces the first's results
+        assert drgan("data", "contact-sheet", copy, "--out", tmp_path / "s.png", "--size", "16")[0] == 0
+        assert drgan("data", "fit-lesions", copy, "--out", tmp_path / "l.json")[0] == 0
 
 
 def test_failed_atomic_write_leaves_no_temp_file(blocked, tmp_path):

@@ -73,10 +73,10 @@ def contact_sheet(directory: str | None, data_dir: str | None, out: str, per_gra
     """Grid of a dataset's images: one row per grade."""
     from drgan.data.contact_sheet import save_contact_sheet
     from drgan.data.dataset import FundusDataset
-    from drgan.io import check_writable_file
+    from drgan.io import check_output_file, is_png
 
     directory = dataset_folder(directory, data_dir)
-    check_writable_file(out, make_parent=True)  # before the images are read
+    check_output_file(out, ".png", "a contact sheet", is_png, [directory], make_parent=True)  # before the images are read
     ds = FundusDataset(directory, size)
     rows: list[list] = [[] for _ in range(NUM_GRADES)]
     for i, g in enumerate(ds.grades):
@@ -96,10 +96,18 @@ def contact_sheet(directory: str | None, data_dir: str | None, out: str, per_gra
 def fit_lesions(directory: str | None, data_dir: str | None, out: str, skip_bad: bool) -> None:
     """Learn per-grade lesion counts, sizes and distances from the disc from a dataset's masks."""
     from drgan.data.lesion_fit import fit_lesion_stats
-    from drgan.io import check_writable_file
+    from drgan.data.lesion_stats import LesionStats
+    from drgan.io import check_output_file
+
+    def earlier_stats(path: Path) -> bool:
+        try:
+            LesionStats.load(path)
+        except DrganError:
+            return False
+        return True
 
     directory = dataset_folder(directory, data_dir)
-    check_writable_file(out)  # before the masks are read
+    check_output_file(out, ".json", "lesion statistics", earlier_stats, [directory])  # before the masks are read
     fit_lesion_stats(directory, skip_bad=skip_bad).save(out)
     click.echo(f"wrote {out}")
 
@@ -118,9 +126,9 @@ def phantom(out: str, count: int, size: int, seed: int, no_split: bool, workers:
     from drgan.data.phantom import write_phantom_dataset
 
     if sheet:
-        from drgan.io import check_writable_file
+        from drgan.io import check_output_file, is_png
 
-        check_writable_file(sheet, make_parent=True)  # before the rendering
+        check_output_file(sheet, ".png", "a contact sheet", is_png, [out], make_parent=True)  # before the rendering
     root = write_phantom_dataset(out, count, size, seed, split=not no_split, progress=True, workers=workers)
     click.echo(f"wrote {count} phantom samples to {root}")
     if sheet:
