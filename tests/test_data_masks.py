@@ -67,3 +67,16 @@ def test_cli_masks_extract(retina, tmp_path):
     assert vessel.shape == img.shape[:2] and 0.02 < (vessel > 0).mean() < 0.2
     res = CliRunner().invoke(cli, ["masks", "extract", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o2")])
     assert res.exit_code != 0
+
+
+def test_masks_extract_refuses_file_names_the_dataset_reader_would_refuse(tmp_path):
+    """Ids come from file names: a leading space or a leading dot would give a dataset that
+    `data validate` rejects, so extraction stops on them before any work."""
+    from drgan.cli.common import run_command
+
+    Image.new("RGB", (64, 64), (90, 40, 20)).save(tmp_path / "good.png")
+    for name in (" lead.png", ".hidden.png"):
+        Image.new("RGB", (64, 64)).save(tmp_path / name)
+        out = tmp_path / f"out-{name.strip('. ')}"
+        assert run_command(cli, args=["masks", "extract", str(tmp_path / "good.png"), str(tmp_path / name), "--out", str(out)]) == 1
+        assert not out.exists()

@@ -167,10 +167,14 @@ def extract(images: tuple[str, ...], out: str, grade: int, skip_bad: bool) -> No
 
     from drgan.data.dataset_writer import DatasetWriter
     from drgan.data.decode import read_rgb
+    from drgan.data.labels import id_problem
     from drgan.data.masks import extract_structure, overlay
     from drgan.data.preprocess import crop_square, fov_box, square_window
 
     ids = [Path(p).stem for p in images]
+    for path, sid in zip(images, ids):  # before any work: the dataset's reader would refuse the id
+        if (problem := id_problem(sid)) is not None:
+            raise DrganError(f"{path}: {problem} (ids come from file names); rename the file")
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise DrganError(f"duplicate image names {dup}: ids come from file names")

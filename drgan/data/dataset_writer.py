@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from drgan.config import COND_CHANNELS, NUM_GRADES
-from drgan.data.labels import LABELS_FILE, SPLITS
+from drgan.data.labels import LABELS_FILE, SPLITS, id_problem
 from drgan.errors import DrganError
 from drgan.io import atomic_write_bytes, encode_png, write_error
 
@@ -48,6 +48,8 @@ class DatasetWriter:
     def add_encoded(self, sid: str, image_png: bytes, mask_pngs: dict[str, bytes], grade: int,
                     split: str | None = None) -> None:
         """One sample from PNG bytes (encoded elsewhere, e.g. in worker processes)."""
+        if (problem := id_problem(sid)) is not None:  # what the reader would refuse
+            raise DrganError(f"sample {sid[:40]!r}: {problem}")
         if sid in self.ids:
             raise DrganError(f"duplicate id {sid!r}")
         unknown = sorted(set(mask_pngs) - set(COND_CHANNELS))

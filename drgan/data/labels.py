@@ -31,6 +31,8 @@ def id_problem(sid: str) -> str | None:
         return f"invalid id {sid[:40]!r}"
     if any(ord(c) < 32 or ord(c) == 127 for c in sid):
         return f"id {sid[:40]!r} holds a control character"
+    if sid != sid.strip():  # labels.csv cells are read stripped: the id would not find its files
+        return f"id {sid[:40]!r} begins or ends with a space"
     if len(sid.encode()) > MAX_ID_BYTES:
         return f"id {sid[:20]!r}... is {len(sid.encode())} bytes long (at most {MAX_ID_BYTES}: ids are file names)"
     return None

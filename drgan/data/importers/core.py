@@ -23,7 +23,7 @@ from scipy import ndimage
 from drgan import locks
 from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, NUM_GRADES
 from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
-from drgan.data.labels import LABELS_FILE
+from drgan.data.labels import LABELS_FILE, id_problem
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError, ParameterError
@@ -152,6 +152,9 @@ def parse_grade(text: str) -> int | None:
 def add_item(plan: Plan, image: Path, grade: int | None, split: str | None, masks: dict[str, Path | None],
              where: str) -> None:
     """Plan one image: graded 0..4 ones become items, the rest are skipped with the reason."""
+    if (problem := id_problem(image.stem)) is not None:  # ids come from file names
+        plan.skipped.append(f"{image}: {problem}")
+        return
     if grade is None:
         plan.skipped.append(f"{image}: no grade in {where}")
         return
