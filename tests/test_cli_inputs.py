@@ -128,6 +128,7 @@ def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
     assert one_error(*drgan(*synth, "--per-grade", "0")) == "error: --per-grade 0: outside the range x>=1"
     assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "0")).startswith("error: --quality 0:")
     assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "500")).startswith("error: --quality 500:")
+    assert one_error(*drgan(*synth, "--count", "5", "--quality", "50")).startswith("error: --quality is the JPEG quality; with --format png")
     assert one_error(*drgan(*synth, "--count", "5", "--device", "tpu")) == \
         "error: --device 'tpu': expected auto, cpu, cuda or cuda:N"
     line = one_error(*drgan(*synth, "--count", "5", "--backend", "tensorrt"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import click
+from click.core import ParameterSource
 
 from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange
 from drgan.config import NUM_GRADES, PRECISIONS
@@ -75,6 +76,8 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
     grade_list = _grades(grades)
     if (count is None) == (per_grade is None):
         raise DrganError("give exactly one of --count and --per-grade")
+    if fmt == "png" and click.get_current_context().get_parameter_source("quality") is not ParameterSource.DEFAULT:
+        raise DrganError("--quality is the JPEG quality; with --format png it would do nothing (--png-level sets PNG compression)")
     total = count if count is not None else per_grade * len(grade_list)
     Plan(total, grade_list, seed, batch)  # its checks of the grades come before a warning about their balance
     if total % len(grade_list):
