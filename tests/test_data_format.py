@@ -1,5 +1,6 @@
 """Dataset format: the validator and the readers on every kind of bad input."""
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -45,6 +46,21 @@ def add_label(root, sid, grade):
 def test_clean_dataset_validates(clean):
     report = validate_dataset(clean)
     assert report.problems == [] and report.ok == 5 and report.grades == {g: 1 for g in range(5)}
+
+
+def test_a_dataset_without_one_usable_sample_lists_every_problem(clean, tmp_path):
+    """Every labels.csv row broken: the report lists each problem (it gave one line naming the
+    first); a labels.csv of its header alone is a problem too."""
+    root = copy_dataset(clean, tmp_path / "bad")
+    write_rows(root, [rows(root)[0]] + [[f"{sid}.png", grade, split] for sid, grade, split in rows(root)[1:]])
+    report = validate_dataset(root)
+    assert report.ok == 0 and len(report.problems) >= 10  # per row: an id with a suffix; per image: no row
+    assert sum("phantom_00000" in p and ".png.png" not in p for p in report.problems) >= 5
+    write_rows(root, [rows(root)[0]])
+    for folder in ("images", "masks"):
+        shutil.rmtree(root / folder)
+    (root / "images").mkdir()
+    assert validate_dataset(root).problems == [f"{root}: no usable samples"]
 
 
 # Each case: (name, how to break a copy of the clean dataset, text in the problem line).

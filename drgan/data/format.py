@@ -72,11 +72,19 @@ def open_dataset(root: str | Path, skip_bad: bool = False, split: str | None = N
     counted. `decode` (default: skip_bad) decodes every file, so truncated files are found now.
     """
     root = Path(root)
+    decode = skip_bad if decode is None else decode
+    return _index(root, *scan_dataset(root, skip_bad, split, decode), split, skip_bad)
+
+
+def scan_dataset(root: Path, skip_bad: bool, split: str | None, decode: bool
+                 ) -> tuple[list[Sample], list[tuple[str | None, str]], list[str]]:
+    """The samples, problems (id or None, message) and conversion notes of a dataset folder, as
+    open_dataset finds them, without its refusal of a dataset that has no usable sample (a
+    validation report lists every problem instead); only a bad layout raises."""
     if not root.is_dir():
         raise DrganError(f"{root}: dataset folder not found")
     if split is not None and split not in SPLITS:
         raise DrganError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    decode = skip_bad if decode is None else decode
     problems: list[tuple[str | None, str]] = []
     images = _index_images(root / "images", problems)
     rows, label_problems = read_labels(root)
@@ -88,7 +96,7 @@ def open_dataset(root: str | Path, skip_bad: bool = False, split: str | None = N
     mask_files = _index_masks(root / "masks", images, problems)
     notes: list[str] = []
     samples = _check_samples(root, rows, images, mask_files, split, skip_bad, decode, problems, notes)
-    return _index(root, samples, problems, notes, split, skip_bad)
+    return samples, problems, notes
 
 
 def _index_images(images_dir: Path, problems: list[tuple[str | None, str]]) -> dict[str, Path]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drgan.data.decode import open_image
-from drgan.data.format import open_dataset
+from drgan.data.format import scan_dataset
 from drgan.data.labels import LABELS_FILE, read_labels
 from drgan.errors import DrganError
 
@@ -43,12 +43,14 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     """Decode and check every file of a dataset; never raises for bad samples, only for a bad layout."""
     root = Path(root)
     try:
-        index = open_dataset(root, skip_bad=True, decode=True)
-        samples, problems, notes = index.samples, index.problems, index.notes
-    except DrganError as exc:
+        samples, found, notes = scan_dataset(root, skip_bad=True, split=None, decode=True)
+        problems = [message for _, message in found]
+    except DrganError as exc:  # an unreadable labels.csv, say: reported as the dataset's one problem
         if not (root / "images").is_dir() or not (root / LABELS_FILE).is_file():
             raise
         samples, problems, notes = [], [str(exc)], []
+    if not samples and not problems:  # e.g. a labels.csv of its header alone
+        problems.append(f"{root}: no usable samples")
     try:
         checked = len(read_labels(root)[0])
     except DrganError:
