@@ -80,3 +80,12 @@ def test_masks_extract_refuses_file_names_the_dataset_reader_would_refuse(tmp_pa
         out = tmp_path / f"out-{name.strip('. ')}"
         assert run_command(cli, args=["masks", "extract", str(tmp_path / "good.png"), str(tmp_path / name), "--out", str(out)]) == 1
         assert not out.exists()
+
+
+def test_masks_extract_reports_the_conversions_it_applies(tmp_path, capsys):
+    from drgan.cli.common import run_command
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 65535, (80, 80), dtype=np.uint16)).save(tmp_path / "g16.png")
+    assert run_command(cli, args=["masks", "extract", str(tmp_path / "g16.png"), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'g16.png'}: 16-bit converted to 8-bit" in err and "grayscale converted to RGB" in err

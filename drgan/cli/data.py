@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -183,13 +184,15 @@ def extract(images: tuple[str, ...], out: str, grade: int, skip_bad: bool) -> No
         (writer.root / "overlays").mkdir()
         for path, sid in tqdm(list(zip(images, ids)), desc="masks", unit="img"):
             try:
-                image = read_rgb(path)[0]
+                image, notes = read_rgb(path)
             except DrganError as exc:
                 if not skip_bad:
                     raise
                 click.echo(f"skipped: {exc}", err=True)
                 skipped += 1
                 continue
+            for note in notes:  # grayscale, RGBA, 16-bit: converted, and said so
+                tqdm.write(f"note: {note}", file=sys.stderr)
             image = crop_square(image, square_window(fov_box(image)))
             st = extract_structure(image)
             writer.add(sid, image, {"vessel": st["vessel"], "disc": st["disc"]}, grade,
