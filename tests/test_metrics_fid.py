@@ -10,9 +10,10 @@ from click.testing import CliRunner
 from skimage import data
 
 from drgan.cli import cli
+from drgan.cli.common import run_command
 from drgan.errors import DrganError
-from drgan.metrics.fid import (extract_features, feature_statistics, frechet_distance, load_inception, preprocess,
-                               tf_bilinear_resize)
+from drgan.metrics.fid import (compute_fid, extract_features, feature_statistics, frechet_distance, load_inception,
+                               preprocess, tf_bilinear_resize)
 from drgan.metrics.images import open_image_set
 
 
@@ -41,6 +42,15 @@ def test_frechet_distance_singular_covariances_stay_finite():
     x, y = rng.standard_normal((5, 64)), rng.standard_normal((5, 64))  # rank 4 covariances
     value = frechet_distance(*feature_statistics(x), *feature_statistics(y))
     assert np.isfinite(value) and value > 0
+
+
+def test_frechet_distance_clamps_round_off_only():
+    """A set against itself: 2048-d rank-deficient statistics gave -0.0001 (printed as such); a
+    negative beyond round-off (statistics that are no covariance) is not hidden."""
+    rng = np.random.default_rng(0)
+    mu, sigma = feature_statistics(np.maximum(rng.normal(0, 0.3, (12, 2048)), 0))  # ReLU features, as pool3
+    assert frechet_distance(mu, sigma, mu, sigma) == 0.0
+    assert frechet_distance(np.zeros(4), np.eye(4), np.zeros(4), np.diag([1.0, 1, 1, -3])) == pytest.approx(-2.0)
 
 
 def test_feature_statistics_needs_two_images():
@@ -166,3 +176,37 @@ def test_cli_fid_plain_folder_per_grade_is_one_line_error(tmp_path, image_folder
                                       "--per-grade", "--no-cache"])
     assert result.exit_code != 0
     assert isinstance(result.exception, DrganError) and "labels.csv" in str(result.exception)
+
+
+def test_fid_of_one_image_names_its_folder_before_any_feature(tmp_path, image_folder, monkeypatch, capsys):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes(next(image_folder.iterdir()).read_bytes())
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("features computed before the set sizes were checked")
+
+    monkeypatch.setattr("drgan.metrics.fid.extract_features", no_features)
+    args = ["evaluate", "fid", "--real", str(image_folder), "--fake", str(one), "--no-cache", "--device", "cpu"]
+    assert run_command(cli, args=args, prog_name="drgan") == 1
+    assert capsys.readouterr().err == f"error: {one}: 1 image; FID needs at least 2 images per set\n"
+    real, fake = _two_grade_sets(tmp_path)
+    (fake / "labels.csv").write_text("id,grade\nim0,0\nim1,1\nim2,2\nim3,3\n")  # one image per grade
+    with pytest.raises(DrganError, match="no grade has at least 2 images in both sets"):
+        compute_fid(open_image_set(real), open_image_set(fake), per_grade=True)
+
+
+def test_fid_cache_and_no_cache_are_refused_together(tmp_path, image_folder, capsys):
+    args = ["evaluate", "fid", "--real", str(image_folder), "--fake", str(image_folder), "--cache", str(tmp_path / "c"),
+            "--no-cache"]
+    assert run_command(cli, args=args, prog_name="drgan") == 1
+    assert capsys.readouterr().err == "error: --cache and --no-cache contradict each other: give one\n"
+
+
+def test_16_bit_grayscale_gives_the_features_of_its_8_bit_pixels(net, tmp_path):
+    """Pillow's convert("RGB") clipped 16-bit pixels at 255: FID 320 against the same 8-bit pixels."""
+    gray = PIL.Image.fromarray(data.retina()[::8, ::8]).convert("L")
+    gray.save(tmp_path / "gray8.png")
+    PIL.Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(tmp_path / "gray16.png")
+    features = extract_features([tmp_path / "gray8.png", tmp_path / "gray16.png"], net, progress=False)
+    np.testing.assert_array_equal(features[0], features[1])

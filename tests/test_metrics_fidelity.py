@@ -110,3 +110,10 @@ def test_a_set_without_masks_is_refused_not_reported_empty(phantoms, tmp_path, c
     assert run_command(cli, args=args, prog_name="drgan") == 1
     assert capsys.readouterr().err == (f"error: {bare}: no condition mask in the 15 image(s) measured: condition fidelity "
                                        "needs masks/<id>/<name>.png (drgan synthesize --save-masks)\n")
+
+
+def test_real_split_without_real_is_refused_not_ignored(phantoms, capsys):
+    for spelling in ("--real-split", "--reference-split"):
+        args = ["evaluate", "fidelity", "--fake", str(phantoms), spelling, "test", "--resolution", "64"]
+        assert run_command(cli, args=args, prog_name="drgan") == 1
+        assert capsys.readouterr().err == "error: --real-split 'test' is a split of --real: give --real too\n"

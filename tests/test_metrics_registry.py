@@ -61,6 +61,9 @@ def test_metrics_that_cannot_run_say_what_is_missing(sets):
     assert err.value.params == ["grader"]
     with pytest.raises(DrganError, match="needs a dataset folder"):
         calc_metric("swd", MetricInputs(fake=fake, real=real / "images", real_split="test"))
+    with pytest.raises(ParameterError) as err:  # fidelity and grading would ignore it
+        MetricInputs(fake=fake, real_split="test")
+    assert err.value.params == ["real_split", "real", "real"]
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +142,15 @@ def test_cli_metrics_json_text_and_bad_names(sets, capsys):
     assert capsys.readouterr().err == "error: --metrics 'kid': choose one of fid, swd, fidelity, grading\n"
     assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "grading"], prog_name="drgan") == 1
     assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"
+
+
+def test_cli_metrics_options_no_metric_reads_are_refused(sets, grader, capsys):
+    real, fake = sets
+    base = ["evaluate", "metrics", "--fake", str(fake), "--metrics", "fidelity"]
+    assert run_command(cli, args=base + ["--real-split", "test"], prog_name="drgan") == 1
+    assert capsys.readouterr().err == "error: --real-split 'test' is a split of --real: give --real too\n"
+    assert run_command(cli, args=base + ["--grader", str(grader)], prog_name="drgan") == 1
+    assert capsys.readouterr().err == "error: --grader is read by the grading metric only: add grading to --metrics (fidelity)\n"
 
 
 def test_command_line_lists_metric_names_without_torch():

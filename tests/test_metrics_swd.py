@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from skimage import data
 
 from drgan.cli import cli
-from drgan.errors import DrganError
-from drgan.metrics.images import open_image_set
+from drgan.cli.common import run_command
+from drgan.errors import DrganError, ParameterError
+from drgan.metrics.images import load_rgb, open_image_set
 from drgan.metrics.swd import compute_swd, laplacian_pyramid, pyramid_levels
 
 GAUSS = np.float32([[1, 4, 6, 4, 1], [4, 16, 24, 16, 4], [6, 24, 36, 24, 6], [4, 16, 24, 16, 4], [1, 4, 6, 4, 1]]) / 256
@@ -149,4 +150,41 @@ def test_swd_per_grade_compares_each_grade_with_its_own(sets, tmp_path):
     args = ["evaluate", "swd", "--real", str(real_dir), "--fake", str(fake_dir), "--device", "cpu", "--seed", "1", "--per-grade"]
     text = CliRunner().invoke(cli, args)
     assert text.exit_code == 0, text.output
-    assert text.stdout.strip().endswith(f"(only grades 0,3 have images in both sets): {r['swd_x1e3_grade_average']:.4f}")
+    assert text.stdout.strip().endswith(f"(only grades 0,3 have >= 2 images in both sets): {r['swd_x1e3_grade_average']:.4f}")
+
+
+def test_swd_per_grade_leaves_out_grades_of_one_image_as_a_whole_set_is_refused(sets, tmp_path):
+    """As FID per grade: a grade with 1 image in either set is not compared (one image is a single
+    sample); the average covers the others and says so, and no grade left is an error."""
+    real = [np.asarray(PIL.Image.open(p)) for p in sets["real"].paths]
+    real_dir = _dataset(tmp_path / "real", real, [0] * 6 + [3] * 6)
+    fake_dir = _dataset(tmp_path / "fake", real[:7], [0] * 6 + [3])  # grade 3: one image
+    r = compute_swd(open_image_set(real_dir), open_image_set(fake_dir), seed=1, progress=False, per_grade=True)
+    assert r["grades_used"] == [0] and list(r["per_grade"]) == ["0"]
+    assert r["swd_x1e3_grade_average"] == r["per_grade"]["0"]["swd_x1e3_average"]
+    lone_dir = _dataset(tmp_path / "lone", real[:3], [0, 3, 4])
+    with pytest.raises(DrganError, match="no grade has at least 2 images in both sets"):
+        compute_swd(open_image_set(real_dir), open_image_set(lone_dir), progress=False, per_grade=True)
+
+
+def test_swd_subset_of_one_image_is_refused(sets, capsys):
+    with pytest.raises(ParameterError, match="^max_images 1: SWD needs at least 2 images per set$"):
+        compute_swd(sets["real"], sets["copy"], max_images=1, progress=False)
+    args = ["evaluate", "metrics", "--fake", str(sets["copy"].root), "--real", str(sets["real"].root), "--metrics", "swd",
+            "--max-images", "1", "--device", "cpu"]
+    assert run_command(cli, args=args, prog_name="drgan") == 1
+    assert capsys.readouterr().err == "error: --max-images 1: SWD needs at least 2 images per set\n"
+
+
+def test_16_bit_grayscale_scores_as_its_8_bit_pixels(sets, tmp_path):
+    """Pillow's convert("RGB") clipped 16-bit pixels at 255: such a set scored like an unrelated one."""
+    gray = [np.asarray(PIL.Image.open(p).convert("L")) for p in sets["real"].paths]
+    gray8 = _write(tmp_path / "gray8", gray)
+    copy8 = _write(tmp_path / "copy8", gray)
+    gray16 = _write(tmp_path / "gray16", [g.astype(np.uint16) * 257 for g in gray])
+    assert PIL.Image.open(gray16.paths[0]).mode == "I;16"
+    for p8, p16 in zip(gray8.paths, gray16.paths):
+        assert np.array_equal(load_rgb(p16), load_rgb(p8)) and np.array_equal(load_rgb(p16, 32), load_rgb(p8, 32))
+    kw = dict(seed=3, progress=False)
+    copy = compute_swd(gray8, copy8, **kw)["swd_x1e3_average"]
+    assert compute_swd(gray8, gray16, **kw)["swd_x1e3_average"] == pytest.approx(copy, rel=0.25)  # sampling noise only

@@ -15,7 +15,8 @@ import click
 
 from drgan.cli.common import DEVICE_HELP, IntRange
 from drgan.config import MAX_IMAGE_SIDE, PRESETS
-from drgan.metrics.registry import metric_names
+from drgan.errors import ParameterError
+from drgan.metrics.registry import check_real_split, metric_names
 
 _folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -51,6 +52,8 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
     from drgan.metrics.fid import compute_fid, default_cache_dir, format_fid
     from drgan.metrics.images import open_image_set
 
+    if cache is not None and no_cache:  # --no-cache would ignore --cache without a word
+        raise ParameterError("{cache} and {no_cache} contradict each other: give one")
     cache_dir = None if no_cache else (cache or default_cache_dir())
     if cache_dir is not None:
         check_writable_dir(cache_dir)  # before minutes of feature extraction, not after
@@ -121,6 +124,7 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
     """Condition fidelity: do vessels and lesions show where the masks put them (ROC AUC, 0.5 = ignored)."""
     from drgan.metrics.fidelity import evaluate_fidelity
 
+    check_real_split(real, real_split)
     result, text = evaluate_fidelity(fake, real, real_split, grader, resolution, max_images, _device(device))
     _emit(result, as_json, text)
 
@@ -146,6 +150,8 @@ def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str,
     from drgan.metrics.registry import MetricInputs, calc_metric, format_metrics, metric_list
 
     names = metric_list(metrics)
+    if grader is not None and "grading" not in names:  # no other metric reads it
+        raise ParameterError(f"{{grader}} is read by the grading metric only: add grading to {{metrics}} ({metrics})")
     inputs = MetricInputs(fake=fake, real=real, real_split=real_split, grader=grader, device=_device(device),
                           max_images=max_images, seed=seed, per_grade=per_grade)
     results: dict[str, Any] = {}

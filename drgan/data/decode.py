@@ -59,7 +59,8 @@ def decode_image(path: Path) -> Image.Image:
     return img
 
 
-def _to_uint8(arr: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
+def pixels_to_uint8(arr: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
+    """8-bit pixels: 16-bit ones keep their high byte (noted in `notes`), other types are refused."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
@@ -86,7 +87,7 @@ def read_rgb(path: str | Path) -> tuple[np.ndarray, list[str]]:
         notes.append(f"{path}: {img.mode} converted to RGB")
         img = img.convert("RGB")
     arr = np.asarray(img)
-    arr = _to_uint8(arr, path, notes)
+    arr = pixels_to_uint8(arr, path, notes)
     if arr.ndim == 2:
         notes.append(f"{path}: grayscale converted to RGB")
         arr = np.repeat(arr[..., None], 3, axis=2)
@@ -108,7 +109,7 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> tuple[n
     elif img.mode in ("P", "RGB", "RGBA", "LA", "CMYK"):
         notes.append(f"{path}: {img.mode} mask reduced to one channel (maximum)")
         img = img.convert("RGB")
-    arr = _to_uint8(np.asarray(img), path, notes)
+    arr = pixels_to_uint8(np.asarray(img), path, notes)
     if arr.ndim == 3:
         arr = arr.max(axis=2)
     if shape is not None and arr.shape != tuple(shape):

@@ -15,13 +15,15 @@ import numpy as np
 import PIL.Image
 
 from drgan.config import NUM_GRADES
-from drgan.data.decode import open_image
+from drgan.data.decode import pixels_to_uint8, open_image
 from drgan.data.format import open_dataset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
+# FID and SWD compare distributions over images: one image is a single sample (no covariance, no
+# spread of patches across images), for a whole set as for one grade of it.
+MIN_SET_IMAGES = 2
 
 
 def to_uint8(images) -> np.ndarray:
@@ -64,10 +66,28 @@ class ImageSet:
         return digest.hexdigest()
 
 
-def grade_average_line(metric: str, used: list[int], value: float, condition: str) -> str:
-    """The readable line of a per-grade average, naming the grades it covers when some are missing
-    (`condition`: what a grade needed in both sets)."""
-    note = "" if len(used) == NUM_GRADES else f" (only grades {','.join(map(str, used))} {condition})"
+def check_set_size(image_set: ImageSet, metric: str) -> None:
+    """Refuse a set too small for `metric`, naming its folder, before any image is read."""
+    if len(image_set) < MIN_SET_IMAGES:
+        raise DrganError(f"{image_set.root}: {len(image_set)} image; {metric} needs at least "
+                         f"{MIN_SET_IMAGES} images per set")
+
+
+def shared_grades(real: ImageSet, fake: ImageSet) -> dict[int, tuple[ImageSet, ImageSet]]:
+    """The grades a per-grade metric compares, those with MIN_SET_IMAGES images in both sets:
+    grade -> (its real images, its fake images), in grade order."""
+    real_grades, fake_grades = real.by_grade(), fake.by_grade()  # raises for a plain folder
+    grades = {g: (real_grades[g], fake_grades[g]) for g in sorted(set(real_grades) & set(fake_grades))
+              if min(len(real_grades[g]), len(fake_grades[g])) >= MIN_SET_IMAGES}
+    if not grades:
+        raise DrganError(f"{real.root}, {fake.root}: no grade has at least {MIN_SET_IMAGES} images in both sets")
+    return grades
+
+
+def grade_average_line(metric: str, used: list[int], value: float) -> str:
+    """The readable line of a per-grade average, naming the grades it covers when some are missing."""
+    note = "" if len(used) == NUM_GRADES else \
+        f" (only grades {','.join(map(str, used))} have >= {MIN_SET_IMAGES} images in both sets)"
     return f"{metric} average over grades{note}: {value:.4f}"
 
 
@@ -92,10 +112,14 @@ def open_image_set(folder: str | os.PathLike, split: str | None = None) -> Image
 
 def load_rgb(path: Path, size: int | None = None) -> np.ndarray:
     """An image file as uint8 (H, W, 3); with `size`, resized to size x size by area averaging.
-    Any mode and size within drgan.data.decode.MAX_PIXELS is taken as is (a dataset's own checks
-    are drgan.data.decode.read_rgb's)."""
+    Any mode and size within drgan.data.decode.MAX_PIXELS is taken (a dataset's own checks are
+    drgan.data.decode.read_rgb's); 16-bit pixels are converted as read_rgb converts them."""
     try:
         with open_image(path) as image:
+            if image.mode.startswith(("I", "F")):
+                # convert("RGB") clips wider pixels at 255 (16-bit reads as nearly all white): scale
+                # them as read_rgb does, so a 16-bit copy scores as its 8-bit original.
+                image = PIL.Image.fromarray(pixels_to_uint8(np.asarray(image), path, []))
             image = image.convert("RGB")
             if size is not None and image.size != (size, size):
                 image = image.resize((size, size), PIL.Image.BOX)

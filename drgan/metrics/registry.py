@@ -35,6 +35,15 @@ class MetricInputs:
     seed: int = 0                  # swd's subsets, patch positions and directions
     per_grade: bool = False        # also the values per grade (dataset folders)
 
+    def __post_init__(self) -> None:
+        check_real_split(self.real, self.real_split)
+
+
+def check_real_split(real: Path | None, real_split: str | None) -> None:
+    """A split of no reference set would be ignored without a word: refuse it."""
+    if real_split is not None and real is None:
+        raise ParameterError(f"{{real_split}} {real_split!r} is a split of {{real}}: give {{real}} too")
+
 
 _METRICS: dict[str, Metric] = {}
 

@@ -16,8 +16,8 @@ their file names or order: each set is read in the order of its files' content h
 keyed with the seed); its first `count` images in that order are the subset when a set is larger
 than the other or than `max_images`, and its patch positions are one stream drawn from (seed, role
 of the set: real 0, fake 1). The directions are shared by both sets, as in the reference. Per grade
-(`per_grade`), each grade of the real set is compared with the same grade of the fake set, and
-their mean is the paper's "AVG. SWD".
+(`per_grade`), each grade of the real set is compared with the same grade of the fake set where
+both hold 2 images (as a whole set must), and their mean is the paper's "AVG. SWD".
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.io import sha256_file
-from drgan.metrics.images import ImageSet, grade_average_line, load_rgb
+from drgan.metrics.images import MIN_SET_IMAGES, ImageSet, check_set_size, grade_average_line, load_rgb, shared_grades
 
 NHOOD_SIZE = 7           # neighbourhood side
 NHOODS_PER_IMAGE = 128   # neighbourhoods drawn per image and level
@@ -166,22 +166,22 @@ def compute_swd(
     per_grade: bool = False,
 ) -> dict[str, Any]:
     """SWD x 1e3 per pyramid level and its average, on `count` images of each set at `resolution`;
-    with per_grade (dataset folders), also the average SWD of each grade present in both sets and
-    the mean over those grades (the paper's AVG. SWD).
+    with per_grade (dataset folders), also the average SWD of each grade with MIN_SET_IMAGES images
+    in both sets and the mean over those grades (the paper's AVG. SWD).
 
     `resolution` defaults to the width of the first fake image; every image is resized (area) to it.
     Descriptors take 147 * 128 * 4 bytes per image and level, hence the `max_images` cap (per grade
     too). Every file of both sets is read once to hash it (content order), also beyond the cap.
     """
-    if per_grade:
-        real_grades, fake_grades = real.by_grade(), fake.by_grade()  # raises for a plain folder
+    for image_set in (real, fake):
+        check_set_size(image_set, "SWD")
+    if max_images < MIN_SET_IMAGES:  # the subset of each set, whole or per grade
+        raise ParameterError(f"{{max_images}} {max_images}: SWD needs at least {MIN_SET_IMAGES} images per set")
+    grades = shared_grades(real, fake) if per_grade else {}
     if resolution is None:
         resolution = load_rgb(fake.paths[0]).shape[1]
     if resolution < MIN_RESOLUTION:
         raise DrganError(f"SWD resolution {resolution} is below the coarsest level {MIN_RESOLUTION}")
-    for image_set in (real, fake):
-        if len(image_set) < 2:  # SWD compares distributions over images; one image is a single sample
-            raise DrganError(f"{image_set.root}: {len(image_set)} image; SWD needs at least 2 images per set")
     device = torch.device(device)
     per_level, count = _swd_levels(real, fake, resolution, max_images, seed, device, batch, progress)
     result: dict[str, Any] = {
@@ -194,15 +194,12 @@ def compute_swd(
         "fake": str(fake.root),
     }
     if per_grade:
-        grades = sorted(set(real_grades) & set(fake_grades))
-        if not grades:
-            raise DrganError(f"{real.root}, {fake.root}: no grade has images in both sets")
         per = {}
-        for g in grades:
-            levels, n = _swd_levels(real_grades[g], fake_grades[g], resolution, max_images, seed, device, batch, progress)
+        for g, (real_grade, fake_grade) in grades.items():
+            levels, n = _swd_levels(real_grade, fake_grade, resolution, max_images, seed, device, batch, progress)
             per[str(g)] = {"swd_x1e3_average": float(np.mean(levels)), "count": n}
         result["per_grade"] = per
-        result["grades_used"] = grades
+        result["grades_used"] = list(grades)
         result["swd_x1e3_grade_average"] = float(np.mean([v["swd_x1e3_average"] for v in per.values()]))
     return result
 
@@ -217,6 +214,5 @@ def format_swd(result: dict[str, Any]) -> str:
     if "per_grade" in result:
         for g, value in result["per_grade"].items():
             lines.append(f"SWD x1e3 grade {g} ({value['count']} images each): {value['swd_x1e3_average']:.4f}")
-        lines.append(grade_average_line("SWD x1e3", result["grades_used"], result["swd_x1e3_grade_average"],
-                                        "have images in both sets"))
+        lines.append(grade_average_line("SWD x1e3", result["grades_used"], result["swd_x1e3_grade_average"]))
     return "\n".join(lines)
