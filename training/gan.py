@@ -47,7 +47,7 @@ from drgan.training.interrupts import whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
 from drgan.training.state import (
-    STATE_JSON, check_step, load_state, optimizer_from_state, optimizer_to_state, recover_checkpoint, rng_state, save_state,
+    STATE_JSON, check_step, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state, recover_checkpoint, rng_state, save_state,
     set_rng_state, write_checkpoint,
 )
 
@@ -400,7 +400,7 @@ class GanTrainer:
         what stopped the run first (a non-finite loss), named before the weights."""
         finite = torch.stack([torch.isfinite(p).all() for m in (self.G, self.D) for p in m.parameters()]).all()
         if not bool(finite):
-            kept = f"the last checkpoint in {self.run} is kept" if (self.run / STATE_JSON).is_file() else "nothing saved"
+            kept = kept_checkpoint(self.run)
             what = (f"the weights became NaN or infinite by step {self.step} (training diverged)" if cause is None
                     else f"{cause}; the weights are NaN or infinite")
             raise ParameterError(f"{what}; {kept} (try a lower {{lr}} or {{precision}} fp32)")

@@ -32,8 +32,8 @@ from drgan.nn import GradeNet, build_grader
 from drgan.training.interrupts import whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import GRADER_RESUMABLE, GraderOptions
-from drgan.training.state import (STATE_JSON, load_state, optimizer_from_state, optimizer_to_state, recover_checkpoint,
-                                  rng_state, save_state, set_rng_state, write_checkpoint)
+from drgan.training.state import (STATE_JSON, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state,
+                                  recover_checkpoint, rng_state, save_state, set_rng_state, write_checkpoint)
 
 __all__ = ["GraderOptions", "train_grader", "check_resumable", "interrupted", "grader_features", "GRADER_FILE", "AGM_MIN_ACCURACY"]
 
@@ -243,7 +243,7 @@ class _Training:
                 logits, _ = grader(images.to(self.device))
                 loss = F.cross_entropy(logits, target.to(self.device))  # int grades or (B, 5) soft targets
                 if not torch.isfinite(loss):
-                    raise ParameterError(f"grader: non-finite loss at epoch {epoch + 1}, step {self.step}; {self._kept()} "
+                    raise ParameterError(f"grader: non-finite loss at epoch {epoch + 1}, step {self.step}; {kept_checkpoint(self.out)} "
                                          "(try a lower {lr})")
                 self.optim.zero_grad(set_to_none=True)
                 loss.backward()
@@ -253,7 +253,7 @@ class _Training:
                 self.live = ({"batches": done, "losses": losses}, mix)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if self.step % opts.checkpoint_every == 0 and done < len(batches):
-                self._checkpoint({"batches": done, "losses": losses}, mix)
+                self._checkpoint(*self.live)
         return losses
 
     def _checkpoint_interrupted(self) -> None:
@@ -267,9 +267,6 @@ class _Training:
             return
         tqdm.write(f"interrupted: step {self.step} checkpointed in {self.out}; continue with --resume", file=sys.stderr)
 
-    def _kept(self) -> str:
-        return f"the last checkpoint in {self.out} is kept" if (self.out / STATE_JSON).is_file() else "nothing saved"
-
     def _checkpoint(self, position: dict[str, Any] | None = None, mix: torch.Generator | None = None) -> None:
         """The run after its latest epoch, or inside an epoch at `position` (batches done and their
         losses; `mix`: the batch transforms' generator there). Weights a step turned NaN or infinite
@@ -278,7 +275,7 @@ class _Training:
         tensors = {f"grader.{k}": v for k, v in self.grader.state_dict().items()}
         if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
             raise ParameterError(f"grader: its weights are NaN or infinite by step {self.step} (it diverged); "
-                                 f"{self._kept()} (try a lower {{lr}})")
+                                 f"{kept_checkpoint(self.out)} (try a lower {{lr}})")
         meta = {"step": self.step, "epoch": len(self.epochs), "report": self.epochs,
                 "optimizer": optimizer_to_state(self.optim, "optimizer", tensors)}
         if position is not None:

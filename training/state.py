@@ -106,6 +106,11 @@ def finish_checkpoint(run: Path) -> None:
     next_folder.rmdir()
 
 
+def kept_checkpoint(run: Path) -> str:
+    """What a failed run leaves to resume from, for its error message."""
+    return f"the last checkpoint in {run} is kept" if (run / STATE_JSON).is_file() else "nothing saved"
+
+
 def recover_checkpoint(run: Path) -> None:
     """Before a resume: finish moving a committed checkpoint into RUN, and remove the temp folder of
     one that a killed run had not committed."""
