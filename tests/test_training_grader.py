@@ -305,3 +305,18 @@ def test_info_describes_a_grader_run(tmp_path, phantom_dir, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "grader" and info["epochs"] == report["epochs"] and info["flops"] > 0
     assert info["params"] == sum(p.numel() for p in build_grader(CFG).parameters())
+
+
+def test_first_checkpoint_committed_but_not_moved_is_resumed_not_started_over(tmp_path):
+    """Killed between committing the first checkpoint folder and moving it into the run: there is no
+    state.json yet, but the run has a checkpoint to resume (the demo and the augmentation experiment
+    decide by `interrupted`; starting over would delete it)."""
+    from drgan.training.grader_pretraining import interrupted
+    from drgan.training.state import kept_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoint.next").mkdir(parents=True)
+    assert interrupted(run)
+    assert kept_checkpoint(run) == f"the last checkpoint in {run} is kept"
+    (run / "grading_space.safetensors").write_bytes(b"")
+    assert not interrupted(run)

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from drgan import locks
 from drgan.checkpoint import save_module
-from drgan.runs import (GRADER_FILE, check_same_dataset, dataset_record, prepare_out, read_run, remove_unfinished, require_checkpoint, require_kind,
-                        write_run_config)
+from drgan.runs import (GRADER_FILE, check_same_dataset, dataset_record, has_checkpoint, prepare_out, read_run, remove_unfinished,
+                        require_checkpoint, require_kind, write_run_config)
 from drgan.runtime import resolve_device, seeded_generator
 from drgan.config import preset
 from drgan.errors import DrganError, ParameterError
@@ -134,7 +134,7 @@ def train_grader(
 def interrupted(run: Path) -> bool:
     """Whether `run` holds a grader run stopped after a checkpoint and before its grading spaces:
     one to resume rather than to start over."""
-    return (run / STATE_JSON).is_file() and not (run / SPACE_FILE).is_file()
+    return has_checkpoint(run) and not (run / SPACE_FILE).is_file()
 
 
 def check_resumable(run: str | Path, opts: GraderOptions) -> None:

@@ -22,7 +22,7 @@ import torch
 from drgan.checkpoint import load_tensors, save_tensors
 from drgan.io import atomic_write_bytes, fsync_folder, remove_temp_files, temp_path, write_error
 from drgan.errors import DrganError
-from drgan.runs import NEXT_CHECKPOINT, STATE_JSON, require_checkpoint
+from drgan.runs import NEXT_CHECKPOINT, STATE_JSON, has_checkpoint, require_checkpoint
 
 STATE_TENSORS = "state.safetensors"
 
@@ -108,7 +108,7 @@ def finish_checkpoint(run: Path) -> None:
 
 def kept_checkpoint(run: Path) -> str:
     """What a failed run leaves to resume from, for its error message."""
-    return f"the last checkpoint in {run} is kept" if (run / STATE_JSON).is_file() else "nothing saved"
+    return f"the last checkpoint in {run} is kept" if has_checkpoint(run) else "nothing saved"
 
 
 def recover_checkpoint(run: Path) -> None:
