@@ -76,13 +76,14 @@ def write_error(path: Path, exc: OSError) -> DrganError:
     return DrganError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
-def atomic_save(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_save(path: str | Path, write: Callable[[Path], None], keep_suffix: bool = False) -> None:
     """Let `write` create a temp file, then rename it to `path`: a killed process never leaves a
-    truncated file under the final name, and a failed one leaves no temp file behind."""
+    truncated file under the final name, and a failed one leaves no temp file behind
+    (`keep_suffix`: see temp_path)."""
     path = Path(path)
     if path.is_dir():
         raise DrganError(f"{path}: is a folder, expected a file path")
-    tmp = temp_path(path)
+    tmp = temp_path(path, keep_suffix)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # the mode of a plain open(): temp-file writers use 0600

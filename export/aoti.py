@@ -10,7 +10,6 @@ compiles static shapes; a range compiles a dynamic batch axis bounded by --min-b
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from drgan.config import ModelConfig
 from drgan.errors import DrganError, ParameterError
 from drgan.export.sidecar import BatchProfile, read_sidecar, sidecar_path, write_sidecar
-from drgan.io import sha256_file, temp_path
+from drgan.io import atomic_save, sha256_file
 from drgan.export.wrapper import check_cpu_attention_memory, example_inputs, input_shapes, output_shapes, prepare
 from drgan.nn import DRGANGenerator
 
@@ -56,16 +55,11 @@ def compile_aoti(
     if not profile.fixed:
         batch = torch.export.Dim("batch", min=profile.min, max=profile.max)
         dynamic_shapes = ({0: batch}, {0: batch}, tuple({0: batch} for _ in args[2:]))
-    tmp = temp_path(path, keep_suffix=True)  # the packager insists on the suffix
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
-            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+        # keep_suffix: the packager insists on the .pt2 suffix
+        atomic_save(path, lambda tmp: torch._inductor.aoti_compile_and_package(program, package_path=str(tmp)), keep_suffix=True)
     write_sidecar(path, {
         "format": "aotinductor-package",
         "device": device_type,
