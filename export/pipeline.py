@@ -35,6 +35,7 @@ from drgan.export.wrapper import OUTPUT_NAMES, attention_flops, example_inputs, 
 from drgan.io import atomic_write_bytes, check_writable_dir, is_temp_name, remove_temp_files
 from drgan.nn import DRGANGenerator
 from drgan.runs import generator_weights, require_kind
+from drgan.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ExportOptions:
     aoti: bool = False                      # an AOTInductor .pt2 package
     precision: str = "fp32"                 # engine/package precision: 'fp32' | 'fp16' | 'bf16'
     opset: int = 23                         # ONNX opset, >= 23 (the Attention op)
-    device: str | None = None               # device of the package; None: cuda if available, else cpu
+    device: str = "auto"                    # device of the package: auto (cuda if available), cpu, cuda, cuda:N
     external_data: bool | None = None       # ONNX weights in a .data file; None: automatic above 1 GB
     pad_qk: bool = True                     # TensorRT: zero-pad Q/K to V's width for its fused attention
     trt_plugin: str | Path | None = None    # TensorRT: libdrgan_trt_plugin.so runs each attention instead
@@ -77,9 +78,7 @@ def export_run(
     """Write, check and record the artifacts `options` asks for; returns the manifest (OUT/export.json).
 
     `profile` is the batch range of engines and packages; `stage`, when given, must be the run's."""
-    device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(f"{{device}} {device}: no CUDA GPU is visible")
+    device = str(resolve_device(options.device))
     if options.trt and not torch.cuda.is_available():
         raise ParameterError("{trt} needs a CUDA GPU: TensorRT builds its engine for the GPU it runs on")
     run = Path(run)

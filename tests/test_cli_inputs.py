@@ -354,6 +354,11 @@ def test_a_missing_path_or_a_file_for_a_folder_is_bad_input(drgan, tmp_path, dat
     for args, expected in cases:
         assert one_error(*drgan(*args)) == expected
     assert drgan("info", "--no-such-option")[0] == 2  # a usage error stays one
+    # A path option or argument not given at all is a usage error too, though its type is click.Path.
+    for args in (("export",), ("synthesize", "--count", "5", "--run", data), ("data", "import", "eyepacs"),
+                 ("masks", "extract", "--out", tmp_path / "m")):
+        rc, _out, err = drgan(*args)
+        assert rc == 2 and "Error: Missing " in err, args
 
 
 def test_sizes_and_counts_have_an_upper_bound(drgan, tmp_path, data):
@@ -382,3 +387,12 @@ def test_json_outputs_are_json_alone_on_stdout(drgan, tmp_path, data, run):
     assert rc == 0, err
     result = json.loads(out)
     assert result["run"] == str(tmp_path / "g") and [e["epoch"] for e in result["epochs"]] == [1]
+
+
+def test_every_device_option_refuses_a_bad_device_in_one_line(drgan, tmp_path, data, run):
+    """export's --device went to torch.device unchecked: a traceback for 'auto' and for 'bogus'."""
+    expected = "error: --device 'bogus': expected auto, cpu, cuda or cuda:N"
+    for args in (("export", "--run", run, "--out", tmp_path / "e"),
+                 ("synthesize", "--run", run, "--out", tmp_path / "s", "--count", "2"),
+                 ("evaluate", "fidelity", "--real", data, "--fake", data)):
+        assert one_error(*drgan(*args, "--device", "bogus")) == expected, args

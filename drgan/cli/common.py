@@ -87,7 +87,8 @@ def run_command(command: click.Command, **kwargs) -> int:
         click.echo("aborted", err=True)
         return 130
     except click.BadParameter as exc:
-        if exc.param is not None and isinstance(exc.param.type, click.Path):  # a missing file, a file for a folder
+        if (exc.param is not None and isinstance(exc.param.type, click.Path)  # a missing file, a file for a folder
+                and not isinstance(exc, click.MissingParameter)):  # an option not given at all is a usage error
             click.echo(f"error: {exc.format_message()}", err=True)  # bad input, not a usage error
             return 1
         exc.show()

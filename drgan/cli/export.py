@@ -8,7 +8,7 @@ import json
 
 import click
 
-from drgan.cli.common import HELP_NAMES, IntRange
+from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange
 from drgan.config import PRECISIONS, STAGES
 
 
@@ -25,7 +25,7 @@ from drgan.config import PRECISIONS, STAGES
 @click.option("--max-batch", type=IntRange(1), help="Largest batch of the engine/package.  [default: 16]")
 @click.option("--stage", type=click.Choice(list(STAGES)), help="Stage to export; must be the run's (global: Gm at half resolution).  [default: the run's stage]")
 @click.option("--opset", default=23, show_default=True, type=int, help="ONNX opset, >= 23 (the Attention op).")
-@click.option("--device", help="Device of the AOTInductor package (cpu, cuda).  [default: cuda if available]")
+@click.option("--device", default="auto", show_default=True, help="Device of the AOTInductor package: " + DEVICE_HELP)
 @click.option("--external-data", is_flag=True, help="Keep the ONNX weights in a .data file (automatic above 1 GB).")
 @click.option("--pad-qk/--no-pad-qk", default=True, show_default=True, help="TensorRT path: zero-pad Q/K to V's width (fused attention; ~1.9x attention FLOPs).")
 @click.option("--trt-plugin", "trt_plugin", type=click.Path(dir_okay=False), help="TensorRT path: run each spatial attention as the drgan plugin (libdrgan_trt_plugin.so of the native build) instead of padding Q/K; it runs native code, and synthesis loads it only when named again with --trt-plugin.")
@@ -35,7 +35,7 @@ from drgan.config import PRECISIONS, STAGES
 def export(
     run: str, out: str | None, want_onnx: bool, want_trt: bool, want_aoti: bool, precision: str,
     batch: int | None, min_batch: int | None, opt_batch: int | None, max_batch: int | None, stage: str | None,
-    opset: int, device: str | None, external_data: bool, pad_qk: bool, opt_level: int | None, timing_cache: str | None,
+    opset: int, device: str, external_data: bool, pad_qk: bool, opt_level: int | None, timing_cache: str | None,
     trt_plugin: str | None, as_json: bool,
 ) -> None:
     """Export the inference generator (mapping network + generator; inputs cond, z, noise0..noise2;
