@@ -196,12 +196,6 @@ def check_output_file(path: str | Path, suffix: str, what: str, same_kind: Calla
         raise DrganError(f"{path}: exists and is not {what}; choose another file name")
 
 
-def is_png(path: Path) -> bool:
-    """Whether the file starts with the PNG signature."""
-    with open(path, "rb") as f:
-        return f.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
 def check_regular_file(path: str | Path) -> None:
     """Refuse anything but a regular file (a symlink to one is fine): reading a named pipe or a
     device blocks forever or never ends."""

@@ -100,11 +100,13 @@ def test_file_outputs_never_write_over_their_input_or_a_file_of_another_kind(drg
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     (tmp_path / "notes.png").write_text("my notes")
     (tmp_path / "notes.json").write_text('{"mine": 1}')
+    shutil.copy(image, tmp_path / "photo.png")  # a PNG, but not a contact sheet
     cases = [(["contact-sheet", copy, "--out", copy / "labels.png"], f"{copy / 'labels.png'}: inside {copy}, which this command reads"),
              (["contact-sheet", copy, "--out", image], f"{image}: inside {copy}, which this command reads"),
              (["fit-lesions", copy, "--out", copy / "labels.csv"], f"{copy / 'labels.csv'}: lesion statistics is written as .json"),
              (["contact-sheet", copy, "--out", tmp_path / "s.jpg"], f"{tmp_path / 's.jpg'}: a contact sheet is written as .png"),
              (["contact-sheet", copy, "--out", tmp_path / "notes.png"], f"{tmp_path / 'notes.png'}: exists and is not a contact sheet"),
+             (["contact-sheet", copy, "--out", tmp_path / "photo.png"], f"{tmp_path / 'photo.png'}: exists and is not a contact sheet"),
              (["fit-lesions", copy, "--out", tmp_path / "notes.json"], f"{tmp_path / 'notes.json'}: exists and is not lesion statistics")]
     for args, message in cases:
         assert one_error(*drgan("data", *args)).startswith(f"error: {message}"), args
@@ -112,6 +114,7 @@ def test_file_outputs_never_write_over_their_input_or_a_file_of_another_kind(drg
     assert line.startswith(f"error: {tmp_path / 'ph' / 's.png'}: inside {tmp_path / 'ph'}")
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
     assert (tmp_path / "notes.png").read_text() == "my notes" and not (tmp_path / "s.jpg").exists()
+    assert (tmp_path / "photo.png").read_bytes() == image.read_bytes()
     for _ in range(2):  # the second run replaces the first's results
         assert drgan("data", "contact-sheet", copy, "--out", tmp_path / "s.png", "--size", "16")[0] == 0
         assert drgan("data", "fit-lesions", copy, "--out", tmp_path / "l.json")[0] == 0

@@ -72,12 +72,12 @@ def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str
 @click.option("--size", type=IntRange(8, 1024), default=192, show_default=True, help="Tile side in pixels.")
 def contact_sheet(directory: str | None, data_dir: str | None, out: str, per_grade: int, size: int) -> None:
     """Grid of a dataset's images: one row per grade."""
-    from drgan.data.contact_sheet import save_contact_sheet
+    from drgan.data.contact_sheet import is_contact_sheet, save_contact_sheet
     from drgan.data.dataset import FundusDataset
-    from drgan.io import check_output_file, is_png
+    from drgan.io import check_output_file
 
     directory = dataset_folder(directory, data_dir)
-    check_output_file(out, ".png", "a contact sheet", is_png, [directory], make_parent=True)  # before the images are read
+    check_output_file(out, ".png", "a contact sheet", is_contact_sheet, [directory], make_parent=True)  # before the images are read
     ds = FundusDataset(directory, size)
     rows: list[list] = [[] for _ in range(NUM_GRADES)]
     for i, g in enumerate(ds.grades):
@@ -127,9 +127,10 @@ def phantom(out: str, count: int, size: int, seed: int, no_split: bool, workers:
     from drgan.data.phantom import write_phantom_dataset
 
     if sheet:
-        from drgan.io import check_output_file, is_png
+        from drgan.data.contact_sheet import is_contact_sheet
+        from drgan.io import check_output_file
 
-        check_output_file(sheet, ".png", "a contact sheet", is_png, [out], make_parent=True)  # before the rendering
+        check_output_file(sheet, ".png", "a contact sheet", is_contact_sheet, [out], make_parent=True)  # before the rendering
     root = write_phantom_dataset(out, count, size, seed, split=not no_split, progress=True, workers=workers)
     click.echo(f"wrote {count} phantom samples to {root}")
     if sheet:

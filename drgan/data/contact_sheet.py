@@ -4,13 +4,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from drgan.io import atomic_write_bytes
 from drgan.errors import DrganError
 
 GAP = 4          # pixels between tiles
 LABEL_W = 72     # left margin holding the row labels
+# The PNG text chunk that marks a sheet as this program's: a rerun replaces a sheet, never a photograph.
+MARK = ("Software", "drgan contact sheet")
+
+
+def is_contact_sheet(path: Path) -> bool:
+    """Whether `path` is a PNG that save_contact_sheet wrote (its text chunks precede the pixels)."""
+    try:
+        with Image.open(path) as img:
+            return img.format == "PNG" and img.text.get(MARK[0]) == MARK[1]
+    except (OSError, SyntaxError, ValueError):  # not an image, or a broken one
+        return False
 
 
 def save_contact_sheet(rows: list[list[np.ndarray]], path: str | Path, labels: list[str] | None = None) -> Path:
@@ -41,6 +52,8 @@ def save_contact_sheet(rows: list[list[np.ndarray]], path: str | Path, labels: l
     path.parent.mkdir(parents=True, exist_ok=True)
     import io
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*MARK)
+    sheet.save(buf, format="PNG", pnginfo=info)
     atomic_write_bytes(path, buf.getvalue())
     return path
