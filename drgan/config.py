@@ -19,6 +19,7 @@ NUM_GRADES = 5
 # The largest image side a command makes or measures: fundus cameras give up to ~5000 px, the
 # paper works at 1280, and above this one image's float buffers alone take gigabytes.
 MAX_IMAGE_SIDE = 4096
+MIN_SIDE = 64            # smaller images cannot hold a usable fundus
 NORMS = ("batch", "instance", "none")
 STAGES = ("global", "local")
 # Precision names every command accepts (synthesis also takes "auto"); drgan.runtime maps them to dtypes.

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from drgan.cli.common import IntRange, dataset_folder
-from drgan.config import MAX_IMAGE_SIDE, NUM_GRADES
+from drgan.config import MAX_IMAGE_SIDE, MIN_SIDE, NUM_GRADES
 from drgan.errors import DrganError
 
 # The dataset is `--data DIR`, as in every command; a positional DIR is still accepted.
@@ -116,7 +116,7 @@ def fit_lesions(directory: str | None, data_dir: str | None, out: str, skip_bad:
 @click.command()
 @click.option("--out", "out", type=click.Path(), required=True, help="New dataset folder.")
 @click.option("--count", type=int, default=100, show_default=True, help="Number of samples, 1..1000000 (grades round-robin 0..4).")
-@click.option("--size", type=int, default=256, show_default=True, help=f"Image side in pixels, 32..{MAX_IMAGE_SIDE}.")
+@click.option("--size", type=IntRange(MIN_SIDE, MAX_IMAGE_SIDE), default=256, show_default=True, help="Image side in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed, >= 0: the same seed gives identical files.")
 @click.option("--no-split", is_flag=True, help="Leave the split column out of labels.csv.")
 @click.option("--workers", type=IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,

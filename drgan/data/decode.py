@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from drgan.config import MIN_SIDE
 from drgan.errors import DrganError
 from drgan.io import check_regular_file
 
-MIN_SIDE = 64            # smaller images cannot hold a usable fundus
 # The largest fundus cameras write about 24 MP (a 45 MP full-frame sensor is the extreme); one
 # decoded 50 MP RGB image is 150 MB, its eight masks 400 MB more. A larger header is refused before
 # decoding: a 100-byte PNG can declare 30000x30000 px (2.7 GB of pixels).

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, NUM_GRADES
+from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, MIN_SIDE, NUM_GRADES
 from drgan.data.lesions import imitate_lesions
 from drgan.io import encode_png
 from drgan.errors import DrganError, ParameterError
@@ -381,8 +381,8 @@ def write_phantom_dataset(out: str | Path, count: int, size: int, seed: int, gra
             raise DrganError(f"got {len(grades)} grades for {count} samples")
     else:
         grades = [i % NUM_GRADES for i in range(count)]
-    if not MIN_SIZE <= size <= MAX_IMAGE_SIDE:
-        raise ParameterError(f"{{size}} {size}: outside {MIN_SIZE}..{MAX_IMAGE_SIDE} px")
+    if not MIN_SIDE <= size <= MAX_IMAGE_SIDE:  # a smaller dataset could not be read (decode.MIN_SIDE)
+        raise ParameterError(f"{{size}} {size}: outside {MIN_SIDE}..{MAX_IMAGE_SIDE} px")
     with DatasetWriter(out) as writer:
         return _write_phantoms(writer, grades, size, seed, split, progress, workers)
 
