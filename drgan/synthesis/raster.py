@@ -41,18 +41,20 @@ def _patch_table(primitives: list[np.ndarray], size: int) -> tuple[np.ndarray, n
 
 def condition_masks(planes: torch.Tensor, slots: list[int], primitives: list[np.ndarray], out: torch.Tensor | None = None,
                     lesions: torch.Tensor | None = None) -> torch.Tensor:
-    """0/1 (B, 8, R, R) in COND_CHANNELS order, on planes' device: vessel and disc of each item's
-    structure, then its lesion ellipses (rows of drgan.data.lesions.PRIMITIVE_FIELDS) inside the
-    field of view and off the disc (membranes: on the disc too).
+    """Float (B, 8, R, R) in COND_CHANNELS order, on planes' device: the vessel coverage (0..1) and
+    0/1 disc of each item's structure, then its 0/1 lesion ellipses (rows of
+    drgan.data.lesions.PRIMITIVE_FIELDS) inside the field of view and off the disc (membranes: on
+    the disc too).
 
-    planes: (slots, 3, R, R) uint8 0/1 vessel, disc, lesion-allowed (DeviceStructures.planes).
-    out: a buffer of that shape to fill, of any dtype (the runner passes its float condition
-    tensor), or None for a new uint8 one. lesions: a uint8 (B, 6, R, R) work buffer (reused by
+    planes: (slots, 3, R, R) uint8: vessel coverage 0..255, 0/1 disc, 0/1 lesion-allowed
+    (DeviceStructures.planes). out: a float buffer of that shape to fill (the runner's condition
+    tensor), or None for a new float32 one. lesions: a uint8 (B, 6, R, R) work buffer (reused by
     the runner), or None for a new one.
     """
     size, device = planes.shape[-1], planes.device
     if out is None:
-        out = torch.empty((len(slots), 2 + len(LESION_TYPES), size, size), dtype=torch.uint8, device=device)
+        out = torch.empty((len(slots), 2 + len(LESION_TYPES), size, size), dtype=torch.float32, device=device)
+    assert out.is_floating_point(), out.dtype
     if lesions is None:
         lesions = torch.empty((len(slots), len(LESION_TYPES), size, size), dtype=torch.uint8, device=device)
     lesions.zero_()
@@ -67,7 +69,8 @@ def condition_masks(planes: torch.Tensor, slots: list[int], primitives: list[np.
     membrane = LESION_TYPES.index("membrane")
     has_membrane = {int(i) // len(LESION_TYPES) for i in ints[:, 0] if int(i) % len(LESION_TYPES) == membrane}
     for b, slot in enumerate(slots):
-        out[b, :2].copy_(planes[slot, :2])
+        torch.div(planes[slot, 0], 255, out=out[b, 0])   # 255 gives exactly 1.0
+        out[b, 1].copy_(planes[slot, 1])
         allowed = planes[slot, 2]
         if b in has_membrane:   # membranes may cover the disc
             lesions[b, membrane].mul_(allowed | planes[slot, 1])

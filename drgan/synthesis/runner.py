@@ -321,7 +321,7 @@ class _Pipeline:
         with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext(), torch.inference_mode():
             mark = self._marker()
             slots = self.structures.slots([it.structure for it in rows])
-            # 0/1: the float condition exists only here.
+            # The float condition exists only here.
             with self._own_stage():
                 cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows],
                                        out=self._buffer("cond", (len(rows), len(COND_CHANNELS), size, size), torch.float32),
@@ -336,7 +336,7 @@ class _Pipeline:
             # Read once generation is queued: the wait covers the prediction only.
             grades = None if self.device_space is None else predicted()[:n]
             image = image[:n].float()
-            saved = (cond[:n] * 255).to(torch.uint8).cpu().numpy() if self.opts.save_masks else None
+            saved = (cond[:n] * 255).round_().to(torch.uint8).cpu().numpy() if self.opts.save_masks else None
             if self.gpu_encode is not None:
                 nhwc = to_pixels(image, self._buffer("nhwc", (n, size, size, 3), torch.uint8))
                 encoded = self.gpu_encode(nhwc.permute(0, 3, 1, 2).contiguous())
@@ -378,7 +378,7 @@ class _Pipeline:
         rows = items + [items[-1]] * (self.plan.batch - len(items))
         with torch.inference_mode():
             slots = self.structures.slots([it.structure for it in rows])
-            cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows]).float()
+            cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows])
             return self.loaded.predict_grade(cond)[:len(items)].tolist()
 
     def _own_stage(self) -> contextlib.AbstractContextManager:

@@ -19,8 +19,9 @@ DEVICE_SLOTS = 64
 
 
 class StructurePool:
-    """Structure j as {"vessel", "disc", "fov"} uint8 0/255 masks at the output resolution, with
-    its placement geometry computed once."""
+    """Structure j as {"vessel", "disc", "fov"} uint8 masks at the output resolution (vessel:
+    coverage 0..255, as training's masks filtered to that size; disc and FOV: 0/255), with its
+    placement geometry computed once."""
 
     def __init__(self, ids: list[str], loader, identity: dict) -> None:
         if not ids:
@@ -64,11 +65,14 @@ class StructurePool:
         for batch in make_loader(root, size, batch_size=16, kind=loader):
             cond = batch["cond"].float()
             for b, item_id in enumerate(batch["id"]):
-                vessel, disc = (cond[b, c].numpy() > 0.5 for c in (0, 1))
+                # Vessels keep their partial coverage: thresholded, a thin vessel resized from another
+                # resolution breaks into dots the generator never saw in training.
+                vessel = np.rint(cond[b, 0].numpy() * 255).astype(np.uint8)
                 if not vessel.any():
                     continue
+                disc = (cond[b, 1].numpy() > 0.5).astype(np.uint8) * 255
                 ids.append(str(item_id))
-                masks.append(np.stack([vessel, disc, fov]).astype(np.uint8) * 255)
+                masks.append(np.stack([vessel, disc, fov.astype(np.uint8) * 255]))
                 digest.update(str(item_id).encode())
                 digest.update(masks[-1])
         if not ids:
@@ -78,8 +82,8 @@ class StructurePool:
 
 
 class DeviceStructures:
-    """Structures on the generator's device as uint8 0/1 planes (vessel, disc, lesion-allowed =
-    FOV off the disc) in a fixed set of slots, least recently used first out."""
+    """Structures on the generator's device as uint8 planes (vessel coverage 0..255, 0/1 disc,
+    0/1 lesion-allowed = FOV off the disc) in a fixed set of slots, least recently used first out."""
 
     def __init__(self, pool: StructurePool, size: int, device: torch.device, batch: int) -> None:
         self.pool = pool
@@ -101,7 +105,7 @@ class DeviceStructures:
                 slot = self._slot_of.pop(victim)
             vessel, disc, fov = (torch.from_numpy(self.pool.get(j)[k]).to(self.planes.device) for k in ("vessel", "disc", "fov"))
             # Written in place, no temporaries: four passes per upload.
-            torch.gt(vessel, 0, out=self.planes[slot, 0])
+            self.planes[slot, 0].copy_(vessel)
             torch.gt(disc, 0, out=self.planes[slot, 1])
             torch.gt(fov, 0, out=self.planes[slot, 2])
             torch.lt(self.planes[slot, 1], self.planes[slot, 2], out=self.planes[slot, 2])   # 0/1: FOV and not disc
