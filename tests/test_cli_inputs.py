@@ -132,6 +132,9 @@ def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
     assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "0")).startswith("error: --quality 0:")
     assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "500")).startswith("error: --quality 500:")
     assert one_error(*drgan(*synth, "--count", "5", "--quality", "50")).startswith("error: --quality is the JPEG quality; with --format png")
+    assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--png-level", "3")).startswith(
+        "error: --png-level is the PNG compression; with --format jpeg")
+    assert one_error(*drgan(*synth, "--count", "5", "--loader", "dali")).startswith("error: --loader reads --structures")
     assert one_error(*drgan(*synth, "--count", "5", "--device", "tpu")) == \
         "error: --device 'tpu': expected auto, cpu, cuda or cuda:N"
     line = one_error(*drgan(*synth, "--count", "5", "--backend", "tensorrt"))
@@ -224,6 +227,9 @@ def test_unbalanced_count_is_named(drgan, tmp_path):
     warnings = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("warning")]
     assert warnings == ["warning: --count 3 over 5 grades is not balanced: grade(s) 0, 1, 2 get 1, the others 0 "
                         "(--per-grade gives each grade the same number)"]
+    rc, out, err = drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set2", "--count", "3",
+                         "--device", "cpu", "--json")
+    assert rc == 0 and json.loads(out)["warnings"] == [warnings[0].removeprefix("warning: ")]
 
 
 def test_repeated_or_unknown_grades_are_refused_before_the_balance_warning(drgan, tmp_path):

@@ -76,16 +76,23 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
     grade_list = _grades(grades)
     if (count is None) == (per_grade is None):
         raise DrganError("give exactly one of --count and --per-grade")
-    if fmt == "png" and click.get_current_context().get_parameter_source("quality") is not ParameterSource.DEFAULT:
+    given = click.get_current_context().get_parameter_source
+    # Options that would do nothing are refused, not ignored.
+    if fmt == "png" and given("quality") is not ParameterSource.DEFAULT:
         raise DrganError("--quality is the JPEG quality; with --format png it would do nothing (--png-level sets PNG compression)")
+    if fmt == "jpeg" and given("png_level") is not ParameterSource.DEFAULT:
+        raise DrganError("--png-level is the PNG compression; with --format jpeg it would do nothing (--quality sets JPEG quality)")
+    if structures is None and given("loader") is not ParameterSource.DEFAULT:
+        raise DrganError("--loader reads --structures; without it (phantom structures) it would do nothing")
     total = count if count is not None else per_grade * len(grade_list)
     Plan(total, grade_list, seed, batch)  # its checks of the grades come before a warning about their balance
-    if total % len(grade_list):
-        click.echo(f"warning: {_imbalance(total, grade_list)}", err=True)
+    warnings = [_imbalance(total, grade_list)] if total % len(grade_list) else []
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
     summary = synthesize_set(SynthesisOptions(
         run=run, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
         seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality, png_level=png_level,
         save_masks=save_masks, shard=shard, loader=loader, device=device, label=label, trt_plugin=trt_plugin,
         fp8_attention=fp8_attention, verify=verify,
     ))
-    click.echo(json.dumps(summary.to_dict()) if as_json else format_summary(summary))
+    click.echo(json.dumps({**summary.to_dict(), "warnings": warnings}) if as_json else format_summary(summary))
