@@ -124,18 +124,19 @@ def format_grader(report: dict) -> str:
 def format_report(report: dict) -> str:
     """cost_report as a table."""
     r, total_f, attn = report["resolution"], report["conv_flops"] + report["attention_flops"], report["attention_flops"]
+    unit, scale = ("GFLOP", 1e9) if total_f >= 1e9 else ("MFLOP", 1e6)  # the small presets read 0.0 in GFLOP
     lines = [
         f"drgan {report['name']}: generator stage {report['stage']!r}, output {r}x{r}, FLOPs per image (1 multiply-add = 2 FLOPs)",
         "",
-        f"{'module':<20} {'params':>12} {'conv GFLOP':>12} {'attn GFLOP':>12} {'share':>7}",
+        f"{'module':<20} {'params':>12} {'conv ' + unit:>12} {'attn ' + unit:>12} {'share':>7}",
     ]
     for c in report["modules"]:
         share = 100.0 * (c["conv_flops"] + c["attention_flops"]) / total_f
-        lines.append(f"{c['name']:<20} {c['params']:>12,} {c['conv_flops'] / 1e9:>12.1f} {c['attention_flops'] / 1e9:>12.1f} {share:>6.1f}%")
+        lines.append(f"{c['name']:<20} {c['params']:>12,} {c['conv_flops'] / scale:>12.1f} {c['attention_flops'] / scale:>12.1f} {share:>6.1f}%")
     lines += [
-        f"{'total':<20} {report['params']:>12,} {(total_f - attn) / 1e9:>12.1f} {attn / 1e9:>12.1f} {100.0:>6.1f}%",
+        f"{'total':<20} {report['params']:>12,} {(total_f - attn) / scale:>12.1f} {attn / scale:>12.1f} {100.0:>6.1f}%",
         "",
-        f"total: {total_f / 1e9:,.1f} GFLOP per image, attention {100.0 * attn / total_f:.1f}% "
+        f"total: {total_f / scale:,.1f} {unit} per image, attention {100.0 * attn / total_f:.1f}% "
         f"({report['softmax_exps']:.3g} softmax exponentials)",
         f"discriminators: {report['discriminator_params']:,} params; "
         f"grader (ResNet-50, width {report['grader_width']}): {report['grader_params']:,} params, "

@@ -244,8 +244,10 @@ def test_info_of_a_run_refuses_a_preset_or_stage_it_would_ignore(drgan, run):
     for extra in (["--preset", "paper-1280"], ["--stage", "local"]):
         assert one_error(*drgan("info", "--run", run, *extra)) == \
             f"error: --run {run}: the run gives the model and stage; drop {extra[0]}"
-    rc, out, _ = drgan("info", "--run", run)
+    rc, out, _ = drgan("info", "--checkpoint", run)
     assert rc == 0 and "stage 'global'" in out
+    total = next(line for line in out.splitlines() if line.startswith("total:"))
+    assert " MFLOP per image" in total and not total.startswith("total: 0.0 ")  # GFLOP read 0.0 at tiny sizes
     rc, out, _ = drgan("info", "--run", run, "--json")
     report = json.loads(out)
     assert rc == 0 and report["stage"] == "global" and report["params"] == sum(m["params"] for m in report["modules"])

@@ -87,7 +87,7 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
 
 
 @evaluate.command()
-@click.option("--grader", "--run", "--model", "grader", type=_folder, required=True,
+@click.option("--grader", "--run", "--checkpoint", "--model", "grader", type=_folder, required=True,
               help="Grader run folder (grader.safetensors + run.json).")
 @click.option("--fake", "--data", "fake", type=_folder, required=True,
               help="Set graded by its labels: a dataset folder (images/ + labels.csv), synthesized or real.")

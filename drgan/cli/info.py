@@ -12,7 +12,7 @@ from drgan.errors import ParameterError
 @click.command()
 @click.option("--preset", "preset_name", default=None, help=f"One of {', '.join(PRESETS)}.  [default: paper-1280]")
 @click.option("--stage", type=click.Choice(STAGES), default=None, help="Generator stage.  [default: local]")
-@click.option("--run", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--run", "--checkpoint", "run", type=click.Path(exists=True, file_okay=False), default=None,
               help="A run folder: its model config (ablations included), stage and training options instead of a preset "
                    "(a grader run: its network, epochs and validation metrics).")
 @click.option("--json", "as_json", is_flag=True, help="Print the parameters and FLOPs (and a run's options) as JSON.")
