@@ -359,7 +359,7 @@ def test_sigterm_runs_a_commands_cleanup_as_an_interrupt_does():
 
 def test_a_missing_path_or_a_file_for_a_folder_is_bad_input(drgan, tmp_path, data, blocked):
     """click.Path's own checks: one error line and exit 1, as the commands' own path checks give."""
-    cases = [(("info", "--run", blocked), f"error: Invalid value for '--run': Directory '{blocked}' is a file."),
+    cases = [(("info", "--run", blocked), f"error: Invalid value for '--run' / '--checkpoint': Directory '{blocked}' is a file."),
              (("evaluate", "swd", "--real", tmp_path / "none", "--fake", data),
               f"error: Invalid value for '--real': Directory '{tmp_path / 'none'}' does not exist.")]
     for args, expected in cases:

@@ -69,7 +69,7 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
 @click.option("--fake", type=_folder, required=True, help="Synthesized images: a folder of images or a dataset folder.")
 @click.option("--resolution", type=IntRange(16, MAX_IMAGE_SIDE), default=None,
               help="Side every image is resized to [default: width of the first fake image].")
-@click.option("--max-images", type=IntRange(min=1), default=8192, show_default=True,
+@click.option("--max-images", type=IntRange(min=2), default=8192, show_default=True,
               help="Images per set (a seeded random subset); memory grows with it.")
 @click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Patch positions, subsets and directions.")
 @click.option("--per-grade", is_flag=True, help="Also SWD per grade and their average (needs dataset folders).")
@@ -117,7 +117,7 @@ def grading(grader: Path, fake: Path, split: str | None, device: str, batch: int
               help="Side both sets are measured at [default: side of the first image of --fake].")
 @click.option("--max-images", type=IntRange(min=1), default=500, show_default=True,
               help="Images per set (evenly spaced).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ... (grading only).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP + " Used by grading only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path | None,
              resolution: int | None, max_images: int, device: str, as_json: bool) -> None:
@@ -139,8 +139,8 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
               help=f"Comma-separated metrics, of: {', '.join(metric_names())}.")
 @click.option("--grader", type=_folder, default=None, help="Grader run folder (grading) [default: none].")
 @click.option("--per-grade", is_flag=True, help="Also each metric per grade (needs dataset folders).")
-@click.option("--max-images", type=IntRange(min=1), default=None,
-              help="Images per set for swd and fidelity [default: theirs, 8192 and 500]; fid and grading take all.")
+@click.option("--max-images", type=IntRange(min=2), default=None,
+              help="Images per set for swd and fidelity (SWD needs 2) [default: theirs, 8192 and 500]; fid and grading take all.")
 @click.option("--seed", type=IntRange(0), default=0, show_default=True, help="SWD's subsets, patch positions and directions.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
