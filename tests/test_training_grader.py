@@ -64,7 +64,10 @@ def test_grader_epochs_metrics_and_grading_space(tmp_path, phantom_dir, capsys):
     assert read_run(tmp_path / "grader").extra["resolution"] == 64  # what load_grader resizes to
     # Two epochs on 40 phantoms cannot reach the 80% the grading spaces need: one warning line.
     assert report["val_accuracy"] < 0.8
-    assert capsys.readouterr().err.count("warning: grader validation accuracy") == 1
+    err = capsys.readouterr().err
+    assert err.count("warning: grader validation accuracy") == 1
+    last = report["epochs"][-1]["val"]["tpr"]
+    assert "TPR by grade " + " ".join("-" if t is None else f"{t:.2f}" for t in last) in err  # each epoch's line
 
 
 class _OneGrade(FundusDataset):

@@ -299,7 +299,9 @@ def _validate(grader: GradeNet, val: Dataset, opts: GraderOptions, device: torch
     scalars = {"grader/train_loss": train_loss, "grader/val_accuracy": metrics["accuracy"], "grader/val_kappa": metrics["kappa"], "grader/lr": opts.lr}
     scalars.update({f"grader/val_tpr_{g}": t for g, t in enumerate(metrics["tpr"]) if t is not None})
     logger.scalars(scalars, epoch + 1)
-    tqdm.write(f"grader epoch {epoch + 1}/{opts.epochs}: loss {train_loss:.4f}  val accuracy {metrics['accuracy']:.3f}  kappa {metrics['kappa']:.3f}", file=sys.stderr)
+    tpr = " ".join("-" if t is None else f"{t:.2f}" for t in metrics["tpr"])  # -: no image of that grade
+    tqdm.write(f"grader epoch {epoch + 1}/{opts.epochs}: loss {train_loss:.4f}  val accuracy {metrics['accuracy']:.3f}  "
+               f"kappa {metrics['kappa']:.3f}  TPR by grade {tpr}", file=sys.stderr)
     return {"epoch": epoch + 1, "train_loss": train_loss, "val": metrics}
 
 
