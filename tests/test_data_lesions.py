@@ -148,3 +148,13 @@ def test_fit_refuses_a_dataset_without_lesion_masks(tmp_path):
     shutil.rmtree(root / "masks")
     with pytest.raises(DrganError, match="no sample has a lesion mask"):
         fit_lesion_stats(root)
+
+
+def test_fit_with_skip_bad_names_how_many_samples_it_left_out(tmp_path, capsys):
+    root = write_phantom_dataset(tmp_path / "ph", count=5, size=64, seed=0)
+    next((root / "images").iterdir()).write_bytes(b"not a png")
+    with pytest.raises(DrganError):
+        fit_lesion_stats(root)
+    capsys.readouterr()
+    stats = fit_lesion_stats(root, skip_bad=True)
+    assert stats.grades and f"warning: {root}: 1 bad sample(s) left out" in capsys.readouterr().err

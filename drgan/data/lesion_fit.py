@@ -1,7 +1,8 @@
-"""Lesion statistics measured on a dataset's own masks (`drgan data lesion-stats`)."""
+"""Lesion statistics measured on a dataset's own masks (`drgan data fit-lesions`)."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,12 @@ EIGHT = np.ones((3, 3), bool)   # 8-connectivity: one lesion is one connected co
 
 
 def fit_lesion_stats(dataset_root: str | Path, skip_bad: bool = False) -> LesionStats:
-    """Per-grade lesion statistics measured on a dataset's own masks (one lesion = one component)."""
+    """Per-grade lesion statistics measured on a dataset's own masks (one lesion = one component);
+    with skip_bad, bad samples are left out and their number is a warning on stderr."""
     ds = open_dataset(dataset_root, skip_bad=skip_bad)
+    if ds.skipped:
+        print(f"warning: {dataset_root}: {ds.skipped} bad sample(s) left out (`drgan data validate {dataset_root}` lists them)",
+              file=sys.stderr)
     if not any(t in sample.masks for sample in ds.samples for t in LESION_TYPES):
         # A missing mask file reads as zeros: fitting on them would learn that no grade has lesions.
         raise DrganError(f"{dataset_root}: no sample has a lesion mask (masks/<id>/{{{','.join(LESION_TYPES)}}}.png); nothing to fit")
