@@ -203,6 +203,9 @@ def test_init_must_be_a_global_run_of_the_same_preset(tmp_path, space):
     train_gan(options(tmp_path, space, out=str(tmp_path / "global"), max_steps=1), data)
     with pytest.raises(DrganError, match="different model config"):
         GanTrainer(options(tmp_path, space, out=str(tmp_path / "l"), stage="local", preset="small-256", init=str(tmp_path / "global")), data)
+    # A global stage given --init was told its own run was "not the global stage of this model".
+    with pytest.raises(DrganError, match="only the local stage starts from a global-stage run"):
+        GanTrainer(options(tmp_path, space, out=str(tmp_path / "g2"), stage="global", init=str(tmp_path / "global")), data)
 
 
 class _NanImages(PhantomSet):

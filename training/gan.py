@@ -116,6 +116,9 @@ def model_config(opts: GanOptions) -> ModelConfig:
     source = opts.resume or opts.init
     if source is None:
         return cfg
+    if opts.init and not opts.resume and opts.stage != "local":
+        raise ParameterError(f"{{init}} {opts.init}: only the local stage starts from a global-stage run; "
+                             f"drop {{init}} or give {{stage}} local")
     init = read_run(source) if opts.resume else require_kind(source, "gan", "init")
     run_cfg, run_stage = init.cfg, init.stage
     if opts.init and not opts.resume and run_stage != "global":
