@@ -420,7 +420,6 @@ def test_grading_row_with_extra_fields_is_reported(request, tmp_path, kind, tabl
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, message", [
-    (["messidor", "{src}"], "unknown release 'messidor'; one of fgadr, idrid, ddr, eyepacs, aptos"),
     (["fgadr", "{src}/nowhere"], "nowhere: folder not found"),
     (["idrid", "{src}"], "not an unpacked IDRiD release (no A. Segmentation/1. Original Images"),
     (["fgadr", "{src}/trainLabels.csv"], "is a file; unpack the FGADR Seg-set release"),
@@ -432,6 +431,16 @@ def test_bad_input_is_one_error_line(eyepacs, tmp_path, capsys, args, message):
     code = run_command(cli, args=["data", "import", *args, "--out", str(tmp_path / "ds")], prog_name="drgan")
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_unknown_release_is_a_usage_error(eyepacs, tmp_path, capsys):
+    """Exit 2, as an option's unknown choice (the other commands' --preset): a kind is a choice."""
+    from drgan.cli.common import run_command
+
+    code = run_command(cli, args=["data", "import", "messidor", str(eyepacs), "--out", str(tmp_path / "ds")], prog_name="drgan")
+    err = capsys.readouterr().err
+    assert code == 2 and "Invalid value for 'KIND': 'messidor' is not one of 'fgadr', 'idrid', 'ddr', 'eyepacs', 'aptos'." in err
     assert not (tmp_path / "ds").exists()
 
 

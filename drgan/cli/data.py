@@ -57,9 +57,11 @@ def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str
     condition channels (positive at >= 128); the release's split is kept, with a val part taken
     from its training images. Rerunning the same command resumes.
     """
-    from drgan.data.importers import import_release
+    from drgan.data.importers import SCANNERS, import_release
     from drgan.data.importers.core import SHOW_SKIPPED
 
+    if kind.lower() not in SCANNERS:  # a usage error as a click.Choice gives; the importers load too slowly for `-h`
+        raise click.BadParameter(f"{kind!r} is not one of {', '.join(map(repr, SCANNERS))}.", param_hint="'KIND'")
     report = import_release(kind.lower(), src, out, size=size, vessels=vessels, workers=workers)
     click.echo(report.render(limit=SHOW_SKIPPED))
 

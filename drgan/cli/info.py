@@ -10,7 +10,7 @@ from drgan.errors import ParameterError
 
 
 @click.command()
-@click.option("--preset", "preset_name", default=None, help=f"One of {', '.join(PRESETS)}.  [default: paper-1280]")
+@click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default=None, help="Model config.  [default: paper-1280]")
 @click.option("--stage", type=click.Choice(STAGES), default=None, help="Generator stage.  [default: local]")
 @click.option("--run", "--checkpoint", "run", type=click.Path(exists=True, file_okay=False), default=None,
               help="A run folder: its model config (ablations included), stage and training options instead of a preset "

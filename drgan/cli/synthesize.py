@@ -7,7 +7,7 @@ import click
 from click.core import ParameterSource
 
 from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange
-from drgan.config import NUM_GRADES, PRECISIONS
+from drgan.config import NUM_GRADES, PRECISIONS, PRESETS
 from drgan.synthesis.registry import BACKENDS
 
 
@@ -30,7 +30,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 
 @click.command(context_settings=HELP_NAMES)
 @click.option("--run", "--checkpoint", "run", type=click.Path(), help="Run folder of a trained GAN.")
-@click.option("--preset", help="With --backend null instead of --run: the preset's resolution, standard-normal grading spaces.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="With --backend null instead of --run: the preset's resolution, standard-normal grading spaces.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (dataset format + manifest.csv).")
 @click.option("--count", type=IntRange(1), help="Images in the whole set, spread over --grades in turn (balanced when a multiple of their number). This or --per-grade is required.")
 @click.option("--per-grade", type=IntRange(1), help="Images per grade (instead of --count).")
