@@ -43,9 +43,13 @@ def add_label(root, sid, grade):
     write_rows(root, r)
 
 
-def test_clean_dataset_validates(clean):
+def test_clean_dataset_validates(clean, tmp_path):
     report = validate_dataset(clean)
     assert report.problems == [] and report.ok == 5 and report.grades == {g: 1 for g in range(5)}
+    assert "\nsplits: train: 5\n" in report.render()
+    no_split = copy_dataset(clean, tmp_path / "no_split")
+    write_rows(no_split, [r[:2] for r in rows(clean)])
+    assert "\nsplits: none given: 5 (split 90/10 into train/val by a hash of the id)\n" in validate_dataset(no_split).render()
 
 
 def test_a_dataset_without_one_usable_sample_lists_every_problem(clean, tmp_path):
@@ -55,6 +59,8 @@ def test_a_dataset_without_one_usable_sample_lists_every_problem(clean, tmp_path
     write_rows(root, [rows(root)[0]] + [[f"{sid}.png", grade, split] for sid, grade, split in rows(root)[1:]])
     report = validate_dataset(root)
     assert report.ok == 0 and len(report.problems) >= 10  # per row: an id with a suffix; per image: no row
+    assert report.checked == 5  # the bad rows are rows of labels.csv all the same
+    assert report.render().startswith(f"dataset {root}: 0 usable samples of 5 rows in labels.csv\n")
     assert sum("phantom_00000" in p and ".png.png" not in p for p in report.problems) >= 5
     write_rows(root, [rows(root)[0]])
     for folder in ("images", "masks"):

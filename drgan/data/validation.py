@@ -13,7 +13,7 @@ from drgan.errors import DrganError
 @dataclass
 class ValidationReport:
     root: Path
-    checked: int                  # samples with a label and an image
+    checked: int                  # rows of labels.csv (blank ones aside), good or bad
     ok: int                       # samples that can be used
     problems: list[str]           # one line each
     notes: list[str]              # safe conversions that readers apply
@@ -25,9 +25,12 @@ class ValidationReport:
                 "grades": {str(g): n for g, n in sorted(self.grades.items())}, "splits": dict(sorted(self.splits.items()))}
 
     def render(self) -> str:
-        lines = [f"dataset {self.root}: {self.ok} usable samples of {self.checked}"]
+        lines = [f"dataset {self.root}: {self.ok} usable samples of {self.checked} rows in {LABELS_FILE}"]
         lines.append("grades: " + ", ".join(f"{g}: {n}" for g, n in sorted(self.grades.items())))
-        lines.append("splits: " + ", ".join(f"{s}: {n}" for s, n in sorted(self.splits.items())))
+        named = [f"{s}: {n}" for s, n in sorted(self.splits.items()) if s != "-"]
+        if "-" in self.splits:  # what the readers do with them (drgan.data.format)
+            named.append(f"none given: {self.splits['-']} (split 90/10 into train/val by a hash of the id)")
+        lines.append("splits: " + ", ".join(named))
         if self.notes:
             lines.append(f"converted ({len(self.notes)}):")
             lines += [f"  {n}" for n in self.notes]
@@ -52,7 +55,7 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     if not samples and not problems:  # e.g. a labels.csv of its header alone
         problems.append(f"{root}: no usable samples")
     try:
-        checked = len(read_labels(root)[0])
+        checked = sum(map(len, read_labels(root)))
     except DrganError:
         checked = 0
     for s in samples:   # non-square photographs are normal input: report the crop readers apply
