@@ -108,7 +108,7 @@ def test_cli_trt_without_tensorrt_exits_1_with_one_line(run):
         (["--batch", "4", "--max-batch", "8"], "do not combine it with --max-batch"),
         (["--precision", "fp16"], "applies to --trt and --aoti"),
         (["--opt-level", "5"], "add --trt"),
-        (["--aoti", "--device", "cuda"], "no CUDA GPU"),
+        (["--aoti", "--device", "cuda"], "--device cuda: no CUDA device is available"),
         (["--stage", "local"], None),
     ],
 )
