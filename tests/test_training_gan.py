@@ -130,6 +130,29 @@ def test_interrupt_inside_a_step_checkpoints_that_step(tmp_path, space, monkeypa
     _assert_same_run(tmp_path / "full", tmp_path / "cut", ("G.safetensors", "D.safetensors", "state.safetensors"))
 
 
+def test_second_interrupt_while_checkpointing_the_first_is_ignored(tmp_path, space, monkeypatch):
+    """An impatient second Ctrl-C inside the interrupt's checkpoint cut it, and a run with no
+    earlier checkpoint then had its folder removed as unfinished."""
+    data = PhantomSet(10)
+    step, save = gan.GanTrainer.train_step, gan.GanTrainer.save_checkpoint
+
+    def interrupted_step(self, batch, index):
+        if index == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch, index)
+
+    def impatient_save(self):
+        os.kill(os.getpid(), signal.SIGINT)  # ignored while the checkpoint is written
+        return save(self)
+
+    monkeypatch.setattr(gan.GanTrainer, "train_step", interrupted_step)
+    monkeypatch.setattr(gan.GanTrainer, "save_checkpoint", impatient_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(options(tmp_path, space, out=str(tmp_path / "cut"), max_steps=5), data)
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def _full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -43,7 +43,7 @@ from drgan.nn import DiscOutput, DRGANGenerator, build_discriminator, set_kernel
 from drgan.runtime import autocast_dtype, seeded_generator
 from drgan.training import distributed as dist_util
 from drgan.training import losses
-from drgan.training.interrupts import whole_step
+from drgan.training.interrupts import ignored_signals, whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
 from drgan.training.state import (
@@ -418,7 +418,8 @@ class GanTrainer:
             self._refuse_diverged_weights()
         except ParameterError:
             return
-        self.save_checkpoint()
+        with ignored_signals():
+            self.save_checkpoint()
         tqdm.write(f"interrupted: step {self.step} checkpointed in {self.run}; continue with --resume", file=sys.stderr)
 
     def save_checkpoint(self) -> None:

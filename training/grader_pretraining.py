@@ -29,7 +29,7 @@ from drgan.config import preset
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.nn import GradeNet, build_grader
-from drgan.training.interrupts import whole_step
+from drgan.training.interrupts import ignored_signals, whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import GRADER_RESUMABLE, GraderOptions
 from drgan.training.state import (STATE_JSON, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state,
@@ -262,7 +262,8 @@ class _Training:
         if self.step == self.saved_step or self.step == 0:
             return
         try:
-            self._checkpoint(*(self.live or (None, None)))
+            with ignored_signals():
+                self._checkpoint(*(self.live or (None, None)))
         except ParameterError:
             return
         tqdm.write(f"interrupted: step {self.step} checkpointed in {self.out}; continue with --resume", file=sys.stderr)

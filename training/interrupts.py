@@ -31,3 +31,21 @@ def whole_step() -> Iterator[None]:
             signal.signal(s, handler)
         for s in dict.fromkeys(pending):
             signal.raise_signal(s)
+
+
+@contextlib.contextmanager
+def ignored_signals() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM while inside: for the checkpoint an interrupt asked for, so that a
+    second Ctrl-C cannot cut it (and, in a run without an earlier checkpoint, have the run's
+    folder removed as unfinished). SIGKILL still stops the process. Main thread only, as above."""
+    previous = {s: signal.getsignal(s) for s in HELD}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    for s in HELD:
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
