@@ -30,6 +30,7 @@ from drgan.io import atomic_write_text, check_writable_dir, sha256_file
 
 RUN_FILE = "run.json"
 STATE_JSON = "state.json"            # a checkpoint's metadata, written last (drgan.training.state)
+STATE_TENSORS = "state.safetensors"  # a checkpoint's optimizer and RNG tensors
 NEXT_CHECKPOINT = "checkpoint.next"  # a committed checkpoint not yet moved into the run
 GRADER_FILE = "grader.safetensors"
 WEIGHT_FILES = {"G": "G.safetensors", "G_ema": "G_ema.safetensors", "D": "D.safetensors"}
@@ -141,8 +142,9 @@ def check_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -
         raise ParameterError(f"{{{param}}} {out}: folder not empty and not a drgan run; choose a new or empty folder")
     if found != kind:  # {overwrite} replaces a run with a new one of its kind, never another kind's
         raise ParameterError(f"{{{param}}} {out}: holds a {found} run, not a {kind} run; choose a new or empty folder")
-    if not has_checkpoint(out):  # killed before its first checkpoint: nothing to resume or to lose
-        return True
+    if not has_checkpoint(out) and not overwrite:
+        _refuse_damaged(out, param)
+        return True  # killed before its first checkpoint: nothing to resume or to lose
     if not overwrite:
         raise ParameterError(f"{{{param}}} {out}: already holds a {kind} run; continue it with {{resume}}, or start over with {{overwrite}}")
     return True
@@ -153,10 +155,20 @@ def has_checkpoint(run: str | Path) -> bool:
     return (Path(run) / STATE_JSON).is_file() or (Path(run) / NEXT_CHECKPOINT).is_dir()
 
 
+def _refuse_damaged(run: Path, param: str) -> None:
+    """A checkpoint's files without its state.json (written last, so a checkpoint never lacks it):
+    a damaged run, whose weights neither a resume nor a silent start-over may take."""
+    found = [name for name in (*WEIGHT_FILES.values(), GRADER_FILE, STATE_TENSORS) if (run / name).is_file()]
+    if found:
+        raise ParameterError(f"{{{param}}} {run}: holds {', '.join(found)} but no {STATE_JSON} (a damaged checkpoint); "
+                             f"restore {STATE_JSON}, or start over with {{overwrite}}")
+
+
 def require_checkpoint(run: str | Path) -> None:
     """A resume needs a checkpoint; a run stopped before its first one is started over by rerunning
     the command that started it (check_out accepts its folder)."""
     if not has_checkpoint(run):
+        _refuse_damaged(Path(run), "resume")
         raise ParameterError(f"{{resume}} {run}: no {STATE_JSON} (not a training run folder, or no checkpoint written "
                              "yet: then rerun the command that started it, which starts it over)")
 

@@ -115,6 +115,19 @@ def test_run_killed_before_its_first_checkpoint_is_started_over_by_the_same_comm
         assert (run / "state.json").is_file() and read_run(run).options["max_steps" if kind == "gan" else "epochs"] == 1
 
 
+def test_a_checkpoint_without_its_state_json_is_neither_resumed_nor_started_over(drgan, tmp_path, data):
+    """state.json is written last, so weights without it are a damaged checkpoint: --resume said to
+    rerun the command, and the rerun replaced the weights from step 0 without a word."""
+    gan = _new_run(drgan, tmp_path, data, "--max-steps", "1")
+    weights = (gan / "G.safetensors").read_bytes()
+    (gan / "state.json").unlink()
+    line = _one_error(*drgan("train", "gan", "--resume", gan)[::2])
+    assert line.startswith(f"error: --resume {gan}: holds G.safetensors, D.safetensors, state.safetensors but no state.json")
+    line = _one_error(*drgan("train", "gan", "--data", data, "--grading-space", tmp_path / "space.safetensors", "--out", gan, *TINY)[::2])
+    assert line.startswith(f"error: --out {gan}: holds G.safetensors") and line.endswith("start over with --overwrite")
+    assert (gan / "G.safetensors").read_bytes() == weights
+
+
 def test_overwrite_never_replaces_a_run_of_the_other_kind(drgan, tmp_path, data):
     gan = _new_run(drgan, tmp_path, data, "--max-steps", "1")
     weights = (gan / "G.safetensors").read_bytes()

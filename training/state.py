@@ -22,9 +22,7 @@ import torch
 from drgan.checkpoint import load_tensors, save_tensors
 from drgan.io import atomic_write_bytes, fsync_folder, remove_temp_files, temp_path, write_error
 from drgan.errors import DrganError
-from drgan.runs import NEXT_CHECKPOINT, STATE_JSON, has_checkpoint, require_checkpoint
-
-STATE_TENSORS = "state.safetensors"
+from drgan.runs import NEXT_CHECKPOINT, STATE_JSON, STATE_TENSORS, has_checkpoint, require_checkpoint
 
 
 def optimizer_to_state(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
