@@ -309,3 +309,26 @@ def test_export_folder_in_use_is_refused(tiny_run, tmp_path, lock_holder, capsys
     assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {out} is in use by another drgan process (pid {pid})"]
     assert [p.name for p in out.iterdir()] == [".drgan.lock"]
+
+
+def test_onnxruntime_missing_and_broken_are_told_apart(monkeypatch):
+    """Any ImportError read 'not installed', also an import cut short by SIGTERM."""
+    import builtins
+    import sys
+
+    from drgan.export import ort_runner
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(DrganError, match=r"^ONNX Runtime is not installed: pip install 'drgan\[onnx\]'$"):
+        ort_runner._ort()
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("DLL load failed")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(DrganError, match="^ONNX Runtime cannot be imported: DLL load failed$"):
+        ort_runner._ort()
