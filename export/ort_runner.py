@@ -24,11 +24,10 @@ TOLERANCE = 1e-3  # max abs difference allowed in fp32
 def _ort():
     try:
         import onnxruntime
-    except ModuleNotFoundError as exc:
-        if exc.name != "onnxruntime":
-            raise DrganError(f"ONNX Runtime cannot be imported: {exc}") from None
-        raise DrganError("ONNX Runtime is not installed: pip install 'drgan[onnx]'") from None
-    except ImportError as exc:  # installed but broken, or its import cut short (a signal)
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime":
+            raise DrganError("ONNX Runtime is not installed: pip install 'drgan[onnx]'") from None
+        # Installed but broken, or its import cut short (a signal).
         raise DrganError(f"ONNX Runtime cannot be imported: {exc}") from None
     return onnxruntime
 

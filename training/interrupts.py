@@ -12,23 +12,32 @@ HELD = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def whole_step() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while inside, then deliver them (once each) to the handlers that were
-    in place: a KeyboardInterrupt, or the command's SIGTERM exit, raised at the step's end. Only
+def _handled_by(handler) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` while inside, then to the handlers that were in place. Only
     the main thread can handle signals: elsewhere, and where a handler was not set from Python,
-    nothing is held."""
+    nothing changes."""
     previous = {s: signal.getsignal(s) for s in HELD}
     if threading.current_thread() is not threading.main_thread() or None in previous.values():
         yield
         return
-    pending: list[int] = []
     for s in HELD:
-        signal.signal(s, lambda signum, frame: pending.append(signum))
+        signal.signal(s, handler)
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def whole_step() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while inside, then deliver them (once each) to the handlers that were
+    in place: a KeyboardInterrupt, or the command's SIGTERM exit, raised at the step's end."""
+    pending: list[int] = []
+    try:
+        with _handled_by(lambda signum, frame: pending.append(signum)):
+            yield
+    finally:
         for s in dict.fromkeys(pending):
             signal.raise_signal(s)
 
@@ -37,15 +46,6 @@ def whole_step() -> Iterator[None]:
 def ignored_signals() -> Iterator[None]:
     """Ignore SIGINT and SIGTERM while inside: for the checkpoint an interrupt asked for, so that a
     second Ctrl-C cannot cut it (and, in a run without an earlier checkpoint, have the run's
-    folder removed as unfinished). SIGKILL still stops the process. Main thread only, as above."""
-    previous = {s: signal.getsignal(s) for s in HELD}
-    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+    folder removed as unfinished). SIGKILL still stops the process."""
+    with _handled_by(signal.SIG_IGN):
         yield
-        return
-    for s in HELD:
-        signal.signal(s, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
