@@ -115,3 +115,6 @@ def test_augment_experiment_output_folder_is_its_own(tmp_path):
     assert again == first  # the arm resumed from its checkpoint: the same grader
     with pytest.raises(DrganError, match=r"holds an augmentation experiment with other settings \(epochs\)"):
         run_augment_experiment(real, fake, real, out, **{**args, "epochs": 2})
+    other = write_phantom_dataset(tmp_path / "other", 10, 64, seed=2, grades=[4, 3] * 5, split=False)
+    with pytest.raises(DrganError, match=r"other settings \(synthetic_labels_sha256\)"):
+        run_augment_experiment(real, other, real, out, **args)  # the same arms would be kept on other data

@@ -27,9 +27,10 @@ from drgan.checkpoint import load_module
 from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.format import open_dataset
+from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
-from drgan.io import atomic_write_bytes
+from drgan.io import atomic_write_bytes, sha256_file
 from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
 from drgan.nn import build_grader
 from drgan.runs import claimed_folder
@@ -182,13 +183,17 @@ def run_augment_experiment(
         arms[f"real+{kind}"] = _Union([real_train, MixedGradeDataset(real_train, fake.grades, kind, seed)])
 
     out = Path(out)
+    # The data an arm trained on is named by its labels.csv, not by the path typed: a rerun from another
+    # directory, or after the synthetic set grew, must not keep arms trained on other data.
+    settings = {**opts.to_dict(), "resolution": resolution, "arms": list(arms),
+                "real_labels_sha256": sha256_file(Path(real) / LABELS_FILE),
+                "synthetic_labels_sha256": sha256_file(Path(synthetic) / LABELS_FILE)}
     result: dict[str, Any] = {
-        "protocol": {**opts.to_dict(), "resolution": resolution, "real": str(real), "synthetic": str(synthetic),
-                     "arms": list(arms)},
+        "protocol": {**settings, "real": str(Path(real).resolve()), "synthetic": str(Path(synthetic).resolve())},
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
         "arms": {},
     }
-    with claimed_folder(out, PROTOCOL_FILE, result["protocol"], "an augmentation experiment"):
+    with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment"):
         for name, train in arms.items():
             run = out / name.replace("+", "_")
             if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment
