@@ -103,3 +103,31 @@ def test_cli_phantom_and_contact_sheet(tmp_path):
     assert res.exit_code == 0 and (tmp_path / "s2.png").is_file()
     res = CliRunner().invoke(cli, ["phantom", "--out", str(out), "--count", "3"])
     assert res.exit_code != 0 and "not empty" in str(res.exception or res.output)
+
+
+def test_folder_of_a_killed_writer_is_written_again(tmp_path):
+    """A writer killed mid-way leaves a folder no reader takes and that the same command, rerun,
+    clears and writes again; while the writer lives, a second one is refused."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "data"
+    code = ("import sys, time\nfrom drgan.data.dataset_writer import DatasetWriter\nimport numpy as np\n"
+            f"w = DatasetWriter({str(out)!r})\nw.add('a', np.zeros((64, 64, 3), np.uint8), {{}}, 0)\n"
+            "print('ready', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with pytest.raises(DrganError, match="in use by another drgan process"):
+            write_phantom_dataset(out, count=5, size=64, seed=3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (out / "images" / "a.png").is_file()
+    with pytest.raises(DrganError, match="an unfinished dataset"):
+        validate_dataset(out)
+    write_phantom_dataset(out, count=5, size=64, seed=3)
+    assert digest(out) == digest(write_phantom_dataset(tmp_path / "fresh", count=5, size=64, seed=3))
+    with pytest.raises(DrganError, match="output folder exists and is not empty"):  # a finished dataset is kept
+        write_phantom_dataset(out, count=5, size=64, seed=3)

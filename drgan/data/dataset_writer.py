@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from drgan import locks
 from drgan.config import COND_CHANNELS, NUM_GRADES
+from drgan.data.format import UNFINISHED
 from drgan.data.labels import LABELS_FILE, SPLITS, id_problem
 from drgan.errors import DrganError
 from drgan.io import atomic_write_bytes, encode_png, write_error
@@ -17,21 +19,32 @@ from drgan.io import atomic_write_bytes, encode_png, write_error
 class DatasetWriter:
     """Writes samples into a new dataset folder; labels.csv is written last, by `close`.
 
-    Used as a context manager, a failure removes the folder it created, so a retry starts clean.
+    The folder is locked (drgan.locks) while written. Used as a context manager, a failure removes
+    the folder it created, so a retry starts clean; a folder left by a killed writer (it still holds
+    UNFINISHED and no process holds its lock) is cleared and written again.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise DrganError(f"{self.root}: is a file, expected a new dataset folder")
-        if self.root.is_dir() and any(self.root.iterdir()):
-            raise DrganError(f"{self.root}: output folder exists and is not empty")
         self.created = not self.root.exists()
+        self._check_new()  # before the lock file is created in it
+        locks.hold(self.root)  # a second writer of the folder is refused
         try:
-            (self.root / "images").mkdir(parents=True, exist_ok=True)
-            (self.root / "masks").mkdir(exist_ok=True)
+            self._check_new()  # again: another process may have written meanwhile
+            atomic_write_bytes(self.root / UNFINISHED, b"")
+            for child in self.root.iterdir():  # what a killed writer left
+                if not locks.is_lock_file(child) and child.name != UNFINISHED:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            (self.root / "images").mkdir()
+            (self.root / "masks").mkdir()
         except OSError as exc:
+            locks.release(self.root)
             raise write_error(self.root, exc) from None
+        except BaseException:
+            locks.release(self.root)
+            raise
         self.rows: list[tuple[str, int, str | None]] = []
         self.ids: set[str] = set()
 
@@ -65,6 +78,10 @@ class DatasetWriter:
             atomic_write_bytes(mdir / f"{name}.png", data)
         self.rows.append((sid, int(grade), split))
 
+    def _check_new(self) -> None:
+        if self.root.is_dir() and not (self.root / UNFINISHED).is_file() and not locks.only_locks(self.root):
+            raise DrganError(f"{self.root}: output folder exists and is not empty")
+
     def close(self) -> Path:
         with_split = any(s is not None for _, _, s in self.rows)
         buf = io.StringIO()
@@ -73,6 +90,8 @@ class DatasetWriter:
         for sid, g, s in self.rows:
             w.writerow([sid, g, s or ""] if with_split else [sid, g])
         atomic_write_bytes(self.root / LABELS_FILE, buf.getvalue().encode())
+        (self.root / UNFINISHED).unlink()
+        locks.release(self.root, remove=True)
         return self.root
 
     def __enter__(self) -> "DatasetWriter":
@@ -85,3 +104,4 @@ class DatasetWriter:
             else:  # the folder was there and empty: leave it empty
                 for child in self.root.iterdir():
                     shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            locks.release(self.root)

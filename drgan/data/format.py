@@ -22,6 +22,7 @@ from drgan.data.labels import LABELS_FILE, SPLITS, hash_split, read_labels
 from drgan.errors import DrganError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+UNFINISHED = ".drgan-unfinished"  # in a folder drgan.data.dataset_writer is writing; removed with its labels.csv
 
 _announced: set[Path] = set()           # datasets whose hash split was already reported
 
@@ -83,6 +84,8 @@ def scan_dataset(root: Path, skip_bad: bool, split: str | None, decode: bool
     validation report lists every problem instead); only a bad layout raises."""
     if not root.is_dir():
         raise DrganError(f"{root}: dataset folder not found")
+    if (root / UNFINISHED).is_file():
+        raise DrganError(f"{root}: an unfinished dataset (its writer was stopped); rerun the command that writes it")
     if split is not None and split not in SPLITS:
         raise DrganError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     problems: list[tuple[str | None, str]] = []
