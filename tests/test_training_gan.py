@@ -130,6 +130,26 @@ def test_interrupt_inside_a_step_checkpoints_that_step(tmp_path, space, monkeypa
     _assert_same_run(tmp_path / "full", tmp_path / "cut", ("G.safetensors", "D.safetensors", "state.safetensors"))
 
 
+def test_interrupt_in_a_sample_step_keeps_its_samples(tmp_path, space, monkeypatch):
+    """Ctrl-C during the last step (a sample step): its grid and fidelity scalars are written before
+    the interrupt is delivered; the run, finished, then has nothing left to resume."""
+    data = PhantomSet(10)
+    step = gan.GanTrainer.train_step
+
+    def interrupted_step(self, batch, index):
+        if index == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch, index)
+
+    monkeypatch.setattr(gan.GanTrainer, "train_step", interrupted_step)
+    run = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(options(tmp_path, space, out=str(run), max_steps=5), data)
+    assert json.loads((run / "state.json").read_text())["step"] == 5
+    assert (run / "samples" / "grades-0000005.png").is_file()
+    assert {"fidelity/vessel", "samples/l1_real"} <= _event_tags(run)
+
+
 def test_second_interrupt_while_checkpointing_the_first_is_ignored(tmp_path, space, monkeypatch):
     """An impatient second Ctrl-C inside the interrupt's checkpoint cut it, and a run with no
     earlier checkpoint then had its folder removed as unfinished."""

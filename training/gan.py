@@ -528,7 +528,9 @@ class GanTrainer:
                 loader = DataLoader(self.dataset, batch_size=o.batch, sampler=self.sampler, num_workers=o.workers,
                                     drop_last=True, pin_memory=self.device.type == "cuda", generator=workers_seed)
                 for batch in loader:
-                    with whole_step():  # Ctrl-C or SIGTERM waits for the step's end, then checkpoints it (below)
+                    # Ctrl-C or SIGTERM waits for the step's end (its logs, samples and checkpoint
+                    # included, so a resume never lacks them), then checkpoints it (below).
+                    with whole_step():
                         try:
                             values = self.train_step(batch, self.step)
                         except NonFiniteLoss as exc:
@@ -541,21 +543,21 @@ class GanTrainer:
                         self.next_batch += 1
                         if self.next_batch == per_epoch:
                             self.epoch, self.next_batch = self.epoch + 1, 0
-                    bar.update(1)
-                    bar.set_postfix(G=f"{values['G_total']:.3f}", D=f"{values['D_total']:.3f}", epoch=self.epoch)
-                    if self.step % o.log_every == 0 or self.step == limit:
-                        scalars = {f"loss/{k}": v for k, v in values.items()}
-                        scalars.update({"lr/G": self.opt_G.param_groups[0]["lr"], "lr/D": self.opt_D.param_groups[0]["lr"]})
-                        if self.scaler.is_enabled():
-                            scalars["amp/scale"] = self.scaler.get_scale()
-                        logger.scalars(scalars, self.step)
-                        report["log"].append({"step": self.step, **scalars})
-                    if self.info.is_main and (self.step % o.sample_every == 0 or self.step == limit):
-                        report["samples"].append(self.samples(logger))
-                    if self.step % o.checkpoint_every == 0 or self.step == limit:
-                        self._refuse_diverged_weights()
-                        self.save_checkpoint()
-                        saved_at = self.step
+                        bar.update(1)
+                        bar.set_postfix(G=f"{values['G_total']:.3f}", D=f"{values['D_total']:.3f}", epoch=self.epoch)
+                        if self.step % o.log_every == 0 or self.step == limit:
+                            scalars = {f"loss/{k}": v for k, v in values.items()}
+                            scalars.update({"lr/G": self.opt_G.param_groups[0]["lr"], "lr/D": self.opt_D.param_groups[0]["lr"]})
+                            if self.scaler.is_enabled():
+                                scalars["amp/scale"] = self.scaler.get_scale()
+                            logger.scalars(scalars, self.step)
+                            report["log"].append({"step": self.step, **scalars})
+                        if self.info.is_main and (self.step % o.sample_every == 0 or self.step == limit):
+                            report["samples"].append(self.samples(logger))
+                        if self.step % o.checkpoint_every == 0 or self.step == limit:
+                            self._refuse_diverged_weights()
+                            self.save_checkpoint()
+                            saved_at = self.step
                     if self.step >= limit:
                         break
             if saved_at != self.step:
