@@ -125,7 +125,7 @@ def test_folder_of_a_killed_writer_is_written_again(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert (out / "images" / "a.png").is_file()
-    with pytest.raises(DrganError, match="an unfinished dataset"):
+    with pytest.raises(DrganError, match=r"unfinished \(the command writing it stopped"):
         validate_dataset(out)
     write_phantom_dataset(out, count=5, size=64, seed=3)
     assert digest(out) == digest(write_phantom_dataset(tmp_path / "fresh", count=5, size=64, seed=3))

@@ -71,10 +71,18 @@ def test_same_seed_same_bytes_and_other_seed_differs(run, tmp_path):
 
 
 def test_two_shards_equal_one_run(run, tmp_path):
+    from drgan.data.validation import validate_dataset
+    from drgan.metrics.images import open_image_set
+
     synthesize(opts(run, tmp_path / "one", count=10))
-    synthesize(opts(run, tmp_path / "two", count=10, shard="0/2"))
+    half = synthesize(opts(run, tmp_path / "two", count=10, shard="0/2"))
+    assert half.total < half.planned == 10 and "unfinished: " in format_summary(half)
+    with pytest.raises(DrganError, match="shards of it are still to run"):  # half a set is not taken for the whole
+        open_image_set(tmp_path / "two")
+    assert "shards of it are still to run" in validate_dataset(tmp_path / "two").problems[0]
     partial = synthesize(opts(run, tmp_path / "two", count=10, shard="1/2"))
-    assert partial.total == 10
+    assert partial.total == 10 and "unfinished" not in format_summary(partial)
+    assert len(open_image_set(tmp_path / "two")) == 10
     assert image_bytes(tmp_path / "one") == image_bytes(tmp_path / "two")
     assert manifest(tmp_path / "one") == manifest(tmp_path / "two")
 
@@ -91,6 +99,9 @@ def test_resume_after_sigkill(run, tmp_path):
     proc.wait()
     before = len(list((out / "images").glob("*.png")))
     assert 0 < before < 40, "the run must be killed midway"
+    from drgan.metrics.images import open_image_set
+    with pytest.raises(DrganError, match="unfinished"):  # no labels.csv yet: not to be scored as a folder of images
+        open_image_set(out)
     summary = synthesize(opts(run, out, count=40, batch=2))
     assert summary.skipped == before and summary.generated == 40 - before
     names = sorted(p.name for p in (out / "images").iterdir())

@@ -16,6 +16,16 @@ from drgan.errors import DrganError
 from drgan.io import atomic_write_bytes, encode_png, write_error
 
 
+_MARK = b"dataset writer\n"  # UNFINISHED's content, so that a synthesized set's is never taken for ours
+
+
+def _left_by_writer(root: Path) -> bool:
+    try:
+        return (root / UNFINISHED).read_bytes() == _MARK
+    except OSError:
+        return False
+
+
 class DatasetWriter:
     """Writes samples into a new dataset folder; labels.csv is written last, by `close`.
 
@@ -33,7 +43,7 @@ class DatasetWriter:
         locks.hold(self.root)  # a second writer of the folder is refused
         try:
             self._check_new()  # again: another process may have written meanwhile
-            atomic_write_bytes(self.root / UNFINISHED, b"")
+            atomic_write_bytes(self.root / UNFINISHED, _MARK)
             for child in self.root.iterdir():  # what a killed writer left
                 if not locks.is_lock_file(child) and child.name != UNFINISHED:
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
@@ -79,7 +89,7 @@ class DatasetWriter:
         self.rows.append((sid, int(grade), split))
 
     def _check_new(self) -> None:
-        if self.root.is_dir() and not (self.root / UNFINISHED).is_file() and not locks.only_locks(self.root):
+        if self.root.is_dir() and not _left_by_writer(self.root) and not locks.only_locks(self.root):
             raise DrganError(f"{self.root}: output folder exists and is not empty")
 
     def close(self) -> Path:

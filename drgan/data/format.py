@@ -22,7 +22,7 @@ from drgan.data.labels import LABELS_FILE, SPLITS, hash_split, read_labels
 from drgan.errors import DrganError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
-UNFINISHED = ".drgan-unfinished"  # in a folder drgan.data.dataset_writer is writing; removed with its labels.csv
+UNFINISHED = ".drgan-unfinished"  # in a dataset or synthesized set still being written; removed when it is whole
 
 _announced: set[Path] = set()           # datasets whose hash split was already reported
 
@@ -77,6 +77,13 @@ def open_dataset(root: str | Path, skip_bad: bool = False, split: str | None = N
     return _index(root, *scan_dataset(root, skip_bad, split, decode), split, skip_bad)
 
 
+def check_finished(root: Path) -> None:
+    """Refuse a folder a writer marked UNFINISHED: read as it is, it would pass for the whole set."""
+    if (root / UNFINISHED).is_file():
+        raise DrganError(f"{root}: unfinished (the command writing it stopped, or shards of it are still to run); "
+                         "rerun that command to finish it")
+
+
 def scan_dataset(root: Path, skip_bad: bool, split: str | None, decode: bool
                  ) -> tuple[list[Sample], list[tuple[str | None, str]], list[str]]:
     """The samples, problems (id or None, message) and conversion notes of a dataset folder, as
@@ -84,8 +91,7 @@ def scan_dataset(root: Path, skip_bad: bool, split: str | None, decode: bool
     validation report lists every problem instead); only a bad layout raises."""
     if not root.is_dir():
         raise DrganError(f"{root}: dataset folder not found")
-    if (root / UNFINISHED).is_file():
-        raise DrganError(f"{root}: an unfinished dataset (its writer was stopped); rerun the command that writes it")
+    check_finished(root)
     if split is not None and split not in SPLITS:
         raise DrganError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     problems: list[tuple[str | None, str]] = []

@@ -16,7 +16,7 @@ import PIL.Image
 
 from drgan.config import NUM_GRADES
 from drgan.data.decode import pixels_to_uint8, open_image
-from drgan.data.format import open_dataset
+from drgan.data.format import check_finished, open_dataset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
 
@@ -97,6 +97,7 @@ def open_image_set(folder: str | os.PathLike, split: str | None = None) -> Image
     root = Path(folder)
     if not root.is_dir():
         raise DrganError(f"{root}: not a folder")
+    check_finished(root)  # a killed or partly sharded set has no labels.csv, or one of its finished part
     if (root / LABELS_FILE).is_file() and (root / "images").is_dir():
         samples = sorted(open_dataset(root, split=split).samples, key=lambda s: s.id)  # validates the dataset
         image_set = ImageSet(root, [s.image for s in samples], [s.grade for s in samples])

@@ -84,6 +84,7 @@ class Summary:
     generated: int          # images written by this call
     skipped: int            # already present (resume)
     total: int              # images of the plan present in the folder
+    planned: int            # images in the whole set (every shard)
     per_grade: dict[int, int]
     seconds: float
     gpu_busy_seconds: float | None = None  # device time (rasterization .. transfer), CUDA events
@@ -108,6 +109,7 @@ class Summary:
         per_image = {k: round(1e3 * v / self.generated, 2) if self.generated else None for k, v in self.stage_seconds.items()}
         return {
             "out": str(self.out), "generated": self.generated, "skipped": self.skipped, "total": self.total,
+            "planned": self.planned,
             "per_grade": self.per_grade, "seconds": round(self.seconds, 3),
             "pipeline_seconds": round(self.pipeline_seconds, 3),
             "images_per_second": round(self.images_per_second, 3),
@@ -181,10 +183,10 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     try:
         with locks.section(out.root):  # shards finishing together: the last one writes every row
             rows = _complete_rows(out, plan, pool, space, stats, pipeline.batch_predictions if opts.label == "predicted" else None)
-            out.write_manifest(list(rows.values()))
+            out.write_manifest(list(rows.values()), whole=len(rows) == plan.count)
     finally:
         locks.release(out.root)
-    return _summary(opts, list(rows.values()), generated, skipped, damaged, start, pipeline_seconds, times, device)
+    return _summary(opts, plan, list(rows.values()), generated, skipped, damaged, start, pipeline_seconds, times, device)
 
 
 def _in_shard(ids: set[str], plan: Plan, shard: Shard) -> list[str]:
@@ -213,13 +215,13 @@ def _output_folder(opts: SynthesisOptions, shard: Shard, set_fingerprint: dict, 
     )
 
 
-def _summary(opts: SynthesisOptions, rows: list[dict], generated: int, skipped: int, damaged: list[str] | None,
+def _summary(opts: SynthesisOptions, plan: Plan, rows: list[dict], generated: int, skipped: int, damaged: list[str] | None,
              start: float, pipeline_seconds: float, times: StageTimes, device: torch.device) -> Summary:
     """The run's summary from the manifest rows and the stage times."""
     per_grade = Counter(int(r["grade"]) for r in rows)
     pairs = [(int(r["grade"]), int(r["predicted_grade"])) for r in rows if r.get("predicted_grade") not in (None, "")]
     return Summary(
-        Path(opts.out), generated, skipped, len(rows), dict(sorted(per_grade.items())), time.perf_counter() - start,
+        Path(opts.out), generated, skipped, len(rows), plan.count, dict(sorted(per_grade.items())), time.perf_counter() - start,
         gpu_busy_seconds=times.device_seconds() if device.type == "cuda" else None, pipeline_seconds=pipeline_seconds,
         stage_seconds=dict(times.seconds), bound=times.bound() if generated else None,
         agreement=float(np.mean([a == b for a, b in pairs])) if pairs else None, damaged=damaged,
@@ -459,6 +461,8 @@ def format_summary(s: Summary) -> str:
         f"wrote {s.generated} images in {s.seconds:.1f} s ({s.images_per_second:.2f} images/s{idle}), "
         f"{s.skipped} already present; {s.out} holds {s.total} ({grades})"
     )
+    if s.total < s.planned:
+        text += f"\nunfinished: {s.planned - s.total} of its {s.planned} images are for the other shards to write"
     if s.damaged is not None:
         named = f" ({name_list(s.damaged)}), written again" if s.damaged else ""
         text += f"\nverified the files already present: {len(s.damaged)} damaged{named}"

@@ -24,6 +24,7 @@ import numpy as np
 
 from drgan import locks
 from drgan.config import COND_CHANNELS
+from drgan.data.format import UNFINISHED
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
 from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files, sha256_file, write_error
@@ -75,6 +76,7 @@ class OutputFolder:
             locks.release(root)
             raise
         self._wrote_fingerprint = not resumed
+        atomic_write_bytes(root / UNFINISHED, b"drgan synthesize\n")  # until write_manifest has every item of the plan
         self.images.mkdir(exist_ok=True)
         remove_temp_files(root)
         self.journal_path = root / journal_name
@@ -145,6 +147,7 @@ class OutputFolder:
         shutil.rmtree(self.root / "masks", ignore_errors=True)
         if self._wrote_fingerprint:
             (self.root / fp.FILE_NAME).unlink(missing_ok=True)
+            (self.root / UNFINISHED).unlink(missing_ok=True)
         locks.release(self.root, remove=True)
         if self._created_root and not any(self.root.iterdir()):
             self.root.rmdir()
@@ -192,8 +195,9 @@ class OutputFolder:
                         rows[row["id"]] = row
         return rows
 
-    def write_manifest(self, rows: list[dict]) -> None:
-        """manifest.csv (every column) and labels.csv (dataset format), atomically."""
+    def write_manifest(self, rows: list[dict], whole: bool) -> None:
+        """manifest.csv (every column) and labels.csv (dataset format), atomically; `whole`: the rows
+        are every item of the plan, so the set is no longer UNFINISHED."""
         rows = sorted(rows, key=lambda r: r["id"])
         buf = io.StringIO()
         w = csv.DictWriter(buf, MANIFEST_FIELDS, lineterminator="\n")
@@ -202,6 +206,8 @@ class OutputFolder:
         atomic_write_bytes(self.root / "manifest.csv", buf.getvalue().encode())
         labels = "id,grade\n" + "".join(f"{r['id']},{r['grade']}\n" for r in rows)
         atomic_write_bytes(self.root / "labels.csv", labels.encode())
+        if whole:
+            (self.root / UNFINISHED).unlink(missing_ok=True)
 
 
 
