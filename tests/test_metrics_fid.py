@@ -12,9 +12,11 @@ from skimage import data
 from drgan.cli import cli
 from drgan.cli.common import run_command
 from drgan.errors import DrganError
+from drgan.io import HOST, TEMP_MARK
 from drgan.metrics.fid import (compute_fid, extract_features, feature_statistics, frechet_distance, load_inception,
                                preprocess, tf_bilinear_resize)
 from drgan.metrics.images import open_image_set
+from helpers import dead_pid
 
 
 def _gaussian_features(rng, n, d, shift=0.0):
@@ -136,7 +138,11 @@ def _two_grade_sets(tmp_path):
 def _check_fid_cli(tmp_path, real, fake):
     args = ["evaluate", "fid", "--real", str(real), "--fake", str(fake), "--per-grade", "--device", "cpu",
             "--cache", str(tmp_path / "cache"), "--json"]
+    (tmp_path / "cache").mkdir()
+    killed = tmp_path / "cache" / f".fid-stats-0.safetensors{TEMP_MARK}{dead_pid()}-1@{HOST}"  # a killed run's entry
+    killed.write_bytes(b"x" * 1000)
     first = CliRunner().invoke(cli, args)
+    assert not killed.exists()
     assert first.exit_code == 0, first.output
     r1 = json.loads(first.stdout)
     assert r1["real"]["cached"] is False and r1["real"]["count"] == 4 and r1["fake"]["count"] == 4

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from drgan.checkpoint import save_tensors
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
-from drgan.io import sha256_file
+from drgan.io import remove_temp_files, sha256_file
 from drgan.metrics.images import MIN_SET_IMAGES, ImageSet, check_set_size, grade_average_line, load_rgb, shared_grades
 
 INCEPTION_SIZE = 299
@@ -211,6 +211,7 @@ def set_statistics(
     stats = _stats_from_features(features, image_set.grades)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(cache_path.parent, recursive=False)  # entries (~200 MB) whose writer was killed
         tensors = {}
         for g, (mu, sigma, _) in stats.items():
             tensors[f"{g}.mu"] = torch.from_numpy(mu)
