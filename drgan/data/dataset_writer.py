@@ -40,8 +40,8 @@ class DatasetWriter:
             raise DrganError(f"{self.root}: is a file, expected a new dataset folder")
         self.created = not self.root.exists()
         self._check_new()  # before the lock file is created in it
-        locks.hold(self.root)  # a second writer of the folder is refused
         try:
+            locks.hold(self.root)  # a second writer of the folder is refused
             self._check_new()  # again: another process may have written meanwhile
             atomic_write_bytes(self.root / UNFINISHED, _MARK)
             for child in self.root.iterdir():  # what a killed writer left
