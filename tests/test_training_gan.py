@@ -381,3 +381,19 @@ def test_ablation_switches_train_are_recorded_and_shown(tmp_path, space, switch,
             assert torch.equal(out, g(torch.cat([cond[:, :2], torch.rand_like(cond[:, 2:])], 1), z, 0)[0])
     assert run_command(cli, args=["info", "--run", str(tmp_path / "run")], prog_name="drgan") == 0
     assert f"ablations: no {switch.replace('_', ' ')}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m.pop("rng"), r"damaged training state \(missing or invalid: rng\)"),
+    (lambda m: m.update(step=-1), r"missing or invalid: step"),
+    (lambda m: m.update(next_batch=9999), r"next_batch 9999 of an epoch of 2 batches"),  # looped forever
+    (lambda m: m["optimizer_G"].update(param_groups=[]), r"damaged training state \(ValueError"),
+])
+def test_hand_damaged_state_is_one_error(tmp_path, space, damage, message):
+    data, run = PhantomSet(4), tmp_path / "run"
+    train_gan(options(tmp_path, space, max_steps=1), data)
+    meta = json.loads((run / "state.json").read_text())
+    damage(meta)
+    (run / "state.json").write_text(json.dumps(meta))
+    with pytest.raises(DrganError, match=message):
+        train_gan(GanOptions(resume=str(run), max_steps=2), data)

@@ -183,6 +183,10 @@ def test_killed_grader_resumes_to_the_uninterrupted_result(tmp_path, phantom_dir
                        val, opts, _mixup)
     with pytest.raises(DrganError, match="already trained 3 of 3 epochs; give a larger epochs"):
         train_grader(FundusDataset(phantom_dir, 64, split="train"), val, tmp_path / "cut", opts, resume=True)
+    meta = json.loads((tmp_path / "cut" / "state.json").read_text())
+    (tmp_path / "cut" / "state.json").write_text(json.dumps({**meta, "report": None, "rng": {}}))  # hand-damaged
+    with pytest.raises(DrganError, match=r"state.json: damaged training state \(missing or invalid: report\)"):
+        train_grader(FundusDataset(phantom_dir, 64, split="train"), val, tmp_path / "cut", opts, resume=True)
 
 
 class _FailsAtItem(FundusDataset):

@@ -47,8 +47,8 @@ from drgan.training.interrupts import ignored_signals, whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
 from drgan.training.state import (
-    STATE_JSON, check_step, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state, recover_checkpoint, rng_state, save_state,
-    set_rng_state, write_checkpoint,
+    STATE_JSON, check_step, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state, recover_checkpoint, restoring, rng_state,
+    save_state, set_rng_state, write_checkpoint,
 )
 
 ENV_FILE = "environment.json"
@@ -455,20 +455,25 @@ class GanTrainer:
         if self.info.is_main:
             recover_checkpoint(self.run)
         dist_util.barrier(self.info)
-        meta, tensors = load_state(self.run)
+        meta, tensors = load_state(self.run, {"step": int, "epoch": int, "next_batch": int, "world_size": int,
+                                              "optimizer_G": dict, "optimizer_D": dict, "scaler": dict, "rng": list})
+        if meta["next_batch"] >= self.sampler.batches_per_epoch:
+            raise DrganError(f"{self.run / STATE_JSON}: damaged training state (next_batch {meta['next_batch']} of "
+                             f"an epoch of {self.sampler.batches_per_epoch} batches)")
         for key, module in {**self._generators(), "D": self.D}.items():
             check_step(self.run / WEIGHT_FILES[key], meta["step"])
             load_module(module, self.run / WEIGHT_FILES[key])
-        optimizer_from_state(self.opt_G, "opt_G", meta["optimizer_G"], tensors)
-        optimizer_from_state(self.opt_D, "opt_D", meta["optimizer_D"], tensors)
-        if meta["scaler"]:
-            self.scaler.load_state_dict(meta["scaler"])
-        self.step, self.epoch, self.next_batch = meta["step"], meta["epoch"], meta["next_batch"]
         if meta["world_size"] != self.info.world:
             raise ParameterError(f"{{resume}} {self.run}: saved with {meta['world_size']} process(es), resumed with {self.info.world}")
         rank = self.info.rank
         rng = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"rng.{rank}.")}
-        set_rng_state(meta["rng"][rank], rng, self.device)
+        with restoring(self.run):
+            optimizer_from_state(self.opt_G, "opt_G", meta["optimizer_G"], tensors)
+            optimizer_from_state(self.opt_D, "opt_D", meta["optimizer_D"], tensors)
+            if meta["scaler"]:
+                self.scaler.load_state_dict(meta["scaler"])
+            set_rng_state(meta["rng"][rank], rng, self.device)
+        self.step, self.epoch, self.next_batch = meta["step"], meta["epoch"], meta["next_batch"]
 
     # ----------------------------------------------------------------------------- samples
 

@@ -32,7 +32,7 @@ from drgan.nn import GradeNet, build_grader
 from drgan.training.interrupts import ignored_signals, whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import GRADER_RESUMABLE, GraderOptions
-from drgan.training.state import (STATE_JSON, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state,
+from drgan.training.state import (STATE_JSON, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state, restoring,
                                   recover_checkpoint, rng_state, save_state, set_rng_state, write_checkpoint)
 
 __all__ = ["GraderOptions", "train_grader", "check_resumable", "interrupted", "grader_features", "GRADER_FILE", "AGM_MIN_ACCURACY"]
@@ -177,7 +177,7 @@ class _Training:
         if data is not None:
             check_same_dataset(self.out, data)
         recover_checkpoint(self.out)
-        meta, tensors = load_state(self.out)
+        meta, tensors = load_state(self.out, {"step": int, "epoch": int, "optimizer": dict, "rng": dict, "report": list})
         done = meta["epoch"] + ("position" in meta)  # epochs finished, or begun
         if meta["epoch"] >= self.opts.epochs and (self.out / SPACE_FILE).is_file():  # else only the spaces are left to fit
             raise ParameterError(f"{{resume}} {self.out}: already trained {meta['epoch']} of {self.opts.epochs} epochs; "
@@ -186,13 +186,14 @@ class _Training:
             raise ParameterError(f"{{epochs}} {self.opts.epochs}: {{resume}} {self.out} has already begun epoch {done}; "
                                  f"give {{epochs}} >= {done}")
         weights = {k.removeprefix("grader."): v for k, v in tensors.items() if k.startswith("grader.")}
-        self.grader.load_state_dict(weights)
-        optimizer_from_state(self.optim, "optimizer", meta["optimizer"], tensors)
-        set_rng_state(meta["rng"], {k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")}, self.device)
+        with restoring(self.out):
+            self.grader.load_state_dict(weights)
+            optimizer_from_state(self.optim, "optimizer", meta["optimizer"], tensors)
+            set_rng_state(meta["rng"], {k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")}, self.device)
+            if "position" in meta:
+                self.position = {**meta["position"], "mix": tensors["position.mix"]}
         self.epochs, self.step = meta["report"], meta["step"]
         self.saved_step = self.step
-        if "position" in meta:
-            self.position = {**meta["position"], "mix": tensors["position.mix"]}
         extra = read_run(self.out).extra  # run.json: the epochs, device and workers it now runs with
         write_run_config(self.out, self.cfg, stage="global", options={"trainer": "grader", **self.opts.to_dict()}, **extra)
 

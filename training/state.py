@@ -9,12 +9,13 @@ the safetensors metadata, so a folder mixed by other means is refused on resume.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -116,16 +117,37 @@ def recover_checkpoint(run: Path) -> None:
     remove_temp_files(run, recursive=False)
 
 
-def load_state(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def load_state(run: Path, fields: dict[str, type]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """state.json, which must hold `fields` (name: type; ints >= 0), and state.safetensors."""
     require_checkpoint(run)
     path = run / STATE_JSON
     try:
         meta = json.loads(path.read_text())
-        meta["step"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DrganError(f"{path}: malformed training state ({exc})") from None
+    bad = [k for k, kind in fields.items() if not isinstance(meta, dict) or not _is(meta.get(k), kind)]
+    if bad:
+        raise DrganError(f"{path}: damaged training state (missing or invalid: {', '.join(bad)}); "
+                         "restore the file, or start the run over with --overwrite")
     check_step(run / STATE_TENSORS, meta["step"])
     return meta, load_tensors(run / STATE_TENSORS)
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is int:  # a count: bool is an int to Python, not to a checkpoint
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, kind)
+
+
+@contextlib.contextmanager
+def restoring(run: Path) -> Iterator[None]:
+    """Restoring optimizer and RNG states from a checkpoint whose fields have the right types but
+    inner values that do not fit (a hand-edited state.json): one error naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise DrganError(f"{run / STATE_JSON}: damaged training state ({type(exc).__name__}: {exc}); "
+                         "restore the file, or start the run over with --overwrite") from None
 
 
 def check_step(path: Path, step: int) -> None:
