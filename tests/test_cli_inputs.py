@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -355,6 +356,31 @@ def test_sigterm_runs_a_commands_cleanup_as_an_interrupt_does():
         run_command(killed, args=[])
     assert exc.value.code == 143 and cleaned == [True]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored afterwards
+
+
+@pytest.mark.parametrize("signum, line, code", [("SIGINT", "aborted", 130), ("SIGTERM", "terminated", 143)])
+def test_an_interrupted_resumable_command_says_a_rerun_resumes_it(capsys, signum, line, code):
+    import signal
+
+    from drgan.cli.common import resumes_on_rerun
+
+    @click.command()
+    def long_job() -> None:
+        resumes_on_rerun("the images written are kept")
+        os.kill(os.getpid(), getattr(signal, signum))
+        time.sleep(5)
+
+    try:
+        assert run_command(long_job, args=[]) == code
+    except SystemExit as exc:
+        assert exc.code == code
+    assert capsys.readouterr().err.splitlines()[-1] == f"{line}; rerun the same command to resume (the images written are kept)"
+
+    @click.command()
+    def other() -> None:  # the hint belongs to the command that set it
+        raise KeyboardInterrupt
+
+    assert run_command(other, args=[]) == 130 and capsys.readouterr().err.splitlines()[-1] == "aborted"
 
 
 def test_a_missing_path_or_a_file_for_a_folder_is_bad_input(drgan, tmp_path, data, blocked):

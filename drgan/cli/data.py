@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from drgan.cli.common import IntRange, dataset_folder
+from drgan.cli.common import IntRange, dataset_folder, resumes_on_rerun
 from drgan.config import MAX_IMAGE_SIDE, MIN_SIDE, NUM_GRADES
 from drgan.errors import DrganError
 
@@ -62,6 +62,7 @@ def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str
 
     if kind.lower() not in SCANNERS:  # a usage error as a click.Choice gives; the importers load too slowly for `-h`
         raise click.BadParameter(f"{kind!r} is not one of {', '.join(map(repr, SCANNERS))}.", param_hint="'KIND'")
+    resumes_on_rerun("the images converted are kept")
     report = import_release(kind.lower(), src, out, size=size, vessels=vessels, workers=workers)
     click.echo(report.render(limit=SHOW_SKIPPED))
 

@@ -6,7 +6,7 @@ import json
 import click
 from click.core import ParameterSource
 
-from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange
+from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange, resumes_on_rerun
 from drgan.config import NUM_GRADES, PRECISIONS, PRESETS
 from drgan.synthesis.registry import BACKENDS
 
@@ -73,6 +73,7 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
     from drgan.synthesis.plan import Plan
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as synthesize_set
 
+    resumes_on_rerun("the images written are kept")
     grade_list = _grades(grades)
     if (count is None) == (per_grade is None):
         raise DrganError("give exactly one of --count and --per-grade")
