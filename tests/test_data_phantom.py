@@ -131,3 +131,16 @@ def test_folder_of_a_killed_writer_is_written_again(tmp_path):
     assert digest(out) == digest(write_phantom_dataset(tmp_path / "fresh", count=5, size=64, seed=3))
     with pytest.raises(DrganError, match="output folder exists and is not empty"):  # a finished dataset is kept
         write_phantom_dataset(out, count=5, size=64, seed=3)
+
+
+def test_pool_workers_leave_ctrl_c_to_the_main_process():
+    """Ctrl-C reaches every process of the group: workers that took it printed a traceback each."""
+    import signal
+
+    from drgan.workers import process_pool
+
+    pool = process_pool(2)
+    try:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+    finally:
+        pool.terminate()

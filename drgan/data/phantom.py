@@ -393,8 +393,8 @@ def _write_phantoms(writer, grades: list[int], size: int, seed: int, split: bool
     jobs = [(i, size, grades[i], seed) for i in range(count)]
     pool = None
     if workers > 1:
-        import multiprocessing
-        pool = multiprocessing.get_context("spawn").Pool(workers)
+        from drgan.workers import process_pool
+        pool = process_pool(workers)
         items = pool.imap(_render_encoded, jobs, chunksize=4)
     else:
         items = map(_render_encoded, jobs)

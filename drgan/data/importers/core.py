@@ -348,8 +348,8 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     tasks = [(it, out, size, vessels) for it in items]
     pool = None
     if workers > 1:
-        import multiprocessing
-        pool = multiprocessing.get_context("spawn").Pool(workers)
+        from drgan.workers import process_pool
+        pool = process_pool(workers)
         results = pool.imap_unordered(_convert_task, tasks)
     else:
         results = map(_convert_task, tasks)
