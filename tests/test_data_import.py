@@ -350,6 +350,12 @@ def test_rerun_from_another_source_is_refused(eyepacs, tmp_path, monkeypatch):
     monkeypatch.chdir(eyepacs.parent)           # the same source spelled another way resumes
     report = import_release("eyepacs", eyepacs.name, out, size=SIZE, vessels="none", progress=False)
     assert (report.new, report.resumed) == (0, 3)
+    top = tmp_path / "unpacked"                 # or given as the folder above the release's
+    shutil.copytree(eyepacs, top / "release")
+    new = tmp_path / "ds2"
+    import_release("eyepacs", top, new, size=SIZE, vessels="none", progress=False)
+    report = import_release("eyepacs", top / "release", new, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.resumed) == (0, 3)
 
 
 def test_import_recorded_without_a_source_resumes(eyepacs, tmp_path):

@@ -48,6 +48,7 @@ class Item:
 
 @dataclass
 class Plan:
+    root: Path | None = None                                # the release's folder (find_root) under the one given
     items: list[Item] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)        # "<file or id>: <reason>"
     missing: Counter = field(default_factory=Counter)       # channel -> images without a mask file
@@ -283,13 +284,14 @@ class ImportReport:
         return "\n".join(lines)
 
 
-def _check_options(out: Path, options: dict) -> None:
+def _check_options(out: Path, options: dict, typed: str) -> None:
     """A new folder, or one this importer wrote from the same source with the same options (a rerun
     resumes it); its lock file alone (a run killed before its first write) counts as new.
 
     The source is compared because finished ids are kept: another release's images would stay
     under this one's grades. Grading tables are not: labels.csv is rewritten from them every run,
-    and the README's IDRiD recipe adds a table and reruns.
+    and the README's IDRiD recipe adds a table and reruns. The source is the release's own folder,
+    so `fg` and `fg/Seg-set` are one source; `typed` (the folder given) is what older records hold.
     """
     record = out / IMPORT_FILE
     if record.is_file():
@@ -300,6 +302,8 @@ def _check_options(out: Path, options: dict) -> None:
         if not isinstance(before, dict):
             raise DrganError(f"{record}: unreadable (not an import record)")
         before.setdefault("source", options["source"])   # recorded since; an older import resumes
+        if before["source"] == typed:  # recorded as given, before the release's folder was
+            before["source"] = options["source"]
         if before["source"] != options["source"]:
             raise DrganError(f"{out}: was imported from {before['source']}, not {options['source']}; "
                              "rerun with that source or use a new folder")
@@ -325,11 +329,12 @@ def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int,
     if not plan.items:
         first = f"; first: {plan.skipped[0]}" if plan.skipped else ""
         raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped{first})")
-    options = {"kind": kind, "size": size, "vessels": vessels, "source": str(source.resolve())}
-    _check_options(out, options)  # before the folder is created for its lock
+    typed = str(source.resolve())
+    options = {"kind": kind, "size": size, "vessels": vessels, "source": str((plan.root or source).resolve())}
+    _check_options(out, options, typed)  # before the folder is created for its lock
     locks.hold(out)  # a second import into the same folder is refused
     try:
-        _check_options(out, options)  # again: another process may have written meanwhile
+        _check_options(out, options, typed)  # again: another process may have written meanwhile
         (out / "images").mkdir(exist_ok=True)
         (out / "masks").mkdir(exist_ok=True)
         atomic_write_text(out / IMPORT_FILE, json.dumps(options, sort_keys=True) + "\n")

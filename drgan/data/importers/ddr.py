@@ -40,7 +40,7 @@ def read_grades(folder: Path, plan: Plan) -> dict[str, int | None]:
 
 def scan(src: Path) -> Plan:
     root = find_root(src, SEG, "DDR")
-    plan = Plan()
+    plan = Plan(root)
     grades = lower_keys(read_grades(root / GRADING, plan))
     where = f"{GRADING}/*.txt"
     for folder, split in SPLITS.items():

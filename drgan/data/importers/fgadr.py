@@ -45,7 +45,7 @@ def read_grades(path: Path, plan: Plan) -> dict[str, int | None]:
 def scan(src: Path) -> Plan:
     root = find_root(src, IMAGE_DIR, "FGADR Seg-set")
     grading = tables(root, "*.csv", f"grading CSV (image name, grade) beside {IMAGE_DIR}/")
-    plan = Plan()
+    plan = Plan(root)
     grades: dict[str, int | None] = {}
     for table in grading:
         grades.update(read_grades(table, plan))

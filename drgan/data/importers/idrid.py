@@ -44,7 +44,7 @@ def _split(set_name: str) -> str | None:
 
 def scan(src: Path) -> Plan:
     root = find_root(src, IMAGES, "IDRiD")
-    plan = Plan()
+    plan = Plan(root)
     grades = read_grades(root / GRADES, plan)
     lookup = lower_keys(grades)
     where = f"{GRADES}/*.csv"

@@ -14,7 +14,7 @@ def scan_table(src: Path, what: str, table: str, image_dir: str, id_col: str, gr
     """Images of `image_dir` graded by the `id_col`, `grade_col` columns of `table`."""
     root = find_root(src, table, what)
     path = root / table
-    plan = Plan()
+    plan = Plan(root)
     rows = header_rows(path, plan)
     if rows and not {id_col, grade_col} <= rows[0].keys():
         raise DrganError(f"{path}: needs columns {id_col},{grade_col}")
