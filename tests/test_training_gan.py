@@ -397,3 +397,19 @@ def test_hand_damaged_state_is_one_error(tmp_path, space, damage, message):
     (run / "state.json").write_text(json.dumps(meta))
     with pytest.raises(DrganError, match=message):
         train_gan(GanOptions(resume=str(run), max_steps=2), data)
+
+
+def test_resume_after_a_kill_logs_each_step_once(tmp_path, space, monkeypatch):
+    """Killed after step 3 with the checkpoint of step 2: TensorBoard shows steps 1..4 once each
+    (the checkpoint's own step 2 kept, the lost step 3 replaced by the resumed run's)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data, run = PhantomSet(10), tmp_path / "run"
+    save = gan.GanTrainer.save_checkpoint
+    monkeypatch.setattr(gan.GanTrainer, "save_checkpoint", lambda self: save(self) if self.step <= 2 else None)
+    train_gan(options(tmp_path, space, max_steps=3, checkpoint_every=2), data)  # as if killed after step 3
+    monkeypatch.undo()
+    train_gan(GanOptions(resume=str(run), max_steps=4), data)
+    acc = EventAccumulator(str(run / "logs"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/G_total")] == [1, 2, 3, 4]

@@ -517,7 +517,7 @@ class GanTrainer:
                 f"{{resume}} {self.run}: already trained {self.step} of {limit} steps; "
                 "give a larger {max_steps} or {epochs} to continue"
             )
-        logger = RunLogger(self.run, enabled=self.info.is_main, purge_step=self.step if o.resume else None)
+        logger = RunLogger(self.run, enabled=self.info.is_main, purge_step=self.step + 1 if o.resume else None)  # the checkpoint holds its step
         report: dict[str, Any] = {"run": str(self.run), "stage": self.stage, "log": [], "samples": []}
         if self.info.is_main and self.step == 0:
             report["samples"].append(self.samples(logger))
