@@ -309,6 +309,29 @@ def test_rerun_resumes_and_equals_parallel_run(eyepacs, tmp_path):
     assert dict(report.grades) == {0: 1, 2: 1, 4: 1}
 
 
+def test_interrupted_import_is_not_read_as_a_dataset(eyepacs, tmp_path, monkeypatch):
+    from drgan.data.format import open_dataset
+    from drgan.data.importers import core
+
+    out, convert = tmp_path / "ds", core._convert_task
+    calls = []
+
+    def interrupted(args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return convert(args)
+
+    monkeypatch.setattr(core, "_convert_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    monkeypatch.undo()
+    with pytest.raises(DrganError, match="unfinished"):
+        open_dataset(out)
+    report = import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.resumed) == (2, 1) and len(open_dataset(out).samples) == 3
+
+
 def test_rerun_with_other_options_is_refused(eyepacs, tmp_path):
     out = tmp_path / "ds"
     import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)

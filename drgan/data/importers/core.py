@@ -23,6 +23,7 @@ from scipy import ndimage
 from drgan import locks
 from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, NUM_GRADES
 from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
+from drgan.data.format import UNFINISHED
 from drgan.data.labels import LABELS_FILE, id_problem
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
@@ -338,6 +339,7 @@ def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int,
         (out / "images").mkdir(exist_ok=True)
         (out / "masks").mkdir(exist_ok=True)
         atomic_write_text(out / IMPORT_FILE, json.dumps(options, sort_keys=True) + "\n")
+        atomic_write_text(out / UNFINISHED, "data import\n")  # until labels.csv lists what was converted
         return _convert_all(kind, plan, out, size, vessels, workers, progress)
     finally:
         locks.release(out)
@@ -388,4 +390,5 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     writer.writerows([it.id, it.grade, it.split] for it in items if it.id in finished)
     atomic_write_text(out / LABELS_FILE, buf.getvalue())
     atomic_write_text(out / REPORT_FILE, report.render() + "\n")
+    (out / UNFINISHED).unlink()
     return report
