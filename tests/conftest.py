@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -6,6 +7,10 @@ import torch
 # Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter (set before import).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Python leaves Ctrl-C ignored when a non-interactive shell starts it in the background (`pytest &`);
+# the interrupt tests send themselves SIGINT and need its usual handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Two cores: keep intra-op threads bounded so parallel test processes do not thrash.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
