@@ -89,6 +89,19 @@ def test_augment_experiment_end_to_end(tmp_path):
     assert "2 (10.0%)" in table and "7 (35.0%)" in table
 
 
+def test_data_sha256_names_a_synthesized_set_by_its_images(tmp_path):
+    """Two sets of one plan have the same labels.csv; their manifests hold each image's sha256."""
+    from drgan.training.augmentation_experiment import data_sha256
+
+    for name, digest in (("a", "0" * 64), ("b", "1" * 64)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "labels.csv").write_text("id,grade\nsyn_0,0\n")
+        (tmp_path / name / "manifest.csv").write_text(f"id,grade,sha256\nsyn_0,0,{digest}\n")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "labels.csv").write_text("id,grade\nsyn_0,0\n")
+    assert len({data_sha256(tmp_path / n) for n in "abc"}) == 3
+
+
 def test_augment_experiment_output_folder_is_its_own(tmp_path):
     """Never written into a dataset; a rerun keeps the arms an interrupted run finished; other
     settings in the same folder are refused."""
@@ -116,5 +129,5 @@ def test_augment_experiment_output_folder_is_its_own(tmp_path):
     with pytest.raises(DrganError, match=r"holds an augmentation experiment with other settings \(epochs\)"):
         run_augment_experiment(real, fake, real, out, **{**args, "epochs": 2})
     other = write_phantom_dataset(tmp_path / "other", 10, 64, seed=2, grades=[4, 3] * 5, split=False)
-    with pytest.raises(DrganError, match=r"other settings \(synthetic_labels_sha256\)"):
+    with pytest.raises(DrganError, match=r"other settings \(synthetic_sha256\)"):
         run_augment_experiment(real, other, real, out, **args)  # the same arms would be kept on other data

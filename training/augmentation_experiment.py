@@ -33,6 +33,7 @@ from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_bytes, sha256_file
 from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
 from drgan.nn import build_grader
+from drgan.synthesis.writer import MANIFEST_FILE
 from drgan.runs import claimed_folder
 from drgan.training.grader_pretraining import GraderOptions, interrupted, train_grader
 
@@ -117,6 +118,13 @@ def label_distribution(grades: Sequence[int]) -> dict[str, Any]:
     return {"count": counts.tolist(), "share": (counts / max(1, counts.sum())).round(4).tolist()}
 
 
+def data_sha256(folder: str | Path) -> str:
+    """The sha256 that names a dataset's content: of a synthesized set's manifest.csv, whose rows hold
+    each image's sha256 (two sets of one plan share their labels.csv), else of labels.csv."""
+    manifest = Path(folder) / MANIFEST_FILE
+    return sha256_file(manifest if manifest.is_file() else Path(folder) / LABELS_FILE)
+
+
 def _test_split(folder: Path) -> str | None:
     return "test" if any(s.split == "test" for s in open_dataset(folder).samples) else None
 
@@ -183,11 +191,10 @@ def run_augment_experiment(
         arms[f"real+{kind}"] = _Union([real_train, MixedGradeDataset(real_train, fake.grades, kind, seed)])
 
     out = Path(out)
-    # The data an arm trained on is named by its labels.csv, not by the path typed: a rerun from another
-    # directory, or after the synthetic set grew, must not keep arms trained on other data.
+    # The data an arm trained on is named by its content, not by the path typed: a rerun from another
+    # directory, on another synthesized set or after the set grew must not keep arms trained on other data.
     settings = {**opts.to_dict(), "resolution": resolution, "arms": list(arms),
-                "real_labels_sha256": sha256_file(Path(real) / LABELS_FILE),
-                "synthetic_labels_sha256": sha256_file(Path(synthetic) / LABELS_FILE)}
+                "real_sha256": data_sha256(real), "synthetic_sha256": data_sha256(synthetic)}
     result: dict[str, Any] = {
         "protocol": {**settings, "real": str(Path(real).resolve()), "synthetic": str(Path(synthetic).resolve())},
         "test": {"folder": str(test), "split": split, "count": len(test_set)},

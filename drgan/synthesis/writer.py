@@ -33,6 +33,7 @@ from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
 
 # grade: the planned grade (lesion rules, labels.csv); predicted_grade: the encoder's, with --label predicted.
+MANIFEST_FILE = "manifest.csv"
 MANIFEST_FIELDS = ["id", "grade", "predicted_grade", "seed", "structure_id", *LESION_TYPES, "file", "sha256"]
 FORMATS = {"png": "png", "jpeg": "jpg"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -203,7 +204,7 @@ class OutputFolder:
         w = csv.DictWriter(buf, MANIFEST_FIELDS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        atomic_write_bytes(self.root / "manifest.csv", buf.getvalue().encode())
+        atomic_write_bytes(self.root / MANIFEST_FILE, buf.getvalue().encode())
         labels = "id,grade\n" + "".join(f"{r['id']},{r['grade']}\n" for r in rows)
         atomic_write_bytes(self.root / "labels.csv", labels.encode())
         if whole:
