@@ -275,6 +275,15 @@ def test_swd_of_one_image_is_refused(drgan, tmp_path, data):
     assert line == f"error: {tmp_path / 'one'}: 1 image; SWD needs at least 2 images per set"
 
 
+def test_a_run_folder_is_not_an_image_set(drgan, data, run):
+    """Its sample grids were scored as a set of two images."""
+    (run / "samples").mkdir(exist_ok=True)
+    shutil.copy(next((data / "images").iterdir()), run / "samples" / "grades-0000001.png")
+    for command in ("swd", "fid"):
+        line = one_error(*drgan("evaluate", command, "--real", data, "--fake", run, "--device", "cpu"))
+        assert line == f"error: {run}: a drgan run folder, not an image set (synthesize a set from it first)", command
+
+
 def test_fid_over_few_images_warns_that_it_is_biased():
     from drgan.metrics.fid import FEATURE_DIM, small_set_warnings
 
@@ -417,6 +426,11 @@ def test_json_outputs_are_json_alone_on_stdout(drgan, tmp_path, data, run):
     rc, out, _ = drgan("data", "validate", "--data", data, "--json")
     report = json.loads(out)
     assert rc == 0 and report["ok"] == report["checked"] == 10 and report["problems"] == [] and sum(report["grades"].values()) == 10
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    next(bad.glob("images/*.png")).write_bytes(b"not a png")
+    rc, out, err = drgan("data", "validate", "--data", bad, "--skip-bad", "--json")  # its summary line went to stdout
+    assert rc == 0 and json.loads(out)["ok"] == 9 and "usable samples remain" in err
     rc, out, err = drgan("export", "--run", run, "--out", tmp_path / "exp", "--json")
     assert rc == 0, err
     assert set(json.loads(out)["files"]) == {"generator.onnx"} and "generator.onnx" in err  # progress on stderr

@@ -36,7 +36,8 @@ def validate(directory: str | None, data_dir: str | None, skip_bad: bool, as_jso
     click.echo(json.dumps(report.to_dict()) if as_json else report.render())
     if report.problems:
         if skip_bad and report.ok:
-            click.echo(f"skipped {len(report.problems)} problem(s); {report.ok} usable samples remain")
+            click.echo(f"skipped {len(report.problems)} problem(s); {report.ok} usable samples remain",
+                       err=as_json)  # stdout holds the JSON alone
             return
         raise DrganError(f"{directory}: {len(report.problems)} problem(s) found (listed above)")
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drgan.data.decode import open_image
-from drgan.data.format import scan_dataset
+from drgan.data.format import check_finished, scan_dataset
 from drgan.data.labels import LABELS_FILE, read_labels
 from drgan.errors import DrganError
 
@@ -45,6 +45,7 @@ class ValidationReport:
 def validate_dataset(root: str | Path) -> ValidationReport:
     """Decode and check every file of a dataset; never raises for bad samples, only for a bad layout."""
     root = Path(root)
+    check_finished(root)  # not a dataset with problems: one that is still being written
     try:
         samples, found, notes = scan_dataset(root, skip_bad=True, split=None, decode=True)
         problems = [message for _, message in found]

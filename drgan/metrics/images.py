@@ -19,6 +19,7 @@ from drgan.data.decode import pixels_to_uint8, open_image
 from drgan.data.format import check_finished, open_dataset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
+from drgan.runs import RUN_FILE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # FID and SWD compare distributions over images: one image is a single sample (no covariance, no
@@ -98,6 +99,8 @@ def open_image_set(folder: str | os.PathLike, split: str | None = None) -> Image
     if not root.is_dir():
         raise DrganError(f"{root}: not a folder")
     check_finished(root)  # a killed or partly sharded set has no labels.csv, or one of its finished part
+    if (root / RUN_FILE).is_file():  # its sample grids would be scored as a set of two or three images
+        raise DrganError(f"{root}: a drgan run folder, not an image set (synthesize a set from it first)")
     if (root / LABELS_FILE).is_file() and (root / "images").is_dir():
         samples = sorted(open_dataset(root, split=split).samples, key=lambda s: s.id)  # validates the dataset
         image_set = ImageSet(root, [s.image for s in samples], [s.grade for s in samples])
