@@ -23,6 +23,11 @@ EXTERNAL_DATA_BYTES = 1 << 30
 MIN_OPSET = 23  # the first opset with the standard Attention op
 
 
+def check_opset(opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ParameterError(f"{{opset}} {opset}: the spatial attention needs the Attention op of opset {MIN_OPSET} or later")
+
+
 def export_onnx(
     generator: DRGANGenerator,
     path: str | Path,
@@ -35,8 +40,7 @@ def export_onnx(
     external_data is True, or when None and they exceed EXTERNAL_DATA_BYTES. The written file must
     declare `opset`, and `check(file)` (when given) must pass on it, before it replaces `path`: a
     failed export leaves an earlier file as it was."""
-    if opset < MIN_OPSET:
-        raise ParameterError(f"{{opset}} {opset}: the spatial attention needs the Attention op of opset {MIN_OPSET} or later")
+    check_opset(opset)
     path = Path(path)
     model = prepare(generator, impl="sdpa", precision="fp32", pad_qk=pad_qk)
     if external_data is None:

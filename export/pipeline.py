@@ -13,6 +13,7 @@ Every artifact is checked against the eager fp32 generator before it is recorded
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from drgan.checkpoint import load_generator, weights_sha256
 from drgan.errors import DrganError, ParameterError
 from drgan.export.aoti import compile_aoti, run_in_fresh_process
 from drgan.export.backends import MANIFEST, ONNX_FILE, TRT_ONNX_FILE, aoti_file, engine_file, read_manifest
-from drgan.export.onnx_export import export_onnx
+from drgan.export.onnx_export import check_opset, export_onnx
 from drgan.export.onnx_files import data_path
 from drgan.export.ort_runner import verify_onnx
 from drgan.export.sidecar import BatchProfile, sidecar_path
@@ -81,13 +82,19 @@ def export_run(
     device = str(resolve_device(options.device))
     if options.trt and not torch.cuda.is_available():
         raise ParameterError("{trt} needs a CUDA GPU: TensorRT builds its engine for the GPU it runs on")
+    check_opset(options.opset)  # before OUT is created
     run = Path(run)
     out = Path(out) if out else run / "export"
     check_writable_dir(out)  # before the export's minutes of work
     _check_out(out)
+    created = not out.exists()
     try:
         exporter = _Exporter(run, out, stage, log)
         exporter.write(options, profile, device)
+    except BaseException:
+        if created and not read_manifest(out)["files"]:  # nothing exported: leave no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         locks.release(out)
     return exporter.manifest

@@ -154,7 +154,7 @@ def test_a_failed_first_export_can_be_rerun(tiny_run, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(pipeline, "export_onnx", fail)
         assert run_command(export, args=["--run", str(run), "--out", str(out), "--onnx"]) == 1
-    assert (out / "export.json").is_file()   # the folder is marked as an export from the start
+    assert not out.exists()   # nothing was exported: the folder it created is gone, half file and all
     assert run_command(export, args=["--run", str(run), "--out", str(out), "--onnx"]) == 0
     assert "generator.onnx" in json.loads((out / "export.json").read_text())["files"]
 
@@ -265,6 +265,14 @@ def test_failed_reexport_keeps_the_earlier_file(tiny_run, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+def test_failed_first_export_leaves_no_folder(tiny_run, tmp_path, capsys):
+    run, _, _ = tiny_run
+    for opset in ("22", "99"):  # refused before any work; refused by the exporter
+        out = tmp_path / f"export{opset}"
+        assert run_command(export, args=["--checkpoint", str(run), "--out", str(out), "--opset", opset]) == 1
+        assert capsys.readouterr().err.startswith(f"error: --opset {opset}: ") and not out.exists()
+
+
 def test_full_disk_while_saving_onnx_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     run, _, _ = tiny_run
 
@@ -275,8 +283,7 @@ def test_full_disk_while_saving_onnx_is_one_line(tiny_run, tmp_path, monkeypatch
     out = tmp_path / "export"
     assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {out}: disk full while writing generator.onnx"]
-    # No temp folder left; export.json (written as the export starts) lets the rerun use the folder.
-    assert sorted(p.name for p in out.iterdir()) == [".drgan.lock", "export.json"]
+    assert not out.exists()  # nothing exported: no folder (and no temp folder) left
 
 
 def test_rerun_removes_temp_folders_of_killed_exports_only(tiny_run, tmp_path):
