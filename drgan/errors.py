@@ -29,6 +29,13 @@ class ParameterError(DrganError):
         return _FIELD.sub(lambda m: name_of(m.group(1)), self.template)
 
 
+class UsageError(ParameterError):
+    """A required option missing or two options that exclude each other: a usage error, exit 2, as
+    click gives for the options it checks itself."""
+
+    exit_code = 2
+
+
 def name_list(names: Iterable[str], first: int = 3) -> str:
     """Names for a one-line message: a short list whole, a long one as its count and first few."""
     names = list(names)

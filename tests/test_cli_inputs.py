@@ -275,6 +275,18 @@ def test_swd_of_one_image_is_refused(drgan, tmp_path, data):
     assert line == f"error: {tmp_path / 'one'}: 1 image; SWD needs at least 2 images per set"
 
 
+def test_a_required_option_left_out_is_a_usage_error(drgan, tmp_path, data, run):
+    """Exit 2, as for the options click checks itself, also where a command checks it by hand."""
+    cases = [(("synthesize", "--run", run, "--out", tmp_path / "s"), "give exactly one of --count and --per-grade"),
+             (("train", "grader", "--out", tmp_path / "g"), "--data DIR and --out RUN are required (or --resume RUN)"),
+             (("train", "gan", "--data", data), "--out RUN is required (or --resume RUN)"),
+             (("train", "gan", "--data", data, "--out", tmp_path / "r", "--preset", "tiny-64"),
+              "--grading-space FILE is required (grading_space.safetensors of `drgan train grader`)")]
+    for args, message in cases:
+        rc, out, err = drgan(*args)
+        assert (rc, err.strip().splitlines()[-1]) == (2, f"error: {message}"), args
+
+
 def test_a_run_folder_is_not_an_image_set(drgan, data, run):
     """Its sample grids were scored as a set of two images."""
     (run / "samples").mkdir(exist_ok=True)

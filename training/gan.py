@@ -33,7 +33,7 @@ from tqdm import tqdm
 from drgan import locks
 from drgan.checkpoint import load_module, load_tensors, save_tensors
 from drgan.config import ModelConfig, preset
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.io import atomic_write_bytes
 from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepare_out, read_run, remove_unfinished, require_checkpoint, require_kind,
                         write_run_config)
@@ -235,7 +235,7 @@ class GanTrainer:
 
     def _open_dataset(self) -> Dataset:
         if self.opts.data is None:
-            raise ParameterError("{data} DIR is required (a dataset folder with images/, masks/ and labels.csv)")
+            raise UsageError("{data} DIR is required (a dataset folder with images/, masks/ and labels.csv)")
         from drgan.data.dataset import FundusDataset
 
         if self.opts.resume:
@@ -256,7 +256,7 @@ class GanTrainer:
     def _grading_space(self) -> GradingSpace:
         path = self.run / SPACE_FILE if self.opts.resume else self.opts.grading_space
         if path is None:
-            raise ParameterError("{grading_space} FILE is required (grading_space.safetensors of `drgan train grader`)")
+            raise UsageError("{grading_space} FILE is required (grading_space.safetensors of `drgan train grader`)")
         space = GradingSpace.load(path)
         if space.dim != self.cfg.z_dim or space.num_grades != self.cfg.num_grades:
             raise ParameterError(

@@ -69,14 +69,14 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
 
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
     """
-    from drgan.errors import DrganError
+    from drgan.errors import DrganError, UsageError
     from drgan.synthesis.plan import Plan
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as synthesize_set
 
     resumes_on_rerun("the images written are kept")
     grade_list = _grades(grades)
     if (count is None) == (per_grade is None):
-        raise DrganError("give exactly one of --count and --per-grade")
+        raise UsageError("give exactly one of --count and --per-grade")
     given = click.get_current_context().get_parameter_source
     # Options that would do nothing are refused, not ignored.
     if fmt == "png" and given("quality") is not ParameterSource.DEFAULT:

@@ -37,14 +37,14 @@ def train() -> None:
 def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str | None, as_json: bool, **given) -> None:
     """ResNet-50 grader and grading spaces; a killed run continues with --resume."""
     from drgan.data.dataset import FundusDataset
-    from drgan.errors import DrganError
+    from drgan.errors import DrganError, UsageError
     from drgan.runs import check_out, require_checkpoint, require_kind
     from drgan.training.grader_pretraining import GraderOptions, check_resumable, train_grader
 
     given = {k: v for k, v in given.items() if v is not None}
     if resume is None:
         if out is None or data_dir is None:
-            raise DrganError("--data DIR and --out RUN are required (or --resume RUN)")
+            raise UsageError("--data DIR and --out RUN are required (or --resume RUN)")
         opts = GraderOptions(**given)
         check_out(out, overwrite, "grader")  # before the datasets are opened
         resolution = get_preset(opts.preset).resolution
@@ -126,7 +126,7 @@ def _recorded_data(run: str, extra: dict, given: str | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result (steps, run, last losses) as JSON.")
 def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **given) -> None:
     """DR-GAN, global or local stage (the full objective of the paper's eq. 1)."""
-    from drgan.errors import DrganError
+    from drgan.errors import DrganError, UsageError
     from drgan.training.gan import resume_options, train_gan
     from drgan.training.options import GanOptions
 
@@ -138,7 +138,7 @@ def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **
             raise DrganError("--overwrite starts a run over; --resume continues one: give one of them")
         opts = resume_options(resume, **given)
     elif out is None:
-        raise DrganError("--out RUN is required (or --resume RUN)")
+        raise UsageError("--out RUN is required (or --resume RUN)")
     else:
         opts = GanOptions(**given)
     report = train_gan(opts, overwrite=overwrite)
