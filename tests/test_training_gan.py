@@ -298,6 +298,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, space, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG-19 weights there
     with pytest.raises(DrganError, match="needs vgg19_weights FILE"):
         GanTrainer(options(tmp_path, space, perceptual="vgg19"), PhantomSet(4))
+    with pytest.raises(DrganError, match="^vgg19_weights is used by perceptual vgg19 or auto only, not none"):
+        options(tmp_path, space, perceptual="none", vgg19_weights=str(space))  # it was ignored
     with pytest.raises(DrganError, match="grading space of 5 grades x 256"):
         GanTrainer(options(tmp_path, space, preset="small-256"), PhantomSet(4))
     with pytest.raises(DrganError, match="fewer than one batch"):

@@ -131,6 +131,8 @@ class GanOptions(_Options):
             (self.preset in PRESETS, f"{{preset}} {self.preset!r} is not one of {list(PRESETS)}"),
             (self.precision in PRECISIONS, f"{{precision}} {self.precision!r} is not one of {PRECISIONS}"),
             (self.perceptual in PERCEPTUAL_NETS, f"{{perceptual}} {self.perceptual!r} is not one of {PERCEPTUAL_NETS}"),
+            (self.vgg19_weights is None or self.perceptual in ("auto", "vgg19"),  # else ignored without a word
+             f"{{vgg19_weights}} is used by {{perceptual}} vgg19 or auto only, not {self.perceptual}; drop one of them"),
             (self.gan_loss in GAN_LOSSES, f"{{gan_loss}} {self.gan_loss!r} is not one of {GAN_LOSSES}"),
             (self.fm_norm in FM_NORMS, f"{{fm_norm}} {self.fm_norm!r} is not one of {FM_NORMS}"),
             (min(self.lambda_fm, self.lambda_perceptual, self.lambda_cls, self.g_cls_weight, self.lambda_l1) >= 0,
