@@ -244,8 +244,10 @@ def test_local_stage_starts_from_global_weights(tmp_path, space):
 def test_init_must_be_a_global_run_of_the_same_preset(tmp_path, space):
     data = PhantomSet(4)
     train_gan(options(tmp_path, space, out=str(tmp_path / "global"), max_steps=1), data)
-    with pytest.raises(DrganError, match="different model config"):
+    with pytest.raises(DrganError, match=r"another model config \(resolution 64 there, 256 now"):
         GanTrainer(options(tmp_path, space, out=str(tmp_path / "l"), stage="local", preset="small-256", init=str(tmp_path / "global")), data)
+    with pytest.raises(DrganError, match=r"another model config \(sca True there, False now; preset tiny-64 and"):
+        GanTrainer(options(tmp_path, space, out=str(tmp_path / "l"), stage="local", sca=False, init=str(tmp_path / "global")), data)
     # A global stage given --init was told its own run was "not the global stage of this model".
     with pytest.raises(DrganError, match="only the local stage starts from a global-stage run"):
         GanTrainer(options(tmp_path, space, out=str(tmp_path / "g2"), stage="global", init=str(tmp_path / "global")), data)

@@ -124,7 +124,10 @@ def model_config(opts: GanOptions) -> ModelConfig:
     if opts.init and not opts.resume and run_stage != "global":
         raise ParameterError(f"{{init}} {opts.init}: a {run_stage}-stage run; the local stage starts from a global-stage run")
     if run_cfg != cfg:
-        raise ParameterError(f"{source}: trained with a different model config than {{preset}} {opts.preset}")
+        there, now = run_cfg.to_dict(), cfg.to_dict()
+        differ = ", ".join(f"{k} {there[k]} there, {now[k]} now" for k in now if there[k] != now[k])
+        raise ParameterError(f"{source}: trained with another model config ({differ}; "
+                             f"{{preset}} {opts.preset} and the ablation switches make it)")
     return run_cfg
 
 
