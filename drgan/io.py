@@ -180,18 +180,18 @@ def check_writable_file(path: str | Path, make_parent: bool = False) -> None:
 
 
 def check_output_file(path: str | Path, suffix: str, what: str, same_kind: Callable[[Path], bool],
-                      inputs: Iterable[str | Path] = (), make_parent: bool = False) -> None:
+                      folders: Iterable[str | Path] = (), make_parent: bool = False) -> None:
     """check_writable_file for a command's single-file result, `what` (a contact sheet, say): its name
-    ends in `suffix`, it lies outside the folders the command reads (`inputs`), and a file already
+    ends in `suffix`, it lies outside the folders the command reads or writes (`folders`), and a file already
     there is replaced only when `same_kind` says it is an earlier result of that kind (a rerun), so
     a dataset's own files or anything else are never written over."""
     path = Path(path)
     check_writable_file(path, make_parent)
     if path.suffix.lower() != suffix:
         raise DrganError(f"{path}: {what} is written as {suffix}; give a file name ending in {suffix}")
-    for folder in inputs:
+    for folder in folders:
         if path.resolve().is_relative_to(Path(folder).resolve()):
-            raise DrganError(f"{path}: inside {folder}, which this command reads; write it elsewhere")
+            raise DrganError(f"{path}: inside {folder}, a folder this command uses; write it elsewhere")
     if path.exists() and not same_kind(path):
         raise DrganError(f"{path}: exists and is not {what}; choose another file name")
 

@@ -61,6 +61,8 @@ def write_run_config(run: str | Path, cfg: ModelConfig, stage: str, options: dic
 
 def read_run(run: str | Path) -> RunInfo:
     path = Path(run) / RUN_FILE
+    if not Path(run).exists():
+        raise DrganError(f"{run}: run folder not found")
     if not path.is_file():
         raise DrganError(f"{run}: not a drgan run folder (no {RUN_FILE})")
     try:

@@ -102,8 +102,8 @@ def test_file_outputs_never_write_over_their_input_or_a_file_of_another_kind(drg
     (tmp_path / "notes.png").write_text("my notes")
     (tmp_path / "notes.json").write_text('{"mine": 1}')
     shutil.copy(image, tmp_path / "photo.png")  # a PNG, but not a contact sheet
-    cases = [(["contact-sheet", copy, "--out", copy / "labels.png"], f"{copy / 'labels.png'}: inside {copy}, which this command reads"),
-             (["contact-sheet", copy, "--out", image], f"{image}: inside {copy}, which this command reads"),
+    cases = [(["contact-sheet", copy, "--out", copy / "labels.png"], f"{copy / 'labels.png'}: inside {copy}, a folder this command uses"),
+             (["contact-sheet", copy, "--out", image], f"{image}: inside {copy}, a folder this command uses"),
              (["fit-lesions", copy, "--out", copy / "labels.csv"], f"{copy / 'labels.csv'}: lesion statistics is written as .json"),
              (["contact-sheet", copy, "--out", tmp_path / "s.jpg"], f"{tmp_path / 's.jpg'}: a contact sheet is written as .png"),
              (["contact-sheet", copy, "--out", tmp_path / "notes.png"], f"{tmp_path / 'notes.png'}: exists and is not a contact sheet"),
@@ -285,6 +285,13 @@ def test_a_required_option_left_out_is_a_usage_error(drgan, tmp_path, data, run)
     for args, message in cases:
         rc, out, err = drgan(*args)
         assert (rc, err.strip().splitlines()[-1]) == (2, f"error: {message}"), args
+
+
+def test_a_missing_run_and_a_file_for_a_dataset_are_named_as_such(drgan, tmp_path, data):
+    image = next((data / "images").iterdir())
+    assert one_error(*drgan("data", "validate", image)) == f"error: {image}: is a file, expected a dataset folder"
+    missing = tmp_path / "nope"
+    assert one_error(*drgan("train", "gan", "--resume", missing)) == f"error: {missing}: run folder not found"
 
 
 def test_a_run_folder_is_not_an_image_set(drgan, data, run):

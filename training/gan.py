@@ -86,7 +86,8 @@ def resume_options(run: str | Path, **given: Any) -> GanOptions:
             continue
         allowed = ", ".join(f"{{{k}}}" for k in RESUMABLE_OVERRIDES)
         raise ParameterError(
-            f"{{{name}}} {value}: {{resume}} {run} keeps the run's own value ({merged.get(name)}); "
+            f"{{{name}}} {value}: {{resume}} {run} keeps the run's own value "
+            f"({'none: not given when it started' if merged.get(name) is None else merged.get(name)}); "
             f"only {allowed} may change on resume"
         )
     merged.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})

@@ -89,6 +89,8 @@ def scan_dataset(root: Path, skip_bad: bool, split: str | None, decode: bool
     """The samples, problems (id or None, message) and conversion notes of a dataset folder, as
     open_dataset finds them, without its refusal of a dataset that has no usable sample (a
     validation report lists every problem instead); only a bad layout raises."""
+    if root.is_file():
+        raise DrganError(f"{root}: is a file, expected a dataset folder")
     if not root.is_dir():
         raise DrganError(f"{root}: dataset folder not found")
     check_finished(root)
