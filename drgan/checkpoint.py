@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from drgan.errors import DrganError, name_list
@@ -20,24 +18,12 @@ if TYPE_CHECKING:
     from drgan.nn import DRGANGenerator
 
 
-_OS_ERROR = re.compile(r"\(os error (\d+)\)")
-
-
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    # safetensors' own save_file writes through a temp file of its own (.tmpXXXXXX beside the target)
+    # that a SIGKILL leaves behind, unnamed for drgan.io's cleanup: serialize here, write through atomic_save.
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_save(path, lambda tmp: _save_file(cpu, tmp, metadata))
-
-
-def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
-    """safetensors' save_file, its I/O failures as OSError: the library reports them (a full disk
-    too) as SafetensorError, whose text is the only place that keeps the errno."""
-    try:
-        save_file(tensors, str(path), metadata=metadata)
-    except SafetensorError as exc:
-        found = _OS_ERROR.search(str(exc))
-        if found is None:
-            raise
-        raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from None
+    data = save(cpu, metadata=metadata)
+    atomic_save(path, lambda tmp: tmp.write_bytes(data))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

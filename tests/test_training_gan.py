@@ -209,17 +209,35 @@ def test_committed_checkpoint_is_finished_on_resume(tmp_path, space, monkeypatch
 
 
 def test_full_disk_while_saving_weights_is_one_error(tmp_path, monkeypatch):
-    from safetensors import SafetensorError
-
     from drgan import checkpoint
 
-    def full(*args, **kwargs):
-        raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28) at path "x"')
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(DrganError, match=f"^{tmp_path}: disk full while writing G.safetensors$"):
         checkpoint.save_tensors({"w": torch.zeros(2)}, tmp_path / "G.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_are_written_without_safetensors_own_temp_file(tmp_path, monkeypatch):
+    """safetensors' save_file writes through a .tmpXXXXXX of its own, which a SIGKILL leaves behind
+    and drgan.io's cleanup cannot tell from a user's file: while weights are written, every file
+    in the folder is one of drgan's temp files."""
+    from drgan import checkpoint
+    from drgan.io import is_temp_name
+
+    seen, write = [], Path.write_bytes
+
+    def watched(self, data):
+        count = write(self, data)
+        seen.extend(p.name for p in tmp_path.iterdir())
+        return count
+
+    monkeypatch.setattr(Path, "write_bytes", watched)
+    checkpoint.save_tensors({"w": torch.arange(4.0)}, tmp_path / "G.safetensors", metadata={"step": "3"})
+    assert len(seen) == 1 and is_temp_name(seen[0])
+    assert torch.equal(checkpoint.load_tensors(tmp_path / "G.safetensors")["w"], torch.arange(4.0))
 
 
 def test_local_stage_starts_from_global_weights(tmp_path, space):
