@@ -254,7 +254,7 @@ def test_cli_bad_input_is_one_line(run, tmp_path):
     cmd = [sys.executable, "-m", "drgan.cli", "synthesize", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--count", "5"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 1
-    assert res.stderr.strip().splitlines() == [f"error: {tmp_path / 'nothing'}: not a drgan run folder (no run.json)"]
+    assert res.stderr.strip().splitlines() == [f"error: {tmp_path / 'nothing'}: run folder not found"]
 
 
 @pytest.fixture(scope="module")
