@@ -387,28 +387,44 @@ def test_sigterm_runs_a_commands_cleanup_as_an_interrupt_does():
 
 
 @pytest.mark.parametrize("signum, line, code", [("SIGINT", "aborted", 130), ("SIGTERM", "terminated", 143)])
-def test_an_interrupted_resumable_command_says_a_rerun_resumes_it(capsys, signum, line, code):
+def test_an_interrupted_resumable_command_says_a_rerun_resumes_it(capsys, tmp_path, signum, line, code):
     import signal
 
     from drgan.cli.common import resumes_on_rerun
 
     @click.command()
-    def long_job() -> None:
-        resumes_on_rerun("the images written are kept")
+    @click.argument("out")
+    def long_job(out) -> None:
+        resumes_on_rerun(out, "the images written are kept")
+        os.makedirs(out, exist_ok=True)
         os.kill(os.getpid(), getattr(signal, signum))
         time.sleep(5)
 
-    try:
-        assert run_command(long_job, args=[]) == code
-    except SystemExit as exc:
-        assert exc.code == code
-    assert capsys.readouterr().err.splitlines()[-1] == f"{line}; rerun the same command to resume (the images written are kept)"
+    def interrupted(out) -> str:
+        try:
+            assert run_command(long_job, args=[str(out)]) == code
+        except SystemExit as exc:
+            assert exc.code == code
+        return capsys.readouterr().err
+
+    assert interrupted(tmp_path / "set").splitlines()[-1] == f"{line}; rerun the same command to resume (the images written are kept)"
 
     @click.command()
     def other() -> None:  # the hint belongs to the command that set it
         raise KeyboardInterrupt
 
     assert run_command(other, args=[]) == 130 and capsys.readouterr().err.splitlines()[-1] == "aborted"
+
+
+def test_an_interrupted_command_that_left_nothing_promises_nothing(capsys, tmp_path):
+    from drgan.cli.common import resumes_on_rerun
+
+    @click.command()
+    def stopped_early() -> None:  # its output folder was never made, or removed as it was found
+        resumes_on_rerun(tmp_path / "set", "the images written are kept")
+        raise KeyboardInterrupt
+
+    assert run_command(stopped_early, args=[]) == 130 and capsys.readouterr().err.splitlines()[-1] == "aborted"
 
 
 def test_a_missing_path_or_a_file_for_a_folder_is_bad_input(drgan, tmp_path, data, blocked):

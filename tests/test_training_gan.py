@@ -130,7 +130,7 @@ def test_interrupt_inside_a_step_checkpoints_that_step(tmp_path, space, monkeypa
     _assert_same_run(tmp_path / "full", tmp_path / "cut", ("G.safetensors", "D.safetensors", "state.safetensors"))
 
 
-def test_interrupt_in_a_sample_step_keeps_its_samples(tmp_path, space, monkeypatch):
+def test_interrupt_in_a_sample_step_keeps_its_samples(tmp_path, space, monkeypatch, capsys):
     """Ctrl-C during the last step (a sample step): its grid and fidelity scalars are written before
     the interrupt is delivered; the run, finished, then has nothing left to resume."""
     data = PhantomSet(10)
@@ -148,6 +148,22 @@ def test_interrupt_in_a_sample_step_keeps_its_samples(tmp_path, space, monkeypat
     assert json.loads((run / "state.json").read_text())["step"] == 5
     assert (run / "samples" / "grades-0000005.png").is_file()
     assert {"fidelity/vessel", "samples/l1_real"} <= _event_tags(run)
+    assert f"interrupted: step 5 checkpointed in {run}; the run is complete\n" in capsys.readouterr().err
+
+
+def test_interrupt_just_after_a_checkpoint_still_says_how_to_go_on(tmp_path, space, monkeypatch, capsys):
+    data, step = PhantomSet(10), gan.GanTrainer.train_step
+
+    def interrupted_step(self, batch, index):
+        if index == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch, index)
+
+    monkeypatch.setattr(gan.GanTrainer, "train_step", interrupted_step)
+    run = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):  # step 3 ends in its own checkpoint: nothing left to save
+        train_gan(options(tmp_path, space, out=str(run), max_steps=5, checkpoint_every=1), data)
+    assert f"interrupted: step 3 checkpointed in {run}; continue with --resume\n" in capsys.readouterr().err
 
 
 def test_second_interrupt_while_checkpointing_the_first_is_ignored(tmp_path, space, monkeypatch):

@@ -412,19 +412,21 @@ class GanTrainer:
                     else f"{cause}; the weights are NaN or infinite")
             raise ParameterError(f"{what}; {kept} (try a lower {{lr}} or {{precision}} fp32)")
 
-    def _checkpoint_interrupted(self, saved_at: int) -> None:
+    def _checkpoint_interrupted(self, saved_at: int, limit: int) -> None:
         """After an interrupt between steps: checkpoint the last whole step, unless the last
         checkpoint holds it, no step ran, the weights diverged, or other ranks run (a checkpoint
-        is a collective call that they may not reach)."""
-        if self.step in (saved_at, 0) or self.info.enabled:
+        is a collective call that they may not reach); then say how the run goes on."""
+        if self.step == 0 or self.info.enabled:
             return
-        try:
-            self._refuse_diverged_weights()
-        except ParameterError:
-            return
-        with ignored_signals():
-            self.save_checkpoint()
-        tqdm.write(f"interrupted: step {self.step} checkpointed in {self.run}; continue with --resume", file=sys.stderr)
+        if self.step != saved_at:
+            try:
+                self._refuse_diverged_weights()
+            except ParameterError:
+                return
+            with ignored_signals():
+                self.save_checkpoint()
+        then = "the run is complete" if self.step >= limit else "continue with --resume"
+        tqdm.write(f"interrupted: step {self.step} checkpointed in {self.run}; {then}", file=sys.stderr)
 
     def save_checkpoint(self) -> None:
         """Weights, optimizers, scaler, position and every rank's RNG states (collective call)."""
@@ -573,7 +575,7 @@ class GanTrainer:
                 self._refuse_diverged_weights()
                 self.save_checkpoint()
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM through the command's handler
-            self._checkpoint_interrupted(saved_at)
+            self._checkpoint_interrupted(saved_at, limit)
             raise
         finally:
             bar.close()

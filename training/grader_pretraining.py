@@ -259,14 +259,15 @@ class _Training:
 
     def _checkpoint_interrupted(self) -> None:
         """After an interrupt between steps: checkpoint the last whole step (inside its epoch, or at
-        its end), unless the last checkpoint holds it or the weights diverged."""
-        if self.step == self.saved_step or self.step == 0:
+        its end), unless the last checkpoint holds it or the weights diverged; then say how to go on."""
+        if self.step == 0:
             return
-        try:
-            with ignored_signals():
-                self._checkpoint(*(self.live or (None, None)))
-        except ParameterError:
-            return
+        if self.step != self.saved_step:
+            try:
+                with ignored_signals():
+                    self._checkpoint(*(self.live or (None, None)))
+            except ParameterError:
+                return
         tqdm.write(f"interrupted: step {self.step} checkpointed in {self.out}; continue with --resume", file=sys.stderr)
 
     def _checkpoint(self, position: dict[str, Any] | None = None, mix: torch.Generator | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+from pathlib import Path
 from typing import Any, Iterator
 
 import click
@@ -68,16 +69,22 @@ def terminate_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-_resume_hint: list[str] = []  # set by a running command that a rerun resumes (resumes_on_rerun)
+_resume: list[tuple[Path, str]] = []  # set by a running command that a rerun resumes (resumes_on_rerun)
 
 
-def resumes_on_rerun(kept: str) -> None:
-    """Mark the running command as resumed by a rerun: an interrupt then says so, and what is kept."""
-    _resume_hint[:] = [f"; rerun the same command to resume ({kept})"]
+def resumes_on_rerun(out: str | Path, kept: str) -> None:
+    """Mark the running command as resumed by a rerun of its output folder `out`: an interrupt then
+    says so, and what is kept, unless `out` is gone (a command stopped before its first result
+    leaves nothing)."""
+    _resume[:] = [(Path(out), f"; rerun the same command to resume ({kept})")]
+
+
+def _resume_hint() -> str:
+    return "".join(hint for out, hint in _resume if out.is_dir())
 
 
 def run_command(command: click.Command, **kwargs) -> int:
-    _resume_hint.clear()
+    _resume.clear()
     try:
         with terminate_as_exit():  # a killed command cleans up as an interrupted one does
             command.main(standalone_mode=False, **HELP_NAMES, **kwargs)
@@ -93,11 +100,11 @@ def run_command(command: click.Command, **kwargs) -> int:
         click.echo(f"error: {exc.filename}: {exc.strerror}", err=True)  # a file-system failure no check foresaw
         return 1
     except click.exceptions.Abort:
-        click.echo("aborted" + "".join(_resume_hint), err=True)
+        click.echo("aborted" + _resume_hint(), err=True)
         return 130
     except SystemExit as exc:
-        if exc.code == 128 + signal.SIGTERM and _resume_hint:
-            click.echo("terminated" + _resume_hint[0], err=True)
+        if exc.code == 128 + signal.SIGTERM and _resume_hint():
+            click.echo("terminated" + _resume_hint(), err=True)
         raise
     except click.BadParameter as exc:
         if (exc.param is not None and isinstance(exc.param.type, click.Path)  # a missing file, a file for a folder

@@ -63,7 +63,7 @@ def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str
 
     if kind.lower() not in SCANNERS:  # a usage error as a click.Choice gives; the importers load too slowly for `-h`
         raise click.BadParameter(f"{kind!r} is not one of {', '.join(map(repr, SCANNERS))}.", param_hint="'KIND'")
-    resumes_on_rerun("the images converted are kept")
+    resumes_on_rerun(out, "the images converted are kept")
     report = import_release(kind.lower(), src, out, size=size, vessels=vessels, workers=workers)
     click.echo(report.render(limit=SHOW_SKIPPED))
 

@@ -18,5 +18,5 @@ def demo(out: str, device: str, quick: bool) -> None:
 
     resolve_device(device)  # a bad name stops before the phantom data is rendered
     check_writable_dir(out)  # before minutes of training
-    resumes_on_rerun("finished stages are reused")
+    resumes_on_rerun(out, "finished stages are reused")
     run_demo(out, device=device, quick=quick, log=click.echo)

@@ -73,7 +73,7 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
     from drgan.synthesis.plan import Plan
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as synthesize_set
 
-    resumes_on_rerun("the images written are kept")
+    resumes_on_rerun(out, "the images written are kept")
     grade_list = _grades(grades)
     if (count is None) == (per_grade is None):
         raise UsageError("give exactly one of --count and --per-grade")
