@@ -118,6 +118,9 @@ def generator_weights(run: str | Path, ema: bool = True) -> Path:
     run = Path(run)
     if ema and (run / WEIGHT_FILES["G_ema"]).is_file():
         return run / WEIGHT_FILES["G_ema"]
+    if not (run / WEIGHT_FILES["G"]).is_file() and (run / NEXT_CHECKPOINT).is_dir():
+        raise DrganError(f"{run}: stopped while moving its first checkpoint into place ({NEXT_CHECKPOINT}/); "
+                         f"`drgan train gan --resume {run}` finishes the move")
     return run / WEIGHT_FILES["G"]
 
 

@@ -209,6 +209,20 @@ def test_checkpoint_cut_short_leaves_the_previous_one(tmp_path, space, monkeypat
     assert train_gan(GanOptions(resume=str(run), max_steps=2), data)["steps"] == 2
 
 
+def test_a_run_stopped_while_moving_its_first_checkpoint_names_the_way_on(tmp_path, space, monkeypatch):
+    from drgan.runs import generator_weights
+
+    data, run = PhantomSet(4), tmp_path / "run"
+    monkeypatch.setattr(state, "finish_checkpoint", lambda run: None)
+    train_gan(options(tmp_path, space, max_steps=1), data)
+    monkeypatch.undo()
+    with pytest.raises(DrganError, match=rf"stopped while moving its first checkpoint .*`drgan train gan --resume {run}`"):
+        generator_weights(run)  # it read 'G.safetensors: file not found'
+    with pytest.raises(DrganError, match="already trained 1 of 1 steps"):
+        train_gan(GanOptions(resume=str(run), max_steps=1), data)
+    assert generator_weights(run).is_file()
+
+
 def test_committed_checkpoint_is_finished_on_resume(tmp_path, space, monkeypatch):
     """Killed after the new checkpoint folder was committed, before its files replaced the run's."""
     data, run = PhantomSet(4), tmp_path / "run"
