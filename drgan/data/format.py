@@ -205,7 +205,9 @@ def _index(root: Path, samples: list[Sample], problems: list[tuple[str | None, s
     """The index, or without skip_bad the first problem as DrganError; no usable sample is an error either way."""
     lines = [m for _, m in problems]
     if lines and not skip_bad:
-        raise DrganError(lines[0] + (f" (and {len(lines) - 1} more problems; run `drgan data validate`)" if len(lines) > 1 else ""))
+        # Files are not decoded here, so validate (which decodes every one) may find more.
+        raise DrganError(lines[0] + (f" (and at least {len(lines) - 1} more problems; `drgan data validate` lists them all)"
+                                     if len(lines) > 1 else ""))
     skipped = len({sid for sid, _ in problems if sid is not None}) + sum(1 for sid, _ in problems if sid is None)
     if not samples:
         raise DrganError(f"{root}: no usable samples" + (f" in split {split!r}" if split else "")
