@@ -24,6 +24,7 @@ MIN_OPSET = 23  # the first opset with the standard Attention op
 
 
 def check_opset(opset: int) -> None:
+    """The spatial attention is exported as the Attention op, which opsets before MIN_OPSET lack."""
     if opset < MIN_OPSET:
         raise ParameterError(f"{{opset}} {opset}: the spatial attention needs the Attention op of opset {MIN_OPSET} or later")
 

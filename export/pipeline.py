@@ -87,12 +87,14 @@ def export_run(
     out = Path(out) if out else run / "export"
     check_writable_dir(out)  # before the export's minutes of work
     _check_out(out)
-    created = not out.exists()
+    created, exporter = not out.exists(), None
     try:
         exporter = _Exporter(run, out, stage, log)
         exporter.write(options, profile, device)
     except BaseException:
-        if created and not read_manifest(out)["files"]:  # nothing exported: leave no folder behind
+        # Nothing exported into the folder this process created and held: leave none behind. (A
+        # process refused by another's lock never gets an exporter, so it never removes theirs.)
+        if created and exporter is not None and not exporter.manifest["files"]:
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+from pathlib import Path
 
 import onnx
 import pytest
@@ -271,6 +272,23 @@ def test_failed_first_export_leaves_no_folder(tiny_run, tmp_path, capsys):
         out = tmp_path / f"export{opset}"
         assert run_command(export, args=["--checkpoint", str(run), "--out", str(out), "--opset", opset]) == 1
         assert capsys.readouterr().err.startswith(f"error: --opset {opset}: ") and not out.exists()
+
+
+def test_an_export_refused_by_anothers_lock_leaves_their_folder(tiny_run, tmp_path, monkeypatch, capsys):
+    """Two exports into one new folder: the one refused must not remove the folder the other works in."""
+    from drgan import locks
+
+    run, _, _ = tiny_run
+    out = tmp_path / "export"
+
+    def held_elsewhere(folder, shard=None):  # the other export took the folder first
+        Path(folder).mkdir()
+        (Path(folder) / "export.json").write_text('{"files": {}}')
+        raise DrganError(f"{folder} is in use by another drgan process (pid 1)")
+
+    monkeypatch.setattr(locks, "hold", held_elsewhere)
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 1
+    assert (out / "export.json").is_file()
 
 
 def test_full_disk_while_saving_onnx_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
