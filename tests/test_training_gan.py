@@ -439,6 +439,7 @@ def test_ablation_switches_train_are_recorded_and_shown(tmp_path, space, switch,
     (lambda m: m.pop("rng"), r"damaged training state \(missing or invalid: rng\)"),
     (lambda m: m.update(step=-1), r"missing or invalid: step"),
     (lambda m: m.update(next_batch=9999), r"next_batch 9999 of an epoch of 2 batches"),  # looped forever
+    (lambda m: m.update(world_size=4, next_batch=3), r"saved with 4 process\(es\), resumed with 1"),
     (lambda m: m["optimizer_G"].update(param_groups=[]), r"damaged training state \(ValueError"),
 ])
 def test_hand_damaged_state_is_one_error(tmp_path, space, damage, message):

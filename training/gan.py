@@ -463,14 +463,14 @@ class GanTrainer:
         dist_util.barrier(self.info)
         meta, tensors = load_state(self.run, {"step": int, "epoch": int, "next_batch": int, "world_size": int,
                                               "optimizer_G": dict, "optimizer_D": dict, "scaler": dict, "rng": list})
+        if meta["world_size"] != self.info.world:  # before next_batch, whose epoch is per process
+            raise ParameterError(f"{{resume}} {self.run}: saved with {meta['world_size']} process(es), resumed with {self.info.world}")
         if meta["next_batch"] >= self.sampler.batches_per_epoch:
             raise DrganError(f"{self.run / STATE_JSON}: damaged training state (next_batch {meta['next_batch']} of "
                              f"an epoch of {self.sampler.batches_per_epoch} batches)")
         for key, module in {**self._generators(), "D": self.D}.items():
             check_step(self.run / WEIGHT_FILES[key], meta["step"])
             load_module(module, self.run / WEIGHT_FILES[key])
-        if meta["world_size"] != self.info.world:
-            raise ParameterError(f"{{resume}} {self.run}: saved with {meta['world_size']} process(es), resumed with {self.info.world}")
         rank = self.info.rank
         rng = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"rng.{rank}.")}
         with restoring(self.run):
