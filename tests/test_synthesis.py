@@ -119,6 +119,21 @@ def test_rerun_is_a_no_op(run, tmp_path):
     assert (again.generated, again.skipped, again.total) == (0, 5, 5)
 
 
+def test_an_interrupted_rerun_of_a_whole_set_leaves_it_readable(run, tmp_path, monkeypatch):
+    from drgan.metrics.images import open_image_set
+    from drgan.synthesis import runner
+
+    synthesize(opts(run, tmp_path / "a", count=5))
+
+    def interrupted(self, shard):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner._Pipeline, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(opts(run, tmp_path / "a", count=5))
+    assert len(open_image_set(tmp_path / "a")) == 5  # it was marked unfinished and refused
+
+
 def test_verify_makes_damaged_files_again(run, tmp_path):
     """A file that no longer matches its journal row, and one without a row that does not decode:
     --verify finds both and writes them again, byte for byte; a plain rerun trusts what is there."""

@@ -77,7 +77,6 @@ class OutputFolder:
             locks.release(root)
             raise
         self._wrote_fingerprint = not resumed
-        atomic_write_bytes(root / UNFINISHED, b"drgan synthesize\n")  # until write_manifest has every item of the plan
         self.images.mkdir(exist_ok=True)
         remove_temp_files(root)
         self.journal_path = root / journal_name
@@ -86,6 +85,10 @@ class OutputFolder:
         self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drgan-write")
         self._pending: list[Future] = []
+
+    def mark_unfinished(self) -> None:
+        """Readers refuse the set until write_manifest has every item of the plan."""
+        atomic_write_bytes(self.root / UNFINISHED, b"drgan synthesize\n")
 
     def image_path(self, item_id: str) -> Path:
         return self.images / f"{item_id}.{FORMATS[self.fmt]}"
