@@ -205,7 +205,7 @@ def test_fid_of_one_image_names_its_folder_before_any_feature(tmp_path, image_fo
 def test_fid_cache_and_no_cache_are_refused_together(tmp_path, image_folder, capsys):
     args = ["evaluate", "fid", "--real", str(image_folder), "--fake", str(image_folder), "--cache", str(tmp_path / "c"),
             "--no-cache"]
-    assert run_command(cli, args=args, prog_name="drgan") == 1
+    assert run_command(cli, args=args, prog_name="drgan") == 2  # two options that exclude each other: a usage error
     assert capsys.readouterr().err == "error: --cache and --no-cache contradict each other: give one\n"
 
 

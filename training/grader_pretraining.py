@@ -26,7 +26,7 @@ from drgan.runs import (GRADER_FILE, check_same_dataset, dataset_record, has_che
                         require_checkpoint, require_kind, write_run_config)
 from drgan.runtime import resolve_device, seeded_generator
 from drgan.config import preset
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.nn import GradeNet, build_grader
 from drgan.training.interrupts import ignored_signals, whole_step
@@ -112,7 +112,7 @@ def train_grader(
     if len(val) == 0:
         raise DrganError("grader: the validation split is empty (labels.csv needs rows with split 'val')")
     if overwrite and resume:
-        raise ParameterError("{overwrite} starts a run over; {resume} continues one: give one of them")
+        raise UsageError("{overwrite} starts a run over; {resume} continues one: give one of them")
     device = resolve_device(opts.device)
     out = Path(out)
     created = not resume and (not out.exists() or (out.is_dir() and not any(out.iterdir())))

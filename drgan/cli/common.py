@@ -1,5 +1,6 @@
 """What every command shares: bad input becomes one line on stderr and exit code 1; usage
-errors (unknown option, missing argument, a value of the wrong type) exit 2; `-h` is help."""
+errors (unknown option, missing argument or required option, two options that exclude each other,
+a value of the wrong type) exit 2; `-h` is help."""
 from __future__ import annotations
 
 import contextlib

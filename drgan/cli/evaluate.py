@@ -15,7 +15,7 @@ import click
 
 from drgan.cli.common import DEVICE_HELP, IntRange
 from drgan.config import MAX_IMAGE_SIDE, PRESETS
-from drgan.errors import ParameterError
+from drgan.errors import ParameterError, UsageError
 from drgan.metrics.registry import check_real_split, metric_names
 
 _folder = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -53,7 +53,7 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
     from drgan.metrics.images import open_image_set
 
     if cache is not None and no_cache:  # --no-cache would ignore --cache without a word
-        raise ParameterError("{cache} and {no_cache} contradict each other: give one")
+        raise UsageError("{cache} and {no_cache} contradict each other: give one")
     cache_dir = None if no_cache else (cache or default_cache_dir())
     if cache_dir is not None:
         check_writable_dir(cache_dir)  # before minutes of feature extraction, not after

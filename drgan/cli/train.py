@@ -50,7 +50,7 @@ def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str |
         resolution = get_preset(opts.preset).resolution
     else:
         if overwrite:
-            raise DrganError("--overwrite starts a run over; --resume continues one: give one of them")
+            raise UsageError("--overwrite starts a run over; --resume continues one: give one of them")
         if out is not None and Path(out).resolve() != Path(resume).resolve():
             raise DrganError(f"--out {out}: --resume {resume} continues in its own folder; drop --out")
         info = require_kind(resume, "grader", "resume")
@@ -126,7 +126,7 @@ def _recorded_data(run: str, extra: dict, given: str | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result (steps, run, last losses) as JSON.")
 def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **given) -> None:
     """DR-GAN, global or local stage (the full objective of the paper's eq. 1)."""
-    from drgan.errors import DrganError, UsageError
+    from drgan.errors import UsageError
     from drgan.training.gan import resume_options, train_gan
     from drgan.training.options import GanOptions
 
@@ -135,7 +135,7 @@ def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **
     resume = given.pop("resume", None)
     if resume is not None:
         if overwrite:
-            raise DrganError("--overwrite starts a run over; --resume continues one: give one of them")
+            raise UsageError("--overwrite starts a run over; --resume continues one: give one of them")
         opts = resume_options(resume, **given)
     elif out is None:
         raise UsageError("--out RUN is required (or --resume RUN)")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from drgan import locks
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.lesion_stats import LESION_TYPES, LesionStats
-from drgan.errors import DrganError, ParameterError, name_list
+from drgan.errors import DrganError, ParameterError, UsageError, name_list
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import sha256_file
 from drgan.runs import require_kind
@@ -138,7 +138,7 @@ def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
     """Output resolution and grading space: the run's, or a preset's with standard-normal
     grading spaces (null backend only: it needs no trained run)."""
     if (opts.run is None) == (opts.preset is None):
-        raise ParameterError("give exactly one of {run} and {preset}")
+        raise UsageError("give exactly one of {run} and {preset}")
     if opts.preset is not None:
         if opts.backend != "null":
             raise ParameterError("{preset} needs {backend} null (a generator needs a trained run: {run})")
