@@ -350,6 +350,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, space, monkeypatch):
         GanTrainer(options(tmp_path, space, perceptual="vgg19"), PhantomSet(4))
     with pytest.raises(DrganError, match="^vgg19_weights is used by perceptual vgg19 or auto only, not none"):
         options(tmp_path, space, perceptual="none", vgg19_weights=str(space))  # it was ignored
+    run = tmp_path / "older"  # started when the pair was accepted: it still resumes
+    train_gan(options(tmp_path, space, out=str(run), max_steps=1), PhantomSet(4))
+    info = json.loads((run / "run.json").read_text())
+    info["options"]["vgg19_weights"] = str(space)
+    (run / "run.json").write_text(json.dumps(info))
+    assert train_gan(GanOptions(resume=str(run), max_steps=2), PhantomSet(4))["steps"] == 2
     with pytest.raises(DrganError, match="grading space of 5 grades x 256"):
         GanTrainer(options(tmp_path, space, preset="small-256"), PhantomSet(4))
     with pytest.raises(DrganError, match="fewer than one batch"):

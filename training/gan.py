@@ -79,6 +79,8 @@ def resume_options(run: str | Path, **given: Any) -> GanOptions:
     other given option must equal the run's (paths compared resolved), or it is refused."""
     run = str(run)
     saved = {k: v for k, v in require_kind(run, "gan", "resume").options.items() if k != "trainer"}
+    if saved.get("perceptual") in ("grader", "none"):  # runs started before GanOptions refused the pair
+        saved.pop("vgg19_weights", None)
     merged = GanOptions.from_dict(saved).to_dict()
     merged["out"] = run
     for name, value in given.items():
