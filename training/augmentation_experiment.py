@@ -125,6 +125,20 @@ def data_sha256(folder: str | Path) -> str:
     return sha256_file(manifest if manifest.is_file() else Path(folder) / LABELS_FILE)
 
 
+def _upgrade_record(record: Path, settings: dict[str, Any], typed: dict[str, str]) -> None:
+    """An experiment.json that named its data by the paths typed (before the sha256s) is rewritten
+    with `settings` when it ran with them and the same paths, so its finished arms are kept."""
+    try:
+        earlier = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return  # missing, or claimed_folder names what is wrong with it
+    if not isinstance(earlier, dict) or "real_sha256" in earlier:
+        return
+    same = {k: v for k, v in settings.items() if not k.endswith("_sha256")}
+    if earlier == {**same, **typed}:
+        atomic_write_bytes(record, (json.dumps(settings, indent=2) + "\n").encode())
+
+
 def _test_split(folder: Path) -> str | None:
     return "test" if any(s.split == "test" for s in open_dataset(folder).samples) else None
 
@@ -200,6 +214,7 @@ def run_augment_experiment(
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
         "arms": {},
     }
+    _upgrade_record(out / PROTOCOL_FILE, settings, {"real": str(real), "synthetic": str(synthetic)})
     with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment"):
         for name, train in arms.items():
             run = out / name.replace("+", "_")
