@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from drgan.errors import DrganError, name_list
-from drgan.io import atomic_save
+from drgan.io import atomic_write_bytes
 from drgan.runs import generator_weights, require_kind
 
 if TYPE_CHECKING:
@@ -22,8 +22,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     # safetensors' own save_file writes through a temp file of its own (.tmpXXXXXX beside the target)
     # that a SIGKILL leaves behind, unnamed for drgan.io's cleanup: serialize here, write through atomic_save.
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    data = save(cpu, metadata=metadata)
-    atomic_save(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write_bytes(path, save(cpu, metadata=metadata))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

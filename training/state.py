@@ -117,6 +117,9 @@ def recover_checkpoint(run: Path) -> None:
     remove_temp_files(run, recursive=False)
 
 
+_DAMAGED_WAY_ON = "restore the file, or start the run over with --overwrite"
+
+
 def load_state(run: Path, fields: dict[str, type]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """state.json, which must hold `fields` (name: type; ints >= 0), and state.safetensors."""
     require_checkpoint(run)
@@ -127,8 +130,7 @@ def load_state(run: Path, fields: dict[str, type]) -> tuple[dict[str, Any], dict
         raise DrganError(f"{path}: malformed training state ({exc})") from None
     bad = [k for k, kind in fields.items() if not isinstance(meta, dict) or not _is(meta.get(k), kind)]
     if bad:
-        raise DrganError(f"{path}: damaged training state (missing or invalid: {', '.join(bad)}); "
-                         "restore the file, or start the run over with --overwrite")
+        raise DrganError(f"{path}: damaged training state (missing or invalid: {', '.join(bad)}); {_DAMAGED_WAY_ON}")
     check_step(run / STATE_TENSORS, meta["step"])
     return meta, load_tensors(run / STATE_TENSORS)
 
@@ -147,7 +149,7 @@ def restoring(run: Path) -> Iterator[None]:
         yield
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
         raise DrganError(f"{run / STATE_JSON}: damaged training state ({type(exc).__name__}: {exc}); "
-                         "restore the file, or start the run over with --overwrite") from None
+                         f"{_DAMAGED_WAY_ON}") from None
 
 
 def check_step(path: Path, step: int) -> None:

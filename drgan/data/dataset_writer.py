@@ -1,10 +1,12 @@
 """Writing a new dataset folder, sample by sample, in the layout drgan.data.format reads."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +28,13 @@ def _left_by_writer(root: Path) -> bool:
         return False
 
 
+def _clear(root: Path, keep: Callable[[Path], bool] = lambda p: False) -> None:
+    """Remove what `root` holds, except what `keep` names (a link is removed, never followed)."""
+    for child in root.iterdir():
+        if not keep(child):
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
 class DatasetWriter:
     """Writes samples into a new dataset folder; labels.csv is written last, by `close`.
 
@@ -44,9 +53,7 @@ class DatasetWriter:
             locks.hold(self.root)  # a second writer of the folder is refused
             self._check_new()  # again: another process may have written meanwhile
             atomic_write_bytes(self.root / UNFINISHED, _MARK)
-            for child in self.root.iterdir():  # what a killed writer left
-                if not locks.is_lock_file(child) and child.name != UNFINISHED:
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            _clear(self.root, keep=lambda p: locks.is_lock_file(p) or p.name == UNFINISHED)  # a killed writer's files
             (self.root / "images").mkdir()
             (self.root / "masks").mkdir()
         except OSError as exc:
@@ -111,7 +118,7 @@ class DatasetWriter:
         if exc_type is not None:
             if self.created:
                 shutil.rmtree(self.root, ignore_errors=True)
-            else:  # the folder was there and empty: leave it empty
-                for child in self.root.iterdir():
-                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            else:  # the folder was there and empty: leave it empty (the failure is what to report)
+                with contextlib.suppress(OSError):
+                    _clear(self.root)
             locks.release(self.root)
