@@ -127,7 +127,7 @@ def test_cli_argument_checks(run, args, message, capsys, tmp_path):
 
 def test_cli_missing_run_is_one_line(tmp_path, capsys):
     assert run_command(export, args=["--checkpoint", str(tmp_path / "nope")]) == 1
-    assert "not a drgan run folder" in capsys.readouterr().err
+    assert "run folder not found" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
