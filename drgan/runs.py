@@ -120,7 +120,8 @@ def generator_weights(run: str | Path, ema: bool = True) -> Path:
         return run / WEIGHT_FILES["G_ema"]
     if not (run / WEIGHT_FILES["G"]).is_file() and (run / NEXT_CHECKPOINT).is_dir():
         raise DrganError(f"{run}: stopped while moving its first checkpoint into place ({NEXT_CHECKPOINT}/); "
-                         f"`drgan train gan --resume {run}` finishes the move")
+                         f"`drgan train gan --resume {run}` finishes the move (and then trains on, or says the "
+                         "run is trained)")
     return run / WEIGHT_FILES["G"]
 
 
