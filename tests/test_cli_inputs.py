@@ -395,8 +395,9 @@ def test_an_interrupted_resumable_command_says_a_rerun_resumes_it(capsys, tmp_pa
     @click.command()
     @click.argument("out")
     def long_job(out) -> None:
-        resumes_on_rerun(out, "the images written are kept")
+        resumes_on_rerun(Path(out) / "fingerprint.json", "the images written are kept")
         os.makedirs(out, exist_ok=True)
+        (Path(out) / "fingerprint.json").write_text("{}")  # the folder is claimed
         os.kill(os.getpid(), getattr(signal, signum))
         time.sleep(5)
 
@@ -420,8 +421,9 @@ def test_an_interrupted_command_that_left_nothing_promises_nothing(capsys, tmp_p
     from drgan.cli.common import resumes_on_rerun
 
     @click.command()
-    def stopped_early() -> None:  # its output folder was never made, or removed as it was found
-        resumes_on_rerun(tmp_path / "set", "the images written are kept")
+    def stopped_early() -> None:  # its output folder was never claimed, or removed as it was found
+        resumes_on_rerun(tmp_path / "set" / "fingerprint.json", "the images written are kept")
+        (tmp_path / "set").mkdir()
         raise KeyboardInterrupt
 
     assert run_command(stopped_early, args=[]) == 130 and capsys.readouterr().err.splitlines()[-1] == "aborted"

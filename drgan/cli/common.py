@@ -70,18 +70,18 @@ def terminate_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-_resume: list[tuple[Path, str]] = []  # set by a running command that a rerun resumes (resumes_on_rerun)
+_resume: dict[str, Path | str] = {}  # set by a running command that a rerun resumes (resumes_on_rerun)
 
 
-def resumes_on_rerun(out: str | Path, kept: str) -> None:
-    """Mark the running command as resumed by a rerun of its output folder `out`: an interrupt then
-    says so, and what is kept, unless `out` is gone (a command stopped before its first result
-    leaves nothing)."""
-    _resume[:] = [(Path(out), f"; rerun the same command to resume ({kept})")]
+def resumes_on_rerun(marker: str | Path, kept: str) -> None:
+    """Mark the running command as resumed by a rerun: an interrupt then says so, and what is kept,
+    once the file `marker` that claims its output folder exists (a command stopped before it
+    claimed the folder, or one that removed it as it found it, leaves nothing to resume)."""
+    _resume.update(marker=Path(marker), hint=f"; rerun the same command to resume ({kept})")
 
 
 def _resume_hint() -> str:
-    return "".join(hint for out, hint in _resume if out.is_dir())
+    return str(_resume["hint"]) if _resume and Path(_resume["marker"]).is_file() else ""
 
 
 def run_command(command: click.Command, **kwargs) -> int:

@@ -63,7 +63,9 @@ def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str
 
     if kind.lower() not in SCANNERS:  # a usage error as a click.Choice gives; the importers load too slowly for `-h`
         raise click.BadParameter(f"{kind!r} is not one of {', '.join(map(repr, SCANNERS))}.", param_hint="'KIND'")
-    resumes_on_rerun(out, "the images converted are kept")
+    from drgan.data.importers.core import IMPORT_FILE
+
+    resumes_on_rerun(Path(out) / IMPORT_FILE, "the images converted are kept")
     report = import_release(kind.lower(), src, out, size=size, vessels=vessels, workers=workers)
     click.echo(report.render(limit=SHOW_SKIPPED))
 

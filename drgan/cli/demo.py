@@ -1,6 +1,8 @@
 """`drgan demo`: the embedded default, end to end on phantom data."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from drgan.cli.common import DEVICE_HELP, resumes_on_rerun
@@ -18,5 +20,7 @@ def demo(out: str, device: str, quick: bool) -> None:
 
     resolve_device(device)  # a bad name stops before the phantom data is rendered
     check_writable_dir(out)  # before minutes of training
-    resumes_on_rerun(out, "finished stages are reused")
+    from drgan.demo import MARKER
+
+    resumes_on_rerun(Path(out) / MARKER, "finished stages are reused")
     run_demo(out, device=device, quick=quick, log=click.echo)

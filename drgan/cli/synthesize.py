@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -73,7 +74,9 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
     from drgan.synthesis.plan import Plan
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as synthesize_set
 
-    resumes_on_rerun(out, "the images written are kept")
+    from drgan.synthesis.fingerprint import FILE_NAME as SET_MARKER
+
+    resumes_on_rerun(Path(out) / SET_MARKER, "the images written are kept")
     grade_list = _grades(grades)
     if (count is None) == (per_grade is None):
         raise UsageError("give exactly one of --count and --per-grade")
