@@ -104,6 +104,18 @@ def test_resume_is_exact(tmp_path, space):
     _assert_same_run(tmp_path / "full", tmp_path / "half")
 
 
+def _interrupt_in_step(monkeypatch, index: int, signum: int = signal.SIGINT) -> None:
+    """Send `signum` during step `index` (0-based): held until the step ends."""
+    step = gan.GanTrainer.train_step
+
+    def interrupted_step(self, batch, i):
+        if i == index:
+            os.kill(os.getpid(), signum)
+        return step(self, batch, i)
+
+    monkeypatch.setattr(gan.GanTrainer, "train_step", interrupted_step)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_inside_a_step_checkpoints_that_step(tmp_path, space, monkeypatch, signum):
     """Ctrl-C (or SIGTERM, which the commands turn into an exit) during step 3 of a run that
@@ -114,14 +126,7 @@ def test_interrupt_inside_a_step_checkpoints_that_step(tmp_path, space, monkeypa
     with deterministic_algorithms():
         data = PhantomSet(10)
         train_gan(options(tmp_path, space, out=str(tmp_path / "full"), max_steps=5), data)
-        step = gan.GanTrainer.train_step
-
-        def interrupted_step(self, batch, index):
-            if index == 2:
-                os.kill(os.getpid(), signum)  # held until the step ends
-            return step(self, batch, index)
-
-        monkeypatch.setattr(gan.GanTrainer, "train_step", interrupted_step)
+        _interrupt_in_step(monkeypatch, 2, signum)
         with terminate_as_exit(), pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else SystemExit):
             train_gan(options(tmp_path, space, out=str(tmp_path / "cut"), max_steps=5), data)
         monkeypatch.undo()
@@ -134,14 +139,7 @@ def test_interrupt_in_a_sample_step_keeps_its_samples(tmp_path, space, monkeypat
     """Ctrl-C during the last step (a sample step): its grid and fidelity scalars are written before
     the interrupt is delivered; the run, finished, then has nothing left to resume."""
     data = PhantomSet(10)
-    step = gan.GanTrainer.train_step
-
-    def interrupted_step(self, batch, index):
-        if index == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, batch, index)
-
-    monkeypatch.setattr(gan.GanTrainer, "train_step", interrupted_step)
+    _interrupt_in_step(monkeypatch, 4)
     run = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         train_gan(options(tmp_path, space, out=str(run), max_steps=5), data)
@@ -152,14 +150,8 @@ def test_interrupt_in_a_sample_step_keeps_its_samples(tmp_path, space, monkeypat
 
 
 def test_interrupt_just_after_a_checkpoint_still_says_how_to_go_on(tmp_path, space, monkeypatch, capsys):
-    data, step = PhantomSet(10), gan.GanTrainer.train_step
-
-    def interrupted_step(self, batch, index):
-        if index == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, batch, index)
-
-    monkeypatch.setattr(gan.GanTrainer, "train_step", interrupted_step)
+    data = PhantomSet(10)
+    _interrupt_in_step(monkeypatch, 2)
     run = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):  # step 3 ends in its own checkpoint: nothing left to save
         train_gan(options(tmp_path, space, out=str(run), max_steps=5, checkpoint_every=1), data)
@@ -170,18 +162,13 @@ def test_second_interrupt_while_checkpointing_the_first_is_ignored(tmp_path, spa
     """An impatient second Ctrl-C inside the interrupt's checkpoint cut it, and a run with no
     earlier checkpoint then had its folder removed as unfinished."""
     data = PhantomSet(10)
-    step, save = gan.GanTrainer.train_step, gan.GanTrainer.save_checkpoint
-
-    def interrupted_step(self, batch, index):
-        if index == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, batch, index)
+    save = gan.GanTrainer.save_checkpoint
 
     def impatient_save(self):
         os.kill(os.getpid(), signal.SIGINT)  # ignored while the checkpoint is written
         return save(self)
 
-    monkeypatch.setattr(gan.GanTrainer, "train_step", interrupted_step)
+    _interrupt_in_step(monkeypatch, 2)
     monkeypatch.setattr(gan.GanTrainer, "save_checkpoint", impatient_save)
     with pytest.raises(KeyboardInterrupt):
         train_gan(options(tmp_path, space, out=str(tmp_path / "cut"), max_steps=5), data)
