@@ -207,6 +207,7 @@ class _Exporter:
             timing_cache: str | Path | None, plugin_library: str | Path | None = None) -> None:
         path = self.out / name
         cache = Path(timing_cache) if timing_cache else self.out / "timing.cache"
+        self.unlist(path)
         self.status(f"TensorRT {precision} engine, batch {profile.min}/{profile.opt}/{profile.max}, "
                     f"optimization level {opt_level}: building {path.name} (minutes)")
         build_engine(self.out / onnx_name, path, self.generator, profile, precision, cache, opt_level, plugin_library)
@@ -219,14 +220,15 @@ class _Exporter:
     def aoti(self, name: str, profile: BatchProfile, device: str, precision: str) -> None:
         path = self.out / name
         shape = f"batch {profile.min}" if profile.fixed else f"batch {profile.min}..{profile.max}"
+        self.unlist(path)
         self.status(f"AOTInductor {device} {precision}, {shape}: compiling {path.name} (minutes)")
         compile_aoti(self.generator, path, profile, device, precision)
         try:
             diff = self.compare(lambda inputs: run_in_fresh_process(path, inputs), torch.device(device), profile.min)
             if precision == "fp32" and diff > 1e-3:
                 raise DrganError(f"{path}: the AOTInductor package differs from PyTorch by {diff:.2e} (> 1e-3)")
-        except DrganError:
-            for stale in (path, sidecar_path(path)):  # a package that failed its check is not left to be used
+        except BaseException:  # failed or interrupted: a package not checked is not left to be used
+            for stale in (path, sidecar_path(path)):
                 stale.unlink(missing_ok=True)
             raise
         self.status(f"  package loaded in a fresh process; max abs diff vs PyTorch fp32 at batch {profile.min}: {diff:.2e}")
@@ -244,9 +246,18 @@ class _Exporter:
         image, logits = image.to(device), logits.to(device)
         return max((image - ref_image).abs().max().item(), (logits - ref_logits).abs().max().item())
 
+    def unlist(self, path: Path) -> None:
+        """Before an engine or package is built over an earlier one, which is replaced before its check
+        runs: synthesis refuses it until `record` lists the new one (even after a SIGKILL)."""
+        if self.manifest["files"].pop(path.name, None) is not None:
+            self.write_manifest()
+
     def record(self, path: Path, info: dict[str, Any]) -> None:
+        """List a file that passed its checks; export.json is rewritten at once, so a later failure
+        or interrupt keeps it usable."""
         self.manifest["files"][path.name] = {"weights_sha256": self.sha, **info}
         self.written.append(path)
+        self.write_manifest()
 
     def save_manifest(self) -> None:
         self.write_manifest()

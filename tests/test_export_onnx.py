@@ -291,6 +291,36 @@ def test_an_export_refused_by_anothers_lock_leaves_their_folder(tiny_run, tmp_pa
     assert (out / "export.json").is_file()
 
 
+def test_an_interrupted_package_check_leaves_nothing_unchecked_listed_or_in_place(tiny_run, tmp_path, monkeypatch):
+    """A re-export's package replaces the earlier one before its fresh-process check: interrupted
+    there, synthesis loaded the unchecked package under the earlier one's export.json entry. And
+    a checked generator.onnx stays listed when a later artifact fails."""
+    from drgan.export import pipeline
+
+    run, _, _ = tiny_run
+    out, package = tmp_path / "export", tmp_path / "export" / "generator_cpu_fp32.pt2"
+
+    def fake_compile(generator, path, profile, device, precision):
+        Path(path).write_bytes(b"package")
+        Path(str(path) + ".json").write_text("{}")
+
+    monkeypatch.setattr(pipeline, "compile_aoti", fake_compile)
+    monkeypatch.setattr(pipeline._Exporter, "compare", lambda self, run, device, batch: 0.0)
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out), "--onnx", "--aoti", "--device", "cpu"]) == 0
+    assert set(json.loads((out / "export.json").read_text())["files"]) == {"generator.onnx", package.name}
+
+    def interrupted(self, run, device, batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline._Exporter, "compare", interrupted)
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out), "--aoti", "--device", "cpu"]) == 130
+    assert not package.exists() and not Path(str(package) + ".json").exists()
+    assert set(json.loads((out / "export.json").read_text())["files"]) == {"generator.onnx"}
+    fresh = tmp_path / "fresh"  # the ONNX file checked before the interrupt is listed, not lost
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(fresh), "--onnx", "--aoti", "--device", "cpu"]) == 130
+    assert set(json.loads((fresh / "export.json").read_text())["files"]) == {"generator.onnx"}
+
+
 def test_full_disk_while_saving_onnx_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     run, _, _ = tiny_run
 
