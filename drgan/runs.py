@@ -26,7 +26,7 @@ from drgan import locks
 from drgan.config import ModelConfig, STAGES
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_text, check_writable_dir, sha256_file
+from drgan.io import atomic_write_text, check_writable_dir, is_temp_name, remove_temp_files, sha256_file
 
 RUN_FILE = "run.json"
 STATE_JSON = "state.json"            # a checkpoint's metadata, written last (drgan.training.state)
@@ -212,6 +212,7 @@ def claimed_folder(out: str | Path, marker: str, settings: dict[str, Any], what:
     _resumes(out, marker, settings, what, param)  # before the lock file is created in it
     locks.hold(out)  # a second job in the same folder is refused
     try:
+        remove_temp_files(out, recursive=False)  # a killed job's (its marker or results cut short)
         if not _resumes(out, marker, settings, what, param):  # again: another process may have written meanwhile
             atomic_write_text(out / marker, json.dumps(settings, indent=2) + "\n")
         yield
@@ -232,7 +233,7 @@ def _resumes(out: Path, marker: str, settings: dict[str, Any], what: str, param:
             raise ParameterError(f"{{{param}}} {out}: holds {what} with other settings ({', '.join(changed)}); "
                                  "rerun it with its own or choose a new folder")
         return True
-    if out.is_dir() and not locks.only_locks(out):
+    if out.is_dir() and not all(locks.is_lock_file(p) or is_temp_name(p.name) for p in out.iterdir()):
         raise ParameterError(f"{{{param}}} {out}: folder not empty and not {what} (no {marker}); "
                              "choose a new or empty folder")
     return False

@@ -320,3 +320,20 @@ def test_the_lock_is_released_when_training_ends(tmp_path, data):
     train_gan(GanOptions(resume=str(run), max_steps=2))
     hold = "import sys; from drgan import locks; locks.hold(sys.argv[1])"
     assert subprocess.run([sys.executable, "-c", hold, str(run)]).returncode == 0
+
+
+def test_a_claimed_folder_killed_while_writing_its_marker_is_taken_again(tmp_path):
+    """A SIGKILL during the marker's write left its temp file, and the folder was refused for good
+    as 'not empty and not' the job's; a dead writer's temp file of the results is removed too."""
+    from drgan.io import HOST, TEMP_MARK
+    from drgan.runs import claimed_folder
+    from helpers import dead_pid
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    left = [out / f".experiment.json{TEMP_MARK}{dead_pid()}-1@{HOST}", out / f".results.json{TEMP_MARK}{dead_pid()}-1@{HOST}"]
+    for path in left:
+        path.write_text("{")
+    with claimed_folder(out, "experiment.json", {"epochs": 1}, "an augmentation experiment"):
+        assert json.loads((out / "experiment.json").read_text()) == {"epochs": 1}
+    assert not any(path.exists() for path in left)
