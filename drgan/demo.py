@@ -180,12 +180,14 @@ class _DemoRun:
 
 def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=print) -> Path:
     """Run every stage into `out`; returns the report path. Finished stages are reused on rerun."""
+    from drgan.training.interrupts import resumed_by_rerun  # the demo's own rerun resumes its trainers
+
     out = Path(out)
     device = str(resolve_device(device))
     scale = SCALES["quick" if quick else "cuda" if device.startswith("cuda") else "cpu"]
     # The scale marks the folder: a rerun at another (--quick, or CPU after CUDA) is refused rather
     # than reusing stages of the other scale under this one's report.
-    with claimed_folder(out, MARKER, dataclasses.asdict(scale), "a drgan demo"):
+    with claimed_folder(out, MARKER, dataclasses.asdict(scale), "a drgan demo"), resumed_by_rerun():
         demo = _DemoRun(out, scale, device, log)
         demo.stage("phantom dataset", demo.make_data)
         demo.stage("grader + grading spaces", demo.grader)

@@ -156,6 +156,11 @@ def test_interrupt_just_after_a_checkpoint_still_says_how_to_go_on(tmp_path, spa
     with pytest.raises(KeyboardInterrupt):  # step 3 ends in its own checkpoint: nothing left to save
         train_gan(options(tmp_path, space, out=str(run), max_steps=5, checkpoint_every=1), data)
     assert f"interrupted: step 3 checkpointed in {run}; continue with --resume\n" in capsys.readouterr().err
+    from drgan.training.interrupts import resumed_by_rerun
+
+    with resumed_by_rerun(), pytest.raises(KeyboardInterrupt):  # inside the demo: its own rerun goes on
+        train_gan(options(tmp_path, space, out=str(tmp_path / "in_demo"), max_steps=5, checkpoint_every=1), data)
+    assert f"interrupted: step 3 checkpointed in {tmp_path / 'in_demo'}\n" in capsys.readouterr().err
 
 
 def test_second_interrupt_while_checkpointing_the_first_is_ignored(tmp_path, space, monkeypatch):

@@ -36,6 +36,7 @@ from drgan.nn import build_grader
 from drgan.synthesis.writer import MANIFEST_FILE
 from drgan.runs import claimed_folder
 from drgan.training.grader_pretraining import GraderOptions, interrupted, train_grader
+from drgan.training.interrupts import resumed_by_rerun
 
 BASELINES = ("mixup", "cutmix")
 MIX_ALPHA = 1.0  # Beta(alpha, alpha) mixing ratio
@@ -215,7 +216,7 @@ def run_augment_experiment(
         "arms": {},
     }
     _upgrade_record(out / PROTOCOL_FILE, settings, {"real": str(real), "synthetic": str(synthetic)})
-    with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment"):
+    with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment"), resumed_by_rerun():
         for name, train in arms.items():
             run = out / name.replace("+", "_")
             if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment

@@ -43,7 +43,7 @@ from drgan.nn import DiscOutput, DRGANGenerator, build_discriminator, set_kernel
 from drgan.runtime import autocast_dtype, seeded_generator
 from drgan.training import distributed as dist_util
 from drgan.training import losses
-from drgan.training.interrupts import ignored_signals, whole_step
+from drgan.training.interrupts import ignored_signals, interrupted_line, whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
 from drgan.training.state import (
@@ -427,8 +427,7 @@ class GanTrainer:
                 return
             with ignored_signals():
                 self.save_checkpoint()
-        then = "the run is complete" if self.step >= limit else "continue with --resume"
-        tqdm.write(f"interrupted: step {self.step} checkpointed in {self.run}; {then}", file=sys.stderr)
+        tqdm.write(interrupted_line(self.step, self.run, complete=self.step >= limit), file=sys.stderr)
 
     def save_checkpoint(self) -> None:
         """Weights, optimizers, scaler, position and every rank's RNG states (collective call)."""

@@ -29,7 +29,7 @@ from drgan.config import preset
 from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.nn import GradeNet, build_grader
-from drgan.training.interrupts import ignored_signals, whole_step
+from drgan.training.interrupts import ignored_signals, interrupted_line, whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import GRADER_RESUMABLE, GraderOptions
 from drgan.training.state import (STATE_JSON, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state, restoring,
@@ -268,7 +268,7 @@ class _Training:
                     self._checkpoint(*(self.live or (None, None)))
             except ParameterError:
                 return
-        tqdm.write(f"interrupted: step {self.step} checkpointed in {self.out}; continue with --resume", file=sys.stderr)
+        tqdm.write(interrupted_line(self.step, self.out, complete=False), file=sys.stderr)
 
     def _checkpoint(self, position: dict[str, Any] | None = None, mix: torch.Generator | None = None) -> None:
         """The run after its latest epoch, or inside an epoch at `position` (batches done and their

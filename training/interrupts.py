@@ -49,3 +49,23 @@ def ignored_signals() -> Iterator[None]:
     folder removed as unfinished). SIGKILL still stops the process."""
     with _handled_by(signal.SIG_IGN):
         yield
+
+
+_WAY_ON: list[str | None] = ["continue with --resume"]  # what an interrupted trainer tells its user
+
+
+@contextlib.contextmanager
+def resumed_by_rerun() -> Iterator[None]:
+    """Inside a job that goes on when its own command is rerun (the demo, the augmentation
+    experiment): an interrupted trainer names its checkpoint only, and the job says how to go on."""
+    _WAY_ON.append(None)
+    try:
+        yield
+    finally:
+        _WAY_ON.pop()
+
+
+def interrupted_line(step: int, run: object, complete: bool) -> str:
+    """The line a trainer prints after checkpointing the step an interrupt stopped it at."""
+    way_on = "the run is complete" if complete else _WAY_ON[-1]
+    return f"interrupted: step {step} checkpointed in {run}" + (f"; {way_on}" if way_on else "")

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from drgan.cli.common import DEVICE_HELP, IntRange
+from drgan.cli.common import DEVICE_HELP, IntRange, resumes_on_rerun
 from drgan.config import MAX_IMAGE_SIDE, PRESETS
 from drgan.errors import ParameterError, UsageError
 from drgan.metrics.registry import check_real_split, metric_names
@@ -187,9 +187,10 @@ def augment(real: Path, synthetic: Path, test: Path, baselines: tuple[str, ...],
             seed: int, device: str, out: Path, as_json: bool) -> None:
     """Grader trained on real vs real + synthetic data (paper Tables III/IV)."""
     from drgan.io import check_writable_dir
-    from drgan.training.augmentation_experiment import run_augment_experiment
+    from drgan.training.augmentation_experiment import PROTOCOL_FILE, run_augment_experiment
 
     check_writable_dir(out)  # before hours of training
+    resumes_on_rerun(Path(out) / PROTOCOL_FILE, "finished arms are kept")
     with contextlib.redirect_stdout(sys.stderr):  # training logs go to stderr, the result alone to stdout
         result, markdown = run_augment_experiment(real, synthetic, test, out, baselines=baselines, preset=preset,
                                                   epochs=epochs, batch=batch, seed=seed, device=_device(device))
