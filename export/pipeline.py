@@ -83,6 +83,9 @@ def export_run(
     if options.trt and not torch.cuda.is_available():
         raise ParameterError("{trt} needs a CUDA GPU: TensorRT builds its engine for the GPU it runs on")
     check_opset(options.opset)  # before OUT is created
+    # Loaded whole now: torch.export imports it lazily, and an interrupt in the middle of that import
+    # reached torch's own handler as an AttributeError of the half-loaded module (a traceback, exit 1).
+    import torch._dynamo  # noqa: F401
     run = Path(run)
     out = Path(out) if out else run / "export"
     check_writable_dir(out)  # before the export's minutes of work
