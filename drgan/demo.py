@@ -91,7 +91,7 @@ class _DemoRun:
     def stage(self, name: str, fn: Callable[[], str]) -> None:
         """Run one stage (or reuse its earlier result) and log and time it."""
         # A stage counts as done only once it returned: a killed stage runs again on rerun.
-        done = self.out / f".done-{name.split()[0].lower()}-{len(self.timings)}"
+        done = done_file(self.out, name, len(self.timings))
         start = time.perf_counter()
         self.log(f"[demo] {name} ...")
         detail = done.read_text() + " (reused)" if done.exists() else fn()
@@ -178,6 +178,14 @@ class _DemoRun:
         return report
 
 
+FIRST_STAGE = "phantom dataset"
+
+
+def done_file(out: Path, stage: str, index: int) -> Path:
+    """The file that marks stage number `index` done."""
+    return out / f".done-{stage.split()[0].lower()}-{index}"
+
+
 def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=print) -> Path:
     """Run every stage into `out`; returns the report path. Finished stages are reused on rerun."""
     from drgan.training.interrupts import resumed_by_rerun  # the demo's own rerun resumes its trainers
@@ -189,7 +197,7 @@ def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=pri
     # than reusing stages of the other scale under this one's report.
     with claimed_folder(out, MARKER, dataclasses.asdict(scale), "a drgan demo"), resumed_by_rerun():
         demo = _DemoRun(out, scale, device, log)
-        demo.stage("phantom dataset", demo.make_data)
+        demo.stage(FIRST_STAGE, demo.make_data)
         demo.stage("grader + grading spaces", demo.grader)
         demo.stage("GAN global stage", lambda: demo.gan("global", scale.global_steps, demo.global_run, None))
         demo.stage("GAN local stage", lambda: demo.gan("local", scale.local_steps, demo.local_run, demo.global_run))

@@ -20,7 +20,7 @@ def demo(out: str, device: str, quick: bool) -> None:
 
     resolve_device(device)  # a bad name stops before the phantom data is rendered
     check_writable_dir(out)  # before minutes of training
-    from drgan.demo import MARKER
+    from drgan.demo import FIRST_STAGE, done_file
 
-    resumes_on_rerun(Path(out) / MARKER, "finished stages are reused")
+    resumes_on_rerun(done_file(Path(out), FIRST_STAGE, 0), "finished stages are reused")  # once one is
     run_demo(out, device=device, quick=quick, log=click.echo)
