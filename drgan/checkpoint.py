@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     # safetensors' own save_file writes through a temp file of its own (.tmpXXXXXX beside the target)
-    # that a SIGKILL leaves behind, unnamed for drgan.io's cleanup: serialize here, write through atomic_save.
+    # that a SIGKILL leaves behind, unnamed for drgan.io's cleanup: serialize here, write through drgan.io.
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write_bytes(path, save(cpu, metadata=metadata))
 

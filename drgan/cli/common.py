@@ -70,22 +70,26 @@ def terminate_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-_resume: dict[str, Path | str] = {}  # set by a running command that a rerun resumes (resumes_on_rerun)
+_resume: tuple[Path, str] | None = None  # (marker, what is kept) of a running command a rerun resumes
 
 
 def resumes_on_rerun(marker: str | Path, kept: str) -> None:
     """Mark the running command as resumed by a rerun: an interrupt then says so, and what is kept,
     once the file `marker` that claims its output folder exists (a command stopped before it
     claimed the folder, or one that removed it as it found it, leaves nothing to resume)."""
-    _resume.update(marker=Path(marker), hint=f"; rerun the same command to resume ({kept})")
+    global _resume
+    _resume = (Path(marker), kept)
 
 
 def _resume_hint() -> str:
-    return str(_resume["hint"]) if _resume and Path(_resume["marker"]).is_file() else ""
+    if _resume is None or not _resume[0].is_file():
+        return ""
+    return f"; rerun the same command to resume ({_resume[1]})"
 
 
 def run_command(command: click.Command, **kwargs) -> int:
-    _resume.clear()
+    global _resume
+    _resume = None
     try:
         with terminate_as_exit():  # a killed command cleans up as an interrupted one does
             command.main(standalone_mode=False, **HELP_NAMES, **kwargs)
@@ -104,8 +108,9 @@ def run_command(command: click.Command, **kwargs) -> int:
         click.echo("aborted" + _resume_hint(), err=True)
         return 130
     except SystemExit as exc:
-        if exc.code == 128 + signal.SIGTERM and _resume_hint():
-            click.echo("terminated" + _resume_hint(), err=True)
+        hint = _resume_hint()
+        if exc.code == 128 + signal.SIGTERM and hint:
+            click.echo("terminated" + hint, err=True)
         raise
     except click.BadParameter as exc:
         if (exc.param is not None and isinstance(exc.param.type, click.Path)  # a missing file, a file for a folder

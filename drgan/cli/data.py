@@ -59,12 +59,10 @@ def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str
     from its training images. Rerunning the same command resumes.
     """
     from drgan.data.importers import SCANNERS, import_release
-    from drgan.data.importers.core import SHOW_SKIPPED
+    from drgan.data.importers.core import IMPORT_FILE, SHOW_SKIPPED
 
     if kind.lower() not in SCANNERS:  # a usage error as a click.Choice gives; the importers load too slowly for `-h`
         raise click.BadParameter(f"{kind!r} is not one of {', '.join(map(repr, SCANNERS))}.", param_hint="'KIND'")
-    from drgan.data.importers.core import IMPORT_FILE
-
     resumes_on_rerun(Path(out) / IMPORT_FILE, "the images converted are kept")
     report = import_release(kind.lower(), src, out, size=size, vessels=vessels, workers=workers)
     click.echo(report.render(limit=SHOW_SKIPPED))

@@ -14,13 +14,11 @@ from drgan.cli.common import DEVICE_HELP, resumes_on_rerun
 @click.option("--quick", is_flag=True, help="Seconds-long smoke run of every stage (tiny sizes).")
 def demo(out: str, device: str, quick: bool) -> None:
     """Phantom data, short grader + GAN training, balanced synthesis, contact sheet, report."""
-    from drgan.demo import run_demo
+    from drgan.demo import FIRST_STAGE, done_file, run_demo
     from drgan.io import check_writable_dir
     from drgan.runtime import resolve_device
 
     resolve_device(device)  # a bad name stops before the phantom data is rendered
     check_writable_dir(out)  # before minutes of training
-    from drgan.demo import FIRST_STAGE, done_file
-
     resumes_on_rerun(done_file(Path(out), FIRST_STAGE, 0), "finished stages are reused")  # once one is
     run_demo(out, device=device, quick=quick, log=click.echo)

@@ -71,10 +71,9 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
     """
     from drgan.errors import DrganError, UsageError
+    from drgan.synthesis.fingerprint import FILE_NAME as SET_MARKER
     from drgan.synthesis.plan import Plan
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as synthesize_set
-
-    from drgan.synthesis.fingerprint import FILE_NAME as SET_MARKER
 
     resumes_on_rerun(Path(out) / SET_MARKER, "the images written are kept")
     grade_list = _grades(grades)

@@ -173,10 +173,11 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
     out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
     try:
+        done = out.done_ids()
         # A rerun of a whole set (without --verify, which may remove files) keeps it readable throughout.
-        if opts.verify or sum(plan.item_index(i) is not None for i in out.done_ids()) < plan.count:
+        if opts.verify or sum(plan.item_index(i) is not None for i in done) < plan.count:
             out.mark_unfinished()
-        damaged = out.remove_damaged(_in_shard(out.done_ids(), plan, shard), opts.progress) if opts.verify else None
+        damaged = out.remove_damaged(_in_shard(done, plan, shard), opts.progress) if opts.verify else None
         pipeline = _Pipeline(opts, plan, pool, space, stats, loaded, device, size, out, times)
         generated, skipped, pipeline_seconds = pipeline.run(shard)
         out.close()
