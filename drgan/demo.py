@@ -209,7 +209,9 @@ def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=pri
 def _contact_sheet(synth: Path, path: Path, save) -> None:
     import csv
 
-    with open(synth / "manifest.csv", newline="") as f:
+    from drgan.data.format import MANIFEST_FILE
+
+    with open(synth / MANIFEST_FILE, newline="") as f:
         rows = list(csv.DictReader(f))
     tiles: list[list[np.ndarray]] = [[] for _ in range(NUM_GRADES)]
     for row in rows:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from drgan import locks
 from drgan.config import ModelConfig, STAGES
@@ -204,23 +205,37 @@ def remove_unfinished(out: Path, created: bool, finished_file: str) -> None:
 
 
 @contextlib.contextmanager
-def claimed_folder(out: str | Path, marker: str, settings: dict[str, Any], what: str, param: str = "out") -> Iterator[None]:
+def claimed_folder(out: str | Path, marker: str, settings: dict[str, Any], what: str, param: str = "out",
+                   upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Iterator[None]:
     """Hold `out` (drgan.locks) while inside, for a job whose folder `marker` names with its
     `settings`: a new or empty folder gets the marker; a folder whose marker holds the same settings
-    is resumed; any other folder is refused, so that no dataset or other result is written into."""
+    is resumed; any other folder is refused, so that no dataset or other result is written into.
+    `upgrade` turns the settings an older version recorded into this version's, so that a folder
+    it wrote is resumed too (its marker is then rewritten)."""
     out = Path(out)
-    _resumes(out, marker, settings, what, param)  # before the lock file is created in it
+    _earlier_settings(out, marker, settings, what, param, upgrade)  # before the lock file is created in it
     locks.hold(out)  # a second job in the same folder is refused
     try:
         remove_temp_files(out, recursive=False)  # a killed job's (its marker or results cut short)
-        if not _resumes(out, marker, settings, what, param):  # again: another process may have written meanwhile
+        # again: another process may have written meanwhile
+        if _earlier_settings(out, marker, settings, what, param, upgrade) != settings:
             atomic_write_text(out / marker, json.dumps(settings, indent=2) + "\n")
         yield
     finally:
         locks.release(out)
 
 
-def _resumes(out: Path, marker: str, settings: dict[str, Any], what: str, param: str) -> bool:
+def _shown(value: Any) -> str:
+    """A setting as a refusal names it; a sha256 digest by its first 12 digits, as git abbreviates."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
+        return repr(value[:12] + "...")
+    return repr(value)
+
+
+def _earlier_settings(out: Path, marker: str, settings: dict[str, Any], what: str, param: str,
+                      upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The settings `out`'s marker holds as written (None for a new folder), once they are found
+    to be `settings`; any other folder is refused."""
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{{{param}}} {out}: is a file, expected a folder")
     if (out / marker).is_file():
@@ -228,12 +243,17 @@ def _resumes(out: Path, marker: str, settings: dict[str, Any], what: str, param:
             earlier = json.loads((out / marker).read_text())
         except (OSError, ValueError) as exc:
             raise ParameterError(f"{{{param}}} {out}: unreadable {marker} ({exc}); choose a new folder") from None
-        if earlier != settings:
-            changed = sorted(k for k in {**earlier, **settings} if earlier.get(k) != settings.get(k))
-            raise ParameterError(f"{{{param}}} {out}: holds {what} with other settings ({', '.join(changed)}); "
+        if not isinstance(earlier, dict):
+            raise ParameterError(f"{{{param}}} {out}: unreadable {marker} (not a JSON object); choose a new folder")
+        found = upgrade(earlier) if upgrade else earlier
+        if found != settings:
+            changed = ", ".join(f"{k}: {_shown(found.get(k))} there, {_shown(settings.get(k))} now"
+                                for k in sorted({**found, **settings}) if found.get(k) != settings.get(k))
+            raise ParameterError(f"{{{param}}} {out}: holds {what} with other settings ({changed}); "
                                  "rerun it with its own or choose a new folder")
-        return True
+        return earlier
     if out.is_dir() and not all(locks.is_lock_file(p) or is_temp_name(p.name) for p in out.iterdir()):
         raise ParameterError(f"{{{param}}} {out}: folder not empty and not {what} (no {marker}); "
                              "choose a new or empty folder")
-    return False
+    check_writable_dir(out)
+    return None

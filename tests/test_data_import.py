@@ -336,7 +336,8 @@ def test_rerun_with_other_options_is_refused(eyepacs, tmp_path):
     out = tmp_path / "ds"
     import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
     res, _ = run_import("eyepacs", eyepacs, "--out", out, "--size", 96, "--vessels", "none", "--workers", 0)
-    assert isinstance(res.exception, DrganError) and "was imported with size 80" in str(res.exception)
+    assert isinstance(res.exception, DrganError)
+    assert "holds an import with other settings (size: 80 there, 96 now)" in str(res.exception)
 
 
 def test_import_into_a_folder_in_use_is_refused(eyepacs, tmp_path, lock_holder):
@@ -367,8 +368,9 @@ def test_rerun_from_another_source_is_refused(eyepacs, tmp_path, monkeypatch):
     shutil.copytree(eyepacs, other)
     res, _ = run_import("eyepacs", other, "--out", out, "--size", SIZE, "--vessels", "none", "--workers", 0)
     assert isinstance(res.exception, DrganError)
-    assert str(res.exception) == (f"{out}: was imported from {eyepacs.resolve()}, not {other.resolve()}; "
-                                  "rerun with that source or use a new folder")
+    assert str(res.exception) == (f"out {out}: holds an import with other settings "
+                                  f"(source: '{eyepacs.resolve()}' there, '{other.resolve()}' now); "
+                                  "rerun it with its own or choose a new folder")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     monkeypatch.chdir(eyepacs.parent)           # the same source spelled another way resumes
     report = import_release("eyepacs", eyepacs.name, out, size=SIZE, vessels="none", progress=False)
@@ -481,11 +483,11 @@ def test_output_folder_that_is_not_an_import(eyepacs, tmp_path, capsys):
     code = run_command(cli, args=["data", "import", "eyepacs", str(eyepacs), "--out", str(tmp_path / "ds")],
                        prog_name="drgan")
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: ") and "not an import to resume" in err and "Traceback" not in err
+    assert code == 1 and err.startswith("error: ") and f"error: --out {tmp_path / 'ds'}: folder not empty and not an import (no import.json)" in err and "Traceback" not in err
     (tmp_path / "file").write_text("mine")
     code = run_command(cli, args=["data", "import", "eyepacs", str(eyepacs), "--out", str(tmp_path / "file")],
                        prog_name="drgan")
-    assert code == 1 and capsys.readouterr().err == f"error: {tmp_path / 'file'}: is a file, expected a dataset folder\n"
+    assert code == 1 and capsys.readouterr().err == f"error: --out {tmp_path / 'file'}: is a file, expected a folder\n"
 
 
 # ---------------------------------------------------------------- rules

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -26,14 +26,13 @@ from torch.utils.data import ConcatDataset, Dataset
 from drgan.checkpoint import load_module
 from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.data.dataset import FundusDataset
-from drgan.data.format import open_dataset
+from drgan.data.format import MANIFEST_FILE, open_dataset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_bytes, sha256_file
 from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
 from drgan.nn import build_grader
-from drgan.synthesis.writer import MANIFEST_FILE
 from drgan.runs import claimed_folder
 from drgan.training.grader_pretraining import GraderOptions, interrupted, train_grader
 from drgan.training.interrupts import resumed_by_rerun
@@ -126,18 +125,11 @@ def data_sha256(folder: str | Path) -> str:
     return sha256_file(manifest if manifest.is_file() else Path(folder) / LABELS_FILE)
 
 
-def _upgrade_record(record: Path, settings: dict[str, Any], typed: dict[str, str]) -> None:
-    """An experiment.json that named its data by the paths typed (before the sha256s) is rewritten
-    with `settings` when it ran with them and the same paths, so its finished arms are kept."""
-    try:
-        earlier = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return  # missing, or claimed_folder names what is wrong with it
-    if not isinstance(earlier, dict) or "real_sha256" in earlier:
-        return
+def _typed_paths_upgrade(settings: dict[str, Any], typed: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """An experiment.json that named its data by the paths typed (before the sha256s) counts as
+    `settings` when it ran with them and the same paths, so its finished arms are kept."""
     same = {k: v for k, v in settings.items() if not k.endswith("_sha256")}
-    if earlier == {**same, **typed}:
-        atomic_write_bytes(record, (json.dumps(settings, indent=2) + "\n").encode())
+    return lambda earlier: settings if earlier == {**same, **typed} else earlier
 
 
 def _test_split(folder: Path) -> str | None:
@@ -215,8 +207,8 @@ def run_augment_experiment(
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
         "arms": {},
     }
-    _upgrade_record(out / PROTOCOL_FILE, settings, {"real": str(real), "synthetic": str(synthetic)})
-    with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment"), resumed_by_rerun():
+    upgrade = _typed_paths_upgrade(settings, {"real": str(real), "synthetic": str(synthetic)})
+    with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment", upgrade=upgrade), resumed_by_rerun():
         for name, train in arms.items():
             run = out / name.replace("+", "_")
             if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment

@@ -3,6 +3,7 @@
     DATASET/images/<id>.png|jpg        RGB fundus photograph
     DATASET/masks/<id>/<name>.png      one 8-bit mask per COND_CHANNELS name; a missing file = zeros
     DATASET/labels.csv                 id,grade[,split]
+    SET/manifest.csv                   a synthesized set only: each item's plan and image sha256
 
 A reader either stops at the first problem (DrganError) or, with skip_bad, leaves the sample out
 and counts it. Files are decoded by drgan.data.decode, labels.csv is read by drgan.data.labels;
@@ -23,6 +24,7 @@ from drgan.errors import DrganError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 UNFINISHED = ".drgan-unfinished"  # in a dataset or synthesized set still being written; removed when it is whole
+MANIFEST_FILE = "manifest.csv"      # a synthesized set's item records (drgan.synthesis.writer), beside labels.csv
 
 _announced: set[Path] = set()           # datasets whose hash split was already reported
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from drgan import locks
 from drgan.config import COND_CHANNELS
-from drgan.data.format import UNFINISHED
+from drgan.data.format import MANIFEST_FILE, UNFINISHED
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
 from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files, sha256_file, write_error
@@ -33,7 +33,6 @@ from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
 
 # grade: the planned grade (lesion rules, labels.csv); predicted_grade: the encoder's, with --label predicted.
-MANIFEST_FILE = "manifest.csv"
 MANIFEST_FIELDS = ["id", "grade", "predicted_grade", "seed", "structure_id", *LESION_TYPES, "file", "sha256"]
 FORMATS = {"png": "png", "jpeg": "jpg"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")

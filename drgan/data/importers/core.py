@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
 
-from drgan import locks
 from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, NUM_GRADES
 from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
 from drgan.data.format import UNFINISHED
@@ -28,8 +27,9 @@ from drgan.data.labels import LABELS_FILE, id_problem
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError, ParameterError
-from drgan.io import (atomic_write_bytes, atomic_write_text, check_writable_dir, csv_rows, encode_png,
+from drgan.io import (atomic_write_bytes, atomic_write_text, csv_rows, encode_png,
                       remove_temp_files)
+from drgan.runs import claimed_folder
 
 IMPORT_FILE = "import.json"      # the source and options a dataset was imported with; a rerun must match them
 REPORT_FILE = "import_report.txt"
@@ -285,37 +285,13 @@ class ImportReport:
         return "\n".join(lines)
 
 
-def _check_options(out: Path, options: dict, typed: str) -> None:
-    """A new folder, or one this importer wrote from the same source with the same options (a rerun
-    resumes it); its lock file alone (a run killed before its first write) counts as new.
-
-    The source is compared because finished ids are kept: another release's images would stay
-    under this one's grades. Grading tables are not: labels.csv is rewritten from them every run,
-    and the README's IDRiD recipe adds a table and reruns. The source is the release's own folder,
-    so `fg` and `fg/Seg-set` are one source; `typed` (the folder given) is what older records hold.
-    """
-    record = out / IMPORT_FILE
-    if record.is_file():
-        try:
-            before = json.loads(record.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DrganError(f"{record}: unreadable ({exc})") from None
-        if not isinstance(before, dict):
-            raise DrganError(f"{record}: unreadable (not an import record)")
-        before.setdefault("source", options["source"])   # recorded since; an older import resumes
-        if before["source"] == typed:  # recorded as given, before the release's folder was
-            before["source"] = options["source"]
-        if before["source"] != options["source"]:
-            raise DrganError(f"{out}: was imported from {before['source']}, not {options['source']}; "
-                             "rerun with that source or use a new folder")
-        if before != options:
-            diff = ", ".join(f"{k} {before.get(k)!r}" for k in options if before.get(k) != options[k])
-            raise DrganError(f"{out}: was imported with {diff}; rerun with the same options or use a new folder")
-    elif out.exists() and not out.is_dir():
-        raise DrganError(f"{out}: is a file, expected a dataset folder")
-    elif out.is_dir() and not locks.only_locks(out):
-        raise DrganError(f"{out}: output folder exists and is not an import to resume")
-    check_writable_dir(out)
+def _recorded_source(source: str, typed: str) -> Callable[[dict], dict]:
+    """import.json as this version writes it: the source is the release's own folder, so `fg` and
+    `fg/Seg-set` are one source; older records hold the folder given (`typed`), or none."""
+    def upgrade(before: dict) -> dict:
+        recorded = before.get("source", source)
+        return {**before, "source": source if recorded == typed else recorded}
+    return upgrade
 
 
 def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int, vessels: str, workers: int,
@@ -332,17 +308,14 @@ def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int,
         raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped{first})")
     typed = str(source.resolve())
     options = {"kind": kind, "size": size, "vessels": vessels, "source": str((plan.root or source).resolve())}
-    _check_options(out, options, typed)  # before the folder is created for its lock
-    locks.hold(out)  # a second import into the same folder is refused
-    try:
-        _check_options(out, options, typed)  # again: another process may have written meanwhile
+    # The source is compared because finished ids are kept: another release's images would stay
+    # under this one's grades. Grading tables are not: labels.csv is rewritten from them every run,
+    # and the README's IDRiD recipe adds a table and reruns.
+    with claimed_folder(out, IMPORT_FILE, options, "an import", upgrade=_recorded_source(options["source"], typed)):
         (out / "images").mkdir(exist_ok=True)
         (out / "masks").mkdir(exist_ok=True)
-        atomic_write_text(out / IMPORT_FILE, json.dumps(options, sort_keys=True) + "\n")
         atomic_write_text(out / UNFINISHED, "data import\n")  # until labels.csv lists what was converted
         return _convert_all(kind, plan, out, size, vessels, workers, progress)
-    finally:
-        locks.release(out)
 
 
 def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, workers: int,
