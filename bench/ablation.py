@@ -32,6 +32,7 @@ from drgan.errors import DrganError
 from drgan.metrics.fidelity import GROUPS, fidelity_above_chance, tensor_fidelity
 from drgan.metrics.images import to_uint8
 from drgan.metrics.registry import MetricInputs, calc_metric
+from drgan.runtime import resolve_device
 from drgan.training.gan import GanTrainer
 from drgan.training.grader_pretraining import GraderOptions, train_grader
 from drgan.training.options import GanOptions
@@ -54,7 +55,7 @@ def _save_images(images: torch.Tensor, folder: Path) -> None:
         Image.fromarray(p).save(folder / f"{i:05d}.png")
 
 
-def run_arm(name: str, base: dict, data: Path, out: Path, device: str) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_arm(name: str, base: dict, data: Path, out: Path) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train one arm; (losses of the last step, G's test images, the real test images, their masks, grades)."""
     trainer = GanTrainer(GanOptions(out=str(out / name), data=str(data), **base, **ARMS[name]))
     report = trainer.fit()
@@ -120,7 +121,10 @@ def main() -> None:
         raise SystemExit(f"error: --arms: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"error: --out {args.out}: folder not empty; choose a new one")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
+    try:
+        device = str(resolve_device(args.device))
+    except DrganError as exc:
+        raise SystemExit(f"error: {exc}") from None
     cfg = preset(args.preset)
     data = args.data or write_phantom_dataset(args.out / "phantoms", args.phantoms, cfg.resolution, seed=0)
     space = args.grading_space
@@ -134,7 +138,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
     real_folder = args.out / "real_test"
     for name in arms:
-        losses, fake, real, cond, grades = run_arm(name, base, data, args.out / "runs", device)
+        losses, fake, real, cond, grades = run_arm(name, base, data, args.out / "runs")
         if not real_folder.exists():
             _save_images(real, real_folder)
         rows[name] = {"losses": losses, **measure(fake, real, cond, grades, args.out / "fake" / name, real_folder, device)}

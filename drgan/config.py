@@ -1,4 +1,4 @@
-"""Typed configuration: the model shape, presets and a JSON round trip.
+"""Typed configuration: the model shape and its presets (a run folder stores it: drgan.runs).
 
 A preset is only numbers: `paper-1280`, `small-256` and `tiny-64` share every line of code.
 Each preset states its channels and attention QK dims explicitly (docs/design.md, limits).
@@ -6,9 +6,7 @@ Each preset states its channels and attention QK dims explicitly (docs/design.md
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from drgan.errors import DrganError
@@ -176,20 +174,3 @@ def preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise DrganError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
-
-
-def save_json(obj: Any, path: str | Path) -> None:
-    """Write a config (anything with `to_dict`, or a plain dict) as indented JSON."""
-    data = obj.to_dict() if hasattr(obj, "to_dict") else obj
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def load_model_config(path: str | Path) -> ModelConfig:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DrganError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as exc:
-        raise DrganError(f"{path}: not valid JSON ({exc})") from None
-    return ModelConfig.from_dict(data)

@@ -60,8 +60,9 @@ def generator_costs(cfg: ModelConfig, stage: str = "local") -> list[ModuleCost]:
     return costs
 
 
-def attention_exps(cfg: ModelConfig, stage: str = "local") -> int:
-    """Exponentials of the spatial-attention softmax per image: sum of N^2 over SCA blocks."""
+def attention_exps(cfg: ModelConfig) -> int:
+    """Exponentials of the spatial-attention softmax per image: sum of N^2 over SCA blocks (they
+    run in Gm at the global resolution, so both stages have the same)."""
     return sum(n * n for n in cfg.attention_tokens)
 
 
@@ -75,7 +76,7 @@ def cost_report(cfg: ModelConfig, name: str, stage: str = "local") -> dict:
         "params": sum(c.params for c in costs),
         "conv_flops": sum(c.conv_flops for c in costs),
         "attention_flops": sum(c.attention_flops for c in costs),
-        "softmax_exps": attention_exps(cfg, stage),
+        "softmax_exps": attention_exps(cfg),
         "discriminator_params": sum(p.numel() for p in build_discriminator(cfg).parameters()),
         "grader_params": sum(p.numel() for p in build_grader(cfg).parameters()),
         "grader_width": cfg.grader_width,

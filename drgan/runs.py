@@ -78,11 +78,6 @@ def read_run(run: str | Path) -> RunInfo:
     return info
 
 
-def read_run_config(run: str | Path) -> tuple[ModelConfig, str, dict[str, Any]]:
-    info = read_run(run)
-    return info.cfg, info.stage, info.options
-
-
 def dataset_record(data: str | Path | None) -> dict[str, Any]:
     """What run.json records of the dataset a run trains on, for `check_same_dataset`: the sha256 of
     its labels.csv ({} without one)."""
@@ -132,7 +127,7 @@ def grader_resolution(run: str | Path) -> int:
     return int(info.extra.get("resolution", info.options.get("resolution", info.cfg.resolution)))
 
 
-def check_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -> bool:
+def check_out(out: str | Path, overwrite: bool, kind: str) -> bool:
     """Whether `out` can take a new run of `kind`: missing or empty, holding a run of that kind
     stopped before its first checkpoint, or (with overwrite) any previous run of that kind; returns
     True when that run is to be replaced. Anything else (a checkpointed run without overwrite, a run
@@ -140,20 +135,20 @@ def check_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -
     assert kind in KINDS, kind
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ParameterError(f"{{{param}}} {out}: is a file, expected a run folder")
+        raise ParameterError(f"{{out}} {out}: is a file, expected a run folder")
     check_writable_dir(out)
     if not out.is_dir() or locks.only_locks(out):
         return False
     found = run_kind(out)
     if found is None:
-        raise ParameterError(f"{{{param}}} {out}: folder not empty and not a drgan run; choose a new or empty folder")
+        raise ParameterError(f"{{out}} {out}: folder not empty and not a drgan run; choose a new or empty folder")
     if found != kind:  # {overwrite} replaces a run with a new one of its kind, never another kind's
-        raise ParameterError(f"{{{param}}} {out}: holds a {found} run, not a {kind} run; choose a new or empty folder")
+        raise ParameterError(f"{{out}} {out}: holds a {found} run, not a {kind} run; choose a new or empty folder")
     if not has_checkpoint(out) and not overwrite:
-        _refuse_damaged(out, param)
+        _refuse_damaged(out, "out")
         return True  # killed before its first checkpoint: nothing to resume or to lose
     if not overwrite:
-        raise ParameterError(f"{{{param}}} {out}: already holds a {kind} run; continue it with {{resume}}, or start over with {{overwrite}}")
+        raise ParameterError(f"{{out}} {out}: already holds a {kind} run; continue it with {{resume}}, or start over with {{overwrite}}")
     return True
 
 
@@ -180,13 +175,13 @@ def require_checkpoint(run: str | Path) -> None:
                              "yet: then rerun the command that started it, which starts it over)")
 
 
-def prepare_out(out: str | Path, overwrite: bool, kind: str, param: str = "out") -> Path:
+def prepare_out(out: str | Path, overwrite: bool, kind: str) -> Path:
     """`check_out`, the folder's lock for this process (drgan.locks), then `check_out` again (another
     process may have written meanwhile) and the removal of the previous run it allows replacing."""
     out = Path(out)
-    check_out(out, overwrite, kind, param)  # before the folder is created for its lock
+    check_out(out, overwrite, kind)  # before the folder is created for its lock
     locks.hold(out)
-    if check_out(out, overwrite, kind, param):
+    if check_out(out, overwrite, kind):
         for path in out.iterdir():
             if locks.is_lock_file(path):
                 continue
@@ -205,7 +200,7 @@ def remove_unfinished(out: Path, created: bool, finished_file: str) -> None:
 
 
 @contextlib.contextmanager
-def claimed_folder(out: str | Path, marker: str, settings: dict[str, Any], what: str, param: str = "out",
+def claimed_folder(out: str | Path, marker: str, settings: dict[str, Any], what: str,
                    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Iterator[None]:
     """Hold `out` (drgan.locks) while inside, for a job whose folder `marker` names with its
     `settings`: a new or empty folder gets the marker; a folder whose marker holds the same settings
@@ -213,12 +208,12 @@ def claimed_folder(out: str | Path, marker: str, settings: dict[str, Any], what:
     `upgrade` turns the settings an older version recorded into this version's, so that a folder
     it wrote is resumed too (its marker is then rewritten)."""
     out = Path(out)
-    _earlier_settings(out, marker, settings, what, param, upgrade)  # before the lock file is created in it
+    _earlier_settings(out, marker, settings, what, upgrade)  # before the lock file is created in it
     locks.hold(out)  # a second job in the same folder is refused
     try:
         remove_temp_files(out, recursive=False)  # a killed job's (its marker or results cut short)
         # again: another process may have written meanwhile
-        if _earlier_settings(out, marker, settings, what, param, upgrade) != settings:
+        if _earlier_settings(out, marker, settings, what, upgrade) != settings:
             atomic_write_text(out / marker, json.dumps(settings, indent=2) + "\n")
         yield
     finally:
@@ -232,28 +227,28 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def _earlier_settings(out: Path, marker: str, settings: dict[str, Any], what: str, param: str,
+def _earlier_settings(out: Path, marker: str, settings: dict[str, Any], what: str,
                       upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None) -> dict[str, Any] | None:
     """The settings `out`'s marker holds as written (None for a new folder), once they are found
     to be `settings`; any other folder is refused."""
     if out.exists() and not out.is_dir():
-        raise ParameterError(f"{{{param}}} {out}: is a file, expected a folder")
+        raise ParameterError(f"{{out}} {out}: is a file, expected a folder")
     if (out / marker).is_file():
         try:
             earlier = json.loads((out / marker).read_text())
         except (OSError, ValueError) as exc:
-            raise ParameterError(f"{{{param}}} {out}: unreadable {marker} ({exc}); choose a new folder") from None
+            raise ParameterError(f"{{out}} {out}: unreadable {marker} ({exc}); choose a new folder") from None
         if not isinstance(earlier, dict):
-            raise ParameterError(f"{{{param}}} {out}: unreadable {marker} (not a JSON object); choose a new folder")
+            raise ParameterError(f"{{out}} {out}: unreadable {marker} (not a JSON object); choose a new folder")
         found = upgrade(earlier) if upgrade else earlier
         if found != settings:
             changed = ", ".join(f"{k}: {_shown(found.get(k))} there, {_shown(settings.get(k))} now"
                                 for k in sorted({**found, **settings}) if found.get(k) != settings.get(k))
-            raise ParameterError(f"{{{param}}} {out}: holds {what} with other settings ({changed}); "
+            raise ParameterError(f"{{out}} {out}: holds {what} with other settings ({changed}); "
                                  "rerun it with its own or choose a new folder")
         return earlier
     if out.is_dir() and not all(locks.is_lock_file(p) or is_temp_name(p.name) for p in out.iterdir()):
-        raise ParameterError(f"{{{param}}} {out}: folder not empty and not {what} (no {marker}); "
+        raise ParameterError(f"{{out}} {out}: folder not empty and not {what} (no {marker}); "
                              "choose a new or empty folder")
     check_writable_dir(out)
     return None

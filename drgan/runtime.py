@@ -16,19 +16,19 @@ _DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 _DEVICE = re.compile(r"(auto|cpu|cuda)(:\d+)?")
 
 
-def resolve_device(name: str, param: str = "device") -> torch.device:
+def resolve_device(name: str) -> torch.device:
     """'auto' (CUDA when visible, else CPU), 'cpu', 'cuda' or 'cuda:N'; anything else is refused."""
     match = _DEVICE.fullmatch(name)
     if match is None or (match.group(1) != "cuda" and match.group(2)):
-        raise ParameterError(f"{{{param}}} {name!r}: expected auto, cpu, cuda or cuda:N")
+        raise ParameterError(f"{{device}} {name!r}: expected auto, cpu, cuda or cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ParameterError(f"{{{param}}} {name}: no CUDA device is available")
+            raise ParameterError(f"{{device}} {name}: no CUDA device is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ParameterError(f"{{{param}}} {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise ParameterError(f"{{device}} {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
 
 
@@ -59,12 +59,12 @@ def torchrun_ranks() -> Ranks:
     return Ranks(rank, world, local_rank)
 
 
-def resolve_precision(name: str, device: torch.device, param: str = "precision") -> str:
+def resolve_precision(name: str, device: torch.device) -> str:
     """'auto' is bf16 on CUDA and fp32 elsewhere; the others are returned as given."""
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if name not in PRECISIONS:
-        raise ParameterError(f"{{{param}}} {name!r}: expected auto, {', '.join(PRECISIONS)}")
+        raise ParameterError(f"{{precision}} {name!r}: expected auto, {', '.join(PRECISIONS)}")
     return name
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from drgan.errors import DrganError, ParameterError
-from drgan.runs import generator_weights, read_run_config
+from drgan.runs import generator_weights, read_run
 
 if TYPE_CHECKING:
     from drgan.export.aoti import AotiGenerator
@@ -53,7 +53,7 @@ def open_onnxruntime(folder: Path, run: str | Path, weights: str, device: str, p
     # Without onnxruntime-gpu the session runs on the CPU; outputs are then CPU tensors.
     device = device if has_cuda_provider() else "cpu"
     if device == "cpu":
-        check_cpu_attention_memory(read_run_config(run)[0], batch or 1, "ONNX Runtime",
+        check_cpu_attention_memory(read_run(run).cfg, batch or 1, "ONNX Runtime",
                                    "install onnxruntime-gpu for a GPU or use {backend} torch")
     return OrtGenerator(folder / ONNX_FILE, device)
 

@@ -3,16 +3,17 @@ import json
 import pytest
 import torch
 
-from drgan.config import PRESETS, ModelConfig, load_model_config, preset, save_json
+from drgan.config import PRESETS, ModelConfig, preset
 from drgan.errors import DrganError
+from drgan.runs import RUN_FILE, read_run, write_run_config
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_json_round_trip(tmp_path, name):
     cfg = preset(name)
-    save_json(cfg, tmp_path / "cfg.json")
-    assert load_model_config(tmp_path / "cfg.json") == cfg
-    assert json.loads((tmp_path / "cfg.json").read_text())["resolution"] == cfg.resolution
+    write_run_config(tmp_path, cfg, "local")
+    assert read_run(tmp_path).cfg == cfg
+    assert json.loads((tmp_path / RUN_FILE).read_text())["model"]["resolution"] == cfg.resolution
 
 
 def test_unknown_preset_is_one_clear_error():
@@ -38,9 +39,9 @@ def test_invalid_values_are_rejected(change, message):
 def test_unknown_field_and_bad_json(tmp_path):
     with pytest.raises(DrganError, match="unknown field"):
         ModelConfig.from_dict({"resolution": 64, "colour": 1})
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(DrganError, match="bad.json: not valid JSON"):
-        load_model_config(tmp_path / "bad.json")
+    (tmp_path / RUN_FILE).write_text("{")
+    with pytest.raises(DrganError, match=f"{RUN_FILE}: malformed run config"):
+        read_run(tmp_path)
 
 
 def test_paper_preset_matches_the_paper():

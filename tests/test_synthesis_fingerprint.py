@@ -52,10 +52,11 @@ def test_rerun_with_other_weights_stops(run, made, tmp_path):
 
     from drgan.checkpoint import load_module, save_module
     from drgan.nn import DRGANGenerator
-    from drgan.runs import read_run_config
+    from drgan.runs import read_run
 
     other = make_run(tmp_path / "other")
-    cfg, stage, _ = read_run_config(other)
+    info = read_run(other)
+    cfg, stage = info.cfg, info.stage
     g = load_module(DRGANGenerator(cfg, stage), other / "G_ema.safetensors")
     with torch.no_grad():
         next(g.parameters()).add_(1.0)

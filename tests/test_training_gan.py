@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from drgan.runs import generator_weights, read_run_config
+from drgan.runs import generator_weights, read_run
 from drgan.config import preset
 from drgan.errors import DrganError
 from drgan.runtime import deterministic_algorithms
@@ -61,7 +61,8 @@ def test_gan_steps_finite_logged_and_checkpointed(tmp_path, space):
         assert (run / name).is_file(), name
     assert json.loads((run / "state.json").read_text())["step"] == 2
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["grades-0000000.png", "grades-0000002.png"]
-    cfg, stage, opts = read_run_config(run)
+    info = read_run(run)
+    cfg, stage, opts = info.cfg, info.stage, info.options
     assert (cfg, stage, opts["batch"]) == (CFG, "global", 2)
 
 
@@ -277,8 +278,7 @@ def test_local_stage_starts_from_global_weights(tmp_path, space):
             assert torch.equal(module.state_dict()[k], saved[k]), f"{name}:{k}"
     report = trainer.fit()
     assert report["steps"] == 1 and all(np.isfinite(v) for v in report["log"][-1].values())
-    cfg, stage, _ = read_run_config(tmp_path / "local")
-    assert stage == "local"
+    assert read_run(tmp_path / "local").stage == "local"
 
 
 def test_init_must_be_a_global_run_of_the_same_preset(tmp_path, space):
@@ -331,7 +331,7 @@ def test_perceptual_auto_is_vgg19_where_torchvision_keeps_it_else_the_grader(tmp
     trainer = GanTrainer(options(tmp_path, space, perceptual="auto"), PhantomSet(4))
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"perceptual loss: VGG-19 with {hub}"
     assert trainer.perceptual is not None
-    recorded = read_run_config(tmp_path / "run")[2]
+    recorded = read_run(tmp_path / "run").options
     assert (recorded["perceptual"], recorded["vgg19_weights"]) == ("vgg19", str(hub))
     assert GanOptions().perceptual == "auto"
 
@@ -415,7 +415,7 @@ def test_ablation_switches_train_are_recorded_and_shown(tmp_path, space, switch,
 
     report = train_gan(options(tmp_path, space, max_steps=1, **{switch: False}), PhantomSet(2))
     assert all(np.isfinite(v) for v in report["log"][-1].values())
-    cfg, _, _ = read_run_config(tmp_path / "run")
+    cfg = read_run(tmp_path / "run").cfg
     assert getattr(cfg, switch) is False and all(getattr(cfg, s) for s in ("sca", "agm", "lesion_masks") if s != switch)
     g = DRGANGenerator(cfg, "global").eval()
     cond, z = PhantomSet(2)[1]["cond"][None], torch.randn(2, CFG.z_dim)

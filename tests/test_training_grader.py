@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from drgan.runs import read_run, read_run_config
+from drgan.runs import read_run
 from drgan.config import preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.phantom import write_phantom_dataset
@@ -59,7 +59,8 @@ def test_grader_epochs_metrics_and_grading_space(tmp_path, phantom_dir, capsys):
     assert space.mean.shape == space.var.shape == (5, CFG.z_dim)
     assert torch.isfinite(space.mean).all() and (space.var >= 0).all()
     assert space.grader_accuracy == pytest.approx(report["val_accuracy"], abs=1e-6)
-    cfg, _, options = read_run_config(tmp_path / "grader")
+    info = read_run(tmp_path / "grader")
+    cfg, options = info.cfg, info.options
     assert cfg == CFG and options["trainer"] == "grader" and options["balanced"] is True
     assert read_run(tmp_path / "grader").extra["resolution"] == 64  # what load_grader resizes to
     # Two epochs on 40 phantoms cannot reach the 80% the grading spaces need: one warning line.
@@ -137,7 +138,7 @@ def test_cli_trains_grader_then_gan_and_resumes(tmp_path, phantom_dir):
     assert res.exit_code == 0, res.output
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["step"] == 2
-    _, _, options = read_run_config(tmp_path / "run")
+    options = read_run(tmp_path / "run").options
     assert options["channels_last"] is False and options["batch"] == 4
 
 

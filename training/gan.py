@@ -213,7 +213,7 @@ class GanTrainer:
         opts = self.opts
         perceptual, vgg19_weights = losses.resolve_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space)
         opts = self.opts = dataclasses.replace(opts, perceptual=perceptual, vgg19_weights=vgg19_weights)
-        self.perceptual = losses.build_perceptual(opts.perceptual, self.cfg, opts.vgg19_weights, opts.grading_space)
+        self.perceptual = losses.build_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space)
         if self.info.is_main:
             print(losses.describe_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space), file=sys.stderr)
 

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from drgan.checkpoint import build_loaded
-from drgan.config import ModelConfig
 from drgan.errors import ParameterError
-from drgan.runs import grader_resolution, read_run_config
+from drgan.runs import grader_resolution, read_run
 from drgan.nn import DiscOutput, GradeNet, build_grader
 from drgan.training.vgg import TAP_WEIGHTS, find_vgg19_weights, load_vgg19, torchvision_weights_path
 
@@ -145,7 +144,7 @@ def describe_perceptual(kind: str, vgg19_weights: str | None, grading_space: str
     return "perceptual loss: none"
 
 
-def build_perceptual(kind: str, cfg: ModelConfig, vgg19_weights: str | None, grading_space: str | None) -> Perceptual | None:
+def build_perceptual(kind: str, vgg19_weights: str | None, grading_space: str | None) -> Perceptual | None:
     """The perceptual loss of --perceptual vgg19|grader|none (None for 'none')."""
     if kind == "none":
         return None
@@ -154,7 +153,7 @@ def build_perceptual(kind: str, cfg: ModelConfig, vgg19_weights: str | None, gra
     path = grader_weights_beside(grading_space or ".")
     if not path.is_file():
         raise ParameterError(f"{{perceptual}} grader needs the grader weights {path} beside the grading space (run `drgan train grader`)")
-    grader_cfg, _, _ = read_run_config(path.parent)
+    grader_cfg = read_run(path.parent).cfg
     grader = build_loaded(lambda: build_grader(grader_cfg), path)
     return Perceptual(GraderFeatures(grader, grader_resolution(path.parent)), None)
 

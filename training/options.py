@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from drgan.config import PRECISIONS, PRESETS, STAGES
@@ -31,16 +29,6 @@ class _Options:
         if unknown:
             raise DrganError(f"{cls.__name__}: unknown option(s) {unknown}")
         return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls: type[T], path: str | Path) -> T:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DrganError(f"{path}: cannot read training options ({exc})") from None
 
     def _check(self, checks: list[tuple[bool, str]]) -> None:
         """Each check: (condition, message naming parameters as {name} fields); first, every float

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from drgan.checkpoint import load_tensors
-from drgan.errors import DrganError, ParameterError, name_list
+from drgan.errors import ParameterError, name_list
 
 # torchvision's vgg19 `features`: 'M' is a 2x2 max pool, numbers are 3x3 conv widths.
 _LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)

@@ -19,7 +19,6 @@ from pathlib import Path
 from unittest import mock
 
 import _part  # first: with --dry-run it switches Triton's interpreter on before drgan.kernels loads
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from synthesis_fixtures import make_run  # noqa: E402
