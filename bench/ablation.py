@@ -29,10 +29,11 @@ from drgan.data.dataset import FundusDataset
 from drgan.data.phantom import write_phantom_dataset
 from drgan.demo import DEMO_RECIPE
 from drgan.errors import DrganError
+from drgan.grading_space import FILE_NAME as SPACE_FILE
 from drgan.metrics.fidelity import GROUPS, fidelity_above_chance, tensor_fidelity
-from drgan.metrics.images import to_uint8
 from drgan.metrics.registry import MetricInputs, calc_metric
 from drgan.runtime import resolve_device
+from drgan.synthesis.pixels import to_uint8
 from drgan.training.gan import GanTrainer
 from drgan.training.grader_pretraining import GraderOptions, train_grader
 from drgan.training.options import GanOptions
@@ -131,7 +132,7 @@ def main() -> None:
     if space is None:
         train_grader(FundusDataset(data, cfg.resolution, split="train", augment=True), FundusDataset(data, cfg.resolution, split="val"),
                      args.out / "grader", GraderOptions(preset=args.preset, epochs=args.grader_epochs, batch=16, device=device))
-        space = args.out / "grader" / "grading_space.safetensors"
+        space = args.out / "grader" / SPACE_FILE
     base = dict(grading_space=str(space), preset=args.preset, stage="global", epochs=10**6, max_steps=args.steps,
                 batch=args.batch, device=device, log_every=max(1, args.steps // 10), sample_every=args.steps,
                 checkpoint_every=args.steps, **RECIPES[args.recipe])

@@ -11,7 +11,7 @@ import torch
 from drgan.config import preset
 from drgan.export.aoti import AotiGenerator, compile_aoti
 from drgan.export.onnx_export import export_onnx
-from drgan.export.ort_runner import OrtGenerator
+from drgan.export.ort_runner import TOLERANCE, OrtGenerator
 from drgan.export.sidecar import BatchProfile
 from drgan.export.wrapper import example_inputs, prepare
 from drgan.nn import DRGANGenerator
@@ -48,6 +48,8 @@ def test_generator_latency_small256(benchmark, backends, backend):
     image, _ = run(cond, z, noise)  # warm-up
     with torch.no_grad():
         reference, _ = g(cond, z, noise)
+    diff = (image.cpu() - reference).abs().max().item()
     benchmark.extra_info.update(preset="small-256", batch=BATCH, device="cpu", threads=torch.get_num_threads(),
-                                max_abs_diff_vs_eager=(image.cpu() - reference).abs().max().item())
+                                max_abs_diff_vs_eager=diff)
     benchmark.pedantic(lambda: run(cond, z, noise), rounds=5, iterations=1)
+    assert diff <= TOLERANCE, f"{backend} differs from the eager generator by {diff:.2e}"

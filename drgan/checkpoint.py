@@ -35,6 +35,20 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise DrganError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+def load_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file, from its header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DrganError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DrganError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
 def save_module(module: nn.Module, path: str | Path) -> None:
     save_tensors(module.state_dict(), path)
 

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset
+from drgan.grading_space import FILE_NAME as SPACE_FILE
+from drgan.io import atomic_write_json, atomic_write_text
 from drgan.runs import claimed_folder
 from drgan.runtime import resolve_device
 
@@ -121,8 +123,8 @@ class _DemoRun:
         return f"val accuracy {final['accuracy']:.2f}, kappa {final['kappa']:.2f}"
 
     def gan(self, stage_name: str, steps: int, run: Path, init: Path | None) -> str:
-        from drgan.training.gan import resume_options, train_gan
-        from drgan.training.options import GanOptions
+        from drgan.training.gan import train_gan
+        from drgan.training.options import GanOptions, resume_options
         from drgan.training.state import STATE_JSON
 
         scale, device = self.scale, self.device
@@ -130,7 +132,7 @@ class _DemoRun:
         if state.is_file() and json.loads(state.read_text())["step"] < steps:  # a demo killed in this stage goes on
             return self._gan_detail(train_gan(resume_options(run)))
         opts = GanOptions(
-            out=str(run), data=str(self.data), grading_space=str(self.grader_run / "grading_space.safetensors"),
+            out=str(run), data=str(self.data), grading_space=str(self.grader_run / SPACE_FILE),
             stage=stage_name, init=str(init) if init else None, preset=scale.preset, epochs=1000, max_steps=steps,
             batch=scale.gan_batch, device=device, precision="bf16" if device.startswith("cuda") else "fp32", **DEMO_RECIPE,
             log_every=max(1, steps // 20), sample_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2),
@@ -158,8 +160,8 @@ class _DemoRun:
         result, text = evaluate_fidelity(self.synth, reference=self.data, reference_split="test",
                                          grader_run=self.grader_run, resolution=preset(self.scale.preset).resolution,
                                          device=self.device)
-        (self.out / "fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
-        (self.out / "fidelity.md").write_text(text)
+        atomic_write_json(self.out / "fidelity.json", result)
+        atomic_write_text(self.out / "fidelity.md", text)
         fractions = result["fraction_of_reference"]
         return ", ".join(f"{k} {v:.2f}" for k, v in fractions.items()) + (
             f" of the real phantoms' fidelity; grader kappa {result['grading']['kappa']:.2f}, "
@@ -186,7 +188,7 @@ def done_file(out: Path, stage: str, index: int) -> Path:
     return out / f".done-{stage.split()[0].lower()}-{index}"
 
 
-def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log=print) -> Path:
+def run_demo(out: str | Path, device: str = "auto", quick: bool = False, log: Callable[[str], None] = print) -> Path:
     """Run every stage into `out`; returns the report path. Finished stages are reused on rerun."""
     from drgan.training.interrupts import resumed_by_rerun  # the demo's own rerun resumes its trainers
 

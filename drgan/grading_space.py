@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from drgan.checkpoint import load_tensors, save_tensors
+from drgan.checkpoint import load_metadata, load_tensors, save_tensors
 from drgan.errors import DrganError, name_list
 
 FILE_NAME = "grading_space.safetensors"
@@ -60,16 +60,13 @@ class GradingSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> "GradingSpace":
-        from safetensors import safe_open
-
         tensors = load_tensors(path)
         if set(tensors) != {"mean", "var"}:
             raise DrganError(f"{path}: not a grading space (expected tensors 'mean' and 'var', found {name_list(sorted(tensors))})")
         problem = _problem(tensors["mean"], tensors["var"])
         if problem:  # NaN here turns every synthesized image black and every training step NaN
             raise DrganError(f"{path}: not a usable grading space ({problem})")
-        with safe_open(str(path), "pt") as f:
-            acc = float((f.metadata() or {}).get("grader_accuracy", "nan"))
+        acc = float(load_metadata(path).get("grader_accuracy", "nan"))
         return cls(tensors["mean"], tensors["var"], acc)
 
 

@@ -11,6 +11,7 @@ import csv
 import errno
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import socket
 import stat
 import threading
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -132,6 +133,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def atomic_write_json(path: str | Path, obj: Any, indent: int = 2, sort_keys: bool = False) -> None:
+    """`obj` as indented JSON ending in a newline, written as atomic_write_bytes does."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n").encode())
+
+
 def is_temp_name(name: str) -> bool:
     """Whether `name` is a temp file or folder of temp_path (what remove_temp_files looks for)."""
     return name.startswith(".") and TEMP_MARK in name
@@ -220,11 +226,8 @@ def csv_rows(reader: Iterator, path: str | Path) -> Iterator:
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def encode_png(arr: np.ndarray, compress_level: int = 1) -> bytes:

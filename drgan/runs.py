@@ -27,7 +27,7 @@ from drgan import locks
 from drgan.config import ModelConfig, STAGES
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_text, check_writable_dir, is_temp_name, remove_temp_files, sha256_file
+from drgan.io import atomic_write_json, check_writable_dir, is_temp_name, remove_temp_files, sha256_file
 
 RUN_FILE = "run.json"
 STATE_JSON = "state.json"            # a checkpoint's metadata, written last (drgan.training.state)
@@ -57,7 +57,7 @@ def write_run_config(run: str | Path, cfg: ModelConfig, stage: str, options: dic
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     data = {"model": cfg.to_dict(), "stage": stage, "options": options or {}, **extra}
-    atomic_write_text(run / RUN_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(run / RUN_FILE, data, sort_keys=True)
 
 
 def read_run(run: str | Path) -> RunInfo:
@@ -214,7 +214,7 @@ def claimed_folder(out: str | Path, marker: str, settings: dict[str, Any], what:
         remove_temp_files(out, recursive=False)  # a killed job's (its marker or results cut short)
         # again: another process may have written meanwhile
         if _earlier_settings(out, marker, settings, what, upgrade) != settings:
-            atomic_write_text(out / marker, json.dumps(settings, indent=2) + "\n")
+            atomic_write_json(out / marker, settings)
         yield
     finally:
         locks.release(out)

@@ -12,7 +12,6 @@ Every artifact is checked against the eager fp32 generator before it is recorded
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from drgan.export.sidecar import BatchProfile, sidecar_path
 from drgan.export.trt_build import build_engine, import_tensorrt
 from drgan.export.trt_runner import TrtGenerator
 from drgan.export.wrapper import OUTPUT_NAMES, attention_flops, example_inputs, input_shapes, output_shapes, pad_attention_qk, prepare
-from drgan.io import atomic_write_bytes, check_writable_dir, is_temp_name, remove_temp_files
+from drgan.io import atomic_write_json, check_writable_dir, is_temp_name, remove_temp_files
 from drgan.nn import DRGANGenerator
 from drgan.runs import generator_weights, require_kind
 from drgan.runtime import resolve_device
@@ -276,7 +275,7 @@ class _Exporter:
             "output_names": list(OUTPUT_NAMES),
             "model": g.cfg.to_dict(),
         })
-        atomic_write_bytes(self.out / MANIFEST, (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(self.out / MANIFEST, self.manifest, sort_keys=True)
 
 
 def _load_stage(run: Path, stage: str | None) -> DRGANGenerator:

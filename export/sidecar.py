@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drgan.io import atomic_write_bytes
+from drgan.io import atomic_write_json
 from drgan.errors import DrganError, ParameterError
 from drgan.export.wrapper import input_shapes
 from drgan.nn import DRGANGenerator
@@ -68,7 +68,7 @@ def sidecar_path(artifact: Path) -> Path:
 
 
 def write_sidecar(artifact: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(sidecar_path(artifact), (json.dumps(data, indent=2) + "\n").encode())
+    atomic_write_json(sidecar_path(artifact), data)
 
 
 def read_sidecar(artifact: Path) -> dict[str, Any]:

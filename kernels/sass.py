@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import triton
 
@@ -69,7 +70,7 @@ def _loops(instructions: list[tuple[int, str, str]]) -> list[tuple[int, int]]:
     return loops
 
 
-def inspect(kernel, innermost: bool = False) -> Sass:
+def inspect(kernel: Any, innermost: bool = False) -> Sass:
     """Resources and main-loop instruction mix of a compiled Triton kernel; the main loop is the
     one whose body holds the most MUFU.EX2 (innermost: the smallest body holding any), empty if
     the kernel has no loop."""

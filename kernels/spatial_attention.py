@@ -125,7 +125,7 @@ def _triton_unsupported(q: torch.Tensor, v: torch.Tensor, pv_fp8: bool = False) 
         return "CPU tensors run the reference (the kernel needs CUDA or TRITON_INTERPRET=1)"
     if pv_fp8 and (reason := fp8_pv_unsupported(q.dtype, q.device)):
         return reason
-    from drgan.kernels.spatial_attention_triton import MAX_QK_DIM, MAX_QK_DIM_FP32, MAX_V_DIM
+    from drgan.kernels.spatial_attention_triton import MAX_QK_DIM, MAX_QK_DIM_FP32, MAX_V_DIM  # imports triton
 
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or v.dtype != q.dtype:
         return f"q {q.dtype} and v {v.dtype} must share one dtype of float32, float16, bfloat16"

@@ -1,10 +1,19 @@
 """Small measures the tests share."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
 import torch
+
+# The kernels' own device: CUDA where visible, else the CPU under Triton's interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_kernel = pytest.mark.skipif(
+    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs a CUDA GPU or TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)",
+)
 
 
 def dead_pid() -> int:

@@ -10,7 +10,6 @@ configuration in turn is the one chosen.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from pathlib import Path
 
@@ -24,12 +23,9 @@ from drgan.kernels import spatial_attention, spatial_attention_ref  # noqa: E402
 from drgan.kernels import spatial_attention_triton as sat  # noqa: E402
 from drgan.kernels.spatial_attention import spatial_attention_fp8_pv_ref  # noqa: E402
 from drgan.runtime import deterministic_algorithms  # noqa: E402
+from helpers import DEVICE, needs_kernel, rel_err  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
-    reason="needs a CUDA GPU or TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)",
-)
+pytestmark = needs_kernel
 # Launches of the backward under torch.use_deterministic_algorithms (the others: "dkdv_dq").
 DETERMINISTIC_BACKWARD = {"dkdv", "dq"}
 CASES = [(name, winner) for name, (_, configs) in sat.TUNED.items() for winner in range(len(configs))]
@@ -75,7 +71,7 @@ def check_fp8_forward(dv: int) -> None:
     with torch.no_grad():
         out = spatial_attention(q, k, v, impl="triton", pv_fp8=True)
         want = spatial_attention_fp8_pv_ref(q, k, v)
-    assert ((out.float() - want.float()).abs().max() / want.float().abs().max()).item() < 0.03
+    assert rel_err(out, want) < 0.03
 
 
 def check_forward_and_backward(dv: int) -> None:

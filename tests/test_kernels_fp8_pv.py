@@ -5,8 +5,6 @@ output), so the checks bound it from both sides: well above fp16's (the product 
 and within the emulation's reach."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -15,13 +13,7 @@ pytest.importorskip("triton")
 from drgan.errors import DrganError  # noqa: E402
 from drgan.kernels import spatial_attention, spatial_attention_ref  # noqa: E402
 from drgan.kernels.spatial_attention import E4M3_MAX, fp8_values, spatial_attention_fp8_pv_ref  # noqa: E402
-from helpers import rel_err  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-needs_kernel = pytest.mark.skipif(
-    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
-    reason="needs a CUDA GPU or TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)",
-)
+from helpers import DEVICE, needs_kernel, rel_err  # noqa: E402
 
 
 def _inputs(batch: int, n: int, dqk: int, dv: int, seed: int):

@@ -13,8 +13,6 @@ tests/test_kernels_compile.py compiles it.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -33,12 +31,9 @@ from drgan.kernels import (  # noqa: E402
 from drgan.nn import DRGANGenerator, set_kernel_impl  # noqa: E402
 from drgan.nn.sca import SCA  # noqa: E402
 from drgan.runtime import deterministic_algorithms  # noqa: E402
+from helpers import DEVICE, needs_kernel  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
-    reason="needs a CUDA GPU or TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)",
-)
+pytestmark = needs_kernel
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (2e-3, 2e-2)}  # (values atol, gradient atol / max |grad|)
 
 

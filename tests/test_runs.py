@@ -337,3 +337,29 @@ def test_a_claimed_folder_killed_while_writing_its_marker_is_taken_again(tmp_pat
     with claimed_folder(out, "experiment.json", {"epochs": 1}, "an augmentation experiment"):
         assert json.loads((out / "experiment.json").read_text()) == {"epochs": 1}
     assert not any(path.exists() for path in left)
+
+
+def test_claimed_folder_names_its_refusals(tmp_path):
+    """Another job's marker names each differing setting with both values (a sha256 by its first
+    digits); a marker that is not a settings object is unreadable, not a traceback; an upgrade
+    of an older marker's settings resumes the folder and rewrites the marker."""
+    from drgan.runs import claimed_folder
+
+    out = tmp_path / "exp"
+    digest = "ab" * 32
+    with claimed_folder(out, "experiment.json", {"epochs": 1, "real_sha256": digest}, "an experiment"):
+        pass
+    with pytest.raises(DrganError, match=r"^out .*: holds an experiment with other settings \(epochs: 1 there, 2 now, "
+                                         r"real_sha256: 'abababababab\.\.\.' there, 'cdcdcdcdcdcd\.\.\.' now\); "):
+        with claimed_folder(out, "experiment.json", {"epochs": 2, "real_sha256": "cd" * 32}, "an experiment"):
+            pass
+    older = {"epochs": 1, "real": "data"}
+    (out / "experiment.json").write_text(json.dumps(older))
+    now = {"epochs": 1, "real_sha256": digest}
+    with claimed_folder(out, "experiment.json", now, "an experiment", upgrade=lambda e: now if e == older else e):
+        pass
+    assert json.loads((out / "experiment.json").read_text()) == now
+    (out / "experiment.json").write_text("[1, 2]")
+    with pytest.raises(DrganError, match=r"unreadable experiment.json \(not a JSON object\)"):
+        with claimed_folder(out, "experiment.json", now, "an experiment"):
+            pass

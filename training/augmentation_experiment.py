@@ -15,7 +15,6 @@ Data: `--real` trains on its `train` rows and monitors its `val` rows; `--test` 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -23,16 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from drgan.checkpoint import load_module
 from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.format import MANIFEST_FILE, open_dataset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
-from drgan.io import atomic_write_bytes, sha256_file
-from drgan.metrics.grade_prediction import GRADER_FILE, evaluate_grader
-from drgan.nn import build_grader
+from drgan.io import atomic_write_json, atomic_write_text, sha256_file
+from drgan.metrics.grade_prediction import evaluate_grader, load_grader
 from drgan.runs import claimed_folder
 from drgan.training.grader_pretraining import GraderOptions, interrupted, train_grader
 from drgan.training.interrupts import resumed_by_rerun
@@ -215,7 +212,7 @@ def run_augment_experiment(
                 val_accuracy = GradingSpace.load(run / SPACE_FILE).grader_accuracy
             else:
                 val_accuracy = train_grader(train, real_val, run, opts, resume=interrupted(run))["val_accuracy"]
-            grader = load_module(build_grader(cfg), run / GRADER_FILE).to(device).eval()
+            grader, _ = load_grader(run, device)
             result["arms"][name] = {
                 "run": str(run),
                 "train_images": len(train),
@@ -224,6 +221,6 @@ def run_augment_experiment(
                 "test": evaluate_grader(grader, test_set, batch=batch),
             }
         markdown = format_markdown(result)
-        atomic_write_bytes(out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
-        atomic_write_bytes(out / "results.md", markdown.encode())
+        atomic_write_json(out / "results.json", result)
+        atomic_write_text(out / "results.md", markdown)
     return result, markdown

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import platform
 import sys
 from pathlib import Path
@@ -32,10 +31,9 @@ from tqdm import tqdm
 
 from drgan import locks
 from drgan.checkpoint import load_module, load_tensors, save_tensors
-from drgan.config import ModelConfig, preset
 from drgan.errors import DrganError, ParameterError, UsageError
-from drgan.io import atomic_write_bytes
-from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepare_out, read_run, remove_unfinished, require_checkpoint, require_kind,
+from drgan.io import atomic_write_bytes, atomic_write_json
+from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepare_out, remove_unfinished, require_checkpoint,
                         write_run_config)
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.metrics.fidelity import tensor_fidelity
@@ -45,7 +43,7 @@ from drgan.training import distributed as dist_util
 from drgan.training import losses
 from drgan.training.interrupts import ignored_signals, interrupted_line, whole_step
 from drgan.training.logger import RunLogger
-from drgan.training.options import RESUMABLE_OVERRIDES, GanOptions
+from drgan.training.options import GanOptions, model_config, resolve_options
 from drgan.training.state import (
     STATE_JSON, check_step, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state, recover_checkpoint, restoring, rng_state,
     save_state, set_rng_state, write_checkpoint,
@@ -63,75 +61,6 @@ class NonFiniteLoss(Exception):
     def __init__(self, terms: dict[str, float]) -> None:
         super().__init__(", ".join(f"{k}={v}" for k, v in terms.items()))
         self.terms = terms
-
-
-PATH_OPTIONS = ("data", "grading_space", "init", "vgg19_weights")
-
-
-def _same(name: str, given: Any, saved: Any) -> bool:
-    if name in (*PATH_OPTIONS, "out") and given is not None and saved is not None:
-        return Path(given).resolve() == Path(saved).resolve()
-    return given == saved
-
-
-def resume_options(run: str | Path, **given: Any) -> GanOptions:
-    """The options of `run` for continuing it. Given RESUMABLE_OVERRIDES replace the run's; any
-    other given option must equal the run's (paths compared resolved), or it is refused."""
-    run = str(run)
-    saved = {k: v for k, v in require_kind(run, "gan", "resume").options.items() if k != "trainer"}
-    if saved.get("perceptual") in ("grader", "none"):  # runs started before GanOptions refused the pair
-        saved.pop("vgg19_weights", None)
-    merged = GanOptions.from_dict(saved).to_dict()
-    merged["out"] = run
-    for name, value in given.items():
-        if name in (*RESUMABLE_OVERRIDES, "resume") or _same(name, value, merged.get(name)):
-            continue
-        allowed = ", ".join(f"{{{k}}}" for k in RESUMABLE_OVERRIDES)
-        raise ParameterError(
-            f"{{{name}}} {value}: {{resume}} {run} keeps the run's own value "
-            f"({'none: not given when it started' if merged.get(name) is None else merged.get(name)}); "
-            f"only {allowed} may change on resume"
-        )
-    merged.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
-    if given.get("max_steps") is not None and "epochs" not in given:
-        # An epoch has at least one step: the saved epoch count must not cut the asked steps short.
-        merged["epochs"] = max(merged["epochs"], given["max_steps"])
-    merged["resume"] = run
-    return GanOptions.from_dict(merged)
-
-
-def resolve_options(opts: GanOptions) -> GanOptions:
-    """Options as a run records them: paths absolute, so a resume works from any folder. On
-    resume the run's own options hold, except the RESUMABLE_OVERRIDES `opts` sets to other than
-    their defaults (`resume_options` takes the overrides explicitly)."""
-    if opts.resume is None:
-        return dataclasses.replace(opts, **{k: str(Path(getattr(opts, k)).resolve()) for k in PATH_OPTIONS if getattr(opts, k)})
-    if opts.out == opts.resume:
-        return opts
-    defaults = GanOptions()
-    return resume_options(opts.resume, **{k: getattr(opts, k) for k in RESUMABLE_OVERRIDES if getattr(opts, k) != getattr(defaults, k)})
-
-
-def model_config(opts: GanOptions) -> ModelConfig:
-    """The preset's config with the ablation switches; with --init or --resume the config that run
-    was trained with."""
-    cfg = dataclasses.replace(preset(opts.preset), sca=opts.sca, agm=opts.agm, lesion_masks=opts.lesion_masks)
-    source = opts.resume or opts.init
-    if source is None:
-        return cfg
-    if opts.init and not opts.resume and opts.stage != "local":
-        raise ParameterError(f"{{init}} {opts.init}: only the local stage starts from a global-stage run; "
-                             f"drop {{init}} or give {{stage}} local")
-    init = read_run(source) if opts.resume else require_kind(source, "gan", "init")
-    run_cfg, run_stage = init.cfg, init.stage
-    if opts.init and not opts.resume and run_stage != "global":
-        raise ParameterError(f"{{init}} {opts.init}: a {run_stage}-stage run; the local stage starts from a global-stage run")
-    if run_cfg != cfg:
-        there, now = run_cfg.to_dict(), cfg.to_dict()
-        differ = ", ".join(f"{k} {there[k]} there, {now[k]} now" for k in now if there[k] != now[k])
-        raise ParameterError(f"{source}: trained with another model config ({differ}; "
-                             f"{{preset}} {opts.preset} and the ablation switches make it)")
-    return run_cfg
 
 
 def _checkpointed(forward, *args):
@@ -285,7 +214,7 @@ class GanTrainer:
             "cuda": torch.version.cuda, "device": str(self.device), "world_size": self.info.world,
             "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
         }
-        atomic_write_bytes(self.run / ENV_FILE, (json.dumps(env, indent=2) + "\n").encode())
+        atomic_write_json(self.run / ENV_FILE, env)
 
     def _fixed_batch(self) -> dict[str, torch.Tensor]:
         """Conditions and images of the first items, and per-grade z and noise, for samples and L1."""

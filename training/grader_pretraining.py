@@ -35,7 +35,7 @@ from drgan.training.options import GRADER_RESUMABLE, GraderOptions
 from drgan.training.state import (STATE_JSON, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state, restoring,
                                   recover_checkpoint, rng_state, save_state, set_rng_state, write_checkpoint)
 
-__all__ = ["GraderOptions", "train_grader", "check_resumable", "interrupted", "grader_features", "GRADER_FILE", "AGM_MIN_ACCURACY"]
+__all__ = ["GraderOptions", "train_grader", "check_resumable", "interrupted", "grader_features", "AGM_MIN_ACCURACY"]
 
 AGM_MIN_ACCURACY = 0.8  # the paper finds the grading spaces help once the grader reaches ~80%
 

@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from drgan.data.contact_sheet import save_contact_sheet
-from drgan.metrics.images import to_uint8
+from drgan.synthesis.pixels import to_uint8
 
 LOG_DIR = "logs"
 SAMPLE_DIR = "samples"

@@ -16,8 +16,8 @@ from torch import nn
 
 from drgan.checkpoint import build_loaded
 from drgan.errors import ParameterError
-from drgan.runs import grader_resolution, read_run
 from drgan.nn import DiscOutput, GradeNet, build_grader
+from drgan.runs import GRADER_FILE, grader_resolution, read_run
 from drgan.training.vgg import TAP_WEIGHTS, find_vgg19_weights, load_vgg19, torchvision_weights_path
 
 
@@ -113,7 +113,7 @@ class GraderFeatures(nn.Module):
 
 def grader_weights_beside(grading_space: str | Path) -> Path:
     """`grader.safetensors` of the grader run that wrote a grading space."""
-    return Path(grading_space).parent / "grader.safetensors"
+    return Path(grading_space).parent / GRADER_FILE
 
 
 def resolve_perceptual(kind: str, vgg19_weights: str | None, grading_space: str | None) -> tuple[str, str | None]:

@@ -1,13 +1,16 @@
-"""Training options: one dataclass per trainer, saved with every run and read back on resume."""
+"""Training options: one dataclass per trainer, saved with every run and read back on resume;
+the GAN's options and model config resolved for a new, resumed or initialised run."""
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
-from drgan.config import PRECISIONS, PRESETS, STAGES
+from drgan.config import PRECISIONS, PRESETS, STAGES, ModelConfig, preset
 from drgan.errors import DrganError, ParameterError
+from drgan.runs import read_run, require_kind
 
 PERCEPTUAL_NETS = ("auto", "vgg19", "grader", "none")
 GAN_LOSSES = ("bce", "lsgan")
@@ -140,3 +143,72 @@ class GanOptions(_Options):
 # Options a resumed run may change: how long and where it runs, not what it optimizes.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "device", "workers", "log_every", "sample_every", "checkpoint_every")
 GRADER_RESUMABLE = ("epochs", "device", "workers", "checkpoint_every")
+
+
+PATH_OPTIONS = ("data", "grading_space", "init", "vgg19_weights")
+
+
+def _same(name: str, given: Any, saved: Any) -> bool:
+    if name in (*PATH_OPTIONS, "out") and given is not None and saved is not None:
+        return Path(given).resolve() == Path(saved).resolve()
+    return given == saved
+
+
+def resume_options(run: str | Path, **given: Any) -> GanOptions:
+    """The options of `run` for continuing it. Given RESUMABLE_OVERRIDES replace the run's; any
+    other given option must equal the run's (paths compared resolved), or it is refused."""
+    run = str(run)
+    saved = {k: v for k, v in require_kind(run, "gan", "resume").options.items() if k != "trainer"}
+    if saved.get("perceptual") in ("grader", "none"):  # runs started before GanOptions refused the pair
+        saved.pop("vgg19_weights", None)
+    merged = GanOptions.from_dict(saved).to_dict()
+    merged["out"] = run
+    for name, value in given.items():
+        if name in (*RESUMABLE_OVERRIDES, "resume") or _same(name, value, merged.get(name)):
+            continue
+        allowed = ", ".join(f"{{{k}}}" for k in RESUMABLE_OVERRIDES)
+        raise ParameterError(
+            f"{{{name}}} {value}: {{resume}} {run} keeps the run's own value "
+            f"({'none: not given when it started' if merged.get(name) is None else merged.get(name)}); "
+            f"only {allowed} may change on resume"
+        )
+    merged.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+    if given.get("max_steps") is not None and "epochs" not in given:
+        # An epoch has at least one step: the saved epoch count must not cut the asked steps short.
+        merged["epochs"] = max(merged["epochs"], given["max_steps"])
+    merged["resume"] = run
+    return GanOptions.from_dict(merged)
+
+
+def resolve_options(opts: GanOptions) -> GanOptions:
+    """Options as a run records them: paths absolute, so a resume works from any folder. On
+    resume the run's own options hold, except the RESUMABLE_OVERRIDES `opts` sets to other than
+    their defaults (`resume_options` takes the overrides explicitly)."""
+    if opts.resume is None:
+        return dataclasses.replace(opts, **{k: str(Path(getattr(opts, k)).resolve()) for k in PATH_OPTIONS if getattr(opts, k)})
+    if opts.out == opts.resume:
+        return opts
+    defaults = GanOptions()
+    return resume_options(opts.resume, **{k: getattr(opts, k) for k in RESUMABLE_OVERRIDES if getattr(opts, k) != getattr(defaults, k)})
+
+
+def model_config(opts: GanOptions) -> ModelConfig:
+    """The preset's config with the ablation switches; with --init or --resume the config that run
+    was trained with."""
+    cfg = dataclasses.replace(preset(opts.preset), sca=opts.sca, agm=opts.agm, lesion_masks=opts.lesion_masks)
+    source = opts.resume or opts.init
+    if source is None:
+        return cfg
+    if opts.init and not opts.resume and opts.stage != "local":
+        raise ParameterError(f"{{init}} {opts.init}: only the local stage starts from a global-stage run; "
+                             f"drop {{init}} or give {{stage}} local")
+    init = read_run(source) if opts.resume else require_kind(source, "gan", "init")
+    run_cfg, run_stage = init.cfg, init.stage
+    if opts.init and not opts.resume and run_stage != "global":
+        raise ParameterError(f"{{init}} {opts.init}: a {run_stage}-stage run; the local stage starts from a global-stage run")
+    if run_cfg != cfg:
+        there, now = run_cfg.to_dict(), cfg.to_dict()
+        differ = ", ".join(f"{k} {there[k]} there, {now[k]} now" for k in now if there[k] != now[k])
+        raise ParameterError(f"{source}: trained with another model config ({differ}; "
+                             f"{{preset}} {opts.preset} and the ablation switches make it)")
+    return run_cfg

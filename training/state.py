@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from drgan.checkpoint import load_tensors, save_tensors
-from drgan.io import atomic_write_bytes, fsync_folder, remove_temp_files, temp_path, write_error
+from drgan.checkpoint import load_metadata, load_tensors, save_tensors
+from drgan.io import atomic_write_json, fsync_folder, remove_temp_files, temp_path, write_error
 from drgan.errors import DrganError
 from drgan.runs import NEXT_CHECKPOINT, STATE_JSON, STATE_TENSORS, has_checkpoint, require_checkpoint
 
@@ -71,7 +71,7 @@ def set_rng_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor], devic
 def save_state(run: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """Write the tensors first and the JSON last: state.json is the commit mark of a checkpoint."""
     save_tensors(tensors, run / STATE_TENSORS, metadata={"step": str(meta["step"])})
-    atomic_write_bytes(run / STATE_JSON, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(run / STATE_JSON, meta, sort_keys=True)
 
 
 def write_checkpoint(run: Path, write: Callable[[Path], None]) -> None:
@@ -154,15 +154,9 @@ def restoring(run: Path) -> Iterator[None]:
 
 def check_step(path: Path, step: int) -> None:
     """A checkpoint file must belong to the step recorded in state.json."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise DrganError(f"{path}: missing from the checkpoint")
-    try:
-        with safe_open(str(path), "pt") as f:
-            written = (f.metadata() or {}).get("step")
-    except (SafetensorError, OSError) as exc:
-        raise DrganError(f"{path}: not a readable safetensors file ({exc})") from None
+    written = load_metadata(path).get("step")
     if written != str(step):
         raise DrganError(f"{path}: written at step {written}, but state.json is at step {step} (checkpoint cut short)")
 

@@ -70,7 +70,7 @@ def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str |
 
 def _recorded_data(run: str, extra: dict, given: str | None) -> str:
     """The dataset a grader run trained on, the one run.json records (train_grader checks it is unchanged)."""
-    from drgan.data.format import LABELS_FILE
+    from drgan.data.labels import LABELS_FILE
     from drgan.errors import DrganError, ParameterError
 
     recorded = extra.get("data")
@@ -127,8 +127,8 @@ def _recorded_data(run: str, extra: dict, given: str | None) -> str:
 def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **given) -> None:
     """DR-GAN, global or local stage (the full objective of the paper's eq. 1)."""
     from drgan.errors import UsageError
-    from drgan.training.gan import resume_options, train_gan
-    from drgan.training.options import GanOptions
+    from drgan.training.gan import train_gan
+    from drgan.training.options import GanOptions, resume_options
 
     given.update(data=data_dir, grading_space=grading_space, out=out, init=init_run, compile=compile_)
     given = {k: v for k, v in given.items() if v is not None}

@@ -15,7 +15,7 @@ import numpy as np
 
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
-from drgan.io import check_regular_file
+from drgan.io import atomic_write_json, check_regular_file
 
 LESION_TYPES = ("ma", "he", "ex", "se", "laser", "membrane")
 DIST_BINS = 16            # histogram bins of (distance from the disc centre) / FOV radius
@@ -64,8 +64,7 @@ class LesionStats:
         return cls(grades)
 
     def save(self, path: str | Path) -> None:
-        from drgan.io import atomic_write_bytes
-        atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=1) + "\n").encode())
+        atomic_write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> "LesionStats":

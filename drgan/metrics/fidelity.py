@@ -14,7 +14,8 @@ compares a synthesized set to it on the scale above chance.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -22,7 +23,9 @@ from scipy.stats import rankdata
 
 from drgan.config import COND_CHANNELS
 from drgan.errors import DrganError
-from drgan.metrics.images import to_uint8
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def _first_side(root, split: str | None = None) -> int:
     return min(index.read_image(index.samples[0]).shape[:2])
 
 
-def dataset_fidelity(root, resolution: int | None = None, split: str | None = None, max_images: int | None = None) -> dict:
+def dataset_fidelity(root: str | Path, resolution: int | None = None, split: str | None = None, max_images: int | None = None) -> dict:
     """condition_fidelity of a dataset folder (images/, masks/, labels.csv) at `resolution`
     (default: the side of its first image), over at most `max_images` evenly spaced samples."""
     from drgan.data.dataset import FundusDataset
@@ -170,17 +173,19 @@ def dataset_fidelity(root, resolution: int | None = None, split: str | None = No
     return result
 
 
-def tensor_fidelity(images, cond, grades) -> dict:
+def tensor_fidelity(images: torch.Tensor, cond: torch.Tensor, grades: torch.Tensor) -> dict:
     """condition_fidelity of a batch: images (B, 3, H, W) in [-1, 1], cond (B, 8, H, W) in [0, 1]."""
+    from drgan.synthesis.pixels import to_uint8  # imports torch, which scoring folders does not need
+
     masks = (cond.detach().float() * 255).round().byte().cpu().numpy()
     return condition_fidelity(zip(to_uint8(images), masks, [int(g) for g in grades]))
 
 
 def evaluate_fidelity(
-    data,                          # dataset with masks (a synthesized set with --save-masks)
-    reference=None,                # real dataset measured the same way
+    data: str | Path,              # dataset with masks (a synthesized set with --save-masks)
+    reference: str | Path | None = None,  # real dataset measured the same way
     reference_split: str | None = None,  # only this split of `reference` (e.g. test: images no model trained on)
-    grader_run=None,               # grader run folder: also grade `data` by its labels
+    grader_run: str | Path | None = None,  # grader run folder: also grade `data` by its labels
     resolution: int | None = None, # measuring side (default: the first image of `data`)
     max_images: int = 500,         # images per set
     device: str = "cpu",           # grading device

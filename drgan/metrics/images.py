@@ -27,12 +27,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MIN_SET_IMAGES = 2
 
 
-def to_uint8(images) -> np.ndarray:
-    """Generator output (B, 3, H, W) tensor in [-1, 1] -> (B, H, W, 3) uint8 pixels."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
-    return x.permute(0, 2, 3, 1).numpy()
-
-
 @dataclass(frozen=True)
 class ImageSet:
     """Image files in a fixed order, with their grades when the folder is a dataset."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 from drgan.errors import DrganError
 from drgan.locks import only_locks
@@ -62,5 +63,5 @@ def check(root: Path, fingerprint: dict) -> bool:
     return False
 
 
-def record(root: Path, fingerprint: dict, write) -> None:
+def record(root: Path, fingerprint: dict, write: Callable[[Path, bytes], None]) -> None:
     write(root / FILE_NAME, (json.dumps(fingerprint, indent=1, sort_keys=True) + "\n").encode())

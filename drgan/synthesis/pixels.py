@@ -6,9 +6,17 @@ and the uint8 result is written straight into the encoder's buffer.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 CHUNK = 1 << 20   # floats per chunk on the CPU (4 MiB: within the last-level cache)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """The readable reference of to_pixels: (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8 numpy
+    pixels (training samples and fidelity scores use it; a copy is cheap there)."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return x.permute(0, 2, 3, 1).numpy()
 
 
 def to_pixels(image: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,6 +25,7 @@ import numpy as np
 from drgan import locks
 from drgan.config import COND_CHANNELS
 from drgan.data.format import MANIFEST_FILE, UNFINISHED
+from drgan.data.labels import LABELS_FILE
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
 from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files, sha256_file, write_error
@@ -208,7 +209,7 @@ class OutputFolder:
         w.writerows(rows)
         atomic_write_bytes(self.root / MANIFEST_FILE, buf.getvalue().encode())
         labels = "id,grade\n" + "".join(f"{r['id']},{r['grade']}\n" for r in rows)
-        atomic_write_bytes(self.root / "labels.csv", labels.encode())
+        atomic_write_bytes(self.root / LABELS_FILE, labels.encode())
         if whole:
             (self.root / UNFINISHED).unlink(missing_ok=True)
 
