@@ -26,6 +26,7 @@ from PIL import Image
 
 from drgan.errors import DrganError
 
+NAME_MAX = 255  # bytes in a file name (ext4, xfs, btrfs)
 TEMP_MARK = ".tmp-"
 HOST = re.sub(r"[^A-Za-z0-9_-]", "", socket.gethostname()) or "host"
 _OWNER = re.compile(re.escape(TEMP_MARK) + r"(\d+)(?:-\d+)?(?:@([A-Za-z0-9_-]+))?")
@@ -35,11 +36,13 @@ os.umask(_UMASK)
 
 def temp_path(path: Path, keep_suffix: bool = False) -> Path:
     """A hidden sibling unique to this process and thread (`keep_suffix`: ending in path's suffix,
-    for writers that insist on it)."""
+    for writers that insist on it). The name is cut to fit NAME_MAX, so that a file whose own name
+    is near the limit can still be written."""
     owner = f"{TEMP_MARK}{os.getpid()}-{threading.get_ident()}@{HOST}"
-    if keep_suffix:
-        return path.with_name(f".{path.stem}{owner}{path.suffix}")
-    return path.with_name(f".{path.name}{owner}")
+    stem, suffix = (path.stem, path.suffix) if keep_suffix else (path.name, "")
+    room = NAME_MAX - len(f".{owner}{suffix}".encode())
+    stem = stem.encode()[:room].decode(errors="ignore")  # not inside a multi-byte character
+    return path.with_name(f".{stem}{owner}{suffix}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -67,8 +70,10 @@ def write_error(path: Path, exc: OSError) -> DrganError:
         return DrganError(f"{path.parent}: disk full while writing {path.name}")
     if exc.errno == errno.EROFS:
         return DrganError(f"{path}: cannot write (read-only file system)")
-    if exc.errno == errno.EISDIR or path.is_dir():
+    if exc.errno == errno.EISDIR:
         return DrganError(f"{path}: is a folder, expected a file path")
+    if (link := dangling_link(path)) is not None:
+        return DrganError(f"{path}: cannot write ({link} is a symbolic link to the missing {os.readlink(link)})")
     blocker = _file_in_the_way(path.parent)
     if blocker is not None:
         return DrganError(f"{path}: cannot write ({blocker} is a file, not a folder)")
@@ -100,6 +105,17 @@ def atomic_save(path: str | Path, write: Callable[[Path], None], keep_suffix: bo
 def _remove(tmp: Path) -> None:
     with contextlib.suppress(OSError):  # e.g. ENOTDIR: the temp file could never be created
         tmp.unlink(missing_ok=True)
+
+
+def dangling_link(path: Path) -> Path | None:
+    """`path` or the nearest of its ancestors that is a symbolic link to nothing, if any: exists()
+    is False for it, but nothing can be created in its place."""
+    for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():
+            return p
+        if p.exists():
+            return None
+    return None
 
 
 def _nearest_existing(folder: Path) -> Path:
@@ -164,6 +180,8 @@ def check_writable_dir(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DrganError(f"{folder}: is a file, expected a folder")
+    if (link := dangling_link(folder)) is not None:
+        raise DrganError(f"{folder}: cannot write ({link} is a symbolic link to the missing {os.readlink(link)})")
     existing = _nearest_existing(folder)
     if not existing.is_dir():
         raise DrganError(f"{folder}: cannot write ({existing} is a file, not a folder)")

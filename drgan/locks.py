@@ -44,6 +44,11 @@ def hold(folder: str | Path, shard: str | None = None) -> None:
     _lock(folder / f"{LOCK_FILE}-shard-{name}", fcntl.LOCK_EX, f"{folder} is in use by another drgan process writing shard {shard}")
 
 
+def holds(folder: str | Path) -> bool:
+    """Whether this process holds `folder`'s lock."""
+    return (Path(folder) / LOCK_FILE).absolute() in _held
+
+
 def alone(folder: str | Path) -> bool:
     """Whether no other process holds `folder`'s lock (this one holding it shared)."""
     fd = _held.get((Path(folder) / LOCK_FILE).absolute())

@@ -192,11 +192,23 @@ def prepare_out(out: str | Path, overwrite: bool, kind: str) -> Path:
     return out
 
 
-def remove_unfinished(out: Path, created: bool, finished_file: str) -> None:
-    """After a failure: remove a run folder this process created when it holds no `finished_file`,
-    so that rerunning the same command is accepted."""
-    if created and out.is_dir() and not (out / finished_file).exists():
+def remove_unfinished(out: Path, given_empty: bool, finished_file: str) -> None:
+    """After a failure of a new run: when `out` holds no `finished_file`, undo what this process
+    wrote there, so that rerunning the same command is accepted. The folder is removed, or emptied
+    when it was given empty (a user's folder stays). Only the holder of its lock does this: a run
+    refused by another one's lock leaves that run alone."""
+    if not locks.holds(out) or not out.is_dir() or (out / finished_file).exists():
+        return
+    if not given_empty:
         shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in out.iterdir():
+        if locks.is_lock_file(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("run") / "run", stage="global")
+    return make_run(tmp_path_factory.mktemp("run") / "run")
 
 
 @pytest.fixture
@@ -127,6 +127,42 @@ def test_failed_atomic_write_leaves_no_temp_file(blocked, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def test_a_result_named_near_the_file_name_limit_is_written(drgan, tmp_path):
+    """Its temp sibling's name is cut to fit: it failed with 'File name too long' after the work."""
+    from drgan.io import HOST, NAME_MAX, TEMP_MARK, remove_temp_files
+    from helpers import dead_pid
+
+    data = tmp_path / "d"
+    assert drgan("phantom", "--out", data, "--count", "10", "--size", "64")[0] == 0
+    name = "é" * 100 + "y" * (NAME_MAX - 200 - 4) + ".png"  # 2-byte characters: the cut falls between them
+    assert len(name.encode()) == NAME_MAX
+    assert drgan("data", "contact-sheet", data, "--out", tmp_path / name, "--size", "16")[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", name]
+    left = tmp_path / f".{'é' * 100}x{TEMP_MARK}{dead_pid()}-1@{HOST}"  # a dead writer's cut temp name is still its own
+    left.write_bytes(b"")
+    remove_temp_files(tmp_path, recursive=False)
+    assert not left.exists()
+
+
+def test_a_run_whose_images_no_reader_takes_is_refused(drgan, tmp_path):
+    """tiny-64's global stage makes 32 px images: the set was written, then refused by every reader."""
+    small = make_run(tmp_path / "global", stage="global")
+    line = one_error(*drgan("synthesize", "--run", small, "--out", tmp_path / "set", "--count", "5", "--device", "cpu"))
+    assert line == (f"error: --run {small}: its global stage makes 32 px images; a set needs at least 64 px "
+                    "(synthesize from the local stage's run)")
+    assert not (tmp_path / "set").exists()
+
+
+def test_an_output_that_is_a_link_to_nothing_is_named_so(drgan, tmp_path, run):
+    """Each command said 'File exists' (exists() is False for the link, mkdir fails on it)."""
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "nowhere")
+    expected = f"error: {out}: cannot write ({out} is a symbolic link to the missing {tmp_path / 'nowhere'})"
+    assert one_error(*drgan("phantom", "--out", out, "--count", "10", "--size", "64")) == expected
+    assert one_error(*drgan("synthesize", "--run", run, "--out", out, "--count", "2", "--device", "cpu")) == expected
+    assert one_error(*drgan("data", "contact-sheet", run, "--out", out / "s.png")) == expected  # its folder is made
+
+
 def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
     synth = ["synthesize", "--run", run, "--out", tmp_path / "set", "--device", "cpu"]
     assert one_error(*drgan(*synth, "--per-grade", "0")) == "error: --per-grade 0: outside the range x>=1"
@@ -148,7 +184,7 @@ def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
 
 @pytest.mark.parametrize("bad", ["nan", "negative var"])
 def test_an_unusable_grading_space_is_refused_at_load(drgan, tmp_path, data, bad):
-    run = make_run(tmp_path / "run", stage="global")
+    run = make_run(tmp_path / "run")
     path = run / "grading_space.safetensors"
     tensors = load_tensors(path)
     if bad == "nan":
@@ -177,7 +213,7 @@ def test_run_json_out_of_range_or_unlike_its_weights_is_refused_before_building(
             built.append(next(self.parameters()).device.type)
 
     monkeypatch.setattr(nn, "DRGANGenerator", Recorded)
-    run = make_run(tmp_path / "run", stage="global")
+    run = make_run(tmp_path / "run")
     meta = json.loads((run / "run.json").read_text())
     for w_dim, expected in ((200_000, f"error: {run / 'run.json'}: invalid model config: w_dim 200000 is out of range"),
                             (128, f"error: {run / 'G_ema.safetensors'}: weights do not match the model")):
@@ -246,12 +282,12 @@ def test_info_of_a_run_refuses_a_preset_or_stage_it_would_ignore(drgan, run):
         assert one_error(*drgan("info", "--run", run, *extra)) == \
             f"error: --run {run}: the run gives the model and stage; drop {extra[0]}"
     rc, out, _ = drgan("info", "--checkpoint", run)
-    assert rc == 0 and "stage 'global'" in out
+    assert rc == 0 and "stage 'local'" in out
     total = next(line for line in out.splitlines() if line.startswith("total:"))
     assert " MFLOP per image" in total and not total.startswith("total: 0.0 ")  # GFLOP read 0.0 at tiny sizes
     rc, out, _ = drgan("info", "--run", run, "--json")
     report = json.loads(out)
-    assert rc == 0 and report["stage"] == "global" and report["params"] == sum(m["params"] for m in report["modules"])
+    assert rc == 0 and report["stage"] == "local" and report["params"] == sum(m["params"] for m in report["modules"])
 
 
 def test_synthesize_device_tpu_in_a_process_is_one_line():

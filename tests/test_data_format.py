@@ -229,11 +229,10 @@ def test_convertible_images_are_converted_and_reported(clean, tmp_path, mode):
         note = "grayscale converted to RGB"
     else:
         Image.fromarray(rgb).convert("P").save(path)
-        note = None
+        note = "palette converted to RGB"
     report = validate_dataset(root)
     assert report.problems == [] and report.ok == 5
-    if note:
-        assert any(note in n and "phantom_000002" in n for n in report.notes)
+    assert any(note in n and "phantom_000002" in n for n in report.notes)
     ds = FundusDataset(root, 64)
     x = ds[ds.ids.index("phantom_000002")]["image"]
     assert x.shape == (3, 64, 64) and x.min() >= -1 and x.max() <= 1

@@ -448,6 +448,41 @@ def test_grading_row_with_extra_fields_is_reported(request, tmp_path, kind, tabl
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize("kind, table, text, graded, conflicts", [
+    # 10_left's repeated row agrees and is taken; 10_right's rows (names differ in case only) do not.
+    ("eyepacs", "trainLabels.csv", "image,level\n10_left,0\n10_right,4\n13_left,2\n10_RIGHT,3\n10_left,0\n",
+     {"10_left": 0, "13_left": 2},
+     [("trainLabels.csv", 3, "10_right", "grade 4", "grade 3", "trainLabels.csv", 5),
+      ("trainLabels.csv", 5, "10_RIGHT", "grade 3", "grade 4", "trainLabels.csv", 3)]),
+    ("fgadr", FGADR_TABLE, "0001_1.png,0\n0002_1.png,2\n0003_2.PNG,3\n0004_3.png,4\n0002_1.png,\n",
+     {"0001_1": 0, "0003_2": 3, "0004_3": 4},
+     [(FGADR_TABLE, 2, "0002_1", "grade 2", "no grade", FGADR_TABLE, 5),
+      (FGADR_TABLE, 5, "0002_1", "no grade", "grade 2", FGADR_TABLE, 2)]),
+    ("idrid", IDRID_TRAIN_TABLE, "Image name,Retinopathy grade\nIDRiD_01,2\nIDRiD_02,3\nIDRiD_01.jpg,1\n",
+     {"IDRiD_02": 3, "IDRiD_55": 1},
+     [(IDRID_TRAIN_TABLE, 2, "IDRiD_01", "grade 2", "grade 1", IDRID_TRAIN_TABLE, 4),
+      (IDRID_TRAIN_TABLE, 4, "IDRiD_01", "grade 1", "grade 2", IDRID_TRAIN_TABLE, 2)]),
+    # Across tables: valid.txt grades 007-0006-000 2.
+    ("ddr", "DR_grading/train.txt", "007-0004-000.jpg 1\n007-0005-000.jpg 3\n007-0006-000.jpg 4\n",
+     {"007-0004-000": 1, "007-0005-000": 3, "007-0008-000": 4},
+     [("DR_grading/train.txt", 3, "007-0006-000", "grade 4", "grade 2", "DR_grading/valid.txt", 1),
+      ("DR_grading/valid.txt", 1, "007-0006-000", "grade 2", "grade 4", "DR_grading/train.txt", 3)]),
+])
+def test_id_graded_differently_twice_is_reported_and_not_imported(request, tmp_path, kind, table, text, graded,
+                                                                  conflicts):
+    """Which of two disagreeing rows is right cannot be told: each is listed with its file and line,
+    and the image is left out (not also listed as ungraded)."""
+    _, got, output = grading_case(request, tmp_path, kind, table, text)
+    src = tmp_path / "src"
+    assert got == graded
+    for table, line, name, grade, other, other_table, other_line in conflicts:
+        assert f"{src / table}:{line}: {name} has {grade}, but {other} at {src / other_table}:{other_line}; not imported" \
+            in output, output
+    name = conflicts[0][2].lower()
+    assert not [line for line in output.lower().splitlines() if f"{name}." in line and "no grade in" in line]
+    assert "Traceback" not in output
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, message", [

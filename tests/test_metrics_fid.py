@@ -1,5 +1,7 @@
 """FID: Frechet distance against an independent computation, Inception features, the CLI end to end."""
+import errno
 import json
+import os
 
 import numpy as np
 import PIL.Image
@@ -12,7 +14,7 @@ from skimage import data
 from drgan.cli import cli
 from drgan.cli.common import run_command
 from drgan.errors import DrganError
-from drgan.io import HOST, TEMP_MARK
+from drgan.io import HOST, TEMP_MARK, atomic_save
 from drgan.metrics.fid import (compute_fid, extract_features, feature_statistics, frechet_distance, load_inception,
                                preprocess, tf_bilinear_resize)
 from drgan.metrics.images import open_image_set
@@ -207,6 +209,69 @@ def test_fid_cache_and_no_cache_are_refused_together(tmp_path, image_folder, cap
             "--no-cache"]
     assert run_command(cli, args=args, prog_name="drgan") == 2  # two options that exclude each other: a usage error
     assert capsys.readouterr().err == "error: --cache and --no-cache contradict each other: give one\n"
+
+
+def _without_network(monkeypatch):
+    """Random 8-d features instead of the network's: the cache plumbing is what is checked."""
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr("drgan.metrics.fid.load_inception", lambda *args: None)
+    monkeypatch.setattr("drgan.metrics.fid.extract_features",
+                        lambda paths, *args, **kwargs: rng.random((len(paths), 8), dtype=np.float32))
+
+
+def _fid_lines(tmp_path, capsys, *cache_args):
+    """Exit code, stdout and the stderr lines of `drgan evaluate fid` on two small sets."""
+    real, fake = _two_grade_sets(tmp_path)
+    args = ["evaluate", "fid", "--real", str(real), "--fake", str(fake), "--device", "cpu", *cache_args]
+    code = run_command(cli, args=args, prog_name="drgan")
+    out, err = capsys.readouterr()
+    assert out.startswith(f"FID {fake} vs {real}: "), (out, err)
+    return code, err.splitlines()
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EFBIG, "cannot write (File too large)"), (errno.ENOSPC, "disk full"),
+                                          (errno.EACCES, "cannot write (Permission denied)")])
+def test_failed_cache_write_is_a_warning_and_leaves_no_partial_entry(tmp_path, monkeypatch, capsys, code, reason):
+    """`ulimit -f`, a full disk or a read-only folder fail the write after the features: the FID is still given."""
+    _without_network(monkeypatch)
+
+    def failing_save(tensors, path, metadata=None):
+        def write(tmp):
+            tmp.write_bytes(b"x" * 1000)  # part of the entry written
+            raise OSError(code, os.strerror(code))
+
+        atomic_save(path, write)
+
+    monkeypatch.setattr("drgan.metrics.fid.save_tensors", failing_save)
+    cache = tmp_path / "cache"
+    exit_code, err = _fid_lines(tmp_path, capsys, "--cache", str(cache))
+    assert exit_code == 0 and all(line.startswith("warning: ") for line in err), err
+    [warning] = [line for line in err if str(cache) in line]
+    assert reason in warning and "--cache DIR" in warning and "--no-cache" in warning
+    assert list(cache.iterdir()) == []
+
+
+def test_default_cache_folder_that_cannot_be_made_is_a_warning(tmp_path, monkeypatch, capsys):
+    _without_network(monkeypatch)
+    (tmp_path / "home").write_text("a file where the cache's parent folder should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    exit_code, err = _fid_lines(tmp_path, capsys)
+    assert exit_code == 0 and all(line.startswith("warning: ") for line in err), err
+    [warning] = [line for line in err if str(tmp_path / "home" / "drgan" / "fid") in line]
+    assert f"({tmp_path / 'home'} is a file, not a folder)" in warning and "--no-cache" in warning
+
+
+def test_cache_option_under_a_file_is_refused_before_any_feature(tmp_path, image_folder, monkeypatch, capsys):
+    """A --cache that can never be a folder is a mistyped path, unlike a folder that cannot be written."""
+    def no_features(*args, **kwargs):
+        raise AssertionError("features computed before --cache was checked")
+
+    monkeypatch.setattr("drgan.metrics.fid.extract_features", no_features)
+    (tmp_path / "file").write_text("mine")
+    args = ["evaluate", "fid", "--real", str(image_folder), "--fake", str(image_folder), "--cache",
+            str(tmp_path / "file" / "fid"), "--device", "cpu"]
+    assert run_command(cli, args=args, prog_name="drgan") == 1
+    assert capsys.readouterr().err == f"error: --cache {tmp_path / 'file' / 'fid'}: {tmp_path / 'file'} is a file, not a folder\n"
 
 
 def test_16_bit_grayscale_gives_the_features_of_its_8_bit_pixels(net, tmp_path):

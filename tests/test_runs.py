@@ -293,7 +293,7 @@ def test_fid_cache_that_cannot_be_written_fails_before_any_work(drgan, tmp_path,
     (tmp_path / "file").write_text("")
     cache = tmp_path / "file" / "fid"  # under a file: can never be created
     line = _one_error(*drgan("evaluate", "fid", "--real", data, "--fake", data, "--cache", cache, "--device", "cpu")[::2])
-    assert line.startswith(f"error: {cache}: cannot write")
+    assert line == f"error: --cache {cache}: {tmp_path / 'file'} is a file, not a folder"
 
 
 def test_a_run_folder_in_use_is_refused(drgan, tmp_path, data, lock_holder):

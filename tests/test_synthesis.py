@@ -261,8 +261,23 @@ def test_checkpoint_of_another_preset(tmp_path):
 def test_unwritable_output(run, tmp_path):
     # A path below a regular file cannot be created, whoever runs the test (root included).
     (tmp_path / "file").write_text("")
-    with pytest.raises(DrganError, match="output folder is not writable"):
+    with pytest.raises(DrganError, match=r"out: cannot write \(.*file is a file, not a folder\)$"):
         synthesize(opts(run, tmp_path / "file" / "out"))
+
+
+def test_a_set_whose_images_folder_cannot_be_written_is_refused_before_any_image(run, tmp_path, monkeypatch):
+    """The set's own folder was checked, not images/: a batch was generated, then the write failed."""
+    import os
+
+    out = tmp_path / "s"
+    synthesize(opts(run, out, count=8))
+    access, images = os.access, out / "images"
+    for path in sorted(images.iterdir())[4:]:  # as if killed after 4 images
+        path.unlink()
+    monkeypatch.setattr("drgan.io.os.access", lambda p, mode: Path(p) != images and access(p, mode))
+    with pytest.raises(DrganError, match=f"^{images}: cannot write \\({images} is not writable\\)$"):
+        synthesize(opts(run, out, count=8))
+    assert len(list(images.iterdir())) == 4
 
 
 def test_cli_bad_input_is_one_line(run, tmp_path):

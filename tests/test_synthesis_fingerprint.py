@@ -156,3 +156,11 @@ def test_cli_unknown_device_is_one_line(tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == ["error: --device 'tpu': expected auto, cpu, cuda or cuda:N"]
     assert not out.exists()
+
+
+def test_a_long_value_in_a_mismatch_keeps_its_quotes():
+    from drgan.synthesis.fingerprint import _show
+
+    assert _show("ab" * 32) == '"abababababab..."'
+    assert _show("short") == '"short"' and _show(3) == "3"
+    assert _show(list(range(20))).endswith("...")

@@ -464,3 +464,32 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path, space, monkeypatch):
     acc = EventAccumulator(str(run / "logs"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("loss/G_total")] == [1, 2, 3, 4]
+
+
+def test_a_failed_new_run_leaves_its_folder_as_given(tmp_path, space):
+    """A folder the user made (empty) stays, emptied; one the run made goes; the refused run's
+    folder of a failing start elsewhere is not touched."""
+    given = tmp_path / "mine"
+    given.mkdir()
+    with pytest.raises(DrganError, match="fewer than one batch"):
+        train_gan(options(tmp_path, space, out=str(given), batch=8), PhantomSet(4))
+    assert given.is_dir() and [p.name for p in given.iterdir() if not p.name.startswith(".drgan.lock")] == []
+    made = tmp_path / "made"
+    with pytest.raises(DrganError, match="fewer than one batch"):
+        train_gan(options(tmp_path, space, out=str(made), batch=8), PhantomSet(4))
+    assert not made.exists()
+
+
+def test_resume_into_a_folder_it_cannot_write_trains_no_step(tmp_path, space, monkeypatch):
+    """Before: the steps were trained, then the checkpoint (or TensorBoard's writer thread, with a
+    traceback) failed, and the steps were lost."""
+    import os
+
+    run = tmp_path / "run"
+    train_gan(options(tmp_path, space, max_steps=1), PhantomSet(4))
+    access = os.access
+    for folder in (run, run / "logs"):
+        monkeypatch.setattr("drgan.io.os.access", lambda p, mode, f=folder: Path(p) != f and access(p, mode))
+        with pytest.raises(DrganError, match=f"^{folder}: cannot write \\({folder} is not writable\\)$"):
+            train_gan(GanOptions(resume=str(run), max_steps=2), PhantomSet(4))
+        assert json.loads((run / "state.json").read_text())["step"] == 1

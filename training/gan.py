@@ -517,9 +517,10 @@ class GanTrainer:
 def train_gan(opts: GanOptions, dataset: Dataset | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume) one stage; `dataset` replaces `opts.data` (items as FundusDataset's).
 
-    A new run that fails before its first checkpoint leaves no run folder behind."""
+    A new run that fails before its first checkpoint leaves its folder as it was given: none, or empty."""
     out = Path(opts.out)
-    created = opts.resume is None and (not out.exists() or (out.is_dir() and not any(out.iterdir())))
+    given_empty = out.is_dir() and not any(out.iterdir())
+    fresh = opts.resume is None and (given_empty or not out.exists())
     try:
         trainer = GanTrainer(opts, dataset, overwrite)
         try:
@@ -527,7 +528,8 @@ def train_gan(opts: GanOptions, dataset: Dataset | None = None, overwrite: bool 
         finally:
             dist_util.teardown(trainer.info)
     except BaseException:
-        remove_unfinished(out, created, STATE_JSON)
+        if fresh:
+            remove_unfinished(out, given_empty, STATE_JSON)
         raise
     finally:
         locks.release(opts.resume or out)  # a resume writes the resumed run

@@ -106,7 +106,7 @@ def train_grader(
     A non-empty `out` is refused unless `overwrite` replaces a previous run or `resume` continues
     the grader run in it from its last epoch (its options hold, but for GRADER_RESUMABLE). `data`:
     the dataset folder, recorded so that a resume can reopen it and check it is unchanged. A new run
-    that fails before its first checkpoint leaves no run folder behind."""
+    that fails before its first checkpoint leaves its folder as it was given: none, or empty."""
     if len(train) == 0:
         raise DrganError("grader: the training split is empty")
     if len(val) == 0:
@@ -115,7 +115,8 @@ def train_grader(
         raise UsageError("{overwrite} starts a run over; {resume} continues one: give one of them")
     device = resolve_device(opts.device)
     out = Path(out)
-    created = not resume and (not out.exists() or (out.is_dir() and not any(out.iterdir())))
+    given_empty = out.is_dir() and not any(out.iterdir())
+    fresh = not resume and (given_empty or not out.exists())
     if resume:
         require_kind(out, "grader", "resume")
         require_checkpoint(out)
@@ -125,7 +126,8 @@ def train_grader(
     try:
         return _Training(train, val, out, opts, batch_transform, device, data, resume).fit()
     except BaseException:
-        remove_unfinished(out, created, STATE_JSON)
+        if fresh:
+            remove_unfinished(out, given_empty, STATE_JSON)
         raise
     finally:
         locks.release(out)

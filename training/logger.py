@@ -9,6 +9,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from drgan.data.contact_sheet import save_contact_sheet
+from drgan.io import check_writable_dir
 from drgan.synthesis.pixels import to_uint8
 
 LOG_DIR = "logs"
@@ -24,6 +25,9 @@ class RunLogger:
     ) -> None:
         self.run = run
         self.enabled = enabled
+        if enabled:  # a resumed run's folders: refused before a step is trained, not after
+            for folder in (run, run / LOG_DIR, run / SAMPLE_DIR):
+                check_writable_dir(folder)
         self.writer = SummaryWriter(str(run / LOG_DIR), purge_step=purge_step) if enabled else None
 
     def scalars(self, values: dict[str, float], step: int) -> None:

@@ -27,6 +27,14 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
+def _check_cache_option(cache: Path) -> None:
+    """Refuse a --cache with a file on its path before any work: a mistyped path, not a cache problem.
+    A folder that cannot be written only goes unwritten (a warning beside the FID)."""
+    existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ParameterError(f"{{cache}} {cache}: {existing} is a file, not a folder")
+
+
 def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
     click.echo(json.dumps(result, indent=2) if as_json else text)
 
@@ -48,15 +56,14 @@ def evaluate() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: bool, device: str, batch: int, as_json: bool) -> None:
     """Frechet Inception Distance between two image sets."""
-    from drgan.io import check_writable_dir
     from drgan.metrics.fid import compute_fid, default_cache_dir, format_fid
     from drgan.metrics.images import open_image_set
 
     if cache is not None and no_cache:  # --no-cache would ignore --cache without a word
         raise UsageError("{cache} and {no_cache} contradict each other: give one")
+    if cache is not None:
+        _check_cache_option(cache)  # before minutes of feature extraction, not after
     cache_dir = None if no_cache else (cache or default_cache_dir())
-    if cache_dir is not None:
-        check_writable_dir(cache_dir)  # before minutes of feature extraction, not after
     result = compute_fid(open_image_set(real), open_image_set(fake), per_grade=per_grade, device=_device(device),
                          batch=batch, cache_dir=cache_dir)
     for warning in result["warnings"]:

@@ -82,6 +82,7 @@ def read_rgb(path: str | Path) -> tuple[np.ndarray, list[str]]:
         notes.append(f"{path}: alpha channel dropped")
         img = img.convert("RGBA").convert("RGB")
     elif img.mode == "P":
+        notes.append(f"{path}: palette converted to RGB")
         img = img.convert("RGB")
     elif img.mode == "CMYK" or img.mode == "YCbCr":
         notes.append(f"{path}: {img.mode} converted to RGB")

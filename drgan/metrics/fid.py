@@ -14,7 +14,8 @@ re-quantising the resized values.
 
 Statistics of a real set are cached by content hash (files, grades, network file) in `cache_dir`,
 by default `$XDG_CACHE_HOME/drgan/fid` (`~/.cache/drgan/fid`): dataset folders are often read-only
-or shared, so nothing is written beside them.
+or shared, so nothing is written beside them. The cache only saves time: an entry that cannot be
+written is a warning, and the FID is computed all the same.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from drgan.checkpoint import save_tensors
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
-from drgan.io import remove_temp_files, sha256_file
+from drgan.io import remove_temp_files, sha256_file, write_error
 from drgan.metrics.images import MIN_SET_IMAGES, ImageSet, check_set_size, grade_average_line, load_rgb, shared_grades
 
 INCEPTION_SIZE = 299
@@ -188,10 +189,11 @@ def set_statistics(
     cache_dir: Path | None = None,
     weights: Path | None = None,
     progress: bool = True,
-) -> tuple[Stats, bool]:
+) -> tuple[Stats, bool, str | None]:
     """Statistics of a whole set and of each grade with MIN_SET_IMAGES images; read from / written to `cache_dir`.
 
-    Returns (stats, from_cache). `weights` names the network file for the cache key.
+    Returns (stats, from_cache, cache_warning): the warning says why the statistics could not be
+    cached, else None. `weights` names the network file for the cache key.
     """
     cache_path = None
     if cache_dir is not None:
@@ -204,20 +206,36 @@ def set_statistics(
                 with safe_open(str(cache_path), framework="pt") as f:
                     counts = json.loads(f.metadata()["counts"])
                     stats = {g: (f.get_tensor(f"{g}.mu").numpy(), f.get_tensor(f"{g}.sigma").numpy(), n) for g, n in counts.items()}
-                return stats, True
+                return stats, True, None
             except (SafetensorError, OSError, KeyError, TypeError, ValueError):
                 pass  # unreadable or partial cache entry: recompute and overwrite it
     features = extract_features(image_set.paths, net, batch, desc=f"features {image_set.root.name}", progress=progress)
     stats = _stats_from_features(features, image_set.grades)
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        remove_temp_files(cache_path.parent, recursive=False)  # entries (~200 MB) whose writer was killed
-        tensors = {}
-        for g, (mu, sigma, _) in stats.items():
-            tensors[f"{g}.mu"] = torch.from_numpy(mu)
-            tensors[f"{g}.sigma"] = torch.from_numpy(sigma)
-        save_tensors(tensors, cache_path, metadata={"counts": json.dumps({g: n for g, (_, _, n) in stats.items()})})
-    return stats, False
+    return stats, False, None if cache_path is None else _write_cache(cache_path, stats)
+
+
+def _write_cache(path: Path, stats: Stats) -> str | None:
+    """Write `stats` to the cache entry `path`; None, or a warning naming the entry and why it was not written.
+
+    A failure (folder not creatable or writable, disk full, file size limit) costs the next run its
+    features, never this run its FID. The atomic writer removes its temp file on failure, so no
+    partial entry is left.
+    """
+    tensors = {}
+    for g, (mu, sigma, _) in stats.items():
+        tensors[f"{g}.mu"] = torch.from_numpy(mu)
+        tensors[f"{g}.sigma"] = torch.from_numpy(sigma)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(path.parent, recursive=False)  # entries (~200 MB) whose writer was killed
+        save_tensors(tensors, path, metadata={"counts": json.dumps({g: n for g, (_, _, n) in stats.items()})})
+    except OSError as exc:
+        problem = str(write_error(path, exc))
+    except DrganError as exc:  # save_tensors' write error
+        problem = str(exc)
+    else:
+        return None
+    return f"{problem}; the real set's statistics are not cached (--cache DIR caches elsewhere, --no-cache skips it)"
 
 
 def compute_fid(
@@ -239,15 +257,15 @@ def compute_fid(
     grades = list(shared_grades(real, fake)) if per_grade else []
     weights_path = Path(weights) if weights is not None else inception_weights_path()
     net = load_inception(device, weights_path)
-    real_stats, cached = set_statistics(real, net, batch, cache_dir, weights_path, progress)
-    fake_stats, _ = set_statistics(fake, net, batch, None, weights_path, progress)
+    real_stats, cached, cache_warning = set_statistics(real, net, batch, cache_dir, weights_path, progress)
+    fake_stats, _, _ = set_statistics(fake, net, batch, None, weights_path, progress)
     mu_r, sigma_r, n_r = real_stats["all"]
     mu_f, sigma_f, n_f = fake_stats["all"]
     result: dict[str, Any] = {
         "fid": frechet_distance(mu_r, sigma_r, mu_f, sigma_f),
         "real": {"folder": str(real.root), "count": n_r, "cached": cached},
         "fake": {"folder": str(fake.root), "count": n_f},
-        "warnings": small_set_warnings({"real": n_r, "fake": n_f}),
+        "warnings": small_set_warnings({"real": n_r, "fake": n_f}) + ([cache_warning] if cache_warning else []),
     }
     if per_grade:
         per = {str(g): frechet_distance(*real_stats[str(g)][:2], *fake_stats[str(g)][:2]) for g in grades}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from drgan.errors import DrganError
 from drgan.locks import only_locks
@@ -26,9 +26,12 @@ def lesion_stats_id(path: str | None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _show(value) -> str:
+def _show(value: Any) -> str:
     text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 24 else text[:12] + "..."   # hashes: the start tells them apart
+    if len(text) <= 24:
+        return text
+    # hashes: the start tells them apart; a string keeps its closing quote
+    return json.dumps(value[:12] + "...") if isinstance(value, str) else text[:12] + "..."
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from drgan import locks
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
+from drgan.data.decode import MIN_SIDE
 from drgan.data.lesion_stats import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError, UsageError, name_list
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
@@ -146,7 +147,11 @@ def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
         return cfg.resolution, GradingSpace(torch.zeros(NUM_GRADES, cfg.z_dim), torch.ones(NUM_GRADES, cfg.z_dim), float("nan"))
     run = Path(opts.run)
     info = require_kind(run, "gan", "run")
-    return info.cfg.stage_resolution(info.stage), _grading_space(run, info.cfg.z_dim)
+    size = info.cfg.stage_resolution(info.stage)
+    if size < MIN_SIDE:  # every reader of a set (validate, evaluate, training) would refuse its images
+        raise ParameterError(f"{{run}} {run}: its {info.stage} stage makes {size} px images; a set needs at least "
+                             f"{MIN_SIDE} px (synthesize from the local stage's run)")
+    return size, _grading_space(run, info.cfg.z_dim)
 
 
 def _grading_space(run: Path, z_dim: int) -> GradingSpace:

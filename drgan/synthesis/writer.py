@@ -28,7 +28,7 @@ from drgan.data.format import MANIFEST_FILE, UNFINISHED
 from drgan.data.labels import LABELS_FILE
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
-from drgan.io import TEMP_MARK, atomic_write_bytes, remove_temp_files, sha256_file, write_error
+from drgan.io import TEMP_MARK, atomic_write_bytes, check_writable_dir, remove_temp_files, sha256_file, write_error
 from drgan.synthesis import fingerprint as fp
 from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
@@ -59,6 +59,7 @@ class OutputFolder:
         self.images = root / "images"
         self.times = times
         fp.check(root, fingerprint)  # before the folder is created or locked
+        check_writable_dir(root)
         self._created_root = not root.exists()
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,8 @@ class OutputFolder:
             probe.unlink()
         except OSError as exc:
             raise DrganError(f"{root}: output folder is not writable ({exc.strerror})") from None
+        for folder in (self.images, root / "masks"):  # a resumed set's: refused before any image is made
+            check_writable_dir(folder)
         locks.hold(root, shard)
         try:
             with locks.section(root):  # again, as another shard may have started the set meanwhile

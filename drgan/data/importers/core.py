@@ -15,7 +15,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -54,6 +54,7 @@ class Plan:
     skipped: list[str] = field(default_factory=list)        # "<file or id>: <reason>"
     missing: Counter = field(default_factory=Counter)       # channel -> images without a mask file
     notes: list[str] = field(default_factory=list)          # release content no channel holds
+    conflicting: set[str] = field(default_factory=set)      # lower-case names graded differently (see `graded`)
 
     def unlisted(self, grades: dict[str, int | None], images: dict[str, Path], folder: Path, where: str) -> None:
         """Skip the names a grading table lists that have no image file (`images` keyed by lower-case stem)."""
@@ -115,8 +116,9 @@ def too_long(plan: Plan, path: Path, line: int, extra: list[str], columns: int) 
     return True
 
 
-def header_rows(path: Path, plan: Plan) -> list[dict[str, str]]:
-    """The rows of a grading table with a header row, keyed by lower-case column name, cells stripped.
+def header_rows(path: Path, plan: Plan) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a grading table with a header row, each with its line number, keyed by lower-case
+    column name, cells stripped.
 
     A short row's missing cells read as empty, so a missing grade is reported with its image like an
     empty one; a row longer than the header is reported by `too_long` and left out.
@@ -125,8 +127,43 @@ def header_rows(path: Path, plan: Plan) -> list[dict[str, str]]:
     rows = []
     for row in csv_rows(reader, path):
         if not too_long(plan, path, reader.line_num, row.pop(None, []), len(reader.fieldnames)):
-            rows.append({k.strip().lower(): (v or "").strip() for k, v in row.items()})
+            rows.append((reader.line_num, {k.strip().lower(): (v or "").strip() for k, v in row.items()}))
     return rows
+
+
+class GradeRow(NamedTuple):
+    """One row of a grading table: the image name (stem) it grades and its grade."""
+    table: Path
+    line: int
+    name: str
+    grade: int | None
+
+
+def _grade_text(grade: int | None) -> str:
+    return "no grade" if grade is None else f"grade {grade}"
+
+
+def graded(plan: Plan, rows: list[GradeRow]) -> dict[str, int | None]:
+    """Name -> grade from all the grading rows of a release, keyed by the name as first spelt.
+
+    Names compare case-blind, as image files are matched. A name whose rows disagree (an empty
+    grade included) is left out and put in `plan.conflicting`: which row is right cannot be told,
+    so each of its rows is reported and its image is not imported. Rows repeating a grade agree and
+    are taken silently: a table added for a rerun (the README's IDRiD recipe) may repeat rows.
+    """
+    by_name: dict[str, list[GradeRow]] = {}
+    for row in rows:
+        by_name.setdefault(row.name.lower(), []).append(row)
+    grades: dict[str, int | None] = {}
+    for key, group in by_name.items():
+        if len({r.grade for r in group}) == 1:
+            grades[group[0].name] = group[0].grade
+            continue
+        plan.conflicting.add(key)
+        for r in group:
+            others = ", ".join(f"{_grade_text(o.grade)} at {o.table}:{o.line}" for o in group if o.grade != r.grade)
+            plan.skipped.append(f"{r.table}:{r.line}: {r.name} has {_grade_text(r.grade)}, but {others}; not imported")
+    return grades
 
 
 def tables(folder: Path, pattern: str, expected: str) -> list[Path]:
@@ -156,6 +193,8 @@ def add_item(plan: Plan, image: Path, grade: int | None, split: str | None, mask
     """Plan one image: graded 0..4 ones become items, the rest are skipped with the reason."""
     if (problem := id_problem(image.stem)) is not None:  # ids come from file names
         plan.skipped.append(f"{image}: {problem}")
+        return
+    if image.stem.lower() in plan.conflicting:  # its grading rows are reported
         return
     if grade is None:
         plan.skipped.append(f"{image}: no grade in {where}")

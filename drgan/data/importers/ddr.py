@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines,
-                                        tables, too_long)
+from drgan.data.importers.core import (GradeRow, Plan, add_item, files_by_stem, find_root, graded, lower_keys,
+                                        parse_grade, read_lines, tables, too_long)
 from drgan.errors import DrganError
 
 SEG = "lesion_segmentation"
@@ -23,25 +23,26 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MASK_EXTS = (".tif", ".tiff", ".png")
 
 
-def read_grades(folder: Path, plan: Plan) -> dict[str, int | None]:
-    """Image stem -> grade from every DR_grading/*.txt.
+def grade_rows(folder: Path, plan: Plan) -> list[GradeRow]:
+    """The graded image stems of every DR_grading/*.txt.
 
     A line without a grade reads as an empty grade, reported with its image; one with more than a
     name and a grade is reported and not read (`too_long`).
     """
-    grades: dict[str, int | None] = {}
+    rows = []
     for table in tables(folder, "*.txt", "grading lists (train.txt, valid.txt, test.txt)"):
         for number, line in enumerate(read_lines(table), 1):
             parts = line.split()
             if parts and not too_long(plan, table, number, parts[2:], 2):
-                grades[Path(parts[0]).stem] = parse_grade(parts[1]) if len(parts) >= 2 else None
-    return grades
+                grade = parse_grade(parts[1]) if len(parts) >= 2 else None
+                rows.append(GradeRow(table, number, Path(parts[0]).stem, grade))
+    return rows
 
 
 def scan(src: Path) -> Plan:
     root = find_root(src, SEG, "DDR")
     plan = Plan(root)
-    grades = lower_keys(read_grades(root / GRADING, plan))
+    grades = lower_keys(graded(plan, grade_rows(root / GRADING, plan)))
     where = f"{GRADING}/*.txt"
     for folder, split in SPLITS.items():
         part = root / SEG / folder

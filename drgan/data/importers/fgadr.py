@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, lower_keys, parse_grade, read_lines,
-                                        tables, too_long)
+from drgan.data.importers.core import (GradeRow, Plan, add_item, files_by_stem, find_root, graded, lower_keys,
+                                        parse_grade, read_lines, tables, too_long)
 from drgan.io import csv_rows
 
 IMAGE_DIR = "Original_Images"
@@ -25,8 +25,8 @@ UNMAPPED_DIRS = ("IRMA_Masks",)
 EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
-def read_grades(path: Path, plan: Plan) -> dict[str, int | None]:
-    """Image stem -> grade from the release's CSV (no header; a header row is tolerated).
+def grade_rows(path: Path, plan: Plan) -> list[GradeRow]:
+    """The graded image stems of the release's CSV (no header; a header row is tolerated).
 
     A row without a grade cell reads as an empty grade, reported with its image; one with more
     fields than a name and a grade is reported and not read (`too_long`).
@@ -35,20 +35,15 @@ def read_grades(path: Path, plan: Plan) -> dict[str, int | None]:
     rows = [(reader.line_num, r) for r in csv_rows(reader, path)]
     if rows and len(rows[0][1]) >= 2 and parse_grade(rows[0][1][1]) is None:
         rows = rows[1:]
-    grades: dict[str, int | None] = {}
-    for line, r in rows:
-        if r and r[0].strip() and not too_long(plan, path, line, r[2:], 2):
-            grades[Path(r[0].strip()).stem] = parse_grade(r[1]) if len(r) >= 2 else None
-    return grades
+    return [GradeRow(path, line, Path(r[0].strip()).stem, parse_grade(r[1]) if len(r) >= 2 else None)
+            for line, r in rows if r and r[0].strip() and not too_long(plan, path, line, r[2:], 2)]
 
 
 def scan(src: Path) -> Plan:
     root = find_root(src, IMAGE_DIR, "FGADR Seg-set")
     grading = tables(root, "*.csv", f"grading CSV (image name, grade) beside {IMAGE_DIR}/")
     plan = Plan(root)
-    grades: dict[str, int | None] = {}
-    for table in grading:
-        grades.update(read_grades(table, plan))
+    grades = graded(plan, [row for table in grading for row in grade_rows(table, plan)])
     images = files_by_stem(root / IMAGE_DIR, EXTS, plan)
     masks = {ch: files_by_stem(root / d, EXTS, plan) for d, ch in MASK_DIRS.items()}
     for d in UNMAPPED_DIRS:

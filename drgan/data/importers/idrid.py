@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drgan.data.importers.core import (Plan, add_item, files_by_stem, find_root, header_rows, lower_keys, parse_grade,
-                                        tables)
+from drgan.data.importers.core import (GradeRow, Plan, add_item, files_by_stem, find_root, graded, header_rows,
+                                        lower_keys, parse_grade, tables)
 from drgan.errors import DrganError
 
 SEG = "A. Segmentation"
@@ -25,16 +25,16 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 MASK_EXTS = (".tif", ".tiff", ".png")
 
 
-def read_grades(folder: Path, plan: Plan) -> dict[str, int | None]:
-    """Image name -> grade from every grading table of the release (rows not read go to `plan`)."""
-    grades: dict[str, int | None] = {}
+def grade_rows(folder: Path, plan: Plan) -> list[GradeRow]:
+    """The graded image names of every grading table of the release (rows not read go to `plan`)."""
+    rows = []
     for table in tables(folder, "*.csv", "grading table (*.csv with 'Image name', 'Retinopathy grade')"):
-        for row in header_rows(table, plan):
+        for line, row in header_rows(table, plan):
             if "image name" not in row or "retinopathy grade" not in row:
                 raise DrganError(f"{table}: needs columns 'Image name' and 'Retinopathy grade'")
             if row["image name"]:
-                grades[Path(row["image name"]).stem] = parse_grade(row["retinopathy grade"])
-    return grades
+                rows.append(GradeRow(table, line, Path(row["image name"]).stem, parse_grade(row["retinopathy grade"])))
+    return rows
 
 
 def _split(set_name: str) -> str | None:
@@ -45,7 +45,7 @@ def _split(set_name: str) -> str | None:
 def scan(src: Path) -> Plan:
     root = find_root(src, IMAGES, "IDRiD")
     plan = Plan(root)
-    grades = read_grades(root / GRADES, plan)
+    grades = graded(plan, grade_rows(root / GRADES, plan))
     lookup = lower_keys(grades)
     where = f"{GRADES}/*.csv"
     images: dict[str, Path] = {}

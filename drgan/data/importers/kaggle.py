@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drgan.data.importers.core import Plan, add_item, files_by_stem, find_root, header_rows, lower_keys, parse_grade
+from drgan.data.importers.core import (GradeRow, Plan, add_item, files_by_stem, find_root, graded, header_rows,
+                                        lower_keys, parse_grade)
 from drgan.errors import DrganError
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
@@ -16,9 +17,10 @@ def scan_table(src: Path, what: str, table: str, image_dir: str, id_col: str, gr
     path = root / table
     plan = Plan(root)
     rows = header_rows(path, plan)
-    if rows and not {id_col, grade_col} <= rows[0].keys():
+    if rows and not {id_col, grade_col} <= rows[0][1].keys():
         raise DrganError(f"{path}: needs columns {id_col},{grade_col}")
-    grades = {Path(r[id_col]).stem: parse_grade(r[grade_col]) for r in rows if r[id_col]}
+    grades = graded(plan, [GradeRow(path, line, Path(r[id_col]).stem, parse_grade(r[grade_col]))
+                           for line, r in rows if r[id_col]])
     if not (root / image_dir).is_dir():
         raise DrganError(f"{root / image_dir}: image folder not found")
     images = files_by_stem(root / image_dir, IMAGE_EXTS, plan)
