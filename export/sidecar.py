@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from drgan.io import atomic_write_json
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.export.wrapper import input_shapes
 from drgan.nn import DRGANGenerator
 
@@ -39,7 +39,7 @@ class BatchProfile:
         given = ["{" + k + "}" for k, v in ranged.items() if v is not None]
         if batch is not None:
             if given:
-                raise ParameterError(f"{{batch}} sets a fixed batch size; do not combine it with {', '.join(given)}")
+                raise UsageError(f"{{batch}} sets a fixed batch size; do not combine it with {', '.join(given)}")
             if batch < 1:
                 raise ParameterError(f"{{batch}} {batch}: must be at least 1")
             return cls(batch, batch, batch)

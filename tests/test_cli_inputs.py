@@ -278,9 +278,9 @@ def test_repeated_or_unknown_grades_are_refused_before_the_balance_warning(drgan
 
 
 def test_info_of_a_run_refuses_a_preset_or_stage_it_would_ignore(drgan, run):
-    for extra in (["--preset", "paper-1280"], ["--stage", "local"]):
-        assert one_error(*drgan("info", "--run", run, *extra)) == \
-            f"error: --run {run}: the run gives the model and stage; drop {extra[0]}"
+    for extra in (["--preset", "paper-1280"], ["--stage", "local"]):  # options that exclude each other: usage
+        assert drgan("info", "--run", run, *extra) == \
+            (2, "", f"error: --run {run}: the run gives the model and stage; drop {extra[0]}\n")
     rc, out, _ = drgan("info", "--checkpoint", run)
     assert rc == 0 and "stage 'local'" in out
     total = next(line for line in out.splitlines() if line.startswith("total:"))

@@ -1,6 +1,7 @@
 """Metrics by name: the registry's names and errors, each metric's result against its module's own,
 and `drgan evaluate metrics` end to end."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -151,6 +152,26 @@ def test_cli_metrics_options_no_metric_reads_are_refused(sets, grader, capsys):
     assert capsys.readouterr().err == "error: --real-split 'test' is a split of --real: give --real too\n"
     assert run_command(cli, args=base + ["--grader", str(grader)], prog_name="drgan") == 1
     assert capsys.readouterr().err == "error: --grader is read by the grading metric only: add grading to --metrics (fidelity)\n"
+    base = ["evaluate", "metrics", "--fake", str(fake), "--real", str(real), "--metrics", "fid,grading", "--grader", str(grader)]
+    assert run_command(cli, args=base + ["--max-images", "6"], prog_name="drgan") == 1
+    assert capsys.readouterr().err == "error: --max-images caps swd and fidelity only: add one of them to --metrics (fid,grading)\n"
+    assert run_command(cli, args=base + ["--seed", "3"], prog_name="drgan") == 1
+    assert capsys.readouterr().err == "error: --seed draws swd's patches only: add swd to --metrics (fid,grading)\n"
+
+
+def test_cli_metrics_checks_every_metric_before_running_any(sets, tmp_path, capsys, monkeypatch):
+    """A set without masks failed fidelity after FID and SWD had run (minutes at scale)."""
+    real, fake = sets
+    bare = tmp_path / "bare"
+    shutil.copytree(fake, bare)
+    shutil.rmtree(bare / "masks")
+    monkeypatch.setattr("drgan.metrics.fid.compute_fid", lambda *a, **k: pytest.fail("FID ran"))
+    args = ["evaluate", "metrics", "--fake", str(bare), "--real", str(real), "--metrics", "fid,fidelity"]
+    assert run_command(cli, args=args, prog_name="drgan") == 1
+    assert capsys.readouterr().err == (f"error: {bare}: no condition mask in its images: condition fidelity needs "
+                                       "masks/<id>/<name>.png (drgan synthesize --save-masks)\n")
+    assert run_command(cli, args=args[:-1] + ["fid,grading"], prog_name="drgan") == 1
+    assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"
 
 
 def test_command_line_imports_without_torch():

@@ -379,3 +379,24 @@ def test_install_and_find_package(build):
     _run(["cmake", "--build", str(app / "build")])
     out = _run([str(app / "build/consumer")], env={"LD_LIBRARY_PATH": str(library.parent)}).stdout
     assert out.split() == ["DRGAN_ERROR_WORKSPACE", "256"]
+
+
+def _generator_choices() -> dict[str, list[str]]:
+    """What native/gen_kernels.py accepts, from its own --help: CMake must refuse the rest."""
+    import re
+
+    text = _run([sys.executable, str(ROOT / "native/gen_kernels.py"), "--help"]).stdout
+    return {var: re.search(rf"{flag} \{{([\d,]+)\}}", text).group(1).split(",")
+            for var, flag in (("DRGAN_CUDA_ARCHS", "--arch"), ("DRGAN_QK_BLOCKS", "--qk-block"))}
+
+
+@pytest.mark.parametrize("var, value, bad", [("DRGAN_CUDA_ARCHS", "80;75", "75"), ("DRGAN_QK_BLOCKS", "48", "48")])
+def test_configure_refuses_a_value_the_kernel_generator_does_not_accept(tmp_path, var, value, bad):
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else ["-G", "Unix Makefiles"]
+    result = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path / "build"), *generator, f"-D{var}={value}",
+                             f"-DPython3_EXECUTABLE={sys.executable}"], capture_output=True, text=True)
+    text = " ".join((result.stdout + result.stderr).split())  # CMake wraps its error messages
+    assert result.returncode != 0, text
+    assert f"{var}=\"{value}\": '{bad}' is not supported" in text, text
+    assert f"one of {', '.join(_generator_choices()[var])}" in text, text
+    assert not (tmp_path / "build/build.ninja").exists() and not (tmp_path / "build/Makefile").exists()

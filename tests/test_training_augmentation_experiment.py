@@ -128,12 +128,18 @@ def test_augment_experiment_output_folder_is_its_own(tmp_path):
     assert again == first  # the arm resumed from its checkpoint: the same grader
     with pytest.raises(DrganError, match=r"holds an augmentation experiment with other settings \(epochs: 1 there, 2 now\)"):
         run_augment_experiment(real, fake, real, out, **{**args, "epochs": 2})
-    record = json.loads((out / "experiment.json").read_text())  # as written before the data's sha256s
-    record = {k: v for k, v in record.items() if not k.endswith("_sha256")} | {"real": str(real), "synthetic": str(fake)}
-    (out / "experiment.json").write_text(json.dumps(record))
+    now = json.loads((out / "experiment.json").read_text())
+    untested = {k: v for k, v in now.items() if not k.startswith("test_")}  # as written before the test set
+    by_path = {k: v for k, v in untested.items() if not k.endswith("_sha256")} | {"real": str(real), "synthetic": str(fake)}
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")}
-    again, _ = run_augment_experiment(real, fake, real, out, **args)
-    assert again == first and {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")} == stamp
+    for record in (untested, by_path):
+        (out / "experiment.json").write_text(json.dumps(record))
+        again, _ = run_augment_experiment(real, fake, real, out, **args)
+        assert again == first and {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")} == stamp
+        assert json.loads((out / "experiment.json").read_text()) == now
+    test = write_phantom_dataset(tmp_path / "test", 10, 64, seed=3)
+    with pytest.raises(DrganError, match=r"other settings \(test_sha256: "):
+        run_augment_experiment(real, fake, test, out, **args)  # its results would replace the first test set's
     other = write_phantom_dataset(tmp_path / "other", 10, 64, seed=2, grades=[4, 3] * 5, split=False)
     with pytest.raises(DrganError, match=r"other settings \(synthetic_sha256: '[0-9a-f]{12}\.\.\.' there, '[0-9a-f]{12}\.\.\.' now\)"):
         run_augment_experiment(real, other, real, out, **args)  # the same arms would be kept on other data

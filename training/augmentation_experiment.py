@@ -122,11 +122,13 @@ def data_sha256(folder: str | Path) -> str:
     return sha256_file(manifest if manifest.is_file() else Path(folder) / LABELS_FILE)
 
 
-def _typed_paths_upgrade(settings: dict[str, Any], typed: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """An experiment.json that named its data by the paths typed (before the sha256s) counts as
-    `settings` when it ran with them and the same paths, so its finished arms are kept."""
-    same = {k: v for k, v in settings.items() if not k.endswith("_sha256")}
-    return lambda earlier: settings if earlier == {**same, **typed} else earlier
+def _older_records(settings: dict[str, Any], typed: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """An experiment.json of an earlier version counts as `settings` when it ran with them, so its
+    finished arms are kept: one without the test set (no arm trains on it), and one that also named
+    its training data by the paths typed instead of their sha256s."""
+    untested = {k: v for k, v in settings.items() if k not in ("test_sha256", "test_split")}
+    by_path = {k: v for k, v in untested.items() if not k.endswith("_sha256")} | typed
+    return lambda earlier: settings if earlier in (untested, by_path) else earlier
 
 
 def _test_split(folder: Path) -> str | None:
@@ -195,16 +197,18 @@ def run_augment_experiment(
         arms[f"real+{kind}"] = _Union([real_train, MixedGradeDataset(real_train, fake.grades, kind, seed)])
 
     out = Path(out)
-    # The data an arm trained on is named by its content, not by the path typed: a rerun from another
-    # directory, on another synthesized set or after the set grew must not keep arms trained on other data.
+    # The data is named by its content, not by the path typed: a rerun from another directory, on
+    # another synthesized set or after the set grew must not keep arms trained on other data, nor
+    # replace the results of another test set.
     settings = {**opts.to_dict(), "resolution": resolution, "arms": list(arms),
-                "real_sha256": data_sha256(real), "synthetic_sha256": data_sha256(synthetic)}
+                "real_sha256": data_sha256(real), "synthetic_sha256": data_sha256(synthetic),
+                "test_sha256": data_sha256(test), "test_split": split}
     result: dict[str, Any] = {
         "protocol": {**settings, "real": str(Path(real).resolve()), "synthetic": str(Path(synthetic).resolve())},
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
         "arms": {},
     }
-    upgrade = _typed_paths_upgrade(settings, {"real": str(real), "synthetic": str(synthetic)})
+    upgrade = _older_records(settings, {"real": str(real), "synthetic": str(synthetic)})
     with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment", upgrade=upgrade), resumed_by_rerun():
         for name, train in arms.items():
             run = out / name.replace("+", "_")

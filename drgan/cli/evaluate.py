@@ -154,13 +154,18 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
 def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str, grader: Path | None, per_grade: bool,
             max_images: int | None, seed: int, device: str, as_json: bool) -> None:
     """Metrics by name on one set (and a reference set): one table, or one JSON object."""
-    from drgan.metrics.registry import MetricInputs, calc_metric, format_metrics, metric_list
+    from drgan.metrics.registry import MetricInputs, calc_metric, check_inputs, format_metrics, metric_list
 
     names = metric_list(metrics)
     if grader is not None and "grading" not in names:  # no other metric reads it
         raise ParameterError(f"{{grader}} is read by the grading metric only: add grading to {{metrics}} ({metrics})")
+    if max_images is not None and not {"swd", "fidelity"} & set(names):
+        raise ParameterError(f"{{max_images}} caps swd and fidelity only: add one of them to {{metrics}} ({metrics})")
+    if seed != 0 and "swd" not in names:
+        raise ParameterError(f"{{seed}} draws swd's patches only: add swd to {{metrics}} ({metrics})")
     inputs = MetricInputs(fake=fake, real=real, real_split=real_split, grader=grader, device=_device(device),
                           max_images=max_images, seed=seed, per_grade=per_grade)
+    check_inputs(names, inputs)
     results: dict[str, Any] = {}
     for name in names:
         result = calc_metric(name, inputs)

@@ -6,7 +6,7 @@ import json
 import click
 
 from drgan.config import PRESETS, STAGES, preset
-from drgan.errors import ParameterError
+from drgan.errors import UsageError
 
 
 @click.command()
@@ -27,7 +27,7 @@ def info(preset_name: str | None, stage: str | None, run: str | None, as_json: b
         return
     if preset_name is not None or stage is not None:  # the run's own config and stage would silently win
         given = "{preset}" if preset_name is not None else "{stage}"
-        raise ParameterError(f"{{run}} {run}: the run gives the model and stage; drop " + given)
+        raise UsageError(f"{{run}} {run}: the run gives the model and stage; drop " + given)
     from drgan.runs import read_run
 
     meta = read_run(run)

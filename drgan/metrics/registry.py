@@ -71,6 +71,20 @@ def metric_list(metrics: str) -> list[str]:
     return names
 
 
+def check_inputs(names: list[str], inputs: MetricInputs) -> None:
+    """What the metrics `names` need that a quick look tells, for all of them before any runs: the
+    last of a list must not fail after minutes of the others."""
+    for name in names:
+        if name in ("fid", "swd"):
+            _real(inputs, name)
+        elif name == "grading" and inputs.grader is None:
+            raise _no_grader()
+        elif name == "fidelity":
+            from drgan.metrics.fidelity import check_has_masks
+
+            check_has_masks(inputs.fake)
+
+
 def calc_metric(metric: str, inputs: MetricInputs) -> Result:
     """The flat result of the metric named `metric` on `inputs`."""
     if metric not in _METRICS:
@@ -88,6 +102,10 @@ def format_metrics(result: Result) -> str:
     rows = {key: value for key, value in result.items() if key != "warnings"}
     width = max(map(len, rows), default=0)
     return "\n".join(f"{key:<{width}}  {cell(value)}" for key, value in rows.items())
+
+
+def _no_grader() -> ParameterError:
+    return ParameterError("grading needs a grader: give its run folder {grader}")
 
 
 def _real(inputs: MetricInputs, metric: str) -> Path:
@@ -163,7 +181,7 @@ def grading(inputs: MetricInputs) -> Result:
     """A grader's accuracy and quadratic-weighted kappa on the fake set by its labels, and on the
     real set when given (drgan.metrics.grade_prediction.grade_dataset)."""
     if inputs.grader is None:
-        raise ParameterError("grading needs a grader: give its run folder {grader}")
+        raise _no_grader()
     from drgan.metrics.grade_prediction import grade_dataset
 
     flat: Result = {}
