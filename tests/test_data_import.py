@@ -483,6 +483,21 @@ def test_id_graded_differently_twice_is_reported_and_not_imported(request, tmp_p
     assert "Traceback" not in output
 
 
+def test_rerun_after_a_table_contradicts_a_converted_image_keeps_the_dataset_valid(eyepacs, tmp_path):
+    """labels.csv is rewritten from the rerun: the image it no longer lists goes with it (it stayed,
+    and data validate refused the dataset)."""
+    src, out = tmp_path / "src", tmp_path / "ds"
+    shutil.copytree(eyepacs, src)
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    with open(src / "trainLabels.csv", "a") as f:
+        f.write("13_left,3\n")
+    report = import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert set(labels(out)) == {"10_left", "10_right"}
+    assert not (out / "images" / "13_left.png").exists() and not (out / "masks" / "13_left").exists()
+    assert any(note.startswith("removed 1 image(s) an earlier run imported") for note in report.notes)
+    assert validate_dataset(out).problems == []
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, message", [

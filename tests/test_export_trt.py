@@ -105,7 +105,7 @@ def test_cli_trt_without_tensorrt_exits_1_with_one_line(run):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--aoti", "--batch", "4", "--max-batch", "8"], "do not combine it with --max-batch"),
+        (["--batch", "4", "--max-batch", "8"], "do not combine it with --max-batch"),
         (["--precision", "fp16"], "applies to --trt and --aoti"),
         (["--batch", "4"], "--batch sets the batch range of an engine or package: add --trt or --aoti"),
         (["--onnx", "--min-batch", "1", "--opt-batch", "2"], "--min-batch, --opt-batch set the batch range"),

@@ -109,7 +109,7 @@ def test_a_set_without_masks_is_refused_not_reported_empty(phantoms, tmp_path, c
     args = ["evaluate", "fidelity", "--fake", str(bare), "--real", str(phantoms), "--resolution", "64"]
     assert run_command(cli, args=args, prog_name="drgan") == 1
     assert capsys.readouterr().err == (f"error: {bare}: no condition mask in the 15 image(s) measured: condition fidelity "
-                                       "needs masks/<id>/<name>.png (drgan synthesize --save-masks)\n")
+                                       "needs masks/<id>/<name>.png (a synthesized set: drgan synthesize --save-masks)\n")
 
 
 def test_real_split_without_real_is_refused_not_ignored(phantoms, capsys):

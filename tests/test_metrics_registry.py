@@ -169,7 +169,10 @@ def test_cli_metrics_checks_every_metric_before_running_any(sets, tmp_path, caps
     args = ["evaluate", "metrics", "--fake", str(bare), "--real", str(real), "--metrics", "fid,fidelity"]
     assert run_command(cli, args=args, prog_name="drgan") == 1
     assert capsys.readouterr().err == (f"error: {bare}: no condition mask in its images: condition fidelity needs "
-                                       "masks/<id>/<name>.png (drgan synthesize --save-masks)\n")
+                                       "masks/<id>/<name>.png (a synthesized set: drgan synthesize --save-masks)\n")
+    args = ["evaluate", "metrics", "--fake", str(fake), "--real", str(bare), "--metrics", "fid,fidelity"]
+    assert run_command(cli, args=args, prog_name="drgan") == 1  # the reference set is measured beside it
+    assert capsys.readouterr().err.startswith(f"error: {bare}: no condition mask in its images")
     assert run_command(cli, args=args[:-1] + ["fid,grading"], prog_name="drgan") == 1
     assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from drgan import runs
 from drgan.runs import generator_weights, read_run
 from drgan.config import preset
 from drgan.errors import DrganError
@@ -466,18 +467,39 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path, space, monkeypatch):
     assert [e.step for e in acc.Scalars("loss/G_total")] == [1, 2, 3, 4]
 
 
-def test_a_failed_new_run_leaves_its_folder_as_given(tmp_path, space):
-    """A folder the user made (empty) stays, emptied; one the run made goes; the refused run's
-    folder of a failing start elsewhere is not touched."""
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # TensorBoard's writer, left running
+def test_a_failed_new_run_leaves_its_folder_as_given(tmp_path, space, monkeypatch, lock_holder):
+    """A folder the user made (empty) stays, emptied, however often a run fails in it; one the run
+    made goes; a run refused by another process's lock touches nothing of it."""
+    from drgan.training.logger import RunLogger
+
+    def fail(*args, **kwargs):
+        raise DrganError("disk gone")
+
+    monkeypatch.setattr(RunLogger, "scalars", fail)  # after run.json and logs/ are written
     given = tmp_path / "mine"
     given.mkdir()
-    with pytest.raises(DrganError, match="fewer than one batch"):
-        train_gan(options(tmp_path, space, out=str(given), batch=8), PhantomSet(4))
-    assert given.is_dir() and [p.name for p in given.iterdir() if not p.name.startswith(".drgan.lock")] == []
+    for _ in range(2):
+        with pytest.raises(DrganError, match="disk gone"):
+            train_gan(options(tmp_path, space, out=str(given), max_steps=1), PhantomSet(4))
+        assert given.is_dir() and [p.name for p in given.iterdir() if not p.name.startswith(".drgan.lock")] == []
     made = tmp_path / "made"
-    with pytest.raises(DrganError, match="fewer than one batch"):
-        train_gan(options(tmp_path, space, out=str(made), batch=8), PhantomSet(4))
+    with pytest.raises(DrganError, match="disk gone"):
+        train_gan(options(tmp_path, space, out=str(made), max_steps=1), PhantomSet(4))
     assert not made.exists()
+    other = tmp_path / "other"
+    lock_holder(other)  # another process's new run: it writes run.json once this one has looked
+    check_out = runs.check_out
+
+    def looked(out, *args):
+        found = check_out(out, *args)
+        (out / "run.json").write_text("{}")
+        return found
+
+    monkeypatch.setattr(runs, "check_out", looked)
+    with pytest.raises(DrganError, match="in use by another drgan process"):
+        train_gan(options(tmp_path, space, out=str(other), max_steps=1), PhantomSet(4))
+    assert (other / "run.json").read_text() == "{}"
 
 
 def test_resume_into_a_folder_it_cannot_write_trains_no_step(tmp_path, space, monkeypatch):

@@ -455,11 +455,11 @@ class GanTrainer:
             )
         logger = RunLogger(self.run, enabled=self.info.is_main, purge_step=self.step + 1 if o.resume else None)  # the checkpoint holds its step
         report: dict[str, Any] = {"run": str(self.run), "stage": self.stage, "log": [], "samples": []}
-        if self.info.is_main and self.step == 0:
-            report["samples"].append(self.samples(logger))
         bar = tqdm(total=limit, initial=self.step, desc=f"gan {self.stage}", unit="step", dynamic_ncols=True, disable=not self.info.is_main)
         saved_at = self.step if o.resume else -1
-        try:
+        try:  # the logger's writer thread is stopped however this ends, before its folder may go
+            if self.info.is_main and self.step == 0:
+                report["samples"].append(self.samples(logger))
             while self.step < limit:
                 self.sampler.set_epoch(self.epoch, self.next_batch)
                 if hasattr(self.dataset, "set_epoch"):
@@ -519,7 +519,7 @@ def train_gan(opts: GanOptions, dataset: Dataset | None = None, overwrite: bool 
 
     A new run that fails before its first checkpoint leaves its folder as it was given: none, or empty."""
     out = Path(opts.out)
-    given_empty = out.is_dir() and not any(out.iterdir())
+    given_empty = out.is_dir() and locks.only_locks(out)  # a lock file: left by an earlier failure
     fresh = opts.resume is None and (given_empty or not out.exists())
     try:
         trainer = GanTrainer(opts, dataset, overwrite)

@@ -115,7 +115,7 @@ def train_grader(
         raise UsageError("{overwrite} starts a run over; {resume} continues one: give one of them")
     device = resolve_device(opts.device)
     out = Path(out)
-    given_empty = out.is_dir() and not any(out.iterdir())
+    given_empty = out.is_dir() and locks.only_locks(out)  # a lock file: left by an earlier failure
     fresh = not resume and (given_empty or not out.exists())
     if resume:
         require_kind(out, "grader", "resume")

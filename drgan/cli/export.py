@@ -49,12 +49,12 @@ def export(
         device=device, external_data=external_data or None, pad_qk=pad_qk, trt_plugin=trt_plugin, opt_level=opt_level,
         timing_cache=timing_cache,
     )
+    profile = BatchProfile.from_options(batch, min_batch, opt_batch, max_batch)  # first: a usage error
     given = [f"{{{k}}}" for k, v in (("batch", batch), ("min_batch", min_batch), ("opt_batch", opt_batch),
                                      ("max_batch", max_batch)) if v is not None]
     if given and not (want_trt or want_aoti):  # the ONNX file's batch axis is dynamic: they would be ignored
         verb = "sets" if len(given) == 1 else "set"
         raise ParameterError(f"{', '.join(given)} {verb} the batch range of an engine or package: add {{trt}} or {{aoti}}")
-    profile = BatchProfile.from_options(batch, min_batch, opt_batch, max_batch)
     log = functools.partial(click.echo, err=as_json)
     manifest = export_run(run, out, options, profile, stage, log=log)  # killed: run_command lets it remove its temp folder
     if as_json:

@@ -172,19 +172,19 @@ def dataset_fidelity(root: str | Path, resolution: int | None = None, split: str
     return result
 
 
-def check_has_masks(root: str | Path) -> None:
+def check_has_masks(root: str | Path, split: str | None = None) -> None:
     """Refuse a dataset without one mask file of a condition group before any image is read (a set
     synthesized without --save-masks): fidelity would find out only after reading them all."""
     from drgan.data.format import open_dataset
 
     names = {name for group in GROUPS for name in group.channels}
-    if not any(names & sample.masks.keys() for sample in open_dataset(root).samples):
+    if not any(names & sample.masks.keys() for sample in open_dataset(root, split=split).samples):
         raise _no_masks(root, "its images")
 
 
 def _no_masks(root: str | Path, where: str) -> DrganError:
     return DrganError(f"{root}: no condition mask in {where}: condition fidelity needs masks/<id>/<name>.png "
-                      "(drgan synthesize --save-masks)")
+                      "(a synthesized set: drgan synthesize --save-masks)")
 
 
 def tensor_fidelity(images: torch.Tensor, cond: torch.Tensor, grades: torch.Tensor) -> dict:

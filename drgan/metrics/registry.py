@@ -83,6 +83,8 @@ def check_inputs(names: list[str], inputs: MetricInputs) -> None:
             from drgan.metrics.fidelity import check_has_masks
 
             check_has_masks(inputs.fake)
+            if inputs.real is not None:  # measured beside it
+                check_has_masks(inputs.real, inputs.real_split)
 
 
 def calc_metric(metric: str, inputs: MetricInputs) -> Result:

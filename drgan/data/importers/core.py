@@ -283,6 +283,20 @@ def convert(item: Item, out: Path, size: int, vessels: str) -> tuple[str, dict[s
     return "new", mask_stats(masks)
 
 
+def _remove_unlisted(out: Path, listed: set[str]) -> int:
+    """Remove the converted files of ids an earlier run imported and this one does not: labels.csv
+    is rewritten from this run, and an image it does not list makes the dataset invalid."""
+    removed = 0
+    for path in (out / "images").iterdir():
+        if path.stem not in listed:
+            path.unlink()
+            removed += 1
+    for folder in (out / "masks").iterdir():
+        if folder.name not in listed:
+            shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    return removed
+
+
 def _convert_task(args: tuple[Item, Path, int, str]) -> tuple[Item, str, dict | str]:
     item = args[0]
     return (item, *convert(*args))
@@ -396,6 +410,9 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
             pool.terminate()
     if not finished:
         raise DrganError(f"no {kind} image could be imported; first problem: {report.skipped[0]}")
+    if removed := _remove_unlisted(out, finished):
+        report.notes.append(f"removed {removed} image(s) an earlier run imported that this one does not list "
+                            "(a grade now missing or contradicted, say)")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "grade", "split"])
