@@ -209,6 +209,7 @@ def remove_unfinished(out: Path, given_empty: bool, finished_file: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    locks.release(out, remove=True)  # held alone: the folder is left as it was given
 
 
 @contextlib.contextmanager

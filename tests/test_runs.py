@@ -305,6 +305,12 @@ def test_a_run_folder_in_use_is_refused(drgan, tmp_path, data, lock_holder):
     args = ["--data", data, "--grading-space", tmp_path / "space.safetensors", "--out", run, *TINY, "--max-steps", "1"]
     assert _one_error(*drgan("train", "gan", *args, "--lr", "0.5", "--overwrite")[::2]) == refusal
     assert _step(run) == 1 and read_run(run).kind == "gan"
+    young = tmp_path / "young"  # still training towards its first checkpoint: it was "no state.json"
+    young.mkdir()
+    shutil.copy(run / "run.json", young / "run.json")
+    pid = lock_holder(young)
+    assert _one_error(*drgan("train", "gan", "--resume", young, "--max-steps", "2")[::2]) == \
+        f"error: {young} is in use by another drgan process (pid {pid})"
     write_run_config(tmp_path / "g", preset("tiny-64"), "global", {"trainer": "grader"})
     pid = lock_holder(tmp_path / "g")
     assert _one_error(*drgan("train", "grader", "--data", data, "--out", tmp_path / "g", "--preset", "tiny-64", "--overwrite")[::2]) == \

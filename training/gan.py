@@ -91,8 +91,8 @@ class GanTrainer:
         self.run = Path(opts.out)
         if self.info.is_main:  # one process writes a run folder (a second is refused: drgan.locks)
             if opts.resume:
+                locks.hold(self.run)  # first: a run still training before its first checkpoint is in use
                 require_checkpoint(self.run)  # before anything is built
-                locks.hold(self.run)
             else:
                 prepare_out(self.run, overwrite, "gan")
         self.cfg = model_config(opts)

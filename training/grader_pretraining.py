@@ -119,8 +119,8 @@ def train_grader(
     fresh = not resume and (given_empty or not out.exists())
     if resume:
         require_kind(out, "grader", "resume")
+        locks.hold(out)  # first: a run still training before its first checkpoint is in use
         require_checkpoint(out)
-        locks.hold(out)
     else:
         prepare_out(out, overwrite, "grader")
     try:
