@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from drgan.errors import DrganError
+from drgan.io import sha256_file
 from drgan.training.augmentation_experiment import MixedGradeDataset, cutmix, label_distribution, mixup
 
 
@@ -89,17 +90,19 @@ def test_augment_experiment_end_to_end(tmp_path):
     assert "2 (10.0%)" in table and "7 (35.0%)" in table
 
 
-def test_data_sha256_names_a_synthesized_set_by_its_images(tmp_path):
-    """Two sets of one plan have the same labels.csv; their manifests hold each image's sha256."""
+def test_data_sha256_names_a_set_by_its_images(tmp_path):
+    """Two synthesized sets of one plan share their labels.csv, their manifests hold each image's
+    sha256; two datasets of the same ids and grades (phantoms of another seed) share theirs too."""
+    from drgan.data.phantom import write_phantom_dataset
     from drgan.training.augmentation_experiment import data_sha256
 
     for name, digest in (("a", "0" * 64), ("b", "1" * 64)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "labels.csv").write_text("id,grade\nsyn_0,0\n")
         (tmp_path / name / "manifest.csv").write_text(f"id,grade,sha256\nsyn_0,0,{digest}\n")
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "labels.csv").write_text("id,grade\nsyn_0,0\n")
-    assert len({data_sha256(tmp_path / n) for n in "abc"}) == 3
+    c, d = (write_phantom_dataset(tmp_path / n, 10, 64, seed=s) for n, s in (("c", 5), ("d", 6)))
+    assert (c / "labels.csv").read_bytes() == (d / "labels.csv").read_bytes()
+    assert len({data_sha256(tmp_path / n) for n in "abcd"}) == 4
 
 
 def test_augment_experiment_output_folder_is_its_own(tmp_path):
@@ -130,14 +133,16 @@ def test_augment_experiment_output_folder_is_its_own(tmp_path):
         run_augment_experiment(real, fake, real, out, **{**args, "epochs": 2})
     now = json.loads((out / "experiment.json").read_text())
     untested = {k: v for k, v in now.items() if not k.startswith("test_")}  # as written before the test set
+    by_labels = untested | {f"{n}_sha256": sha256_file(f / "labels.csv") for n, f in (("real", real), ("synthetic", fake))}
     by_path = {k: v for k, v in untested.items() if not k.endswith("_sha256")} | {"real": str(real), "synthetic": str(fake)}
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")}
-    for record in (untested, by_path):
+    for record in (by_labels, by_path):
         (out / "experiment.json").write_text(json.dumps(record))
         again, _ = run_augment_experiment(real, fake, real, out, **args)
         assert again == first and {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")} == stamp
         assert json.loads((out / "experiment.json").read_text()) == now
-    test = write_phantom_dataset(tmp_path / "test", 10, 64, seed=3)
+    test = write_phantom_dataset(tmp_path / "test", 20, 64, seed=3)  # real's ids and grades, other images
+    assert (test / "labels.csv").read_bytes() == (real / "labels.csv").read_bytes()
     with pytest.raises(DrganError, match=r"other settings \(test_sha256: "):
         run_augment_experiment(real, fake, test, out, **args)  # its results would replace the first test set's
     other = write_phantom_dataset(tmp_path / "other", 10, 64, seed=2, grades=[4, 3] * 5, split=False)

@@ -267,6 +267,25 @@ def test_interrupted_grader_checkpoints_its_last_step(tmp_path, phantom_dir, mon
                        val, opts, _random_mixup)
 
 
+def test_grader_interrupted_while_fitting_its_spaces_says_how_to_go_on(tmp_path, phantom_dir, monkeypatch, capsys):
+    """After the last step, before grading_space.safetensors: it printed only 'aborted'."""
+    from drgan.training import grader_pretraining
+
+    train, val = FundusDataset(phantom_dir, 64, split="train", augment=True), FundusDataset(phantom_dir, 64, split="val")
+    opts = GraderOptions(preset="tiny-64", epochs=1, batch=8)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grader_pretraining, "_fit_grading_space", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_grader(train, val, tmp_path / "g", opts)
+    assert f"interrupted: step 5 checkpointed in {tmp_path / 'g'}; continue with --resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    train_grader(train, val, tmp_path / "g", opts, resume=True)
+    assert (tmp_path / "g" / "grading_space.safetensors").is_file()
+
+
 def test_grader_resume_on_the_command_line(tmp_path, phantom_dir, capsys):
     from drgan.cli import cli
     from drgan.cli.common import run_command

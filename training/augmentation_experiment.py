@@ -15,6 +15,7 @@ Data: `--real` trains on its `train` rows and monitors its `val` rows; `--test` 
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -30,6 +31,7 @@ from drgan.errors import DrganError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_json, atomic_write_text, sha256_file
 from drgan.metrics.grade_prediction import evaluate_grader, load_grader
+from drgan.metrics.images import open_image_set
 from drgan.runs import claimed_folder
 from drgan.training.grader_pretraining import GraderOptions, interrupted, train_grader
 from drgan.training.interrupts import resumed_by_rerun
@@ -117,18 +119,30 @@ def label_distribution(grades: Sequence[int]) -> dict[str, Any]:
 
 def data_sha256(folder: str | Path) -> str:
     """The sha256 that names a dataset's content: of a synthesized set's manifest.csv, whose rows hold
-    each image's sha256 (two sets of one plan share their labels.csv), else of labels.csv."""
+    each image's sha256, else of labels.csv and every image's bytes (two sets of the same ids and
+    grades share their labels.csv: phantoms of another seed, an import at another size)."""
+    if (Path(folder) / MANIFEST_FILE).is_file():
+        return _listing_sha256(folder)
+    images = open_image_set(folder).content_hash()
+    return hashlib.sha256(f"{_listing_sha256(folder)}\n{images}".encode()).hexdigest()
+
+
+def _listing_sha256(folder: str | Path) -> str:
+    """The sha256 of a set's manifest.csv, else of its labels.csv."""
     manifest = Path(folder) / MANIFEST_FILE
     return sha256_file(manifest if manifest.is_file() else Path(folder) / LABELS_FILE)
 
 
-def _older_records(settings: dict[str, Any], typed: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def _older_records(settings: dict[str, Any], typed: dict[str, str], labels_sha256: dict[str, str]
+                   ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """An experiment.json of an earlier version counts as `settings` when it ran with them, so its
-    finished arms are kept: one without the test set (no arm trains on it), and one that also named
-    its training data by the paths typed instead of their sha256s."""
+    finished arms are kept. Earlier versions recorded no test set (no arm trains on it) and named
+    a dataset by its labels.csv alone (`labels_sha256`: real_sha256 and synthetic_sha256 so named),
+    or the training data by the paths typed."""
     untested = {k: v for k, v in settings.items() if k not in ("test_sha256", "test_split")}
+    by_labels = untested | labels_sha256
     by_path = {k: v for k, v in untested.items() if not k.endswith("_sha256")} | typed
-    return lambda earlier: settings if earlier in (untested, by_path) else earlier
+    return lambda earlier: settings if earlier in (by_labels, by_path) else earlier
 
 
 def _test_split(folder: Path) -> str | None:
@@ -208,7 +222,8 @@ def run_augment_experiment(
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
         "arms": {},
     }
-    upgrade = _older_records(settings, {"real": str(real), "synthetic": str(synthetic)})
+    upgrade = _older_records(settings, {"real": str(real), "synthetic": str(synthetic)},
+                             {"real_sha256": _listing_sha256(real), "synthetic_sha256": _listing_sha256(synthetic)})
     with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment", upgrade=upgrade), resumed_by_rerun():
         for name, train in arms.items():
             run = out / name.replace("+", "_")

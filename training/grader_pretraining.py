@@ -218,8 +218,12 @@ class _Training:
             raise
         finally:
             logger.close()
-        save_module(self.grader, out / GRADER_FILE)
-        return _fit_grading_space(self.grader, self.train, out, opts, self.device, self.cfg.num_grades, {"epochs": self.epochs})
+        try:
+            save_module(self.grader, out / GRADER_FILE)
+            return _fit_grading_space(self.grader, self.train, out, opts, self.device, self.cfg.num_grades, {"epochs": self.epochs})
+        except (KeyboardInterrupt, SystemExit):  # the last epoch is checkpointed: a resume fits the spaces
+            tqdm.write(interrupted_line(self.step, out, complete=False), file=sys.stderr)
+            raise
 
     def _train_epoch(self, epoch: int) -> list[float]:
         """One pass over the training split, from the checkpoint's batch when one was taken inside
