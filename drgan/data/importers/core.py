@@ -292,8 +292,12 @@ def _remove_unlisted(out: Path, listed: set[str]) -> int:
             path.unlink()
             removed += 1
     for folder in (out / "masks").iterdir():
-        if folder.name not in listed:
-            shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+        if folder.name in listed:
+            continue
+        if folder.is_dir():
+            shutil.rmtree(folder)
+        else:
+            folder.unlink()
     return removed
 
 
