@@ -3,7 +3,8 @@
 A run folder (`--out RUN` of the train commands, `--run RUN` elsewhere) holds:
 
     RUN/run.json                  {"model": ModelConfig, "stage", "options": {"trainer": "gan"|"grader", ...},
-                                   "resolution" (grader: input side in px), "dataset" (labels.csv sha256)}
+                                   "resolution" (grader: input side in px), "dataset" (sha256 of labels.csv and of the
+                                   files' names and sizes)}
     RUN/G.safetensors             generator weights (GAN run)
     RUN/G_ema.safetensors         exponential moving average of G (what synthesis uses)
     RUN/D.safetensors             discriminator weights
@@ -16,6 +17,7 @@ A run folder (`--out RUN` of the train commands, `--run RUN` elsewhere) holds:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -80,17 +82,36 @@ def read_run(run: str | Path) -> RunInfo:
 
 def dataset_record(data: str | Path | None) -> dict[str, Any]:
     """What run.json records of the dataset a run trains on, for `check_same_dataset`: the sha256 of
-    its labels.csv ({} without one)."""
+    its labels.csv, and of its files' listing ({} without labels.csv)."""
     labels = Path(data) / LABELS_FILE if data else None
-    return {"dataset": {"labels_sha256": sha256_file(labels)}} if labels is not None and labels.is_file() else {}
+    if labels is None or not labels.is_file():
+        return {}
+    return {"dataset": {"labels_sha256": sha256_file(labels), "files_sha256": _files_sha256(Path(data))}}
+
+
+def _files_sha256(data: Path) -> str:
+    """The sha256 of each image and mask file's relative path and size. Two datasets of the same ids
+    and grades share their labels.csv (phantoms of another seed, an import at another size); their
+    compressed files differ in size. Sizes, not bytes: a resume would otherwise read the whole
+    dataset first."""
+    digest = hashlib.sha256()
+    for path in sorted(p for folder in ("images", "masks") for p in (data / folder).rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(data).as_posix()}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
 
 
 def check_same_dataset(run: str | Path, data: str | Path) -> None:
-    """A resume trains on the dataset the run started on: its labels.csv must be unchanged."""
-    recorded = read_run(run).extra.get("dataset", {}).get("labels_sha256")
+    """A resume trains on the dataset the run started on: its labels.csv and its files' listing must
+    be unchanged (runs of earlier versions recorded labels.csv alone)."""
+    recorded = read_run(run).extra.get("dataset", {})
     labels = Path(data) / LABELS_FILE
-    if recorded and labels.is_file() and sha256_file(labels) != recorded:
+    if not labels.is_file():
+        return
+    if recorded.get("labels_sha256") not in (None, sha256_file(labels)):
         raise DrganError(f"{labels}: changed since {run} started (sha256 differs); resume on the same dataset")
+    if recorded.get("files_sha256") not in (None, _files_sha256(Path(data))):
+        raise DrganError(f"{data}: its images or masks changed since {run} started (names or sizes differ); "
+                         "resume on the same dataset")
 
 
 def run_kind(folder: str | Path) -> str | None:

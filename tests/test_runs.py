@@ -184,6 +184,27 @@ def test_resume_checks_the_dataset_and_conflicting_options(drgan, tmp_path, data
     assert _step(run) == 2
 
 
+def test_resume_refuses_another_datasets_images_under_the_same_labels(drgan, tmp_path, data):
+    """Phantoms of another seed have the same ids and grades, so the same labels.csv: a resume on
+    them is refused by the files' listing; a run.json of an earlier version (labels.csv alone) resumes."""
+    shutil.copytree(data, tmp_path / "p")
+    run = _new_run(drgan, tmp_path, tmp_path / "p", "--max-steps", "1")
+    other = write_phantom_dataset(tmp_path / "other", count=12, size=64, seed=1)
+    assert (other / "labels.csv").read_bytes() == (data / "labels.csv").read_bytes()
+    for folder in ("images", "masks"):
+        shutil.rmtree(tmp_path / "p" / folder)
+        shutil.copytree(other / folder, tmp_path / "p" / folder)
+    line = _one_error(*drgan("train", "gan", "--resume", run, "--max-steps", "2")[::2])
+    assert line == (f"error: {tmp_path / 'p'}: its images or masks changed since {run} started (names or sizes differ); "
+                    "resume on the same dataset")
+    assert _step(run) == 1
+    config = json.loads((run / "run.json").read_text())
+    del config["dataset"]["files_sha256"]
+    (run / "run.json").write_text(json.dumps(config))
+    rc, _, err = drgan("train", "gan", "--resume", run, "--max-steps", "2")
+    assert rc == 0 and _step(run) == 2, err
+
+
 def test_max_steps_on_resume_goes_past_the_saved_epochs(drgan, tmp_path, data):
     run = _new_run(drgan, tmp_path, data, "--epochs", "1")
     per_epoch = _step(run)
