@@ -297,6 +297,11 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, data):
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_a_control_character_in_a_path_keeps_the_error_one_line(drgan, tmp_path):
+    rc, _, err = drgan("data", "validate", tmp_path / "a\nb\tc")
+    assert rc == 1 and err == f"error: {tmp_path}/a\\nb\\tc: dataset folder not found\n"
+
+
 
 def test_failed_dataset_commands_leave_nothing_behind(drgan, tmp_path):
     line = _one_error(*drgan("phantom", "--out", tmp_path / "ph", "--count", "3", "--seed", "-1")[::2])

@@ -87,6 +87,14 @@ def _resume_hint() -> str:
     return f"; rerun the same command to resume ({_resume[1]})"
 
 
+# A control character in a message (a path holding a newline) would split the one error line.
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in [*range(32), 127]}
+
+
+def _error(message: str) -> None:
+    click.echo(f"error: {message.translate(_ESCAPES)}", err=True)
+
+
 def run_command(command: click.Command, **kwargs) -> int:
     global _resume
     _resume = None
@@ -94,15 +102,15 @@ def run_command(command: click.Command, **kwargs) -> int:
         with terminate_as_exit():  # a killed command cleans up as an interrupted one does
             command.main(standalone_mode=False, **HELP_NAMES, **kwargs)
     except ParameterError as exc:
-        click.echo(f"error: {exc.render(flag)}", err=True)
+        _error(exc.render(flag))
         return exc.exit_code
     except DrganError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         return exc.exit_code
     except OSError as exc:
         if exc.filename is None:
             raise
-        click.echo(f"error: {exc.filename}: {exc.strerror}", err=True)  # a file-system failure no check foresaw
+        _error(f"{exc.filename}: {exc.strerror}")  # a file-system failure no check foresaw
         return 1
     except click.exceptions.Abort:
         click.echo("aborted" + _resume_hint(), err=True)
@@ -115,7 +123,7 @@ def run_command(command: click.Command, **kwargs) -> int:
     except click.BadParameter as exc:
         if (exc.param is not None and isinstance(exc.param.type, click.Path)  # a missing file, a file for a folder
                 and not isinstance(exc, click.MissingParameter)):  # an option not given at all is a usage error
-            click.echo(f"error: {exc.format_message()}", err=True)  # bad input, not a usage error
+            _error(exc.format_message())  # bad input, not a usage error
             return 1
         exc.show()
         return 2
