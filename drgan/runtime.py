@@ -52,6 +52,8 @@ def torchrun_ranks() -> Ranks:
     world, rank, local_rank = read("WORLD_SIZE", "1"), read("RANK", "0"), read("LOCAL_RANK", "0")
     if world < 1:
         raise DrganError(f"WORLD_SIZE={world} (torchrun's environment): need at least 1")
+    if world > 1 and "RANK" not in os.environ:
+        raise DrganError(f"WORLD_SIZE={world} without RANK (torchrun's environment sets both)")
     if not 0 <= rank < world:
         raise DrganError(f"RANK={rank} with WORLD_SIZE={world} (torchrun's environment): need 0 <= RANK < WORLD_SIZE")
     if local_rank < 0:

@@ -242,6 +242,7 @@ def test_bad_lesion_stats_are_one_line_naming_the_file(drgan, tmp_path):
     ({"RANK": "abc"}, "error: RANK='abc' (torchrun's environment): not a whole number"),
     ({"WORLD_SIZE": "0"}, "error: WORLD_SIZE=0 (torchrun's environment): need at least 1"),
     ({"RANK": "5", "WORLD_SIZE": "2"}, "error: RANK=5 with WORLD_SIZE=2 (torchrun's environment): need 0 <= RANK < WORLD_SIZE"),
+    ({"WORLD_SIZE": "2"}, "error: WORLD_SIZE=2 without RANK (torchrun's environment sets both)"),
 ])
 def test_torchrun_environment_is_checked_as_shard_is(drgan, tmp_path, data, monkeypatch, env, expected):
     for name, value in env.items():
@@ -255,6 +256,18 @@ def test_torchrun_environment_is_checked_as_shard_is(drgan, tmp_path, data, monk
     line = one_error(*drgan("train", "gan", "--data", data, "--grading-space", space, "--out", tmp_path / "gan",
                             "--preset", "tiny-64", "--perceptual", "none", "--batch", "2", "--device", "cpu", "--max-steps", "1"))
     assert line == expected
+
+
+def test_a_shard_that_disagrees_with_torchruns_environment_is_refused(drgan, tmp_path, monkeypatch):
+    """Under torchrun each rank given the same --shard would write the same part."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["synthesize", "--preset", "tiny-64", "--backend", "null", "--count", "10", "--device", "cpu"]
+    line = one_error(*drgan(*args, "--out", tmp_path / "a", "--shard", "0/2"))
+    assert line == "error: --shard 0/2: torchrun's environment gives RANK=1 WORLD_SIZE=2; give one of them"
+    assert not (tmp_path / "a").exists()
+    rc, _, err = drgan(*args, "--out", tmp_path / "b", "--shard", "1/2")
+    assert rc == 0, err
 
 
 def test_unbalanced_count_is_named(drgan, tmp_path):
@@ -452,6 +465,15 @@ def test_an_interrupted_resumable_command_says_a_rerun_resumes_it(capsys, tmp_pa
 
     assert run_command(other, args=[]) == 130 and capsys.readouterr().err.splitlines()[-1] == "aborted"
 
+    @click.command()
+    def killed() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    with pytest.raises(SystemExit) as exc:
+        run_command(killed, args=[])
+    assert exc.value.code == 143 and capsys.readouterr().err.splitlines()[-1] == "terminated"
+
 
 def test_an_interrupted_command_that_left_nothing_promises_nothing(capsys, tmp_path):
     from drgan.cli.common import resumes_on_rerun
@@ -521,3 +543,18 @@ def test_every_device_option_refuses_a_bad_device_in_one_line(drgan, tmp_path, d
                  ("synthesize", "--run", run, "--out", tmp_path / "s", "--count", "2"),
                  ("evaluate", "fidelity", "--real", data, "--fake", data)):
         assert one_error(*drgan(*args, "--device", "bogus")) == expected, args
+
+
+@pytest.mark.parametrize("rank, printed", [("0", True), ("1", False)])
+def test_rank_0_alone_prints_a_torchrun_jobs_summary(drgan, tmp_path, data, monkeypatch, rank, printed):
+    import drgan.training.gan as gan
+
+    report = {"stage": "global", "steps": 4, "run": str(tmp_path / "gan"), "log": [{"loss/G_total": 1.0}]}
+    monkeypatch.setattr(gan, "train_gan", lambda opts, overwrite: report)
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc, out, err = drgan("train", "gan", "--data", data, "--grading-space", tmp_path / "space.safetensors",
+                         "--out", tmp_path / "gan")
+    assert rc == 0, err
+    summary = f"gan global: 4 steps; checkpoint in {tmp_path / 'gan'}\nlosses: G_total 1.0000\n"
+    assert out == (summary if printed else "")

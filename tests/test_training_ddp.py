@@ -1,8 +1,13 @@
 """Two gloo processes train a few GAN steps; DDP keeps the replicas identical."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+import signal
 import socket
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
@@ -19,9 +24,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+def _join(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+    _join(rank, world, port)
     opts = GanOptions(out=f"{tmp}/run", grading_space=f"{tmp}/space.safetensors", preset="tiny-64", perceptual="none",
                       batch=2, max_steps=3, log_every=1, sample_every=1000, checkpoint_every=1000)
     trainer = GanTrainer(opts, PhantomSet(8))
@@ -45,3 +54,36 @@ def test_two_process_gloo_keeps_replicas_identical(tmp_path):
     init = GanTrainer(GanOptions(out=str(tmp_path / "fresh"), grading_space=str(tmp_path / "space.safetensors"), preset="tiny-64",
                                  perceptual="none", batch=2), PhantomSet(8)).G.state_dict()
     assert any(not torch.equal(init[k], saved[k]) for k in saved)
+
+
+def _interrupted_worker(rank: int, world: int, port: int, tmp: str) -> None:
+    """Ctrl-C on every rank during step 3; the last checkpoint holds step 2."""
+    _join(rank, world, port)
+    opts = GanOptions(out=f"{tmp}/run", grading_space=f"{tmp}/space.safetensors", preset="tiny-64", perceptual="none",
+                      batch=2, max_steps=10, sample_every=1000, checkpoint_every=2)
+    trainer = GanTrainer(opts, PhantomSet(8))
+    step = trainer.train_step
+
+    def interrupted_step(batch, i):
+        values = step(batch, i)
+        if i == 2:
+            signal.raise_signal(signal.SIGINT)
+        return values
+
+    trainer.train_step = interrupted_step
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.suppress(KeyboardInterrupt):
+        trainer.fit()
+    Path(f"{tmp}/err{rank}.txt").write_text(err.getvalue())
+    torch.distributed.destroy_process_group()
+
+
+def test_an_interrupted_multi_process_run_names_its_last_checkpoint_once(tmp_path):
+    """A checkpoint is a collective call other ranks may not reach, so none is made after the
+    interrupt; rank 0 alone says which one a resume starts from."""
+    write_space(tmp_path / "space.safetensors")
+    mp.spawn(_interrupted_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run = tmp_path / "run"
+    assert f"interrupted: at step 3; its last checkpoint, step 2, is in {run}; continue with --resume\n" in (tmp_path / "err0.txt").read_text()
+    assert "interrupted" not in (tmp_path / "err1.txt").read_text()
+    assert json.loads((run / "state.json").read_text())["step"] == 2

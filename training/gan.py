@@ -346,8 +346,14 @@ class GanTrainer:
     def _checkpoint_interrupted(self, saved_at: int, limit: int) -> None:
         """After an interrupt between steps: checkpoint the last whole step, unless the last
         checkpoint holds it, no step ran, the weights diverged, or other ranks run (a checkpoint
-        is a collective call that they may not reach); then say how the run goes on."""
-        if self.step == 0 or self.info.enabled:
+        is a collective call that they may not reach: then the main rank names the last one);
+        then say how the run goes on."""
+        if self.info.enabled:
+            if self.info.is_main and saved_at > 0:
+                tqdm.write(interrupted_line(saved_at, self.run, complete=saved_at >= limit, at=self.step),
+                           file=sys.stderr)
+            return
+        if self.step == 0:
             return
         if self.step != saved_at:
             try:

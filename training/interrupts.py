@@ -65,7 +65,9 @@ def resumed_by_rerun() -> Iterator[None]:
         _WAY_ON.pop()
 
 
-def interrupted_line(step: int, run: object, complete: bool) -> str:
-    """The line a trainer prints after checkpointing the step an interrupt stopped it at."""
+def interrupted_line(step: int, run: object, complete: bool, at: int | None = None) -> str:
+    """The line a trainer prints after checkpointing the step an interrupt stopped it at, or, when
+    it stopped `at` a later step it could not checkpoint, naming its last checkpoint."""
     way_on = "the run is complete" if complete else _WAY_ON[-1]
-    return f"interrupted: step {step} checkpointed in {run}" + (f"; {way_on}" if way_on else "")
+    where = f"step {step} checkpointed in {run}" if at in (None, step) else f"at step {at}; its last checkpoint, step {step}, is in {run}"
+    return f"interrupted: {where}" + (f"; {way_on}" if way_on else "")

@@ -116,9 +116,8 @@ def run_command(command: click.Command, **kwargs) -> int:
         click.echo("aborted" + _resume_hint(), err=True)
         return 130
     except SystemExit as exc:
-        hint = _resume_hint()
-        if exc.code == 128 + signal.SIGTERM and hint:
-            click.echo("terminated" + hint, err=True)
+        if exc.code == 128 + signal.SIGTERM:
+            click.echo("terminated" + _resume_hint(), err=True)
         raise
     except click.BadParameter as exc:
         if (exc.param is not None and isinstance(exc.param.type, click.Path)  # a missing file, a file for a folder

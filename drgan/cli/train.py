@@ -127,6 +127,7 @@ def _recorded_data(run: str, extra: dict, given: str | None) -> str:
 def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **given) -> None:
     """DR-GAN, global or local stage (the full objective of the paper's eq. 1)."""
     from drgan.errors import UsageError
+    from drgan.runtime import torchrun_ranks
     from drgan.training.gan import train_gan
     from drgan.training.options import GanOptions, resume_options
 
@@ -142,6 +143,8 @@ def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **
     else:
         opts = GanOptions(**given)
     report = train_gan(opts, overwrite=overwrite)
+    if torchrun_ranks().rank != 0:
+        return  # rank 0 reports for all the processes of a torchrun job (the losses are their mean)
     last = report["log"][-1] if report["log"] else {}
     losses = {k.removeprefix("loss/"): round(v, 4) for k, v in last.items() if k.startswith("loss/")}
     if as_json:

@@ -129,10 +129,16 @@ def _device(name: str) -> torch.device:
 
 
 def _shard(text: str | None) -> Shard:
-    if text is not None:
-        return Shard.parse(text)
+    """--shard, else torchrun's place; both given must agree (every rank of a torchrun job given
+    one --shard would write the same part)."""
     rank, world, _ = torchrun_ranks()
-    return Shard(rank, world)
+    if text is None:
+        return Shard(rank, world)
+    shard = Shard.parse(text)
+    if world > 1 and (shard.index, shard.count) != (rank, world):
+        raise ParameterError(f"{{shard}} {text}: torchrun's environment gives RANK={rank} WORLD_SIZE={world}; "
+                             "give one of them")
+    return shard
 
 
 def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
