@@ -91,3 +91,16 @@ def test_dali_and_torch_give_equal_batches(root, augment):
         for key, scale in (("image", 2.0), ("cond", 1.0)):  # image in [-1, 1], cond in [0, 1]
             diff = (a[key] - b[key]).abs() / scale
             assert diff.mean() < 0.002 and diff.max() < 0.075, key
+
+
+def test_dali_names_the_file_it_cannot_decode(root, tmp_path):
+    """DALI's own error names neither the file nor the reason: the torch path's decoder does."""
+    pytest.importorskip("nvidia.dali")
+    import shutil
+
+    broken = shutil.copytree(root, tmp_path / "ph")
+    victim = sorted((broken / "images").iterdir())[7]
+    victim.write_bytes(victim.read_bytes()[:300])
+    with pytest.raises(DrganError) as err:
+        list(make_loader(broken, 48, batch_size=4, kind="dali"))
+    assert str(err.value) == f"{victim}: unreadable image (image file is truncated)"

@@ -164,3 +164,16 @@ def test_a_long_value_in_a_mismatch_keeps_its_quotes():
     assert _show("ab" * 32) == '"abababababab..."'
     assert _show("short") == '"short"' and _show(3) == "3"
     assert _show(list(range(20))).endswith("...")
+
+
+def test_another_structure_hash_says_where_it_comes_from(tmp_path):
+    from drgan.io import atomic_write_bytes
+    from drgan.synthesis import fingerprint
+
+    structures = {"kind": "dataset", "size": 64, "count": 3, "sha256": "a" * 64}
+    fingerprint.record(tmp_path, {"seed": 0, "structures": structures}, atomic_write_bytes)
+    with pytest.raises(DrganError) as err:
+        fingerprint.check(tmp_path, {"seed": 0, "structures": {**structures, "sha256": "b" * 64}})
+    assert str(err.value) == (
+        f'{tmp_path}: holds a set made with another setup (structures.sha256 "aaaaaaaaaaaa..." there, "bbbbbbbbbbbb..." now: '
+        "the masks as loaded differ (another dataset, or the other --loader resizing them)); write to a new folder or delete it")

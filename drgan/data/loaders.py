@@ -247,14 +247,28 @@ class DaliLoader:
             try:
                 img, cond = pipe.run()
             except RuntimeError as exc:
-                names = ", ".join(str(self.dataset.samples[i].image) for i in idx)
-                raise DrganError(f"DALI could not decode a batch of {names}: {str(exc).splitlines()[0]}") from None
+                raise self._decode_error(order[start:start + 3 * self.batch_size], exc) from None
             yield {
                 "id": [ids[i] for i in idx],
                 "image": _to_torch(img, device),
                 "cond": _to_torch(cond, device),
                 "grade": torch.as_tensor(grades[idx], dtype=torch.int64),
             }
+
+
+    def _decode_error(self, indices: np.ndarray, exc: RuntimeError) -> DrganError:
+        """DALI's error names neither the file nor (on its first line) the reason: decode the
+        files of this batch and of the two it has prefetched as the torch path does, and name the
+        first that fails."""
+        for i in indices:
+            try:
+                self.dataset.index.read_sample(self.dataset.samples[i])
+            except DrganError as culprit:
+                return culprit
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[lines.index("encountered:") + 1] if "encountered:" in lines[:-1] else lines[-1] if lines else "?"
+        names = ", ".join(str(self.dataset.samples[i].image) for i in indices[:self.batch_size])
+        return DrganError(f"DALI could not decode a batch of {names}: {reason}")
 
 
 def _to_torch(tl, device) -> torch.Tensor:

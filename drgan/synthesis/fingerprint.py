@@ -42,6 +42,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# What a difference that names only a hash comes from.
+_WHY = {"structures.sha256": ": the masks as loaded differ (another dataset, or the other --loader resizing them)"}
+
+
 def check(root: Path, fingerprint: dict) -> bool:
     """Whether root already holds a set with this fingerprint (False: root is new or empty).
 
@@ -56,7 +60,7 @@ def check(root: Path, fingerprint: dict) -> bool:
         recorded, now = _flat(recorded), _flat(fingerprint)
         differ = [k for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
         if differ:
-            what = ", ".join(f"{k} {_show(recorded.get(k))} there, {_show(now.get(k))} now" for k in differ)
+            what = ", ".join(f"{k} {_show(recorded.get(k))} there, {_show(now.get(k))} now{_WHY.get(k, '')}" for k in differ)
             raise DrganError(f"{root}: holds a set made with another setup ({what}); write to a new folder or delete it")
         return True
     if root.is_dir() and not only_locks(root):
