@@ -395,3 +395,15 @@ def test_claimed_folder_names_its_refusals(tmp_path):
     with pytest.raises(DrganError, match=r"unreadable experiment.json \(not a JSON object\)"):
         with claimed_folder(out, "experiment.json", now, "an experiment"):
             pass
+
+
+@pytest.mark.parametrize("args, names", [
+    (["synthesize", "--preset", "tiny-64", "--backend", "null", "--count", "5", "--count", "10", "--out"], "--count"),
+    (["info", "--run", "A", "--checkpoint"], "--run/--checkpoint"),
+    (["train", "gan", "--channels-last", "--no-channels-last", "--out"], "--channels-last/--no-channels-last"),
+])
+def test_an_option_given_twice_is_a_usage_error(drgan, tmp_path, args, names):
+    """click keeps the last value of a repeated option without a word."""
+    rc, _, err = drgan(*args, tmp_path / "out")
+    assert rc == 2 and err == f"error: {names} given more than once: give it once\n"
+    assert not (tmp_path / "out").exists()

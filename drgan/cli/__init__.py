@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from drgan.cli.common import HELP_NAMES, run_command
+from drgan.cli.common import HELP_NAMES, refuse_repeated_options, run_command
 from drgan.cli.data import data, masks, phantom
 from drgan.cli.demo import demo
 from drgan.cli.evaluate import evaluate, experiment
@@ -23,6 +23,7 @@ def cli() -> None:
 
 for command in (info, demo, data, phantom, masks, train, synthesize, export, evaluate, experiment):
     cli.add_command(command)
+refuse_repeated_options(cli)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import click
 
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError, ParameterError, UsageError
 
 DEVICE_HELP = "auto (CUDA when visible, else CPU), cpu, cuda or cuda:N."
 
@@ -85,6 +85,25 @@ def _resume_hint() -> str:
     if _resume is None or not _resume[0].is_file():
         return ""
     return f"; rerun the same command to resume ({_resume[1]})"
+
+
+def refuse_repeated_options(command: click.Command) -> None:
+    """Make `command` and its subcommands refuse an option given twice, or under two of its names
+    (`--run R --checkpoint C`): click keeps the last value without a word."""
+    parse = command.parse_args
+
+    def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
+        _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        options = [p for p in order if isinstance(p, click.Option) and not (p.multiple or p.count)]
+        repeated = [p for p in dict.fromkeys(options) if options.count(p) > 1]
+        if repeated:
+            names = "/".join(repeated[0].opts + repeated[0].secondary_opts)
+            raise UsageError(f"{names} given more than once: give it once")
+        return parse(ctx, args)
+
+    command.parse_args = parse_args  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        refuse_repeated_options(sub)
 
 
 # A control character in a message (a path holding a newline) would split the one error line.
