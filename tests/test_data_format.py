@@ -212,6 +212,17 @@ def test_missing_labels_file_is_one_clear_error(clean, tmp_path):
     assert res.exit_code != 0
 
 
+def test_a_folder_of_images_given_as_a_dataset_is_named_as_given(clean, tmp_path):
+    """Not its missing images/ subfolder, a path the user never typed."""
+    with pytest.raises(DrganError) as err:
+        open_dataset(clean / "images")
+    assert str(err.value) == (f"{clean / 'images'}: not a dataset folder (images/, masks/ and labels.csv); "
+                              "it holds images itself: give the dataset folder above it")
+    with pytest.raises(DrganError) as err:
+        open_dataset(tmp_path)
+    assert str(err.value) == f"{tmp_path}: not a dataset folder (images/, masks/ and labels.csv)"
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
 def test_convertible_images_are_converted_and_reported(clean, tmp_path, mode):
     root = copy_dataset(clean, tmp_path / "ds")

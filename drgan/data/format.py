@@ -98,6 +98,10 @@ def scan_dataset(root: Path, skip_bad: bool, split: str | None, decode: bool
     check_finished(root)
     if split is not None and split not in SPLITS:
         raise DrganError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if not (root / "images").is_dir():
+        loose = any(p.suffix.lower() in IMAGE_EXTS for p in root.iterdir())
+        raise DrganError(f"{root}: not a dataset folder (images/, masks/ and {LABELS_FILE})"
+                         + ("; it holds images itself: give the dataset folder above it" if loose else ""))
     problems: list[tuple[str | None, str]] = []
     images = _index_images(root / "images", problems)
     rows, label_problems = read_labels(root)
@@ -114,8 +118,6 @@ def scan_dataset(root: Path, skip_bad: bool, split: str | None, decode: bool
 
 def _index_images(images_dir: Path, problems: list[tuple[str | None, str]]) -> dict[str, Path]:
     """id -> image file of DATASET/images; stray and duplicate files are problems."""
-    if not images_dir.is_dir():
-        raise DrganError(f"{images_dir}: images folder not found")
     images: dict[str, Path] = {}
     for p in sorted(images_dir.iterdir()):
         if p.name.startswith("."):
