@@ -66,6 +66,8 @@ def read_run(run: str | Path) -> RunInfo:
     path = Path(run) / RUN_FILE
     if not Path(run).exists():
         raise DrganError(f"{run}: run folder not found")
+    if Path(run).is_file():
+        raise DrganError(f"{run}: is a file, expected a run folder")
     if not path.is_file():
         raise DrganError(f"{run}: not a drgan run folder (no {RUN_FILE})")
     try:

@@ -407,3 +407,10 @@ def test_an_option_given_twice_is_a_usage_error(drgan, tmp_path, args, names):
     rc, _, err = drgan(*args, tmp_path / "out")
     assert rc == 2 and err == f"error: {names} given more than once: give it once\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_given_as_a_run_is_named_a_file(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DrganError) as err:
+        read_run(tmp_path / "afile")
+    assert str(err.value) == f"{tmp_path / 'afile'}: is a file, expected a run folder"
