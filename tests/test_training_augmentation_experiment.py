@@ -148,3 +148,20 @@ def test_augment_experiment_output_folder_is_its_own(tmp_path):
     other = write_phantom_dataset(tmp_path / "other", 10, 64, seed=2, grades=[4, 3] * 5, split=False)
     with pytest.raises(DrganError, match=r"other settings \(synthetic_sha256: '[0-9a-f]{12}\.\.\.' there, '[0-9a-f]{12}\.\.\.' now\)"):
         run_augment_experiment(real, other, real, out, **args)  # the same arms would be kept on other data
+
+
+def test_a_test_set_that_is_the_real_training_set_is_refused(tmp_path):
+    """Without a test split every row of --test is tested: the --real dataset itself would be
+    tested on the images its arms trained on."""
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.errors import ParameterError
+    from drgan.training.augmentation_experiment import run_augment_experiment
+
+    real = write_phantom_dataset(tmp_path / "real", 20, 64, seed=0)
+    labels = real / "labels.csv"
+    labels.write_text(labels.read_text().replace(",test", ",train"))
+    fake = write_phantom_dataset(tmp_path / "fake", 10, 64, seed=1, split=False)
+    with pytest.raises(ParameterError) as err:
+        run_augment_experiment(real, fake, real, tmp_path / "exp", preset="tiny-64", epochs=1, batch=8)
+    assert str(err.value).startswith(f"test {real}: the real dataset, which has no test split")
+    assert not (tmp_path / "exp").exists()

@@ -27,7 +27,7 @@ from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.format import MANIFEST_FILE, open_dataset
 from drgan.data.labels import LABELS_FILE
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_json, atomic_write_text, sha256_file
 from drgan.metrics.grade_prediction import evaluate_grader, load_grader
@@ -217,6 +217,9 @@ def run_augment_experiment(
     settings = {**opts.to_dict(), "resolution": resolution, "arms": list(arms),
                 "real_sha256": data_sha256(real), "synthetic_sha256": data_sha256(synthetic),
                 "test_sha256": data_sha256(test), "test_split": split}
+    if split is None and settings["test_sha256"] == settings["real_sha256"]:
+        raise ParameterError(f"{{test}} {test}: the {{real}} dataset, which has no test split: every arm would be "
+                             "tested on its own training images; give a dataset with a test split, or another one")
     result: dict[str, Any] = {
         "protocol": {**settings, "real": str(Path(real).resolve()), "synthetic": str(Path(synthetic).resolve())},
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
