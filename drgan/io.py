@@ -203,6 +203,14 @@ def check_writable_file(path: str | Path, make_parent: bool = False) -> None:
     check_writable_dir(path.parent)
 
 
+def check_outside(path: str | Path, folders: Iterable[str | Path | None]) -> None:
+    """An output `path` lies outside each of `folders` (None: none given), those its command reads:
+    a run or set written into a dataset would become part of what it reads."""
+    for folder in folders:
+        if folder is not None and Path(path).resolve().is_relative_to(Path(folder).resolve()):
+            raise DrganError(f"{path}: inside {folder}, a folder this command uses; write it elsewhere")
+
+
 def check_output_file(path: str | Path, suffix: str, what: str, same_kind: Callable[[Path], bool],
                       folders: Iterable[str | Path] = (), make_parent: bool = False) -> None:
     """check_writable_file for a command's single-file result, `what` (a contact sheet, say): its name
@@ -213,9 +221,7 @@ def check_output_file(path: str | Path, suffix: str, what: str, same_kind: Calla
     check_writable_file(path, make_parent)
     if path.suffix.lower() != suffix:
         raise DrganError(f"{path}: {what} is written as {suffix}; give a file name ending in {suffix}")
-    for folder in folders:
-        if path.resolve().is_relative_to(Path(folder).resolve()):
-            raise DrganError(f"{path}: inside {folder}, a folder this command uses; write it elsewhere")
+    check_outside(path, folders)
     if path.exists() and not same_kind(path):
         raise DrganError(f"{path}: exists and is not {what}; choose another file name")
 

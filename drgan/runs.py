@@ -23,13 +23,13 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from drgan import locks
 from drgan.config import ModelConfig, STAGES
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_json, check_writable_dir, is_temp_name, remove_temp_files, sha256_file
+from drgan.io import atomic_write_json, check_outside, check_writable_dir, is_temp_name, remove_temp_files, sha256_file
 
 RUN_FILE = "run.json"
 STATE_JSON = "state.json"            # a checkpoint's metadata, written last (drgan.training.state)
@@ -198,10 +198,12 @@ def require_checkpoint(run: str | Path) -> None:
                              "yet: then rerun the command that started it, which starts it over)")
 
 
-def prepare_out(out: str | Path, overwrite: bool, kind: str) -> Path:
-    """`check_out`, the folder's lock for this process (drgan.locks), then `check_out` again (another
-    process may have written meanwhile) and the removal of the previous run it allows replacing."""
+def prepare_out(out: str | Path, overwrite: bool, kind: str, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """`check_out` (and that `out` lies outside the folders the run reads, `inputs`), the folder's lock
+    for this process (drgan.locks), then `check_out` again (another process may have written
+    meanwhile) and the removal of the previous run it allows replacing."""
     out = Path(out)
+    check_outside(out, inputs)
     check_out(out, overwrite, kind)  # before the folder is created for its lock
     locks.hold(out)
     if check_out(out, overwrite, kind):

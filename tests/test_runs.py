@@ -414,3 +414,14 @@ def test_a_file_given_as_a_run_is_named_a_file(tmp_path):
     with pytest.raises(DrganError) as err:
         read_run(tmp_path / "afile")
     assert str(err.value) == f"{tmp_path / 'afile'}: is a file, expected a run folder"
+
+
+def test_a_run_is_never_written_inside_its_dataset(drgan, tmp_path, data):
+    shutil.copytree(data, tmp_path / "p")
+    inside = tmp_path / "p" / "run"
+    space = write_space(tmp_path / "space.safetensors")
+    for args in (["train", "grader", "--data", tmp_path / "p", "--out", inside, "--preset", "tiny-64"],
+                 ["train", "gan", "--data", tmp_path / "p", "--grading-space", space, "--out", inside, *TINY]):
+        line = _one_error(*drgan(*args)[::2])
+        assert line == f"error: {inside}: inside {tmp_path / 'p'}, a folder this command uses; write it elsewhere"
+        assert not inside.exists()

@@ -94,7 +94,7 @@ class GanTrainer:
                 locks.hold(self.run)  # first: a run still training before its first checkpoint is in use
                 require_checkpoint(self.run)  # before anything is built
             else:
-                prepare_out(self.run, overwrite, "gan")
+                prepare_out(self.run, overwrite, "gan", inputs=[opts.data])
         self.cfg = model_config(opts)
         self.stage = opts.stage
         self.resolution = self.cfg.stage_resolution(opts.stage)

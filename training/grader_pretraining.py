@@ -31,7 +31,7 @@ from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.nn import GradeNet, build_grader
 from drgan.training.interrupts import ignored_signals, interrupted_line, whole_step
 from drgan.training.logger import RunLogger
-from drgan.training.options import GRADER_RESUMABLE, GraderOptions
+from drgan.training.options import GRADER_RESUMABLE, GraderOptions, kept_on_resume
 from drgan.training.state import (STATE_JSON, kept_checkpoint, load_state, optimizer_from_state, optimizer_to_state, restoring,
                                   recover_checkpoint, rng_state, save_state, set_rng_state, write_checkpoint)
 
@@ -122,7 +122,7 @@ def train_grader(
         locks.hold(out)  # first: a run still training before its first checkpoint is in use
         require_checkpoint(out)
     else:
-        prepare_out(out, overwrite, "grader")
+        prepare_out(out, overwrite, "grader", inputs=[data])
     try:
         return _Training(train, val, out, opts, batch_transform, device, data, resume).fit()
     except BaseException:
@@ -144,9 +144,7 @@ def check_resumable(run: str | Path, opts: GraderOptions) -> None:
     saved = {k: v for k, v in read_run(run).options.items() if k != "trainer"}
     for name, value in opts.to_dict().items():
         if name not in GRADER_RESUMABLE and saved.get(name) != value:
-            allowed = ", ".join(f"{{{k}}}" for k in GRADER_RESUMABLE)
-            raise ParameterError(f"{{{name}}} {value}: {{resume}} {run} keeps the run's own value ({saved.get(name)}); "
-                                 f"only {allowed} may change on resume")
+            raise kept_on_resume(run, name, value, saved.get(name), GRADER_RESUMABLE)
 
 
 class _Training:
