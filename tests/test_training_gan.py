@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -15,11 +16,11 @@ from safetensors.torch import load_file
 from drgan import runs
 from drgan.runs import generator_weights, read_run
 from drgan.config import preset
-from drgan.errors import DrganError
+from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.runtime import deterministic_algorithms
 from drgan.training import gan, state
 from drgan.training.gan import D_TERMS, G_TERMS, GanTrainer, train_gan
-from drgan.training.options import GanOptions
+from drgan.training.options import GanOptions, resume_options
 from training_fixtures import PhantomSet, write_space
 
 CFG = preset("tiny-64")
@@ -337,14 +338,35 @@ def test_perceptual_auto_is_vgg19_where_torchvision_keeps_it_else_the_grader(tmp
     assert GanOptions().perceptual == "auto"
 
 
+def test_a_bad_loss_weight_or_interval_names_its_option_alone(tmp_path, space, capsys):
+    """One negative weight listed all five; one interval of 0 all three."""
+    from drgan.cli import cli
+    from drgan.cli.common import flag, run_command
+
+    for kw, line in ((dict(lambda_fm=-1.0), "--lambda-fm -1.0 must be >= 0"),
+                     (dict(g_cls_weight=-0.5), "--g-cls-weight -0.5 must be >= 0"),
+                     (dict(log_every=0), "--log-every 0 must be >= 1"),
+                     (dict(checkpoint_every=0), "--checkpoint-every 0 must be >= 1")):
+        with pytest.raises(ParameterError) as refused:
+            options(tmp_path, space, **kw)
+        assert refused.value.render(flag) == line
+    assert options(tmp_path, space, lambda_fm=0.0, lambda_perceptual=0.0, lambda_cls=0.0).lambda_fm == 0  # 0 removes a term
+    args = ["train", "gan", "--data", tmp_path, "--out", tmp_path / "run", "--perceptual", "none", "--vgg19-weights", space]
+    assert run_command(cli, args=[str(a) for a in args], prog_name="drgan") == 2  # an option the other leaves unused: usage
+    assert capsys.readouterr().err == \
+        "error: --vgg19-weights is used by --perceptual vgg19 or auto only, not none; drop one of them\n"
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, space, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG-19 weights there
     with pytest.raises(DrganError, match="needs vgg19_weights FILE"):
         GanTrainer(options(tmp_path, space, perceptual="vgg19"), PhantomSet(4))
-    with pytest.raises(DrganError, match="^vgg19_weights is used by perceptual vgg19 or auto only, not none"):
+    with pytest.raises(UsageError, match="^vgg19_weights is used by perceptual vgg19 or auto only, not none"):
         options(tmp_path, space, perceptual="none", vgg19_weights=str(space))  # it was ignored
     run = tmp_path / "older"  # started when the pair was accepted: it still resumes
     train_gan(options(tmp_path, space, out=str(run), max_steps=1), PhantomSet(4))
+    with pytest.raises(ParameterError, match=rf"^no_sca: resume {re.escape(str(run))} keeps the run's own value \(on\); only epochs, "):
+        resume_options(run, sca=False)  # a switch reads as its flag, not as Python's False
     info = json.loads((run / "run.json").read_text())
     info["options"]["vgg19_weights"] = str(space)
     (run / "run.json").write_text(json.dumps(info))
@@ -515,3 +537,12 @@ def test_resume_into_a_folder_it_cannot_write_trains_no_step(tmp_path, space, mo
         with pytest.raises(DrganError, match=f"^{folder}: cannot write \\({folder} is not writable\\)$"):
             train_gan(GanOptions(resume=str(run), max_steps=2), PhantomSet(4))
         assert json.loads((run / "state.json").read_text())["step"] == 1
+
+
+def test_the_grader_as_perceptual_network_says_why_only_when_auto_chose_it(tmp_path):
+    from drgan.training.losses import describe_perceptual, torchvision_weights_path
+
+    space = str(tmp_path / "grader" / "grading_space.safetensors")
+    assert describe_perceptual("grader", None, space, auto=False) == f"perceptual loss: the grader of {tmp_path / 'grader'}"
+    assert describe_perceptual("grader", None, space, auto=True) == (
+        f"perceptual loss: the grader of {tmp_path / 'grader'} (no VGG-19 weights given or at {torchvision_weights_path()})")

@@ -140,11 +140,12 @@ class GanTrainer:
     def _build_perceptual(self) -> None:
         # The run records the network 'auto' resolves to (a resumed run's is resolved already).
         opts = self.opts
+        auto = opts.perceptual == "auto"
         perceptual, vgg19_weights = losses.resolve_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space)
         opts = self.opts = dataclasses.replace(opts, perceptual=perceptual, vgg19_weights=vgg19_weights)
         self.perceptual = losses.build_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space)
         if self.info.is_main:
-            print(losses.describe_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space), file=sys.stderr)
+            print(losses.describe_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space, auto), file=sys.stderr)
 
     def _build_optimizers(self) -> None:
         """Adam for G and D, the fp16 gradient scaler, and the autocast dtype of --precision."""

@@ -135,12 +135,14 @@ def resolve_perceptual(kind: str, vgg19_weights: str | None, grading_space: str 
     return "grader", None
 
 
-def describe_perceptual(kind: str, vgg19_weights: str | None, grading_space: str | None) -> str:
-    """One line naming the perceptual network of resolved options."""
+def describe_perceptual(kind: str, vgg19_weights: str | None, grading_space: str | None, auto: bool) -> str:
+    """One line naming the perceptual network of resolved options; `auto`: resolved from 'auto' now,
+    so a grader says why it is not the paper's VGG-19."""
     if kind == "vgg19":
         return f"perceptual loss: VGG-19 with {vgg19_weights}"
     if kind == "grader":
-        return f"perceptual loss: the grader of {Path(grading_space or '.').parent} (no VGG-19 weights given or at {torchvision_weights_path()})"
+        why = f" (no VGG-19 weights given or at {torchvision_weights_path()})" if auto else ""
+        return f"perceptual loss: the grader of {Path(grading_space or '.').parent}{why}"
     return "perceptual loss: none"
 
 
