@@ -30,8 +30,9 @@ class ParameterError(DrganError):
 
 
 class UsageError(ParameterError):
-    """A required option missing, or two options that exclude each other ("give exactly one of"):
-    a usage error, exit 2, as click gives for the options it checks itself."""
+    """A required option missing, two options that exclude each other ("give exactly one of"), one
+    that needs another, or a malformed value: a usage error, exit 2, as click gives for the options
+    it checks itself."""
 
     exit_code = 2
 

@@ -21,12 +21,16 @@ from drgan.nn import DRGANGenerator
 # Weights above this go to an external data file (protobuf caps a single file at 2 GB).
 EXTERNAL_DATA_BYTES = 1 << 30
 MIN_OPSET = 23  # the first opset with the standard Attention op
+MAX_OPSET = 25  # the newest the exporter reaches: torch writes opset 18 and onnxscript's (0.7) version converter lifts it
 
 
 def check_opset(opset: int) -> None:
-    """The spatial attention is exported as the Attention op, which opsets before MIN_OPSET lack."""
+    """The spatial attention is exported as the Attention op, which opsets before MIN_OPSET lack;
+    one above MAX_OPSET would fail only after the export's tracing (minutes at full size)."""
     if opset < MIN_OPSET:
         raise ParameterError(f"{{opset}} {opset}: the spatial attention needs the Attention op of opset {MIN_OPSET} or later")
+    if opset > MAX_OPSET:
+        raise ParameterError(f"{{opset}} {opset}: the ONNX exporter converts up to opset {MAX_OPSET}")
 
 
 def export_onnx(

@@ -22,7 +22,7 @@ import torch
 
 from drgan import locks
 from drgan.checkpoint import load_generator, weights_sha256
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.export.aoti import compile_aoti, run_in_fresh_process
 from drgan.export.backends import MANIFEST, ONNX_FILE, TRT_ONNX_FILE, aoti_file, engine_file, read_manifest
 from drgan.export.onnx_export import check_opset, export_onnx
@@ -46,7 +46,7 @@ class ExportOptions:
     trt: bool = False                       # a TensorRT engine (needs TensorRT and a GPU)
     aoti: bool = False                      # an AOTInductor .pt2 package
     precision: str = "fp32"                 # engine/package precision: 'fp32' | 'fp16' | 'bf16'
-    opset: int = 23                         # ONNX opset, >= 23 (the Attention op)
+    opset: int = 23                         # ONNX opset, 23 (the Attention op) to 25 (the exporter's newest)
     device: str = "auto"                    # device of the package: auto (cuda if available), cpu, cuda, cuda:N
     external_data: bool | None = None       # ONNX weights in a .data file; None: automatic above 1 GB
     pad_qk: bool = True                     # TensorRT: zero-pad Q/K to V's width for its fused attention
@@ -59,14 +59,19 @@ class ExportOptions:
             import_tensorrt()  # first: a missing TensorRT stops before any work
         if not (self.onnx or self.trt or self.aoti):
             raise ParameterError("nothing to export: name one of {onnx}, {trt}, {aoti}")
+        # An option the outputs asked for would ignore, or one that needs another: usage errors.
         if self.precision != "fp32" and not (self.trt or self.aoti):
-            raise ParameterError(f"{{precision}} {self.precision} applies to {{trt}} and {{aoti}}; the ONNX file is always fp32")
+            raise UsageError(f"{{precision}} {self.precision} applies to {{trt}} and {{aoti}}; the ONNX file is always fp32")
         if not self.trt and (self.opt_level is not None or self.timing_cache is not None or self.trt_plugin is not None):
-            raise ParameterError("{opt_level}, {timing_cache} and {trt_plugin} configure the TensorRT build: add {trt}")
+            raise UsageError("{opt_level}, {timing_cache} and {trt_plugin} configure the TensorRT build: add {trt}")
         if not self.pad_qk and not self.trt:
-            raise ParameterError("{no_pad_qk} configures the TensorRT build: add {trt}")
+            raise UsageError("{no_pad_qk} configures the TensorRT build: add {trt}")
         if self.trt_plugin is not None and self.precision == "fp32":
-            raise ParameterError("{trt_plugin} runs the fp16/bf16 kernels: add {precision} fp16 or {precision} bf16")
+            raise UsageError("{trt_plugin} runs the fp16/bf16 kernels: add {precision} fp16 or {precision} bf16")
+        if self.device != "auto" and not self.aoti:  # an engine is built on the current GPU, the ONNX file for none
+            raise UsageError(f"{{device}} {self.device} is the device of the AOTInductor package: add {{aoti}}")
+        if self.external_data and not (self.onnx or self.trt):  # an engine is built from an ONNX file it writes
+            raise UsageError("{external_data} applies to ONNX files; {aoti} alone writes none: add {onnx}")
 
 
 def export_run(

@@ -50,10 +50,15 @@ def drgan(capsys):
     return call
 
 
-def one_error(rc: int, _out: str, err: str) -> str:
+def one_error(rc: int, _out: str, err: str, code: int = 1) -> str:
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error")]
-    assert rc == 1 and len(lines) == 1 and "Traceback" not in err, (rc, err)
+    assert rc == code and len(lines) == 1 and "Traceback" not in err, (rc, err)
     return lines[0]
+
+
+def usage_error(rc: int, out: str, err: str) -> str:
+    """The one line of a usage error (exit 2)."""
+    return one_error(rc, out, err, code=2)
 
 
 @pytest.fixture
@@ -168,11 +173,14 @@ def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
     assert one_error(*drgan(*synth, "--per-grade", "0")) == "error: --per-grade 0: outside the range x>=1"
     assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "0")).startswith("error: --quality 0:")
     assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "500")).startswith("error: --quality 500:")
-    assert one_error(*drgan(*synth, "--count", "5", "--quality", "50")).startswith("error: --quality is the JPEG quality; with --format png")
-    assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--png-level", "3")).startswith(
+    # An option the others leave unused, or one that needs another: usage errors.
+    assert usage_error(*drgan(*synth, "--count", "5", "--quality", "50")).startswith("error: --quality is the JPEG quality; with --format png")
+    assert usage_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--png-level", "3")).startswith(
         "error: --png-level is the PNG compression; with --format jpeg")
-    assert one_error(*drgan(*synth, "--count", "5", "--loader", "dali")).startswith("error: --loader reads --structures")
-    assert one_error(*drgan(*synth, "--count", "5", "--device", "tpu")) == \
+    assert usage_error(*drgan(*synth, "--count", "5", "--loader", "dali")).startswith("error: --loader reads --structures")
+    assert usage_error(*drgan(*synth, "--count", "5", "--trt-plugin", tmp_path / "lib.so")) == \
+        "error: --trt-plugin applies to --backend tensorrt, not torch"
+    assert one_error(*drgan(*synth[:-2], "--count", "5", "--device", "tpu")) == \
         "error: --device 'tpu': expected auto, cpu, cuda or cuda:N"
     line = one_error(*drgan(*synth, "--count", "5", "--backend", "tensorrt"))
     assert "not exported yet" in line and "--trt" in line
@@ -290,6 +298,14 @@ def test_repeated_or_unknown_grades_are_refused_before_the_balance_warning(drgan
     assert not (tmp_path / "set").exists()
 
 
+def test_malformed_grades_or_shard_are_usage_errors_out_of_range_ones_bad_input(drgan, tmp_path):
+    synth = ["synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set", "--count", "5", "--device", "cpu"]
+    assert usage_error(*drgan(*synth, "--grades", "a")) == "error: --grades 'a': expected comma-separated grades, e.g. 0,1,2,3,4"
+    assert usage_error(*drgan(*synth, "--shard", "x")) == "error: --shard 'x': expected i/n, e.g. 0/4"
+    assert one_error(*drgan(*synth, "--shard", "3/2")) == "error: --shard '3/2': need 0 <= i < n"
+    assert not (tmp_path / "set").exists()
+
+
 def test_info_of_a_run_refuses_a_preset_or_stage_it_would_ignore(drgan, run):
     for extra in (["--preset", "paper-1280"], ["--stage", "local"]):  # options that exclude each other: usage
         assert drgan("info", "--run", run, *extra) == \
@@ -400,6 +416,17 @@ def test_every_option_has_help_and_every_number_its_range():
                 assert ranged, (name, param.opts, param.help)
     synthesize_help = cli.commands["synthesize"].get_help(click.Context(cli.commands["synthesize"]))
     assert "one of them is required" in " ".join(synthesize_help.split())
+
+
+def test_every_device_option_says_the_same_and_opset_its_bounds():
+    """Four evaluate commands gave 'auto, cpu, cuda, cuda:1, ...'; --opset had no upper bound."""
+    from drgan.cli.common import DEVICE_HELP
+    from drgan.export.onnx_export import MAX_OPSET, MIN_OPSET
+
+    devices = [(name, p.help) for name, command in _commands(cli) for p in command.params if p.name == "device"]
+    assert len(devices) >= 9 and all(DEVICE_HELP in text for _, text in devices), devices
+    opset = next(p for p in cli.commands["export"].params if p.name == "opset")
+    assert opset.help.startswith(f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} ")
 
 
 def test_written_files_have_the_mode_of_a_plain_open(drgan, tmp_path, data):
@@ -539,9 +566,9 @@ def test_json_outputs_are_json_alone_on_stdout(drgan, tmp_path, data, run):
 def test_every_device_option_refuses_a_bad_device_in_one_line(drgan, tmp_path, data, run):
     """export's --device went to torch.device unchecked: a traceback for 'auto' and for 'bogus'."""
     expected = "error: --device 'bogus': expected auto, cpu, cuda or cuda:N"
-    for args in (("export", "--run", run, "--out", tmp_path / "e"),
+    for args in (("export", "--run", run, "--out", tmp_path / "e", "--aoti"),  # the device of the package only
                  ("synthesize", "--run", run, "--out", tmp_path / "s", "--count", "2"),
-                 ("evaluate", "fidelity", "--real", data, "--fake", data)):
+                 ("evaluate", "fidelity", "--real", data, "--fake", data, "--grader", run)):  # grading's only
         assert one_error(*drgan(*args, "--device", "bogus")) == expected, args
 
 

@@ -251,13 +251,25 @@ def test_opset_below_23_is_refused(tmp_path):
         onnx_export.export_onnx(_generator("tiny-64"), tmp_path / "g.onnx", opset=22)
 
 
-def test_failed_reexport_keeps_the_earlier_file(tiny_run, tmp_path, capsys):
+def test_opset_above_the_exporters_newest_is_refused_before_any_work(tiny_run, tmp_path, monkeypatch, capsys):
+    """Opset 26 failed only after the tracing (minutes at full size), as the exporter could not convert to it."""
+    run, _, _ = tiny_run
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: pytest.fail("traced"))
+    out = tmp_path / "export"
+    assert run_command(export, args=["--checkpoint", str(run), "--out", str(out), "--opset", str(onnx_export.MAX_OPSET + 1)]) == 1
+    assert capsys.readouterr().err == \
+        f"error: --opset {onnx_export.MAX_OPSET + 1}: the ONNX exporter converts up to opset {onnx_export.MAX_OPSET}\n"
+    assert not out.exists()
+
+
+def test_failed_reexport_keeps_the_earlier_file(tiny_run, tmp_path, monkeypatch, capsys):
     """An opset the exporter cannot convert to is one error line, and the working export stays."""
     run, _, _ = tiny_run
     out = tmp_path / "export"
     assert run_command(export, args=["--checkpoint", str(run), "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     capsys.readouterr()
+    monkeypatch.setattr(onnx_export, "MAX_OPSET", 99)  # an exporter whose converter falls short of its bound
     assert run_command(export, args=["--checkpoint", str(run), "--out", str(out), "--opset", "99"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.fullmatch(
@@ -266,8 +278,9 @@ def test_failed_reexport_keeps_the_earlier_file(tiny_run, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
-def test_failed_first_export_leaves_no_folder(tiny_run, tmp_path, capsys):
+def test_failed_first_export_leaves_no_folder(tiny_run, tmp_path, monkeypatch, capsys):
     run, _, _ = tiny_run
+    monkeypatch.setattr(onnx_export, "MAX_OPSET", 99)  # 99 reaches the exporter
     for opset in ("22", "99"):  # refused before any work; refused by the exporter
         out = tmp_path / f"export{opset}"
         assert run_command(export, args=["--checkpoint", str(run), "--out", str(out), "--opset", opset]) == 1

@@ -103,28 +103,29 @@ def test_cli_trt_without_tensorrt_exits_1_with_one_line(run):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, code",  # options that exclude each other or need another: usage errors (2)
     [
-        (["--batch", "4", "--max-batch", "8"], "do not combine it with --max-batch"),
-        (["--precision", "fp16"], "applies to --trt and --aoti"),
-        (["--batch", "4"], "--batch sets the batch range of an engine or package: add --trt or --aoti"),
-        (["--onnx", "--min-batch", "1", "--opt-batch", "2"], "--min-batch, --opt-batch set the batch range"),
-        (["--no-pad-qk"], "--no-pad-qk configures the TensorRT build: add --trt"),
-        (["--opt-level", "5"], "add --trt"),
-        (["--aoti", "--device", "cuda"], "--device cuda: no CUDA device is available"),
-        (["--stage", "local"], None),
+        (["--batch", "4", "--max-batch", "8"], "do not combine it with --max-batch", 2),
+        (["--precision", "fp16"], "applies to --trt and --aoti", 2),
+        (["--batch", "4"], "--batch sets the batch range of an engine or package: add --trt or --aoti", 2),
+        (["--onnx", "--min-batch", "1", "--opt-batch", "2"], "--min-batch, --opt-batch set the batch range", 2),
+        (["--no-pad-qk"], "--no-pad-qk configures the TensorRT build: add --trt", 2),
+        (["--opt-level", "5"], "add --trt", 2),
+        (["--device", "cpu"], "--device cpu is the device of the AOTInductor package: add --aoti", 2),
+        (["--aoti", "--external-data"], "--external-data applies to ONNX files; --aoti alone writes none: add --onnx", 2),
+        (["--aoti", "--device", "cuda"], "--device cuda: no CUDA device is available", 1),
+        (["--stage", "local"], None, 1),
     ],
 )
-def test_cli_argument_checks(run, args, message, capsys, tmp_path):
+def test_cli_argument_checks(run, args, message, code, capsys, tmp_path):
     if message is None:  # --stage must name the run's stage
         write_run_config(run, preset("tiny-64"), "global")
         save_module(DRGANGenerator(preset("tiny-64"), "global"), run / "G_ema.safetensors")
         message = "is a global-stage run"
     elif "CUDA" in message and torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    code = run_command(export, args=["--checkpoint", str(run), *args])
+    assert run_command(export, args=["--checkpoint", str(run), *args]) == code
     err = capsys.readouterr().err
-    assert code == (2 if "do not combine" in message else 1)  # two options that exclude each other: usage
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (run / "export").exists()
 

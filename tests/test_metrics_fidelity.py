@@ -115,5 +115,11 @@ def test_a_set_without_masks_is_refused_not_reported_empty(phantoms, tmp_path, c
 def test_real_split_without_real_is_refused_not_ignored(phantoms, capsys):
     for spelling in ("--real-split", "--reference-split"):
         args = ["evaluate", "fidelity", "--fake", str(phantoms), spelling, "test", "--resolution", "64"]
-        assert run_command(cli, args=args, prog_name="drgan") == 1
+        assert run_command(cli, args=args, prog_name="drgan") == 2  # an option that needs another: usage
         assert capsys.readouterr().err == "error: --real-split 'test' is a split of --real: give --real too\n"
+
+
+def test_a_device_without_a_grader_is_refused_not_ignored(phantoms, capsys):
+    args = ["evaluate", "fidelity", "--fake", str(phantoms), "--resolution", "64", "--device", "cpu"]
+    assert run_command(cli, args=args, prog_name="drgan") == 2
+    assert capsys.readouterr().err == "error: --device is the grading device: add --grader (fidelity itself runs on the CPU)\n"

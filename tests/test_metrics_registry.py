@@ -139,23 +139,26 @@ def test_cli_metrics_json_text_and_bad_names(sets, capsys):
     assert [line.split()[0] for line in table] == list(result)
     assert f"{result['swd_x1e3_average']:.4f}" == table[0].split()[-1]
 
-    assert run_command(cli, args=args[:-2] + ["--metrics", "swd,kid"], prog_name="drgan") == 1
+    assert run_command(cli, args=[a.replace("swd,fidelity", "swd,kid") for a in args], prog_name="drgan") == 1
     assert capsys.readouterr().err == "error: --metrics 'kid': choose one of fid, swd, fidelity, grading\n"
     assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "grading"], prog_name="drgan") == 1
     assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"
 
 
 def test_cli_metrics_options_no_metric_reads_are_refused(sets, grader, capsys):
+    """Usage errors (exit 2): each needs another option or a metric that reads it."""
     real, fake = sets
     base = ["evaluate", "metrics", "--fake", str(fake), "--metrics", "fidelity"]
-    assert run_command(cli, args=base + ["--real-split", "test"], prog_name="drgan") == 1
+    assert run_command(cli, args=base + ["--real-split", "test"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --real-split 'test' is a split of --real: give --real too\n"
-    assert run_command(cli, args=base + ["--grader", str(grader)], prog_name="drgan") == 1
+    assert run_command(cli, args=base + ["--grader", str(grader)], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --grader is read by the grading metric only: add grading to --metrics (fidelity)\n"
+    assert run_command(cli, args=base + ["--device", "cpu"], prog_name="drgan") == 2  # fidelity runs on the CPU
+    assert capsys.readouterr().err == "error: --device runs fid, swd and grading only: add one of them to --metrics (fidelity)\n"
     base = ["evaluate", "metrics", "--fake", str(fake), "--real", str(real), "--metrics", "fid,grading", "--grader", str(grader)]
-    assert run_command(cli, args=base + ["--max-images", "6"], prog_name="drgan") == 1
+    assert run_command(cli, args=base + ["--max-images", "6"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --max-images caps swd and fidelity only: add one of them to --metrics (fid,grading)\n"
-    assert run_command(cli, args=base + ["--seed", "3"], prog_name="drgan") == 1
+    assert run_command(cli, args=base + ["--seed", "3"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --seed draws swd's patches only: add swd to --metrics (fid,grading)\n"
 
 

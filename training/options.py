@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from drgan.config import PRECISIONS, PRESETS, STAGES, ModelConfig, preset
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.runs import read_run, require_kind
 
 PERCEPTUAL_NETS = ("auto", "vgg19", "grader", "none")
 GAN_LOSSES = ("bce", "lsgan")
 FM_NORMS = ("l1", "l2")
+LOSS_WEIGHTS = ("lambda_fm", "lambda_perceptual", "lambda_cls", "g_cls_weight", "lambda_l1")
 
 T = TypeVar("T", bound="_Options")
 
@@ -122,22 +123,21 @@ class GanOptions(_Options):
             (self.preset in PRESETS, f"{{preset}} {self.preset!r} is not one of {list(PRESETS)}"),
             (self.precision in PRECISIONS, f"{{precision}} {self.precision!r} is not one of {PRECISIONS}"),
             (self.perceptual in PERCEPTUAL_NETS, f"{{perceptual}} {self.perceptual!r} is not one of {PERCEPTUAL_NETS}"),
-            (self.vgg19_weights is None or self.perceptual in ("auto", "vgg19"),  # else ignored without a word
-             f"{{vgg19_weights}} is used by {{perceptual}} vgg19 or auto only, not {self.perceptual}; drop one of them"),
             (self.gan_loss in GAN_LOSSES, f"{{gan_loss}} {self.gan_loss!r} is not one of {GAN_LOSSES}"),
             (self.fm_norm in FM_NORMS, f"{{fm_norm}} {self.fm_norm!r} is not one of {FM_NORMS}"),
-            (min(self.lambda_fm, self.lambda_perceptual, self.lambda_cls, self.g_cls_weight, self.lambda_l1) >= 0,
-             "loss weights ({lambda_fm}, {lambda_perceptual}, {lambda_cls}, {g_cls_weight}, {lambda_l1}) must be >= 0"),
+            *((getattr(self, k) >= 0, f"{{{k}}} {getattr(self, k)} must be >= 0") for k in LOSS_WEIGHTS),
             (self.epochs >= 1, f"{{epochs}} {self.epochs} must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, f"{{max_steps}} {self.max_steps} must be >= 1"),
             (self.batch >= 1, f"{{batch}} {self.batch} must be >= 1"),
             (self.lr > 0, f"{{lr}} {self.lr} must be > 0"),
             (0 <= self.ema_decay < 1, f"{{ema_decay}} {self.ema_decay} must lie in [0, 1)"),
-            (min(self.log_every, self.sample_every, self.checkpoint_every) >= 1,
-             "{log_every}, {sample_every} and {checkpoint_every} must be >= 1"),
+            *((getattr(self, k) >= 1, f"{{{k}}} {getattr(self, k)} must be >= 1")
+              for k in ("log_every", "sample_every", "checkpoint_every")),
             (self.workers >= 0, f"{{workers}} {self.workers} must be >= 0"),
             (self.seed >= 0, f"{{seed}} {self.seed} must be >= 0"),
         ])
+        if self.vgg19_weights is not None and self.perceptual not in ("auto", "vgg19"):  # else ignored without a word
+            raise UsageError(f"{{vgg19_weights}} is used by {{perceptual}} vgg19 or auto only, not {self.perceptual}; drop one of them")
 
 
 # Options a resumed run may change: how long and where it runs, not what it optimizes.
@@ -154,6 +154,17 @@ def _same(name: str, given: Any, saved: Any) -> bool:
     return given == saved
 
 
+def kept_on_resume(run: str | Path, name: str, value: Any, own: Any, resumable: tuple[str, ...]) -> ParameterError:
+    """The error for an option given on resume other than the run's own value: a switch reads as
+    its flag (--balanced, --no-balanced), the run's own as on or off."""
+    given = (f"{{{name}}}" if value else f"{{no_{name}}}") if isinstance(value, bool) else f"{{{name}}} {value}"
+    if isinstance(own, bool):
+        own = "on" if own else "off"
+    allowed = ", ".join(f"{{{k}}}" for k in resumable)
+    return ParameterError(f"{given}: {{resume}} {run} keeps the run's own value "
+                          f"({'none: not given when it started' if own is None else own}); only {allowed} may change on resume")
+
+
 def resume_options(run: str | Path, **given: Any) -> GanOptions:
     """The options of `run` for continuing it. Given RESUMABLE_OVERRIDES replace the run's; any
     other given option must equal the run's (paths compared resolved), or it is refused."""
@@ -166,12 +177,7 @@ def resume_options(run: str | Path, **given: Any) -> GanOptions:
     for name, value in given.items():
         if name in (*RESUMABLE_OVERRIDES, "resume") or _same(name, value, merged.get(name)):
             continue
-        allowed = ", ".join(f"{{{k}}}" for k in RESUMABLE_OVERRIDES)
-        raise ParameterError(
-            f"{{{name}}} {value}: {{resume}} {run} keeps the run's own value "
-            f"({'none: not given when it started' if merged.get(name) is None else merged.get(name)}); "
-            f"only {allowed} may change on resume"
-        )
+        raise kept_on_resume(run, name, value, merged.get(name), RESUMABLE_OVERRIDES)
     merged.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
     if given.get("max_steps") is not None and "epochs" not in given:
         # An epoch has at least one step: the saved epoch count must not cut the asked steps short.

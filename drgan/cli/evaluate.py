@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from drgan.cli.common import DEVICE_HELP, IntRange, resumes_on_rerun
 from drgan.config import MAX_IMAGE_SIDE, PRESETS
@@ -35,6 +36,11 @@ def _check_cache_option(cache: Path) -> None:
         raise ParameterError(f"{{cache}} {cache}: {existing} is a file, not a folder")
 
 
+def _given(name: str) -> bool:
+    """Whether the running command's option `name` was given, not left at its default."""
+    return click.get_current_context().get_parameter_source(name) is not ParameterSource.DEFAULT
+
+
 def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
     click.echo(json.dumps(result, indent=2) if as_json else text)
 
@@ -51,7 +57,7 @@ def evaluate() -> None:
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the real set's cached statistics [default: ~/.cache/drgan/fid].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached statistics.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch", type=IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: bool, device: str, batch: int, as_json: bool) -> None:
@@ -80,7 +86,7 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
               help="Images per set (a seeded random subset); memory grows with it.")
 @click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Patch positions, subsets and directions.")
 @click.option("--per-grade", is_flag=True, help="Also SWD per grade and their average (needs dataset folders).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: int, per_grade: bool, device: str,
         as_json: bool) -> None:
@@ -99,7 +105,7 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
 @click.option("--fake", "--data", "fake", type=_folder, required=True,
               help="Set graded by its labels: a dataset folder (images/ + labels.csv), synthesized or real.")
 @click.option("--split", default=None, help="Only rows of labels.csv with this split (e.g. test) [default: all].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch", type=IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def grading(grader: Path, fake: Path, split: str | None, device: str, batch: int, as_json: bool) -> None:
@@ -132,6 +138,8 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
     from drgan.metrics.fidelity import evaluate_fidelity
 
     check_real_split(real, real_split)
+    if grader is None and _given("device"):
+        raise UsageError("{device} is the grading device: add {grader} (fidelity itself runs on the CPU)")
     result, text = evaluate_fidelity(fake, real, real_split, grader, resolution, max_images, _device(device))
     _emit(result, as_json, text)
 
@@ -158,11 +166,13 @@ def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str,
 
     names = metric_list(metrics)
     if grader is not None and "grading" not in names:  # no other metric reads it
-        raise ParameterError(f"{{grader}} is read by the grading metric only: add grading to {{metrics}} ({metrics})")
+        raise UsageError(f"{{grader}} is read by the grading metric only: add grading to {{metrics}} ({metrics})")
     if max_images is not None and not {"swd", "fidelity"} & set(names):
-        raise ParameterError(f"{{max_images}} caps swd and fidelity only: add one of them to {{metrics}} ({metrics})")
+        raise UsageError(f"{{max_images}} caps swd and fidelity only: add one of them to {{metrics}} ({metrics})")
     if seed != 0 and "swd" not in names:
-        raise ParameterError(f"{{seed}} draws swd's patches only: add swd to {{metrics}} ({metrics})")
+        raise UsageError(f"{{seed}} draws swd's patches only: add swd to {{metrics}} ({metrics})")
+    if _given("device") and not {"fid", "swd", "grading"} & set(names):  # fidelity runs on the CPU
+        raise UsageError(f"{{device}} runs fid, swd and grading only: add one of them to {{metrics}} ({metrics})")
     inputs = MetricInputs(fake=fake, real=real, real_split=real_split, grader=grader, device=_device(device),
                           max_images=max_images, seed=seed, per_grade=per_grade)
     check_inputs(names, inputs)
@@ -191,7 +201,7 @@ def experiment() -> None:
 @click.option("--epochs", type=IntRange(min=1), default=30, show_default=True, help="Epochs per arm (paper: 30).")
 @click.option("--batch", type=IntRange(min=2), default=64, show_default=True, help="Batch size (paper: 64).")
 @click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Same seed for every arm.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/augment"), show_default=True,
               help="Folder for one grader run per arm, results.json and results.md.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the markdown table.")

@@ -10,7 +10,7 @@ import click
 
 from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange
 from drgan.config import PRECISIONS, STAGES
-from drgan.errors import ParameterError
+from drgan.errors import UsageError
 
 
 @click.command(context_settings=HELP_NAMES)
@@ -25,7 +25,7 @@ from drgan.errors import ParameterError
 @click.option("--opt-batch", type=IntRange(1), help="Batch TensorRT tunes for, min..max.  [default: 4]")
 @click.option("--max-batch", type=IntRange(1), help="Largest batch of the engine/package.  [default: 16]")
 @click.option("--stage", type=click.Choice(list(STAGES)), help="Stage to export; must be the run's (global: Gm at half resolution).  [default: the run's stage]")
-@click.option("--opset", default=23, show_default=True, type=int, help="ONNX opset, >= 23 (the Attention op).")
+@click.option("--opset", default=23, show_default=True, type=int, help="ONNX opset, 23..25 (23: the first with the Attention op; 25: the newest the exporter converts to).")
 @click.option("--device", default="auto", show_default=True, help="Device of the AOTInductor package: " + DEVICE_HELP)
 @click.option("--external-data", is_flag=True, help="Keep the ONNX weights in a .data file (automatic above 1 GB).")
 @click.option("--pad-qk/--no-pad-qk", default=True, show_default=True, help="TensorRT path: zero-pad Q/K to V's width (fused attention; ~1.9x attention FLOPs).")
@@ -54,7 +54,7 @@ def export(
                                      ("max_batch", max_batch)) if v is not None]
     if given and not (want_trt or want_aoti):  # the ONNX file's batch axis is dynamic: they would be ignored
         verb = "sets" if len(given) == 1 else "set"
-        raise ParameterError(f"{', '.join(given)} {verb} the batch range of an engine or package: add {{trt}} or {{aoti}}")
+        raise UsageError(f"{', '.join(given)} {verb} the batch range of an engine or package: add {{trt}} or {{aoti}}")
     log = functools.partial(click.echo, err=as_json)
     manifest = export_run(run, out, options, profile, stage, log=log)  # killed: run_command lets it remove its temp folder
     if as_json:

@@ -13,12 +13,13 @@ from drgan.synthesis.registry import BACKENDS
 
 
 def _grades(text: str) -> tuple[int, ...]:
-    from drgan.errors import DrganError
+    """Malformed --grades is a usage error (exit 2); grades out of 0..4 are bad input (Plan, exit 1)."""
+    from drgan.errors import UsageError
 
     try:
         grades = tuple(int(g) for g in text.split(","))
     except ValueError:
-        raise DrganError(f"--grades {text!r}: expected comma-separated grades, e.g. 0,1,2,3,4") from None
+        raise UsageError(f"{{grades}} {text!r}: expected comma-separated grades, e.g. 0,1,2,3,4") from None
     return grades
 
 
@@ -70,7 +71,7 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
 
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
     """
-    from drgan.errors import DrganError, UsageError
+    from drgan.errors import UsageError
     from drgan.synthesis.fingerprint import FILE_NAME as SET_MARKER
     from drgan.synthesis.plan import Plan
     from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as synthesize_set
@@ -80,13 +81,13 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
     if (count is None) == (per_grade is None):
         raise UsageError("give exactly one of --count and --per-grade")
     given = click.get_current_context().get_parameter_source
-    # Options that would do nothing are refused, not ignored.
+    # Options that would do nothing are refused, not ignored: a usage error, as two that exclude each other.
     if fmt == "png" and given("quality") is not ParameterSource.DEFAULT:
-        raise DrganError("--quality is the JPEG quality; with --format png it would do nothing (--png-level sets PNG compression)")
+        raise UsageError("{quality} is the JPEG quality; with {fmt} png it would do nothing ({png_level} sets PNG compression)")
     if fmt == "jpeg" and given("png_level") is not ParameterSource.DEFAULT:
-        raise DrganError("--png-level is the PNG compression; with --format jpeg it would do nothing (--quality sets JPEG quality)")
+        raise UsageError("{png_level} is the PNG compression; with {fmt} jpeg it would do nothing ({quality} sets JPEG quality)")
     if structures is None and given("loader") is not ParameterSource.DEFAULT:
-        raise DrganError("--loader reads --structures; without it (phantom structures) it would do nothing")
+        raise UsageError("{loader} reads {structures}; without it (phantom structures) it would do nothing")
     total = count if count is not None else per_grade * len(grade_list)
     Plan(total, grade_list, seed, batch)  # its checks of the grades come before a warning about their balance
     warnings = [_imbalance(total, grade_list)] if total % len(grade_list) else []

@@ -37,7 +37,7 @@ def train() -> None:
 def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str | None, as_json: bool, **given) -> None:
     """ResNet-50 grader and grading spaces; a killed run continues with --resume."""
     from drgan.data.dataset import FundusDataset
-    from drgan.errors import DrganError, UsageError
+    from drgan.errors import UsageError
     from drgan.runs import check_out, require_checkpoint, require_kind
     from drgan.training.grader_pretraining import GraderOptions, check_resumable, train_grader
 
@@ -52,7 +52,7 @@ def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str |
         if overwrite:
             raise UsageError("--overwrite starts a run over; --resume continues one: give one of them")
         if out is not None and Path(out).resolve() != Path(resume).resolve():
-            raise DrganError(f"--out {out}: --resume {resume} continues in its own folder; drop --out")
+            raise UsageError(f"{{out}} {out}: {{resume}} {resume} continues in its own folder; drop {{out}}")
         info = require_kind(resume, "grader", "resume")
         require_checkpoint(resume)  # before the datasets are opened
         opts = GraderOptions.from_dict({**{k: v for k, v in info.options.items() if k != "trainer"}, **given})

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from drgan.errors import ParameterError
+from drgan.errors import ParameterError, UsageError
 
 if TYPE_CHECKING:
     from drgan.metrics.images import ImageSet
@@ -42,7 +42,7 @@ class MetricInputs:
 def check_real_split(real: Path | None, real_split: str | None) -> None:
     """A split of no reference set would be ignored without a word: refuse it."""
     if real_split is not None and real is None:
-        raise ParameterError(f"{{real_split}} {real_split!r} is a split of {{real}}: give {{real}} too")
+        raise UsageError(f"{{real_split}} {real_split!r} is a split of {{real}}: give {{real}} too")
 
 
 _METRICS: dict[str, Metric] = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from drgan.config import NUM_GRADES
-from drgan.errors import ParameterError
+from drgan.errors import ParameterError, UsageError
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,11 @@ class Shard:
 
     @classmethod
     def parse(cls, text: str) -> "Shard":
+        """Not of the form i/n: a usage error (exit 2); i/n with i outside 0..n-1: bad input (exit 1)."""
         try:
             i, n = (int(p) for p in text.split("/"))
         except ValueError:
-            raise ParameterError(f"{{shard}} {text!r}: expected i/n, e.g. 0/4") from None
+            raise UsageError(f"{{shard}} {text!r}: expected i/n, e.g. 0/4") from None
         if n < 1 or not 0 <= i < n:
             raise ParameterError(f"{{shard}} {text!r}: need 0 <= i < n")
         return cls(i, n)

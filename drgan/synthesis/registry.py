@@ -13,7 +13,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drgan.errors import ParameterError
+from drgan.errors import ParameterError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -39,9 +39,9 @@ def make_backend(
     if name not in BACKENDS:
         raise ParameterError(f"{{backend}} {name!r}: choose one of {', '.join(BACKENDS)}")
     if trt_plugin is not None and name != "tensorrt":
-        raise ParameterError(f"{{trt_plugin}} applies to {{backend}} tensorrt, not {name}")
+        raise UsageError(f"{{trt_plugin}} applies to {{backend}} tensorrt, not {name}")
     if fp8_attention and name != "torch":
-        raise ParameterError(f"{{fp8_attention}} applies to {{backend}} torch, not {name}")
+        raise UsageError(f"{{fp8_attention}} applies to {{backend}} torch, not {name}")
     module, function = BACKENDS[name].split(":")
     extra = {"fp8_attention": True} if fp8_attention else {}
     return getattr(import_module(module), function)(run, size, device, precision, batch, trt_plugin, **extra)
