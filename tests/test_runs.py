@@ -215,6 +215,17 @@ def test_max_steps_on_resume_goes_past_the_saved_epochs(drgan, tmp_path, data):
     assert "already trained" in line and "--max-steps" in line
 
 
+def test_max_steps_on_a_new_run_goes_past_the_default_epochs_not_given_ones(drgan, tmp_path, data):
+    """As on resume: --max-steps alone trains up to it; --epochs given with it caps it."""
+    for name in ("one", "steps", "capped"):
+        (tmp_path / name).mkdir()
+    per_epoch = _step(_new_run(drgan, tmp_path / "one", data, "--epochs", "1"))
+    run = _new_run(drgan, tmp_path / "steps", data, "--max-steps", 10 * per_epoch + 1)  # the default is 10 epochs
+    assert _step(run) == 10 * per_epoch + 1
+    run = _new_run(drgan, tmp_path / "capped", data, "--max-steps", per_epoch + 1, "--epochs", "1")
+    assert _step(run) == per_epoch
+
+
 def test_resume_of_a_grader_run_or_a_truncated_checkpoint_is_one_line(drgan, tmp_path, data):
     write_run_config(tmp_path / "g", preset("tiny-64"), "global", {"trainer": "grader", "balanced": True})
     line = _one_error(*drgan("train", "gan", "--resume", tmp_path / "g")[::2])

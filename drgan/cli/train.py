@@ -94,7 +94,7 @@ def _recorded_data(run: str, extra: dict, given: str | None) -> str:
 @click.option("--resume", type=click.Path(file_okay=False), help=f"Run folder to continue exactly. Its options hold; these may change: {RESUMABLE_FLAGS}.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Model config.  [default: paper-1280]")
 @click.option("--epochs", type=int, help="Epochs of this stage, >= 1.  [default: 10]")
-@click.option("--max-steps", type=int, help="Stop after this many steps in total, >= 1 (on --resume: train up to it).")
+@click.option("--max-steps", type=int, help="Train up to this many steps in total, >= 1; past the epochs unless --epochs is given too.")
 @click.option("--batch", type=int, help="Per-process batch size, >= 1.  [default: 16]")
 @click.option("--device", help=DEVICE_HELP + " Under torchrun 'cuda' takes the local rank's GPU.  [default: auto]")
 @click.option("--seed", type=int, help="Random seed, >= 0.  [default: 0]")
@@ -141,6 +141,8 @@ def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **
     elif out is None:
         raise UsageError("--out RUN is required (or --resume RUN)")
     else:
+        if given.get("max_steps") is not None and "epochs" not in given:  # as on resume: the default does not cut it short
+            given["epochs"] = max(GanOptions.epochs, given["max_steps"])
         opts = GanOptions(**given)
     report = train_gan(opts, overwrite=overwrite)
     if torchrun_ranks().rank != 0:
