@@ -585,3 +585,16 @@ def test_rank_0_alone_prints_a_torchrun_jobs_summary(drgan, tmp_path, data, monk
     assert rc == 0, err
     summary = f"gan global: 4 steps; checkpoint in {tmp_path / 'gan'}\nlosses: G_total 1.0000\n"
     assert out == (summary if printed else "")
+
+
+def test_a_set_is_never_written_inside_its_run_or_structure_dataset(drgan, tmp_path, run, data):
+    for args, folder in ((["--run", run], run), (["--preset", "tiny-64", "--backend", "null", "--structures", data], data)):
+        inside = folder / "set"
+        line = one_error(*drgan("synthesize", *args, "--out", inside, "--count", "5", "--device", "cpu"))
+        assert line == f"error: {inside}: inside {folder}, a folder this command uses; write it elsewhere"
+        assert not inside.exists()
+
+
+def test_a_generator_backend_without_a_run_asks_for_the_run(drgan, tmp_path):
+    rc, _, err = drgan("synthesize", "--out", tmp_path / "set", "--count", "5", "--backend", "onnxruntime")
+    assert rc == 2 and err == "error: --run is required: the onnxruntime backend runs a trained generator\n"

@@ -29,7 +29,7 @@ from drgan.data.decode import MIN_SIDE
 from drgan.data.lesion_stats import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError, UsageError, name_list
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
-from drgan.io import sha256_file
+from drgan.io import check_outside, sha256_file
 from drgan.runs import require_kind
 from drgan.runtime import intra_op_threads, resolve_device, torchrun_ranks
 from drgan.synthesis import fingerprint
@@ -144,6 +144,8 @@ def _shard(text: str | None) -> Shard:
 def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
     """Output resolution and grading space: the run's, or a preset's with standard-normal
     grading spaces (null backend only: it needs no trained run)."""
+    if opts.run is None and opts.preset is None and opts.backend != "null":
+        raise UsageError(f"{{run}} is required: the {opts.backend} backend runs a trained generator")
     if (opts.run is None) == (opts.preset is None):
         raise UsageError("give exactly one of {run} and {preset}")
     if opts.preset is not None:
@@ -219,6 +221,7 @@ def _check_output_options(opts: SynthesisOptions) -> None:
         raise ParameterError(f"{{label}} {opts.label!r}: choose one of {', '.join(LABELS)}")
     if opts.label == "predicted" and opts.backend == "null":
         raise ParameterError("{label} predicted needs the generator's encoder: a {run} and a generator backend, not null")
+    check_outside(opts.out, [opts.run, opts.structures])  # a set inside its dataset becomes part of the dataset
 
 
 def _output_folder(opts: SynthesisOptions, shard: Shard, set_fingerprint: dict, times: StageTimes) -> OutputFolder:
