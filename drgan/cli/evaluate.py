@@ -193,7 +193,7 @@ def experiment() -> None:
 @experiment.command()
 @click.option("--real", type=_folder, required=True, help="Real training dataset folder.")
 @click.option("--synthetic", type=_folder, required=True, help="Synthesized dataset folder (images/ + labels.csv).")
-@click.option("--test", type=_folder, required=True, help="Test dataset folder.")
+@click.option("--test", type=_folder, required=True, help="Test dataset: the rows of its test split, or every row when it has none (not --real then).")
 @click.option("--baseline", "baselines", type=click.Choice(["mixup", "cutmix"]), multiple=True,
               help="Also train with MixUp / CutMix within a grade (repeatable).")
 @click.option("--preset", default="paper-1280", show_default=True, type=click.Choice(list(PRESETS)),
