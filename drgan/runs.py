@@ -97,8 +97,11 @@ def _files_sha256(data: Path) -> str:
     compressed files differ in size. Sizes, not bytes: a resume would otherwise read the whole
     dataset first."""
     digest = hashlib.sha256()
-    for path in sorted(p for folder in ("images", "masks") for p in (data / folder).rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(data).as_posix()}\0{path.stat().st_size}\n".encode())
+    for folder in ("images", "masks"):
+        for path in sorted((data / folder).rglob("*")):
+            name = path.relative_to(data).as_posix()
+            if path.is_file() and not any(part.startswith(".") for part in name.split("/")):  # as the reader skips them
+                digest.update(f"{name}\0{path.stat().st_size}\n".encode())
     return digest.hexdigest()
 
 

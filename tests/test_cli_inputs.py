@@ -271,8 +271,8 @@ def test_a_shard_that_disagrees_with_torchruns_environment_is_refused(drgan, tmp
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     args = ["synthesize", "--preset", "tiny-64", "--backend", "null", "--count", "10", "--device", "cpu"]
-    line = one_error(*drgan(*args, "--out", tmp_path / "a", "--shard", "0/2"))
-    assert line == "error: --shard 0/2: torchrun's environment gives RANK=1 WORLD_SIZE=2; give one of them"
+    rc, _, err = drgan(*args, "--out", tmp_path / "a", "--shard", "0/2")
+    assert rc == 2 and err == "error: --shard 0/2: torchrun's environment gives RANK=1 WORLD_SIZE=2; give one of them\n"
     assert not (tmp_path / "a").exists()
     rc, _, err = drgan(*args, "--out", tmp_path / "b", "--shard", "1/2")
     assert rc == 0, err
@@ -598,3 +598,8 @@ def test_a_set_is_never_written_inside_its_run_or_structure_dataset(drgan, tmp_p
 def test_a_generator_backend_without_a_run_asks_for_the_run(drgan, tmp_path):
     rc, _, err = drgan("synthesize", "--out", tmp_path / "set", "--count", "5", "--backend", "onnxruntime")
     assert rc == 2 and err == "error: --run is required: the onnxruntime backend runs a trained generator\n"
+    rc, _, err = drgan("synthesize", "--preset", "tiny-64", "--out", tmp_path / "set", "--count", "5")
+    assert rc == 2 and err.startswith("error: --preset needs --backend null"), err
+    rc, _, err = drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--label", "predicted",
+                       "--out", tmp_path / "set", "--count", "5")
+    assert rc == 2 and err.startswith("error: --label predicted needs the generator's encoder"), err

@@ -123,3 +123,5 @@ def test_a_device_without_a_grader_is_refused_not_ignored(phantoms, capsys):
     args = ["evaluate", "fidelity", "--fake", str(phantoms), "--resolution", "64", "--device", "cpu"]
     assert run_command(cli, args=args, prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --device is the grading device: add --grader (fidelity itself runs on the CPU)\n"
+    args[-1] = "auto"  # the default, as a script passing one --device to every evaluate command gives it
+    assert run_command(cli, args=args, prog_name="drgan") == 0, capsys.readouterr().err

@@ -141,8 +141,10 @@ def test_cli_metrics_json_text_and_bad_names(sets, capsys):
 
     assert run_command(cli, args=[a.replace("swd,fidelity", "swd,kid") for a in args], prog_name="drgan") == 1
     assert capsys.readouterr().err == "error: --metrics 'kid': choose one of fid, swd, fidelity, grading\n"
-    assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "grading"], prog_name="drgan") == 1
+    assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "grading"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"
+    assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "fid"], prog_name="drgan") == 2
+    assert capsys.readouterr().err == "error: fid compares two sets: give the reference set --real\n"
 
 
 def test_cli_metrics_options_no_metric_reads_are_refused(sets, grader, capsys):
@@ -155,6 +157,8 @@ def test_cli_metrics_options_no_metric_reads_are_refused(sets, grader, capsys):
     assert capsys.readouterr().err == "error: --grader is read by the grading metric only: add grading to --metrics (fidelity)\n"
     assert run_command(cli, args=base + ["--device", "cpu"], prog_name="drgan") == 2  # fidelity runs on the CPU
     assert capsys.readouterr().err == "error: --device runs fid, swd and grading only: add one of them to --metrics (fidelity)\n"
+    assert run_command(cli, args=base + ["--device", "auto"], prog_name="drgan") == 0, capsys.readouterr().err
+    capsys.readouterr()
     base = ["evaluate", "metrics", "--fake", str(fake), "--real", str(real), "--metrics", "fid,grading", "--grader", str(grader)]
     assert run_command(cli, args=base + ["--max-images", "6"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --max-images caps swd and fidelity only: add one of them to --metrics (fid,grading)\n"
@@ -176,7 +180,7 @@ def test_cli_metrics_checks_every_metric_before_running_any(sets, tmp_path, caps
     args = ["evaluate", "metrics", "--fake", str(fake), "--real", str(bare), "--metrics", "fid,fidelity"]
     assert run_command(cli, args=args, prog_name="drgan") == 1  # the reference set is measured beside it
     assert capsys.readouterr().err.startswith(f"error: {bare}: no condition mask in its images")
-    assert run_command(cli, args=args[:-1] + ["fid,grading"], prog_name="drgan") == 1
+    assert run_command(cli, args=args[:-1] + ["fid,grading"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"
 
 

@@ -18,7 +18,7 @@ from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError, ParameterError
 from drgan.metrics.grade_prediction import load_grader
 from drgan.nn import build_grader
-from drgan.runs import GRADER_FILE, read_run, write_run_config
+from drgan.runs import GRADER_FILE, dataset_record, read_run, write_run_config
 from drgan.training.gan import train_gan
 from drgan.training.options import GanOptions
 from synthesis_fixtures import make_run
@@ -189,6 +189,11 @@ def test_resume_refuses_another_datasets_images_under_the_same_labels(drgan, tmp
     them is refused by the files' listing; a run.json of an earlier version (labels.csv alone) resumes."""
     shutil.copytree(data, tmp_path / "p")
     run = _new_run(drgan, tmp_path, tmp_path / "p", "--max-steps", "1")
+    recorded = dataset_record(tmp_path / "p")
+    (tmp_path / "p" / "images" / ".DS_Store").write_bytes(b"x")  # hidden files: the reader skips them too
+    (tmp_path / "p" / "masks" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "p" / "masks" / ".ipynb_checkpoints" / "a.png").write_bytes(b"x")
+    assert dataset_record(tmp_path / "p") == recorded
     other = write_phantom_dataset(tmp_path / "other", count=12, size=64, seed=1)
     assert (other / "labels.csv").read_bytes() == (data / "labels.csv").read_bytes()
     for folder in ("images", "masks"):

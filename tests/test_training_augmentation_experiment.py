@@ -116,8 +116,11 @@ def test_augment_experiment_output_folder_is_its_own(tmp_path):
     fake = write_phantom_dataset(tmp_path / "fake", 10, 64, seed=1, grades=[3, 4] * 5, split=False)
     before = sorted(p.name for p in real.iterdir())
     args = dict(preset="tiny-64", epochs=1, batch=8, device="cpu")
+    unrelated = write_phantom_dataset(tmp_path / "unrelated", 5, 64, seed=2)
     with pytest.raises(DrganError, match="not an augmentation experiment"):
-        run_augment_experiment(real, fake, real, real, **args)
+        run_augment_experiment(real, fake, real, unrelated, **args)
+    with pytest.raises(DrganError, match=f"^{real / 'exp'}: inside {real}, a folder this command uses"):
+        run_augment_experiment(real, fake, real, real / "exp", **args)
     assert sorted(p.name for p in real.iterdir()) == before
     out = tmp_path / "exp"
     first, _ = run_augment_experiment(real, fake, real, out, **args)

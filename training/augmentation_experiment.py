@@ -29,7 +29,7 @@ from drgan.data.format import MANIFEST_FILE, open_dataset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
-from drgan.io import atomic_write_json, atomic_write_text, sha256_file
+from drgan.io import atomic_write_json, atomic_write_text, check_outside, sha256_file
 from drgan.metrics.grade_prediction import evaluate_grader, load_grader
 from drgan.metrics.images import open_image_set
 from drgan.runs import claimed_folder
@@ -197,6 +197,7 @@ def run_augment_experiment(
 ) -> tuple[dict[str, Any], str]:
     """Train one grader per arm under `out/<arm>`; write out/results.json and out/results.md. A rerun
     with the same settings into the same `out` keeps the arms an interrupted run finished."""
+    check_outside(out, [real, synthetic, test])  # its grader runs would lie inside a dataset
     opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, seed=seed, device=device)
     cfg = get_preset(preset)
     resolution = cfg.resolution

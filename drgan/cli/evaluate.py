@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from drgan.cli.common import DEVICE_HELP, IntRange, resumes_on_rerun
 from drgan.config import MAX_IMAGE_SIDE, PRESETS
@@ -34,11 +33,6 @@ def _check_cache_option(cache: Path) -> None:
     existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ParameterError(f"{{cache}} {cache}: {existing} is a file, not a folder")
-
-
-def _given(name: str) -> bool:
-    """Whether the running command's option `name` was given, not left at its default."""
-    return click.get_current_context().get_parameter_source(name) is not ParameterSource.DEFAULT
 
 
 def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
@@ -138,7 +132,7 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
     from drgan.metrics.fidelity import evaluate_fidelity
 
     check_real_split(real, real_split)
-    if grader is None and _given("device"):
+    if grader is None and device != "auto":  # auto: the same --device may go to every evaluate command
         raise UsageError("{device} is the grading device: add {grader} (fidelity itself runs on the CPU)")
     result, text = evaluate_fidelity(fake, real, real_split, grader, resolution, max_images, _device(device))
     _emit(result, as_json, text)
@@ -171,7 +165,7 @@ def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str,
         raise UsageError(f"{{max_images}} caps swd and fidelity only: add one of them to {{metrics}} ({metrics})")
     if seed != 0 and "swd" not in names:
         raise UsageError(f"{{seed}} draws swd's patches only: add swd to {{metrics}} ({metrics})")
-    if _given("device") and not {"fid", "swd", "grading"} & set(names):  # fidelity runs on the CPU
+    if device != "auto" and not {"fid", "swd", "grading"} & set(names):  # fidelity runs on the CPU
         raise UsageError(f"{{device}} runs fid, swd and grading only: add one of them to {{metrics}} ({metrics})")
     inputs = MetricInputs(fake=fake, real=real, real_split=real_split, grader=grader, device=_device(device),
                           max_images=max_images, seed=seed, per_grade=per_grade)

@@ -255,7 +255,6 @@ class DaliLoader:
                 "grade": torch.as_tensor(grades[idx], dtype=torch.int64),
             }
 
-
     def _decode_error(self, indices: np.ndarray, exc: RuntimeError) -> DrganError:
         """DALI's error names neither the file nor (on its first line) the reason: decode the
         files of this batch and of the two it has prefetched as the torch path does, and name the
@@ -265,8 +264,9 @@ class DaliLoader:
                 self.dataset.index.read_sample(self.dataset.samples[i])
             except DrganError as culprit:
                 return culprit
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[lines.index("encountered:") + 1] if "encountered:" in lines[:-1] else lines[-1] if lines else "?"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or ["?"]
+        # DALI's message: "Error in CPU operator ... (the pipeline's traceback) encountered: REASON ..."
+        reason = lines[lines.index("encountered:") + 1] if "encountered:" in lines[:-1] else lines[-1]
         names = ", ".join(str(self.dataset.samples[i].image) for i in indices[:self.batch_size])
         return DrganError(f"DALI could not decode a batch of {names}: {reason}")
 

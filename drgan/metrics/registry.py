@@ -107,12 +107,12 @@ def format_metrics(result: Result) -> str:
 
 
 def _no_grader() -> ParameterError:
-    return ParameterError("grading needs a grader: give its run folder {grader}")
+    return UsageError("grading needs a grader: give its run folder {grader}")
 
 
 def _real(inputs: MetricInputs, metric: str) -> Path:
     if inputs.real is None:
-        raise ParameterError(f"{metric} compares two sets: give the reference set {{real}}")
+        raise UsageError(f"{metric} compares two sets: give the reference set {{real}}")
     return inputs.real
 
 

@@ -136,7 +136,7 @@ def _shard(text: str | None) -> Shard:
         return Shard(rank, world)
     shard = Shard.parse(text)
     if world > 1 and (shard.index, shard.count) != (rank, world):
-        raise ParameterError(f"{{shard}} {text}: torchrun's environment gives RANK={rank} WORLD_SIZE={world}; "
+        raise UsageError(f"{{shard}} {text}: torchrun's environment gives RANK={rank} WORLD_SIZE={world}; "
                              "give one of them")
     return shard
 
@@ -150,7 +150,7 @@ def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
         raise UsageError("give exactly one of {run} and {preset}")
     if opts.preset is not None:
         if opts.backend != "null":
-            raise ParameterError("{preset} needs {backend} null (a generator needs a trained run: {run})")
+            raise UsageError("{preset} needs {backend} null (a generator needs a trained run: {run})")
         cfg = preset_config(opts.preset)
         return cfg.resolution, GradingSpace(torch.zeros(NUM_GRADES, cfg.z_dim), torch.ones(NUM_GRADES, cfg.z_dim), float("nan"))
     run = Path(opts.run)
@@ -220,7 +220,7 @@ def _check_output_options(opts: SynthesisOptions) -> None:
     if opts.label not in LABELS:
         raise ParameterError(f"{{label}} {opts.label!r}: choose one of {', '.join(LABELS)}")
     if opts.label == "predicted" and opts.backend == "null":
-        raise ParameterError("{label} predicted needs the generator's encoder: a {run} and a generator backend, not null")
+        raise UsageError("{label} predicted needs the generator's encoder: a {run} and a generator backend, not null")
     check_outside(opts.out, [opts.run, opts.structures])  # a set inside its dataset becomes part of the dataset
 
 
