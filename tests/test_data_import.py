@@ -558,3 +558,50 @@ def test_carve_splits_keeps_release_test_and_takes_val_from_train():
     assert not any(s == "test" for k, s in out.items() if k.startswith("train"))
     unsplit = [it.split for it in carve_splits(items(None, 20))]
     assert (unsplit.count("train"), unsplit.count("val"), unsplit.count("test")) == (16, 2, 2)
+
+
+def test_carve_splits_keeps_the_part_an_earlier_run_gave_an_id():
+    """An added image would shift the one-in-ten rule: ids already carved keep their part."""
+    first = {it.id: it.split for it in carve_splits([Item(f"a{i:02d}", None, 0, None, {}) for i in range(20)])}
+    added = [Item(f"a{i:02d}", None, 0, None, {}) for i in range(20)] + [Item("a00x", None, 0, None, {})]
+    again = {it.id: it.split for it in carve_splits(added, earlier=first)}
+    assert {k: again[k] for k in first} == first
+    assert again["a00x"] == "train"  # the first new image of its grade
+
+
+def test_rerun_after_an_added_image_moves_no_image_between_splits(tmp_path):
+    src = tmp_path / "aptos"
+    ids = [f"{i:03d}abc" for i in range(12)]
+    for i, sid in enumerate(ids):
+        save_image(src / "train_images" / f"{sid}.png", 60 + i)
+    (src / "train.csv").write_text("id_code,diagnosis\n" + "".join(f"{sid},0\n" for sid in ids))
+    out = tmp_path / "ds"
+    import_release("aptos", src, out, size=SIZE, vessels="none", progress=False)
+    before = labels(out)
+    save_image(src / "train_images" / "000aaa.png", 90)  # first in id order
+    (src / "train.csv").write_text((src / "train.csv").read_text() + "000aaa,0\n")
+    import_release("aptos", src, out, size=SIZE, vessels="none", progress=False)
+    after = labels(out)
+    assert {k: after[k] for k in before} == before and set(after) - set(before) == {"000aaa"}
+
+
+def test_an_import_that_brings_in_nothing_lists_why_and_leaves_no_folder(tmp_path, capsys):
+    src = tmp_path / "aptos"
+    for sid in ("a1", "a2"):
+        (src / "train_images").mkdir(parents=True, exist_ok=True)
+        (src / "train_images" / f"{sid}.png").write_bytes(b"not a png")
+    (src / "train.csv").write_text("id_code,diagnosis\na1,0\na2,1\n")
+    out = tmp_path / "ds"
+    with pytest.raises(DrganError, match=r"^no aptos image could be imported \(2 skipped\)$"):
+        import_release("aptos", src, out, size=SIZE, vessels="none", progress=False)
+    err = capsys.readouterr().err
+    assert err.startswith("skipped:\n") and "a1.png: unreadable image" in err and "a2.png: unreadable image" in err
+    assert not out.exists()  # the retry with the release fixed is a new import
+    given = tmp_path / "empty"
+    given.mkdir()
+    with pytest.raises(DrganError):
+        import_release("aptos", src, given, size=SIZE, vessels="none", progress=False)
+    assert given.is_dir() and not any(given.iterdir())
+    for i, sid in enumerate(("a1", "a2")):
+        save_image(src / "train_images" / f"{sid}.png", 70 + i)
+    assert import_release("aptos", src, out, size=SIZE, vessels="none", progress=False).images == 2

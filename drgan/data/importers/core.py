@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,14 @@ from scipy import ndimage
 from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, NUM_GRADES
 from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
 from drgan.data.format import UNFINISHED
-from drgan.data.labels import LABELS_FILE, id_problem
+from drgan.data.labels import LABELS_FILE, id_problem, read_labels
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError, ParameterError
 from drgan.io import (atomic_write_bytes, atomic_write_text, csv_rows, encode_png,
                       remove_temp_files)
-from drgan.runs import claimed_folder
+from drgan.locks import only_locks
+from drgan.runs import claimed_folder, remove_unfinished
 
 IMPORT_FILE = "import.json"      # the source and options a dataset was imported with; a rerun must match them
 REPORT_FILE = "import_report.txt"
@@ -208,19 +210,25 @@ def add_item(plan: Plan, image: Path, grade: int | None, split: str | None, mask
     plan.items.append(Item(image.stem, image, grade, split, {c: p for c, p in masks.items() if p is not None}))
 
 
-def carve_splits(items: list[Item]) -> list[Item]:
+def carve_splits(items: list[Item], earlier: dict[str, str] | None = None) -> list[Item]:
     """Give training images a validation part (the grader needs one) and unsplit releases a test part.
 
     The release's own test (and val) images keep their split. Of each run of VAL_EVERY training
     images of a grade, in id order, the second becomes val (so a small grade gets one too); without
-    any release split, the fourth becomes test.
+    any release split, the fourth becomes test. An id an earlier run of the import carved (`earlier`:
+    id -> split) keeps its part, so that an added image or a corrected grade moves no other image
+    between train, val and test (a grader trained on one split would be validated on its training
+    images).
     """
+    earlier = earlier or {}
     unsplit = all(it.split is None for it in items)
     seen: Counter = Counter()
     out = []
     for it in sorted(items, key=lambda it: it.id):
         split = it.split
-        if split in (None, "train"):
+        if split in (None, "train") and it.id in earlier:
+            split = earlier[it.id]
+        elif split in (None, "train"):
             k = seen[it.grade] % VAL_EVERY
             seen[it.grade] += 1
             split = "val" if k == 1 else "test" if unsplit and k == 3 else "train"
@@ -361,18 +369,48 @@ def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int,
     if vessels not in VESSEL_MODES:
         raise ParameterError(f"{{vessels}} {vessels!r}: one of {', '.join(VESSEL_MODES)}")
     if not plan.items:
-        first = f"; first: {plan.skipped[0]}" if plan.skipped else ""
-        raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped{first})")
+        if plan.skipped:
+            _list_skipped(plan.skipped)
+        raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped)")
     typed = str(source.resolve())
     options = {"kind": kind, "size": size, "vessels": vessels, "source": str((plan.root or source).resolve())}
     # The source is compared because finished ids are kept: another release's images would stay
     # under this one's grades. Grading tables are not: labels.csv is rewritten from them every run,
     # and the README's IDRiD recipe adds a table and reruns.
+    given_empty = out.is_dir() and only_locks(out)
+    fresh = given_empty or not out.exists()
     with claimed_folder(out, IMPORT_FILE, options, "an import", upgrade=_recorded_source(options["source"], typed)):
         (out / "images").mkdir(exist_ok=True)
         (out / "masks").mkdir(exist_ok=True)
         atomic_write_text(out / UNFINISHED, "data import\n")  # until labels.csv lists what was converted
-        return _convert_all(kind, plan, out, size, vessels, workers, progress)
+        try:
+            return _convert_all(kind, plan, out, size, vessels, workers, progress)
+        except NothingImported:
+            if fresh:  # a rerun, fixed release or other options, must not meet this one's half-made folder
+                remove_unfinished(out, given_empty, LABELS_FILE)
+            raise
+
+
+def _carved_splits(out: Path, plan: Plan) -> dict[str, str]:
+    """id -> split of the training images an earlier run of this import carved into train, val or
+    test (those the release itself splits are not listed: they keep the release's split)."""
+    if not (out / LABELS_FILE).is_file():
+        return {}
+    own = {it.id: it.split for it in plan.items}
+    rows, _ = read_labels(out)  # written by the earlier run: no problems to report
+    return {sid: split for sid, _, split in rows if split is not None and own.get(sid) in (None, "train")}
+
+
+class NothingImported(DrganError):
+    """No image of the release could be converted."""
+
+
+def _list_skipped(skipped: list[str]) -> None:
+    """Before the error of an import that brings in nothing: each skipped item (the report that
+    names them is written only with a dataset)."""
+    shown = skipped[:SHOW_SKIPPED]
+    more = [f"  ... and {len(skipped) - len(shown)} more"] if len(skipped) > len(shown) else []
+    print("\n".join(["skipped:", *(f"  {line}" for line in shown), *more]), file=sys.stderr)
 
 
 def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, workers: int,
@@ -380,7 +418,7 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     remove_temp_files(out)  # left by a killed run, images and masks alike
     counts = Counter(it.id for it in plan.items)
     report_skipped = [f"{it.image}: another image has the id {it.id!r}" for it in plan.items if counts[it.id] > 1]
-    items = carve_splits([it for it in plan.items if counts[it.id] == 1])
+    items = carve_splits([it for it in plan.items if counts[it.id] == 1], _carved_splits(out, plan))
     report = ImportReport(kind, out, missing=plan.missing, skipped=plan.skipped + report_skipped, notes=list(plan.notes))
     tasks = [(it, out, size, vessels) for it in items]
     pool = None
@@ -413,7 +451,8 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
         if pool is not None:
             pool.terminate()
     if not finished:
-        raise DrganError(f"no {kind} image could be imported; first problem: {report.skipped[0]}")
+        _list_skipped(report.skipped)
+        raise NothingImported(f"no {kind} image could be imported ({len(report.skipped)} skipped)")
     if removed := _remove_unlisted(out, finished):
         report.notes.append(f"removed {removed} image(s) an earlier run imported that this one does not list "
                             "(a grade now missing or contradicted, say)")
