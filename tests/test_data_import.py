@@ -605,3 +605,19 @@ def test_an_import_that_brings_in_nothing_lists_why_and_leaves_no_folder(tmp_pat
     for i, sid in enumerate(("a1", "a2")):
         save_image(src / "train_images" / f"{sid}.png", 70 + i)
     assert import_release("aptos", src, out, size=SIZE, vessels="none", progress=False).images == 2
+
+
+def test_a_name_clash_or_a_dangling_link_is_skipped_with_its_own_reason(tmp_path):
+    src = tmp_path / "aptos"
+    save_image(src / "train_images" / "a1.png", 80)
+    save_image(src / "train_images" / "a1.jpg", 81)
+    save_image(src / "train_images" / "a3.png", 82)
+    (src / "train_images" / "a2.png").symlink_to(tmp_path / "nowhere.png")
+    (src / "train.csv").write_text("id_code,diagnosis\na1,0\na2,1\na3,2\n")
+    report = import_release("aptos", src, tmp_path / "ds", size=SIZE, vessels="none", progress=False)
+    assert report.images == 1
+    assert sorted(report.skipped) == sorted([
+        f"{src / 'train_images' / 'a1.png'}: same name as a1.jpg",
+        f"{src / 'train_images' / 'a1.jpg'}: another file has the same name",
+        f"{src / 'train_images' / 'a2.png'}: a symbolic link to nothing",
+        f"a2: listed in train.csv but no image in {src / 'train_images'}"])

@@ -57,11 +57,12 @@ class Plan:
     missing: Counter = field(default_factory=Counter)       # channel -> images without a mask file
     notes: list[str] = field(default_factory=list)          # release content no channel holds
     conflicting: set[str] = field(default_factory=set)      # lower-case names graded differently (see `graded`)
+    clashed: set[str] = field(default_factory=set)          # lower-case stems of two image files (see `files_by_stem`)
 
     def unlisted(self, grades: dict[str, int | None], images: dict[str, Path], folder: Path, where: str) -> None:
         """Skip the names a grading table lists that have no image file (`images` keyed by lower-case stem)."""
         self.skipped += [f"{name}: listed in {where} but no image in {folder}" for name in sorted(grades)
-                         if name.lower() not in images]
+                         if name.lower() not in images and name.lower() not in self.clashed]
 
 
 def find_root(src: Path, marker: str, what: str) -> Path:
@@ -87,7 +88,11 @@ def files_by_stem(folder: Path, exts: tuple[str, ...], plan: Plan) -> dict[str, 
     out: dict[str, Path] = {}
     clash: set[str] = set()
     for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
+        if p.name.startswith(".") or p.suffix.lower() not in exts:
+            continue
+        if not p.is_file():
+            if not p.exists():  # a dangling link: named, as an unreadable file is
+                plan.skipped.append(f"{p}: a symbolic link to nothing")
             continue
         key = p.stem.lower()
         if key in out:
@@ -97,6 +102,7 @@ def files_by_stem(folder: Path, exts: tuple[str, ...], plan: Plan) -> dict[str, 
             out[key] = p
     for key in clash:
         plan.skipped.append(f"{out.pop(key)}: another file has the same name")
+    plan.clashed |= clash
     return out
 
 
@@ -199,7 +205,7 @@ def add_item(plan: Plan, image: Path, grade: int | None, split: str | None, mask
     if image.stem.lower() in plan.conflicting:  # its grading rows are reported
         return
     if grade is None:
-        plan.skipped.append(f"{image}: no grade in {where}")
+        plan.skipped.append(f"{image}: no grade in {where} (an empty, missing or non-integer cell)")
         return
     if grade not in range(NUM_GRADES):
         plan.skipped.append(f"{image}: grade {grade} in {where} is not a DR grade 0..{NUM_GRADES - 1}")
