@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from drgan.cli.common import run_script
 from drgan.config import preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.phantom import write_phantom_dataset
@@ -102,17 +104,28 @@ def format_table(rows: dict[str, dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _at_least_1(text: str) -> int:
+    """argparse checks it before any work (phantoms, a grader) is done."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny-64", help="model config of every arm")
-    ap.add_argument("--steps", type=int, default=600, help="GAN steps per arm (global stage)")
+    ap.add_argument("--steps", type=_at_least_1, default=600, help="GAN steps per arm (global stage)")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
     ap.add_argument("--recipe", choices=list(RECIPES), default="demo", help="demo: short-run settings; paper: the paper's")
     ap.add_argument("--data", type=Path, default=None, help="dataset with train/val/test splits [default: phantoms]")
-    ap.add_argument("--phantoms", type=int, default=200, help="phantoms to render without --data")
+    ap.add_argument("--phantoms", type=_at_least_1, default=200, help="phantoms to render without --data")
     ap.add_argument("--grading-space", type=Path, default=None, help="grading_space.safetensors [default: train a grader]")
-    ap.add_argument("--grader-epochs", type=int, default=10, help="epochs of that grader")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--grader-epochs", type=_at_least_1, default=10, help="epochs of that grader")
+    ap.add_argument("--batch", type=_at_least_1, default=8)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, required=True, help="new folder: one run per arm, ablation.json, ablation.md")
     args = ap.parse_args()
@@ -122,10 +135,7 @@ def main() -> None:
         raise SystemExit(f"error: --arms: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"error: --out {args.out}: folder not empty; choose a new one")
-    try:
-        device = str(resolve_device(args.device))
-    except DrganError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    device = str(resolve_device(args.device))
     cfg = preset(args.preset)
     data = args.data or write_phantom_dataset(args.out / "phantoms", args.phantoms, cfg.resolution, seed=0)
     space = args.grading_space
@@ -152,4 +162,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 
 import torch
 
+from drgan.cli.common import run_script
 from drgan.config import PRESETS
 from drgan.kernels.spatial_attention import spatial_attention_fp8_pv_ref, spatial_attention_ref
 from drgan.nn import DRGANGenerator, set_attention_fp8
@@ -85,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from drgan.checkpoint import load_generator
+from drgan.cli.common import run_script
 from drgan.metrics.fidelity import evaluate_fidelity
 from drgan.metrics.images import load_rgb, open_image_set
 from drgan.metrics.swd import compute_swd
@@ -77,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

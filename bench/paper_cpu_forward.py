@@ -6,10 +6,12 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import time
 
 import torch
 
+from drgan.cli.common import run_script
 from drgan.config import preset
 from drgan.nn import DRGANGenerator
 
@@ -44,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

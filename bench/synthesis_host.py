@@ -15,11 +15,13 @@ import json
 import os
 import platform
 import resource
+import sys
 import tempfile
 import time
 
 import torch
 
+from drgan.cli.common import run_script
 from drgan.synthesis.runner import SynthesisOptions, synthesize
 from drgan.synthesis.structures import StructurePool
 
@@ -69,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

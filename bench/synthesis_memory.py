@@ -33,14 +33,24 @@ def peak_rss_mib(count: int, fmt: str) -> dict:
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated whole numbers, e.g. 100,400") from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: each count must be >= 1")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON result file")
-    parser.add_argument("--counts", default="100,400", help="image counts")
+    parser.add_argument("--counts", type=_counts, default="100,400", help="image counts, comma-separated, each >= 1")
     parser.add_argument("--format", default="jpeg")
     args = parser.parse_args()
     results = {"preset": PRESET, "load_average_before": os.getloadavg(), "runs": []}
-    for count in (int(c) for c in args.counts.split(",")):
+    for count in args.counts:
         results["runs"].append(peak_rss_mib(count, args.format))
         print(json.dumps(results["runs"][-1]))
     results["load_average_after"] = os.getloadavg()

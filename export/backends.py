@@ -61,8 +61,10 @@ def open_onnxruntime(folder: Path, run: str | Path, weights: str, device: str, p
 def open_tensorrt(folder: Path, run: str | Path, weights: str, device: str, precision: str, batch: int | None,
                   trt_plugin: str | Path | None = None) -> TrtGenerator:
     """`trt_plugin`: the plugin library an engine built with it needs, as the user named it."""
+    from drgan.export.trt_build import import_tensorrt
     from drgan.export.trt_runner import TrtGenerator
 
+    import_tensorrt()  # first: the export an absent engine asks for needs TensorRT too
     _check_current(folder, engine_file(precision), run, weights, f"--trt --precision {precision}")
     return _check_batch(TrtGenerator(folder / engine_file(precision), device, plugin_library=trt_plugin), batch)
 

@@ -2,6 +2,7 @@
 nothing left behind, warnings where a result would mislead, and the conventions of every command."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import os
@@ -168,7 +169,7 @@ def test_an_output_that_is_a_link_to_nothing_is_named_so(drgan, tmp_path, run):
     assert one_error(*drgan("data", "contact-sheet", run, "--out", out / "s.png")) == expected  # its folder is made
 
 
-def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
+def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run, monkeypatch):
     synth = ["synthesize", "--run", run, "--out", tmp_path / "set", "--device", "cpu"]
     assert one_error(*drgan(*synth, "--per-grade", "0")) == "error: --per-grade 0: outside the range x>=1"
     assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "0")).startswith("error: --quality 0:")
@@ -182,6 +183,11 @@ def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run):
         "error: --trt-plugin applies to --backend tensorrt, not torch"
     assert one_error(*drgan(*synth[:-2], "--count", "5", "--device", "tpu")) == \
         "error: --device 'tpu': expected auto, cpu, cuda or cuda:N"
+    from drgan.export import trt_build
+
+    if importlib.util.find_spec("tensorrt") is None:  # the export an absent engine asks for needs it first
+        assert one_error(*drgan(*synth, "--count", "5", "--backend", "tensorrt")) == f"error: {trt_build.INSTALL_HINT}"
+    monkeypatch.setattr(trt_build, "import_tensorrt", lambda: None)
     line = one_error(*drgan(*synth, "--count", "5", "--backend", "tensorrt"))
     assert "not exported yet" in line and "--trt" in line
     (tmp_path / "file").write_text("")

@@ -425,6 +425,15 @@ def test_an_option_given_twice_is_a_usage_error(drgan, tmp_path, args, names):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_empty_path_is_a_usage_error(drgan, tmp_path):
+    """`--out ''` read as no --out: export wrote into RUN/export."""
+    run = make_run(tmp_path / "run")
+    for args, name in ((["export", "--run", run, "--out", ""], "--out"), (["data", "validate", ""], "DATA")):
+        rc, _, err = drgan(*args)
+        assert rc == 2 and err == f"error: {name}: an empty path\n"
+    assert not (run / "export").exists()
+
+
 def test_a_file_given_as_a_run_is_named_a_file(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(DrganError) as err:

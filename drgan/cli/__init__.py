@@ -4,8 +4,9 @@ from __future__ import annotations
 import sys
 
 import click
+from tqdm import tqdm
 
-from drgan.cli.common import HELP_NAMES, refuse_repeated_options, run_command
+from drgan.cli.common import HELP_NAMES, strict_parsing, run_command
 from drgan.cli.data import data, masks, phantom
 from drgan.cli.demo import demo
 from drgan.cli.evaluate import evaluate, experiment
@@ -23,7 +24,8 @@ def cli() -> None:
 
 for command in (info, demo, data, phantom, masks, train, synthesize, export, evaluate, experiment):
     cli.add_command(command)
-refuse_repeated_options(cli)
+strict_parsing(cli)
+tqdm.monitor_interval = 0  # no monitor thread: Ctrl-C at exit could end in its atexit traceback
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -87,23 +87,28 @@ def _resume_hint() -> str:
     return f"; rerun the same command to resume ({_resume[1]})"
 
 
-def refuse_repeated_options(command: click.Command) -> None:
+def strict_parsing(command: click.Command) -> None:
     """Make `command` and its subcommands refuse an option given twice, or under two of its names
-    (`--run R --checkpoint C`): click keeps the last value without a word."""
+    (`--run R --checkpoint C`), where click keeps the last value without a word; and an empty path
+    (`--out ''`), which reads as no option at all where a default stands in for it."""
     parse = command.parse_args
 
     def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
-        _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        values, _, order = command.make_parser(ctx).parse_args(args=list(args))
         options = [p for p in order if isinstance(p, click.Option) and not (p.multiple or p.count)]
         repeated = [p for p in dict.fromkeys(options) if options.count(p) > 1]
         if repeated:
             names = "/".join(repeated[0].opts + repeated[0].secondary_opts)
             raise UsageError(f"{names} given more than once: give it once")
+        for param in command.params:
+            if isinstance(param.type, click.Path) and values.get(param.name) == "":
+                name = "/".join(param.opts) if isinstance(param, click.Option) else param.human_readable_name.strip("[]")
+                raise UsageError(f"{name}: an empty path")
         return parse(ctx, args)
 
     command.parse_args = parse_args  # type: ignore[method-assign]
     for sub in getattr(command, "commands", {}).values():
-        refuse_repeated_options(sub)
+        strict_parsing(sub)
 
 
 # A control character in a message (a path holding a newline) would split the one error line.
@@ -112,6 +117,20 @@ _ESCAPES = {c: repr(chr(c))[1:-1] for c in [*range(32), 127]}
 
 def _error(message: str) -> None:
     click.echo(f"error: {message.translate(_ESCAPES)}", err=True)
+
+
+def run_script(main: Callable[[], None]) -> int:
+    """The entry of a script beside the commands (bench/): bad input as one `error:` line and its
+    exit code, Ctrl-C as `aborted` (130), as the commands give them."""
+    try:
+        main()
+    except DrganError as exc:
+        _error(exc.render(flag) if isinstance(exc, ParameterError) else str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("aborted", err=True)
+        return 130
+    return 0
 
 
 def run_command(command: click.Command, **kwargs) -> int:
