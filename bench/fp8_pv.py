@@ -73,7 +73,7 @@ def image_errors(preset: str = "small-256", batch: int = 2) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--out", help="JSON result file")
     args = parser.parse_args()
     cfg = PRESETS["paper-1280"]

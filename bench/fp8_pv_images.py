@@ -51,7 +51,7 @@ def _pixel_differences(a: Path, b: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split(":")[0].split()))
     parser.add_argument("--run", required=True, help="run folder of a trained GAN (local stage)")
     parser.add_argument("--real", required=True, help="the real dataset it was trained on (test split used)")
     parser.add_argument("--count", type=int, default=100, help="images per set")

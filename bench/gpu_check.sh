@@ -3,6 +3,7 @@
 #   bash bench/gpu_check.sh             JSON under $OUT (bench/results/gpu if OUT is unset)
 #   bash bench/gpu_check.sh --dry-run   the same parts on the CPU at their smallest shapes (CI)
 #   bash bench/gpu_check.sh [--dry-run] PART...   only these parts (a rerun of the ones that failed)
+#   bash bench/gpu_check.sh -h          this text
 # Each part, bench/gpu/<part>.py, has its own time limit and always leaves OUT/<part>.json: what it
 # wrote, plus its outcome, seconds and the end of its log (report.py --record), also when it
 # crashed or ran out of time. OUT also gets device.txt: 8 files in all. A failing part does not stop
@@ -18,6 +19,10 @@ set -u
 export PYTHONFAULTHANDLER=1  # a crash in native code still prints where Python was
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'  # this header
+  exit 0
+fi
 DRY=""
 [[ ${1:-} == --dry-run ]] && { DRY=--dry-run; shift; }
 OUT=${OUT:-bench/results/gpu}

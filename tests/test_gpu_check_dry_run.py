@@ -94,3 +94,11 @@ def test_a_listed_gpu_passes_the_check(tmp_path):
     assert "no NVIDIA GPU" not in run.stderr, run.stderr
     assert (tmp_path / "python-ran").exists() and (tmp_path / "out/device.txt").read_text().startswith("NVIDIA H100")
     assert run.returncode == 1 and "drgan does not import" in run.stdout, run.stdout + run.stderr
+
+
+def test_help_prints_the_header_and_runs_nothing(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--help"], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "OUT": str(tmp_path / "out")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Every GPU correctness check") and "bash bench/gpu_check.sh -h" in proc.stdout
+    assert "set -u" not in proc.stdout and not (tmp_path / "out").exists()
