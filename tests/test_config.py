@@ -68,3 +68,19 @@ def test_attention_tokens_are_the_sca_blocks_sizes():
     assert cfg.attention_tokens == tuple(sides)
     assert preset("paper-1280").attention_tokens == (6400, 25600, 102400)  # 80, 160, 320 px: the paper's SCA sizes
     assert dataclasses.replace(cfg, sca=False).attention_tokens == ()
+
+
+def test_the_wheel_lists_every_package():
+    """setuptools packages only what pyproject.toml lists: a package left out works in the editable
+    install and is missing from a wheel (drgan.data.importers was)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {folder: name for name, folder in setup["package-dir"].items()}
+    found = set()
+    for init in sorted(p for folder in folders for p in (root / folder).rglob("__init__.py")):
+        rel = init.parent.relative_to(root).parts
+        found.add(".".join([folders[rel[0]], *rel[1:]]))
+    assert found == set(setup["packages"])
