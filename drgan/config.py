@@ -1,6 +1,6 @@
 """Typed configuration: the model shape and its presets (a run folder stores it: drgan.runs).
 
-A preset is only numbers: `paper-1280`, `small-256` and `tiny-64` share every line of code.
+A preset is only numbers: `paper-1280`, `small-256`, `tiny-128` and `tiny-64` share every line of code.
 Each preset states its channels and attention QK dims explicitly (docs/design.md, limits).
 """
 from __future__ import annotations

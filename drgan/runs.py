@@ -3,16 +3,18 @@
 A run folder (`--out RUN` of the train commands, `--run RUN` elsewhere) holds:
 
     RUN/run.json                  {"model": ModelConfig, "stage", "options": {"trainer": "gan"|"grader", ...},
-                                   "resolution" (grader: input side in px), "dataset" (sha256 of labels.csv and of the
-                                   files' names and sizes)}
-    RUN/G.safetensors             generator weights (GAN run)
-    RUN/G_ema.safetensors         exponential moving average of G (what synthesis uses)
+                                   "resolution" and "data" (grader: input side in px, dataset path),
+                                   "dataset" (sha256 of labels.csv and of the files' names and sizes)}
+    RUN/environment.json          versions and device the GAN run trained with
+    RUN/G.safetensors             generator weights (GAN run; what synthesis uses without --ema)
+    RUN/G_ema.safetensors         exponential moving average of G (with --ema; then what synthesis uses)
     RUN/D.safetensors             discriminator weights
     RUN/grader.safetensors        grader weights (grader run)
     RUN/grading_space.safetensors grading spaces (written by the grader run, copied in by the GAN run)
     RUN/state.json + state.safetensors   training state (GAN: step, epoch, optimizer, scaler, RNG;
                                   grader: epochs done and their reports, weights, optimizer, RNG)
     RUN/checkpoint.next/          a committed checkpoint not yet moved into RUN (see drgan.training.state)
+    RUN/logs/, RUN/samples/       TensorBoard events; per-grade image grids (GAN run)
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 One step: z ~ N(mu_y, var_y) of each real image's grade, fake = G(c, z, noise);
 D step on (c, real) and (c, fake.detach()) in one forward: adversarial + lambda3 * focal(real, fake);
 G step through a frozen D: adversarial + lambda1 * feature matching + lambda2 * perceptual
-+ lambda3 * focal(fake) + encoder grade-head cross entropy. Both losses are checked for finiteness
++ g_cls_weight * focal(fake) (0 by default: docs/paper.md) + encoder grade-head cross entropy
++ lambda_l1 * L1 to the real image. Both losses are checked for finiteness
 (averaged over ranks) before any weight changes, so a failing step leaves a clean checkpoint.
 
 Every random draw of a step (z, noise) comes from a generator seeded by (seed, rank, step), the

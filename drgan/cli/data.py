@@ -1,4 +1,5 @@
-"""`drgan data validate`, `drgan data import`, `drgan data contact-sheet`, `drgan phantom`, `drgan masks extract`."""
+"""`drgan data validate`, `drgan data import`, `drgan data contact-sheet`, `drgan data fit-lesions`,
+`drgan phantom`, `drgan masks extract`."""
 from __future__ import annotations
 
 import json

@@ -1,1 +1,3 @@
-"""Datasets: format, validation, phantom retinas, masks from photographs, lesions, loaders."""
+"""Datasets: the format (format, labels, decode, dataset_writer), validation, preprocessing, loaders
+(dataset, loaders), phantom retinas, masks from photographs, lesions (lesions, lesion_stats,
+lesion_fit), contact sheets and the importers of public releases."""

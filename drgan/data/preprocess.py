@@ -2,8 +2,9 @@
 
 The field of view (FOV) is the largest connected region brighter than FOV_THRESHOLD in the
 brightest channel; the crop is its bounding box, padded with black to a centred square. Images
-are resized with Pillow's antialiased bilinear filter (area-like when shrinking); masks with
-nearest neighbour, so they never gain values that were not in the file. The DALI pipeline
+are resized with Pillow's antialiased bilinear filter (area-like when shrinking), and masks with
+the same filter as their image: a thin vessel keeps its partial coverage instead of breaking into
+dots. The DALI pipeline
 (`drgan.data.loaders`) applies the same geometry with its own operators.
 """
 from __future__ import annotations
