@@ -594,11 +594,21 @@ def test_rank_0_alone_prints_a_torchrun_jobs_summary(drgan, tmp_path, data, monk
 
 
 def test_a_set_is_never_written_inside_its_run_or_structure_dataset(drgan, tmp_path, run, data):
-    for args, folder in ((["--run", run], run), (["--preset", "tiny-64", "--backend", "null", "--structures", data], data)):
+    trained = shutil.copytree(run, tmp_path / "trained")  # a run that records the dataset it trained on
+    config = json.loads((trained / "run.json").read_text())
+    config["options"]["data"] = str(data)
+    (trained / "run.json").write_text(json.dumps(config))
+    for args, folder in ((["--run", run], run), (["--preset", "tiny-64", "--backend", "null", "--structures", data], data),
+                         (["--run", trained], data)):
         inside = folder / "set"
         line = one_error(*drgan("synthesize", *args, "--out", inside, "--count", "5", "--device", "cpu"))
         assert line == f"error: {inside}: inside {folder}, a folder this command uses; write it elsewhere"
         assert not inside.exists()
+
+
+def test_two_datasets_for_one_command_are_one_usage_line(drgan, tmp_path, data):
+    rc, _, err = drgan("data", "validate", data, "--data", tmp_path)
+    assert rc == 2 and err == f"error: two datasets given ({data} and --data {tmp_path}): give one\n"
 
 
 def test_a_generator_backend_without_a_run_asks_for_the_run(drgan, tmp_path):

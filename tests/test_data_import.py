@@ -561,12 +561,19 @@ def test_carve_splits_keeps_release_test_and_takes_val_from_train():
 
 
 def test_carve_splits_keeps_the_part_an_earlier_run_gave_an_id():
-    """An added image would shift the one-in-ten rule: ids already carved keep their part."""
-    first = {it.id: it.split for it in carve_splits([Item(f"a{i:02d}", None, 0, None, {}) for i in range(20)])}
-    added = [Item(f"a{i:02d}", None, 0, None, {}) for i in range(20)] + [Item("a00x", None, 0, None, {})]
-    again = {it.id: it.split for it in carve_splits(added, earlier=first)}
-    assert {k: again[k] for k in first} == first
-    assert again["a00x"] == "train"  # the first new image of its grade
+    """An added image would shift the one-in-ten rule: ids already carved keep their part, and
+    count in the rule, so that additions keep the val share at one in ten."""
+    items = [Item(f"a{i:02d}", None, 0, None, {}) for i in range(20)]
+    splits = {it.id: it.split for it in carve_splits(items)}
+    for batch in range(3):  # three reruns, each adding two images
+        items += [Item(f"b{batch}{i}", None, 0, None, {}) for i in range(2)]
+        again = {it.id: it.split for it in carve_splits(items, earlier=splits)}
+        assert {k: again[k] for k in splits} == splits
+        splits = again
+    shares = [list(splits.values()).count(s) for s in ("train", "val", "test")]
+    assert shares == [20, 3, 3]  # as a fresh import of the 26 gives
+    fresh = [it.split for it in carve_splits(items)]
+    assert [fresh.count(s) for s in ("train", "val", "test")] == shares
 
 
 def test_rerun_after_an_added_image_moves_no_image_between_splits(tmp_path):

@@ -171,10 +171,10 @@ def test_resume_from_another_folder_with_relative_paths(drgan, tmp_path, data, m
 def test_resume_checks_the_dataset_and_conflicting_options(drgan, tmp_path, data):
     shutil.copytree(data, tmp_path / "p")
     run = _new_run(drgan, tmp_path, tmp_path / "p", "--max-steps", "1")
-    line = _one_error(*drgan("train", "gan", "--resume", run, "--batch", "4", "--max-steps", "2")[::2])
-    assert line.startswith("error: --batch 4:") and "--max-steps" in line and "--epochs" in line
-    line = _one_error(*drgan("train", "gan", "--resume", run, "--data", data, "--max-steps", "2")[::2])
-    assert line.startswith(f"error: --data {data}:")
+    rc, _, err = drgan("train", "gan", "--resume", run, "--batch", "4", "--max-steps", "2")
+    assert rc == 2 and err.startswith("error: --batch 4:") and "--max-steps" in err and "--epochs" in err
+    rc, _, err = drgan("train", "gan", "--resume", run, "--data", data, "--max-steps", "2")
+    assert rc == 2 and err.startswith(f"error: --data {data}:")
     rc, _, err = drgan("train", "gan", "--resume", run, "--data", tmp_path / "p", "--batch", "2", "--max-steps", "2")
     assert rc == 0, err  # equal to the run's own values: accepted
     labels = tmp_path / "p" / "labels.csv"

@@ -302,13 +302,13 @@ def test_grader_resume_on_the_command_line(tmp_path, phantom_dir, capsys):
     rc, err = drgan(*new, "--epochs", "2")
     assert rc == 1 and f"--out {run}: already holds a grader run; continue it with --resume, or start over with --overwrite" in err
     rc, err = drgan("train", "grader", "--resume", run, "--batch", "16")
-    assert rc == 1 and f"--batch 16: --resume {run} keeps the run's own value (8)" in err
+    assert rc == 2 and f"--batch 16: --resume {run} keeps the run's own value (8)" in err
     rc, err = drgan("train", "grader", "--resume", run, "--balanced")  # a flag reads as one, not as Python's True
-    assert rc == 1 and err.startswith(f"error: --balanced: --resume {run} keeps the run's own value (off); only --epochs")
+    assert rc == 2 and err.startswith(f"error: --balanced: --resume {run} keeps the run's own value (off); only --epochs")
     rc, err = drgan("train", "grader", "--resume", run, "--out", tmp_path / "other")  # two options that exclude each other
     assert (rc, err) == (2, f"error: --out {tmp_path / 'other'}: --resume {run} continues in its own folder; drop --out\n")
     rc, err = drgan("train", "grader", "--resume", run, "--data", phantom_dir, "--epochs", "2")
-    assert rc == 1 and f"--data {phantom_dir}: --resume {run} keeps the run's own dataset ({data})" in err
+    assert rc == 2 and f"--data {phantom_dir}: --resume {run} keeps the run's own dataset ({data})" in err
     assert drgan("train", "grader", "--resume", run, "--epochs", "2")[0] == 0
     assert json.loads((run / "state.json").read_text())["epoch"] == 2
     assert read_run(run).options["epochs"] == 2

@@ -154,14 +154,14 @@ def _same(name: str, given: Any, saved: Any) -> bool:
     return given == saved
 
 
-def kept_on_resume(run: str | Path, name: str, value: Any, own: Any, resumable: tuple[str, ...]) -> ParameterError:
+def kept_on_resume(run: str | Path, name: str, value: Any, own: Any, resumable: tuple[str, ...]) -> UsageError:
     """The error for an option given on resume other than the run's own value: a switch reads as
     its flag (--balanced, --no-balanced), the run's own as on or off."""
     given = (f"{{{name}}}" if value else f"{{no_{name}}}") if isinstance(value, bool) else f"{{{name}}} {value}"
     if isinstance(own, bool):
         own = "on" if own else "off"
     allowed = ", ".join(f"{{{k}}}" for k in resumable)
-    return ParameterError(f"{given}: {{resume}} {run} keeps the run's own value "
+    return UsageError(f"{given}: {{resume}} {run} keeps the run's own value "
                           f"({'none: not given when it started' if own is None else own}); only {allowed} may change on resume")
 
 

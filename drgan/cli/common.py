@@ -49,7 +49,7 @@ class IntRange(_BadInputRange, click.IntRange):
 def dataset_folder(positional: str | None, option: str | None) -> str:
     """The dataset of a command that takes `--data DIR` and, as before, a positional DIR."""
     if positional is not None and option is not None and positional != option:
-        raise click.UsageError(f"two datasets given ({positional} and --data {option}): give one")
+        raise UsageError(f"two datasets given ({positional} and --data {option}): give one")
     folder = option if option is not None else positional
     if folder is None:
         raise click.UsageError("Missing option '--data'.")

@@ -71,16 +71,16 @@ def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str |
 def _recorded_data(run: str, extra: dict, given: str | None) -> str:
     """The dataset a grader run trained on, the one run.json records (train_grader checks it is unchanged)."""
     from drgan.data.labels import LABELS_FILE
-    from drgan.errors import DrganError, ParameterError
+    from drgan.errors import DrganError, UsageError
 
     recorded = extra.get("data")
     if recorded is None:
         raise DrganError(f"{run}: its run.json names no dataset folder (trained from Python without one), so the command line cannot resume it")
     if given is not None and Path(given).resolve() != Path(recorded):
-        raise ParameterError(f"{{data}} {given}: {{resume}} {run} keeps the run's own dataset ({recorded})")
+        raise UsageError(f"{{data}} {given}: {{resume}} {run} keeps the run's own dataset ({recorded})")
     labels = Path(recorded) / LABELS_FILE
     if not labels.is_file():
-        raise DrganError(f"{labels}: the dataset of {run} is gone")
+        raise DrganError(f"{labels}: the dataset of {run} is gone; put it back at {recorded} to resume")
     return recorded
 
 

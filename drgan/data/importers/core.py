@@ -232,12 +232,10 @@ def carve_splits(items: list[Item], earlier: dict[str, str] | None = None) -> li
     out = []
     for it in sorted(items, key=lambda it: it.id):
         split = it.split
-        if split in (None, "train") and it.id in earlier:
-            split = earlier[it.id]
-        elif split in (None, "train"):
-            k = seen[it.grade] % VAL_EVERY
+        if split in (None, "train"):
+            k = seen[it.grade] % VAL_EVERY  # kept ids count too, so that additions keep the shares
             seen[it.grade] += 1
-            split = "val" if k == 1 else "test" if unsplit and k == 3 else "train"
+            split = earlier.get(it.id) or ("val" if k == 1 else "test" if unsplit and k == 3 else "train")
         out.append(Item(it.id, it.image, it.grade, split, it.masks))
     return out
 
