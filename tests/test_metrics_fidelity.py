@@ -97,6 +97,10 @@ def test_cli_fidelity_json_with_reference(phantoms, capsys):
     assert result["fraction_of_reference"] == pytest.approx({"vessel": 1.0, "red_lesion": 1.0, "bright_lesion": 1.0})
     assert run_command(cli, args=["evaluate", "fidelity", "--data", str(phantoms / "images")], prog_name="drgan") == 1
     assert capsys.readouterr().err.startswith("error: ")
+    for name in ("--run", "--model"):  # the former spellings of --grader, as README lists them
+        assert run_command(cli, args=["evaluate", "fidelity", "--data", str(phantoms), name, str(phantoms / "none")],
+                           prog_name="drgan") == 1
+        assert "does not exist" in capsys.readouterr().err
 
 
 def test_a_set_without_masks_is_refused_not_reported_empty(phantoms, tmp_path, capsys):

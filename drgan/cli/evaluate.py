@@ -118,7 +118,7 @@ def grading(grader: Path, fake: Path, split: str | None, device: str, batch: int
               help="Reference set (e.g. the real training set) measured the same way, shown beside.")
 @click.option("--real-split", "--reference-split", "real_split", default=None,
               help="Only this split of --real (e.g. test) [default: all].")
-@click.option("--grader", type=_folder, default=None,
+@click.option("--grader", "--run", "--checkpoint", "--model", "grader", type=_folder, default=None,
               help="Grader run folder: also grade both sets by their labels (accuracy, kappa) at the grader's resolution.")
 @click.option("--resolution", type=IntRange(16, MAX_IMAGE_SIDE), default=None,
               help="Side both sets are measured at [default: side of the first image of --fake].")
