@@ -6,7 +6,7 @@ import sys
 import click
 from tqdm import tqdm
 
-from drgan.cli.common import HELP_NAMES, strict_parsing, run_command
+from drgan.cli.common import HELP_NAMES, run_command, strict_parsing
 from drgan.cli.data import data, masks, phantom
 from drgan.cli.demo import demo
 from drgan.cli.evaluate import evaluate, experiment

@@ -119,14 +119,19 @@ def _error(message: str) -> None:
     click.echo(f"error: {message.translate(_ESCAPES)}", err=True)
 
 
+def _report(exc: DrganError) -> int:
+    """A drgan error as its one line (parameters named by their flags); its exit code."""
+    _error(exc.render(flag) if isinstance(exc, ParameterError) else str(exc))
+    return exc.exit_code
+
+
 def run_script(main: Callable[[], None]) -> int:
     """The entry of a script beside the commands (bench/): bad input as one `error:` line and its
     exit code, Ctrl-C as `aborted` (130), as the commands give them."""
     try:
         main()
     except DrganError as exc:
-        _error(exc.render(flag) if isinstance(exc, ParameterError) else str(exc))
-        return exc.exit_code
+        return _report(exc)
     except KeyboardInterrupt:
         click.echo("aborted", err=True)
         return 130
@@ -139,12 +144,8 @@ def run_command(command: click.Command, **kwargs) -> int:
     try:
         with terminate_as_exit():  # a killed command cleans up as an interrupted one does
             command.main(standalone_mode=False, **HELP_NAMES, **kwargs)
-    except ParameterError as exc:
-        _error(exc.render(flag))
-        return exc.exit_code
     except DrganError as exc:
-        _error(str(exc))
-        return exc.exit_code
+        return _report(exc)
     except OSError as exc:
         if exc.filename is None:
             raise

@@ -137,7 +137,7 @@ def _shard(text: str | None) -> Shard:
     shard = Shard.parse(text)
     if world > 1 and (shard.index, shard.count) != (rank, world):
         raise UsageError(f"{{shard}} {text}: torchrun's environment gives RANK={rank} WORLD_SIZE={world}; "
-                             "give one of them")
+                         "give one of them")
     return shard
 
 

@@ -347,10 +347,7 @@ class ImportReport:
                          + ", ".join(f"{c}: {n}" for c, n in sorted(self.missing.items())))
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"skipped ({len(self.skipped)}):" if self.skipped else "skipped: none")
-        shown = self.skipped if limit is None else self.skipped[:limit]
-        lines += [f"  {s}" for s in shown]
-        if len(shown) < len(self.skipped):
-            lines.append(f"  ... and {len(self.skipped) - len(shown)} more (all in {self.out / REPORT_FILE})")
+        lines += _skipped_lines(self.skipped, limit, f" (all in {self.out / REPORT_FILE})")
         return "\n".join(lines)
 
 
@@ -409,12 +406,17 @@ class NothingImported(DrganError):
     """No image of the release could be converted."""
 
 
+def _skipped_lines(skipped: list[str], limit: int | None, all_in: str = "") -> list[str]:
+    """The skipped items as indented lines, at most `limit`, then how many more (`all_in`: where all are)."""
+    shown = skipped if limit is None else skipped[:limit]
+    more = [f"  ... and {len(skipped) - len(shown)} more{all_in}"] if len(shown) < len(skipped) else []
+    return [f"  {s}" for s in shown] + more
+
+
 def _list_skipped(skipped: list[str]) -> None:
     """Before the error of an import that brings in nothing: each skipped item (the report that
     names them is written only with a dataset)."""
-    shown = skipped[:SHOW_SKIPPED]
-    more = [f"  ... and {len(skipped) - len(shown)} more"] if len(skipped) > len(shown) else []
-    print("\n".join(["skipped:", *(f"  {line}" for line in shown), *more]), file=sys.stderr)
+    print("\n".join(["skipped:", *_skipped_lines(skipped, SHOW_SKIPPED)]), file=sys.stderr)
 
 
 def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, workers: int,
