@@ -56,21 +56,24 @@ def test_two_process_gloo_keeps_replicas_identical(tmp_path):
     assert any(not torch.equal(init[k], saved[k]) for k in saved)
 
 
+class _InterruptedTrainer(GanTrainer):
+    """Ctrl-C during step 3. A subclass, not a patched instance: a closure over the instance's own
+    method would keep the DDP replicas, and with them the process group, alive in a reference cycle
+    until interpreter exit, where freeing gloo's threads can abort the process."""
+
+    def train_step(self, batch, step):
+        values = super().train_step(batch, step)
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return values
+
+
 def _interrupted_worker(rank: int, world: int, port: int, tmp: str) -> None:
     """Ctrl-C on every rank during step 3; the last checkpoint holds step 2."""
     _join(rank, world, port)
     opts = GanOptions(out=f"{tmp}/run", grading_space=f"{tmp}/space.safetensors", preset="tiny-64", perceptual="none",
                       batch=2, max_steps=10, sample_every=1000, checkpoint_every=2)
-    trainer = GanTrainer(opts, PhantomSet(8))
-    step = trainer.train_step
-
-    def interrupted_step(batch, i):
-        values = step(batch, i)
-        if i == 2:
-            signal.raise_signal(signal.SIGINT)
-        return values
-
-    trainer.train_step = interrupted_step
+    trainer = _InterruptedTrainer(opts, PhantomSet(8))
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.suppress(KeyboardInterrupt):
         trainer.fit()
