@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from drgan.cli import cli
+from drgan.config import COND_CHANNELS
 from drgan.data.dataset import FundusDataset
 from drgan.data.format import open_dataset
 from drgan.data.validation import validate_dataset
@@ -50,6 +51,24 @@ def test_clean_dataset_validates(clean, tmp_path):
     no_split = copy_dataset(clean, tmp_path / "no_split")
     write_rows(no_split, [r[:2] for r in rows(clean)])
     assert "\nsplits: none given: 5 (split 90/10 into train/val by a hash of the id)\n" in validate_dataset(no_split).render()
+
+
+def test_the_report_counts_mask_files_and_says_when_there_are_none(clean, tmp_path):
+    """A dataset without masks/ is a valid grader dataset, but the GAN has nothing to draw from:
+    the report says so instead of passing it without a word."""
+    report = validate_dataset(clean)
+    assert report.masks == {c: 5 for c in COND_CHANNELS}
+    assert "\nmask files: vessel: 5, disc: 5, ma: 5," in report.render()
+    bare = copy_dataset(clean, tmp_path / "bare")
+    shutil.rmtree(bare / "masks")
+    (bare / "masks").mkdir()
+    shutil.copytree(clean / "masks" / "phantom_000000", bare / "masks" / "phantom_000000")
+    (bare / "masks" / "phantom_000000" / "disc.png").unlink()
+    assert validate_dataset(bare).masks == {c: int(c != "disc") for c in COND_CHANNELS}
+    shutil.rmtree(bare / "masks")
+    report = validate_dataset(bare)
+    assert report.problems == [] and report.to_dict()["masks"] == {c: 0 for c in COND_CHANNELS}
+    assert "\nmask files: none (a grader trains without them; `drgan train gan` needs vessel masks)\n" in report.render()
 
 
 def test_a_dataset_without_one_usable_sample_lists_every_problem(clean, tmp_path):

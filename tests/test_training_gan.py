@@ -546,3 +546,21 @@ def test_the_grader_as_perceptual_network_says_why_only_when_auto_chose_it(tmp_p
     assert describe_perceptual("grader", None, space, auto=False) == f"perceptual loss: the grader of {tmp_path / 'grader'}"
     assert describe_perceptual("grader", None, space, auto=True) == (
         f"perceptual loss: the grader of {tmp_path / 'grader'} (no VGG-19 weights given or at {torchvision_weights_path()})")
+
+
+def test_a_dataset_without_vessel_masks_is_refused_before_any_step(tmp_path, space):
+    """Missing masks read as zeros: without vessel masks the generator would learn to ignore its
+    conditions; the trainer refuses such a dataset and leaves no run folder."""
+    import shutil
+
+    from drgan.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", count=6, size=64, seed=0)
+    for folder in (data / "masks").iterdir():
+        (folder / "vessel.png").unlink()
+    with pytest.raises(DrganError, match=r"no training image has a vessel mask \(masks/<id>/vessel.png\)"):
+        train_gan(options(tmp_path, space, data=str(data), max_steps=1))
+    assert not (tmp_path / "run").exists()
+    shutil.rmtree(data / "masks")
+    with pytest.raises(DrganError, match="no training image has a vessel mask"):
+        train_gan(options(tmp_path, space, data=str(data), max_steps=1))

@@ -177,7 +177,12 @@ class GanTrainer:
 
         if self.opts.resume:
             check_same_dataset(self.run, self.opts.data)
-        return FundusDataset(self.opts.data, self.cfg.resolution, split="train")
+        dataset = FundusDataset(self.opts.data, self.cfg.resolution, split="train")
+        if not any("vessel" in s.masks for s in dataset.samples):  # a missing mask reads as zeros
+            raise DrganError(f"{self.opts.data}: no training image has a vessel mask (masks/<id>/vessel.png): the "
+                             "generator draws each image from its vessel, disc and lesion masks; "
+                             "`drgan data import` extracts vessel and disc masks from photographs")
+        return dataset
 
     def _load_init(self, init: Path) -> None:
         """Gm (and its EMA) of the global-stage run; Gl starts fresh."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from drgan.config import COND_CHANNELS
 from drgan.data.decode import open_image
 from drgan.data.format import check_finished, scan_dataset
 from drgan.data.labels import LABELS_FILE, read_labels
@@ -19,10 +20,11 @@ class ValidationReport:
     notes: list[str]              # safe conversions that readers apply
     grades: dict[int, int]        # usable samples per grade
     splits: dict[str, int]        # usable samples per split ("-" for none)
+    masks: dict[str, int]         # usable samples with a file of each mask (COND_CHANNELS order)
 
     def to_dict(self) -> dict:
         return {"root": str(self.root), "checked": self.checked, "ok": self.ok, "problems": self.problems, "notes": self.notes,
-                "grades": {str(g): n for g, n in sorted(self.grades.items())}, "splits": dict(sorted(self.splits.items()))}
+                "grades": {str(g): n for g, n in sorted(self.grades.items())}, "splits": dict(sorted(self.splits.items())), "masks": self.masks}
 
     def render(self) -> str:
         lines = [f"dataset {self.root}: {self.ok} usable samples of {self.checked} rows in {LABELS_FILE}"]
@@ -31,6 +33,10 @@ class ValidationReport:
         if "-" in self.splits:  # what the readers do with them (drgan.data.format)
             named.append(f"none given: {self.splits['-']} (split 90/10 into train/val by a hash of the id)")
         lines.append("splits: " + ", ".join(named))
+        if any(self.masks.values()):
+            lines.append("mask files: " + ", ".join(f"{c}: {n}" for c, n in self.masks.items()))
+        elif self.ok:  # a grader trains on photographs alone; the GAN draws from the masks
+            lines.append("mask files: none (a grader trains without them; `drgan train gan` needs vessel masks)")
         if self.notes:
             lines.append(f"converted ({len(self.notes)}):")
             lines += [f"  {n}" for n in self.notes]
@@ -68,4 +74,5 @@ def validate_dataset(root: str | Path) -> ValidationReport:
     for s in samples:
         grades[s.grade] = grades.get(s.grade, 0) + 1
         splits[s.split or "-"] = splits.get(s.split or "-", 0) + 1
-    return ValidationReport(root, checked, len(samples), problems, notes, grades, splits)
+    masks = {c: sum(c in s.masks for s in samples) for c in COND_CHANNELS}
+    return ValidationReport(root, checked, len(samples), problems, notes, grades, splits, masks)
