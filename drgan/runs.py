@@ -222,13 +222,29 @@ def prepare_out(out: str | Path, overwrite: bool, kind: str, inputs: Iterable[st
     return out
 
 
-def remove_unfinished(out: Path, given_empty: bool, finished_file: str) -> None:
-    """After a failure of a new run: when `out` holds no `finished_file`, undo what this process
-    wrote there, so that rerunning the same command is accepted. The folder is removed, or emptied
-    when it was given empty (a user's folder stays). Only the holder of its lock does this: a run
-    refused by another one's lock leaves that run alone."""
-    if not locks.holds(out) or not out.is_dir() or (out / finished_file).exists():
-        return
+def undone_on_failure(out: Path, finished_file: str, new: bool = True,
+                      failure: type[BaseException] = BaseException) -> contextlib.AbstractContextManager[None]:
+    """For a new run's folder (`new`, and `out` absent or holding only lock files when this is
+    called, before the run claims it): after a `failure` inside, when `out` holds no
+    `finished_file`, undo what this process wrote there, so that rerunning the same command is
+    accepted. The folder is removed, or emptied when it was given empty (a user's folder stays).
+    Only the holder of its lock does this (enter it inside the lock): a run refused by another
+    one's lock leaves that run alone."""
+    given_empty = out.is_dir() and locks.only_locks(out)  # a lock file: left by an earlier failure
+    fresh = new and (given_empty or not out.exists())
+
+    @contextlib.contextmanager
+    def undo() -> Iterator[None]:
+        try:
+            yield
+        except failure:
+            if fresh and locks.holds(out) and out.is_dir() and not (out / finished_file).exists():
+                _remove_written(out, given_empty)
+            raise
+    return undo()
+
+
+def _remove_written(out: Path, given_empty: bool) -> None:
     if not given_empty:
         shutil.rmtree(out, ignore_errors=True)
         return

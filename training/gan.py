@@ -34,8 +34,8 @@ from drgan import locks
 from drgan.checkpoint import load_module, load_tensors, save_tensors
 from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.io import atomic_write_bytes, atomic_write_json
-from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepare_out, remove_unfinished, require_checkpoint,
-                        write_run_config)
+from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepare_out, require_checkpoint,
+                        undone_on_failure, write_run_config)
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.metrics.fidelity import tensor_fidelity
 from drgan.nn import DiscOutput, DRGANGenerator, build_discriminator, set_kernel_impl, structure_only
@@ -531,18 +531,12 @@ def train_gan(opts: GanOptions, dataset: Dataset | None = None, overwrite: bool 
     """Train (or resume) one stage; `dataset` replaces `opts.data` (items as FundusDataset's).
 
     A new run that fails before its first checkpoint leaves its folder as it was given: none, or empty."""
-    out = Path(opts.out)
-    given_empty = out.is_dir() and locks.only_locks(out)  # a lock file: left by an earlier failure
-    fresh = opts.resume is None and (given_empty or not out.exists())
     try:
-        trainer = GanTrainer(opts, dataset, overwrite)
-        try:
-            return trainer.fit()
-        finally:
-            dist_util.teardown(trainer.info)
-    except BaseException:
-        if fresh:
-            remove_unfinished(out, given_empty, STATE_JSON)
-        raise
+        with undone_on_failure(Path(opts.out), STATE_JSON, new=opts.resume is None):
+            trainer = GanTrainer(opts, dataset, overwrite)
+            try:
+                return trainer.fit()
+            finally:
+                dist_util.teardown(trainer.info)
     finally:
-        locks.release(opts.resume or out)  # a resume writes the resumed run
+        locks.release(opts.resume or opts.out)  # a resume writes the resumed run

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from drgan import locks
 from drgan.checkpoint import save_module
-from drgan.runs import (GRADER_FILE, check_same_dataset, dataset_record, has_checkpoint, prepare_out, read_run, remove_unfinished,
-                        require_checkpoint, require_kind, write_run_config)
+from drgan.runs import (GRADER_FILE, check_same_dataset, dataset_record, has_checkpoint, prepare_out, read_run,
+                        require_checkpoint, require_kind, undone_on_failure, write_run_config)
 from drgan.runtime import resolve_device, seeded_generator
 from drgan.config import preset
 from drgan.errors import DrganError, ParameterError, UsageError
@@ -115,20 +115,15 @@ def train_grader(
         raise UsageError("{overwrite} starts a run over; {resume} continues one: give one of them")
     device = resolve_device(opts.device)
     out = Path(out)
-    given_empty = out.is_dir() and locks.only_locks(out)  # a lock file: left by an earlier failure
-    fresh = not resume and (given_empty or not out.exists())
-    if resume:
-        require_kind(out, "grader", "resume")
-        locks.hold(out)  # first: a run still training before its first checkpoint is in use
-        require_checkpoint(out)
-    else:
-        prepare_out(out, overwrite, "grader", inputs=[data])
     try:
-        return _Training(train, val, out, opts, batch_transform, device, data, resume).fit()
-    except BaseException:
-        if fresh:
-            remove_unfinished(out, given_empty, STATE_JSON)
-        raise
+        with undone_on_failure(out, STATE_JSON, new=not resume):
+            if resume:
+                require_kind(out, "grader", "resume")
+                locks.hold(out)  # first: a run still training before its first checkpoint is in use
+                require_checkpoint(out)
+            else:
+                prepare_out(out, overwrite, "grader", inputs=[data])
+            return _Training(train, val, out, opts, batch_transform, device, data, resume).fit()
     finally:
         locks.release(out)
 

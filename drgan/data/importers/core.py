@@ -30,8 +30,7 @@ from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError, ParameterError
 from drgan.io import (atomic_write_bytes, atomic_write_text, csv_rows, encode_png,
                       remove_temp_files)
-from drgan.locks import only_locks
-from drgan.runs import claimed_folder, remove_unfinished
+from drgan.runs import claimed_folder, undone_on_failure
 
 IMPORT_FILE = "import.json"      # the source and options a dataset was imported with; a rerun must match them
 REPORT_FILE = "import_report.txt"
@@ -378,18 +377,13 @@ def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int,
     # The source is compared because finished ids are kept: another release's images would stay
     # under this one's grades. Grading tables are not: labels.csv is rewritten from them every run,
     # and the README's IDRiD recipe adds a table and reruns.
-    given_empty = out.is_dir() and only_locks(out)
-    fresh = given_empty or not out.exists()
-    with claimed_folder(out, IMPORT_FILE, options, "an import", upgrade=_recorded_source(options["source"], typed)):
+    # Nothing imported: a rerun, fixed release or other options, must not meet this one's half-made folder.
+    undo = undone_on_failure(out, LABELS_FILE, failure=NothingImported)  # the folder as given
+    with claimed_folder(out, IMPORT_FILE, options, "an import", upgrade=_recorded_source(options["source"], typed)), undo:
         (out / "images").mkdir(exist_ok=True)
         (out / "masks").mkdir(exist_ok=True)
         atomic_write_text(out / UNFINISHED, "data import\n")  # until labels.csv lists what was converted
-        try:
-            return _convert_all(kind, plan, out, size, vessels, workers, progress)
-        except NothingImported:
-            if fresh:  # a rerun, fixed release or other options, must not meet this one's half-made folder
-                remove_unfinished(out, given_empty, LABELS_FILE)
-            raise
+        return _convert_all(kind, plan, out, size, vessels, workers, progress)
 
 
 def _carved_splits(out: Path, plan: Plan) -> dict[str, str]:
