@@ -425,6 +425,13 @@ def test_an_option_given_twice_is_a_usage_error(drgan, tmp_path, args, names):
     assert not (tmp_path / "out").exists()
 
 
+def test_help_is_shown_whatever_else_was_typed(drgan):
+    """-h asks for the help: a repeated option or an empty path beside it does not refuse it."""
+    for args in (["synthesize", "--count", "5", "--count", "10", "-h"], ["export", "--out", "", "--help"]):
+        rc, out, err = drgan(*args)
+        assert rc == 0 and out.startswith(f"Usage: drgan {args[0]} [OPTIONS]") and err == "", args
+
+
 def test_an_empty_path_is_a_usage_error(drgan, tmp_path):
     """`--out ''` read as no --out: export wrote into RUN/export."""
     run = make_run(tmp_path / "run")

@@ -95,6 +95,8 @@ def strict_parsing(command: click.Command) -> None:
 
     def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
         values, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        if any(set(getattr(p, "opts", ())) & set(ctx.help_option_names) for p in order):  # -h: the help, whatever else was typed
+            return parse(ctx, args)
         options = [p for p in order if isinstance(p, click.Option) and not (p.multiple or p.count)]
         repeated = [p for p in dict.fromkeys(options) if options.count(p) > 1]
         if repeated:
