@@ -156,6 +156,19 @@ def test_fgadr_report_counts_components(fgadr, tmp_path):
     assert report.lesions["laser"] == [0, 0, 0]
 
 
+def test_missing_mask_counts_leave_out_the_images_not_imported(fgadr, tmp_path):
+    """A skipped image's absent masks are not the dataset's: 0001_1 (no lesion files) is unreadable."""
+    import shutil
+
+    src = tmp_path / "release"
+    shutil.copytree(fgadr, src)
+    image = src / "FGADR-Seg-set_Release" / "Seg-set" / "Original_Images" / "0001_1.png"
+    image.write_bytes(image.read_bytes()[:100])
+    report = import_release("fgadr", src, tmp_path / "ds", size=SIZE, vessels="none", progress=False)
+    assert report.images == 3 and any("0001_1.png: unreadable image" in s for s in report.skipped)
+    assert dict(report.missing) == {"se": 1, "he": 1, "membrane": 2}   # 0002_1: no SE, NV; 0003_2: no HE, NV
+
+
 # ---------------------------------------------------------------- IDRiD
 
 IDRID_SETS = {"train": "a. Training Set", "test": "b. Testing Set"}

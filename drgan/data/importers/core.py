@@ -14,7 +14,7 @@ import io
 import shutil
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -46,6 +46,7 @@ class Item:
     grade: int
     split: str | None            # the release's split; None where the release has none
     masks: dict[str, Path]       # condition channel -> the release's mask file for it
+    missing: tuple[str, ...] = ()  # channels the release has masks of, but none for this image (read as empty)
 
 
 @dataclass
@@ -53,7 +54,6 @@ class Plan:
     root: Path | None = None                                # the release's folder (find_root) under the one given
     items: list[Item] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)        # "<file or id>: <reason>"
-    missing: Counter = field(default_factory=Counter)       # channel -> images without a mask file
     notes: list[str] = field(default_factory=list)          # release content no channel holds
     conflicting: set[str] = field(default_factory=set)      # lower-case names graded differently (see `graded`)
     clashed: set[str] = field(default_factory=set)          # lower-case stems of two image files (see `files_by_stem`)
@@ -209,10 +209,8 @@ def add_item(plan: Plan, image: Path, grade: int | None, split: str | None, mask
     if grade not in range(NUM_GRADES):
         plan.skipped.append(f"{image}: grade {grade} in {where} is not a DR grade 0..{NUM_GRADES - 1}")
         return
-    for channel, path in masks.items():
-        if path is None:
-            plan.missing[channel] += 1
-    plan.items.append(Item(image.stem, image, grade, split, {c: p for c, p in masks.items() if p is not None}))
+    plan.items.append(Item(image.stem, image, grade, split, {c: p for c, p in masks.items() if p is not None},
+                           tuple(c for c, p in masks.items() if p is None)))
 
 
 def carve_splits(items: list[Item], earlier: dict[str, str] | None = None) -> list[Item]:
@@ -235,7 +233,7 @@ def carve_splits(items: list[Item], earlier: dict[str, str] | None = None) -> li
             k = seen[it.grade] % VAL_EVERY  # kept ids count too, so that additions keep the shares
             seen[it.grade] += 1
             split = earlier.get(it.id) or ("val" if k == 1 else "test" if unsplit and k == 3 else "train")
-        out.append(Item(it.id, it.image, it.grade, split, it.masks))
+        out.append(replace(it, split=split))
     return out
 
 
@@ -326,7 +324,7 @@ class ImportReport:
     grades: Counter = field(default_factory=Counter)
     splits: Counter = field(default_factory=Counter)
     lesions: dict[str, list[int]] = field(default_factory=lambda: {n: [0, 0, 0] for n in LESION_TYPES})
-    missing: Counter = field(default_factory=Counter)
+    missing: Counter = field(default_factory=Counter)   # channel -> imported images without its mask file
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -419,7 +417,7 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     counts = Counter(it.id for it in plan.items)
     report_skipped = [f"{it.image}: another image has the id {it.id!r}" for it in plan.items if counts[it.id] > 1]
     items = carve_splits([it for it in plan.items if counts[it.id] == 1], _carved_splits(out, plan))
-    report = ImportReport(kind, out, missing=plan.missing, skipped=plan.skipped + report_skipped, notes=list(plan.notes))
+    report = ImportReport(kind, out, skipped=plan.skipped + report_skipped, notes=list(plan.notes))
     tasks = [(it, out, size, vessels) for it in items]
     pool = None
     if workers > 1:
@@ -442,6 +440,7 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
             report.resumed += status == "done"
             report.grades[item.grade] += 1
             report.splits[item.split] += 1
+            report.missing.update(item.missing)
             for name, (px, comp) in result.items():
                 totals = report.lesions[name]
                 totals[0] += px
