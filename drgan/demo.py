@@ -19,6 +19,7 @@ from PIL import Image
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset
 from drgan.grading_space import FILE_NAME as SPACE_FILE
 from drgan.io import atomic_write_json, atomic_write_text
+from drgan.metrics.grading import format_kappa
 from drgan.runs import claimed_folder
 from drgan.runtime import resolve_device
 
@@ -120,7 +121,7 @@ class _DemoRun:
         report = train_grader(FundusDataset(data, res, split="train", augment=True), FundusDataset(data, res, split="val"),
                               self.grader_run, opts, overwrite=not resume, resume=resume, data=data)
         final = report["epochs"][-1]["val"]
-        return f"val accuracy {final['accuracy']:.2f}, kappa {final['kappa']:.2f}"
+        return f"val accuracy {final['accuracy']:.2f}, kappa {format_kappa(final['kappa'], 2)}"
 
     def gan(self, stage_name: str, steps: int, run: Path, init: Path | None) -> str:
         from drgan.training.gan import train_gan
@@ -164,7 +165,7 @@ class _DemoRun:
         atomic_write_text(self.out / "fidelity.md", text)
         fractions = result["fraction_of_reference"]
         return ", ".join(f"{k} {v:.2f}" for k, v in fractions.items()) + (
-            f" of the real phantoms' fidelity; grader kappa {result['grading']['kappa']:.2f}, "
+            f" of the real phantoms' fidelity; grader kappa {format_kappa(result['grading']['kappa'], 2)}, "
             f"accuracy {result['grading']['accuracy']:.2f}")
 
     def write_report(self) -> Path:
@@ -230,7 +231,9 @@ def _write_report(path: Path, scale: DemoScale, device: str, timings, sheet: Pat
                value >= TARGETS["fidelity_fraction"], f"{value:.2f}")
               for name, value in fidelity["fraction_of_reference"].items()]
     grading = fidelity["grading"]
-    checks += [(f"grader kappa on the synthesized set >= {TARGETS['kappa']}", grading["kappa"] >= TARGETS["kappa"], f"{grading['kappa']:.2f}"),
+    kappa = grading["kappa"]  # None (undefined) meets no target
+    checks += [(f"grader kappa on the synthesized set >= {TARGETS['kappa']}", kappa is not None and kappa >= TARGETS["kappa"],
+                format_kappa(kappa, 2)),
                (f"grader accuracy on the synthesized set >= {TARGETS['accuracy']}", grading["accuracy"] >= TARGETS["accuracy"],
                 f"{grading['accuracy']:.2f}")]
     lines = [

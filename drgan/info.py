@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from drgan.config import ModelConfig
 from drgan.errors import DrganError
+from drgan.metrics.grading import format_kappa
 from drgan.nn import DRGANGenerator, build_discriminator, build_grader
 
 # Matrix products inside an SCA module are its attention; everything else counted is convolution
@@ -117,7 +118,7 @@ def format_grader(report: dict) -> str:
              f"epochs trained: {trained} of {wanted}"]
     if trained:
         last = report["epochs"][-1]["val"]
-        lines[-1] += f" (last: val accuracy {last['accuracy']:.3f}, kappa {last['kappa']:.3f})"
+        lines[-1] += f" (last: val accuracy {last['accuracy']:.3f}, kappa {format_kappa(last['kappa'])})"
     lines.append("grading spaces: " + ("written" if report["grading_space"] else "not yet (the run is unfinished)"))
     return "\n".join(lines)
 

@@ -32,9 +32,12 @@ def test_absent_class_gives_none_and_kappa_matches():
         cohen_kappa_score(y_true, y_pred, labels=list(range(5)), weights="quadratic"))
 
 
-def test_perfect_single_grade_is_kappa_one():
+def test_kappa_of_one_grade_everywhere_is_undefined():
+    """0/0, as sklearn's NaN says; 1.0 claimed a skill a set of one grade cannot show."""
     m = grading_metrics([2, 2, 2], [2, 2, 2])
-    assert m["kappa"] == 1.0 and m["accuracy"] == 1.0
+    assert m["kappa"] is None and m["accuracy"] == 1.0
+    assert "\nkappa     n/a\n" in format_grading_table(m)
+    assert grading_metrics([2, 2, 2], [2, 2, 3])["kappa"] == 0.0  # defined: the labels' one grade, predictions vary
 
 
 @pytest.mark.parametrize("y_true,y_pred,match", [

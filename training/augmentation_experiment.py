@@ -31,6 +31,7 @@ from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_json, atomic_write_text, check_outside, sha256_file
 from drgan.metrics.grade_prediction import evaluate_grader, load_grader
+from drgan.metrics.grading import format_kappa
 from drgan.metrics.images import open_image_set
 from drgan.runs import claimed_folder
 from drgan.training.grader_pretraining import GraderOptions, interrupted, train_grader
@@ -168,7 +169,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     for name, arm in result["arms"].items():
         m = arm["test"]
         tpr = " | ".join(_fmt_tpr(t) for t in m["tpr"])
-        lines.append(f"| {name} | {arm['train_images']} | {m['accuracy']:.4f} | {m['kappa']:.4f} | {tpr} |")
+        lines.append(f"| {name} | {arm['train_images']} | {m['accuracy']:.4f} | {format_kappa(m['kappa'], 4)} | {tpr} |")
     lines += [
         "",
         "## Grade distribution of the training data",

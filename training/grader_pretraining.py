@@ -293,17 +293,19 @@ class _Training:
 def _validate(grader: GradeNet, val: Dataset, opts: GraderOptions, device: torch.device, num_grades: int,
               losses: list[float], epoch: int, logger: RunLogger) -> dict[str, Any]:
     """Validation metrics after one epoch, logged and printed; returns the epoch's report entry."""
-    from drgan.metrics.grading import grading_metrics
+    from drgan.metrics.grading import format_kappa, grading_metrics
 
     pred, _, truth = grader_features(grader, val, opts.batch, device, opts.workers)
     metrics = grading_metrics(truth.numpy(), pred.numpy(), num_grades)
     train_loss = sum(losses) / max(1, len(losses))
-    scalars = {"grader/train_loss": train_loss, "grader/val_accuracy": metrics["accuracy"], "grader/val_kappa": metrics["kappa"], "grader/lr": opts.lr}
+    scalars = {"grader/train_loss": train_loss, "grader/val_accuracy": metrics["accuracy"], "grader/lr": opts.lr}
+    if metrics["kappa"] is not None:  # undefined on a val split of one grade
+        scalars["grader/val_kappa"] = metrics["kappa"]
     scalars.update({f"grader/val_tpr_{g}": t for g, t in enumerate(metrics["tpr"]) if t is not None})
     logger.scalars(scalars, epoch + 1)
     tpr = " ".join("-" if t is None else f"{t:.2f}" for t in metrics["tpr"])  # -: no image of that grade
     tqdm.write(f"grader epoch {epoch + 1}/{opts.epochs}: loss {train_loss:.4f}  val accuracy {metrics['accuracy']:.3f}  "
-               f"kappa {metrics['kappa']:.3f}  TPR by grade {tpr}", file=sys.stderr)
+               f"kappa {format_kappa(metrics['kappa'])}  TPR by grade {tpr}", file=sys.stderr)
     return {"epoch": epoch + 1, "train_loss": train_loss, "val": metrics}
 
 

@@ -220,6 +220,7 @@ def evaluate_fidelity(
     if grader_run is not None:
         from drgan.data.dataset import FundusDataset
         from drgan.metrics.grade_prediction import evaluate_grader, load_grader
+        from drgan.metrics.grading import format_kappa
 
         model, side = load_grader(grader_run, device)
         text += f"\nGrader {grader_run} at {side} px, by each set's labels (chance: accuracy 0.2, kappa 0)\n\n"
@@ -229,5 +230,5 @@ def evaluate_fidelity(
                 continue
             grading = evaluate_grader(model, FundusDataset(folder, side, split=split), progress=False)
             result[key] = {"grader": str(grader_run), "resolution": side, **grading}
-            text += f"| {folder} | {grading['count']} | {grading['accuracy']:.3f} | {grading['kappa']:.3f} |\n"
+            text += f"| {folder} | {grading['count']} | {grading['accuracy']:.3f} | {format_kappa(grading['kappa'])} |\n"
     return result, text

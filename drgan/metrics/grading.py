@@ -5,8 +5,8 @@ Conventions:
 - `tpr[c]` is the recall of grade c; it is None (JSON null) when grade c is absent from y_true,
   so that an undefined rate is never confused with a real 0.0.
 - `kappa` is Cohen's kappa with quadratic weights over the fixed label set 0..num_classes-1; when
-  both y_true and y_pred hold a single identical grade, the agreement is perfect and kappa is 1.0
-  (the textbook formula is 0/0 there).
+  both y_true and y_pred hold a single identical grade the formula is 0/0 and kappa is None (JSON
+  null, shown as n/a): a set of one grade cannot show agreement beyond chance.
 """
 from __future__ import annotations
 
@@ -37,8 +37,10 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def quadratic_kappa(confusion: np.ndarray) -> float:
-    """Cohen's kappa with weights (i - j)^2 / (K - 1)^2 from a confusion matrix."""
+def quadratic_kappa(confusion: np.ndarray) -> float | None:
+    """Cohen's kappa with weights (i - j)^2 / (K - 1)^2 from a confusion matrix; None where it is
+    undefined (0/0: one grade in the labels and the same one in every prediction, where chance
+    agreement is already perfect). sklearn gives NaN there; 1.0 would claim a skill not shown."""
     k = confusion.shape[0]
     total = confusion.sum()
     index = np.arange(k)
@@ -47,8 +49,13 @@ def quadratic_kappa(confusion: np.ndarray) -> float:
     disagreement_expected = float((weights * expected).sum())
     disagreement_observed = float((weights * confusion).sum())
     if disagreement_expected == 0.0:
-        return 1.0  # one grade everywhere in both: observed disagreement is 0 too
+        return None
     return 1.0 - disagreement_observed / disagreement_expected
+
+
+def format_kappa(kappa: float | None, digits: int = 3) -> str:
+    """A kappa as text: `n/a` where it is undefined (see quadratic_kappa)."""
+    return "n/a" if kappa is None else f"{kappa:.{digits}f}"
 
 
 def grading_metrics(
@@ -82,7 +89,7 @@ def format_grading_table(metrics: dict[str, Any]) -> str:
     lines = [
         f"images    {metrics['count']}",
         f"accuracy  {metrics['accuracy']:.4f}",
-        f"kappa     {metrics['kappa']:.4f}",
+        f"kappa     {format_kappa(metrics['kappa'], 4)}",
         "",
         "grade  support  TPR      " + " ".join(f"pred{c:<3d}" for c in range(k)),
     ]
