@@ -245,7 +245,8 @@ def ddr(tmp_path_factory):
     save_image(root / "lesion_segmentation" / "train" / "image" / "007-0010-000.jpg", 29)
     truncated = root / "lesion_segmentation" / "train" / "image" / "007-0010-000.jpg"
     truncated.write_bytes(truncated.read_bytes()[:300])
-    lists["train"] += ["007-0009-000.jpg 2", "007-0010-000.jpg 2"]
+    Image.new("RGB", (W, H)).save(root / "lesion_segmentation" / "train" / "image" / "007-0011-000.jpg")   # a blank capture
+    lists["train"] += ["007-0009-000.jpg 2", "007-0010-000.jpg 2", "007-0011-000.jpg 1"]
     (root / "DR_grading").mkdir()
     for part, lines in lists.items():
         (root / "DR_grading" / f"{part}.txt").write_text("\n".join(lines + ["999-0000-000.jpg 0"]) + "\n")
@@ -264,6 +265,7 @@ def test_ddr_channels_labels_and_ungradable(ddr, tmp_path):
     assert "007-0007-000.jpg: ungradable (grade 5 in DR_grading/*.txt)" in text
     assert "007-0009-000.tif: mask is 70x50 px but its image is 128x96" in text
     assert "007-0010-000.jpg: unreadable image" in text
+    assert "007-0011-000.jpg: one flat colour (grey levels 0-0), no fundus in it" in text
     assert validate_dataset(out).problems == []
 
 

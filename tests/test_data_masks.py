@@ -8,6 +8,7 @@ from skimage import data
 from drgan.cli import cli
 from drgan.data.validation import validate_dataset
 from drgan.data.masks import extract_structure
+from drgan.errors import DrganError
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,22 @@ def test_cli_masks_extract(retina, tmp_path):
     assert vessel.shape == img.shape[:2] and 0.02 < (vessel > 0).mean() < 0.2
     res = CliRunner().invoke(cli, ["masks", "extract", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o2")])
     assert res.exit_code != 0
+
+
+def test_a_photograph_of_one_flat_colour_is_refused(retina, tmp_path):
+    """A blank capture got a disc mask placed on it and went into the dataset without a word."""
+    flat = tmp_path / "blank.png"
+    Image.new("RGB", (300, 300), (120, 60, 30)).save(flat)
+    Image.fromarray(retina).save(tmp_path / "retina.png")
+    with pytest.raises(DrganError, match=r"^image: one flat colour \(grey levels 120-120\), no fundus in it$"):
+        extract_structure(np.asarray(Image.open(flat)))
+    res = CliRunner().invoke(cli, ["masks", "extract", str(flat), "--out", str(tmp_path / "ds")])
+    assert isinstance(res.exception, DrganError) and str(res.exception).startswith(f"{flat}: one flat colour")
+    assert not (tmp_path / "ds").exists()
+    res = CliRunner().invoke(cli, ["masks", "extract", str(flat), str(tmp_path / "retina.png"), "--out",
+                                   str(tmp_path / "ds"), "--skip-bad"])
+    assert res.exit_code == 0 and f"skipped: {flat}: one flat colour" in res.output
+    assert validate_dataset(tmp_path / "ds").ok == 1
 
 
 def test_masks_extract_refuses_file_names_the_dataset_reader_would_refuse(tmp_path):

@@ -176,7 +176,7 @@ def extract(images: tuple[str, ...], out: str, grade: int, skip_bad: bool) -> No
     from drgan.data.decode import read_rgb
     from drgan.data.labels import id_problem
     from drgan.data.masks import extract_structure, overlay
-    from drgan.data.preprocess import crop_square, fov_box, square_window
+    from drgan.data.preprocess import check_has_content, crop_square, fov_box, square_window
 
     ids = [Path(p).stem for p in images]
     for path, sid in zip(images, ids):  # before any work: the dataset's reader would refuse the id
@@ -191,6 +191,7 @@ def extract(images: tuple[str, ...], out: str, grade: int, skip_bad: bool) -> No
         for path, sid in tqdm(list(zip(images, ids)), desc="masks", unit="img"):
             try:
                 image, notes = read_rgb(path)
+                check_has_content(image, path)
             except DrganError as exc:
                 if not skip_bad:
                     raise

@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import exposure, filters
 
-from drgan.data.preprocess import detect_fov
+from drgan.data.preprocess import check_has_content, detect_fov
 
 WORK_SIDE = 512          # longest side of the working copy
 
@@ -27,6 +27,7 @@ def _resize_bool(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def extract_structure(image: np.ndarray) -> dict:
     """{"vessel", "disc", "fov"} uint8 0/255 masks of an RGB uint8 photograph and "disc_center" (row, col)."""
+    check_has_content(image, "image")
     h, w = image.shape[:2]
     scale = min(1.0, WORK_SIDE / max(h, w))
     small = image if scale == 1.0 else np.asarray(

@@ -13,7 +13,19 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from drgan.errors import DrganError
+
 FOV_THRESHOLD = 20       # 8-bit level separating the camera's black surround from the fundus
+MIN_CONTRAST = 8         # grey levels between the 1st and 99th percentile: below, no fundus is in the image
+
+
+def check_has_content(image: np.ndarray, name: object) -> None:
+    """Refuse an RGB uint8 photograph of one flat colour (a blank capture, a failed export): the
+    mask extractor would place a disc on it anyway. A fundus spans far more levels (its black
+    surround, the disc)."""
+    lo, hi = np.percentile(image[::4, ::4].max(axis=2), (1, 99))
+    if hi - lo < MIN_CONTRAST:
+        raise DrganError(f"{name}: one flat colour (grey levels {lo:.0f}-{hi:.0f}), no fundus in it")
 
 
 def fov_box(image: np.ndarray) -> tuple[int, int, int, int]:

@@ -26,7 +26,7 @@ from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
 from drgan.data.format import UNFINISHED
 from drgan.data.labels import LABELS_FILE, id_problem, read_labels
 from drgan.data.lesion_stats import LESION_TYPES
-from drgan.data.preprocess import crop_and_resize
+from drgan.data.preprocess import check_has_content, crop_and_resize
 from drgan.errors import DrganError, ParameterError
 from drgan.io import (atomic_write_bytes, atomic_write_text, csv_rows, encode_png,
                       remove_temp_files)
@@ -270,6 +270,7 @@ def convert(item: Item, out: Path, size: int, vessels: str) -> tuple[str, dict[s
         stack = np.zeros(image.shape[:2] + (len(COND_CHANNELS),), np.uint8)
         for channel, path in item.masks.items():
             stack[..., COND_CHANNELS.index(channel)] = binarize(read_mask(path, image.shape[:2])[0])
+        check_has_content(image, item.image)
     except DrganError as exc:
         return "skipped", str(exc)
     image, stack = crop_and_resize(image, stack, size)
