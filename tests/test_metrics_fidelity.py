@@ -49,6 +49,8 @@ def test_roc_auc_and_fraction_of_reference():
     assert roc_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
     assert roc_auc(np.array([1.0]), np.array([1.0])) == 0.5  # ties count half
     assert fidelity_above_chance({"vessel": 0.7, "ex": 0.9}, {"vessel": 0.9}) == pytest.approx({"vessel": 0.5})
+    # A reference at chance gives no scale: 0.501 turned 0.687 into 187 times the real data's.
+    assert fidelity_above_chance({"vessel": 0.687, "ex": 0.7}, {"vessel": 0.501, "ex": 0.6}) == pytest.approx({"ex": 2.0})
 
 
 def test_absent_groups_are_left_out_and_bad_shapes_refused():

@@ -119,9 +119,14 @@ def condition_fidelity(samples: Iterable[tuple[np.ndarray, np.ndarray, int]]) ->
     return {"overall": overall, "per_grade": per_grade, "images": n}
 
 
+MIN_REFERENCE_MARGIN = 0.05  # AUC above chance the reference must show for a ratio to it to mean anything
+
+
 def fidelity_above_chance(fake: dict[str, float], real: dict[str, float]) -> dict[str, float]:
-    """Per group, (AUC_fake - 0.5) / (AUC_real - 0.5): 1 = as visible as in real data, 0 = ignored."""
-    return {k: (fake[k] - 0.5) / (real[k] - 0.5) for k in fake if k in real and real[k] > 0.5}
+    """Per group, (AUC_fake - 0.5) / (AUC_real - 0.5): 1 = as visible as in real data, 0 = ignored;
+    left out where the reference itself is within MIN_REFERENCE_MARGIN of chance (a ratio to
+    noise: a reference AUC of 0.501 gave 373)."""
+    return {k: (fake[k] - 0.5) / (real[k] - 0.5) for k in fake if k in real and real[k] >= 0.5 + MIN_REFERENCE_MARGIN}
 
 
 def format_fidelity(result: dict, reference: dict | None = None) -> str:
