@@ -272,6 +272,11 @@ def test_cache_option_under_a_file_is_refused_before_any_feature(tmp_path, image
             str(tmp_path / "file" / "fid"), "--device", "cpu"]
     assert run_command(cli, args=args, prog_name="drgan") == 1
     assert capsys.readouterr().err == f"error: --cache {tmp_path / 'file' / 'fid'}: {tmp_path / 'file'} is a file, not a folder\n"
+    # Inside a set measured: the statistics (34 MB each) would become part of that dataset.
+    inside = image_folder / "fid-cache"
+    assert run_command(cli, args=args[:-3] + [str(inside), "--device", "cpu"], prog_name="drgan") == 1
+    assert capsys.readouterr().err == f"error: {inside}: inside {image_folder}, a folder this command uses; write it elsewhere\n"
+    assert not inside.exists()
 
 
 def test_16_bit_grayscale_gives_the_features_of_its_8_bit_pixels(net, tmp_path):

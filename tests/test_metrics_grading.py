@@ -97,6 +97,8 @@ def test_cli_evaluate_grading_matches_direct_predictions(tmp_path):
                                     "--split", "test", "--device", "cpu"])
     assert text.exit_code == 0, text.output
     assert "images    5" in text.stdout and "accuracy  " in text.stdout
+    wrong = CliRunner().invoke(cli, ["evaluate", "grading", "--run", str(run), "--data", str(data), "--split", "tset"])
+    assert wrong.exit_code == 2 and "Invalid value for '--split': 'tset' is not one of 'train', 'val', 'test'" in wrong.output
 
 
 def test_cli_evaluate_grading_rejects_non_run_folder(tmp_path):

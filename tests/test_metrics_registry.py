@@ -49,6 +49,8 @@ def test_registry_lists_the_metrics_and_unknown_names_are_one_line():
     assert metric_list("swd, fidelity,swd") == ["swd", "fidelity"]
     with pytest.raises(ParameterError, match="^metrics 'kid': choose one of fid, swd, fidelity, grading$"):
         metric_list("swd,kid")
+    with pytest.raises(ParameterError, match="^metrics 'fid,': an empty name in the list; separate the names by single commas$"):
+        metric_list("fid,")
 
 
 def test_metrics_that_cannot_run_say_what_is_missing(sets):

@@ -15,10 +15,13 @@ import click
 
 from drgan.cli.common import DEVICE_HELP, IntRange, resumes_on_rerun
 from drgan.config import MAX_IMAGE_SIDE, PRESETS
+from drgan.data.labels import SPLITS
 from drgan.errors import ParameterError, UsageError
+from drgan.io import check_outside
 from drgan.metrics.registry import check_real_split, metric_names
 
 _folder = click.Path(exists=True, file_okay=False, path_type=Path)
+_split = click.Choice(SPLITS)  # named with its option when wrong (the reader's own error names none)
 
 
 def _device(name: str) -> str:
@@ -27,12 +30,14 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
-def _check_cache_option(cache: Path) -> None:
-    """Refuse a --cache with a file on its path before any work: a mistyped path, not a cache problem.
-    A folder that cannot be written only goes unwritten (a warning beside the FID)."""
+def _check_cache_option(cache: Path, sets: tuple[Path, Path]) -> None:
+    """Refuse a --cache with a file on its path, or inside a set measured (its statistics, about 34 MB
+    each, would become part of that dataset), before any work. A folder that cannot be written only
+    goes unwritten (a warning beside the FID)."""
     existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ParameterError(f"{{cache}} {cache}: {existing} is a file, not a folder")
+    check_outside(cache, sets)
 
 
 def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
@@ -62,7 +67,7 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
     if cache is not None and no_cache:  # --no-cache would ignore --cache without a word
         raise UsageError("{cache} and {no_cache} contradict each other: give one")
     if cache is not None:
-        _check_cache_option(cache)  # before minutes of feature extraction, not after
+        _check_cache_option(cache, (real, fake))  # before minutes of feature extraction, not after
     cache_dir = None if no_cache else (cache or default_cache_dir())
     result = compute_fid(open_image_set(real), open_image_set(fake), per_grade=per_grade, device=_device(device),
                          batch=batch, cache_dir=cache_dir)
@@ -98,7 +103,7 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
               help="Grader run folder (grader.safetensors + run.json).")
 @click.option("--fake", "--data", "fake", type=_folder, required=True,
               help="Set graded by its labels: a dataset folder (images/ + labels.csv), synthesized or real.")
-@click.option("--split", default=None, help="Only rows of labels.csv with this split (e.g. test) [default: all].")
+@click.option("--split", type=_split, default=None, help="Only rows of labels.csv with this split (e.g. test) [default: all].")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch", type=IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -116,7 +121,7 @@ def grading(grader: Path, fake: Path, split: str | None, device: str, batch: int
               help="Set measured, with masks: a synthesized set made with --save-masks, or any dataset folder.")
 @click.option("--real", "--reference", "real", type=_folder, default=None,
               help="Reference set (e.g. the real training set) measured the same way, shown beside.")
-@click.option("--real-split", "--reference-split", "real_split", default=None,
+@click.option("--real-split", "--reference-split", "real_split", type=_split, default=None,
               help="Only this split of --real (e.g. test) [default: all].")
 @click.option("--grader", "--run", "--checkpoint", "--model", "grader", type=_folder, default=None,
               help="Grader run folder: also grade both sets by their labels (accuracy, kappa) at the grader's resolution.")
@@ -143,7 +148,7 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
               help="Set measured: a synthesized set, a dataset folder or a folder of images (fidelity needs masks).")
 @click.option("--real", type=_folder, default=None,
               help="Reference set: fid and swd compare with it, fidelity and grading measure it beside [default: none].")
-@click.option("--real-split", default=None, help="Only this split of --real (e.g. test) [default: all].")
+@click.option("--real-split", type=_split, default=None, help="Only this split of --real (e.g. test) [default: all].")
 @click.option("--metrics", default="fid,swd,fidelity", show_default=True,
               help=f"Comma-separated metrics, of: {', '.join(metric_names())}.")
 @click.option("--grader", type=_folder, default=None, help="Grader run folder (grading) [default: none].")

@@ -65,6 +65,8 @@ def _unknown(param: str, name: str) -> ParameterError:
 def metric_list(metrics: str) -> list[str]:
     """The names of a comma-separated list, in order, once each; all are checked before any runs."""
     names = list(dict.fromkeys(name.strip() for name in metrics.split(",")))
+    if "" in names:  # 'fid,' or 'fid,,swd': the list, not an unknown metric ''
+        raise ParameterError(f"{{metrics}} {metrics!r}: an empty name in the list; separate the names by single commas")
     for name in names:
         if name not in _METRICS:
             raise _unknown("metrics", name)
