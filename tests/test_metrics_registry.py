@@ -15,7 +15,7 @@ from drgan.metrics.fid import compute_fid as direct_fid
 from drgan.metrics.fidelity import evaluate_fidelity
 from drgan.metrics.grade_prediction import grade_dataset
 from drgan.metrics.images import open_image_set
-from drgan.metrics.registry import MetricInputs, calc_metric, metric_list, metric_names
+from drgan.metrics.registry import MetricInputs, calc_metric, format_metrics, metric_list, metric_names
 from drgan.metrics.swd import compute_swd
 
 
@@ -39,6 +39,12 @@ def grader(tmp_path_factory):
     write_run_config(run, cfg, "global", {"trainer": "grader"})
     save_module(build_grader(cfg), run / "grader.safetensors")
     return run
+
+
+def test_the_table_shows_an_undefined_kappa_as_n_a_and_an_absent_grade_as_a_dash():
+    table = format_metrics({"grading_kappa": None, "grading_tpr_grade_3": None, "grading_accuracy": 1.0, "grading_images": 4})
+    assert table.splitlines() == ["grading_kappa        n/a", "grading_tpr_grade_3  -", "grading_accuracy     1.0000",
+                                  "grading_images       4"]
 
 
 def test_registry_lists_the_metrics_and_unknown_names_are_one_line():

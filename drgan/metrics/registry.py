@@ -98,14 +98,16 @@ def calc_metric(metric: str, inputs: MetricInputs) -> Result:
 
 def format_metrics(result: Result) -> str:
     """A flat result as a two-column table, each line ending in its value."""
-    def cell(value: Any) -> str:
+    def cell(key: str, value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.4f}"
-        return "-" if value is None else str(value)
+        if value is None:  # an undefined kappa reads as in every other table; a TPR of an absent grade
+            return "n/a" if key.endswith("_kappa") else "-"
+        return str(value)
 
     rows = {key: value for key, value in result.items() if key != "warnings"}
     width = max(map(len, rows), default=0)
-    return "\n".join(f"{key:<{width}}  {cell(value)}" for key, value in rows.items())
+    return "\n".join(f"{key:<{width}}  {cell(key, value)}" for key, value in rows.items())
 
 
 def _no_grader() -> ParameterError:
