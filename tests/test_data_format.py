@@ -235,11 +235,15 @@ def test_a_folder_of_images_given_as_a_dataset_is_named_as_given(clean, tmp_path
     """Not its missing images/ subfolder, a path the user never typed."""
     with pytest.raises(DrganError) as err:
         open_dataset(clean / "images")
-    assert str(err.value) == (f"{clean / 'images'}: not a dataset folder (images/, masks/ and labels.csv); "
+    assert str(err.value) == (f"{clean / 'images'}: not a dataset folder (images/ and labels.csv, masks/ optional); "
                               "it holds images itself: give the dataset folder above it")
     with pytest.raises(DrganError) as err:
         open_dataset(tmp_path)
-    assert str(err.value) == f"{tmp_path}: not a dataset folder (images/, masks/ and labels.csv)"
+    assert str(err.value) == f"{tmp_path}: not a dataset folder (images/ and labels.csv, masks/ optional)"
+    shutil.copy(clean / "images" / "phantom_000000.png", tmp_path / "a.png")   # loose images, no dataset above
+    with pytest.raises(DrganError) as err:
+        open_dataset(tmp_path)
+    assert str(err.value).endswith("it holds images itself: a dataset keeps them in images/ beside labels.csv (id,grade[,split])")
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])

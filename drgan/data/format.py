@@ -99,9 +99,11 @@ def scan_dataset(root: Path, skip_bad: bool, split: str | None, decode: bool
     if split is not None and split not in SPLITS:
         raise DrganError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     if not (root / "images").is_dir():
-        loose = any(p.suffix.lower() in IMAGE_EXTS for p in root.iterdir())
-        raise DrganError(f"{root}: not a dataset folder (images/, masks/ and {LABELS_FILE})"
-                         + ("; it holds images itself: give the dataset folder above it" if loose else ""))
+        hint = ""
+        if any(p.suffix.lower() in IMAGE_EXTS for p in root.iterdir()):  # images, but where?
+            hint = ("; it holds images itself: give the dataset folder above it" if (root.parent / LABELS_FILE).is_file()
+                    else f"; it holds images itself: a dataset keeps them in images/ beside {LABELS_FILE} (id,grade[,split])")
+        raise DrganError(f"{root}: not a dataset folder (images/ and {LABELS_FILE}, masks/ optional)" + hint)
     problems: list[tuple[str | None, str]] = []
     images = _index_images(root / "images", problems)
     rows, label_problems = read_labels(root)
