@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from drgan.cli import cli
 from drgan.cli.common import run_command
@@ -114,8 +115,16 @@ def test_a_set_without_masks_is_refused_not_reported_empty(phantoms, tmp_path, c
     shutil.rmtree(bare / "masks")
     args = ["evaluate", "fidelity", "--fake", str(bare), "--real", str(phantoms), "--resolution", "64"]
     assert run_command(cli, args=args, prog_name="drgan") == 1
-    assert capsys.readouterr().err == (f"error: {bare}: no condition mask in the 15 image(s) measured: condition fidelity "
+    assert capsys.readouterr().err == (f"error: {bare}: no condition mask in its images: condition fidelity "
                                        "needs masks/<id>/<name>.png (a synthesized set: drgan synthesize --save-masks)\n")
+    # Mask files there, but each covering the whole image: no ring around any mask to compare with.
+    full = tmp_path / "full"
+    shutil.copytree(phantoms, full)
+    for mask in (full / "masks").rglob("*.png"):
+        Image.fromarray(np.full((128, 128), 255, np.uint8)).save(mask)
+    assert run_command(cli, args=[a.replace(str(bare), str(full)) for a in args], prog_name="drgan") == 1
+    assert capsys.readouterr().err == (f"error: {full}: no condition mask with both covered and uncovered pixels in the 15 "
+                                       "image(s) measured (each is empty or covers the whole image): fidelity compares the two\n")
 
 
 def test_real_split_without_real_is_refused_not_ignored(phantoms, capsys):

@@ -162,6 +162,7 @@ def dataset_fidelity(root: str | Path, resolution: int | None = None, split: str
     from drgan.data.dataset import FundusDataset
 
     data = FundusDataset(root, resolution or _first_side(root, split), split=split)
+    _refuse_without_masks(root, data.samples)
     picks = np.arange(len(data))
     if max_images is not None and len(picks) > max_images:
         picks = np.linspace(0, len(data) - 1, max_images).round().astype(int)
@@ -172,8 +173,9 @@ def dataset_fidelity(root: str | Path, resolution: int | None = None, split: str
             yield image, np.moveaxis(masks, -1, 0), data.grades[i]
 
     result = condition_fidelity(samples())
-    if not result["overall"]:  # a missing mask file reads as zeros: a set without masks/ measures nothing
-        raise _no_masks(root, f"the {result['images']} image(s) measured")
+    if not result["overall"]:  # mask files there, but none with both a mask and a ring around it
+        raise DrganError(f"{root}: no condition mask with both covered and uncovered pixels in the {result['images']} "
+                         "image(s) measured (each is empty or covers the whole image): fidelity compares the two")
     return result
 
 
@@ -182,14 +184,15 @@ def check_has_masks(root: str | Path, split: str | None = None) -> None:
     synthesized without --save-masks): fidelity would find out only after reading them all."""
     from drgan.data.format import open_dataset
 
+    _refuse_without_masks(root, open_dataset(root, split=split).samples)
+
+
+def _refuse_without_masks(root: str | Path, samples: list) -> None:
+    """A missing mask file reads as zeros: a set without one measures nothing."""
     names = {name for group in GROUPS for name in group.channels}
-    if not any(names & sample.masks.keys() for sample in open_dataset(root, split=split).samples):
-        raise _no_masks(root, "its images")
-
-
-def _no_masks(root: str | Path, where: str) -> DrganError:
-    return DrganError(f"{root}: no condition mask in {where}: condition fidelity needs masks/<id>/<name>.png "
-                      "(a synthesized set: drgan synthesize --save-masks)")
+    if not any(names & sample.masks.keys() for sample in samples):
+        raise DrganError(f"{root}: no condition mask in its images: condition fidelity needs masks/<id>/<name>.png "
+                         "(a synthesized set: drgan synthesize --save-masks)")
 
 
 def tensor_fidelity(images: torch.Tensor, cond: torch.Tensor, grades: torch.Tensor) -> dict:
