@@ -532,7 +532,11 @@ def test_a_missing_path_or_a_file_for_a_folder_is_bad_input(drgan, tmp_path, dat
     for args in (("export",), ("synthesize", "--count", "5", "--run", data), ("data", "import", "eyepacs"),
                  ("masks", "extract", "--out", tmp_path / "m")):
         rc, _out, err = drgan(*args)
-        assert rc == 2 and "Error: Missing " in err, args
+        assert usage_error(rc, _out, err).startswith("error: Missing "), args
+    # click's usage errors are one line too (it printed Usage:, Try ... and Error: lines).
+    rc, out, err = drgan("synthesize", "--format", "gif")
+    assert (rc, out, err) == (2, "", "error: Invalid value for '--format': 'gif' is not one of 'png', 'jpeg'. "
+                                     "(see drgan synthesize --help)\n")
 
 
 def test_sizes_and_counts_have_an_upper_bound(drgan, tmp_path, data):

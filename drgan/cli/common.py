@@ -140,6 +140,13 @@ def run_script(main: Callable[[], None]) -> int:
     return 0
 
 
+def _usage(exc: click.UsageError) -> int:
+    """A usage error click finds as one `error:` line, as the commands' own are (click prints a
+    three-line block), naming where the help is."""
+    _error(exc.format_message() + (f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""))
+    return 2
+
+
 def run_command(command: click.Command, **kwargs) -> int:
     global _resume
     _resume = None
@@ -165,11 +172,12 @@ def run_command(command: click.Command, **kwargs) -> int:
                 and not isinstance(exc, click.MissingParameter)):  # an option not given at all is a usage error
             _error(exc.format_message())  # bad input, not a usage error
             return 1
-        exc.show()
-        return 2
+        return _usage(exc)
+    except click.UsageError as exc:
+        return _usage(exc)
     except click.ClickException as exc:
-        exc.show()
-        return 2 if isinstance(exc, click.UsageError) else 1
+        _error(exc.format_message())
+        return 1
     except click.exceptions.Exit as exc:
         return exc.exit_code
     return 0
