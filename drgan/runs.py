@@ -204,11 +204,16 @@ def require_checkpoint(run: str | Path) -> None:
 
 
 def prepare_out(out: str | Path, overwrite: bool, kind: str, inputs: Iterable[str | Path | None] = ()) -> Path:
-    """`check_out` (and that `out` lies outside the folders the run reads, `inputs`), the folder's lock
-    for this process (drgan.locks), then `check_out` again (another process may have written
-    meanwhile) and the removal of the previous run it allows replacing."""
+    """`check_out` (and that `out` and the files and folders the run reads, `inputs`, lie outside
+    each other), the folder's lock for this process (drgan.locks), then `check_out` again (another
+    process may have written meanwhile) and the removal of the previous run it allows replacing."""
     out = Path(out)
+    inputs = [i for i in inputs if i is not None]
     check_outside(out, inputs)
+    for path in inputs:  # --overwrite would delete it before it is read
+        if Path(path).resolve().is_relative_to(out.resolve()):
+            raise ParameterError(f"{path}: inside {out}, the folder this run writes" + (" and {overwrite} empties" if overwrite else "")
+                                 + "; move it out first")
     check_out(out, overwrite, kind)  # before the folder is created for its lock
     locks.hold(out)
     if check_out(out, overwrite, kind):

@@ -564,3 +564,18 @@ def test_a_dataset_without_vessel_masks_is_refused_before_any_step(tmp_path, spa
     shutil.rmtree(data / "masks")
     with pytest.raises(DrganError, match="no training image has a vessel mask"):
         train_gan(options(tmp_path, space, data=str(data), max_steps=1))
+
+
+def test_overwrite_refuses_inputs_inside_the_run_it_would_empty(tmp_path, space):
+    """--overwrite emptied --out before reading a grading space, an init run or a dataset kept inside it."""
+    import shutil
+
+    train_gan(options(tmp_path, space, max_steps=1), PhantomSet(2))
+    run = tmp_path / "run"
+    kept = sorted(p.name for p in run.iterdir())
+    shutil.copy(space, run / "mine.safetensors")
+    with pytest.raises(ParameterError) as err:
+        train_gan(options(tmp_path, space, grading_space=str(run / "mine.safetensors"), max_steps=1), PhantomSet(2), overwrite=True)
+    assert err.value.render(lambda name: f"--{name}") == (f"{run / 'mine.safetensors'}: inside {run}, the folder this run "
+                                                           "writes and --overwrite empties; move it out first")
+    assert sorted(p.name for p in run.iterdir()) == sorted(kept + ["mine.safetensors"])

@@ -351,3 +351,16 @@ def test_first_checkpoint_committed_but_not_moved_is_resumed_not_started_over(tm
     assert kept_checkpoint(run) == f"the last checkpoint in {run} is kept"
     (run / "grading_space.safetensors").write_bytes(b"")
     assert not interrupted(run)
+
+
+def test_overwrite_refuses_a_dataset_inside_the_run_it_would_empty(tmp_path, phantom_dir):
+    """--overwrite emptied --out, and the dataset kept inside it, before reading it."""
+    import shutil
+
+    opts = GraderOptions(preset="tiny-64", epochs=1, batch=8)
+    train_grader(FundusDataset(phantom_dir, 64, split="train"), FundusDataset(phantom_dir, 64, split="val"), tmp_path / "g", opts)
+    data = shutil.copytree(phantom_dir, tmp_path / "g" / "mydata")
+    with pytest.raises(DrganError, match=f"^{data}: inside {tmp_path / 'g'}, the folder this run writes and "):
+        train_grader(FundusDataset(data, 64, split="train"), FundusDataset(data, 64, split="val"), tmp_path / "g", opts,
+                     overwrite=True, data=data)
+    assert (data / "labels.csv").is_file() and (tmp_path / "g" / "grader.safetensors").is_file()

@@ -95,7 +95,7 @@ class GanTrainer:
                 locks.hold(self.run)  # first: a run still training before its first checkpoint is in use
                 require_checkpoint(self.run)  # before anything is built
             else:
-                prepare_out(self.run, overwrite, "gan", inputs=[opts.data])
+                prepare_out(self.run, overwrite, "gan", inputs=[opts.data, opts.grading_space, opts.init, opts.vgg19_weights])
         self.cfg = model_config(opts)
         self.stage = opts.stage
         self.resolution = self.cfg.stage_resolution(opts.stage)
