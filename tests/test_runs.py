@@ -217,7 +217,7 @@ def test_max_steps_on_resume_goes_past_the_saved_epochs(drgan, tmp_path, data):
     assert rc == 0, err
     assert _step(run) == per_epoch + 2
     line = _one_error(*drgan("train", "gan", "--resume", run)[::2])
-    assert "already trained" in line and "--max-steps" in line
+    assert "already at step" in line and "--max-steps" in line
 
 
 def test_max_steps_on_a_new_run_goes_past_the_default_epochs_not_given_ones(drgan, tmp_path, data):

@@ -213,7 +213,7 @@ def test_a_run_stopped_while_moving_its_first_checkpoint_names_the_way_on(tmp_pa
     monkeypatch.undo()
     with pytest.raises(DrganError, match=rf"stopped while moving its first checkpoint .*`drgan train gan --resume {run}`"):
         generator_weights(run)  # it read 'G.safetensors: file not found'
-    with pytest.raises(DrganError, match="already trained 1 of 1 steps"):
+    with pytest.raises(DrganError, match=r"already at step 1, its limit \(max_steps 1\)"):
         train_gan(GanOptions(resume=str(run), max_steps=1), data)
     assert generator_weights(run).is_file()
 
@@ -227,7 +227,7 @@ def test_committed_checkpoint_is_finished_on_resume(tmp_path, space, monkeypatch
     monkeypatch.undo()
     assert json.loads((run / "checkpoint.next" / "state.json").read_text())["step"] == 2
     assert json.loads((run / "state.json").read_text())["step"] == 1
-    with pytest.raises(DrganError, match="already trained 2 of 2 steps"):
+    with pytest.raises(DrganError, match=r"already at step 2, its limit \(max_steps 2\)"):
         train_gan(GanOptions(resume=str(run), max_steps=2), data)
     assert not (run / "checkpoint.next").exists()
     assert load_file(str(run / "G.safetensors")) and json.loads((run / "state.json").read_text())["step"] == 2
@@ -579,3 +579,16 @@ def test_overwrite_refuses_inputs_inside_the_run_it_would_empty(tmp_path, space)
     assert err.value.render(lambda name: f"--{name}") == (f"{run / 'mine.safetensors'}: inside {run}, the folder this run "
                                                            "writes and --overwrite empties; move it out first")
     assert sorted(p.name for p in run.iterdir()) == sorted(kept + ["mine.safetensors"])
+
+
+def test_epochs_alone_on_resume_lifts_the_runs_step_cap(tmp_path, space):
+    """A run started with --max-steps 2 kept that cap on every resume: --resume R --epochs 3 said
+    'already trained 4 of 2 steps' and asked for the larger --epochs it had been given."""
+    data, run = PhantomSet(4), tmp_path / "run"   # 2 steps per epoch at batch 2
+    train_gan(options(tmp_path, space, max_steps=2), data)
+    assert train_gan(GanOptions(resume=str(run), max_steps=4), data)["steps"] == 4
+    assert train_gan(GanOptions(resume=str(run), epochs=3), data)["steps"] == 6
+    with pytest.raises(ParameterError) as err:
+        train_gan(GanOptions(resume=str(run), epochs=3), data)
+    assert err.value.render(lambda n: f"--{n.replace('_', '-')}") == (
+        f"--resume {run}: already at step 6, its limit (--epochs 3 of 2 steps); give a larger --max-steps or --epochs to continue")

@@ -462,8 +462,10 @@ class GanTrainer:
         per_epoch = self.sampler.batches_per_epoch
         limit = o.epochs * per_epoch if o.max_steps is None else min(o.max_steps, o.epochs * per_epoch)
         if o.resume and self.step >= limit:
+            cap = (f"{{max_steps}} {o.max_steps}" if o.max_steps is not None and o.max_steps < o.epochs * per_epoch
+                   else f"{{epochs}} {o.epochs} of {per_epoch} steps")
             raise ParameterError(
-                f"{{resume}} {self.run}: already trained {self.step} of {limit} steps; "
+                f"{{resume}} {self.run}: already at step {self.step}, its limit ({cap}); "
                 "give a larger {max_steps} or {epochs} to continue"
             )
         logger = RunLogger(self.run, enabled=self.info.is_main, purge_step=self.step + 1 if o.resume else None)  # the checkpoint holds its step
