@@ -71,6 +71,17 @@ def test_the_report_counts_mask_files_and_says_when_there_are_none(clean, tmp_pa
     assert "\nmask files: none (a grader trains without them; `drgan train gan` needs vessel masks)\n" in report.render()
 
 
+def test_a_split_no_row_has_says_how_to_give_one(clean, tmp_path):
+    """`train grader` on a dataset without val rows said only 'no usable samples in split 'val''."""
+    root = copy_dataset(clean, tmp_path / "no_val")   # every row is train
+    with pytest.raises(DrganError) as err:
+        open_dataset(root, split="val")
+    assert str(err.value) == (f"{root}: no usable samples in split 'val' (no row of labels.csv has it: give it to some rows; "
+                              "or leave split cells empty for the 90/10 train/val split by id)")
+    with pytest.raises(DrganError, match=r"in split 'test' \(no row of labels.csv has it: give it to some rows\)$"):
+        open_dataset(root, split="test")
+
+
 def test_a_dataset_without_one_usable_sample_lists_every_problem(clean, tmp_path):
     """Every labels.csv row broken: the report lists each problem (it gave one line naming the
     first); a labels.csv of its header alone is a problem too."""
