@@ -71,6 +71,20 @@ def test_the_report_counts_mask_files_and_says_when_there_are_none(clean, tmp_pa
     assert "\nmask files: none (a grader trains without them; `drgan train gan` needs vessel masks)\n" in report.render()
 
 
+def test_a_0_1_mask_is_a_problem_a_faint_speck_is_not(clean, tmp_path):
+    """Label maps store lesions as 1: read as 1/255 coverage, the GAN saw nearly no lesion."""
+    root = copy_dataset(clean, tmp_path / "m01")
+    path = next((root / "masks").glob("*/vessel.png"))
+    label = (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+    Image.fromarray(label).save(path)
+    assert validate_dataset(root).problems == [f"{path}: a 0/1 mask (its largest value is 1), which reads as nearly empty: "
+                                               "store covered pixels as 255 (drgan data import does)"]
+    speck = np.zeros_like(label)
+    speck[5, 5:8] = 1
+    Image.fromarray(speck).save(path)
+    assert validate_dataset(root).problems == []
+
+
 def test_a_split_no_row_has_says_how_to_give_one(clean, tmp_path):
     """`train grader` on a dataset without val rows said only 'no usable samples in split 'val''."""
     root = copy_dataset(clean, tmp_path / "no_val")   # every row is train

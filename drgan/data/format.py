@@ -65,7 +65,13 @@ def _check_sample(sample: Sample, notes: list[str]) -> None:
     image, n = read_rgb(sample.image)
     notes.extend(n)
     for path in sample.masks.values():
-        notes.extend(read_mask(path, image.shape[:2])[1])
+        mask, n = read_mask(path, image.shape[:2])
+        notes.extend(n)
+        # A label map's 0/1, which every reader takes as 1/255 coverage (a few faint pixels are an
+        # antialiased speck instead).
+        if mask.max() == 1 and np.count_nonzero(mask) >= 9:
+            raise DrganError(f"{path}: a 0/1 mask (its largest value is 1), which reads as nearly empty: "
+                             "store covered pixels as 255 (drgan data import does)")
 
 
 def open_dataset(root: str | Path, skip_bad: bool = False, split: str | None = None, decode: bool | None = None) -> DatasetIndex:
