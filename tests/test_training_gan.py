@@ -566,6 +566,17 @@ def test_a_dataset_without_vessel_masks_is_refused_before_any_step(tmp_path, spa
         train_gan(options(tmp_path, space, data=str(data), max_steps=1))
 
 
+def test_grades_absent_from_the_training_images_are_named(tmp_path, space, capsys):
+    from drgan.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", count=6, size=64, seed=0)
+    rows = (data / "labels.csv").read_text().splitlines()
+    (data / "labels.csv").write_text("\n".join([rows[0]] + [f"{r.split(',')[0]},2,{r.split(',')[2]}" for r in rows[1:]]) + "\n")
+    train_gan(options(tmp_path, space, data=str(data), max_steps=1))
+    assert (f"warning: {data}: no training image of grade(s) 0, 1, 3, 4: the generator learns nothing of them "
+            "(train on every grade you will synthesize)\n") in capsys.readouterr().err
+
+
 def test_overwrite_refuses_inputs_inside_the_run_it_would_empty(tmp_path, space):
     """--overwrite emptied --out before reading a grading space, an init run or a dataset kept inside it."""
     import shutil

@@ -182,6 +182,9 @@ class GanTrainer:
             raise DrganError(f"{self.opts.data}: no training image has a vessel mask (masks/<id>/vessel.png): the "
                              "generator draws each image from its vessel, disc and lesion masks; "
                              "`drgan data import` extracts vessel and disc masks from photographs")
+        if self.info.is_main and (absent := sorted(set(range(self.cfg.num_grades)) - set(dataset.grades))):
+            print(f"warning: {self.opts.data}: no training image of grade(s) {', '.join(map(str, absent))}: the generator "
+                  "learns nothing of them (train on every grade you will synthesize)", file=sys.stderr)
         return dataset
 
     def _load_init(self, init: Path) -> None:
