@@ -183,7 +183,7 @@ def resume_options(run: str | Path, **given: Any) -> GanOptions:
         # An epoch has at least one step: the saved epoch count must not cut the asked steps short.
         merged["epochs"] = max(merged["epochs"], given["max_steps"])
     if given.get("epochs") is not None and given.get("max_steps") is None:
-        merged["max_steps"] = None  # nor the run's step cap the asked epochs (the cap of its first command)
+        merged["max_steps"] = None  # the asked epochs end the run, not the step cap of the command that started it
     merged["resume"] = run
     return GanOptions.from_dict(merged)
 
