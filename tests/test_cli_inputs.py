@@ -610,6 +610,13 @@ def test_a_set_is_never_written_inside_its_run_or_structure_dataset(drgan, tmp_p
         assert not inside.exists()
 
 
+def test_a_run_given_as_structures_is_named_a_run(drgan, tmp_path, run):
+    line = one_error(*drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--structures", run,
+                            "--out", tmp_path / "set", "--count", "5", "--device", "cpu"))
+    assert line == f"error: --structures {run}: a drgan run folder; give the dataset whose vessel and disc masks to use"
+    assert not (tmp_path / "set").exists()
+
+
 def test_two_datasets_for_one_command_are_one_usage_line(drgan, tmp_path, data):
     rc, _, err = drgan("data", "validate", data, "--data", tmp_path)
     assert rc == 2 and err == f"error: two datasets given ({data} and --data {tmp_path}): give one\n"

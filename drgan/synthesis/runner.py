@@ -30,7 +30,7 @@ from drgan.data.lesion_stats import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError, UsageError, name_list
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import check_outside, sha256_file
-from drgan.runs import read_run, require_kind
+from drgan.runs import RUN_FILE, read_run, require_kind
 from drgan.runtime import intra_op_threads, resolve_device, torchrun_ranks
 from drgan.synthesis import fingerprint
 from drgan.synthesis.registry import make_backend
@@ -221,6 +221,8 @@ def _check_output_options(opts: SynthesisOptions) -> None:
         raise ParameterError(f"{{label}} {opts.label!r}: choose one of {', '.join(LABELS)}")
     if opts.label == "predicted" and opts.backend == "null":
         raise UsageError("{label} predicted needs the generator's encoder: a {run} and a generator backend, not null")
+    if opts.structures and (Path(opts.structures) / RUN_FILE).is_file():  # the reader would say only "not a dataset folder"
+        raise ParameterError(f"{{structures}} {opts.structures}: a drgan run folder; give the dataset whose vessel and disc masks to use")
     trained_on = read_run(opts.run).options.get("data") if opts.run else None
     check_outside(opts.out, [opts.run, opts.structures, trained_on])  # a set inside a dataset becomes part of it
 
