@@ -233,8 +233,8 @@ def undone_on_failure(out: Path, finished_file: str, new: bool = True,
     called, before the run claims it): after a `failure` inside, when `out` holds no
     `finished_file`, undo what this process wrote there, so that rerunning the same command is
     accepted. The folder is removed, or emptied when it was given empty (a user's folder stays).
-    Only the holder of its lock does this (enter it inside the lock): a run refused by another
-    one's lock leaves that run alone."""
+    Only the holder of its lock does this (leave it while the lock is held: inside the code that
+    releases it): a run refused by another one's lock leaves that run alone."""
     given_empty = out.is_dir() and locks.only_locks(out)  # a lock file: left by an earlier failure
     fresh = new and (given_empty or not out.exists())
 

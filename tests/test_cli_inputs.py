@@ -18,7 +18,7 @@ import torch
 
 from drgan.cli import cli
 from drgan.checkpoint import load_tensors, save_tensors
-from drgan.cli.common import run_command
+from drgan.cli.common import HELP_NAMES, run_command
 from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import GradingSpace
@@ -420,7 +420,8 @@ def test_every_option_has_help_and_every_number_its_range():
             if isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
                 ranged = isinstance(param.type, click.types._NumberRangeBase) or re.search(r">=|<=|>|\.\.", param.help)
                 assert ranged, (name, param.opts, param.help)
-    synthesize_help = cli.commands["synthesize"].get_help(click.Context(cli.commands["synthesize"]))
+    # The commands' help names: click keeps the help option of the first context it meets (run_command's, later).
+    synthesize_help = cli.commands["synthesize"].get_help(click.Context(cli.commands["synthesize"], **HELP_NAMES))
     assert "one of them is required" in " ".join(synthesize_help.split())
 
 
@@ -533,7 +534,9 @@ def test_a_missing_path_or_a_file_for_a_folder_is_bad_input(drgan, tmp_path, dat
                  ("masks", "extract", "--out", tmp_path / "m")):
         rc, _out, err = drgan(*args)
         assert usage_error(rc, _out, err).startswith("error: Missing "), args
-    # click's usage errors are one line too (it printed Usage:, Try ... and Error: lines).
+    # click's usage errors are one line too (it printed Usage:, Try ... and Error: lines), the parser's included.
+    rc, out, err = drgan("train", "grader", "--out")
+    assert (rc, out, err) == (2, "", "error: Option '--out' requires an argument. (see drgan train grader --help)\n")
     rc, out, err = drgan("synthesize", "--format", "gif")
     assert (rc, out, err) == (2, "", "error: Invalid value for '--format': 'gif' is not one of 'png', 'jpeg'. "
                                      "(see drgan synthesize --help)\n")

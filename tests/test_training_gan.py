@@ -602,4 +602,6 @@ def test_epochs_alone_on_resume_lifts_the_runs_step_cap(tmp_path, space):
     with pytest.raises(ParameterError) as err:
         train_gan(GanOptions(resume=str(run), epochs=3), data)
     assert err.value.render(lambda n: f"--{n.replace('_', '-')}") == (
-        f"--resume {run}: already at step 6, its limit (--epochs 3 of 2 steps); give a larger --max-steps or --epochs to continue")
+        f"--resume {run}: already at step 6, its limit (--epochs 3 of 2 steps each); give a larger --max-steps or --epochs to continue")
+    with pytest.raises(ParameterError, match=r"already at step 6, past its limit of 4 \(epochs 2 of 2 steps each\)"):
+        train_gan(GanOptions(resume=str(run), epochs=2), data)

@@ -181,7 +181,7 @@ class GanTrainer:
         if not any("vessel" in s.masks for s in dataset.samples):  # a missing mask reads as zeros
             raise DrganError(f"{self.opts.data}: no training image has a vessel mask (masks/<id>/vessel.png): the "
                              "generator draws each image from its vessel, disc and lesion masks; "
-                             "`drgan data import` extracts vessel and disc masks from photographs")
+                             "`drgan data import` and `drgan masks extract` make vessel and disc masks from photographs")
         if self.info.is_main and (absent := sorted(set(range(self.cfg.num_grades)) - set(dataset.grades))):
             print(f"warning: {self.opts.data}: no training image of grade(s) {', '.join(map(str, absent))}: the generator "
                   "learns nothing of them (train on every grade you will synthesize)", file=sys.stderr)
@@ -466,9 +466,10 @@ class GanTrainer:
         limit = o.epochs * per_epoch if o.max_steps is None else min(o.max_steps, o.epochs * per_epoch)
         if o.resume and self.step >= limit:
             cap = (f"{{max_steps}} {o.max_steps}" if o.max_steps is not None and o.max_steps < o.epochs * per_epoch
-                   else f"{{epochs}} {o.epochs} of {per_epoch} steps")
+                   else f"{{epochs}} {o.epochs} of {per_epoch} steps each")
+            where = "its limit" if self.step == limit else f"past its limit of {limit}"
             raise ParameterError(
-                f"{{resume}} {self.run}: already at step {self.step}, its limit ({cap}); "
+                f"{{resume}} {self.run}: already at step {self.step}, {where} ({cap}); "
                 "give a larger {max_steps} or {epochs} to continue"
             )
         logger = RunLogger(self.run, enabled=self.info.is_main, purge_step=self.step + 1 if o.resume else None)  # the checkpoint holds its step

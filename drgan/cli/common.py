@@ -94,7 +94,11 @@ def strict_parsing(command: click.Command) -> None:
     parse = command.parse_args
 
     def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
-        values, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        try:
+            values, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        except click.UsageError as exc:  # the parser's own ('--out' without its value) know no command
+            exc.ctx = exc.ctx or ctx
+            raise
         if any(set(getattr(p, "opts", ())) & set(ctx.help_option_names) for p in order):  # -h: the help, whatever else was typed
             return parse(ctx, args)
         options = [p for p in order if isinstance(p, click.Option) and not (p.multiple or p.count)]

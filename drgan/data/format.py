@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from drgan.config import COND_CHANNELS
 from drgan.data.decode import MIN_SIDE, open_image, read_mask, read_rgb
@@ -67,9 +68,9 @@ def _check_sample(sample: Sample, notes: list[str]) -> None:
     for path in sample.masks.values():
         mask, n = read_mask(path, image.shape[:2])
         notes.extend(n)
-        # A label map's 0/1, which every reader takes as 1/255 coverage (a few faint pixels are an
-        # antialiased speck instead).
-        if mask.max() == 1 and np.count_nonzero(mask) >= 9:
+        # A label map's 0/1, which every reader takes as 1/255 coverage: solid areas of 1 (a mask
+        # shrunk a lot, as by `data import --size`, leaves small lesions as scattered faint pixels).
+        if mask.max() == 1 and ndimage.binary_erosion(mask == 1, np.ones((3, 3), bool)).any():
             raise DrganError(f"{path}: a 0/1 mask (its largest value is 1), which reads as nearly empty: "
                              "store covered pixels as 255 (drgan data import does)")
 
@@ -222,9 +223,9 @@ def _index(root: Path, samples: list[Sample], problems: list[tuple[str | None, s
                                      if len(lines) > 1 else ""))
     skipped = len({sid for sid, _ in problems if sid is not None}) + sum(1 for sid, _ in problems if sid is None)
     if not samples:
-        hashed = "; or leave split cells empty for the 90/10 train/val split by id" if split in ("train", "val") else ""
+        hashed = ", given or by the 90/10 train/val split by id of rows without one" if split in ("train", "val") else ""
         why = (f" ({len(lines)} problems, first: {lines[0]})" if lines
-               else f" (no row of {LABELS_FILE} has it: give it to some rows{hashed})" if split else "")
+               else f" (no row of {LABELS_FILE} has it{hashed}: give it to some rows)" if split else "")
         raise DrganError(f"{root}: no usable samples" + (f" in split {split!r}" if split else "") + why)
     return DatasetIndex(root, samples, lines, notes, skipped)
 
