@@ -165,6 +165,18 @@ def kept_on_resume(run: str | Path, name: str, value: Any, own: Any, resumable: 
                           f"({'none: not given when it started' if own is None else own}); only {allowed} may change on resume")
 
 
+def step_limits(given: dict[str, Any], epochs: int, max_steps: int | None) -> dict[str, Any]:
+    """The epochs and max_steps a GAN run trains to, from those `given` and the run's own (a new
+    run's: the defaults): --max-steps alone trains up to that step past the epochs (an epoch has at
+    least one step), --epochs alone that many epochs past the step cap of an earlier command."""
+    steps, eps = given.get("max_steps"), given.get("epochs")
+    if steps is not None and eps is None:
+        return {"epochs": max(epochs, steps), "max_steps": steps}
+    if eps is not None and steps is None:
+        return {"epochs": eps, "max_steps": None}
+    return {"epochs": epochs if eps is None else eps, "max_steps": max_steps if steps is None else steps}
+
+
 def resume_options(run: str | Path, **given: Any) -> GanOptions:
     """The options of `run` for continuing it. Given RESUMABLE_OVERRIDES replace the run's; any
     other given option must equal the run's (paths compared resolved), or it is refused."""
@@ -179,11 +191,7 @@ def resume_options(run: str | Path, **given: Any) -> GanOptions:
             continue
         raise kept_on_resume(run, name, value, merged.get(name), RESUMABLE_OVERRIDES)
     merged.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
-    if given.get("max_steps") is not None and "epochs" not in given:
-        # An epoch has at least one step: the saved epoch count must not cut the asked steps short.
-        merged["epochs"] = max(merged["epochs"], given["max_steps"])
-    if given.get("epochs") is not None and given.get("max_steps") is None:
-        merged["max_steps"] = None  # the asked epochs end the run, not the step cap of the command that started it
+    merged.update(step_limits(given, merged["epochs"], merged["max_steps"]))
     merged["resume"] = run
     return GanOptions.from_dict(merged)
 

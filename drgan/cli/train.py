@@ -129,7 +129,7 @@ def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **
     from drgan.errors import UsageError
     from drgan.runtime import torchrun_ranks
     from drgan.training.gan import train_gan
-    from drgan.training.options import GanOptions, resume_options
+    from drgan.training.options import GanOptions, resume_options, step_limits
 
     given.update(data=data_dir, grading_space=grading_space, out=out, init=init_run, compile=compile_)
     given = {k: v for k, v in given.items() if v is not None}
@@ -141,9 +141,7 @@ def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **
     elif out is None:
         raise UsageError("--out RUN is required (or --resume RUN)")
     else:
-        if given.get("max_steps") is not None and "epochs" not in given:  # as on resume: the default does not cut it short
-            given["epochs"] = max(GanOptions.epochs, given["max_steps"])
-        opts = GanOptions(**given)
+        opts = GanOptions(**{**given, **step_limits(given, GanOptions.epochs, None)})
     report = train_gan(opts, overwrite=overwrite)
     if torchrun_ranks().rank != 0:
         return  # rank 0 reports for all the processes of a torchrun job (the losses are their mean)
