@@ -93,6 +93,7 @@ def export_run(
     # reached torch's own handler as an AttributeError of the half-loaded module (a traceback, exit 1).
     import torch._dynamo  # noqa: F401
     run = Path(run)
+    require_kind(run, "gan", "run")  # before the first status line: a folder that is no run is one error line
     out = Path(out) if out else run / "export"
     check_writable_dir(out)  # before the export's minutes of work
     _check_out(out)

@@ -135,6 +135,13 @@ def test_cli_missing_run_is_one_line(tmp_path, capsys):
     assert "run folder not found" in capsys.readouterr().err
 
 
+def test_a_folder_that_is_no_run_is_one_line_and_nothing_else(tmp_path, capsys):
+    assert run_command(export, args=["--run", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"error: {tmp_path}: not a drgan run folder (no run.json)\n")
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed (pip install 'drgan[trt]')")
 def test_engine_builds_and_matches_pytorch(run, tiny):

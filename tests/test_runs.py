@@ -216,8 +216,10 @@ def test_max_steps_on_resume_goes_past_the_saved_epochs(drgan, tmp_path, data):
     rc, _, err = drgan("train", "gan", "--resume", run, "--max-steps", per_epoch + 2)
     assert rc == 0, err
     assert _step(run) == per_epoch + 2
-    line = _one_error(*drgan("train", "gan", "--resume", run)[::2])
+    rc, _, err = drgan("train", "gan", "--resume", run)
+    line = _one_error(rc, err)
     assert "already at step" in line and "--max-steps" in line
+    assert err.strip().splitlines() == [line]  # no progress or perceptual-loss line before the refusal
 
 
 def test_max_steps_on_a_new_run_goes_past_the_default_epochs_not_given_ones(drgan, tmp_path, data):

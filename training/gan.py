@@ -108,10 +108,13 @@ class GanTrainer:
         self.step, self.epoch, self.next_batch = 0, 0, 0
         if opts.resume:
             self._load_checkpoint()
+            self._check_resume_limit()  # before any line: a run already trained is one error
         else:
             self._write_run()
         self._wrap_for_training()
         self.fixed = self._fixed_batch()
+        if self.info.is_main:
+            print(self.perceptual_line, file=sys.stderr)
 
     # ----------------------------------------------------------------------------- setup
 
@@ -145,8 +148,7 @@ class GanTrainer:
         perceptual, vgg19_weights = losses.resolve_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space)
         opts = self.opts = dataclasses.replace(opts, perceptual=perceptual, vgg19_weights=vgg19_weights)
         self.perceptual = losses.build_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space)
-        if self.info.is_main:
-            print(losses.describe_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space, auto), file=sys.stderr)
+        self.perceptual_line = losses.describe_perceptual(opts.perceptual, opts.vgg19_weights, opts.grading_space, auto)
 
     def _build_optimizers(self) -> None:
         """Adam for G and D, the fp16 gradient scaler, and the autocast dtype of --precision."""
@@ -460,11 +462,14 @@ class GanTrainer:
 
     # ----------------------------------------------------------------------------- loop
 
-    def fit(self) -> dict[str, Any]:
-        o = self.opts
-        per_epoch = self.sampler.batches_per_epoch
-        limit = o.epochs * per_epoch if o.max_steps is None else min(o.max_steps, o.epochs * per_epoch)
-        if o.resume and self.step >= limit:
+    def step_limit(self) -> int:
+        """The step this run trains to: --epochs' steps, or --max-steps where it is fewer."""
+        o, per_epoch = self.opts, self.sampler.batches_per_epoch
+        return o.epochs * per_epoch if o.max_steps is None else min(o.max_steps, o.epochs * per_epoch)
+
+    def _check_resume_limit(self) -> None:
+        o, per_epoch, limit = self.opts, self.sampler.batches_per_epoch, self.step_limit()
+        if self.step >= limit:
             cap = (f"{{max_steps}} {o.max_steps}" if o.max_steps is not None and o.max_steps < o.epochs * per_epoch
                    else f"{{epochs}} {o.epochs} of {per_epoch} steps each")
             where = "its limit" if self.step == limit else f"past its limit of {limit}"
@@ -472,6 +477,10 @@ class GanTrainer:
                 f"{{resume}} {self.run}: already at step {self.step}, {where} ({cap}); "
                 "give a larger {max_steps} or {epochs} to continue"
             )
+
+    def fit(self) -> dict[str, Any]:
+        o, per_epoch = self.opts, self.sampler.batches_per_epoch
+        limit = self.step_limit()
         logger = RunLogger(self.run, enabled=self.info.is_main, purge_step=self.step + 1 if o.resume else None)  # the checkpoint holds its step
         report: dict[str, Any] = {"run": str(self.run), "stage": self.stage, "log": [], "samples": []}
         bar = tqdm(total=limit, initial=self.step, desc=f"gan {self.stage}", unit="step", dynamic_ncols=True, disable=not self.info.is_main)
