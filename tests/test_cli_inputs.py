@@ -633,3 +633,31 @@ def test_a_generator_backend_without_a_run_asks_for_the_run(drgan, tmp_path):
     rc, _, err = drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--label", "predicted",
                        "--out", tmp_path / "set", "--count", "5")
     assert rc == 2 and err.startswith("error: --label predicted needs the generator's encoder"), err
+
+
+@pytest.mark.parametrize("trainer", ["gan", "grader"])
+def test_a_new_training_run_interrupted_before_its_first_checkpoint_says_the_same_command_starts_it_again(
+        drgan, tmp_path, data, monkeypatch, trainer):
+    """It printed only `aborted` (or `terminated`): the trainer names no checkpoint, as there is none."""
+    from drgan.training import gan, grader_pretraining
+
+    space = tmp_path / "space.safetensors"
+    GradingSpace(torch.zeros(5, 256), torch.ones(5, 256), 0.5).save(space)
+    out = tmp_path / "run"
+    checkpointed = []
+
+    def interrupted(*args, **kwargs):
+        if checkpointed:
+            out.mkdir()
+            (out / "state.json").write_text("{}")  # the trainer then names it to --resume
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gan, "train_gan", interrupted)
+    monkeypatch.setattr(grader_pretraining, "train_grader", interrupted)
+    args = (["train", "gan", "--grading-space", space, "--perceptual", "none"] if trainer == "gan"
+            else ["train", "grader", "--preset", "tiny-64"])
+    rc, _, err = drgan(*args, "--data", data, "--out", out, "--device", "cpu")
+    assert rc == 130 and err.splitlines()[-1] == "aborted; no step was checkpointed: rerun the same command to start the run again"
+    checkpointed.append(True)
+    rc, _, err = drgan(*args, "--data", data, "--out", out, "--device", "cpu")
+    assert rc == 130 and err.splitlines()[-1] == "aborted"

@@ -70,21 +70,35 @@ def terminate_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-_resume: tuple[Path, str] | None = None  # (marker, what is kept) of a running command a rerun resumes
+_rerun_hint: Callable[[], str] | None = None  # what an interrupt of the running command adds: how a rerun goes on
 
 
 def resumes_on_rerun(marker: str | Path, kept: str) -> None:
     """Mark the running command as resumed by a rerun: an interrupt then says so, and what is kept,
     once the file `marker` that claims its output folder exists (a command stopped before it
     claimed the folder, or one that removed it as it found it, leaves nothing to resume)."""
-    global _resume
-    _resume = (Path(marker), kept)
+    global _rerun_hint
+    marker = Path(marker)
+
+    def hint() -> str:
+        return f"; rerun the same command to resume ({kept})" if marker.is_file() else ""
+    _rerun_hint = hint
+
+
+def restarts_on_rerun(checkpoint: str | Path) -> None:
+    """Mark the running command as a new training run: an interrupt before its first `checkpoint`
+    file says that the same command starts it again (the run's folder is removed, or left as given).
+    After it, the trainer has named the checkpoint to --resume."""
+    global _rerun_hint
+    checkpoint = Path(checkpoint)
+
+    def hint() -> str:
+        return "" if checkpoint.is_file() else "; no step was checkpointed: rerun the same command to start the run again"
+    _rerun_hint = hint
 
 
 def _resume_hint() -> str:
-    if _resume is None or not _resume[0].is_file():
-        return ""
-    return f"; rerun the same command to resume ({_resume[1]})"
+    return _rerun_hint() if _rerun_hint is not None else ""
 
 
 def strict_parsing(command: click.Command) -> None:
@@ -152,8 +166,8 @@ def _usage(exc: click.UsageError) -> int:
 
 
 def run_command(command: click.Command, **kwargs) -> int:
-    global _resume
-    _resume = None
+    global _rerun_hint
+    _rerun_hint = None
     try:
         with terminate_as_exit():  # a killed command cleans up as an interrupted one does
             command.main(standalone_mode=False, **HELP_NAMES, **kwargs)

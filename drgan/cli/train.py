@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from drgan.cli.common import DEVICE_HELP, HELP_NAMES, flag
+from drgan.cli.common import DEVICE_HELP, HELP_NAMES, flag, restarts_on_rerun
 from drgan.config import PRECISIONS, PRESETS, STAGES, preset as get_preset
 from drgan.training.options import RESUMABLE_OVERRIDES
 
@@ -38,7 +38,7 @@ def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str |
     """ResNet-50 grader and grading spaces; a killed run continues with --resume."""
     from drgan.data.dataset import FundusDataset
     from drgan.errors import UsageError
-    from drgan.runs import check_out, require_checkpoint, require_kind
+    from drgan.runs import STATE_JSON, check_out, require_checkpoint, require_kind
     from drgan.training.grader_pretraining import GraderOptions, check_resumable, train_grader
 
     given = {k: v for k, v in given.items() if v is not None}
@@ -47,6 +47,7 @@ def grader(data_dir: str | None, out: str | None, overwrite: bool, resume: str |
             raise UsageError("--data DIR and --out RUN are required (or --resume RUN)")
         opts = GraderOptions(**given)
         check_out(out, overwrite, "grader")  # before the datasets are opened
+        restarts_on_rerun(Path(out) / STATE_JSON)
         resolution = get_preset(opts.preset).resolution
     else:
         if overwrite:
@@ -127,6 +128,7 @@ def _recorded_data(run: str, extra: dict, given: str | None) -> str:
 def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **given) -> None:
     """DR-GAN, global or local stage (the full objective of the paper's eq. 1)."""
     from drgan.errors import UsageError
+    from drgan.runs import STATE_JSON
     from drgan.runtime import torchrun_ranks
     from drgan.training.gan import train_gan
     from drgan.training.options import GanOptions, resume_options, step_limits
@@ -142,6 +144,7 @@ def gan(data_dir, grading_space, out, overwrite, init_run, compile_, as_json, **
         raise UsageError("--out RUN is required (or --resume RUN)")
     else:
         opts = GanOptions(**{**given, **step_limits(given, GanOptions.epochs, None)})
+        restarts_on_rerun(Path(out) / STATE_JSON)
     report = train_gan(opts, overwrite=overwrite)
     if torchrun_ranks().rank != 0:
         return  # rank 0 reports for all the processes of a torchrun job (the losses are their mean)
