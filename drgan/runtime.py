@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from drgan.config import PRECISIONS
-from drgan.errors import DrganError, ParameterError
+from drgan.errors import DrganError, ParameterError, UsageError
 
 _DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 _DEVICE = re.compile(r"(auto|cpu|cuda)(:\d+)?")
@@ -20,7 +20,7 @@ def resolve_device(name: str) -> torch.device:
     """'auto' (CUDA when visible, else CPU), 'cpu', 'cuda' or 'cuda:N'; anything else is refused."""
     match = _DEVICE.fullmatch(name)
     if match is None or (match.group(1) != "cuda" and match.group(2)):
-        raise ParameterError(f"{{device}} {name!r}: expected auto, cpu, cuda or cuda:N")
+        raise UsageError(f"{{device}} {name!r}: expected auto, cpu, cuda or cuda:N")  # a wrong form, as click's choices
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

@@ -147,7 +147,7 @@ def test_cli_metrics_json_text_and_bad_names(sets, capsys):
     assert [line.split()[0] for line in table] == list(result)
     assert f"{result['swd_x1e3_average']:.4f}" == table[0].split()[-1]
 
-    assert run_command(cli, args=[a.replace("swd,fidelity", "swd,kid") for a in args], prog_name="drgan") == 1
+    assert run_command(cli, args=[a.replace("swd,fidelity", "swd,kid") for a in args], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --metrics 'kid': choose one of fid, swd, fidelity, grading\n"
     assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "grading"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"

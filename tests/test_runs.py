@@ -266,8 +266,8 @@ def test_option_errors_name_the_parameter_in_python_and_the_flag_on_the_command_
         GanOptions(max_steps=0)
     line = _one_error(*drgan("train", "gan", "--out", tmp_path / "r", "--max-steps", "0")[::2])
     assert line == "error: --max-steps 0 must be >= 1"
-    line = _one_error(*drgan("train", "gan", "--data", data, "--out", tmp_path / "r", "--device", "tpu")[::2])
-    assert line == "error: --device 'tpu': expected auto, cpu, cuda or cuda:N"
+    rc, _, err = drgan("train", "gan", "--data", data, "--out", tmp_path / "r", "--device", "tpu")
+    assert (rc, err) == (2, "error: --device 'tpu': expected auto, cpu, cuda or cuda:N\n")  # a wrong form: a usage error
     assert not (tmp_path / "r").exists()
 
 
@@ -308,8 +308,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, data):
     """In a real process: exit code 1, one `error:` line, no traceback."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     code = "from drgan.cli import main; main()"
-    for args in (["train", "gan", "--out", str(tmp_path / "r"), "--data", str(data), "--device", "tpu"],
-                 ["train", "grader", "--data", str(data), "--out", str(tmp_path / "x"), "--device", "tpu"]):
+    for args in (["train", "gan", "--out", str(tmp_path / "r"), "--data", str(data), "--device", "cuda:7"],
+                 ["train", "grader", "--data", str(data), "--out", str(tmp_path / "x"), "--device", "cuda:7"]):
         proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
         assert proc.returncode == 1, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

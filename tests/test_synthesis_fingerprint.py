@@ -153,7 +153,7 @@ def test_cli_unknown_device_is_one_line(tmp_path):
     cmd = [sys.executable, "-m", "drgan.cli", "synthesize", "--backend", "null", "--preset", "tiny-64", "--out", str(out),
            "--count", "5", "--device", "tpu"]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert res.stderr.strip().splitlines() == ["error: --device 'tpu': expected auto, cpu, cuda or cuda:N"]
     assert not out.exists()
 

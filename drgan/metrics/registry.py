@@ -59,14 +59,14 @@ def metric_names() -> list[str]:
 
 
 def _unknown(param: str, name: str) -> ParameterError:
-    return ParameterError(f"{{{param}}} {name!r}: choose one of {', '.join(_METRICS)}")
+    return UsageError(f"{{{param}}} {name!r}: choose one of {', '.join(_METRICS)}")  # exit 2, as click's choices
 
 
 def metric_list(metrics: str) -> list[str]:
     """The names of a comma-separated list, in order, once each; all are checked before any runs."""
     names = list(dict.fromkeys(name.strip() for name in metrics.split(",")))
     if "" in names:  # 'fid,' or 'fid,,swd': the list, not an unknown metric ''
-        raise ParameterError(f"{{metrics}} {metrics!r}: an empty name in the list; separate the names by single commas")
+        raise UsageError(f"{{metrics}} {metrics!r}: an empty name in the list; separate the names by single commas")
     for name in names:
         if name not in _METRICS:
             raise _unknown("metrics", name)
