@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from drgan.config import COND_CHANNELS
@@ -435,3 +436,18 @@ def test_shard_failing_beside_a_running_one_leaves_the_set_to_it(run, tmp_path, 
     locks.hold(out, "1/2")  # the shared lock is still compatible with the other shard's
     assert not locks.alone(out)
     locks.release(out)
+
+
+@pytest.mark.parametrize("given", ["auto", "cuda"])
+def test_under_torchrun_each_rank_synthesizes_on_its_own_gpu(monkeypatch, given):
+    """`--device auto` (the default) gave every rank cuda, that is GPU 0."""
+    from drgan.synthesis import runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert runner._device(given) == torch.device("cuda", 2)
+    assert runner._device("cuda:1") == torch.device("cuda", 1)  # named by the user: kept
+    assert runner._device("cpu") == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert runner._device(given) == torch.device("cuda")

@@ -123,9 +123,12 @@ class Summary:
 
 
 def _device(name: str) -> torch.device:
-    if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
-        name = f"cuda:{torchrun_ranks().local_rank}"
-    return resolve_device(name)
+    """--device; under torchrun, 'cuda' and an 'auto' that picks CUDA mean this process's own GPU
+    (LOCAL_RANK): device 0 for every rank would run them all on one GPU."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = resolve_device(f"cuda:{torchrun_ranks().local_rank}")
+    return device
 
 
 def _shard(text: str | None) -> Shard:
