@@ -32,6 +32,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def rank_gpu(local_rank: int) -> int:
+    """The GPU index of a torchrun process: its LOCAL_RANK, or 0 where the process sees one GPU
+    alone (a scheduler that gives each rank its own CUDA_VISIBLE_DEVICES)."""
+    return 0 if torch.cuda.device_count() == 1 else local_rank
+
+
 class Ranks(NamedTuple):
     rank: int          # this process among all: RANK
     world: int         # processes in all: WORLD_SIZE

@@ -92,19 +92,24 @@ class AotiGenerator:
 
     name = "aoti"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device | None = None) -> None:
+        """`device`: the GPU to load a CUDA package on (cuda:N); the current one when None."""
         path = Path(path)
         if not path.is_file():
             raise DrganError(f"{path}: AOTInductor package not found (run drgan-export --aoti first)")
         self.sidecar = read_sidecar(path)
         self.device = torch.device(self.sidecar["device"])
+        if device is not None and torch.device(device).type == self.device.type:
+            self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DrganError(f"{path}: compiled for CUDA, but no CUDA GPU is visible")
         if self.device.type == "cpu" and "model" in self.sidecar:
             check_cpu_attention_memory(ModelConfig.from_dict(self.sidecar["model"]), self.sidecar["batch"]["min"],
                                        "an AOTInductor package", "use {backend} torch, or a package compiled for CUDA")
         check_package(path, self.sidecar)
-        self.package = torch._inductor.aoti_load_package(str(path))
+        # Without an index the package loads its weights on the current GPU, not the one asked for.
+        index = self.device.index if self.device.index is not None else -1
+        self.package = torch._inductor.aoti_load_package(str(path), device_index=index)
 
     def __call__(
         self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]

@@ -74,7 +74,7 @@ def open_aoti(folder: Path, run: str | Path, weights: str, device: str, precisio
 
     _check_current(folder, aoti_file(device, precision), run, weights,
                    f"--aoti --device {torch.device(device).type} --precision {precision}")
-    return _check_batch(AotiGenerator(folder / aoti_file(device, precision)), batch)
+    return _check_batch(AotiGenerator(folder / aoti_file(device, precision), device), batch)
 
 
 def _check_batch(runner, batch: int | None):

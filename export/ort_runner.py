@@ -36,12 +36,15 @@ def has_cuda_provider() -> bool:
     return "CUDAExecutionProvider" in _ort().get_available_providers()
 
 
-def providers(device: str) -> list[str]:
-    """Execution providers for `device` ('cpu' or 'cuda'), best first."""
-    if device.startswith("cuda"):
+def providers(device: str) -> list:
+    """Execution providers for `device` ('cpu', 'cuda' or 'cuda:N'), best first. The CUDA provider
+    is given the device's index: it runs on GPU 0 otherwise, whatever torch's current device."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
         if not has_cuda_provider():
             raise DrganError("device cuda: this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -83,16 +86,19 @@ class OrtGenerator:
     def _run_bound(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Device-resident run: bind torch CUDA buffers so nothing crosses to the host."""
         binding = self.session.io_binding()
-        index = self.device.index or 0
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        tensors = [t.to(self.device) for t in tensors]  # held until the run: ONNX Runtime reads their memory
         for name, t in zip(self.input_names, tensors):
-            t = t.to(self.device)
             binding.bind_input(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
         b, r = tensors[0].shape[0], tensors[0].shape[-1]
         image = torch.empty((b, 3, r, r), device=self.device)
         logits = torch.empty((b, self.session.get_outputs()[1].shape[1]), device=self.device)
         for name, t in zip(OUTPUT_NAMES, (image, logits)):
             binding.bind_output(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
-        self.session.run_with_iobinding(binding)
+        # ONNX Runtime runs on a stream of its own that does not wait for torch's: the inputs, queued
+        # asynchronously (the synthesis runner's stream), must be written before it reads them.
+        torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)  # returns once its outputs are written
         return image, logits
 
 

@@ -12,6 +12,7 @@ Every artifact is checked against the eager fp32 generator before it is recorded
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -100,7 +101,10 @@ def export_run(
     created, exporter = not out.exists(), None
     try:
         exporter = _Exporter(run, out, stage, log)
-        exporter.write(options, profile, device)
+        # cuda:N current while the package is compiled and checked: the eager reference's Triton
+        # kernels launch on the current GPU.
+        with torch.cuda.device(device) if device.startswith("cuda") else contextlib.nullcontext():
+            exporter.write(options, profile, device)
     except BaseException:
         # Nothing exported into the folder this process created and held: leave none behind. (A
         # process refused by another's lock never gets an exporter, so it never removes theirs.)

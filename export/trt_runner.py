@@ -50,10 +50,11 @@ class TrtGenerator:
             )
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise DrganError(f"{path}: TensorRT could not load the engine (built by another TensorRT version or GPU?)")
-        self.context = self.engine.create_execution_context()
+        with torch.cuda.device(self.device):  # an engine and its context live on the GPU current when made
+            self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+            if self.engine is None:
+                raise DrganError(f"{path}: TensorRT could not load the engine (built by another TensorRT version or GPU?)")
+            self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]

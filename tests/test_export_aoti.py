@@ -143,3 +143,19 @@ def test_package_that_is_not_the_exported_one_is_refused_before_loading(tmp_path
     message = "sha256 differs from g.pt2.json" if recorded else "g.pt2.json records no sha256"
     with pytest.raises(DrganError, match=message):
         aoti.AotiGenerator(package)
+
+
+@pytest.mark.parametrize("device, index", [("cuda:1", 1), (None, -1)])
+def test_a_cuda_package_loads_on_the_gpu_asked_for(tmp_path, monkeypatch, device, index):
+    """Loaded without an index, its weights went to the current GPU (0) while --device cuda:1 sent
+    the inputs to GPU 1."""
+    from drgan.io import sha256_file
+
+    package = tmp_path / "g.pt2"
+    package.write_bytes(b"compiled")
+    aoti.write_sidecar(package, {"device": "cuda", "batch": {"min": 1, "opt": 1, "max": 1}, "sha256": sha256_file(package)})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    loads = []
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path, **k: loads.append(k))
+    runner = aoti.AotiGenerator(package, device)
+    assert loads == [{"device_index": index}] and runner.device == torch.device(device or "cuda")

@@ -400,3 +400,13 @@ def test_onnxruntime_missing_and_broken_are_told_apart(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", broken)
     with pytest.raises(DrganError, match="^ONNX Runtime cannot be imported: DLL load failed$"):
         ort_runner._ort()
+
+
+def test_the_cuda_provider_runs_on_the_device_asked_for(monkeypatch):
+    """Without device_id, ONNX Runtime's CUDA provider ran on GPU 0 whatever --device cuda:N said,
+    while the I/O binding bound buffers of GPU N."""
+    from drgan.export import ort_runner
+
+    monkeypatch.setattr(ort_runner, "has_cuda_provider", lambda: True)
+    assert ort_runner.providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert ort_runner.providers("cpu") == ["CPUExecutionProvider"]

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from drgan.errors import ParameterError
-from drgan.runtime import resolve_device, torchrun_ranks
+from drgan.runtime import rank_gpu, resolve_device, torchrun_ranks
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def setup(device: str) -> DistInfo:
     rank, world, local_rank = torchrun_ranks()
     dev = resolve_device(device)
     if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))
+        dev = torch.device("cuda", rank_gpu(local_rank) if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)

@@ -78,15 +78,17 @@ class TorchBackend:
         return static_out.clone()
 
     def _capture(self, inputs: list[torch.Tensor]):
+        # Every stream on the generator's device: a caller whose current GPU is another one (its
+        # device 0, the runner's is cuda:N) would capture on that GPU.
         static_in = [t.clone() for t in inputs]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):  # warm-up outside the graph: autotuning, allocator pools
             for _ in range(2):
                 self._forward(static_in[0], static_in[1], static_in[2:])
-        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device)):
             static_out = self._forward(static_in[0], static_in[1], static_in[2:])
         return graph, static_in, static_out
 

@@ -31,7 +31,7 @@ from drgan.errors import DrganError, ParameterError, UsageError, name_list
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import check_outside, sha256_file
 from drgan.runs import RUN_FILE, read_run, require_kind
-from drgan.runtime import intra_op_threads, resolve_device, torchrun_ranks
+from drgan.runtime import intra_op_threads, rank_gpu, resolve_device, torchrun_ranks
 from drgan.synthesis import fingerprint
 from drgan.synthesis.registry import make_backend
 from drgan.synthesis.conditions import Item, item_noise, place_item
@@ -124,10 +124,10 @@ class Summary:
 
 def _device(name: str) -> torch.device:
     """--device; under torchrun, 'cuda' and an 'auto' that picks CUDA mean this process's own GPU
-    (LOCAL_RANK): device 0 for every rank would run them all on one GPU."""
+    (runtime.rank_gpu): device 0 for every rank would run them all on one GPU."""
     device = resolve_device(name)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = resolve_device(f"cuda:{torchrun_ranks().local_rank}")
+        device = resolve_device(f"cuda:{rank_gpu(torchrun_ranks().local_rank)}")
     return device
 
 
@@ -182,6 +182,14 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     _check_output_options(opts)
     shard = _shard(opts.shard)
     device = _device(opts.device)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        # cuda:N current throughout: what is made or launched outside the runner's stream (an
+        # engine, a package's weights, Triton kernels on the warm-up) would otherwise go to GPU 0.
+        return _synthesize(opts, start, size, space, plan, shard, device)
+
+
+def _synthesize(opts: SynthesisOptions, start: float, size: int, space: GradingSpace, plan: Plan, shard: Shard,
+                device: torch.device) -> Summary:
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
     pool = StructurePool.from_dataset(opts.structures, size, opts.loader) if opts.structures else StructurePool.phantom(size, opts.seed)
     loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch, opts.trt_plugin,
@@ -280,6 +288,8 @@ class _Pipeline:
         self.noise_shapes = loaded.noise_shapes(1)
         self.gpu_encode = gpu_jpeg_encoder(opts.quality) if opts.format == "jpeg" and self.cuda else None
         self.stream = torch.cuda.Stream(device) if self.cuda else None
+        if self.cuda:  # the weights' and structures' set-up kernels were queued on the default stream
+            self.stream.wait_stream(torch.cuda.current_stream(device))
         self.device_space = space.to(device) if opts.label == "predicted" else None
         self._work: dict[str, torch.Tensor] = {}          # device buffers reused batch after batch
         self.host: list[torch.Tensor | None] = [None] * IN_FLIGHT
