@@ -4,7 +4,7 @@ Triton compiles the kernels to cubin for sm_80 and sm_90 (plus PTX), the C launc
 the CUDA headers on the machine, the library exports exactly the C API and installs a working
 find_package config. With no driver here, the launchers are run against a fake libcuda.so.1 that
 records what they load and launch: which image (by its bytes), grid, block, shared memory and every
-kernel parameter. One build, restricted to the padded Q/K width 16, serves every test.
+kernel parameter. One build, restricted to the padded Q/K widths 16 and 64, serves every test.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
 def build(tmp_path_factory):
     out = tmp_path_factory.mktemp("native")
     generator = ["-G", "Ninja"] if shutil.which("ninja") else ["-G", "Unix Makefiles"]
-    configure = _run(["cmake", "-S", str(ROOT), "-B", str(out / "build"), *generator, "-DDRGAN_QK_BLOCKS=16",
+    configure = _run(["cmake", "-S", str(ROOT), "-B", str(out / "build"), *generator, "-DDRGAN_QK_BLOCKS=16;64",
                       f"-DPython3_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release"])
     compiled = _run(["cmake", "--build", str(out / "build"), "--parallel", "2"])
     return {"build_log": compiled.stdout + compiled.stderr, "root": out, "dir": out / "build", "lib": out / "build/libdrgan_kernels.so", "configure": configure.stdout,
@@ -309,14 +309,17 @@ def test_images_follow_the_device(build):
     results = _fake(build, [
         [[86, 101376, 1], "spatial", {}], [[120, 101376, 1], "spatial", {}], [H100, "spatial", {}],
         [H100, "spatial", {}], [[75, 65536, 1], "spatial", {}], [[90, 232448, 0], "spatial", {}],
-        [H100, "spatial", {"dqk": 64}],
+        [H100, "spatial", {"dqk": 65}], [H100, "spatial", {"dqk": 20}],
     ])
-    ampere, blackwell, hopper, again, turing, no_context, wide = results
+    ampere, blackwell, hopper, again, turing, no_context, wide, between = results
     assert [r["launches"][0]["image"]["image_arch"] for r in (ampere, blackwell, hopper)] == [80, 0, 90]
     assert again["loads"] == hopper["loads"] == 3, "an image is loaded once per context"
     assert turing["status"] == STATUS["DEVICE"] and "sm_75" in turing["error"]
     assert no_context["status"] == STATUS["NO_CONTEXT"]
-    assert wide["status"] == STATUS["UNSUPPORTED"] and "DRGAN_QK_BLOCKS" in wide["error"], "only width 16 was compiled"
+    assert wide["status"] == STATUS["UNSUPPORTED"] and "DRGAN_QK_BLOCKS" in wide["error"], "widths 16 and 64 were compiled"
+    # Width 32 was not compiled: the next one up serves (the kernel masks the columns past qk_dim).
+    assert between["status"] == 0, between["error"]
+    assert between["launches"][0]["image"]["consts"]["BLOCK_D"] == 64 and between["launches"][0]["args"]["DQK"] == 20
     assert not (turing["launches"] or no_context["launches"] or wide["launches"])
 
 

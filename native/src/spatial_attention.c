@@ -66,10 +66,16 @@ DRGAN_API drgan_status drgan_spatial_attention_fwd(
     args[SPATIAL_FWD_QK_SCALE].f32 = (float)(scale * DRGAN_LOG2E); /* exp2 inside: log2(e) folded into the scale */
 
     const drgan_image* image;
-    status = drgan_select(DRGAN_K_SPATIAL_FWD, dtype, block_d(qk_dim), -1, args, &image);
+    /* The kernels mask the columns past qk_dim: any compiled width from block_d(qk_dim) up serves. */
+    int width = block_d(qk_dim);
+    status = drgan_select(DRGAN_K_SPATIAL_FWD, dtype, width, -1, args, &image);
+    while (status == DRGAN_ERROR_UNSUPPORTED && width < DRGAN_SPATIAL_MAX_QK_DIM) {
+        width *= 2;
+        status = drgan_select(DRGAN_K_SPATIAL_FWD, dtype, width, -1, args, &image);
+    }
     if (status == DRGAN_ERROR_UNSUPPORTED)
-        return drgan_fail(status, "spatial attention: qk_dim %lld needs the padded Q/K width %d, which this build did "
-                          "not compile (CMake option DRGAN_QK_BLOCKS)", (long long)qk_dim, block_d(qk_dim));
+        return drgan_fail(status, "spatial attention: qk_dim %lld needs a padded Q/K width of at least %d, which this "
+                          "build did not compile (CMake option DRGAN_QK_BLOCKS)", (long long)qk_dim, block_d(qk_dim));
     if (status != DRGAN_SUCCESS) return status;
     int64_t grid_m = drgan_cdiv(n, drgan_const(image, SPATIAL_FWD_BLOCK_M));
     int64_t grid_v = drgan_cdiv(v_dim, drgan_const(image, SPATIAL_FWD_BLOCK_DV));
