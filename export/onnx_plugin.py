@@ -77,15 +77,25 @@ def _last_dim(model: onnx.ModelProto, name: str) -> int | None:
     return None
 
 
-def replace_attention(model: onnx.ModelProto) -> int:
+# The plugin's kernels take half types only (`supportsFormatCombination`); an fp32 graph would ask it
+# for an fp32 output (`getOutputDataTypes` returns V's type), a type it has no format for.
+HALF_TYPES = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
+
+
+def replace_attention(model: onnx.ModelProto, precision: str | None = None) -> int:
     """Replace every `Attention` node of `model` (in place) by the plugin node; returns how many.
+    With `precision` ('fp16' or 'bf16'), the node's fp32 inputs are cast to that type and its output
+    back to fp32, so that it runs in a type the plugin supports.
 
     Raises DrganError for an Attention node the plugin cannot run (mask or KV-cache inputs, extra
     outputs, causal, softcap, heads packed in a 3-D input)."""
     register_schema()
     model = _with_shapes(model)
     replaced = 0
+    nodes = []
     for index, node in enumerate(model.graph.node):
+        nodes.append(onnx.NodeProto())
+        nodes[-1].CopyFrom(node)  # a copy: the graph's own nodes are cleared below
         if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
             continue
         where = f"Attention node {node.name or index!r}"
@@ -104,12 +114,24 @@ def replace_attention(model: onnx.ModelProto) -> int:
             scale = 1.0 / math.sqrt(width)
         if not scale > 0:
             raise DrganError(f"{where}: scale {scale} must be > 0 for the {OP_TYPE} plugin")
-        plugin = helper.make_node(OP_TYPE, list(node.input), list(node.output), name=node.name or f"{OP_TYPE}_{index}",
-                                  domain=DOMAIN, scale=float(scale))
-        model.graph.node[index].CopyFrom(plugin)
+        name = node.name or f"{OP_TYPE}_{index}"
+        inputs, outputs, casts = list(node.input), list(node.output), []
+        if precision is not None:
+            half = HALF_TYPES[precision]
+            casts = [helper.make_node("Cast", [x], [f"{name}/{x}_half"], name=f"{name}/cast_{x}", to=half) for x in inputs]
+            inputs = [c.output[0] for c in casts]
+            outputs = [f"{name}/{outputs[0]}_half"]
+            casts.append(helper.make_node("Cast", outputs, list(node.output), name=f"{name}/cast_out",
+                                          to=onnx.TensorProto.FLOAT))
+        plugin = helper.make_node(OP_TYPE, inputs, outputs, name=name, domain=DOMAIN, scale=float(scale))
+        nodes[-1:] = [*casts[:-1], plugin, *casts[-1:]]  # in topological order
         replaced += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     if replaced and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    if replaced and precision is not None:
+        _with_shapes(model)  # the half tensors between the casts get their shapes too
     return replaced
 
 
@@ -121,14 +143,15 @@ def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def convert_file(src: str | Path, dst: str | Path, external_data: bool | None = None) -> int:
+def convert_file(src: str | Path, dst: str | Path, external_data: bool | None = None, precision: str | None = None) -> int:
     """Write `src` with its Attention nodes replaced to `dst` (weights beside it as `dst`.data when
-    `src` keeps them outside, or when external_data is True); returns the number of plugin nodes."""
+    `src` keeps them outside, or when external_data is True); returns the number of plugin nodes.
+    `precision`: the half type the plugin nodes run in (replace_attention)."""
     src, dst = Path(src), Path(dst)
     # Shapes first, without the weights: shape inference serializes the model (2 GB protobuf cap).
     model = onnx.load(str(src), load_external_data=False)
     external = external_data if external_data is not None else data_path(src).is_file()
-    count = replace_attention(model)
+    count = replace_attention(model, precision)
     onnx.load_external_data_for_model(model, str(src.parent))  # `dst` gets its own copy of the weights
     save_atomically(dst, lambda file: onnx.save_model(model, str(file), save_as_external_data=external,
                                                       all_tensors_to_one_file=True, location=data_path(dst).name),

@@ -161,7 +161,7 @@ class _Exporter:
         if options.trt and options.trt_plugin:
             from drgan.export.onnx_plugin import ONNX_FILE as PLUGIN_ONNX_FILE  # needs onnx: only on this path
 
-            self.plugin_onnx(PLUGIN_ONNX_FILE, options.opset, options.external_data)
+            self.plugin_onnx(PLUGIN_ONNX_FILE, options.opset, options.external_data, options.precision)
             self.trt(PLUGIN_ONNX_FILE, engine_file(options.precision), profile, options.precision, opt_level,
                      options.timing_cache, plugin_library=options.trt_plugin)
         elif options.trt:
@@ -203,13 +203,13 @@ class _Exporter:
         if data_path(path).is_file():
             self.written.append(data_path(path))
 
-    def plugin_onnx(self, name: str, opset: int, external_data: bool | None) -> None:
+    def plugin_onnx(self, name: str, opset: int, external_data: bool | None, precision: str) -> None:
         from drgan.export.onnx_plugin import OP_TYPE, check_plugin_graph, convert_file
 
         path = self.out / name
         self.status(f"ONNX opset {opset} with {OP_TYPE} plugin nodes: exporting {path.name}")
         export_onnx(self.generator, path, opset=opset, external_data=external_data)
-        convert_file(path, path)
+        convert_file(path, path, precision=precision)  # the plugin runs fp16/bf16 (--trt-plugin needs one)
         counts = check_plugin_graph(path, expected=len(self.generator.global_gen.synth))
         self.status(f"  graph check passed: {counts[OP_TYPE]} {OP_TYPE} nodes (ONNX Runtime cannot run them; "
                     "the engine is compared with PyTorch instead)")

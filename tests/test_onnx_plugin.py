@@ -211,3 +211,29 @@ def test_tiny_generator_plugin_graph_matches_pytorch(tmp_path):
         want_image, want_logits = g(inputs[0], inputs[1], list(inputs[2:]))
     np.testing.assert_allclose(image, want_image.numpy(), atol=1e-5)
     np.testing.assert_allclose(logits, want_logits.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("precision, half", [("fp16", TensorProto.FLOAT16), ("bf16", TensorProto.BFLOAT16)])
+def test_the_plugin_node_runs_in_the_half_type_between_casts(precision, half):
+    """The plugin takes fp16/bf16 only: in the fp32 graph it was asked for an fp32 output, a type it
+    supports no format for. Casts put it in the engine's half type; the graph's types stay fp32."""
+    model = _attention_model(scale=1.0)
+    assert onnx_plugin.replace_attention(model, precision) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Cast", "Cast", "Cast", onnx_plugin.OP_TYPE, "Cast", "Relu"]
+    casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast"}
+    (plugin,) = [n for n in model.graph.node if n.op_type == onnx_plugin.OP_TYPE]
+    assert [casts[x].input[0] for x in plugin.input] == ["q", "k", "v"]
+    assert all(helper.get_attribute_value(casts[x].attribute[0]) == half for x in plugin.input)
+    (out,) = [n for n in model.graph.node if n.op_type == "Cast" and n.input[0] == plugin.output[0]]
+    assert list(out.output) == ["att"] and helper.get_attribute_value(out.attribute[0]) == TensorProto.FLOAT
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    assert types[plugin.output[0]] == half and types["att"] == TensorProto.FLOAT
+    if precision == "fp16":  # onnx's reference evaluator has no bfloat16 arrays
+        feeds = _feeds(model)
+        (want,) = ReferenceEvaluator(_attention_model(scale=1.0)).run(None, feeds)
+        (got,) = ReferenceEvaluator(model, new_ops=[DrganSpatialAttention]).run(None, feeds)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
