@@ -50,10 +50,14 @@ def holds(folder: str | Path) -> bool:
 
 
 def alone(folder: str | Path) -> bool:
-    """Whether no other process holds `folder`'s lock (this one holding it shared)."""
-    fd = _held.get((Path(folder) / LOCK_FILE).absolute())
+    """Whether no other process holds `folder`'s lock: so when this one holds it exclusively; held
+    shared (a shard's), the lock is converted to exclusive and back to tell."""
+    lock = (Path(folder) / LOCK_FILE).absolute()
+    fd = _held.get(lock)
     if fd is None:
         return False
+    if not any(p.parent == lock.parent and p.name.startswith(f"{LOCK_FILE}-shard-") for p in _held):
+        return True  # exclusive: the conversion below would leave it shared
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
