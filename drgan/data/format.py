@@ -219,7 +219,8 @@ def _index(root: Path, samples: list[Sample], problems: list[tuple[str | None, s
     lines = [m for _, m in problems]
     if lines and not skip_bad:
         # Files are not decoded here, so validate (which decodes every one) may find more.
-        raise DrganError(lines[0] + (f" (and at least {len(lines) - 1} more problems; `drgan data validate` lists them all)"
+        more = len(lines) - 1
+        raise DrganError(lines[0] + (f" (and at least {more} more problem{'s' * (more > 1)}; `drgan data validate` lists them all)"
                                      if len(lines) > 1 else ""))
     skipped = len({sid for sid, _ in problems if sid is not None}) + sum(1 for sid, _ in problems if sid is None)
     if not samples:
