@@ -1,9 +1,12 @@
 """Small measures the tests share."""
 from __future__ import annotations
 
+import csv
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,3 +29,19 @@ def dead_pid() -> int:
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     """max |got - want| / max |want|: the kernels' error measure against their references."""
     return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+
+
+def copy_dataset(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def rows(root: Path) -> list[list[str]]:
+    """labels.csv's rows, its header first."""
+    with open(root / "labels.csv") as f:
+        return list(csv.reader(f))
+
+
+def write_rows(root: Path, rows_: list[list[str]]) -> None:
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows_)

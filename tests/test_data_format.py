@@ -1,5 +1,4 @@
 """Dataset format: the validator and the readers on every kind of bad input."""
-import csv
 import shutil
 
 import numpy as np
@@ -15,27 +14,12 @@ from drgan.data.format import open_dataset
 from drgan.data.validation import validate_dataset
 from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError
+from helpers import copy_dataset, rows, write_rows
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("ds") / "clean", count=5, size=96, seed=1)
-
-
-def copy_dataset(src, dst):
-    import shutil
-    shutil.copytree(src, dst)
-    return dst
-
-
-def rows(root):
-    with open(root / "labels.csv") as f:
-        return list(csv.reader(f))
-
-
-def write_rows(root, rows_):
-    with open(root / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows_)
 
 
 def add_label(root, sid, grade):

@@ -1,33 +1,23 @@
 """The dataset format at its edges: labels.csv headers, ids, rows and the hash split; stray, hidden and
 unknown files; header-only checks; what validation reports and counts."""
-import csv
+import hashlib
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from drgan.config import MIN_SIDE
+from drgan.data.format import open_dataset
+from drgan.data.labels import MAX_ID_BYTES, hash_split, id_problem, read_labels
 from drgan.data.phantom import write_phantom_dataset
 from drgan.data.validation import validate_dataset
 from drgan.errors import DrganError
+from helpers import copy_dataset, rows, write_rows
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("format_edges") / "clean", count=5, size=64, seed=2)
-
-
-def copy_dataset(src, dst):
-    import shutil
-    shutil.copytree(src, dst)
-    return dst
-
-
-def rows(root):
-    with open(root / "labels.csv") as f:
-        return list(csv.reader(f))
-
-
-def write_rows(root, rows_):
-    with open(root / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows_)
 
 
 def test_validate_reports_a_bad_labels_header_as_the_one_problem(clean, tmp_path):
@@ -47,10 +37,7 @@ def test_validate_raises_for_a_folder_without_labels_csv(clean, tmp_path):
 
 # --- labels.csv -----------------------------------------------------------------------------------
 
-import hashlib  # noqa: E402
 
-from drgan.data.format import open_dataset  # noqa: E402
-from drgan.data.labels import MAX_ID_BYTES, hash_split, id_problem, read_labels  # noqa: E402
 
 
 def test_hash_split_sends_the_first_tenth_of_the_sha256_range_to_val():
@@ -150,10 +137,7 @@ def test_ids_with_inner_spaces_and_unicode_are_allowed():
 
 # --- dataset index (drgan.data.format) ------------------------------------------------------------
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from drgan.config import MIN_SIDE  # noqa: E402
 
 
 def test_a_file_or_a_missing_folder_given_as_a_dataset_is_named(tmp_path):
