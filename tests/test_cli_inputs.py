@@ -179,6 +179,8 @@ def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run, monkeypatc
     assert usage_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--png-level", "3")).startswith(
         "error: --png-level is the PNG compression; with --format jpeg")
     assert usage_error(*drgan(*synth, "--count", "5", "--loader", "dali")).startswith("error: --loader reads --structures")
+    assert usage_error(*drgan(*synth, "--count", "5", "--structures-split", "all")).startswith(
+        "error: --structures-split reads --structures")
     assert usage_error(*drgan(*synth, "--count", "5", "--trt-plugin", tmp_path / "lib.so")) == \
         "error: --trt-plugin applies to --backend tensorrt, not torch"
     assert usage_error(*drgan(*synth[:-2], "--count", "5", "--device", "tpu")) == \

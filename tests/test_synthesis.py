@@ -453,3 +453,20 @@ def test_under_torchrun_each_rank_synthesizes_on_its_own_gpu(monkeypatch, given)
     assert runner._device(given) == torch.device("cuda", 0)
     monkeypatch.delenv("LOCAL_RANK")
     assert runner._device(given) == torch.device("cuda")
+
+
+def test_a_dataset_structure_pool_takes_the_train_split_unless_told(tmp_path):
+    """Every split's masks were taken: a set meant to augment a grader was drawn on its test eyes too."""
+    import csv
+
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.synthesis.structures import StructurePool
+
+    data = write_phantom_dataset(tmp_path / "d", 20, 64, seed=0)
+    with open(data / "labels.csv") as f:
+        splits = {r["id"]: r["split"] for r in csv.DictReader(f)}
+    train = StructurePool.from_dataset(data, 64)
+    assert sorted(train.ids) == sorted(i for i, s in splits.items() if s == "train")
+    assert sorted(StructurePool.from_dataset(data, 64, split=None).ids) == sorted(splits)
+    test = StructurePool.from_dataset(data, 64, split="test")
+    assert set(test.ids) == {i for i, s in splits.items() if s == "test"} and train.identity != test.identity

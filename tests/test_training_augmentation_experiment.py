@@ -168,3 +168,37 @@ def test_a_test_set_that_is_the_real_training_set_is_refused(tmp_path):
         run_augment_experiment(real, fake, real, tmp_path / "exp", preset="tiny-64", epochs=1, batch=8)
     assert str(err.value).startswith(f"test {real}: the real dataset, which has no test split")
     assert not (tmp_path / "exp").exists()
+
+
+def test_a_synthetic_set_drawn_on_test_images_structures_is_refused(tmp_path):
+    """Its real+synthetic arm would train on images drawn on the vessel trees and discs of the very
+    eyes it is tested on (synthesize --structures REAL took every split)."""
+    import csv
+
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.errors import ParameterError
+    from drgan.synthesis.writer import MANIFEST_FIELDS
+    from drgan.training.augmentation_experiment import run_augment_experiment
+
+    real = write_phantom_dataset(tmp_path / "real", 20, 64, seed=0)
+    with open(real / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    tested = [r["id"] for r in rows if r["split"] == "test"]
+    trained = [r["id"] for r in rows if r["split"] == "train"]
+    fake = write_phantom_dataset(tmp_path / "fake", 4, 64, seed=1, split=False)
+
+    def manifest(structures):
+        with open(fake / "labels.csv") as f:
+            ids = [r["id"] for r in csv.DictReader(f)]
+        with open(fake / "manifest.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, MANIFEST_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows({"id": i, "grade": 0, "structure_id": s} for i, s in zip(ids, structures))
+
+    manifest([trained[0], tested[0], trained[1], tested[1]])
+    with pytest.raises(ParameterError) as err:
+        run_augment_experiment(real, fake, real, tmp_path / "exp", preset="tiny-64", epochs=1, batch=8)
+    assert err.value.render(lambda n: f"--{n}") == (
+        f"--synthetic {fake}: 2 of its structures are test images of --test {real} ({', '.join(sorted(tested[:2]))}): "
+        "the real+synthetic arm would train on the eyes it is tested on; synthesize it with --structures-split train")
+    assert not (tmp_path / "exp").exists()

@@ -15,6 +15,7 @@ Data: `--real` trains on its `train` rows and monitors its `val` rows; `--test` 
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -184,6 +185,21 @@ def format_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_structures_not_tested(synthetic: Path, test: Path, test_ids: list[str]) -> None:
+    """Refuse a synthesized set drawn on test images' vessel trees and discs (its manifest's
+    structure ids): the real+synthetic arm would train on the eyes it is tested on."""
+    manifest = Path(synthetic) / MANIFEST_FILE
+    if not manifest.is_file():
+        return
+    with open(manifest, newline="") as f:
+        shared = sorted({row.get("structure_id") for row in csv.DictReader(f)} & set(test_ids))
+    if shared:
+        raise ParameterError(
+            f"{{synthetic}} {synthetic}: {len(shared)} of its structures are test images of {{test}} {test} "
+            f"({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}): the real+synthetic arm would train on "
+            "the eyes it is tested on; synthesize it with --structures-split train")
+
+
 def run_augment_experiment(
     real: Path,
     synthetic: Path,
@@ -207,6 +223,7 @@ def run_augment_experiment(
     fake = FundusDataset(synthetic, resolution, augment=True)
     split = _test_split(test)
     test_set = FundusDataset(test, resolution, split=split)
+    _check_structures_not_tested(synthetic, test, test_set.ids)
 
     arms: dict[str, Dataset] = {"real": real_train, "real+synthetic": _Union([real_train, fake])}
     for kind in dict.fromkeys(baselines):

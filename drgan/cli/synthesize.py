@@ -39,6 +39,8 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--grades", default=",".join(map(str, range(NUM_GRADES))), show_default=True,
               help=f"Comma-separated grades to synthesize, each in 0..{NUM_GRADES - 1}.")
 @click.option("--structures", type=click.Path(), help="Dataset folder whose vessel/disc masks are the structure pool (default: phantom structures).")
+@click.option("--structures-split", type=click.Choice(["train", "val", "test", "all"]), default="train", show_default=True,
+              help="The rows of --structures whose masks are used; train keeps the test eyes out of a set that augments a grader tested on them.")
 @click.option("--lesion-stats", type=click.Path(), help="Lesion statistics JSON (fit on a dataset); default: the DR scale's.")
 @click.option("--label", type=click.Choice(["planned", "predicted"]), default="planned", show_default=True,
               help="Grading space the vector comes from. planned: the grade the lesions were imitated for, so the vector, "
@@ -65,7 +67,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--loader", type=click.Choice(["torch", "dali"]), default="torch", show_default=True, help="Reader of --structures.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (with per-stage times) as JSON.")
-def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_stats, label, seed, batch, precision,
+def synthesize(run, preset, out, count, per_grade, grades, structures, structures_split, lesion_stats, label, seed, batch, precision,
                backend, trt_plugin, fp8_attention, fmt, quality, png_level, save_masks, verify, shard, loader, device, as_json) -> None:
     """Generate a balanced augmentation set; rerun the same command to resume.
 
@@ -86,15 +88,17 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, lesion_st
         raise UsageError("{quality} is the JPEG quality; with {fmt} png it would do nothing ({png_level} sets PNG compression)")
     if fmt == "jpeg" and given("png_level") is not ParameterSource.DEFAULT:
         raise UsageError("{png_level} is the PNG compression; with {fmt} jpeg it would do nothing ({quality} sets JPEG quality)")
-    if structures is None and given("loader") is not ParameterSource.DEFAULT:
-        raise UsageError("{loader} reads {structures}; without it (phantom structures) it would do nothing")
+    for option in ("loader", "structures_split"):
+        if structures is None and given(option) is not ParameterSource.DEFAULT:
+            raise UsageError(f"{{{option}}} reads {{structures}}; without it (phantom structures) it would do nothing")
     total = count if count is not None else per_grade * len(grade_list)
     Plan(total, grade_list, seed, batch)  # its checks of the grades come before a warning about their balance
     warnings = [_imbalance(total, grade_list)] if total % len(grade_list) else []
     for line in warnings:
         click.echo(f"warning: {line}", err=True)
     summary = synthesize_set(SynthesisOptions(
-        run=run, preset=preset, out=out, count=total, grades=grade_list, structures=structures, lesion_stats=lesion_stats,
+        run=run, preset=preset, out=out, count=total, grades=grade_list, structures=structures,
+        structures_split=structures_split, lesion_stats=lesion_stats,
         seed=seed, batch=batch, precision=precision, backend=backend, format=fmt, quality=quality, png_level=png_level,
         save_masks=save_masks, shard=shard, loader=loader, device=device, label=label, trt_plugin=trt_plugin,
         fp8_attention=fp8_attention, verify=verify,

@@ -58,6 +58,7 @@ class SynthesisOptions:
     count: int                                  # images in the whole set
     grades: tuple[int, ...] = tuple(range(NUM_GRADES))  # cycled over the items: balanced
     structures: str | None = None               # dataset folder of structure masks; phantom when None
+    structures_split: str = "train"             # its rows whose masks are used: train, val, test or all
     lesion_stats: str | None = None             # JSON from fit_lesion_stats; the DR-scale default when None
     seed: int = 0
     batch: int = 8
@@ -191,7 +192,8 @@ def synthesize(opts: SynthesisOptions) -> Summary:
 def _synthesize(opts: SynthesisOptions, start: float, size: int, space: GradingSpace, plan: Plan, shard: Shard,
                 device: torch.device) -> Summary:
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
-    pool = StructurePool.from_dataset(opts.structures, size, opts.loader) if opts.structures else StructurePool.phantom(size, opts.seed)
+    pool = (StructurePool.from_dataset(opts.structures, size, opts.loader, None if opts.structures_split == "all" else opts.structures_split)
+            if opts.structures else StructurePool.phantom(size, opts.seed))
     loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch, opts.trt_plugin,
                           opts.fp8_attention)
     times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})

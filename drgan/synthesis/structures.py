@@ -49,8 +49,10 @@ class StructurePool:
         return cls([f"phantom_{seed}_{j}" for j in range(PHANTOM_POOL)], lambda j: render_structure(size, sample_seed(seed, j)), identity)
 
     @classmethod
-    def from_dataset(cls, root: str | Path, size: int, loader: str = "torch") -> "StructurePool":
-        """Vessel and disc masks of a dataset folder (read through the torch or DALI loader).
+    def from_dataset(cls, root: str | Path, size: int, loader: str = "torch", split: str | None = "train") -> "StructurePool":
+        """Vessel and disc masks of a dataset folder's `split` (None: every row), read through the
+        torch or DALI loader. The train split by default: a set drawn on the test eyes' vessel trees
+        would augment a grader with images of the eyes it is tested on.
 
         The pool is held in memory as uint8: 3 bytes per pixel per structure (4.9 MB at 1280).
         """
@@ -62,7 +64,7 @@ class StructurePool:
         fov = np.hypot(yy, xx) <= size / 2
         ids, masks = [], []
         digest = hashlib.sha256()
-        for batch in make_loader(root, size, batch_size=16, kind=loader):
+        for batch in make_loader(root, size, batch_size=16, kind=loader, split=split):
             cond = batch["cond"].float()
             for b, item_id in enumerate(batch["id"]):
                 # Vessels keep their partial coverage: thresholded, a thin vessel resized from another
@@ -76,7 +78,8 @@ class StructurePool:
                 digest.update(str(item_id).encode())
                 digest.update(masks[-1])
         if not ids:
-            raise DrganError(f"{root}: no usable structure masks (every vessel mask is empty or missing)")
+            where = f" of split {split!r}" if split else ""
+            raise DrganError(f"{root}: no usable structure masks{where} (every vessel mask is empty or missing)")
         identity = {"kind": "dataset", "size": size, "count": len(ids), "sha256": digest.hexdigest()}
         return cls(ids, lambda j: dict(zip(("vessel", "disc", "fov"), masks[j])), identity)
 
