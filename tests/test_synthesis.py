@@ -470,3 +470,20 @@ def test_a_dataset_structure_pool_takes_the_train_split_unless_told(tmp_path):
     assert sorted(StructurePool.from_dataset(data, 64, split=None).ids) == sorted(splits)
     test = StructurePool.from_dataset(data, 64, split="test")
     assert set(test.ids) == {i for i, s in splits.items() if s == "test"} and train.identity != test.identity
+
+
+def test_a_dataset_structures_field_of_view_leaves_out_black_bands_inside_the_circle(tmp_path):
+    """A fundus circle cut at top and bottom (EyePACS) is padded square with black bands inside the
+    inscribed disc, which the pool took as field of view: lesions were placed on black."""
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.synthesis.structures import StructurePool
+
+    data = write_phantom_dataset(tmp_path / "d", 10, 64, seed=0)
+    for path in (data / "images").iterdir():
+        pixels = np.asarray(Image.open(path).convert("RGB")).copy()
+        pixels[:12] = pixels[-12:] = 0  # the bands a cut circle leaves
+        Image.fromarray(pixels).save(path)
+    pool = StructurePool.from_dataset(data, 64, split=None)
+    fov = pool.get(0)["fov"]
+    assert not fov[:12].any() and not fov[-12:].any()
+    assert fov[32, 32] and fov[20, 32] and fov[32, 1]  # the rest of the circle stays

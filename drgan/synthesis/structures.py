@@ -57,11 +57,13 @@ class StructurePool:
         The pool is held in memory as uint8: 3 bytes per pixel per structure (4.9 MB at 1280).
         """
         from drgan.data.loaders import make_loader
+        from drgan.data.preprocess import detect_fov
 
         # Preprocessing crops each photograph to its field-of-view circle and pads it square, so the
-        # FOV is the inscribed disc: exact, and the same whichever loader decoded the image.
+        # FOV lies in the inscribed disc; a circle the camera cut at top and bottom (EyePACS) leaves
+        # black bands inside it, where no training image has a lesion: the bright region bounds it.
         yy, xx = np.mgrid[:size, :size] + 0.5 - size / 2
-        fov = np.hypot(yy, xx) <= size / 2
+        disc_fov = np.hypot(yy, xx) <= size / 2
         ids, masks = [], []
         digest = hashlib.sha256()
         for batch in make_loader(root, size, batch_size=16, kind=loader, split=split):
@@ -73,6 +75,8 @@ class StructurePool:
                 if not vessel.any():
                     continue
                 disc = (cond[b, 1].numpy() > 0.5).astype(np.uint8) * 255
+                pixels = ((batch["image"][b].float().permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+                fov = disc_fov & detect_fov(pixels)
                 ids.append(str(item_id))
                 masks.append(np.stack([vessel, disc, fov.astype(np.uint8) * 255]))
                 digest.update(str(item_id).encode())
