@@ -171,13 +171,21 @@ def check_plugin_graph(path: str | Path, expected: int) -> dict[str, int]:
     return report.op_counts
 
 
+_loaded: dict[Path, Any] = {}  # library -> its handle: registered once per process
+
+
 def load_trt_plugin(trt: Any, library: str | Path) -> Any:
     """Register the plugin library's creators with TensorRT's global plugin registry (IPluginRegistry.
-    load_library, which calls the library's getCreators); returns the library handle."""
+    load_library, which calls the library's getCreators); returns the library handle. A library
+    already loaded is not loaded again: the registry refuses creators it holds (an export builds the
+    engine, then loads it to compare)."""
     library = Path(library)
     if not library.is_file():
         raise ParameterError(f"{{trt_plugin}} {library}: not found (build it: cmake -DDRGAN_TENSORRT_ROOT=... ; see README)")
-    handle = trt.get_plugin_registry().load_library(str(library))
-    if handle is None:
-        raise ParameterError(f"{{trt_plugin}} {library}: TensorRT could not load it (see its log above)")
-    return handle
+    key = library.resolve()
+    if key not in _loaded:
+        handle = trt.get_plugin_registry().load_library(str(library))
+        if handle is None:
+            raise ParameterError(f"{{trt_plugin}} {library}: TensorRT could not load it (see its log above)")
+        _loaded[key] = handle
+    return _loaded[key]

@@ -12,6 +12,7 @@ paper-1280 blocks, 3.2 -> 6.1 TFLOP per 1280 px image (`wrapper.attention_flops`
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,10 @@ from drgan.export.sidecar import BatchProfile, write_sidecar
 from drgan.export.wrapper import output_shapes
 from drgan.nn import DRGANGenerator
 
-INSTALL_HINT = "TensorRT is not installed: pip install 'drgan[trt]' (TensorRT 10 wheels, from NVIDIA's package index)"
+INSTALL_HINT = "TensorRT is not installed: pip install 'drgan[trt]' (TensorRT 10.14 or later 10.x, from NVIDIA's package index)"
+# 10.14 is the first whose ONNX parser reads the Attention operator; 11 drops the FP16/BF16 builder
+# flags (weak typing) that --precision sets.
+SUPPORTED = ((10, 14), (11, 0))
 OPTIMIZATION_LEVELS = range(0, 6)  # TensorRT's builder_optimization_level; 3 is its default
 
 
@@ -35,7 +39,31 @@ def import_tensorrt() -> Any:
         import tensorrt
     except ImportError:
         raise TensorRTMissing(INSTALL_HINT) from None
+    version = tuple(int(p) for p in tensorrt.__version__.split(".")[:2])
+    if not SUPPORTED[0] <= version < SUPPORTED[1]:
+        raise DrganError(f"TensorRT {tensorrt.__version__}: drgan builds with TensorRT 10.14 or a later 10.x "
+                         "(the Attention operator's parser; the FP16/BF16 flags): pip install 'drgan[trt]'")
     return tensorrt
+
+
+def mark_attention_decomposable(path: Path) -> int:
+    """Let TensorRT split each `Attention` node of the ONNX file at `path` into several kernels where
+    it has no fused one (onnx-tensorrt's `TRT_decomposable` attribute; without it such a build fails,
+    e.g. head sizes of 512 at N = 102,400). Written after the file's checks: ONNX Runtime and the
+    ONNX checker do not know the attribute. Weights kept in a .data file stay there. Returns the
+    number of nodes marked."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    marked = 0
+    for node in model.graph.node:
+        if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
+            kept = [a for a in node.attribute if a.name != "TRT_decomposable"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, onnx.helper.make_attribute("TRT_decomposable", 1)])
+            marked += 1
+    onnx.save_model(model, str(path))
+    return marked
 
 
 def engine_sidecar(
@@ -100,8 +128,8 @@ def build_engine(
     if serialized is None:
         raise DrganError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
     atomic_write_bytes(engine_path, bytes(serialized))
-    if cache_path:
-        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    if cache_path and (cache := config.get_timing_cache()) is not None:
+        atomic_write_bytes(cache_path, bytes(cache.serialize()))
     sidecar = engine_sidecar(
         generator, profile, precision, trt.__version__, torch.cuda.get_device_name(), onnx_path.name, optimization_level
     )
@@ -137,11 +165,19 @@ def _builder_config(
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "bf16":
         config.set_flag(trt.BuilderFlag.BF16)
+    else:  # TensorRT runs fp32 convolutions in TF32 by default
+        config.clear_flag(trt.BuilderFlag.TF32)
     config.builder_optimization_level = optimization_level
     trt_profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in profile.shapes(generator).items():
         trt_profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(trt_profile)
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if config.add_optimization_profile(trt_profile) < 0:
+        raise DrganError(f"TensorRT refused the batch profile {profile.min}..{profile.max} (an input without a dynamic batch axis?)")
+    earlier = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+    cache = config.create_timing_cache(earlier)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        # Another GPU's or TensorRT version's cache: build without its timings (and replace it).
+        print(f"warning: {cache_path}: timing cache of another GPU or TensorRT version; building without it",
+              file=sys.stderr)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     return config

@@ -15,6 +15,7 @@ import torch
 from drgan.errors import DrganError, ParameterError
 from drgan.export.sidecar import read_sidecar
 from drgan.export.trt_build import import_tensorrt
+from drgan.export.wrapper import OUTPUT_NAMES
 
 
 def uses_plugin(sidecar: dict) -> bool:
@@ -55,9 +56,14 @@ class TrtGenerator:
             if self.engine is None:
                 raise DrganError(f"{path}: TensorRT could not load the engine (built by another TensorRT version or GPU?)")
             self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise DrganError(f"{path}: TensorRT could not create an execution context (GPU memory for the "
+                                 "engine's largest batch?)")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        # Bound by name, in the order the call takes them: the engine's own order is not documented.
+        self.inputs = sorted((n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT), key=_input_order)
+        self.outputs = sorted((n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT),
+                              key=lambda n: OUTPUT_NAMES.index(n) if n in OUTPUT_NAMES else len(OUTPUT_NAMES))
         self.stream = torch.cuda.Stream(self.device)
         self.cuda_graph = cuda_graph
         self.graph: tuple[int, torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -65,6 +71,10 @@ class TrtGenerator:
     def __call__(
         self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.cuda.device(self.device):  # the context's calls act on the current GPU
+            return self._call(cond, z, noise)
+
+    def _call(self, cond: torch.Tensor, z: torch.Tensor, noise: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         tensors = [t.to(self.device, torch.float32).contiguous() for t in (cond, z, *noise)]
         if len(tensors) != len(self.inputs):
             raise DrganError(f"the engine takes {len(self.inputs)} inputs, got {len(tensors)}")
@@ -111,6 +121,14 @@ class TrtGenerator:
             self._enqueue()  # applies the new shapes outside the capture
             self.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream):
+        # thread_local: the encoder threads' own CUDA calls during a capture do not invalidate it
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
             self._enqueue()
         return graph, static_in, outputs
+
+
+def _input_order(name: str) -> tuple[int, int]:
+    """cond, z, noise0, noise1, ...: the order of the call's arguments (wrapper.input_names)."""
+    if name in ("cond", "z"):
+        return ("cond", "z").index(name), 0
+    return 2, int(name[5:]) if name.startswith("noise") and name[5:].isdigit() else 1 << 30

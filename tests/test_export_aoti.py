@@ -99,20 +99,27 @@ def test_cpu_package_whose_attention_cannot_fit_is_refused_at_load(tmp_path, mon
     assert err.value.params == ["backend"]
 
 
-def test_package_that_crashes_its_loader_is_one_error_and_removed(tmp_path, monkeypatch, capsys):
-    """torch 2.11 died with SIGSEGV loading a CUDA package in the compiling process: the export checks
-    the package in a fresh process, so such a crash is one error line and the package is not left."""
+@pytest.fixture
+def uncompiled_run(tmp_path, monkeypatch):
+    """A tiny-64 run whose export writes a package without the minutes of compilation: (generator, run)."""
     g = DRGANGenerator(preset("tiny-64"), "local").eval()
     run = tmp_path / "run"
     write_run_config(run, preset("tiny-64"), "local")
     save_module(g, run / "G_ema.safetensors")
 
-    def fake_compile(generator, path, profile, device, precision):  # the minutes of compilation skipped
+    def fake_compile(generator, path, profile, device, precision):
         path.write_bytes(b"package")
         aoti.write_sidecar(path, {"device": device})
         return path
 
     monkeypatch.setattr(pipeline, "compile_aoti", fake_compile)
+    return g, run
+
+
+def test_package_that_crashes_its_loader_is_one_error_and_removed(uncompiled_run, monkeypatch, capsys):
+    """torch 2.11 died with SIGSEGV loading a CUDA package in the compiling process: the export checks
+    the package in a fresh process, so such a crash is one error line and the package is not left."""
+    _, run = uncompiled_run
     crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
     monkeypatch.setattr(aoti, "fresh_process_command", lambda *paths: [sys.executable, "-c", crash])
     args = ["--checkpoint", str(run), "--aoti", "--device", "cpu", "--batch", "1"]
@@ -159,3 +166,19 @@ def test_a_cuda_package_loads_on_the_gpu_asked_for(tmp_path, monkeypatch, device
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path, **k: loads.append(k))
     runner = aoti.AotiGenerator(package, device)
     assert loads == [{"device_index": index}] and runner.device == torch.device(device or "cuda")
+
+
+def test_a_package_with_nan_outputs_is_refused_and_removed(uncompiled_run, monkeypatch, capsys):
+    """Python's max(0.1, nan) is 0.1: a NaN image passed the check (and `nan > 1e-3` is False)."""
+    g, run = uncompiled_run
+    def nan_run(path, inputs):
+        with torch.no_grad():
+            image, logits = g(inputs[0], inputs[1], list(inputs[2:]))
+        image[0, 0, 0, 0] = float("nan")
+        return image, logits
+
+    monkeypatch.setattr(pipeline, "run_in_fresh_process", nan_run)
+    assert run_command(export, args=["--checkpoint", str(run), "--aoti", "--device", "cpu", "--batch", "1"]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        "generator_cpu_fp32.pt2: the AOTInductor package gives non-finite outputs (NaN or inf) where PyTorch's are finite")
+    assert not list((run / "export").glob("generator_cpu_fp32.pt2*"))

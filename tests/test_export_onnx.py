@@ -244,6 +244,16 @@ def test_padded_qk_is_exact_and_exports_with_external_data(tmp_path):
     assert verify_onnx(path, g, batches=(2,))[0].image_max_abs <= 1e-3
     runner = OrtGenerator(path)
     assert runner.input_names == input_names(g)
+    # TensorRT's copy: each Attention may be split where no fused kernel fits; the weights stay beside it.
+    from drgan.export.trt_build import mark_attention_decomposable
+
+    weights = onnx_files.data_path(path).read_bytes()
+    assert mark_attention_decomposable(path) == 3
+    model = onnx.load(str(path), load_external_data=False)
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    assert all(onnx.helper.get_attribute_value(a) == 1 for n in attention for a in n.attribute if a.name == "TRT_decomposable")
+    assert all(any(a.name == "TRT_decomposable" for a in n.attribute) for n in attention)
+    assert onnx_files.data_path(path).read_bytes() == weights and onnx.load(str(path)).graph.initializer
 
 
 def test_opset_below_23_is_refused(tmp_path):

@@ -145,10 +145,13 @@ def test_load_trt_plugin_registers_the_library_or_says_why_not(tmp_path):
     with pytest.raises(DrganError, match="not found"):
         onnx_plugin.load_trt_plugin(_FakeTrt("handle"), library)
     library.write_bytes(b"")
-    trt = _FakeTrt("handle")
-    assert onnx_plugin.load_trt_plugin(trt, library) == "handle" and trt.registry.loaded == [str(library)]
     with pytest.raises(DrganError, match="could not load"):
         onnx_plugin.load_trt_plugin(_FakeTrt(None), library)
+    trt = _FakeTrt("handle")
+    assert onnx_plugin.load_trt_plugin(trt, library) == "handle" and trt.registry.loaded == [str(library)]
+    # Once per process: the registry refuses creators it holds (export builds, then loads, the engine).
+    assert onnx_plugin.load_trt_plugin(trt, tmp_path / "." / library.name) == "handle"
+    assert trt.registry.loaded == [str(library)]
 
 
 @pytest.mark.gpu
@@ -159,7 +162,7 @@ def test_tensorrt_engine_with_the_plugin_matches_the_reference(tmp_path):
         pytest.skip("set DRGAN_TRT_PLUGIN to a libdrgan_trt_plugin.so built with -DDRGAN_TENSORRT_ROOT")
     onnx_plugin.load_trt_plugin(trt, library)
     model = _attention_model(n=256, dqk=4, dv=32, scale=1.0)
-    onnx_plugin.replace_attention(model)
+    onnx_plugin.replace_attention(model, "fp16")  # the plugin's kernels take half types only
     path = tmp_path / "plugin.onnx"
     onnx.save(model, str(path))
     logger = trt.Logger(trt.Logger.WARNING)

@@ -88,7 +88,8 @@ class TorchBackend:
                 self._forward(static_in[0], static_in[1], static_in[2:])
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device)):
+        # thread_local: the encoder threads' own CUDA calls during a capture do not invalidate it
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
             static_out = self._forward(static_in[0], static_in[1], static_in[2:])
         return graph, static_in, static_out
 
