@@ -200,3 +200,11 @@ def test_a_tensorrt_outside_10_14_to_10_x_is_one_line(monkeypatch, version, usab
         return
     with pytest.raises(DrganError, match=rf"^TensorRT {version}: drgan builds with TensorRT 10.14 or a later 10.x"):
         import_tensorrt()
+
+
+def test_engine_inputs_are_bound_in_the_calls_order_by_name():
+    """The engine's own tensor order is not documented: they were zipped by position with (cond, z, noise...)."""
+    from drgan.export.trt_runner import _input_order
+
+    names = ["noise1", "z", "noise10", "noise0", "cond", "noise2"]
+    assert sorted(names, key=_input_order) == ["cond", "z", "noise0", "noise1", "noise2", "noise10"]
