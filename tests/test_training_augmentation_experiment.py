@@ -86,7 +86,8 @@ def test_augment_experiment_end_to_end(tmp_path):
         assert (tmp_path / "exp" / arm["run"].split("/")[-1] / "grader.safetensors").is_file()
     assert json.loads((out / "results.json").read_text()) == r
     table = (out / "results.md").read_text()
-    assert "| real+synthetic | 20 |" in table and "| Training | grade 0 |" in table
+    assert [r["arms"][a]["steps"] for a in ("real", "real+synthetic")] == [1, 2]  # 10 and 20 images at batch 8
+    assert "| real+synthetic | 20 | 2 |" in table and "| Training | grade 0 |" in table
     assert "2 (10.0%)" in table and "7 (35.0%)" in table
 
 
@@ -202,3 +203,33 @@ def test_a_synthetic_set_drawn_on_test_images_structures_is_refused(tmp_path):
         f"--synthetic {fake}: 2 of its structures are test images of --test {real} ({', '.join(sorted(tested[:2]))}): "
         "the real+synthetic arm would train on the eyes it is tested on; synthesize it with --structures-split train")
     assert not (tmp_path / "exp").exists()
+
+
+def test_an_epoch_sample_draws_its_size_afresh_each_epoch_without_replacement():
+    from drgan.training.augmentation_experiment import _EpochSample
+
+    sample = _EpochSample(_Constant([0, 1, 2, 3, 4] * 4), 8, seed=0)
+    first = list(sample.indices)
+    assert len(sample) == 8 and len(set(first)) == 8 and sample.grades == [g % 5 for g in first]
+    sample.set_epoch(1)
+    assert sample.indices != first and len(set(sample.indices)) == 8
+    sample.set_epoch(0)
+    assert sample.indices == first  # an epoch's draw depends on (seed, epoch) only: resumes repeat it
+    assert [int(sample[i]["grade"]) for i in range(8)] == [g % 5 for g in first]
+
+
+def test_equal_steps_gives_every_arm_the_real_arms_steps(tmp_path):
+    """An arm with 10 synthetic images beside 10 real ones took twice the real arm's optimizer steps:
+    part of any gain could come from the longer training."""
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.training.augmentation_experiment import run_augment_experiment
+
+    real = write_phantom_dataset(tmp_path / "real", 20, 64, seed=0)
+    fake = write_phantom_dataset(tmp_path / "fake", 10, 64, seed=1, grades=[3, 4] * 5, split=False)
+    result, markdown = run_augment_experiment(real, fake, real, tmp_path / "exp", preset="tiny-64", epochs=1, batch=4,
+                                              equal_steps=True)
+    arms = result["arms"]
+    assert arms["real"]["steps"] == arms["real+synthetic"]["steps"] == 2  # 10 real images at batch 4
+    assert arms["real+synthetic"]["train_images"] == 20  # the data it draws from
+    assert arms["real+synthetic"]["label_distribution"]["count"] == [2, 2, 2, 7, 7]
+    assert result["protocol"]["equal_steps"] is True and "equal steps" in markdown

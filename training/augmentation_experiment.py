@@ -35,12 +35,14 @@ from drgan.metrics.grade_prediction import evaluate_grader, load_grader
 from drgan.metrics.grading import format_kappa
 from drgan.metrics.images import open_image_set
 from drgan.runs import claimed_folder
+from drgan.runtime import seeded_generator
 from drgan.training.grader_pretraining import GraderOptions, interrupted, train_grader
 from drgan.training.interrupts import resumed_by_rerun
 
 BASELINES = ("mixup", "cutmix")
 MIX_ALPHA = 1.0  # Beta(alpha, alpha) mixing ratio
 PROTOCOL_FILE = "experiment.json"  # marks a folder as this experiment's, with the settings it runs
+_SAMPLE_STREAM = 7  # seeded_generator stream of _EpochSample's draws (the grader's own are 0-2)
 
 
 def mixup(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
@@ -114,6 +116,33 @@ class _Union(ConcatDataset):
                 part.set_epoch(epoch)
 
 
+class _EpochSample(Dataset):
+    """`size` items of `dataset`, drawn afresh each epoch without replacement (seeded by the epoch):
+    an arm trained on it takes the optimizer steps of an arm of `size` images, whatever the data it
+    draws from (`--equal-steps`: more images otherwise means more steps)."""
+
+    def __init__(self, dataset: Dataset, size: int, seed: int) -> None:
+        self.dataset, self.size, self.seed = dataset, min(size, len(dataset)), seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        order = seeded_generator(self.seed, _SAMPLE_STREAM, epoch)
+        self.indices = torch.randperm(len(self.dataset), generator=order)[: self.size].tolist()
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    @property
+    def grades(self) -> list[int]:  # this epoch's, for the grader's balanced sampling
+        every = self.dataset.grades
+        return [every[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[self.indices[i]]
+
+
 def label_distribution(grades: Sequence[int]) -> dict[str, Any]:
     counts = np.bincount(np.asarray(grades, dtype=np.int64), minlength=NUM_GRADES)
     return {"count": counts.tolist(), "share": (counts / max(1, counts.sum())).round(4).tolist()}
@@ -147,6 +176,11 @@ def _older_records(settings: dict[str, Any], typed: dict[str, str], labels_sha25
     return lambda earlier: settings if earlier in (by_labels, by_path) else earlier
 
 
+def _batches_per_epoch(n: int, batch: int) -> int:
+    """The grader's optimizer steps per epoch of n images (its incomplete last batch is dropped)."""
+    return n // batch if n > batch else 1
+
+
 def _test_split(folder: Path) -> str | None:
     return "test" if any(s.split == "test" for s in open_dataset(folder).samples) else None
 
@@ -162,15 +196,17 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"## Grading on {result['test']['folder']} ({result['test']['count']} images)",
         "",
         f"preset {p['preset']}, {p['epochs']} epochs, batch {p['batch']}, lr {p['lr']}, seed {p['seed']}, "
-        f"{p['resolution']} px",
+        f"{p['resolution']} px" + (", equal steps (each epoch of a larger arm draws the real arm's number of images)"
+                                   if p.get("equal_steps") else ""),
         "",
-        "| Training | images | Acc. | Kappa | " + " | ".join(f"TPR {g}" for g in range(NUM_GRADES)) + " |",
-        "|---|---:|---:|---:|" + "---:|" * NUM_GRADES,
+        "| Training | images | steps | Acc. | Kappa | " + " | ".join(f"TPR {g}" for g in range(NUM_GRADES)) + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * NUM_GRADES,
     ]
     for name, arm in result["arms"].items():
         m = arm["test"]
         tpr = " | ".join(_fmt_tpr(t) for t in m["tpr"])
-        lines.append(f"| {name} | {arm['train_images']} | {m['accuracy']:.4f} | {format_kappa(m['kappa'], 4)} | {tpr} |")
+        steps = arm.get("steps", "-")  # results of earlier versions lack it
+        lines.append(f"| {name} | {arm['train_images']} | {steps} | {m['accuracy']:.4f} | {format_kappa(m['kappa'], 4)} | {tpr} |")
     lines += [
         "",
         "## Grade distribution of the training data",
@@ -211,9 +247,11 @@ def run_augment_experiment(
     batch: int = 64,
     seed: int = 0,
     device: str = "cpu",
+    equal_steps: bool = False,
 ) -> tuple[dict[str, Any], str]:
     """Train one grader per arm under `out/<arm>`; write out/results.json and out/results.md. A rerun
-    with the same settings into the same `out` keeps the arms an interrupted run finished."""
+    with the same settings into the same `out` keeps the arms an interrupted run finished.
+    `equal_steps`: every arm takes the real arm's optimizer steps (_EpochSample)."""
     check_outside(out, [real, synthetic, test])  # its grader runs would lie inside a dataset
     opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, seed=seed, device=device)
     cfg = get_preset(preset)
@@ -225,9 +263,10 @@ def run_augment_experiment(
     test_set = FundusDataset(test, resolution, split=split)
     _check_structures_not_tested(synthetic, test, test_set.ids)
 
-    arms: dict[str, Dataset] = {"real": real_train, "real+synthetic": _Union([real_train, fake])}
+    data: dict[str, Dataset] = {"real": real_train, "real+synthetic": _Union([real_train, fake])}
     for kind in dict.fromkeys(baselines):
-        arms[f"real+{kind}"] = _Union([real_train, MixedGradeDataset(real_train, fake.grades, kind, seed)])
+        data[f"real+{kind}"] = _Union([real_train, MixedGradeDataset(real_train, fake.grades, kind, seed)])
+    arms = {name: _EpochSample(d, len(real_train), seed) if equal_steps and name != "real" else d for name, d in data.items()}
 
     out = Path(out)
     # The data is named by its content, not by the path typed: a rerun from another directory, on
@@ -235,7 +274,8 @@ def run_augment_experiment(
     # replace the results of another test set.
     settings = {**opts.to_dict(), "resolution": resolution, "arms": list(arms),
                 "real_sha256": data_sha256(real), "synthetic_sha256": data_sha256(synthetic),
-                "test_sha256": data_sha256(test), "test_split": split}
+                "test_sha256": data_sha256(test), "test_split": split,
+                **({"equal_steps": True} if equal_steps else {})}  # only when on: earlier records still match
     if split is None and settings["test_sha256"] == settings["real_sha256"]:
         raise ParameterError(f"{{test}} {test}: the {{real}} dataset, which has no test split: every arm would be "
                              "tested on its own training images; give a dataset with a test split, or another one")
@@ -256,8 +296,9 @@ def run_augment_experiment(
             grader, _ = load_grader(run, device)
             result["arms"][name] = {
                 "run": str(run),
-                "train_images": len(train),
-                "label_distribution": label_distribution(train.grades),
+                "train_images": len(data[name]),
+                "steps": epochs * _batches_per_epoch(len(train), batch),
+                "label_distribution": label_distribution(data[name].grades),
                 "val_accuracy": val_accuracy,
                 "test": evaluate_grader(grader, test_set, batch=batch),
             }

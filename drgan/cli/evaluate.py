@@ -203,9 +203,12 @@ def experiment() -> None:
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/augment"), show_default=True,
               help="Folder for one grader run per arm, results.json and results.md.")
+@click.option("--equal-steps", is_flag=True,
+              help="Every arm takes the real arm's optimizer steps: each epoch of a larger arm draws as many images as the "
+                   "real training split holds, afresh each epoch (without it, more images means more steps).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the markdown table.")
 def augment(real: Path, synthetic: Path, test: Path, baselines: tuple[str, ...], preset: str, epochs: int, batch: int,
-            seed: int, device: str, out: Path, as_json: bool) -> None:
+            seed: int, device: str, out: Path, equal_steps: bool, as_json: bool) -> None:
     """Grader trained on real vs real + synthetic data (paper Tables III/IV)."""
     from drgan.io import check_writable_dir
     from drgan.training.augmentation_experiment import PROTOCOL_FILE, run_augment_experiment
@@ -214,5 +217,6 @@ def augment(real: Path, synthetic: Path, test: Path, baselines: tuple[str, ...],
     resumes_on_rerun(Path(out) / PROTOCOL_FILE, "finished arms are kept")
     with contextlib.redirect_stdout(sys.stderr):  # training logs go to stderr, the result alone to stdout
         result, markdown = run_augment_experiment(real, synthetic, test, out, baselines=baselines, preset=preset,
-                                                  epochs=epochs, batch=batch, seed=seed, device=_device(device))
+                                                  epochs=epochs, batch=batch, seed=seed, device=_device(device),
+                                                  equal_steps=equal_steps)
     _emit(result, as_json, markdown)
