@@ -197,7 +197,8 @@ def idrid(tmp_path_factory):
     header = "Image name,Retinopathy grade,Risk of macular edema ,,\n"
     (truths / "a. IDRiD_Disease Grading_Training Labels.csv").write_text(
         header + "IDRiD_01,2,1,,\nIDRiD_02,3,2,,\nIDRiD_001,4,2,,\n")
-    (truths / "b. IDRiD_Disease Grading_Testing Labels.csv").write_text(header + "IDRiD_55,1,0,,\n")
+    # Both published tables number their own images from IDRiD_001: another image of each.
+    (truths / "b. IDRiD_Disease Grading_Testing Labels.csv").write_text(header + "IDRiD_55,1,0,,\nIDRiD_001,0,0,,\n")
     return root
 
 
@@ -214,7 +215,10 @@ def test_idrid_channels_labels_and_disc(idrid, tmp_path):
                        channels=("ma", "he", "ex", "se", "laser", "membrane", "disc"))
     assert not written(out, "IDRiD_02", "se").any()
     assert "IDRiD_03.jpg: no grade in B. Disease Grading/2. Groundtruths/*.csv" in text
-    assert "IDRiD_001: listed in" in text   # graded in the table, but not an image of the segmentation part
+    # Rows of the grading images are not read: neither listed one by one nor a conflict between the tables.
+    assert ("note: B. Disease Grading/2. Groundtruths/*.csv: 2 grading rows name none of the segmentation images "
+            "(the grading images' own names); not read") in text
+    assert "IDRiD_001" not in text
     assert validate_dataset(out).problems == []
 
 
@@ -237,7 +241,8 @@ def ddr(tmp_path_factory):
         save_image(root / "lesion_segmentation" / part / "image" / f"{sid}.jpg", 20 + i)
         for kind in kinds:
             ext = ".TIF" if sid == "007-0005-000" else ".tif"
-            save_mask(root / "lesion_segmentation" / part / "label" / lesion_dir[kind] / f"{sid}{ext}", kind, "L")
+            labels = "segmentation label" if part == "valid" else "label"  # the release's own folder names
+            save_mask(root / "lesion_segmentation" / part / labels / lesion_dir[kind] / f"{sid}{ext}", kind, "L")
         lists[part].append(f"{sid}.jpg {grade}")
     # Bad files are skipped with their reason: a mask of another size, a truncated photograph.
     save_image(root / "lesion_segmentation" / "train" / "image" / "007-0009-000.jpg", 28)

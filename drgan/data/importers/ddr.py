@@ -1,7 +1,8 @@
 """DDR: lesion_segmentation/ (757 images with EX, HE, MA, SE masks) graded by DR_grading/*.txt.
 
     lesion_segmentation/{train,valid,test}/image/<name>.jpg
-    lesion_segmentation/{train,valid,test}/label/{EX,HE,MA,SE}/<name>.tif
+    lesion_segmentation/{train,test}/label/{EX,HE,MA,SE}/<name>.tif
+    lesion_segmentation/valid/segmentation label/{EX,HE,MA,SE}/<name>.tif   (the release's own name there)
     DR_grading/{train,valid,test}.txt            "<name>.jpg <grade>" lines; grade 5 = ungradable
 
 Ungradable images are left out and counted in the report.
@@ -18,6 +19,7 @@ SEG = "lesion_segmentation"
 GRADING = "DR_grading"
 SPLITS = {"train": "train", "valid": "val", "test": "test"}     # release folder -> split
 LESIONS = {"MA": "ma", "HE": "he", "EX": "ex", "SE": "se"}       # label folder -> channel
+LABEL_DIRS = ("label", "segmentation label")                     # the masks' folder: train/test, valid
 UNGRADABLE = 5
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MASK_EXTS = (".tif", ".tiff", ".png")
@@ -48,7 +50,8 @@ def scan(src: Path) -> Plan:
         part = root / SEG / folder
         if not part.is_dir():
             continue
-        masks = {ch: files_by_stem(part / "label" / name, MASK_EXTS, plan) for name, ch in LESIONS.items()}
+        labels = next((part / d for d in LABEL_DIRS if (part / d).is_dir()), part / LABEL_DIRS[0])
+        masks = {ch: files_by_stem(labels / name, MASK_EXTS, plan) for name, ch in LESIONS.items()}
         for key, image in files_by_stem(part / "image", IMAGE_EXTS, plan).items():
             if grades.get(key) == UNGRADABLE:
                 plan.skipped.append(f"{image}: ungradable (grade {UNGRADABLE} in {where})")

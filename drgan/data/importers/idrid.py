@@ -45,21 +45,29 @@ def _split(set_name: str) -> str | None:
 def scan(src: Path) -> Plan:
     root = find_root(src, IMAGES, "IDRiD")
     plan = Plan(root)
-    grades = graded(plan, grade_rows(root / GRADES, plan))
-    lookup = lower_keys(grades)
     where = f"{GRADES}/*.csv"
-    images: dict[str, Path] = {}
+    sets = []  # (set folder, its images by lower-case stem, its masks)
     for set_dir in sorted(p for p in (root / IMAGES).iterdir() if p.is_dir()):
         truths = root / TRUTHS / set_dir.name
         masks: dict[str, Path] = {}
         for lesion_dir in sorted(p for p in truths.iterdir() if p.is_dir()) if truths.is_dir() else []:
             masks.update(files_by_stem(lesion_dir, MASK_EXTS, plan))
-        found = files_by_stem(set_dir, IMAGE_EXTS, plan)
-        images.update(found)
+        sets.append((set_dir, files_by_stem(set_dir, IMAGE_EXTS, plan), masks))
+    # The published tables grade the 516 grading images, whose training and testing tables both
+    # number from IDRiD_001: those rows name no segmentation image and are not read (each would be
+    # a "no image" line, and a name in both tables a false conflict). Added rows for the
+    # segmentation images are (the README's recipe).
+    names = {key for _, found, _ in sets for key in found}
+    rows = grade_rows(root / GRADES, plan)
+    used = [row for row in rows if row.name.lower() in names]
+    if len(used) < len(rows):
+        plan.notes.append(f"{where}: {len(rows) - len(used)} grading rows name none of the segmentation images "
+                          "(the grading images' own names); not read")
+    lookup = lower_keys(graded(plan, used))
+    for set_dir, found, masks in sets:
         for key, image in found.items():
             add_item(plan, image, lookup.get(key), _split(set_dir.name),
                      {ch: masks.get(f"{key}_{sfx.lower()}") for sfx, ch in SUFFIXES.items()}, where)
     if not plan.items and not plan.skipped:
         raise DrganError(f"{root / IMAGES}: no images in its set folders (a. Training Set, b. Testing Set)")
-    plan.unlisted(grades, images, root / IMAGES, where)
     return plan
