@@ -127,7 +127,7 @@ _FRESH_RUN = """
 import sys
 from safetensors.torch import load_file, save_file
 from drgan.export.aoti import AotiGenerator
-runner = AotiGenerator(sys.argv[1])
+runner = AotiGenerator(sys.argv[1], sys.argv[4])
 inputs = load_file(sys.argv[2])
 inputs = [inputs[str(i)] for i in range(len(inputs))]
 image, logits = runner(inputs[0], inputs[1], inputs[2:])
@@ -135,18 +135,20 @@ save_file({"image": image.float().cpu().contiguous(), "grade_logits": logits.flo
 """
 
 
-def fresh_process_command(path: Path, inputs: Path, outputs: Path) -> list[str]:
-    return [sys.executable, "-c", _FRESH_RUN, str(path), str(inputs), str(outputs)]
+def fresh_process_command(path: Path, inputs: Path, outputs: Path, device: str) -> list[str]:
+    return [sys.executable, "-c", _FRESH_RUN, str(path), str(inputs), str(outputs), device]
 
 
 def run_in_fresh_process(path: str | Path, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(image, grade_logits) of the package on `inputs`, loaded and run by a new interpreter: the
     way synthesis uses it, and a crash in torch's loader becomes one error instead of killing the
-    caller (torch 2.11 died with SIGSEGV loading a CUDA package in the process that compiled it)."""
+    caller (torch 2.11 died with SIGSEGV loading a CUDA package in the process that compiled it).
+    The package is loaded on the inputs' device (cuda:N: the child's GPU 0 otherwise)."""
     with tempfile.TemporaryDirectory() as tmp:
         given, got = Path(tmp) / "inputs.safetensors", Path(tmp) / "outputs.safetensors"
         save_file({str(i): t.detach().cpu().contiguous() for i, t in enumerate(inputs)}, str(given))
-        done = subprocess.run(fresh_process_command(Path(path), given, got), capture_output=True, text=True)
+        device = str(inputs[0].device)  # a CUDA tensor's names its index
+        done = subprocess.run(fresh_process_command(Path(path), given, got, device), capture_output=True, text=True)
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines()
             reason = (f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0

@@ -12,6 +12,7 @@ paper-1280 blocks, 3.2 -> 6.1 TFLOP per 1280 px image (`wrapper.attention_flops`
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -39,9 +40,9 @@ def import_tensorrt() -> Any:
         import tensorrt
     except ImportError:
         raise TensorRTMissing(INSTALL_HINT) from None
-    version = tuple(int(p) for p in tensorrt.__version__.split(".")[:2])
-    if not SUPPORTED[0] <= version < SUPPORTED[1]:
-        raise DrganError(f"TensorRT {tensorrt.__version__}: drgan builds with TensorRT 10.14 or a later 10.x "
+    found = re.match(r"(\d+)\.(\d+)", tensorrt.__version__)
+    if found is None or not SUPPORTED[0] <= (int(found[1]), int(found[2])) < SUPPORTED[1]:
+        raise DrganError(f"TensorRT {tensorrt.__version__}: drgan needs TensorRT 10.14 or a later 10.x "
                          "(the Attention operator's parser; the FP16/BF16 flags): pip install 'drgan[trt]'")
     return tensorrt
 

@@ -199,6 +199,7 @@ def idrid(tmp_path_factory):
         header + "IDRiD_01,2,1,,\nIDRiD_02,3,2,,\nIDRiD_001,4,2,,\n")
     # Both published tables number their own images from IDRiD_001: another image of each.
     (truths / "b. IDRiD_Disease Grading_Testing Labels.csv").write_text(header + "IDRiD_55,1,0,,\nIDRiD_001,0,0,,\n")
+    (truths / "c. Added.csv").write_text("Image name,Retinopathy grade\nIDRID_5,2\n")  # a typo for IDRiD_55
     return root
 
 
@@ -216,9 +217,10 @@ def test_idrid_channels_labels_and_disc(idrid, tmp_path):
     assert not written(out, "IDRiD_02", "se").any()
     assert "IDRiD_03.jpg: no grade in B. Disease Grading/2. Groundtruths/*.csv" in text
     # Rows of the grading images are not read: neither listed one by one nor a conflict between the tables.
-    assert ("note: B. Disease Grading/2. Groundtruths/*.csv: 2 grading rows name none of the segmentation images "
-            "(the grading images' own names); not read") in text
+    assert ("note: B. Disease Grading/2. Groundtruths/*.csv: 2 grading rows name the grading images (IDRiD_NNN), "
+            "none of the segmentation images; not read") in text
     assert "IDRiD_001" not in text
+    assert f"{idrid / 'B. Disease Grading/2. Groundtruths/c. Added.csv'}:2: IDRID_5 names no image in" in text
     assert validate_dataset(out).problems == []
 
 

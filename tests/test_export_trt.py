@@ -185,7 +185,8 @@ def test_trt_plugin_applies_to_the_tensorrt_backend_only(run):
         make_backend("onnxruntime", run, 64, torch.device("cpu"), "fp32", 1, trt_plugin="lib.so")
 
 
-@pytest.mark.parametrize("version, usable", [("10.9.0", False), ("10.14.1.48", True), ("10.16.0", True), ("11.0.0", False)])
+@pytest.mark.parametrize("version, usable", [("10.9.0", False), ("10.14.1.48", True), ("10.16rc1", True), ("11.0.0", False),
+                                             ("unknown", False)])
 def test_a_tensorrt_outside_10_14_to_10_x_is_one_line(monkeypatch, version, usable):
     """Before 10.14 the ONNX parser cannot read the Attention operator; 11 drops the FP16/BF16 flags."""
     import sys
@@ -198,7 +199,7 @@ def test_a_tensorrt_outside_10_14_to_10_x_is_one_line(monkeypatch, version, usab
     if usable:
         assert import_tensorrt() is fake
         return
-    with pytest.raises(DrganError, match=rf"^TensorRT {version}: drgan builds with TensorRT 10.14 or a later 10.x"):
+    with pytest.raises(DrganError, match=rf"^TensorRT {version}: drgan needs TensorRT 10.14 or a later 10.x"):
         import_tensorrt()
 
 

@@ -1,5 +1,6 @@
 """The augmentation experiment: same-grade MixUp/CutMix, and the whole protocol end to end at tiny-64."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,6 +231,8 @@ def test_equal_steps_gives_every_arm_the_real_arms_steps(tmp_path):
                                               equal_steps=True)
     arms = result["arms"]
     assert arms["real"]["steps"] == arms["real+synthetic"]["steps"] == 2  # 10 real images at batch 4
+    for arm in arms.values():  # the steps the trainer took, as its last checkpoint holds them
+        assert json.loads((Path(arm["run"]) / "state.json").read_text())["step"] == 2
     assert arms["real+synthetic"]["train_images"] == 20  # the data it draws from
     assert arms["real+synthetic"]["label_distribution"]["count"] == [2, 2, 2, 7, 7]
     assert result["protocol"]["equal_steps"] is True and "equal steps" in markdown

@@ -88,6 +88,14 @@ class GanTrainer:
         opts = resolve_options(opts)
         self.opts = opts
         self.info = dist_util.setup(opts.device)
+        try:
+            self._set_up(dataset, overwrite)
+        except BaseException:
+            dist_util.teardown(self.info)  # a refusal under torchrun leaves no process group behind
+            raise
+
+    def _set_up(self, dataset: Dataset | None, overwrite: bool) -> None:
+        opts = self.opts
         self.device = self.info.device
         self.run = Path(opts.out)
         if self.info.is_main:  # one process writes a run folder (a second is refused: drgan.locks)
@@ -548,7 +556,7 @@ def train_gan(opts: GanOptions, dataset: Dataset | None = None, overwrite: bool 
     A new run that fails before its first checkpoint leaves its folder as it was given: none, or empty."""
     try:
         with undone_on_failure(Path(opts.out), STATE_JSON, new=opts.resume is None):
-            trainer = GanTrainer(opts, dataset, overwrite)
+            trainer = GanTrainer(opts, dataset, overwrite)  # one that fails tears its process group down
             try:
                 return trainer.fit()
             finally:

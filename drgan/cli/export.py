@@ -28,7 +28,8 @@ from drgan.errors import UsageError
 @click.option("--opset", default=23, show_default=True, type=int, help="ONNX opset, 23..25 (23: the first with the Attention op; 25: the newest the exporter converts to).")
 @click.option("--device", default="auto", show_default=True, help="Device of the AOTInductor package: " + DEVICE_HELP)
 @click.option("--external-data", is_flag=True, help="Keep the ONNX weights in a .data file (automatic above 1 GB).")
-@click.option("--pad-qk/--no-pad-qk", default=True, show_default=True, help="TensorRT path: zero-pad Q/K to V's width (fused attention; ~1.9x attention FLOPs).")
+@click.option("--pad-qk/--no-pad-qk", default=True, show_default=True, help="TensorRT path: zero-pad Q/K to V's width (fused attention; ~1.9x attention FLOPs); --no-pad-qk builds from "
+                   "generator.onnx itself, whose Attention nodes TensorRT may not split where no fused kernel fits.")
 @click.option("--trt-plugin", "trt_plugin", type=click.Path(dir_okay=False), help="TensorRT path: run each spatial attention as the drgan plugin (libdrgan_trt_plugin.so of the native build) instead of padding Q/K; it runs native code, and synthesis loads it only when named again with --trt-plugin.")
 @click.option("--opt-level", type=IntRange(0, 5), help="TensorRT builder optimization level.  [default: 3]")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache to reuse and update.  [default: OUT/timing.cache]")

@@ -9,6 +9,7 @@ from click.core import ParameterSource
 
 from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange, resumes_on_rerun
 from drgan.config import NUM_GRADES, PRECISIONS, PRESETS
+from drgan.data.labels import SPLITS
 from drgan.synthesis.registry import BACKENDS
 
 
@@ -39,7 +40,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--grades", default=",".join(map(str, range(NUM_GRADES))), show_default=True,
               help=f"Comma-separated grades to synthesize, each in 0..{NUM_GRADES - 1}.")
 @click.option("--structures", type=click.Path(), help="Dataset folder whose vessel/disc masks are the structure pool (default: phantom structures).")
-@click.option("--structures-split", type=click.Choice(["train", "val", "test", "all"]), default="train", show_default=True,
+@click.option("--structures-split", type=click.Choice([*SPLITS, "all"]), default="train", show_default=True,
               help="The rows of --structures whose masks are used; train keeps the test eyes out of a set that augments a grader tested on them.")
 @click.option("--lesion-stats", type=click.Path(), help="Lesion statistics JSON (fit on a dataset); default: the DR scale's.")
 @click.option("--label", type=click.Choice(["planned", "predicted"]), default="planned", show_default=True,

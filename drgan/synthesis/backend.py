@@ -78,8 +78,8 @@ class TorchBackend:
         return static_out.clone()
 
     def _capture(self, inputs: list[torch.Tensor]):
-        # Every stream on the generator's device: a caller whose current GPU is another one (its
-        # device 0, the runner's is cuda:N) would capture on that GPU.
+        # Streams of the generator's device, named (torch.cuda.graph still synchronizes the current
+        # one: callers make that device current, as the runner does).
         static_in = [t.clone() for t in inputs]
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))

@@ -43,7 +43,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 # What a difference that names only a hash comes from.
-_WHY = {"structures.sha256": ": the masks as loaded differ (another dataset, or the other --loader resizing them)"}
+_WHY = {"structures.sha256": ": the masks as loaded differ (another dataset or --structures-split, the other --loader "
+                             "resizing them, or a set begun before its field of view was read from the photographs)"}
 
 
 def check(root: Path, fingerprint: dict) -> bool:

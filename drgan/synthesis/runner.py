@@ -26,6 +26,7 @@ from tqdm import tqdm
 from drgan import locks
 from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.decode import MIN_SIDE
+from drgan.data.labels import SPLITS
 from drgan.data.lesion_stats import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError, UsageError, name_list
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
@@ -44,6 +45,7 @@ from drgan.synthesis.structures import DeviceStructures, StructurePool
 from drgan.synthesis.writer import OutputFolder
 
 LABELS = ("planned", "predicted")
+STRUCTURES_SPLITS = (*SPLITS, "all")
 
 # Batches placed ahead of the device, and batches of pixels in flight between the device and the
 # encoders (one pinned host buffer each): the bounds of the pipeline.
@@ -232,6 +234,8 @@ def _check_output_options(opts: SynthesisOptions) -> None:
         raise ParameterError(f"{{png_level}} {opts.png_level}: PNG levels lie in 0..9")
     if opts.label not in LABELS:
         raise ParameterError(f"{{label}} {opts.label!r}: choose one of {', '.join(LABELS)}")
+    if opts.structures_split not in STRUCTURES_SPLITS:
+        raise ParameterError(f"{{structures_split}} {opts.structures_split!r}: choose one of {', '.join(STRUCTURES_SPLITS)}")
     if opts.label == "predicted" and opts.backend == "null":
         raise UsageError("{label} predicted needs the generator's encoder: a {run} and a generator backend, not null")
     if opts.structures and (Path(opts.structures) / RUN_FILE).is_file():  # the reader would say only "not a dataset folder"

@@ -10,6 +10,7 @@ lesion). Grades are matched by exact image name only: the grading table's names 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from drgan.data.importers.core import (GradeRow, Plan, add_item, files_by_stem, find_root, graded, header_rows,
@@ -22,6 +23,7 @@ TRUTHS = f"{SEG}/2. All Segmentation Groundtruths"
 GRADES = "B. Disease Grading/2. Groundtruths"
 SUFFIXES = {"MA": "ma", "HE": "he", "EX": "ex", "SE": "se", "OD": "disc"}     # file suffix -> channel
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+GRADING_NAME = re.compile(r"IDRiD_\d{3}", re.IGNORECASE)  # the grading images' names; the segmentation's have 2 digits
 MASK_EXTS = (".tif", ".tiff", ".png")
 
 
@@ -60,9 +62,13 @@ def scan(src: Path) -> Plan:
     names = {key for _, found, _ in sets for key in found}
     rows = grade_rows(root / GRADES, plan)
     used = [row for row in rows if row.name.lower() in names]
-    if len(used) < len(rows):
-        plan.notes.append(f"{where}: {len(rows) - len(used)} grading rows name none of the segmentation images "
-                          "(the grading images' own names); not read")
+    theirs = [row for row in rows if row.name.lower() not in names and GRADING_NAME.fullmatch(row.name)]
+    if theirs:
+        plan.notes.append(f"{where}: {len(theirs)} grading rows name the grading images (IDRiD_NNN), none of the "
+                          "segmentation images; not read")
+    for row in rows:  # another name (a typo in a table added for the segmentation images) is listed
+        if row.name.lower() not in names and not GRADING_NAME.fullmatch(row.name):
+            plan.skipped.append(f"{row.table}:{row.line}: {row.name} names no image in {root / IMAGES}")
     lookup = lower_keys(graded(plan, used))
     for set_dir, found, masks in sets:
         for key, image in found.items():
