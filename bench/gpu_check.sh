@@ -70,9 +70,14 @@ elif ! timeout 120 $PY -m pip install -q --no-deps --no-build-isolation -e . >"$
 fi
 if [[ -z $DRY ]]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/device.txt"
-  $PY -c 'import torch, triton; print(f"torch {torch.__version__}, triton {triton.__version__}")' >>"$OUT/device.txt"
+  $PY -c 'import torch, triton; print(f"torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), triton {triton.__version__}")' >>"$OUT/device.txt"
+  # The card as found (read only: clocks are never set), for the figures' context.
+  nvidia-smi --query-gpu=clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv >>"$OUT/device.txt" 2>&1
 fi
 cat "$OUT/device.txt"
+# The synthesis part encodes through imagecodecs, which the lent machine's image lacks (header).
+$PY -c 'import imagecodecs' 2>/dev/null || echo "WARNING: imagecodecs does not import: the synthesis part will fail (carry its wheel, see -h)"
 $PY -c 'import drgan.kernels, drgan.export, drgan.training' || { echo "drgan does not import"; exit 1; }
 
 run_part() {  # name limit
