@@ -176,4 +176,5 @@ def test_another_structure_hash_says_where_it_comes_from(tmp_path):
         fingerprint.check(tmp_path, {"seed": 0, "structures": {**structures, "sha256": "b" * 64}})
     assert str(err.value) == (
         f'{tmp_path}: holds a set made with another setup (structures.sha256 "aaaaaaaaaaaa..." there, "bbbbbbbbbbbb..." now: '
-        "the masks as loaded differ (another dataset, or the other --loader resizing them)); write to a new folder or delete it")
+        "the masks as loaded differ (another dataset or --structures-split, the other --loader resizing them, or a set "
+        "begun before its field of view was read from the photographs)); write to a new folder or delete it")
