@@ -131,9 +131,9 @@ def _triton_unsupported(q: torch.Tensor, v: torch.Tensor, pv_fp8: bool = False) 
         return f"q {q.dtype} and v {v.dtype} must share one dtype of float32, float16, bfloat16"
     if q.dtype == torch.float32 and q.shape[2] > MAX_QK_DIM_FP32:
         return f"float32 q {tuple(q.shape)}: QK dim above {MAX_QK_DIM_FP32} needs float16/bfloat16 (shared memory)"
-    if not (1 <= q.shape[2] <= MAX_QK_DIM and 1 <= v.shape[2] <= MAX_V_DIM and q.shape[1] >= 1):
+    if not (1 <= q.shape[2] <= MAX_QK_DIM and 1 <= v.shape[2] <= MAX_V_DIM and q.shape[1] >= 1 and q.shape[0] >= 1):
         return (
-            f"shape q {tuple(q.shape)}, v {tuple(v.shape)}: needs N >= 1, QK dim 1..{MAX_QK_DIM}, "
+            f"shape q {tuple(q.shape)}, v {tuple(v.shape)}: needs a batch and N >= 1, QK dim 1..{MAX_QK_DIM}, "
             f"V dim 1..{MAX_V_DIM} (tile sizes held in registers)"
         )
     return None

@@ -161,6 +161,11 @@ def test_unsupported_requests_name_the_reason():
     strided = torch.randn(1, 2, 6, 6, device=DEVICE).transpose(2, 3)
     with pytest.raises(DrganError, match="merge H and W"):
         adain(strided, torch.ones(1, 2), torch.zeros(1, 2), impl="triton")
+    # An empty batch: refused by the kernels (the Gluon path asserted in its TMA descriptor), run by the reference.
+    empty = [torch.randn(0, 8, d, device=DEVICE) for d in (4, 4, 16)]
+    with pytest.raises(DrganError, match="needs a batch"):
+        spatial_attention(*empty, impl="triton")
+    assert spatial_attention(*empty).shape == (0, 8, 16)
 
 
 def _switch_on_attention(module: torch.nn.Module) -> None:
