@@ -35,7 +35,13 @@ def resolve_device(name: str) -> torch.device:
 def rank_gpu(local_rank: int) -> int:
     """The GPU index of a torchrun process: its LOCAL_RANK, or 0 where the process sees one GPU
     alone (a scheduler that gives each rank its own CUDA_VISIBLE_DEVICES)."""
-    return 0 if torch.cuda.device_count() == 1 else local_rank
+    count = torch.cuda.device_count()
+    if count == 1:
+        return 0
+    if local_rank >= count:
+        raise DrganError(f"LOCAL_RANK={local_rank} (torchrun's environment): this process sees {count} GPUs; "
+                         f"start at most {count} processes per machine")
+    return local_rank
 
 
 class Ranks(NamedTuple):

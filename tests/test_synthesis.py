@@ -449,6 +449,10 @@ def test_under_torchrun_each_rank_synthesizes_on_its_own_gpu(monkeypatch, given)
     assert runner._device(given) == torch.device("cuda", 2)
     assert runner._device("cuda:1") == torch.device("cuda", 1)  # named by the user: kept
     assert runner._device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with pytest.raises(DrganError, match=r"^LOCAL_RANK=5 \(torchrun's environment\): this process sees 4 GPUs"):
+        runner._device(given)  # it named cuda:5, a device the user never typed
+    monkeypatch.setenv("LOCAL_RANK", "2")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a scheduler gave each rank its own GPU
     assert runner._device(given) == torch.device("cuda", 0)
     monkeypatch.delenv("LOCAL_RANK")

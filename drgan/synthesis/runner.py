@@ -130,7 +130,7 @@ def _device(name: str) -> torch.device:
     (runtime.rank_gpu): device 0 for every rank would run them all on one GPU."""
     device = resolve_device(name)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = resolve_device(f"cuda:{rank_gpu(torchrun_ranks().local_rank)}")
+        device = torch.device("cuda", rank_gpu(torchrun_ranks().local_rank))
     return device
 
 
