@@ -32,6 +32,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def current_gpu(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """Inside, a CUDA `device` is the current GPU (nothing changes for the CPU): what is made or
+    launched without naming a device (a TensorRT engine, an AOTInductor package's weights, Triton
+    kernels) goes to the current GPU, GPU 0 unless told."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def rank_gpu(local_rank: int) -> int:
     """The GPU index of a torchrun process: its LOCAL_RANK, or 0 where the process sees one GPU
     alone (a scheduler that gives each rank its own CUDA_VISIBLE_DEVICES)."""

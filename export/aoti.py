@@ -147,7 +147,7 @@ def run_in_fresh_process(path: str | Path, inputs: list[torch.Tensor]) -> tuple[
     with tempfile.TemporaryDirectory() as tmp:
         given, got = Path(tmp) / "inputs.safetensors", Path(tmp) / "outputs.safetensors"
         save_file({str(i): t.detach().cpu().contiguous() for i, t in enumerate(inputs)}, str(given))
-        device = str(inputs[0].device)  # a CUDA tensor's names its index
+        device = str(inputs[0].device)  # a CUDA tensor's device names its index
         done = subprocess.run(fresh_process_command(Path(path), given, got, device), capture_output=True, text=True)
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines()

@@ -43,9 +43,13 @@ def providers(device: str) -> list:
     if dev.type == "cuda":
         if not has_cuda_provider():
             raise DrganError("device cuda: this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)")
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": _gpu_index(dev)}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def _gpu_index(device: torch.device) -> int:
+    """A CUDA device's index; the current GPU's for plain 'cuda'."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 class OrtGenerator:
@@ -86,7 +90,7 @@ class OrtGenerator:
     def _run_bound(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Device-resident run: bind torch CUDA buffers so nothing crosses to the host."""
         binding = self.session.io_binding()
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        index = _gpu_index(self.device)
         tensors = [t.to(self.device) for t in tensors]  # held until the run: ONNX Runtime reads their memory
         for name, t in zip(self.input_names, tensors):
             binding.bind_input(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())

@@ -12,7 +12,6 @@ Every artifact is checked against the eager fp32 generator before it is recorded
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
@@ -37,7 +36,7 @@ from drgan.export.wrapper import OUTPUT_NAMES, attention_flops, example_inputs, 
 from drgan.io import atomic_write_json, check_writable_dir, is_temp_name, remove_temp_files
 from drgan.nn import DRGANGenerator
 from drgan.runs import generator_weights, require_kind
-from drgan.runtime import resolve_device
+from drgan.runtime import current_gpu, resolve_device
 
 
 @dataclass(frozen=True)
@@ -102,9 +101,7 @@ def export_run(
     created, exporter = not out.exists(), None
     try:
         exporter = _Exporter(run, out, stage, log)
-        # cuda:N current while the package is compiled and checked: the eager reference's Triton
-        # kernels launch on the current GPU.
-        with torch.cuda.device(device) if device.startswith("cuda") else contextlib.nullcontext():
+        with current_gpu(device):  # the eager reference's Triton kernels launch on the current GPU
             exporter.write(options, profile, device)
     except BaseException:
         # Nothing exported into the folder this process created and held: leave none behind. (A

@@ -256,24 +256,26 @@ def test_check_out_says_whether_a_run_is_to_be_replaced(tmp_path):
         check_out(tmp_path / "file", overwrite=True, kind="gan")
 
 
-def test_prepare_out_empties_a_run_killed_before_its_first_checkpoint(tmp_path):
+def _left_by_prepare_out(run, overwrite: bool) -> list[str]:
+    """The names prepare_out leaves in `run` (its lock is released after)."""
     from drgan import locks
     from drgan.runs import prepare_out
 
-    run = _write_run(tmp_path / "run")
-    (run / "logs").mkdir()
-    (run / "logs" / "events").write_text("old")
     try:
-        assert prepare_out(run, overwrite=False, kind="gan") == run
-        assert [p.name for p in run.iterdir()] == [".drgan.lock"]
+        assert prepare_out(run, overwrite=overwrite, kind="gan") == run
+        return [p.name for p in run.iterdir()]
     finally:
         locks.release(run)
 
 
-def test_prepare_out_with_overwrite_empties_a_checkpointed_run_and_keeps_what_links_point_to(tmp_path):
-    from drgan import locks
-    from drgan.runs import prepare_out
+def test_prepare_out_empties_a_run_killed_before_its_first_checkpoint(tmp_path):
+    run = _write_run(tmp_path / "run")
+    (run / "logs").mkdir()
+    (run / "logs" / "events").write_text("old")
+    assert _left_by_prepare_out(run, overwrite=False) == [".drgan.lock"]
 
+
+def test_prepare_out_with_overwrite_empties_a_checkpointed_run_and_keeps_what_links_point_to(tmp_path):
     run = _write_run(tmp_path / "run")
     (run / "state.json").write_text("{}")
     (run / "G.safetensors").write_bytes(b"old")
@@ -283,12 +285,8 @@ def test_prepare_out_with_overwrite_empties_a_checkpointed_run_and_keeps_what_li
     kept.mkdir()
     (kept / "x").write_text("x")
     (run / "link").symlink_to(kept, target_is_directory=True)
-    try:
-        prepare_out(run, overwrite=True, kind="gan")
-        assert [p.name for p in run.iterdir()] == [".drgan.lock"]
-        assert (kept / "x").read_text() == "x"
-    finally:
-        locks.release(run)
+    assert _left_by_prepare_out(run, overwrite=True) == [".drgan.lock"]
+    assert (kept / "x").read_text() == "x"
 
 
 def test_an_input_inside_the_run_folder_is_refused_before_anything_is_removed(tmp_path):

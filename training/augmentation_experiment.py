@@ -36,7 +36,7 @@ from drgan.metrics.grading import format_kappa
 from drgan.metrics.images import open_image_set
 from drgan.runs import claimed_folder
 from drgan.runtime import seeded_generator
-from drgan.training.grader_pretraining import GraderOptions, interrupted, train_grader
+from drgan.training.grader_pretraining import GraderOptions, batches_per_epoch, interrupted, train_grader
 from drgan.training.interrupts import resumed_by_rerun
 
 BASELINES = ("mixup", "cutmix")
@@ -176,11 +176,6 @@ def _older_records(settings: dict[str, Any], typed: dict[str, str], labels_sha25
     return lambda earlier: settings if earlier in (by_labels, by_path) else earlier
 
 
-def _batches_per_epoch(n: int, batch: int) -> int:
-    """The grader's optimizer steps per epoch of n images (its incomplete last batch is dropped)."""
-    return n // batch if n > batch else 1
-
-
 def _test_split(folder: Path) -> str | None:
     return "test" if any(s.split == "test" for s in open_dataset(folder).samples) else None
 
@@ -297,7 +292,7 @@ def run_augment_experiment(
             result["arms"][name] = {
                 "run": str(run),
                 "train_images": len(data[name]),
-                "steps": epochs * _batches_per_epoch(len(train), batch),
+                "steps": epochs * batches_per_epoch(len(train), batch),
                 "label_distribution": label_distribution(data[name].grades),
                 "val_accuracy": val_accuracy,
                 "test": evaluate_grader(grader, test_set, batch=batch),

@@ -53,6 +53,11 @@ def _grades(dataset: Dataset) -> torch.Tensor:
     return torch.tensor(grades, dtype=torch.long)
 
 
+def batches_per_epoch(n: int, batch: int) -> int:
+    """Optimizer steps in an epoch of n samples: an incomplete last batch is dropped unless it is the only one."""
+    return n // batch if n > batch else 1
+
+
 def _epoch_batches(train: Dataset, opts: GraderOptions, num_grades: int, epoch: int) -> list[list[int]]:
     """The sample indices of every batch of `epoch`: a permutation, or with --balanced an
     inverse-frequency draw (each grade equally often), from the epoch's own generator; an
@@ -67,7 +72,7 @@ def _epoch_batches(train: Dataset, opts: GraderOptions, num_grades: int, epoch: 
     else:
         indices = torch.randperm(n, generator=order)
     batches = [chunk.tolist() for chunk in indices.split(opts.batch)]
-    return batches[:n // opts.batch] if n > opts.batch else batches
+    return batches[:batches_per_epoch(n, opts.batch)]
 
 
 def _unaugmented(dataset: Dataset) -> Dataset:

@@ -32,7 +32,7 @@ from drgan.errors import DrganError, ParameterError, UsageError, name_list
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import check_outside, sha256_file
 from drgan.runs import RUN_FILE, read_run, require_kind
-from drgan.runtime import intra_op_threads, rank_gpu, resolve_device, torchrun_ranks
+from drgan.runtime import current_gpu, intra_op_threads, rank_gpu, resolve_device, torchrun_ranks
 from drgan.synthesis import fingerprint
 from drgan.synthesis.registry import make_backend
 from drgan.synthesis.conditions import Item, item_noise, place_item
@@ -185,9 +185,7 @@ def synthesize(opts: SynthesisOptions) -> Summary:
     _check_output_options(opts)
     shard = _shard(opts.shard)
     device = _device(opts.device)
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        # cuda:N current throughout: what is made or launched outside the runner's stream (an
-        # engine, a package's weights, Triton kernels on the warm-up) would otherwise go to GPU 0.
+    with current_gpu(device):  # also for what runs outside the runner's stream (a backend's set-up, the warm-up)
         return _synthesize(opts, start, size, space, plan, shard, device)
 
 

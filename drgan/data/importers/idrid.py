@@ -60,15 +60,17 @@ def scan(src: Path) -> Plan:
     # a "no image" line, and a name in both tables a false conflict). Added rows for the
     # segmentation images are (the README's recipe).
     names = {key for _, found, _ in sets for key in found}
-    rows = grade_rows(root / GRADES, plan)
-    used = [row for row in rows if row.name.lower() in names]
-    theirs = [row for row in rows if row.name.lower() not in names and GRADING_NAME.fullmatch(row.name)]
-    if theirs:
-        plan.notes.append(f"{where}: {len(theirs)} grading rows name the grading images (IDRiD_NNN), none of the "
-                          "segmentation images; not read")
-    for row in rows:  # another name (a typo in a table added for the segmentation images) is listed
-        if row.name.lower() not in names and not GRADING_NAME.fullmatch(row.name):
+    used, theirs = [], 0
+    for row in grade_rows(root / GRADES, plan):
+        if row.name.lower() in names:
+            used.append(row)
+        elif GRADING_NAME.fullmatch(row.name):
+            theirs += 1
+        else:  # another name (a typo in a table added for the segmentation images) is listed
             plan.skipped.append(f"{row.table}:{row.line}: {row.name} names no image in {root / IMAGES}")
+    if theirs:
+        plan.notes.append(f"{where}: {theirs} grading rows name the grading images (IDRiD_NNN), none of the "
+                          "segmentation images; not read")
     lookup = lower_keys(graded(plan, used))
     for set_dir, found, masks in sets:
         for key, image in found.items():
