@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from drgan import locks
 from drgan.config import ModelConfig, STAGES
-from drgan.data.labels import LABELS_FILE
+from drgan.data.labels import LABELS_FILE, moved_by_patient
 from drgan.errors import DrganError, ParameterError
 from drgan.io import atomic_write_json, check_outside, check_writable_dir, is_temp_name, remove_temp_files, sha256_file
 
@@ -86,11 +86,13 @@ def read_run(run: str | Path) -> RunInfo:
 
 def dataset_record(data: str | Path | None) -> dict[str, Any]:
     """What run.json records of the dataset a run trains on, for `check_same_dataset`: the sha256 of
-    its labels.csv, and of its files' listing ({} without labels.csv)."""
+    its labels.csv, and of its files' listing, and that rows without a split go by patient ({}
+    without labels.csv)."""
     labels = Path(data) / LABELS_FILE if data else None
     if labels is None or not labels.is_file():
         return {}
-    return {"dataset": {"labels_sha256": sha256_file(labels), "files_sha256": _files_sha256(Path(data))}}
+    return {"dataset": {"labels_sha256": sha256_file(labels), "files_sha256": _files_sha256(Path(data)),
+                        "split_by": "patient"}}
 
 
 def _files_sha256(data: Path) -> str:
@@ -119,6 +121,10 @@ def check_same_dataset(run: str | Path, data: str | Path) -> None:
     if recorded.get("files_sha256") not in (None, _files_sha256(Path(data))):
         raise DrganError(f"{data}: its images or masks changed since {run} started (names or sizes differ); "
                          "resume on the same dataset")
+    if recorded and "split_by" not in recorded and (moved := moved_by_patient(Path(data))):
+        raise DrganError(f"{labels}: {run} started when rows without a split were split by image id; they now go "
+                         f"by patient (<n>_left and <n>_right together), which moves {len(moved)} of them "
+                         f"({moved[0]!r}{', ...' if len(moved) > 1 else ''}) between train and val: start a new run")
 
 
 def run_kind(folder: str | Path) -> str | None:

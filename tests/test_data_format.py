@@ -34,8 +34,23 @@ def test_clean_dataset_validates(clean, tmp_path):
     assert "\nsplits: train: 5\n" in report.render()
     no_split = copy_dataset(clean, tmp_path / "no_split")
     write_rows(no_split, [r[:2] for r in rows(clean)])
-    assert "\nsplits: none given: 5 (split 90/10 into train/val by a hash of the id)\n" in validate_dataset(no_split).render()
+    assert "\nsplits: none given: 5 (split 90/10 into train/val by a hash of the id's patient)\n" in validate_dataset(no_split).render()
 
+
+
+def test_the_report_names_patients_whose_eyes_lie_in_different_splits(clean, tmp_path):
+    ds = copy_dataset(clean, tmp_path / "eyes")
+    header, *body = rows(ds)
+    names = ["3_left", "3_RIGHT", "4_left", "4_right", "5"]
+    splits = ["train", "test", "val", "val", ""]
+    for (sid, *_), name in zip(body, names):
+        (ds / "images" / f"{sid}.png").rename(ds / "images" / f"{name}.png")
+        (ds / "masks" / sid).rename(ds / "masks" / name)
+    write_rows(ds, [header] + [[n, r[1], sp] for n, r, sp in zip(names, body, splits)])
+    report = validate_dataset(ds)
+    assert report.problems == [] and report.apart == ["3"]
+    assert "\npatients with images in more than one split (1): 3\n" in report.render()
+    assert validate_dataset(clean).apart == [] and "patients with" not in validate_dataset(clean).render()
 
 def test_the_report_counts_mask_files_and_says_when_there_are_none(clean, tmp_path):
     """A dataset without masks/ is a valid grader dataset, but the GAN has nothing to draw from:

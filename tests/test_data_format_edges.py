@@ -8,7 +8,7 @@ from PIL import Image
 
 from drgan.config import MIN_SIDE
 from drgan.data.format import open_dataset
-from drgan.data.labels import MAX_ID_BYTES, hash_split, id_problem, read_labels
+from drgan.data.labels import MAX_ID_BYTES, hash_split, id_problem, moved_by_patient, patient_id, read_labels
 from drgan.data.phantom import write_phantom_dataset
 from drgan.data.validation import validate_dataset
 from drgan.errors import DrganError
@@ -45,6 +45,18 @@ def test_hash_split_sends_the_first_tenth_of_the_sha256_range_to_val():
     fractions = [int(hashlib.sha256(s.encode()).hexdigest()[:16], 16) / 2**64 for s in ids]
     assert [hash_split(s) for s in ids] == ["val" if f < 0.1 else "train" for f in fractions]
     assert 150 < sum(hash_split(s) == "val" for s in ids) < 250
+
+
+def test_hash_split_gives_a_patients_eyes_one_part_and_names_the_rows_earlier_versions_put_elsewhere(tmp_path):
+    patients = [str(n) for n in range(300)]
+    fractions = [int(hashlib.sha256(p.encode()).hexdigest()[:16], 16) / 2**64 for p in patients]
+    assert [hash_split(f"{p}_left") for p in patients] == ["val" if f < 0.1 else "train" for f in fractions]
+    assert all(hash_split(f"{p}_left") == hash_split(f"{p}_Right") for p in patients)
+    assert [patient_id(s) for s in ("7_left", "7_RIGHT", "_left", "left", "7_lefty")] == ["7", "7", "_left", "left", "7_lefty"]
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "labels.csv").write_text("id,grade,split\n2_left,0,\n2_right,0,train\n0_left,0,\nimg5,0,\n")
+    assert moved_by_patient(root) == ["2_left"]  # 2_left's own hash and its patient's differ; 0_left's agree
 
 
 @pytest.mark.parametrize("sid", ["", "a/b", "a\\b", ".hidden", " padded", "padded "])

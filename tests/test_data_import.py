@@ -17,7 +17,7 @@ from drgan.data.decode import read_mask, read_rgb
 from drgan.data.validation import validate_dataset
 from helpers import dead_pid
 from drgan.data.importers import import_release
-from drgan.data.importers.core import Item, binarize, carve_splits, parse_grade
+from drgan.data.importers.core import Item, binarize, carve_splits, parse_grade, split_patients
 from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError
 
@@ -297,6 +297,20 @@ def test_eyepacs_grades_only(eyepacs, tmp_path):
     for sid in labels(out):
         assert sorted(p.name for p in (out / "masks" / sid).iterdir()) == ["disc.png"]
     assert validate_dataset(out).problems == []
+
+
+def test_a_rerun_over_an_import_that_carved_a_patients_eyes_apart_keeps_them_and_says_so(eyepacs, tmp_path):
+    out = tmp_path / "ds"
+    args = ("eyepacs", eyepacs, "--out", out, "--size", SIZE, "--vessels", "none", "--workers", 0)
+    res, text = run_import(*args)
+    assert res.exit_code == 0 and "more than one split" not in text
+    with open(out / "labels.csv") as f:  # as an earlier version, carving image by image, could have
+        carved = f.read().replace("10_right,4,train", "10_right,4,val")
+    (out / "labels.csv").write_text(carved)
+    res, text = run_import(*args)
+    assert res.exit_code == 0, text
+    assert labels(out)["10_right"] == (4, "val") and labels(out)["10_left"] == (0, "train")
+    assert "note: 1 patient (10) has images in more than one split" in text
 
 
 def test_aptos_grades_only(tmp_path):
@@ -650,3 +664,29 @@ def test_a_name_clash_or_a_dangling_link_is_skipped_with_its_own_reason(tmp_path
         f"{src / 'train_images' / 'a1.jpg'}: another file has the same name",
         f"{src / 'train_images' / 'a2.png'}: a symbolic link to nothing",
         f"a2: listed in train.csv but no image in {src / 'train_images'}"])
+
+
+def test_carve_splits_keeps_a_patients_eyes_in_one_part():
+    """EyePACS names the two eyes of a patient <n>_left and <n>_right: they look alike, so one in
+    train and the other in val or test would score a grader on what it has seen."""
+    items = [Item(f"{n}_{eye}", None, (n + (eye == "right")) % 3, None, {}) for n in range(60) for eye in ("left", "RIGHT")]
+    carved = carve_splits(items)
+    split = {it.id: it.split for it in carved}
+    assert all(split[f"{n}_left"] == split[f"{n}_RIGHT"] for n in range(60))
+    patients = [split[f"{n}_left"] for n in range(60)]
+    assert (patients.count("val"), patients.count("test")) == (6, 6)  # one in ten of each worst grade's patients
+    assert split_patients(carved) == []
+
+
+def test_a_new_eye_joins_its_patients_part_and_eyes_carved_apart_earlier_stay_and_are_named():
+    left = [Item(f"{n}_left", None, 0, None, {}) for n in range(20)]
+    earlier = {it.id: it.split for it in carve_splits(left)}
+    val = [k for k, s in earlier.items() if s == "val"]
+    both = carve_splits(left + [Item(f"{n}_right", None, 4, None, {}) for n in range(20)], earlier)
+    assert {it.id: it.split for it in both if it.id.endswith("_left")} == earlier
+    assert all(it.split == earlier[it.id.replace("_right", "_left")] for it in both if it.id.endswith("_right"))
+    assert val and split_patients(both) == []
+    # An import by a version that carved image by image: each id keeps its part, and is named.
+    apart = {**earlier, "3_right": "test" if earlier["3_left"] != "test" else "train"}
+    again = carve_splits(left + [Item("3_right", None, 0, None, {})], apart)
+    assert {it.id: it.split for it in again} == apart and split_patients(again) == ["3"]

@@ -379,3 +379,23 @@ def test_asking_whether_an_exclusive_holder_is_alone_keeps_its_hold_exclusive(fo
     assert locks.alone(folder)
     with pytest.raises(BlockingIOError):
         other_holder(folder / ".drgan.lock", fcntl.LOCK_SH)
+
+
+def test_a_run_begun_when_rows_without_a_split_went_by_image_id_does_not_resume_with_them_moved(tmp_path):
+    from drgan.config import preset
+    from drgan.io import sha256_file
+    from drgan.runs import check_same_dataset, write_run_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.csv").write_text("id,grade\n0_left,0\n2_left,1\n")  # 2_left moves (see moved_by_patient)
+    recorded = {"labels_sha256": sha256_file(data / "labels.csv")}
+    write_run_config(tmp_path / "old", preset("tiny-64"), "local", dataset=recorded)
+    with pytest.raises(DrganError, match=r"split by image id; .* moves 1 of them \('2_left'\) between train and val"):
+        check_same_dataset(tmp_path / "old", data)
+    write_run_config(tmp_path / "new", preset("tiny-64"), "local", dataset={**recorded, "split_by": "patient"})
+    check_same_dataset(tmp_path / "new", data)
+    (data / "labels.csv").write_text("id,grade\n0_left,0\n")
+    write_run_config(tmp_path / "unmoved", preset("tiny-64"), "local",
+                     dataset={"labels_sha256": sha256_file(data / "labels.csv")})
+    check_same_dataset(tmp_path / "unmoved", data)

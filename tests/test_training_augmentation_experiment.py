@@ -236,3 +236,33 @@ def test_equal_steps_gives_every_arm_the_real_arms_steps(tmp_path):
     assert arms["real+synthetic"]["train_images"] == 20  # the data it draws from
     assert arms["real+synthetic"]["label_distribution"]["count"] == [2, 2, 2, 7, 7]
     assert result["protocol"]["equal_steps"] is True and "equal steps" in markdown
+
+
+def test_an_experiment_begun_when_unsplit_rows_went_by_image_id_is_not_resumed_with_them_moved(tmp_path):
+    """Rows without a split now go to train or val by patient (EyePACS's <n>_left, <n>_right):
+    arms an earlier version trained on the id's split must not sit beside arms on the patient's."""
+    from drgan.data.labels import moved_by_patient
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.errors import DrganError
+    from drgan.training.augmentation_experiment import run_augment_experiment
+    from helpers import rows, write_rows
+
+    real = write_phantom_dataset(tmp_path / "real", 20, 64, seed=0)
+    header, *body = rows(real)
+    renamed = []
+    for n, (sid, grade, split) in enumerate(body):
+        (real / "images" / f"{sid}.png").rename(real / "images" / f"{n}_left.png")
+        (real / "masks" / sid).rename(real / "masks" / f"{n}_left")
+        renamed.append([f"{n}_left", grade, split if split == "test" else ""])
+    write_rows(real, [header, *renamed])
+    assert moved_by_patient(real)
+    fake = write_phantom_dataset(tmp_path / "fake", 10, 64, seed=1, grades=[3, 4] * 5, split=False)
+    out = tmp_path / "exp"
+    args = dict(preset="tiny-64", epochs=1, batch=8, device="cpu")
+    first, _ = run_augment_experiment(real, fake, real, out, **args)
+    assert first["protocol"]["split_by"] == "patient"
+    earlier = json.loads((out / "experiment.json").read_text())
+    del earlier["split_by"]
+    (out / "experiment.json").write_text(json.dumps(earlier))
+    with pytest.raises(DrganError, match=r"other settings \(split_by: None there, 'patient' now\)"):
+        run_augment_experiment(real, fake, real, out, **args)

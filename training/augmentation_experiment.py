@@ -27,7 +27,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from drgan.config import NUM_GRADES, preset as get_preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.format import MANIFEST_FILE, open_dataset
-from drgan.data.labels import LABELS_FILE
+from drgan.data.labels import LABELS_FILE, moved_by_patient
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_json, atomic_write_text, check_outside, sha256_file
@@ -270,7 +270,10 @@ def run_augment_experiment(
     settings = {**opts.to_dict(), "resolution": resolution, "arms": list(arms),
                 "real_sha256": data_sha256(real), "synthetic_sha256": data_sha256(synthetic),
                 "test_sha256": data_sha256(test), "test_split": split,
-                **({"equal_steps": True} if equal_steps else {})}  # only when on: earlier records still match
+                **({"equal_steps": True} if equal_steps else {}),  # only when on: earlier records still match
+                # Where it moves rows (earlier versions split rows without a split by image id),
+                # an experiment begun before must not resume with other train and val parts.
+                **({"split_by": "patient"} if moved_by_patient(Path(real)) else {})}
     if split is None and settings["test_sha256"] == settings["real_sha256"]:
         raise ParameterError(f"{{test}} {test}: the {{real}} dataset, which has no test split: every arm would be "
                              "tested on its own training images; give a dataset with a test split, or another one")

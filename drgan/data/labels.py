@@ -16,13 +16,41 @@ VAL_FRACTION = 0.1      # rows without a split: this share goes to "val" by a ha
 # An id names files (images/<id>.png, masks/<id>/) and their temp siblings, which add about 40
 # bytes (drgan.io.temp_path): 200 bytes keeps every name under the file systems' 255.
 MAX_ID_BYTES = 200
+EYE_SUFFIXES = ("_left", "_right")  # EyePACS names a patient's two photographs <patient>_left, <patient>_right
+
+
+def patient_id(sid: str) -> str:
+    """The patient of an image id: the id less a trailing `_left` or `_right` (any case), else the
+    id itself. Splits keep a patient's eyes together: the two eyes of one person look alike and
+    usually share a grade, so one in train and the other in val or test would score a grader on
+    what it has seen."""
+    low = sid.lower()
+    for suffix in EYE_SUFFIXES:
+        if low.endswith(suffix) and len(sid) > len(suffix):
+            return sid[:-len(suffix)]
+    return sid
 
 
 def hash_split(sid: str) -> str:
-    """The split of a row without one: "val" for the ids whose sha256 falls in the first 10%,
-    else "train". Depends on the id alone, so it is stable when rows are added or reordered."""
-    fraction = int.from_bytes(hashlib.sha256(sid.encode()).digest()[:8], "big") / 2**64
+    """The split of a row without one: "val" for the ids whose patient's sha256 falls in the first
+    10%, else "train". Depends on the id alone, so it is stable when rows are added or reordered,
+    and a patient's eyes share it."""
+    return _split_of_key(patient_id(sid))
+
+
+def _split_of_key(key: str) -> str:
+    fraction = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
     return "val" if fraction < VAL_FRACTION else "train"
+
+
+def moved_by_patient(root: Path) -> list[str]:
+    """The ids of DATASET/labels.csv's rows without a split that `hash_split` puts in another split
+    than earlier versions did (they hashed the id, not its patient): a run or experiment begun by
+    one of those must not resume with them moved."""
+    if not (root / LABELS_FILE).is_file():
+        return []
+    rows, _ = read_labels(root)
+    return [sid for sid, _, split in rows if split is None and hash_split(sid) != _split_of_key(sid)]
 
 
 def id_problem(sid: str) -> str | None:

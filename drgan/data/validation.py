@@ -7,7 +7,7 @@ from pathlib import Path
 from drgan.config import COND_CHANNELS
 from drgan.data.decode import open_image
 from drgan.data.format import check_finished, scan_dataset
-from drgan.data.labels import LABELS_FILE, read_labels
+from drgan.data.labels import LABELS_FILE, hash_split, patient_id, read_labels
 from drgan.errors import DrganError
 
 
@@ -21,18 +21,23 @@ class ValidationReport:
     grades: dict[int, int]        # usable samples per grade
     splits: dict[str, int]        # usable samples per split ("-" for none)
     masks: dict[str, int]         # usable samples with a file of each mask (COND_CHANNELS order)
+    apart: list[str]              # patients (labels.patient_id) with usable samples in more than one split
 
     def to_dict(self) -> dict:
         return {"root": str(self.root), "checked": self.checked, "ok": self.ok, "problems": self.problems, "notes": self.notes,
-                "grades": {str(g): n for g, n in sorted(self.grades.items())}, "splits": dict(sorted(self.splits.items())), "masks": self.masks}
+                "grades": {str(g): n for g, n in sorted(self.grades.items())}, "splits": dict(sorted(self.splits.items())), "masks": self.masks,
+                "patients_in_several_splits": self.apart}
 
     def render(self) -> str:
         lines = [f"dataset {self.root}: {self.ok} usable samples of {self.checked} rows in {LABELS_FILE}"]
         lines.append("grades: " + ", ".join(f"{g}: {n}" for g, n in sorted(self.grades.items())))
         named = [f"{s}: {n}" for s, n in sorted(self.splits.items()) if s != "-"]
         if "-" in self.splits:  # what the readers do with them (drgan.data.format)
-            named.append(f"none given: {self.splits['-']} (split 90/10 into train/val by a hash of the id)")
+            named.append(f"none given: {self.splits['-']} (split 90/10 into train/val by a hash of the id's patient)")
         lines.append("splits: " + ", ".join(named))
+        if self.apart:  # a grader validated or tested on one eye has trained on the other
+            lines.append(f"patients with images in more than one split ({len(self.apart)}): {', '.join(self.apart[:5])}"
+                         + (", ..." if len(self.apart) > 5 else ""))
         if any(self.masks.values()):
             lines.append("mask files: " + ", ".join(f"{c}: {n}" for c, n in self.masks.items()))
         elif self.ok:  # a grader trains on photographs alone; the GAN draws from the masks
@@ -75,4 +80,8 @@ def validate_dataset(root: str | Path) -> ValidationReport:
         grades[s.grade] = grades.get(s.grade, 0) + 1
         splits[s.split or "-"] = splits.get(s.split or "-", 0) + 1
     masks = {c: sum(c in s.masks for s in samples) for c in COND_CHANNELS}
-    return ValidationReport(root, checked, len(samples), problems, notes, grades, splits, masks)
+    parts: dict[str, set[str]] = {}
+    for s in samples:  # as the readers split them
+        parts.setdefault(patient_id(s.id), set()).add(s.split or hash_split(s.id))
+    apart = sorted(p for p, found in parts.items() if len(found) > 1)
+    return ValidationReport(root, checked, len(samples), problems, notes, grades, splits, masks, apart)

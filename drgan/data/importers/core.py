@@ -24,7 +24,7 @@ from scipy import ndimage
 from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, NUM_GRADES
 from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
 from drgan.data.format import UNFINISHED
-from drgan.data.labels import LABELS_FILE, id_problem, read_labels
+from drgan.data.labels import LABELS_FILE, id_problem, patient_id, read_labels
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import check_has_content, crop_and_resize
 from drgan.errors import DrganError, ParameterError
@@ -216,25 +216,42 @@ def add_item(plan: Plan, image: Path, grade: int | None, split: str | None, mask
 def carve_splits(items: list[Item], earlier: dict[str, str] | None = None) -> list[Item]:
     """Give training images a validation part (the grader needs one) and unsplit releases a test part.
 
-    The release's own test (and val) images keep their split. Of each run of VAL_EVERY training
-    images of a grade, in id order, the second becomes val (so a small grade gets one too); without
-    any release split, the fourth becomes test. An id an earlier run of the import carved (`earlier`:
-    id -> split) keeps its part, so that an added image or a corrected grade moves no other image
-    between train, val and test (a grader trained on one split would be validated on its training
-    images).
+    The release's own test (and val) images keep their split. Training images are carved by patient
+    (`patient_id`: EyePACS's <n>_left and <n>_right go together): of each run of VAL_EVERY patients
+    of a grade (their worst eye's), in id order, the second becomes val (so a small grade gets one
+    too); without any release split, the fourth becomes test. An id an earlier run of the import
+    carved (`earlier`: id -> split) keeps its part, and a new eye joins its patient's, so that an
+    added image or a corrected grade moves no other image between train, val and test (a grader
+    trained on one split would be validated on its training images).
     """
     earlier = earlier or {}
     unsplit = all(it.split is None for it in items)
+    patients: dict[str, list[Item]] = {}
+    for it in sorted(items, key=lambda it: it.id):
+        patients.setdefault(patient_id(it.id), []).append(it)
     seen: Counter = Counter()
     out = []
-    for it in sorted(items, key=lambda it: it.id):
-        split = it.split
-        if split in (None, "train"):
-            k = seen[it.grade] % VAL_EVERY  # kept ids count too, so that additions keep the shares
-            seen[it.grade] += 1
-            split = earlier.get(it.id) or ("val" if k == 1 else "test" if unsplit and k == 3 else "train")
-        out.append(replace(it, split=split))
-    return out
+    for eyes in patients.values():
+        carved = [it for it in eyes if it.split in (None, "train")]
+        out += [it for it in eyes if it not in carved]
+        if not carved:
+            continue
+        grade = max(it.grade for it in carved)
+        k = seen[grade] % VAL_EVERY  # kept patients count too, so that additions keep the shares
+        seen[grade] += 1
+        kept = [earlier[it.id] for it in carved if it.id in earlier]
+        split = kept[0] if kept else "val" if k == 1 else "test" if unsplit and k == 3 else "train"
+        out += [replace(it, split=earlier.get(it.id, split)) for it in carved]
+    return sorted(out, key=lambda it: it.id)
+
+
+def split_patients(items: list[Item]) -> list[str]:
+    """The patients whose images lie in more than one split (a release's own split, or an import
+    by an earlier version, which carved image by image)."""
+    splits: dict[str, set[str | None]] = {}
+    for it in items:
+        splits.setdefault(patient_id(it.id), set()).add(it.split)
+    return sorted(p for p, s in splits.items() if len(s) > 1)
 
 
 def binarize(mask: np.ndarray) -> np.ndarray:
@@ -419,6 +436,11 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     report_skipped = [f"{it.image}: another image has the id {it.id!r}" for it in plan.items if counts[it.id] > 1]
     items = carve_splits([it for it in plan.items if counts[it.id] == 1], _carved_splits(out, plan))
     report = ImportReport(kind, out, skipped=plan.skipped + report_skipped, notes=list(plan.notes))
+    if apart := split_patients(items):
+        report.notes.append(f"{len(apart)} patient{'s' * (len(apart) > 1)} ({', '.join(apart[:3])}"
+                            f"{', ...' if len(apart) > 3 else ''}) {'have' if len(apart) > 1 else 'has'} images in more than one split: the "
+                            "release's split, or an import by an earlier version, which carved image by image "
+                            "(an import into a new folder keeps carved eyes together)")
     tasks = [(it, out, size, vessels) for it in items]
     pool = None
     if workers > 1:
