@@ -158,3 +158,26 @@ def test_fit_with_skip_bad_names_how_many_samples_it_left_out(tmp_path, capsys):
     capsys.readouterr()
     stats = fit_lesion_stats(root, skip_bad=True)
     assert stats.grades and f"warning: {root}: 1 bad sample(s) left out" in capsys.readouterr().err
+
+
+def test_fit_lesions_reads_the_train_split_unless_told_otherwise(tmp_path):
+    """Statistics fit on the test eyes would carry them into a set that augments a grader tested on them."""
+    from click.testing import CliRunner
+
+    from drgan.cli import cli
+    from drgan.data.labels import read_labels
+
+    root = write_phantom_dataset(tmp_path / "ph", count=20, size=96, seed=4)
+    for sid, _, split in read_labels(root)[0]:  # laser scars on the test eyes alone
+        (root / "masks" / sid / "laser.png").unlink(missing_ok=True)
+        if split == "test":
+            Image.open(root / "masks" / sid / "disc.png").save(root / "masks" / sid / "laser.png")
+
+    def laser(*split: str) -> float:
+        out = tmp_path / f"{'-'.join(split) or 'default'}.json"
+        result = CliRunner().invoke(cli, ["data", "fit-lesions", str(root), "--out", str(out), *split])
+        assert result.exit_code == 0, result.output
+        return sum(LesionStats.load(out).grades[g]["laser"].mean_count() for g in range(5))
+
+    assert laser() == laser("--split", "train") == 0.0
+    assert laser("--split", "test") > 0 and laser("--split", "all") > 0

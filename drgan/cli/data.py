@@ -11,6 +11,7 @@ import click
 
 from drgan.cli.common import IntRange, dataset_folder, resumes_on_rerun
 from drgan.config import MAX_IMAGE_SIDE, MIN_SIDE, NUM_GRADES
+from drgan.data.labels import SPLITS
 from drgan.errors import DrganError
 
 # The dataset is `--data DIR`, as in every command; a positional DIR is still accepted.
@@ -98,8 +99,10 @@ def contact_sheet(directory: str | None, data_dir: str | None, out: str, per_gra
 @_data_option
 @click.option("--out", "out", type=click.Path(), required=True,
               help="JSON file for `drgan synthesize --lesion-stats` (in an existing folder).")
+@click.option("--split", type=click.Choice([*SPLITS, "all"]), default="train", show_default=True,
+              help="The rows whose masks are fit; train keeps the test eyes out of a set that augments a grader tested on them.")
 @click.option("--skip-bad", is_flag=True, help="Leave bad samples out (counted) instead of stopping.")
-def fit_lesions(directory: str | None, data_dir: str | None, out: str, skip_bad: bool) -> None:
+def fit_lesions(directory: str | None, data_dir: str | None, out: str, split: str, skip_bad: bool) -> None:
     """Learn per-grade lesion counts, sizes and distances from the disc from a dataset's masks."""
     from drgan.data.lesion_fit import fit_lesion_stats
     from drgan.data.lesion_stats import LesionStats
@@ -114,7 +117,7 @@ def fit_lesions(directory: str | None, data_dir: str | None, out: str, skip_bad:
 
     directory = dataset_folder(directory, data_dir)
     check_output_file(out, ".json", "lesion statistics", earlier_stats, [directory])  # before the masks are read
-    fit_lesion_stats(directory, skip_bad=skip_bad).save(out)
+    fit_lesion_stats(directory, skip_bad=skip_bad, split=None if split == "all" else split).save(out)
     click.echo(f"wrote {out}")
 
 

@@ -225,7 +225,7 @@ def _index(root: Path, samples: list[Sample], problems: list[tuple[str | None, s
                                      if len(lines) > 1 else ""))
     skipped = len({sid for sid, _ in problems if sid is not None}) + sum(1 for sid, _ in problems if sid is None)
     if not samples:
-        hashed = ", given or by the 90/10 train/val split by id of rows without one" if split in ("train", "val") else ""
+        hashed = ", given or by the 90/10 train/val split by patient of rows without one" if split in ("train", "val") else ""
         why = (f" ({len(lines)} problems, first: {lines[0]})" if lines
                else f" (no row of {LABELS_FILE} has it{hashed}: give it to some rows)" if split else "")
         raise DrganError(f"{root}: no usable samples" + (f" in split {split!r}" if split else "") + why)

@@ -17,10 +17,12 @@ from drgan.errors import DrganError
 EIGHT = np.ones((3, 3), bool)   # 8-connectivity: one lesion is one connected component
 
 
-def fit_lesion_stats(dataset_root: str | Path, skip_bad: bool = False) -> LesionStats:
-    """Per-grade lesion statistics measured on a dataset's own masks (one lesion = one component);
-    with skip_bad, bad samples are left out and their number is a warning on stderr."""
-    ds = open_dataset(dataset_root, skip_bad=skip_bad)
+def fit_lesion_stats(dataset_root: str | Path, skip_bad: bool = False, split: str | None = "train") -> LesionStats:
+    """Per-grade lesion statistics measured on a dataset's own masks (one lesion = one component),
+    of the rows of `split` (None: all; train by default, so that a set drawn with them holds nothing
+    learnt from the images a grader is tested on); with skip_bad, bad samples are left out and
+    their number is a warning on stderr."""
+    ds = open_dataset(dataset_root, skip_bad=skip_bad, split=split)
     if ds.skipped:
         print(f"warning: {dataset_root}: {ds.skipped} bad sample(s) left out (`drgan data validate {dataset_root}` lists them)",
               file=sys.stderr)
