@@ -75,6 +75,53 @@ def test_random_ellipses_across_the_border_match_the_reference(device):
     assert_same(got, np.stack(want), primitives)
 
 
+def test_ellipses_split_over_several_passes_draw_the_same_masks(monkeypatch):
+    """A batch whose boxes exceed PASS_PIXELS is drawn in runs of ellipses (one larger than the
+    limit alone): the masks are those of one pass."""
+    from drgan.synthesis import raster
+
+    size, rng = 64, np.random.default_rng(1)
+    n = 120
+    prims = np.stack([rng.integers(0, len(LESION_TYPES), n), rng.uniform(0, size, n), rng.uniform(0, size, n),
+                      rng.uniform(0.5, 30, n), rng.uniform(0.5, 12, n), rng.uniform(0, np.pi, n)], 1)
+    primitives = [prims[:70], prims[70:]]
+    everywhere = {"vessel": np.zeros((size, size), np.uint8), "disc": np.zeros((size, size), np.uint8),
+                  "fov": np.full((size, size), 255, np.uint8)}
+    structures = DeviceStructures(StructurePool(["open"], lambda j: everywhere, {"kind": "test"}), size,
+                                  torch.device("cpu"), batch=2)
+    slots = structures.slots([0, 0])
+    one = condition_masks(structures.planes, slots, primitives)
+    monkeypatch.setattr(raster, "PASS_PIXELS", 700)
+    _, area, passes = raster._box_table(primitives, size)
+    assert len(passes) > 5 and area.max() > 700
+    assert torch.equal(condition_masks(structures.planes, slots, primitives), one) and one[:, 2:].any()
+
+
+def test_a_batch_is_a_fixed_number_of_operations_whatever_its_items_and_ellipses():
+    """Each operation is a launch the main thread queues on a GPU: their number must not grow with
+    the batch (it was about 1,100 for 16 items at 1280, most of them per item or per patch size)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    size = 256
+    pool = StructurePool.phantom(size, 3)
+    counts = []
+    for batch in (2, 12):
+        structures = DeviceStructures(pool, size, torch.device("cpu"), batch=batch)
+        slots = structures.slots([i % 4 for i in range(batch)])
+        primitives = [lesion_primitives(pool.geometry(i % 4), 2 + i % 3, np.random.default_rng(i))[0] for i in range(batch)]
+        Count.ops = 0
+        with Count():
+            condition_masks(structures.planes, slots, primitives)
+        counts.append(Count.ops)
+    assert counts[0] == counts[1] < 80, counts
+
 def test_structure_slots_are_reused_least_recently_used_first():
     size = 32
     pool = StructurePool([str(j) for j in range(5)], lambda j: {"vessel": np.full((size, size), 255 * (j % 2), np.uint8),

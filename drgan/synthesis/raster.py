@@ -3,10 +3,12 @@
 The numpy drawing in drgan.data.lesions (`draw_primitives`) is the reference: every ellipse is
 evaluated with the same float32 operations in the same order over the same pixel box, so the masks
 agree pixel for pixel wherever the ellipse equation is not within rounding (1e-5) of the border
-(tests/test_synthesis_raster.py). Each ellipse is evaluated on a square patch of its bounding box,
-patches grouped by side (rounded up to a multiple of 8, so that little is evaluated outside the
-box), and the inside pixels are OR-ed into the lesion planes with one scatter per group; the
-planes are then clipped to where lesions may lie. No per-item or full-frame work on the host.
+(tests/test_synthesis_raster.py). The pixels of every ellipse's box are laid end to end and
+evaluated in one pass (each pixel finds its ellipse by `repeat_interleave` of the box areas), the
+inside ones OR-ed into the lesion planes with one scatter, and the planes of the whole batch
+clipped to where lesions may lie: a few dozen operations per batch, whatever the number of
+ellipses or items. That count matters on a GPU: each is a launch queued by the main thread, which
+shares the interpreter with the placement threads, and the generator waits on those launches.
 """
 from __future__ import annotations
 
@@ -17,26 +19,42 @@ import torch
 
 from drgan.data.lesion_stats import LESION_TYPES
 
-MIN_PATCH = 8
+# Box pixels evaluated per pass (each costs about 130 bytes of temporaries): a batch of 16 at 1280
+# has about a million; a bigger one (many large lesions from fitted statistics) takes more passes.
+PASS_PIXELS = 1 << 21
 
 
-def _patch_table(primitives: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per ellipse, float32 (cy, cx, a, b, cos, sin) and int64 (plane, r0, r1, c0, c1, patch side),
-    where plane = item * len(LESION_TYPES) + type and [r0, r1) x [c0, c1) is the reference's box
-    (clipped to the image)."""
+def _box_table(primitives: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray, list[slice]]:
+    """Per ellipse whose box is not empty, a float32 column (cy, cx, a, b, cos, sin, plane, r0, c0,
+    box width, first pixel) and its box area; and the passes, runs of ellipses of at most
+    PASS_PIXELS box pixels (an ellipse larger alone). plane = item * len(LESION_TYPES) + type; the
+    box is the reference's [r0, r1) x [c0, c1) clipped to the image; the first pixel counts from
+    the start of the ellipse's pass. The integers are below 2^24, so float32 holds them exactly:
+    one table, gathered per pixel in one operation."""
     rows = np.concatenate([p for p in primitives if len(p)] or [np.zeros((0, 6))])
     item = np.repeat(np.arange(len(primitives)), [len(p) for p in primitives])
     t, cy, cx, a, b, angle = rows.T
     ext = np.maximum(a, b) + 1
-    box = np.stack([np.maximum(0, cy - ext), np.minimum(size, cy + ext + 1),
-                    np.maximum(0, cx - ext), np.minimum(size, cx + ext + 1)], 1).astype(np.int64)
-    side = np.maximum(box[:, 1] - box[:, 0], box[:, 3] - box[:, 2])
-    patch = MIN_PATCH * np.maximum(1, -(-side // MIN_PATCH))
+    r0, r1, c0, c1 = (np.asarray(x).astype(np.int64) for x in (np.maximum(0, cy - ext), np.minimum(size, cy + ext + 1),
+                                                               np.maximum(0, cx - ext), np.minimum(size, cx + ext + 1)))
+    width = np.maximum(c1 - c0, 0)
+    area = np.maximum(r1 - r0, 0) * width
+    keep = area > 0
+    area = area[keep]
+    passes, first, start, total = [], np.zeros_like(area), 0, 0
+    for k, n in enumerate(area.tolist()):
+        if total and total + n > PASS_PIXELS:
+            passes.append(slice(start, k))
+            start, total = k, 0
+        first[k] = total
+        total += n
+    passes += [slice(start, len(area))] if len(area) else []
+    plane = item[keep] * len(LESION_TYPES) + t[keep].astype(np.int64)
+    assert len(primitives) * len(LESION_TYPES) < 2**24 and size < 2**24 and PASS_PIXELS < 2**24
     # math.cos/sin, as the reference calls them (numpy's vectorized ones may differ in the last bit).
-    cos, sin = np.array([math.cos(x) for x in angle]), np.array([math.sin(x) for x in angle])
-    floats = np.stack([cy, cx, a, b, cos, sin], 1).astype(np.float32)
-    ints = np.concatenate([(item * len(LESION_TYPES) + t.astype(np.int64))[:, None], box, patch[:, None]], 1)
-    return floats, ints
+    cos, sin = np.array([math.cos(x) for x in angle[keep]]), np.array([math.sin(x) for x in angle[keep]])
+    table = np.stack([cy[keep], cx[keep], a[keep], b[keep], cos, sin, plane, r0[keep], c0[keep], width[keep], first])
+    return table.astype(np.float32), area, passes
 
 
 def condition_masks(planes: torch.Tensor, slots: list[int], primitives: list[np.ndarray], out: torch.Tensor | None = None,
@@ -58,46 +76,40 @@ def condition_masks(planes: torch.Tensor, slots: list[int], primitives: list[np.
     if lesions is None:
         lesions = torch.empty((len(slots), len(LESION_TYPES), size, size), dtype=torch.uint8, device=device)
     lesions.zero_()
-    floats, ints = _patch_table(primitives, size)
-    if len(ints):
-        f = torch.from_numpy(floats).to(device, non_blocking=True)
-        n = torch.from_numpy(ints).to(device, non_blocking=True)
-        for p in np.unique(ints[:, 5]):
-            sel = torch.from_numpy(np.flatnonzero(ints[:, 5] == p)).to(device, non_blocking=True)
-            _scatter_group(lesions.view(-1), f[sel], n[sel], int(p), size)
-    # Clipping the union equals clipping each ellipse: one in-place pass over uint8 planes.
+    table, area, passes = _box_table(primitives, size)
+    if len(area):
+        t = torch.from_numpy(table).to(device, non_blocking=True)
+        n = torch.from_numpy(area).to(device, non_blocking=True)
+        for part in passes:
+            _scatter_boxes(lesions.view(-1), t[:, part], n[part], int(area[part].sum()), size)
+    # Clipping the union equals clipping each ellipse: in-place passes over the uint8 planes. An
+    # item without membranes has a zero membrane plane, which the wider clip leaves zero.
+    structure = planes.index_select(0, torch.tensor(slots).to(device, non_blocking=True))
+    vessel, disc, allowed = structure.unsqueeze(2).unbind(1)                   # (B, 1, R, R) each
     membrane = LESION_TYPES.index("membrane")
-    has_membrane = {int(i) // len(LESION_TYPES) for i in ints[:, 0] if int(i) % len(LESION_TYPES) == membrane}
-    for b, slot in enumerate(slots):
-        torch.div(planes[slot, 0], 255, out=out[b, 0])   # 255 gives exactly 1.0
-        out[b, 1].copy_(planes[slot, 1])
-        allowed = planes[slot, 2]
-        if b in has_membrane:   # membranes may cover the disc
-            lesions[b, membrane].mul_(allowed | planes[slot, 1])
-            lesions[b, :membrane].mul_(allowed)
-            lesions[b, membrane + 1:].mul_(allowed)
-        else:
-            lesions[b].mul_(allowed)
+    out[:, :1].copy_(vessel).div_(255)   # 255 gives exactly 1.0
+    out[:, 1:2].copy_(disc)
+    lesions[:, :membrane].mul_(allowed)
+    lesions[:, membrane:membrane + 1].mul_(allowed | disc)   # membranes may cover the disc
+    lesions[:, membrane + 1:].mul_(allowed)
     out[:, 2:].copy_(lesions)
     return out
 
 
-def _scatter_group(lesions: torch.Tensor, f: torch.Tensor, n: torch.Tensor, p: int, size: int) -> None:
-    """OR the ellipses of one patch size into lesions (flat (B, 6, R, R))."""
-    cy, cx, a, b, ca, sa = (f[:, k, None] for k in range(6))
-    plane, r0, r1, c0, c1 = (n[:, k, None] for k in range(5))
-    step = torch.arange(p, device=lesions.device)
-    rows, cols = r0 + step, c0 + step                            # (N, p) pixel indices
-    # Exact: integers below 2^24. Outside the box the offset is inf, and the ellipse test below
-    # fails there (inf or nan), so no separate box test is needed.
-    dy = torch.where(rows < r1, rows.float() - cy, torch.inf)
-    dx = torch.where(cols < c1, cols.float() - cx, torch.inf)
+def _scatter_boxes(lesions: torch.Tensor, table: torch.Tensor, area: torch.Tensor, pixels: int, size: int) -> None:
+    """OR the ellipses of one pass (columns of _box_table's table, their box areas, and `pixels`,
+    the areas' sum, known on the host so that no launch waits for the device) into lesions (flat
+    (B, 6, R, R))."""
+    # Each box pixel gets its ellipse's column: the boxes' pixels laid end to end.
+    cy, cx, a, b, ca, sa, *ints = torch.repeat_interleave(table, area, dim=1, output_size=pixels)
+    plane, r0, c0, width, first = (x.long() for x in ints)
+    local = torch.arange(pixels, device=lesions.device).sub_(first)
+    rows = torch.div(local, width, rounding_mode="floor").add_(r0)
+    cols = local.remainder_(width).add_(c0)
+    dy, dx = rows.float().sub_(cy), cols.float().sub_(cx)    # exact: integers below 2^24
     # The reference's order of float32 operations: u = (dx*ca + dy*sa)/a, v = (-dx*sa + dy*ca)/b.
-    u = ((dx * ca)[:, None, :] + (dy * sa)[:, :, None]) / a[:, :, None]
-    v = (((-dx) * sa)[:, None, :] + (dy * ca)[:, :, None]) / b[:, :, None]
+    u = (dx * ca).add_(dy * sa).div_(a)
+    v = ((-dx) * sa).add_(dy * ca).div_(b)
     inside = u.mul_(u).add_(v.mul_(v)) <= 1.0
-    # Pixels past the image border are outside the box (r1, c1 <= size) and scatter a 0, a no-op
-    # under amax, to a clamped valid index.
-    row_start = plane * (size * size) + rows.clamp(max=size - 1) * size             # (N, p)
-    index = row_start[:, :, None] + cols.clamp(max=size - 1)[:, None, :]
-    lesions.scatter_reduce_(0, index.view(-1), inside.view(-1).view(torch.uint8), reduce="amax")
+    index = plane.mul_(size).add_(rows).mul_(size).add_(cols)
+    lesions.scatter_reduce_(0, index, inside.view(torch.uint8), reduce="amax")
