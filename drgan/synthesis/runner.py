@@ -196,7 +196,7 @@ def _synthesize(opts: SynthesisOptions, start: float, size: int, space: GradingS
             if opts.structures else StructurePool.phantom(size, opts.seed))
     loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch, opts.trt_plugin,
                           opts.fp8_attention)
-    times = StageTimes({"placement": opts.threads, "device": 1, "output": opts.threads})
+    times = StageTimes({"placement": opts.threads, "main": 1, "device": 1, "output": opts.threads})
     out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
     try:
         done = out.done_ids()
@@ -331,7 +331,10 @@ class _Pipeline:
                 for f in in_flight[slot]:   # the encoders are done with this host buffer
                     f.result()
                 in_flight[slot] = []
+                queued = time.perf_counter()
                 images, masks, predicted = self._device_batch(items, slot)
+                if self.cuda:  # on the CPU this thread's time is the device stages' own
+                    self.times.add("queueing", time.perf_counter() - queued)
                 for b, it in enumerate(items):
                     if it.id in done:
                         continue

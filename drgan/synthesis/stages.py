@@ -2,8 +2,11 @@
 
 Host stages (placement, encoding, writing) add the CPU time of the threads that run them; device
 stages (rasterization, generation, transfer) add device time measured with CUDA events, or the
-main thread's wall time on CPU. A lane group runs its stages in `lanes` parallel workers: the
-group with the most time per lane bounds the run.
+main thread's wall time on CPU. On CUDA, queueing adds the main thread's wall time spent queueing
+each batch's device work: where it exceeds the device's time, the GPU waits on the host's launches
+(the operations queued, and the interpreter's lock shared with the placement threads). A lane
+group runs its stages in `lanes` parallel workers: the group with the most time per lane bounds
+the run.
 """
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-STAGES = ("placement", "rasterization", "generation", "transfer", "encoding", "writing")
-GROUPS = {"placement": ("placement",), "device": ("rasterization", "generation", "transfer"),
+STAGES = ("placement", "queueing", "rasterization", "generation", "transfer", "encoding", "writing")
+GROUPS = {"placement": ("placement",), "main": ("queueing",), "device": ("rasterization", "generation", "transfer"),
           "output": ("encoding", "writing")}
 
 
