@@ -10,7 +10,9 @@ Untrained weights (speed does not depend on training), phantom structures (rende
 clock starts), bf16, channels_last, Triton kernels (impl auto), CUDA graphs, JPEG encoded on the
 GPU where torchvision is present. Each format runs with the real generator and with the null
 backend (the host side alone: can this host feed the GPU?), with per-stage times and the
-bounding stage. Before the timed runs, the correctness checks of synthesis_checks.py (CUDA-graph
+bounding stage (queueing: the main thread's time queueing each batch). The last run holds only a
+batch of structures on the GPU, so that most batches upload theirs, as a dataset pool of more than
+64 structures (FGADR's 1,842) does. Before the timed runs, the correctness checks of synthesis_checks.py (CUDA-graph
 replay against eager, images written with and without graphs, GPU JPEG); the part exits 1 when
 one fails.
 
@@ -34,15 +36,17 @@ from drgan import config  # noqa: E402
 from drgan.synthesis import runner as runner_module  # noqa: E402
 from drgan.synthesis.runner import SynthesisOptions, synthesize  # noqa: E402
 from drgan.synthesis.encode import gpu_jpeg_encoder  # noqa: E402
+from drgan.synthesis import structures  # noqa: E402
 from drgan.synthesis.structures import StructurePool  # noqa: E402
 
 PRESET, COUNT, BATCH = "paper-1280", 320, 16
 DRY_PRESET, DRY_COUNT, DRY_BATCH = "tiny-64", 2, 2
 CHECK_BATCH = 4  # batch of the correctness checks (DRY_BATCH in the dry run): two batches, graphs of their own
 BUDGET_S = 100   # no timed run starts later: the part ends with its JSON within gpu_check.sh's 130 s
-# Timed runs: (backend, format, JPEG on the GPU where it can be). The checks come first (~50 s).
-RUNS = [("torch", "jpeg", True), ("torch", "jpeg", False), ("torch", "png", False),
-        ("null", "jpeg", True), ("null", "png", False)]
+# Timed runs: (backend, format, JPEG on the GPU where it can be, structures held on the GPU: None
+# for the default). The checks come first (~50 s).
+RUNS = [("torch", "jpeg", True, None), ("torch", "jpeg", False, None), ("torch", "png", False, None),
+        ("null", "jpeg", True, None), ("null", "png", False, None), ("torch", "jpeg", True, "batch")]
 
 
 def main() -> None:
@@ -74,7 +78,7 @@ def main() -> None:
         }
         print("checks:", results["checks"])
         _part.write(args.out, results, args.dry_run)  # kept if the timed runs below run out of time
-        for backend, fmt, gpu_encode in [] if args.checks_only else RUNS:
+        for backend, fmt, gpu_encode, slots in [] if args.checks_only else RUNS:
             encoder = "gpu" if gpu_encode and results["gpu_jpeg"] else "host"
             if (fmt, gpu_encode) == ("jpeg", False) and not results["gpu_jpeg"]:
                 continue  # the host-encoded JPEG run is already the run above
@@ -82,19 +86,22 @@ def main() -> None:
                 results["runs"].append({"backend": backend, "format": fmt, "encoder": encoder, "skipped": "time budget"})
                 continue
             host_only = mock.patch.object(runner_module, "gpu_jpeg_encoder", lambda quality: None)
-            with nullcontext() if encoder == "gpu" else host_only:
-                one = synthesize(options(f"{backend}-{fmt}-{encoder}-one", batch, fmt, backend))
-                s = synthesize(options(f"{backend}-{fmt}-{encoder}", count, fmt, backend))
+            few_slots = mock.patch.object(structures, "DEVICE_SLOTS", batch)
+            with nullcontext() if encoder == "gpu" else host_only, nullcontext() if slots is None else few_slots:
+                name = f"{backend}-{fmt}-{encoder}" + (f"-slots-{slots}" if slots else "")
+                one = synthesize(options(f"{name}-one", batch, fmt, backend))
+                s = synthesize(options(name, count, fmt, backend))
             summary = s.to_dict()
             extra = s.pipeline_seconds - one.pipeline_seconds
-            row = {"backend": backend, "format": fmt, "encoder": encoder, "images": s.generated,
+            row = {"backend": backend, "format": fmt, "encoder": encoder, "device_slots": slots or "default", "images": s.generated,
                    "seconds": round(s.seconds, 2), "images_per_second": round(s.generated / s.pipeline_seconds, 1),
                    "steady_images_per_second": (round((s.generated - one.generated) / extra, 1)
                                                 if extra > 0 and s.generated > one.generated else None),  # None: one batch
                    "gpu_idle_share": summary["gpu_idle_share"], "bound": s.bound,
                    "stage_ms_per_image": summary["stage_ms_per_image"]}
             results["runs"].append(row)
-            print(f"{backend:5s} {fmt:5s} {encoder:4s} {row['images']} images  {row['images_per_second']:7.1f} images/s "
+            print(f"{backend:5s} {fmt:5s} {encoder:4s} {'slots ' + slots + ' ' if slots else ''}{row['images']} images  "
+                  f"{row['images_per_second']:7.1f} images/s "
                   f"(steady {row['steady_images_per_second']})  "
                   f"GPU idle {row['gpu_idle_share']}  bound by {row['bound']}")
             _part.write(args.out, results, args.dry_run)

@@ -18,23 +18,32 @@ PHANTOM_POOL = 64
 DEVICE_SLOTS = 64
 
 
+STRUCTURE_MASKS = ("vessel", "disc", "fov")
+
+
 class StructurePool:
     """Structure j as {"vessel", "disc", "fov"} uint8 masks at the output resolution (vessel:
     coverage 0..255, as training's masks filtered to that size; disc and FOV: 0/255), with its
-    placement geometry computed once."""
+    placement geometry computed once. `loader(j)` gives them as that dict or as one (3, R, R)
+    array in that order, which the pool keeps: a device upload is then one copy."""
 
     def __init__(self, ids: list[str], loader, identity: dict) -> None:
         if not ids:
             raise DrganError("the structure pool is empty")
         self.ids = ids
         self.identity = identity   # what the pool is made of, for the set's fingerprint
-        self._load = lru_cache(maxsize=None)(loader)
-        self._geometry = lru_cache(maxsize=None)(lambda j: structure_geometry(self._load(j)))
+        self._load = lru_cache(maxsize=None)(
+            lambda j: masks if isinstance(masks := loader(j), np.ndarray) else np.stack([masks[k] for k in STRUCTURE_MASKS]))
+        self._geometry = lru_cache(maxsize=None)(lambda j: structure_geometry(self.get(j)))
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def get(self, j: int) -> dict[str, np.ndarray]:
+        return dict(zip(STRUCTURE_MASKS, self._load(j)))
+
+    def stacked(self, j: int) -> np.ndarray:
+        """(3, R, R) uint8: the masks of get(j), in STRUCTURE_MASKS order."""
         return self._load(j)
 
     def geometry(self, j: int) -> Geometry:
@@ -85,7 +94,7 @@ class StructurePool:
             where = f" of split {split!r}" if split else ""
             raise DrganError(f"{root}: no usable structure masks{where} (every vessel mask is empty or missing)")
         identity = {"kind": "dataset", "size": size, "count": len(ids), "sha256": digest.hexdigest()}
-        return cls(ids, lambda j: dict(zip(("vessel", "disc", "fov"), masks[j])), identity)
+        return cls(ids, lambda j: masks[j], identity)
 
 
 class DeviceStructures:
@@ -110,11 +119,14 @@ class DeviceStructures:
             else:
                 victim = next(k for k in self._slot_of if k not in structures)
                 slot = self._slot_of.pop(victim)
-            vessel, disc, fov = (torch.from_numpy(self.pool.get(j)[k]).to(self.planes.device) for k in ("vessel", "disc", "fov"))
-            # Written in place, no temporaries: four passes per upload.
-            self.planes[slot, 0].copy_(vessel)
-            torch.gt(disc, 0, out=self.planes[slot, 1])
-            torch.gt(fov, 0, out=self.planes[slot, 2])
-            torch.lt(self.planes[slot, 1], self.planes[slot, 2], out=self.planes[slot, 2])   # 0/1: FOV and not disc
+            # One copy into the slot, then in place, no temporaries: four operations per upload.
+            # non_blocking: a blocking copy from pageable memory waits for all the work queued on
+            # the stream (the batch before's generation); this one is staged at once, and the
+            # pool's arrays stay as they are.
+            planes = self.planes[slot]
+            planes.copy_(torch.from_numpy(self.pool.stacked(j)), non_blocking=True)
+            torch.gt(planes[1], 0, out=planes[1])
+            torch.gt(planes[2], 0, out=planes[2])
+            torch.lt(planes[1], planes[2], out=planes[2])   # 0/1: FOV and not disc
             self._slot_of[j] = slot
         return [self._slot_of[j] for j in structures]
