@@ -16,6 +16,7 @@ from drgan.config import COND_CHANNELS
 from drgan.errors import DrganError
 from drgan.synthesis.plan import Plan, Shard
 from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize
+from drgan.synthesis.structures import StructurePool
 from synthesis_fixtures import make_run
 from helpers import dead_pid
 
@@ -43,7 +44,8 @@ def test_balanced_set_with_consistent_manifest(run, tmp_path):
     summary = synthesize(opts(run, tmp_path / "a", count=10, save_masks=True))
     assert summary.generated == 10 and summary.per_grade == {g: 2 for g in range(5)}
     rows = manifest(tmp_path / "a")
-    assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
+    assert len(rows) == 10 and len({r["id"] for r in rows}) == 10 and len({r["structure_id"] for r in rows}) > 3
+    pool = StructurePool.phantom(64, 0)
     for row in rows:
         path = tmp_path / "a" / row["file"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]
@@ -57,6 +59,9 @@ def test_balanced_set_with_consistent_manifest(run, tmp_path):
             assert counts["ma"] > 0 and sum(counts.values()) == counts["ma"]
         ma = np.asarray(Image.open(tmp_path / "a" / "masks" / row["id"] / "ma.png"))
         assert (ma.any()) == (counts["ma"] > 0)
+        # Each item's own masks (three batches: the host buffers are reused): its structure's vessels.
+        vessel = np.asarray(Image.open(tmp_path / "a" / "masks" / row["id"] / "vessel.png"))
+        assert np.array_equal(vessel, pool.get(pool.ids.index(row["structure_id"]))["vessel"]), row["id"]
     with open(tmp_path / "a" / "labels.csv") as f:
         assert f.readline().strip() == "id,grade" and len(f.readlines()) == 10
 
@@ -464,7 +469,6 @@ def test_a_dataset_structure_pool_takes_the_train_split_unless_told(tmp_path):
     import csv
 
     from drgan.data.phantom import write_phantom_dataset
-    from drgan.synthesis.structures import StructurePool
 
     data = write_phantom_dataset(tmp_path / "d", 20, 64, seed=0)
     with open(data / "labels.csv") as f:

@@ -297,6 +297,7 @@ class _Pipeline:
         self.device_space = space.to(device) if opts.label == "predicted" else None
         self._work: dict[str, torch.Tensor] = {}          # device buffers reused batch after batch
         self.host: list[torch.Tensor | None] = [None] * IN_FLIGHT
+        self.mask_host: list[torch.Tensor | None] = [None] * IN_FLIGHT   # --save-masks: 0/255 masks per slot
         self.events: list[list[torch.cuda.Event]] = []    # per batch: start, conditions, generated, copied
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -353,10 +354,10 @@ class _Pipeline:
             bar.close()
         return generated, skipped, time.perf_counter() - start
 
-    def _device_batch(self, items: list[Item], slot: int) -> tuple[list, np.ndarray | None, list[int] | None]:
+    def _device_batch(self, items: list[Item], slot: int) -> tuple[list, list | None, list[int] | None]:
         """Queue one batch on the device; returns per item a function giving its pixels or bytes
-        (waiting for the copy), the masks when they are saved, and the encoder's predicted grades
-        with --label predicted."""
+        (waiting for the copy), and one giving its masks when they are saved, and the encoder's
+        predicted grades with --label predicted."""
         plan, n, size = self.plan, len(items), self.size
         # The batch always has plan.batch rows (the last one padded by repetition): the same
         # shapes every time, so a resumed or sharded run computes bit-identical images.
@@ -369,6 +370,7 @@ class _Pipeline:
                 cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows],
                                        out=self._buffer("cond", (len(rows), len(COND_CHANNELS), size, size), torch.float32),
                                        lesions=self._buffer("lesions", (len(rows), len(LESION_TYPES), size, size), torch.uint8))
+            saved = self._masks_to_host(cond[:n], slot) if self.opts.save_masks else None
             mark("rasterization")
             if self.device_space is None:
                 z = torch.stack([it.z for it in rows]).to(self.device, non_blocking=True)
@@ -379,7 +381,6 @@ class _Pipeline:
             # Read once generation is queued: the wait covers the prediction only.
             grades = None if self.device_space is None else predicted()[:n]
             image = image[:n].float()
-            saved = (cond[:n] * 255).round_().to(torch.uint8).cpu().numpy() if self.opts.save_masks else None
             if self.gpu_encode is not None:
                 nhwc = to_pixels(image, self._buffer("nhwc", (n, size, size, 3), torch.uint8))
                 encoded = self.gpu_encode(nhwc.permute(0, 3, 1, 2).contiguous())
@@ -399,6 +400,20 @@ class _Pipeline:
                 mark("generation")
             done = mark("transfer")
         return [functools.partial(_pixels_when_ready, done, host, b) for b in range(n)], saved, grades
+
+    def _masks_to_host(self, cond: torch.Tensor, slot: int) -> list[functools.partial]:
+        """--save-masks: the batch's conditions as 0/255 uint8, copied into the slot's host buffer in
+        stream order (before generation, so they are ready first); per item a function giving its
+        masks once copied. A blocking copy would make the main thread wait for the device every batch."""
+        if self.mask_host[slot] is None:
+            self.mask_host[slot] = torch.empty((self.plan.batch, *cond.shape[1:]), dtype=torch.uint8, pin_memory=self.cuda)
+        host = self.mask_host[slot]
+        host[:len(cond)].copy_((cond * 255).round_().to(torch.uint8), non_blocking=self.cuda)
+        copied = None
+        if self.cuda:
+            copied = torch.cuda.Event(blocking=True)
+            copied.record()
+        return [functools.partial(_pixels_when_ready, copied, host, b) for b in range(len(cond))]
 
     def _predicted_z(self, cond: torch.Tensor, rows: list[Item]) -> tuple[torch.Tensor, functools.partial]:
         """The paper's test-time label: grading vectors from the spaces of the grades the encoder

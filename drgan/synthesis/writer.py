@@ -100,9 +100,10 @@ class OutputFolder:
         suffix = "." + FORMATS[self.fmt]
         return {p.name[: -len(suffix)] for p in self.images.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".")}
 
-    def submit(self, row: dict, image: Callable[[], np.ndarray | bytes], masks: np.ndarray | None) -> Future:
+    def submit(self, row: dict, image: Callable[[], np.ndarray | bytes], masks: Callable[[], np.ndarray] | None) -> Future:
         """Queue one item. image() runs in the worker and returns pixels (uint8 H, W, 3) to encode
-        or bytes already encoded (it may first wait for the device copy that fills its buffer)."""
+        or bytes already encoded, masks() the uint8 (channels, H, W) masks to write, or masks is
+        None (each may first wait for the device copy that fills its buffer)."""
         future = self._pool.submit(self._write, row, image, masks)
         self._pending.append(future)
         # Surface a failed write (disk full) promptly instead of at the end.
@@ -110,8 +111,9 @@ class OutputFolder:
             self._pending.pop(0).result()
         return future
 
-    def _write(self, row: dict, image: Callable[[], np.ndarray | bytes], masks: np.ndarray | None) -> None:
+    def _write(self, row: dict, image: Callable[[], np.ndarray | bytes], masks: Callable[[], np.ndarray] | None) -> None:
         data = image()  # waits for the device's copy: not host work, so outside the stage times
+        masks = masks() if masks is not None else None
         with self.times.cpu("encoding"):
             if not isinstance(data, bytes):
                 data = encode_image(data, self.fmt, self.quality, self.png_level)
