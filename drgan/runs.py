@@ -121,7 +121,7 @@ def check_same_dataset(run: str | Path, data: str | Path) -> None:
     if recorded.get("files_sha256") not in (None, _files_sha256(Path(data))):
         raise DrganError(f"{data}: its images or masks changed since {run} started (names or sizes differ); "
                          "resume on the same dataset")
-    if recorded and "split_by" not in recorded and (moved := moved_by_patient(Path(data))):
+    if "split_by" not in recorded and (moved := moved_by_patient(Path(data))):
         raise DrganError(f"{labels}: {run} started when rows without a split were split by image id; they now go "
                          f"by patient (<n>_left and <n>_right together), which moves {len(moved)} of them "
                          f"({moved[0]!r}{', ...' if len(moved) > 1 else ''}) between train and val: start a new run")

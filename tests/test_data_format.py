@@ -93,7 +93,7 @@ def test_a_split_no_row_has_says_how_to_give_one(clean, tmp_path):
     with pytest.raises(DrganError) as err:
         open_dataset(root, split="val")
     assert str(err.value) == (f"{root}: no usable samples in split 'val' (no row of labels.csv has it, given or by the "
-                              "90/10 train/val split by id of rows without one: give it to some rows)")
+                              "90/10 train/val split by patient of rows without one: give it to some rows)")
     with pytest.raises(DrganError, match=r"in split 'test' \(no row of labels.csv has it: give it to some rows\)$"):
         open_dataset(root, split="test")
 

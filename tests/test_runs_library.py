@@ -393,6 +393,9 @@ def test_a_run_begun_when_rows_without_a_split_went_by_image_id_does_not_resume_
     write_run_config(tmp_path / "old", preset("tiny-64"), "local", dataset=recorded)
     with pytest.raises(DrganError, match=r"split by image id; .* moves 1 of them \('2_left'\) between train and val"):
         check_same_dataset(tmp_path / "old", data)
+    write_run_config(tmp_path / "older", preset("tiny-64"), "local")   # from before runs recorded their dataset
+    with pytest.raises(DrganError, match="split by image id"):
+        check_same_dataset(tmp_path / "older", data)
     write_run_config(tmp_path / "new", preset("tiny-64"), "local", dataset={**recorded, "split_by": "patient"})
     check_same_dataset(tmp_path / "new", data)
     (data / "labels.csv").write_text("id,grade\n0_left,0\n")

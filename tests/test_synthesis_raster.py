@@ -2,7 +2,8 @@
 
 Tolerance: a pixel may differ only where its ellipse equation ((u/a)^2 + (v/b)^2, in float64) is
 within 1e-5 of 1, the border, where another device's float32 rounding (fused multiply-add) may
-fall on the other side. On CPU the masks are identical.
+fall on the other side. The reference divides by the semi-axes as float64 scalars (NumPy 2), which
+moves a border pixel now and then on the CPU too.
 """
 import numpy as np
 import pytest
@@ -133,3 +134,12 @@ def test_structure_slots_are_reused_least_recently_used_first():
     assert structures.slots([1, 2]) == [1, 0]      # 0 was the least recently used
     assert structures.planes[0, 0].max() == 0 and structures.planes[1, 0].min() == 255   # 2: even, 1: odd
     assert structures.slots([3, 2]) == [1, 0]
+
+
+def test_a_structure_without_one_of_its_masks_is_one_named_error():
+    from drgan.errors import DrganError
+
+    pool = StructurePool(["x"], lambda j: {"vessel": np.zeros((8, 8), np.uint8), "disc": np.zeros((8, 8), np.uint8)},
+                         {"kind": "test"})
+    with pytest.raises(DrganError, match="^structure lacks the 'fov' mask$"):
+        pool.get(0)

@@ -12,9 +12,9 @@ GPU where torchvision is present. Each format runs with the real generator and w
 backend (the host side alone: can this host feed the GPU?), with per-stage times and the
 bounding stage (queueing: the main thread's time queueing each batch). The last run holds only a
 batch of structures on the GPU, so that most batches upload theirs, as a dataset pool of more than
-64 structures (FGADR's 1,842) does. Before the timed runs, the correctness checks of synthesis_checks.py (CUDA-graph
-replay against eager, images written with and without graphs, GPU JPEG); the part exits 1 when
-one fails.
+64 structures (FGADR's 1,842) does. Before the timed runs, the correctness checks of
+synthesis_checks.py (CUDA-graph replay against eager, images written with and without graphs,
+GPU JPEG, structure uploads); the part exits 1 when one fails.
 
     python3 bench/gpu/synthesis.py --out OUT/synthesis.json [--checks-only] [--dry-run]
 """
@@ -30,7 +30,7 @@ import _part  # first: with --dry-run it switches Triton's interpreter on before
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from synthesis_fixtures import make_run  # noqa: E402
-from synthesis_checks import replay_matches_eager, written_images_match  # noqa: E402
+from synthesis_checks import replay_matches_eager, uploads_match, written_images_match  # noqa: E402
 
 from drgan import config  # noqa: E402
 from drgan.synthesis import runner as runner_module  # noqa: E402
@@ -75,6 +75,7 @@ def main() -> None:
         results["checks"] = {
             "replay": replay_matches_eager(run, preset, device, check_batch),
             "written": written_images_match(lambda out, n, fmt: options(out, n, fmt, "torch", check_batch), 2 * check_batch),
+            "uploads": uploads_match(preset, device, batch),
         }
         print("checks:", results["checks"])
         _part.write(args.out, results, args.dry_run)  # kept if the timed runs below run out of time
@@ -83,7 +84,8 @@ def main() -> None:
             if (fmt, gpu_encode) == ("jpeg", False) and not results["gpu_jpeg"]:
                 continue  # the host-encoded JPEG run is already the run above
             if time.time() - t0 > BUDGET_S and not args.dry_run:
-                results["runs"].append({"backend": backend, "format": fmt, "encoder": encoder, "skipped": "time budget"})
+                results["runs"].append({"backend": backend, "format": fmt, "encoder": encoder,
+                                        "device_slots": slots or "default", "skipped": "time budget"})
                 continue
             host_only = mock.patch.object(runner_module, "gpu_jpeg_encoder", lambda quality: None)
             few_slots = mock.patch.object(structures, "DEVICE_SLOTS", batch)

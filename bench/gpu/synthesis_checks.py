@@ -9,11 +9,15 @@
   outside the runner: a bad direct score blames the encoder (or the decoders' reading of its
   files), a good one with a bad runner score blames the runner's streams and buffers.
 
+- Structure uploads through the pinned staging ring into a few device slots: every slot holds
+  the planes of the structure it names after a run of uploads that reuses slots and buffers.
+
 On the CPU (--dry-run) no graph is captured and the host encodes; the same comparisons then
 check this code itself.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Callable
@@ -112,3 +116,29 @@ def written_images_match(options: Callable[..., SynthesisOptions], count: int) -
             "jpeg_vs_png_min_psnr_db": min(psnr, default=0.0), "jpeg_vs_png_psnr_db": psnr,
             "jpeg_vs_png_psnr_db_pillow": psnr_pil, **_direct_jpeg_psnr(a, jpeg.device, jpeg.quality),
             "pass": bool(same_items and 0 <= levels <= MAX_LEVELS_GRAPH and min(psnr) >= MIN_JPEG_PSNR_DB)}
+
+
+def uploads_match(preset: str, device: str, batch: int) -> dict:
+    """Upload 6 batches of structures (a phantom pool of 64) into `batch` slots, queued on a side
+    stream without waiting, then compare each batch's slots with the pool's planes."""
+    from drgan.synthesis.structures import DeviceStructures, StructurePool
+
+    size = config.preset(preset).resolution
+    pool = StructurePool.phantom(size, 0)
+    structures = DeviceStructures(pool, size, torch.device(device), batch)
+    structures.planes = structures.planes[:batch]      # as few slots as a batch: every batch uploads
+    stream = torch.cuda.Stream(device) if device == "cuda" else None
+    held, wrong = [], 0
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        for k in range(6):
+            wanted = [(k * batch + b) % len(pool) for b in range(batch)]
+            slots = structures.slots(wanted)
+            held.append((wanted, structures.planes[slots].clone()))   # queued behind the uploads
+    if stream is not None:
+        stream.synchronize()
+    for wanted, planes in held:
+        for j, got in zip(wanted, planes.cpu().numpy()):
+            vessel, disc, fov = (pool.get(j)[k] for k in ("vessel", "disc", "fov"))
+            want = np.stack([vessel, disc > 0, (fov > 0) & (disc == 0)]).astype(np.uint8)
+            wrong += not np.array_equal(got, want)
+    return {"uploads": 6 * batch, "slots": batch, "wrong": wrong, "pass": wrong == 0}

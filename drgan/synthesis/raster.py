@@ -1,8 +1,9 @@
 """Lesion masks of a batch rasterized with torch on the generator's device, from primitives.
 
 The numpy drawing in drgan.data.lesions (`draw_primitives`) is the reference: every ellipse is
-evaluated with the same float32 operations in the same order over the same pixel box, so the masks
-agree pixel for pixel wherever the ellipse equation is not within rounding (1e-5) of the border
+evaluated with the same operations in the same order over the same pixel box (in float32; the
+reference divides by float64 semi-axes), so the masks agree pixel for pixel wherever the ellipse
+equation is not within rounding (1e-5) of the border
 (tests/test_synthesis_raster.py). The pixels of every ellipse's box are laid end to end and
 evaluated in one pass (each pixel finds its ellipse by `repeat_interleave` of the box areas), the
 inside ones OR-ed into the lesion planes with one scatter, and the planes of the whole batch

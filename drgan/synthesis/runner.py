@@ -298,6 +298,7 @@ class _Pipeline:
         self._work: dict[str, torch.Tensor] = {}          # device buffers reused batch after batch
         self.host: list[torch.Tensor | None] = [None] * IN_FLIGHT
         self.mask_host: list[torch.Tensor | None] = [None] * IN_FLIGHT   # --save-masks: 0/255 masks per slot
+        self.waited = 0.0   # seconds the main thread was blocked on the device in the current batch
         self.events: list[list[torch.cuda.Event]] = []    # per batch: start, conditions, generated, copied
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -332,10 +333,10 @@ class _Pipeline:
                 for f in in_flight[slot]:   # the encoders are done with this host buffer
                     f.result()
                 in_flight[slot] = []
-                queued = time.perf_counter()
+                queued, self.waited = time.perf_counter(), 0.0
                 images, masks, predicted = self._device_batch(items, slot)
                 if self.cuda:  # on the CPU this thread's time is the device stages' own
-                    self.times.add("queueing", time.perf_counter() - queued)
+                    self.times.add("queueing", time.perf_counter() - queued - self.waited)
                 for b, it in enumerate(items):
                     if it.id in done:
                         continue
@@ -379,11 +380,13 @@ class _Pipeline:
             per_item = [item_noise(self.noise_shapes, it.noise_seed, self.device) for it in rows]
             image = self.loaded.call(cond, z, [torch.cat(level) for level in zip(*per_item)])
             # Read once generation is queued: the wait covers the prediction only.
-            grades = None if self.device_space is None else predicted()[:n]
+            with self._waiting():
+                grades = None if self.device_space is None else predicted()[:n]
             image = image[:n].float()
             if self.gpu_encode is not None:
                 nhwc = to_pixels(image, self._buffer("nhwc", (n, size, size, 3), torch.uint8))
-                encoded = self.gpu_encode(nhwc.permute(0, 3, 1, 2).contiguous())
+                with self._waiting():  # nvJPEG waits for the pixels, then encodes while the host blocks
+                    encoded = self.gpu_encode(nhwc.permute(0, 3, 1, 2).contiguous())
                 mark("generation")
                 done = mark("transfer")
                 return [functools.partial(_bytes_when_ready, done, e) for e in encoded], saved, grades
@@ -400,6 +403,15 @@ class _Pipeline:
                 mark("generation")
             done = mark("transfer")
         return [functools.partial(_pixels_when_ready, done, host, b) for b in range(n)], saved, grades
+
+    @contextlib.contextmanager
+    def _waiting(self):
+        """Time the main thread spends blocked on the device inside a batch: not queueing."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.waited += time.perf_counter() - start
 
     def _masks_to_host(self, cond: torch.Tensor, slot: int) -> list[functools.partial]:
         """--save-masks: the batch's conditions as 0/255 uint8, copied into the slot's host buffer in

@@ -3,8 +3,9 @@
 Host stages (placement, encoding, writing) add the CPU time of the threads that run them; device
 stages (rasterization, generation, transfer) add device time measured with CUDA events, or the
 main thread's wall time on CPU. On CUDA, queueing adds the main thread's wall time spent queueing
-each batch's device work: where it exceeds the device's time, the GPU waits on the host's launches
-(the operations queued, and the interpreter's lock shared with the placement threads). A lane
+each batch's device work, less the time it is blocked on the device inside the batch (nvJPEG, the
+encoder's predicted grades): where it exceeds the device's time, the GPU waits on the host's
+launches (the operations queued, and the interpreter's lock shared with the placement threads). A lane
 group runs its stages in `lanes` parallel workers: the group with the most time per lane bounds
 the run.
 """

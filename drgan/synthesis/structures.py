@@ -32,8 +32,7 @@ class StructurePool:
             raise DrganError("the structure pool is empty")
         self.ids = ids
         self.identity = identity   # what the pool is made of, for the set's fingerprint
-        self._load = lru_cache(maxsize=None)(
-            lambda j: masks if isinstance(masks := loader(j), np.ndarray) else np.stack([masks[k] for k in STRUCTURE_MASKS]))
+        self._load = lru_cache(maxsize=None)(lambda j: _stacked(loader(j)))
         self._geometry = lru_cache(maxsize=None)(lambda j: structure_geometry(self.get(j)))
 
     def __len__(self) -> int:
@@ -97,6 +96,15 @@ class StructurePool:
         return cls(ids, lambda j: masks[j], identity)
 
 
+def _stacked(masks: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
+    if isinstance(masks, np.ndarray):
+        return masks
+    for name in STRUCTURE_MASKS:
+        if name not in masks:
+            raise DrganError(f"structure lacks the {name!r} mask")
+    return np.stack([masks[k] for k in STRUCTURE_MASKS])
+
+
 class DeviceStructures:
     """Structures on the generator's device as uint8 planes (vessel coverage 0..255, 0/1 disc,
     0/1 lesion-allowed = FOV off the disc) in a fixed set of slots, least recently used first out."""
@@ -106,6 +114,10 @@ class DeviceStructures:
         slots = max(batch, min(len(pool), DEVICE_SLOTS))
         self.planes = torch.empty((slots, 3, size, size), dtype=torch.uint8, device=device)
         self._slot_of: OrderedDict[int, int] = OrderedDict()   # structure -> slot, oldest first
+        # CUDA: pinned staging buffers, each with the event of the last copy out of it; two
+        # batches of uploads deep, so that refilling one waits for a copy queued a batch ago.
+        self._staging: list[list] = []
+        self._ring, self._next = 2 * batch, 0
 
     def slots(self, structures: list[int]) -> list[int]:
         """The slots holding these structures, uploading the missing ones (in stream order, so a
@@ -120,13 +132,30 @@ class DeviceStructures:
                 victim = next(k for k in self._slot_of if k not in structures)
                 slot = self._slot_of.pop(victim)
             # One copy into the slot, then in place, no temporaries: four operations per upload.
-            # non_blocking: a blocking copy from pageable memory waits for all the work queued on
-            # the stream (the batch before's generation); this one is staged at once, and the
-            # pool's arrays stay as they are.
             planes = self.planes[slot]
-            planes.copy_(torch.from_numpy(self.pool.stacked(j)), non_blocking=True)
+            self._upload(planes, j)
             torch.gt(planes[1], 0, out=planes[1])
             torch.gt(planes[2], 0, out=planes[2])
             torch.lt(planes[1], planes[2], out=planes[2])   # 0/1: FOV and not disc
             self._slot_of[j] = slot
         return [self._slot_of[j] for j in structures]
+
+    def _upload(self, planes: torch.Tensor, j: int) -> None:
+        """Copy structure j into a slot's planes without waiting for the device. A blocking copy
+        waits for all the work queued on the stream (the batch before's generation), and from
+        pageable memory even a non-blocking one may (CUDA's notes on API synchronization): on CUDA
+        the copy goes through the pinned staging ring."""
+        source = torch.from_numpy(self.pool.stacked(j))
+        if not planes.is_cuda:
+            planes.copy_(source)
+            return
+        k, self._next = self._next, (self._next + 1) % self._ring
+        if k == len(self._staging):
+            self._staging.append([torch.empty(source.shape, dtype=torch.uint8, pin_memory=True), None])
+        buffer, copied = self._staging[k]
+        if copied is not None:
+            copied.synchronize()   # the copy out of this buffer, queued two batches of uploads ago
+        buffer.copy_(source)
+        planes.copy_(buffer, non_blocking=True)
+        self._staging[k][1] = torch.cuda.Event(blocking=True)   # blocking: a wait sleeps instead of spinning
+        self._staging[k][1].record()
