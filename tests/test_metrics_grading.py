@@ -109,3 +109,38 @@ def test_cli_evaluate_grading_rejects_non_run_folder(tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", "grading", "--model", str(tmp_path), "--data", str(tmp_path)])
     assert result.exit_code != 0 and isinstance(result.exception, DrganError)
     assert "run.json" in str(result.exception)
+
+
+def test_paired_bootstrap_intervals_hold_the_figures_and_difference_paired_models():
+    from drgan.metrics.grading import paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 5, 400)
+    noisy = np.where(rng.random(400) < 0.6, truth, rng.integers(0, 5, 400))
+    better = np.where(rng.random(400) < 0.5, truth, noisy)         # right wherever noisy is, and more
+    out = paired_bootstrap(truth, {"real": noisy, "same": noisy.copy(), "better": better}, "real", resamples=300)
+    for name, pred in (("real", noisy), ("better", better)):
+        figures = grading_metrics(truth, pred)
+        lo, hi = out[name]["accuracy_ci95"]
+        assert lo < figures["accuracy"] < hi and hi - lo < 0.15
+        lo, hi = out[name]["kappa_ci95"]
+        assert lo < figures["kappa"] < hi
+    assert out["same"]["accuracy_diff_ci95"] == [0.0, 0.0] and out["same"]["kappa_diff_ci95"] == [0.0, 0.0]
+    assert out["better"]["accuracy_diff_ci95"][0] > 0 and out["better"]["kappa_diff_ci95"][0] > 0
+    assert "accuracy_diff_ci95" not in out["real"]
+    # Paired: the shared luck of the test set cancels, so the difference is tighter than either figure.
+    width = lambda i: i[1] - i[0]  # noqa: E731
+    assert width(out["better"]["accuracy_diff_ci95"]) < width(out["better"]["accuracy_ci95"])
+    assert paired_bootstrap(truth, {"real": noisy}, "real", resamples=300) == {"real": out["real"]}   # seeded
+
+
+def test_paired_bootstrap_refuses_what_it_cannot_pair_and_leaves_an_undefined_kappa_open():
+    from drgan.metrics.grading import paired_bootstrap
+
+    truth = np.array([0, 1, 2, 3, 4])
+    with pytest.raises(DrganError, match="no predictions of the baseline 'real'"):
+        paired_bootstrap(truth, {"other": truth}, "real")
+    with pytest.raises(DrganError, match=r"one prediction per test image \(5\)"):
+        paired_bootstrap(truth, {"real": truth, "short": truth[:4]}, "real")
+    ones = paired_bootstrap(np.zeros(6, int), {"real": np.zeros(6, int)}, "real", resamples=50)["real"]
+    assert ones["accuracy_ci95"] == [1.0, 1.0] and ones["kappa_ci95"] is None   # one grade everywhere: 0/0

@@ -81,15 +81,20 @@ def test_augment_experiment_end_to_end(tmp_path):
     assert real_counts == [2, 2, 2, 2, 2]
     assert r["arms"]["real+synthetic"]["label_distribution"]["count"] == [2, 2, 2, 7, 7]
     assert r["arms"]["real+mixup"]["label_distribution"]["count"] == [2, 2, 2, 7, 7]
-    for arm in r["arms"].values():
+    for name, arm in r["arms"].items():
         m = arm["test"]
         assert m["count"] == 5 and 0 <= m["accuracy"] <= 1 and len(m["tpr"]) == 5
+        lo, hi = m["accuracy_ci95"]   # over resamples of the 5 test images
+        assert lo <= m["accuracy"] <= hi and ("accuracy_diff_ci95" in m) == (name != "real")
         assert (tmp_path / "exp" / arm["run"].split("/")[-1] / "grader.safetensors").is_file()
     assert json.loads((out / "results.json").read_text()) == r
     table = (out / "results.md").read_text()
     assert [r["arms"][a]["steps"] for a in ("real", "real+synthetic")] == [1, 2]  # 10 and 20 images at batch 8
     assert "| real+synthetic | 20 | 2 |" in table and "| Training | grade 0 |" in table
     assert "2 (10.0%)" in table and "7 (35.0%)" in table
+    assert "## 95% intervals over the test images" in table and "| Training | Acc. | Kappa | Acc. - real | Kappa - real |" in table
+    lo, hi = r["arms"]["real+mixup"]["test"]["accuracy_diff_ci95"]
+    assert f"| real+mixup | {lo:.4f} to {hi:.4f} |" not in table and f"{lo:+.4f} to {hi:+.4f}" in table
 
 
 def test_data_sha256_names_a_set_by_its_images(tmp_path):

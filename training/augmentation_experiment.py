@@ -31,8 +31,8 @@ from drgan.data.labels import LABELS_FILE, moved_by_patient
 from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.io import atomic_write_json, atomic_write_text, check_outside, sha256_file
-from drgan.metrics.grade_prediction import evaluate_grader, load_grader
-from drgan.metrics.grading import format_kappa
+from drgan.metrics.grade_prediction import load_grader, predict_grades
+from drgan.metrics.grading import BOOTSTRAP_RESAMPLES, format_kappa, grading_metrics, paired_bootstrap
 from drgan.metrics.images import open_image_set
 from drgan.runs import claimed_folder
 from drgan.runtime import seeded_generator
@@ -184,6 +184,14 @@ def _fmt_tpr(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _fmt_interval(interval: list[float] | None, signed: bool = False) -> str:
+    """A 95% interval as text; n/a where kappa was undefined in some resample."""
+    if interval is None:
+        return "n/a"
+    form = "+.4f" if signed else ".4f"
+    return f"{interval[0]:{form}} to {interval[1]:{form}}"
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     """Tables III/IV side by side for the arms, then the label distributions (Fig. 7)."""
     p = result["protocol"]
@@ -200,8 +208,23 @@ def format_markdown(result: dict[str, Any]) -> str:
     for name, arm in result["arms"].items():
         m = arm["test"]
         tpr = " | ".join(_fmt_tpr(t) for t in m["tpr"])
-        steps = arm.get("steps", "-")  # results of earlier versions lack it
-        lines.append(f"| {name} | {arm['train_images']} | {steps} | {m['accuracy']:.4f} | {format_kappa(m['kappa'], 4)} | {tpr} |")
+        lines.append(f"| {name} | {arm['train_images']} | {arm['steps']} | {m['accuracy']:.4f} | {format_kappa(m['kappa'], 4)} | {tpr} |")
+    lines += [
+        "",
+        "## 95% intervals over the test images",
+        "",
+        f"Paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples of the test images (the same resample for every arm): how much",
+        "the test set's sampling moves a figure, and each arm's difference from the real arm. Not the",
+        "spread of another training seed.",
+        "",
+        "| Training | Acc. | Kappa | Acc. - real | Kappa - real |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, arm in result["arms"].items():
+        m = arm["test"]
+        lines.append(f"| {name} | {_fmt_interval(m['accuracy_ci95'])} | {_fmt_interval(m['kappa_ci95'])} | "
+                     f"{_fmt_interval(m.get('accuracy_diff_ci95'), True) if name != 'real' else '-'} | "
+                     f"{_fmt_interval(m.get('kappa_diff_ci95'), True) if name != 'real' else '-'} |")
     lines += [
         "",
         "## Grade distribution of the training data",
@@ -285,6 +308,7 @@ def run_augment_experiment(
     upgrade = _older_records(settings, {"real": str(real), "synthetic": str(synthetic)},
                              {"real_sha256": _listing_sha256(real), "synthetic_sha256": _listing_sha256(synthetic)})
     with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment", upgrade=upgrade), resumed_by_rerun():
+        predicted: dict[str, Any] = {}
         for name, train in arms.items():
             run = out / name.replace("+", "_")
             if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment
@@ -298,8 +322,12 @@ def run_augment_experiment(
                 "steps": epochs * batches_per_epoch(len(train), batch),
                 "label_distribution": label_distribution(data[name].grades),
                 "val_accuracy": val_accuracy,
-                "test": evaluate_grader(grader, test_set, batch=batch),
             }
+            truth, predicted[name] = predict_grades(grader, test_set, batch=batch)
+            result["arms"][name]["test"] = grading_metrics(truth, predicted[name])
+        # How far the test set's sampling moves each figure, and each arm's gain over the real one.
+        for name, intervals in paired_bootstrap(truth, predicted, baseline="real").items():
+            result["arms"][name]["test"] |= intervals
         markdown = format_markdown(result)
         atomic_write_json(out / "results.json", result)
         atomic_write_text(out / "results.md", markdown)
