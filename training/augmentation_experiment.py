@@ -215,7 +215,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         "",
         f"Paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples of the test images (the same resample for every arm): how much",
         "the test set's sampling moves a figure, and each arm's difference from the real arm. Not the",
-        "spread of another training seed.",
+        "spread of another training seed. n/a: kappa is undefined in some resample (one grade only).",
         "",
         "| Training | Acc. | Kappa | Acc. - real | Kappa - real |",
         "|---|---:|---:|---:|---:|",
