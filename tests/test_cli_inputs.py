@@ -523,6 +523,53 @@ def test_an_interrupted_command_that_left_nothing_promises_nothing(capsys, tmp_p
     assert run_command(stopped_early, args=[]) == 130 and capsys.readouterr().err.splitlines()[-1] == "aborted"
 
 
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupted_trainers_own_line_is_the_last_word(capsys, signame, code):
+    """`aborted` (or `terminated`) followed the trainer's `interrupted: ...; continue with --resume`.
+    Inside a job that its own rerun resumes (the demo) the trainer names no way on: the job does."""
+    import signal
+
+    from drgan.cli.common import resumes_on_rerun
+    from drgan.training.interrupts import interrupted_line, resumed_by_rerun
+
+    def stop() -> None:
+        if signame == "SIGINT":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    def run(command: click.Command) -> str:
+        try:
+            assert run_command(command, args=[]) == code
+        except SystemExit as exc:
+            assert exc.code == code
+        return [line for line in capsys.readouterr().err.splitlines() if line][-1]  # click ends a Ctrl-C's line
+
+    @click.command()
+    def trainer() -> None:
+        print(interrupted_line(3, "runs/r", complete=False), file=sys.stderr)
+        stop()
+
+    assert run(trainer) == "interrupted: step 3 checkpointed in runs/r; continue with --resume"
+
+    @click.command()
+    def demo() -> None:
+        resumes_on_rerun(__file__, "the stages done are kept")
+        with resumed_by_rerun():
+            print(interrupted_line(3, "runs/r", complete=False), file=sys.stderr)
+            stop()
+
+    word = "aborted" if signame == "SIGINT" else "terminated"
+    assert run(demo) == f"{word}; rerun the same command to resume (the stages done are kept)"
+    assert run(trainer) == "interrupted: step 3 checkpointed in runs/r; continue with --resume"
+
+    @click.command()
+    def other() -> None:  # what the trainer said belongs to its own command
+        stop()
+
+    assert run(other) == word
+
+
 def test_a_missing_path_or_a_file_for_a_folder_is_bad_input(drgan, tmp_path, data, blocked):
     """click.Path's own checks: one error line and exit 1, as the commands' own path checks give."""
     cases = [(("info", "--run", blocked), f"error: Invalid value for '--run' / '--checkpoint': Directory '{blocked}' is a file."),

@@ -65,9 +65,22 @@ def resumed_by_rerun() -> Iterator[None]:
         _WAY_ON.pop()
 
 
+_TOLD: list[bool] = [False]   # whether an interrupted trainer has said how its run goes on
+
+
 def interrupted_line(step: int, run: object, complete: bool, at: int | None = None) -> str:
     """The line a trainer prints after checkpointing the step an interrupt stopped it at, or, when
-    it stopped `at` a later step it could not checkpoint, naming its last checkpoint."""
+    it stopped `at` a later step it could not checkpoint, naming its last checkpoint. Where it says
+    how the run goes on, `way_on_told` is then True: the command's own `aborted` would repeat it."""
     way_on = "the run is complete" if complete else _WAY_ON[-1]
     where = f"step {step} checkpointed in {run}" if at in (None, step) else f"at step {at}; its last checkpoint, step {step}, is in {run}"
+    _TOLD[0] = way_on is not None
     return f"interrupted: {where}" + (f"; {way_on}" if way_on else "")
+
+
+def way_on_told(reset: bool = False) -> bool:
+    """Whether an interrupted trainer of this command has said how its run goes on (`reset`: a new
+    command begins, nothing said yet)."""
+    if reset:
+        _TOLD[0] = False
+    return _TOLD[0]

@@ -168,6 +168,8 @@ def _usage(exc: click.UsageError) -> int:
 def run_command(command: click.Command, **kwargs) -> int:
     global _rerun_hint
     _rerun_hint = None
+    from drgan.training.interrupts import way_on_told
+    way_on_told(reset=True)
     try:
         with terminate_as_exit():  # a killed command cleans up as an interrupted one does
             command.main(standalone_mode=False, **HELP_NAMES, **kwargs)
@@ -179,10 +181,11 @@ def run_command(command: click.Command, **kwargs) -> int:
         _error(f"{exc.filename}: {exc.strerror}")  # a file-system failure no check foresaw
         return 1
     except click.exceptions.Abort:
-        click.echo("aborted" + _resume_hint(), err=True)
+        if not way_on_told():  # an interrupted trainer's own line says it already
+            click.echo("aborted" + _resume_hint(), err=True)
         return 130
     except SystemExit as exc:
-        if exc.code == 128 + signal.SIGTERM:
+        if exc.code == 128 + signal.SIGTERM and not way_on_told():
             click.echo("terminated" + _resume_hint(), err=True)
         raise
     except click.BadParameter as exc:
