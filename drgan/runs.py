@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from drgan import locks
 from drgan.config import ModelConfig, STAGES
 from drgan.data.labels import LABELS_FILE, moved_by_patient
@@ -92,7 +94,23 @@ def dataset_record(data: str | Path | None) -> dict[str, Any]:
     if labels is None or not labels.is_file():
         return {}
     return {"dataset": {"labels_sha256": sha256_file(labels), "files_sha256": _files_sha256(Path(data)),
-                        "split_by": "patient"}}
+                        "split_by": "patient", "image_side": _image_side(Path(data))}}
+
+
+def _image_side(data: Path, sample: int = 64) -> int | None:
+    """The median larger side of up to `sample` of the dataset's images, evenly spread over their
+    names, from their headers: how finely its masks were drawn before training resampled them."""
+    from drgan.data.decode import open_image
+
+    images = sorted(p for p in (data / "images").glob("*") if p.is_file() and not p.name.startswith("."))
+    sides = []
+    for path in images[::max(1, len(images) // sample)][:sample]:
+        try:
+            with open_image(path) as img:
+                sides.append(max(img.size))
+        except DrganError:  # the readers name a bad file when they reach it
+            continue
+    return int(np.median(sides)) if sides else None
 
 
 def _files_sha256(data: Path) -> str:

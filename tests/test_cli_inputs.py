@@ -298,6 +298,26 @@ def test_unbalanced_count_is_named(drgan, tmp_path):
     assert rc == 0 and json.loads(out)["warnings"] == [warnings[0].removeprefix("warning: ")]
 
 
+def test_a_run_trained_on_finer_masks_than_it_draws_is_named(drgan, tmp_path):
+    """Training resamples a dataset's masks to the run's resolution (soft lesion edges); synthesis
+    draws lesions at that resolution with hard ones."""
+    from drgan.runs import RUN_FILE, dataset_record
+
+    data = write_phantom_dataset(tmp_path / "data", 4, 96, seed=0)
+    assert dataset_record(data)["dataset"]["image_side"] == 96
+    for side, warned in ((64, False), (79, False), (96, True)):
+        run = make_run(tmp_path / f"run{side}")                       # tiny-64: 64 px
+        record = json.loads((run / RUN_FILE).read_text())
+        (run / RUN_FILE).write_text(json.dumps({**record, "dataset": {"image_side": side}}))
+        rc, out, err = drgan("synthesize", "--run", run, "--out", tmp_path / f"set{side}", "--count", "5", "--device", "cpu",
+                             "--json")
+        assert rc == 0, err
+        warnings = json.loads(out)["warnings"]
+        assert bool(warnings) == warned and (not warned or warnings[0].startswith(
+            f"{run} trained at 64 px on images of about 96 px, so their lesion masks reached it resampled"))
+        assert (f"warning: {warnings[0]}" in err) if warned else "warning" not in err
+
+
 def test_repeated_or_unknown_grades_are_refused_before_the_balance_warning(drgan, tmp_path):
     synth = ["synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "set", "--count", "5", "--device", "cpu"]
     for grades, reason in (("1,1", "each grade once"), ("1,9", "grades must lie in 0..4")):

@@ -77,7 +77,7 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, structure
     from drgan.errors import UsageError
     from drgan.synthesis.fingerprint import FILE_NAME as SET_MARKER
     from drgan.synthesis.plan import Plan
-    from drgan.synthesis.runner import SynthesisOptions, format_summary, synthesize as synthesize_set
+    from drgan.synthesis.runner import SynthesisOptions, condition_shift, format_summary, synthesize as synthesize_set
 
     resumes_on_rerun(Path(out) / SET_MARKER, "the images written are kept")
     grade_list = _grades(grades)
@@ -95,6 +95,7 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, structure
     total = count if count is not None else per_grade * len(grade_list)
     Plan(total, grade_list, seed, batch)  # its checks of the grades come before a warning about their balance
     warnings = [_imbalance(total, grade_list)] if total % len(grade_list) else []
+    warnings += [shift] if (shift := condition_shift(run)) else []
     for line in warnings:
         click.echo(f"warning: {line}", err=True)
     summary = synthesize_set(SynthesisOptions(

@@ -168,6 +168,27 @@ def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
     return size, _grading_space(run, info.cfg.z_dim)
 
 
+SOFT_MASKS = 1.25   # a run trained on images this many times its resolution or more saw soft lesion masks
+
+
+def condition_shift(run: str | Path | None) -> str | None:
+    """A warning where the run trained on masks downsampled from a finer dataset: a small lesion
+    reached it as a faint, soft blob, and synthesis draws lesions at the run's resolution with hard
+    edges, conditions it has not seen. None otherwise, or where the run cannot be read (the
+    synthesis names that)."""
+    try:
+        info = require_kind(run, "gan", "run") if run is not None else None
+    except DrganError:
+        return None
+    side = info.extra.get("dataset", {}).get("image_side") if info is not None else None
+    size = info.cfg.stage_resolution(info.stage) if info is not None else None
+    if not side or side < SOFT_MASKS * size:
+        return None
+    return (f"{run} trained at {size} px on images of about {side} px, so their lesion masks reached it resampled, "
+            f"with soft edges; synthesis draws lesions at {size} px with hard ones, conditions it did not train on "
+            f"(import the data with --size {size}, or train at the data's size, for conditions that match)")
+
+
 def _grading_space(run: Path, z_dim: int) -> GradingSpace:
     path = run / GRADING_SPACE_FILE
     if not path.is_file():
