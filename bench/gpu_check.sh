@@ -30,7 +30,7 @@ export PYTHONUNBUFFERED=1
 # Kernel correctness after autotuning first: what only a GPU can tell. Limits in seconds; with the
 # install, the parts must end within TOTAL.
 PARTS=(kernels training generator synthesis export native fid)
-declare -A LIMIT=([kernels]=190 [training]=90 [generator]=180 [synthesis]=130 [export]=210 [native]=45 [fid]=30)
+declare -A LIMIT=([kernels]=190 [training]=90 [generator]=180 [synthesis]=150 [export]=210 [native]=45 [fid]=30)
 if (( $# )); then
   for name in "$@"; do
     [[ -v LIMIT[$name] ]] || { echo "unknown part '$name': choose from ${PARTS[*]}" >&2; exit 2; }

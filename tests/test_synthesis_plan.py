@@ -116,7 +116,7 @@ def test_a_damaged_fingerprint_or_a_file_is_one_error(tmp_path):
 def test_the_bound_is_the_lane_group_with_most_time_per_lane_and_the_main_thread_is_one_lane():
     from drgan.synthesis.stages import StageTimes
 
-    times = StageTimes({"placement": 8, "main": 1, "device": 1, "output": 8})
+    times = StageTimes({"placement": 8, "main": 1, "device": 1, "nvjpeg": 1, "output": 8})
     for stage, seconds in (("placement", 40.0), ("rasterization", 1.0), ("generation", 3.0), ("encoding", 30.0),
                            ("writing", 2.0)):
         times.add(stage, seconds)
@@ -125,3 +125,5 @@ def test_the_bound_is_the_lane_group_with_most_time_per_lane_and_the_main_thread
     assert times.bound() == "placement"
     times.add("queueing", 1.0)                  # the main thread's 5.5 s: the GPU waits on its launches
     assert times.bound() == "queueing" and times.device_seconds() == 4.0
+    times.add("nvjpeg", 6.0)                    # GPU JPEG beside generation: a lane of its own, not device time
+    assert times.bound() == "nvjpeg" and times.device_seconds() == 4.0

@@ -47,6 +47,8 @@ def gpu_jpeg_encoder(quality: int) -> Callable | None:
         # nvJPEG runs on a stream of torchvision's own that does not wait for the caller's: pixels
         # written on a side stream were read before they were there (H200, torchvision 0.26: a
         # batch of black images). The wait costs nothing measurable: encoding blocks the host anyway.
+        # (The synthesis runner calls this from a thread of its own, after waiting for an event
+        # recorded on its stream once the pixels were queued.)
         torch.cuda.current_stream(pixels.device).synchronize()
         return encode_jpeg(list(pixels), quality=quality)
     return encode

@@ -217,7 +217,7 @@ def _synthesize(opts: SynthesisOptions, start: float, size: int, space: GradingS
             if opts.structures else StructurePool.phantom(size, opts.seed))
     loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch, opts.trt_plugin,
                           opts.fp8_attention)
-    times = StageTimes({"placement": opts.threads, "main": 1, "device": 1, "output": opts.threads})
+    times = StageTimes({"placement": opts.threads, "main": 1, "device": 1, "nvjpeg": 1, "output": opts.threads})
     out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
     try:
         done = out.done_ids()
@@ -312,6 +312,14 @@ class _Pipeline:
         self.structures = DeviceStructures(pool, size, device, plan.batch)
         self.noise_shapes = loaded.noise_shapes(1)
         self.gpu_encode = gpu_jpeg_encoder(opts.quality) if opts.format == "jpeg" and self.cuda else None
+        # nvJPEG blocks its caller until the batch is encoded: on a thread of its own, the main
+        # thread meanwhile queues the next batch, which the GPU generates while this one encodes.
+        # Its current device is this GPU (an index: `cuda` alone is refused), its current stream the
+        # default one, never another: torchvision's cached encoder ties its last copy to the stream
+        # current when it was built (pytorch/vision#9060).
+        self.jpeg = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="drgan-nvjpeg", initializer=torch.cuda.set_device,
+                                        initargs=(device.index if device.index is not None else torch.cuda.current_device(),))
+                     if self.gpu_encode is not None else None)
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         if self.cuda:  # the weights' and structures' set-up kernels were queued on the default stream
             self.stream.wait_stream(torch.cuda.current_stream(device))
@@ -373,6 +381,8 @@ class _Pipeline:
                 self._collect_events()
         finally:
             placers.shutdown(wait=True, cancel_futures=True)
+            if self.jpeg is not None:
+                self.jpeg.shutdown(wait=True, cancel_futures=True)
             bar.close()
         return generated, skipped, time.perf_counter() - start
 
@@ -406,11 +416,13 @@ class _Pipeline:
             image = image[:n].float()
             if self.gpu_encode is not None:
                 nhwc = to_pixels(image, self._buffer("nhwc", (n, size, size, 3), torch.uint8))
-                with self._waiting():  # nvJPEG waits for the pixels, then encodes while the host blocks
-                    encoded = self.gpu_encode(nhwc.permute(0, 3, 1, 2).contiguous())
+                # A tensor of its own, held by the encoding until it returns (the nhwc buffer is the
+                # next batch's once this copy is queued).
+                pixels = nhwc.permute(0, 3, 1, 2).contiguous()
                 mark("generation")
-                done = mark("transfer")
-                return [functools.partial(_bytes_when_ready, done, e) for e in encoded], saved, grades
+                ready = mark("transfer")
+                encoding = self.jpeg.submit(self._encode_when_ready, pixels, ready)
+                return [functools.partial(_encoded_bytes, encoding, b) for b in range(n)], saved, grades
             if self.host[slot] is None:
                 self.host[slot] = torch.empty((plan.batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda)
             host = self.host[slot]
@@ -424,6 +436,15 @@ class _Pipeline:
                 mark("generation")
             done = mark("transfer")
         return [functools.partial(_pixels_when_ready, done, host, b) for b in range(n)], saved, grades
+
+    def _encode_when_ready(self, pixels: torch.Tensor, ready: torch.cuda.Event) -> list[torch.Tensor]:
+        """On the nvJPEG thread: wait for the runner's stream to have written the pixels (nvJPEG's
+        own stream does not wait for it), then encode them, timed as the nvjpeg stage."""
+        ready.synchronize()
+        start = time.perf_counter()
+        encoded = self.gpu_encode(pixels)
+        self.times.add("nvjpeg", time.perf_counter() - start)
+        return encoded
 
     @contextlib.contextmanager
     def _waiting(self):
@@ -520,9 +541,9 @@ def _pixels_when_ready(copied: torch.cuda.Event | None, host: torch.Tensor, b: i
     return host[b].numpy()
 
 
-def _bytes_when_ready(encoded: torch.cuda.Event, data: torch.Tensor) -> bytes:
-    encoded.synchronize()
-    return bytes(data.cpu().numpy())
+def _encoded_bytes(encoding, b: int) -> bytes:
+    """In a writer: item b's JPEG bytes, once its batch is encoded (nvJPEG returns when it is)."""
+    return bytes(encoding.result()[b].cpu().numpy())
 
 
 def _complete_rows(out: OutputFolder, plan: Plan, pool: StructurePool, space: GradingSpace, stats,

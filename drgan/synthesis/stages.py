@@ -3,9 +3,10 @@
 Host stages (placement, encoding, writing) add the CPU time of the threads that run them; device
 stages (rasterization, generation, transfer) add device time measured with CUDA events, or the
 main thread's wall time on CPU. On CUDA, queueing adds the main thread's wall time spent queueing
-each batch's device work, less the time it is blocked on the device inside the batch (nvJPEG, the
+each batch's device work, less the time it is blocked on the device inside the batch (the
 encoder's predicted grades): where it exceeds the device's time, the GPU waits on the host's
-launches (the operations queued, and the interpreter's lock shared with the placement threads). A lane
+launches (the operations queued, and the interpreter's lock shared with the placement threads);
+nvjpeg adds the wall time of JPEG encoding on the GPU, on a thread of its own beside generation. A lane
 group runs its stages in `lanes` parallel workers: the group with the most time per lane bounds
 the run.
 """
@@ -16,9 +17,9 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-STAGES = ("placement", "queueing", "rasterization", "generation", "transfer", "encoding", "writing")
+STAGES = ("placement", "queueing", "rasterization", "generation", "transfer", "nvjpeg", "encoding", "writing")
 GROUPS = {"placement": ("placement",), "main": ("queueing",), "device": ("rasterization", "generation", "transfer"),
-          "output": ("encoding", "writing")}
+          "nvjpeg": ("nvjpeg",), "output": ("encoding", "writing")}
 
 
 class StageTimes:
