@@ -18,6 +18,8 @@ check this code itself.
 from __future__ import annotations
 
 import contextlib
+import csv
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Callable
@@ -98,7 +100,7 @@ def _direct_jpeg_psnr(images: dict[str, np.ndarray], device: str, quality: int) 
 
 def written_images_match(options: Callable[..., SynthesisOptions], count: int) -> dict:
     """options(out, count, format) -> SynthesisOptions of the torch backend."""
-    graph = options("graph-png", count, "png")
+    graph = dataclasses.replace(options("graph-png", count, "png"), save_masks=True)
     synthesize(graph)
     no_graph = options("eager-png", count, "png")
     with mock.patch.object(backend_module, "TorchBackend", functools.partial(TorchBackend, cuda_graph=False)):
@@ -112,10 +114,30 @@ def written_images_match(options: Callable[..., SynthesisOptions], count: int) -
     levels = max((int(np.abs(a[k] - b[k]).max()) for k in a), default=-1) if same_items else None
     psnr = [round(_psnr(j[k], a[k]), 2) for k in a] if same_items else []
     psnr_pil = [round(_psnr(j_pil[k], a[k]), 2) for k in a] if same_items else []
+    wrong_masks = _masks_wrong(Path(graph.out))
     return {"images": len(a), "same_items": same_items, "graph_vs_eager_max_levels": levels,
             "jpeg_vs_png_min_psnr_db": min(psnr, default=0.0), "jpeg_vs_png_psnr_db": psnr,
             "jpeg_vs_png_psnr_db_pillow": psnr_pil, **_direct_jpeg_psnr(a, jpeg.device, jpeg.quality),
-            "pass": bool(same_items and 0 <= levels <= MAX_LEVELS_GRAPH and min(psnr) >= MIN_JPEG_PSNR_DB)}
+            "saved_masks_wrong": wrong_masks,
+            "pass": bool(same_items and 0 <= levels <= MAX_LEVELS_GRAPH and min(psnr) >= MIN_JPEG_PSNR_DB
+                         and wrong_masks == 0)}
+
+
+def _masks_wrong(folder: Path) -> int:
+    """Items of a set written with --save-masks (the masks' pinned copies) whose vessel mask is not
+    their own structure's, or whose microaneurysm mask disagrees with the manifest's count."""
+    from drgan.synthesis.structures import StructurePool
+
+    with open(folder / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    wrong = 0
+    for row in rows:
+        vessel = imagecodecs.png_decode((folder / "masks" / row["id"] / "vessel.png").read_bytes())
+        pool = StructurePool.phantom(vessel.shape[0], int(row["structure_id"].split("_")[1]))
+        ma = imagecodecs.png_decode((folder / "masks" / row["id"] / "ma.png").read_bytes())
+        wrong += (not np.array_equal(vessel, pool.get(pool.ids.index(row["structure_id"]))["vessel"])
+                  or bool(ma.any()) != (int(row["ma"]) > 0))
+    return wrong
 
 
 def uploads_match(preset: str, device: str, batch: int) -> dict:
