@@ -99,7 +99,9 @@ def dataset_record(data: str | Path | None) -> dict[str, Any]:
 
 def _image_side(data: Path, sample: int = 64) -> int | None:
     """The median larger side of up to `sample` of the dataset's images, evenly spread over their
-    names, from their headers: how finely its masks were drawn before training resampled them."""
+    names, from their headers: how finely its masks were drawn before training resampled them (an
+    imported dataset is cropped to the field of view; a photograph with wide black borders reads
+    a little larger than the crop training resizes)."""
     from drgan.data.decode import open_image
 
     images = sorted(p for p in (data / "images").glob("*") if p.is_file() and not p.name.startswith("."))

@@ -153,9 +153,10 @@ def test_a_result_named_near_the_file_name_limit_is_written(drgan, tmp_path):
 def test_a_run_whose_images_no_reader_takes_is_refused(drgan, tmp_path):
     """tiny-64's global stage makes 32 px images: the set was written, then refused by every reader."""
     small = make_run(tmp_path / "global", stage="global")
-    line = one_error(*drgan("synthesize", "--run", small, "--out", tmp_path / "set", "--count", "5", "--device", "cpu"))
-    assert line == (f"error: --run {small}: its global stage makes 32 px images; a set needs at least 64 px "
-                    "(synthesize from the local stage's run)")
+    rc, out, err = drgan("synthesize", "--run", small, "--out", tmp_path / "set", "--count", "5", "--device", "cpu")
+    assert one_error(rc, out, err) == (f"error: --run {small}: its global stage makes 32 px images; a set needs at "
+                                       "least 64 px (synthesize from the local stage's run)")
+    assert "warning" not in err
     assert not (tmp_path / "set").exists()
 
 
@@ -316,6 +317,14 @@ def test_a_run_trained_on_finer_masks_than_it_draws_is_named(drgan, tmp_path):
         assert bool(warnings) == warned and (not warned or warnings[0].startswith(
             f"{run} trained at 64 px on images of about 96 px, so their lesion masks reached it resampled"))
         assert (f"warning: {warnings[0]}" in err) if warned else "warning" not in err
+    # A global-stage run trained on conditions averaged down from the preset's resolution, whatever the data.
+    from drgan.synthesis.runner import condition_shift
+
+    glob = make_run(tmp_path / "global", stage="global", preset_name="tiny-128")
+    assert condition_shift(glob) == (f"{glob} is a global-stage run: it trained on conditions averaged down to 64 px, "
+                                     "with soft edges, and synthesis draws lesions with hard ones (synthesize from "
+                                     "the local stage's run)")
+    assert condition_shift(tmp_path / "missing") is None and condition_shift(None) is None
 
 
 def test_repeated_or_unknown_grades_are_refused_before_the_balance_warning(drgan, tmp_path):
@@ -573,14 +582,21 @@ def test_an_interrupted_trainers_own_line_is_the_last_word(capsys, signame, code
     assert run(trainer) == "interrupted: step 3 checkpointed in runs/r; continue with --resume"
 
     @click.command()
-    def demo() -> None:
+    @click.option("--complete", is_flag=True)
+    def demo(complete: bool) -> None:  # a stage that finished its run as it was stopped: the job goes on
         resumes_on_rerun(__file__, "the stages done are kept")
         with resumed_by_rerun():
-            print(interrupted_line(3, "runs/r", complete=False), file=sys.stderr)
+            print(interrupted_line(3, "runs/r", complete=complete), file=sys.stderr)
             stop()
 
     word = "aborted" if signame == "SIGINT" else "terminated"
-    assert run(demo) == f"{word}; rerun the same command to resume (the stages done are kept)"
+    for complete in ([], ["--complete"]):
+        try:
+            assert run_command(demo, args=complete) == code
+        except SystemExit as exc:
+            assert exc.code == code
+        err = capsys.readouterr().err
+        assert [line for line in err.splitlines() if line][-1] == f"{word}; rerun the same command to resume (the stages done are kept)"
     assert run(trainer) == "interrupted: step 3 checkpointed in runs/r; continue with --resume"
 
     @click.command()

@@ -144,3 +144,6 @@ def test_paired_bootstrap_refuses_what_it_cannot_pair_and_leaves_an_undefined_ka
         paired_bootstrap(truth, {"real": truth, "short": truth[:4]}, "real")
     ones = paired_bootstrap(np.zeros(6, int), {"real": np.zeros(6, int)}, "real", resamples=50)["real"]
     assert ones["accuracy_ci95"] == [1.0, 1.0] and ones["kappa_ci95"] is None   # one grade everywhere: 0/0
+    one = paired_bootstrap([2], {"real": [2], "x": [1]}, "real")                  # nothing to resample
+    assert one == {"real": {"accuracy_ci95": None, "kappa_ci95": None},
+                   "x": {"accuracy_ci95": None, "kappa_ci95": None, "accuracy_diff_ci95": None, "kappa_diff_ci95": None}}

@@ -70,11 +70,11 @@ _TOLD: list[bool] = [False]   # whether an interrupted trainer has said how its 
 
 def interrupted_line(step: int, run: object, complete: bool, at: int | None = None) -> str:
     """The line a trainer prints after checkpointing the step an interrupt stopped it at, or, when
-    it stopped `at` a later step it could not checkpoint, naming its last checkpoint. Where it says
-    how the run goes on, `way_on_told` is then True: the command's own `aborted` would repeat it."""
+    it stopped `at` a later step it could not checkpoint, naming its last checkpoint. Outside a job
+    resumed by its own rerun, `way_on_told` is then True: the command's own `aborted` would repeat it."""
     way_on = "the run is complete" if complete else _WAY_ON[-1]
     where = f"step {step} checkpointed in {run}" if at in (None, step) else f"at step {at}; its last checkpoint, step {step}, is in {run}"
-    _TOLD[0] = way_on is not None
+    _TOLD[0] = _WAY_ON[-1] is not None   # inside a job resumed by its own rerun the job says how it goes on
     return f"interrupted: {where}" + (f"; {way_on}" if way_on else "")
 
 

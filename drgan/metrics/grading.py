@@ -105,7 +105,7 @@ def paired_bootstrap(
     the images (the same resample for every model: paired, so that the test set's own luck, which
     the models share, cancels in a difference). An interval that kappa leaves undefined in some
     resample is None. It says how much the test set's sampling moves a figure, not how much
-    another training seed would."""
+    another training seed would. Fewer than two test images leave every interval None."""
     from scipy.stats import DegenerateDataWarning, bootstrap
 
     truth = _labels(y_true, "y_true", num_classes)
@@ -116,6 +116,9 @@ def paired_bootstrap(
     if any(c.shape != truth.shape for c in columns):
         raise DrganError(f"paired_bootstrap: every model needs one prediction per test image ({truth.size})")
     b = names.index(baseline)
+    if truth.size < 2:  # nothing to resample
+        return {n: {"accuracy_ci95": None, "kappa_ci95": None}
+                | ({} if n == baseline else {"accuracy_diff_ci95": None, "kappa_diff_ci95": None}) for n in names}
 
     def statistic(t: np.ndarray, *p: np.ndarray) -> np.ndarray:
         scores = np.array([_accuracy_and_kappa(t, q, num_classes) for q in p])   # (models, 2)

@@ -100,7 +100,8 @@ class Summary:
 
     @property
     def gpu_idle_share(self) -> float | None:
-        """Share of the pipeline's time the device had no work queued (startup not counted)."""
+        """Share of the pipeline's time the device had no work queued on the runner's stream
+        (startup not counted; nvJPEG's encoding, on a stream of its own, counts as idle)."""
         if self.gpu_busy_seconds is None or self.pipeline_seconds <= 0:
             return None
         return max(0.0, 1.0 - self.gpu_busy_seconds / self.pipeline_seconds)
@@ -172,16 +173,21 @@ SOFT_MASKS = 1.25   # a run trained on images this many times its resolution or 
 
 
 def condition_shift(run: str | Path | None) -> str | None:
-    """A warning where the run trained on masks downsampled from a finer dataset: a small lesion
-    reached it as a faint, soft blob, and synthesis draws lesions at the run's resolution with hard
-    edges, conditions it has not seen. None otherwise, or where the run cannot be read (the
-    synthesis names that)."""
+    """A warning where the run trained on softer masks than synthesis draws: a global-stage run
+    (its conditions averaged down from the preset's resolution), or a run trained below its
+    dataset's resolution (a small lesion reached it resampled, a faint blob), while synthesis draws
+    lesions at the run's resolution with hard edges. None otherwise, or where the run cannot be
+    read (the synthesis names that)."""
     try:
         info = require_kind(run, "gan", "run") if run is not None else None
     except DrganError:
         return None
-    side = info.extra.get("dataset", {}).get("image_side") if info is not None else None
-    size = info.cfg.stage_resolution(info.stage) if info is not None else None
+    if info is None or (size := info.cfg.stage_resolution(info.stage)) < MIN_SIDE:  # refused: one error, no warning
+        return None
+    if info.stage == "global":
+        return (f"{run} is a global-stage run: it trained on conditions averaged down to {size} px, with soft "
+                f"edges, and synthesis draws lesions with hard ones (synthesize from the local stage's run)")
+    side = info.extra.get("dataset", {}).get("image_side")
     if not side or side < SOFT_MASKS * size:
         return None
     return (f"{run} trained at {size} px on images of about {side} px, so their lesion masks reached it resampled, "
