@@ -534,6 +534,26 @@ def test_rerun_after_a_table_contradicts_a_converted_image_keeps_the_dataset_val
     assert validate_dataset(out).problems == []
 
 
+def test_an_image_that_drops_out_of_a_release_and_comes_back_keeps_its_part(eyepacs, tmp_path):
+    """labels.csv lists only what a run imported: an id a contradicting row took out was carved
+    afresh when the row was put right, and could land in another part than the one a grader
+    already trained or validated on. import_splits.csv keeps every carved id's part."""
+    src, out = tmp_path / "src", tmp_path / "ds"
+    shutil.copytree(eyepacs, src)
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert labels(out)["13_left"] == (2, "train")
+    for name in ("labels.csv", "import_splits.csv"):  # as a carve that gave 13_left to val would have
+        text = (out / name).read_text()
+        (out / name).write_text(text.replace("13_left,2,train", "13_left,2,val").replace("13_left,train", "13_left,val"))
+    table = (src / "trainLabels.csv").read_text()
+    (src / "trainLabels.csv").write_text(table + "13_left,3\n")   # contradicted: taken out
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert "13_left" not in labels(out) and "13_left,val" in (out / "import_splits.csv").read_text()
+    (src / "trainLabels.csv").write_text(table)                   # put right: back in its part
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert labels(out)["13_left"] == (2, "val") and validate_dataset(out).problems == []
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, message", [

@@ -34,6 +34,7 @@ from drgan.runs import claimed_folder, undone_on_failure
 
 IMPORT_FILE = "import.json"      # the source and options a dataset was imported with; a rerun must match them
 REPORT_FILE = "import_report.txt"
+CARVED_FILE = "import_splits.csv"  # id,split of every training image the import carved, kept across reruns
 SHOW_SKIPPED = 50                # skipped lines printed; the report file lists all
 VESSEL_MODES = ("extract", "none")
 VAL_EVERY = 10                   # one image in ten of each grade of a training part becomes val
@@ -404,12 +405,29 @@ def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int,
 
 def _carved_splits(out: Path, plan: Plan) -> dict[str, str]:
     """id -> split of the training images an earlier run of this import carved into train, val or
-    test (those the release itself splits are not listed: they keep the release's split)."""
-    if not (out / LABELS_FILE).is_file():
-        return {}
+    test (those the release itself splits are not listed: they keep the release's split). An id
+    labels.csv lost (a file unreadable in one run) keeps its part from CARVED_FILE, so that it
+    comes back to it."""
     own = {it.id: it.split for it in plan.items}
-    rows, _ = read_labels(out)  # written by the earlier run: no problems to report
-    return {sid: split for sid, _, split in rows if split is not None and own.get(sid) in (None, "train")}
+    carved: dict[str, str] = {}
+    if (out / CARVED_FILE).is_file():
+        with open(out / CARVED_FILE, newline="") as f:
+            carved = {row["id"]: row["split"] for row in csv.DictReader(f) if row.get("split") in ("train", "val", "test")}
+    if (out / LABELS_FILE).is_file():
+        rows, _ = read_labels(out)  # written by the earlier run: no problems to report
+        carved |= {sid: split for sid, _, split in rows if split is not None}
+    return {sid: split for sid, split in carved.items() if own.get(sid) in (None, "train")}
+
+
+def _write_carved(out: Path, earlier: dict[str, str], items: list[Item], plan: Plan) -> None:
+    """CARVED_FILE: the parts carved now, beside earlier ones of ids this run does not list."""
+    own = {it.id: it.split for it in plan.items}
+    carved = {**earlier, **{it.id: it.split for it in items if own[it.id] in (None, "train")}}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "split"])
+    writer.writerows(sorted(carved.items()))
+    atomic_write_text(out / CARVED_FILE, buf.getvalue())
 
 
 class NothingImported(DrganError):
@@ -434,7 +452,9 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     remove_temp_files(out)  # left by a killed run, images and masks alike
     counts = Counter(it.id for it in plan.items)
     report_skipped = [f"{it.image}: another image has the id {it.id!r}" for it in plan.items if counts[it.id] > 1]
-    items = carve_splits([it for it in plan.items if counts[it.id] == 1], _carved_splits(out, plan))
+    earlier = _carved_splits(out, plan)
+    items = carve_splits([it for it in plan.items if counts[it.id] == 1], earlier)
+    _write_carved(out, earlier, items, plan)
     report = ImportReport(kind, out, skipped=plan.skipped + report_skipped, notes=list(plan.notes))
     if apart := split_patients(items):
         report.notes.append(f"{len(apart)} patient{'s' * (len(apart) > 1)} ({', '.join(apart[:3])}"
