@@ -306,7 +306,7 @@ def test_a_run_trained_on_finer_masks_than_it_draws_is_named(drgan, tmp_path):
 
     data = write_phantom_dataset(tmp_path / "data", 4, 96, seed=0)
     assert dataset_record(data)["dataset"]["image_side"] == 96
-    for side, warned in ((64, False), (79, False), (96, True)):
+    for side, warned in ((64, False), (79, False), (80, True), (96, True)):   # 80: 1.25 x 64, the threshold
         run = make_run(tmp_path / f"run{side}")                       # tiny-64: 64 px
         record = json.loads((run / RUN_FILE).read_text())
         (run / RUN_FILE).write_text(json.dumps({**record, "dataset": {"image_side": side}}))
@@ -315,7 +315,7 @@ def test_a_run_trained_on_finer_masks_than_it_draws_is_named(drgan, tmp_path):
         assert rc == 0, err
         warnings = json.loads(out)["warnings"]
         assert bool(warnings) == warned and (not warned or warnings[0].startswith(
-            f"{run} trained at 64 px on images of about 96 px, so their lesion masks reached it resampled"))
+            f"{run} trained at 64 px on images of about {side} px, so their lesion masks reached it resampled"))
         assert (f"warning: {warnings[0]}" in err) if warned else "warning" not in err
     # A global-stage run trained on conditions averaged down from the preset's resolution, whatever the data.
     from drgan.synthesis.runner import condition_shift

@@ -282,3 +282,7 @@ def test_a_0_1_mask_with_one_solid_3x3_area_is_a_problem(clean, tmp_path):
     Image.fromarray(label).save(path)
     assert validate_dataset(root).problems == [f"{path}: a 0/1 mask (its largest value is 1), which reads as nearly empty: "
                                                "store covered pixels as 255 (drgan data import does)"]
+
+
+def test_no_labels_file_moves_no_row(tmp_path):
+    assert moved_by_patient(tmp_path) == []

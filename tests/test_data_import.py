@@ -710,3 +710,9 @@ def test_a_new_eye_joins_its_patients_part_and_eyes_carved_apart_earlier_stay_an
     apart = {**earlier, "3_right": "test" if earlier["3_left"] != "test" else "train"}
     again = carve_splits(left + [Item("3_right", None, 0, None, {})], apart)
     assert {it.id: it.split for it in again} == apart and split_patients(again) == ["3"]
+
+
+def test_an_unsplit_release_gives_the_second_of_ten_to_val_and_the_fourth_to_test():
+    carved = {it.id: it.split for it in carve_splits([Item(f"u{i:02d}", None, 0, None, {}) for i in range(20)])}
+    assert {k for k, s in carved.items() if s == "val"} == {"u01", "u11"}
+    assert {k for k, s in carved.items() if s == "test"} == {"u03", "u13"}

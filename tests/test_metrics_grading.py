@@ -147,3 +147,10 @@ def test_paired_bootstrap_refuses_what_it_cannot_pair_and_leaves_an_undefined_ka
     one = paired_bootstrap([2], {"real": [2], "x": [1]}, "real")                  # nothing to resample
     assert one == {"real": {"accuracy_ci95": None, "kappa_ci95": None},
                    "x": {"accuracy_ci95": None, "kappa_ci95": None, "accuracy_diff_ci95": None, "kappa_diff_ci95": None}}
+
+
+def test_paired_bootstrap_refuses_a_grade_outside_the_scale():
+    from drgan.metrics.grading import paired_bootstrap
+
+    with pytest.raises(DrganError, match="outside 0..4"):
+        paired_bootstrap([0, 5], {"real": [0, 5]}, "real")

@@ -402,3 +402,17 @@ def test_a_run_begun_when_rows_without_a_split_went_by_image_id_does_not_resume_
     write_run_config(tmp_path / "unmoved", preset("tiny-64"), "local",
                      dataset={"labels_sha256": sha256_file(data / "labels.csv")})
     check_same_dataset(tmp_path / "unmoved", data)
+
+
+def test_the_image_side_is_the_median_of_the_headers_and_a_run_without_labels_is_not_checked(tmp_path):
+    from PIL import Image
+
+    from drgan.config import preset
+    from drgan.runs import _image_side, check_same_dataset, write_run_config
+
+    (tmp_path / "images").mkdir()
+    for name, side in (("a", 100), ("b", 200), ("c", 200), (".hidden", 900)):
+        Image.new("RGB", (side, side // 2)).save(tmp_path / "images" / f"{name}.png")
+    assert _image_side(tmp_path) == 200
+    write_run_config(tmp_path / "run", preset("tiny-64"), "local")
+    assert check_same_dataset(tmp_path / "run", tmp_path) is None   # no labels.csv: the readers name that

@@ -143,3 +143,22 @@ def test_a_structure_without_one_of_its_masks_is_one_named_error():
                          {"kind": "test"})
     with pytest.raises(DrganError, match="^structure lacks the 'fov' mask$"):
         pool.get(0)
+
+
+def test_ellipses_off_the_image_or_none_at_all_draw_nothing_and_lesions_stay_where_allowed():
+    size = 32
+    yy, xx = np.mgrid[:size, :size]
+    fov = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 12 ** 2).astype(np.uint8) * 255   # a disc of view, not the frame
+    disc = ((yy - 16) ** 2 + (xx - 24) ** 2 <= 3 ** 2).astype(np.uint8) * 255
+    masks = {"vessel": np.zeros((size, size), np.uint8), "disc": disc, "fov": fov}
+    structures = DeviceStructures(StructurePool(["s"], lambda j: masks, {"kind": "test"}), size, torch.device("cpu"), batch=2)
+    slots = structures.slots([0, 0])
+    assert not condition_masks(structures.planes, slots, [np.zeros((0, 6))] * 2)[:, 2:].any()
+    below = np.array([[0, 3 * size, 10, 4, 4, 0]])                     # wholly below the image
+    assert not condition_masks(structures.planes, slots, [below, np.zeros((0, 6))])[:, 2:].any()
+    ma, membrane = LESION_TYPES.index("ma"), LESION_TYPES.index("membrane")
+    wide = np.array([[ma, 16, 16, 20, 20, 0], [membrane, 16, 16, 20, 20, 0]])   # covers the whole frame
+    got = condition_masks(structures.planes, slots, [wide, np.zeros((0, 6))]).numpy()
+    allowed = (fov > 0) & (disc == 0)
+    assert np.array_equal(got[0, 2 + ma] > 0, allowed)
+    assert np.array_equal(got[0, 2 + membrane] > 0, allowed | (disc > 0))
