@@ -17,7 +17,8 @@ from drgan.data.decode import read_mask, read_rgb
 from drgan.data.validation import validate_dataset
 from helpers import dead_pid
 from drgan.data.importers import import_release
-from drgan.data.importers.core import Item, binarize, carve_splits, parse_grade, split_patients
+from drgan.data.importers.core import Item, binarize, carve_splits, parse_grade
+from drgan.data.labels import patients_apart
 from drgan.data.preprocess import crop_and_resize
 from drgan.errors import DrganError
 
@@ -695,7 +696,7 @@ def test_carve_splits_keeps_a_patients_eyes_in_one_part():
     assert all(split[f"{n}_left"] == split[f"{n}_RIGHT"] for n in range(60))
     patients = [split[f"{n}_left"] for n in range(60)]
     assert (patients.count("val"), patients.count("test")) == (6, 6)  # one in ten of each worst grade's patients
-    assert split_patients(carved) == []
+    assert patients_apart((it.id, it.split) for it in carved) == []
 
 
 def test_a_new_eye_joins_its_patients_part_and_eyes_carved_apart_earlier_stay_and_are_named():
@@ -705,11 +706,11 @@ def test_a_new_eye_joins_its_patients_part_and_eyes_carved_apart_earlier_stay_an
     both = carve_splits(left + [Item(f"{n}_right", None, 4, None, {}) for n in range(20)], earlier)
     assert {it.id: it.split for it in both if it.id.endswith("_left")} == earlier
     assert all(it.split == earlier[it.id.replace("_right", "_left")] for it in both if it.id.endswith("_right"))
-    assert val and split_patients(both) == []
+    assert val and patients_apart((it.id, it.split) for it in both) == []
     # An import by a version that carved image by image: each id keeps its part, and is named.
     apart = {**earlier, "3_right": "test" if earlier["3_left"] != "test" else "train"}
     again = carve_splits(left + [Item("3_right", None, 0, None, {})], apart)
-    assert {it.id: it.split for it in again} == apart and split_patients(again) == ["3"]
+    assert {it.id: it.split for it in again} == apart and patients_apart((it.id, it.split) for it in again) == ["3"]
 
 
 def test_an_unsplit_release_gives_the_second_of_ten_to_val_and_the_fourth_to_test():

@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 from pathlib import Path
+from typing import Iterable
 
 from drgan.config import NUM_GRADES
 from drgan.errors import DrganError
@@ -29,6 +30,14 @@ def patient_id(sid: str) -> str:
         if low.endswith(suffix) and len(sid) > len(suffix):
             return sid[:-len(suffix)]
     return sid
+
+
+def patients_apart(splits: Iterable[tuple[str, str | None]]) -> list[str]:
+    """The patients (patient_id) whose ids, given with their splits, lie in more than one split."""
+    found: dict[str, set[str | None]] = {}
+    for sid, split in splits:
+        found.setdefault(patient_id(sid), set()).add(split)
+    return sorted(p for p, parts in found.items() if len(parts) > 1)
 
 
 def hash_split(sid: str) -> str:

@@ -52,10 +52,18 @@ def _edge(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(mask & ~inner).astype(np.float32)
 
 
-def structure_geometry(structure: dict[str, np.ndarray]) -> Geometry:
-    for name in ("vessel", "disc", "fov"):
+STRUCTURE_MASKS = ("vessel", "disc", "fov")
+
+
+def check_structure(structure: dict[str, np.ndarray]) -> None:
+    """Refuse a structure without one of its masks, naming it."""
+    for name in STRUCTURE_MASKS:
         if name not in structure:
             raise DrganError(f"structure lacks the {name!r} mask")
+
+
+def structure_geometry(structure: dict[str, np.ndarray]) -> Geometry:
+    check_structure(structure)
     fov = structure["fov"] > 0
     disc = structure["disc"] > 0
     if not fov.any():

@@ -7,7 +7,7 @@ from pathlib import Path
 from drgan.config import COND_CHANNELS
 from drgan.data.decode import open_image
 from drgan.data.format import check_finished, scan_dataset
-from drgan.data.labels import LABELS_FILE, hash_split, patient_id, read_labels
+from drgan.data.labels import LABELS_FILE, hash_split, patients_apart, read_labels
 from drgan.errors import DrganError
 
 
@@ -80,8 +80,5 @@ def validate_dataset(root: str | Path) -> ValidationReport:
         grades[s.grade] = grades.get(s.grade, 0) + 1
         splits[s.split or "-"] = splits.get(s.split or "-", 0) + 1
     masks = {c: sum(c in s.masks for s in samples) for c in COND_CHANNELS}
-    parts: dict[str, set[str]] = {}
-    for s in samples:  # as the readers split them
-        parts.setdefault(patient_id(s.id), set()).add(s.split or hash_split(s.id))
-    apart = sorted(p for p, found in parts.items() if len(found) > 1)
+    apart = patients_apart((s.id, s.split or hash_split(s.id)) for s in samples)  # as the readers split them
     return ValidationReport(root, checked, len(samples), problems, notes, grades, splits, masks, apart)

@@ -331,8 +331,7 @@ class _Pipeline:
             self.stream.wait_stream(torch.cuda.current_stream(device))
         self.device_space = space.to(device) if opts.label == "predicted" else None
         self._work: dict[str, torch.Tensor] = {}          # device buffers reused batch after batch
-        self.host: list[torch.Tensor | None] = [None] * IN_FLIGHT
-        self.mask_host: list[torch.Tensor | None] = [None] * IN_FLIGHT   # --save-masks: 0/255 masks per slot
+        self._host: dict[tuple[str, int], torch.Tensor] = {}  # (name, ring slot) -> host buffer the writers read
         self.waited = 0.0   # seconds the main thread was blocked on the device in the current batch
         self.events: list[list[torch.cuda.Event]] = []    # per batch: start, conditions, generated, copied
 
@@ -342,6 +341,13 @@ class _Pipeline:
         if t is None or t.shape != shape:
             t = self._work[name] = torch.empty(shape, dtype=dtype, device=self.device)
         return t
+
+    def _host_buffer(self, name: str, slot: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """uint8 host buffer `name` of ring slot `slot`, pinned on CUDA, made on first use: the
+        writers read it until the slot comes round again (run() waits for them then)."""
+        if (name, slot) not in self._host:
+            self._host[name, slot] = torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda)
+        return self._host[name, slot]
 
     def _place(self, i: int) -> Item:
         with self.times.cpu("placement"):
@@ -429,9 +435,7 @@ class _Pipeline:
                 ready = mark("transfer")
                 encoding = self.jpeg.submit(self._encode_when_ready, pixels, ready)
                 return [functools.partial(_encoded_bytes, encoding, b) for b in range(n)], saved, grades
-            if self.host[slot] is None:
-                self.host[slot] = torch.empty((plan.batch, size, size, 3), dtype=torch.uint8, pin_memory=self.cuda)
-            host = self.host[slot]
+            host = self._host_buffer("pixels", slot, (plan.batch, size, size, 3))
             if self.cuda:
                 nhwc = to_pixels(image, self._buffer("nhwc", (n, size, size, 3), torch.uint8))
                 mark("generation")
@@ -465,9 +469,7 @@ class _Pipeline:
         """--save-masks: the batch's conditions as 0/255 uint8, copied into the slot's host buffer in
         stream order (before generation, so they are ready first); per item a function giving its
         masks once copied. A blocking copy would make the main thread wait for the device every batch."""
-        if self.mask_host[slot] is None:
-            self.mask_host[slot] = torch.empty((self.plan.batch, *cond.shape[1:]), dtype=torch.uint8, pin_memory=self.cuda)
-        host = self.mask_host[slot]
+        host = self._host_buffer("masks", slot, (self.plan.batch, *cond.shape[1:]))
         host[:len(cond)].copy_((cond * 255).round_().to(torch.uint8), non_blocking=self.cuda)
         copied = None
         if self.cuda:

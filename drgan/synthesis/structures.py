@@ -9,16 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drgan.data.lesions import Geometry, structure_geometry
+from drgan.data.lesions import STRUCTURE_MASKS, Geometry, check_structure, structure_geometry
 from drgan.errors import DrganError
 
 # Phantom structures are rendered on demand from this many seeds and kept (5 MB each at 1280).
 PHANTOM_POOL = 64
 # Structures held on the generator's device at once (4.9 MB each at 1280), at least one batch.
 DEVICE_SLOTS = 64
-
-
-STRUCTURE_MASKS = ("vessel", "disc", "fov")
 
 
 class StructurePool:
@@ -99,9 +96,7 @@ class StructurePool:
 def _stacked(masks: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
     if isinstance(masks, np.ndarray):
         return masks
-    for name in STRUCTURE_MASKS:
-        if name not in masks:
-            raise DrganError(f"structure lacks the {name!r} mask")
+    check_structure(masks)
     return np.stack([masks[k] for k in STRUCTURE_MASKS])
 
 

@@ -24,7 +24,7 @@ from scipy import ndimage
 from drgan.config import COND_CHANNELS, MAX_IMAGE_SIDE, NUM_GRADES
 from drgan.data.decode import MIN_SIDE, read_mask, read_rgb
 from drgan.data.format import UNFINISHED
-from drgan.data.labels import LABELS_FILE, id_problem, patient_id, read_labels
+from drgan.data.labels import LABELS_FILE, id_problem, patient_id, patients_apart, read_labels
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import check_has_content, crop_and_resize
 from drgan.errors import DrganError, ParameterError
@@ -246,15 +246,6 @@ def carve_splits(items: list[Item], earlier: dict[str, str] | None = None) -> li
     return sorted(out, key=lambda it: it.id)
 
 
-def split_patients(items: list[Item]) -> list[str]:
-    """The patients whose images lie in more than one split (a release's own split, or an import
-    by an earlier version, which carved image by image)."""
-    splits: dict[str, set[str | None]] = {}
-    for it in items:
-        splits.setdefault(patient_id(it.id), set()).add(it.split)
-    return sorted(p for p, s in splits.items() if len(s) > 1)
-
-
 def binarize(mask: np.ndarray) -> np.ndarray:
     """0/255 from an annotation mask: positive at >= 128 (anti-aliased edges), or 1 in a 0/1 mask."""
     positive = mask == 1 if mask.max() == 1 else mask >= 128
@@ -456,7 +447,7 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     items = carve_splits([it for it in plan.items if counts[it.id] == 1], earlier)
     _write_carved(out, earlier, items, plan)
     report = ImportReport(kind, out, skipped=plan.skipped + report_skipped, notes=list(plan.notes))
-    if apart := split_patients(items):
+    if apart := patients_apart((it.id, it.split) for it in items):  # a release's own split, or an earlier version's carve
         report.notes.append(f"{len(apart)} patient{'s' * (len(apart) > 1)} ({', '.join(apart[:3])}"
                             f"{', ...' if len(apart) > 3 else ''}) {'have' if len(apart) > 1 else 'has'} images in more than one split: the "
                             "release's split, or an import by an earlier version, which carved image by image "
