@@ -555,6 +555,80 @@ def test_an_image_that_drops_out_of_a_release_and_comes_back_keeps_its_part(eyep
     assert labels(out)["13_left"] == (2, "val") and validate_dataset(out).problems == []
 
 
+def test_a_file_the_release_replaced_is_converted_again(fgadr, tmp_path):
+    """A corrected mask (or image) in the release: a rerun converts its id again, and only it; a mask
+    file added for an id counts as a change too."""
+    src, out = tmp_path / "src", tmp_path / "ds"
+    shutil.copytree(fgadr, src)  # copy2: times kept, as an unpacked release's are
+    seg = src / "FGADR-Seg-set_Release" / "Seg-set"
+    import_release("fgadr", src, out, size=SIZE, vessels="none", progress=False)
+    assert written(out, "0002_1", "ma").any() and not (out / "masks" / "0001_1" / "ma.png").exists()
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+    mask = np.array(Image.open(seg / FGADR_DIRS["ma"] / "0002_1.png").convert("L"))
+    Image.fromarray(np.zeros_like(mask)).save(seg / FGADR_DIRS["ma"] / "0002_1.png")  # the corrected file: no MA
+    Image.fromarray(mask).save(seg / FGADR_DIRS["ma"] / "0001_1.png")                 # a mask the release lacked
+    report = import_release("fgadr", src, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (0, 2, 2)
+    assert "converted again: 2" in report.render()
+    assert not (out / "masks" / "0002_1" / "ma.png").exists()
+    assert written(out, "0001_1", "ma").any()
+    changed = {p for p, data in before.items() if not p.is_file() or p.read_bytes() != data}
+    assert changed == {out / "masks" / "0002_1" / "ma.png"}  # the images are the same photographs
+    report = import_release("fgadr", src, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (0, 0, 4)
+    assert validate_dataset(out).problems == []
+
+
+def test_an_id_converted_but_not_yet_recorded_is_converted_again(eyepacs, tmp_path):
+    """A run killed between an image and the next save of import_sources.csv: the id's source is
+    unknown, so it is converted again (the same bytes); a folder imported before sources were
+    recorded keeps its images and records their sources."""
+    out = tmp_path / "ds"
+    import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*.png"))}
+    record = out / "import_sources.csv"
+    rows = record.read_text().splitlines()
+    assert rows[0] == "id,source" and [r.split(",")[0] for r in rows[1:]] == ["10_left", "10_right", "13_left"]
+    record.write_text("\n".join(r for r in rows if not r.startswith("13_left")) + "\n")
+    report = import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (0, 1, 2)
+    assert record.read_text().splitlines() == rows
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*.png"))} == files
+
+    record.unlink()
+    report = import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (0, 0, 3)
+    assert record.read_text().splitlines() == rows
+
+
+def test_a_run_killed_while_converting_a_replaced_id_again_leaves_it_unfinished(eyepacs, tmp_path, monkeypatch):
+    """The old image goes before the new one is made: a kill in between cannot leave the old
+    photograph looking finished under the record of the new file."""
+    import os
+
+    from drgan.data.importers import core
+
+    src, out = tmp_path / "src", tmp_path / "ds"
+    shutil.copytree(eyepacs, src)
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    old = (out / "images" / "13_left.png").read_bytes()
+    save_image(src / "train" / "13_left.jpeg", 99)
+    os.utime(src / "train" / "13_left.jpeg", ns=(1, 1))  # a replaced file, whatever the clock's resolution
+
+    def killed(image, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core, "read_rgb", killed)
+    with pytest.raises(KeyboardInterrupt):
+        import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    monkeypatch.undo()
+    assert not (out / "images" / "13_left.png").exists()
+    report = import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (1, 0, 2)
+    assert (out / "images" / "13_left.png").read_bytes() != old
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("args, message", [

@@ -58,7 +58,8 @@ def import_(kind: str, src: str, out: str, size: int, workers: int, vessels: str
 
     Images are cropped to the field of view, padded square and resized; lesion masks go to the
     condition channels (positive at >= 128); the release's split is kept, with a val part taken
-    from its training images. Rerunning the same command resumes.
+    from its training images. Rerunning the same command resumes, and converts again the images
+    whose files the release replaced.
     """
     from drgan.data.importers import SCANNERS, import_release
     from drgan.data.importers.core import IMPORT_FILE, SHOW_SKIPPED

@@ -5,14 +5,18 @@ A scanner turns an unpacked release into a Plan: one Item per image it can grade
 the release's split, the mask file per condition channel) and the images it cannot, each with a
 reason. `import_release` converts the items in parallel into the dataset format. An id counts as
 finished once its image file exists: masks are written first, the image last, all through temp
-files and renames, so a rerun skips finished ids and redoes the rest.
+files and renames, so a rerun skips finished ids and redoes the rest. SOURCES_FILE records the
+release files each finished id came from, so that a rerun converts again an id whose image or
+mask file the release replaced.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import shutil
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +39,8 @@ from drgan.runs import claimed_folder, undone_on_failure
 IMPORT_FILE = "import.json"      # the source and options a dataset was imported with; a rerun must match them
 REPORT_FILE = "import_report.txt"
 CARVED_FILE = "import_splits.csv"  # id,split of every training image the import carved, kept across reruns
+SOURCES_FILE = "import_sources.csv"  # id,signature of the release files each converted id came from
+SOURCES_EVERY_S = 10.0           # how often a running import saves SOURCES_FILE (and once at its end)
 SHOW_SKIPPED = 50                # skipped lines printed; the report file lists all
 VESSEL_MODES = ("extract", "none")
 VAL_EVERY = 10                   # one image in ten of each grade of a training part becomes val
@@ -270,9 +276,31 @@ def _written_stats(out: Path, sid: str) -> dict[str, tuple[int, int]]:
     return mask_stats({n: read_mask(folder / f"{n}.png")[0] for n in LESION_TYPES if (folder / f"{n}.png").is_file()})
 
 
-def convert(item: Item, out: Path, size: int, vessels: str) -> tuple[str, dict[str, tuple[int, int]] | str]:
-    """Import one image: ("done"|"new", per-channel stats) or ("skipped", reason)."""
-    if (out / "images" / f"{item.id}.png").is_file():
+def source_signature(item: Item) -> str:
+    """The release files an id is converted from, by path, size and modification time: a file the
+    release replaced (a corrected mask, say) changes it, as does a mask file added for the id.
+    Contents are not hashed: a rerun would read the whole release for it, where a replaced or
+    unpacked file gets a new time anyway (rsync's quick check judges files the same way)."""
+    digest = hashlib.sha256()
+    for name, given in sorted({"image": item.image, **item.masks}.items()):
+        path = given.resolve()  # as import.json's source: one release however it was named
+        try:
+            stat = path.stat()
+            digest.update(f"{name}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:  # gone since the scan: the conversion names it
+            digest.update(f"{name}\0{path}\0missing\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def convert(item: Item, out: Path, size: int, vessels: str,
+            again: bool = False) -> tuple[str, dict[str, tuple[int, int]] | str]:
+    """Import one image: ("done"|"new"|"again", per-channel stats) or ("skipped", reason). `again`:
+    the release replaced a file of this converted id; its image goes first, so that a run killed
+    before the new one is written leaves the id unfinished."""
+    image_file = out / "images" / f"{item.id}.png"
+    if again:
+        image_file.unlink(missing_ok=True)
+    elif image_file.is_file():
         return "done", _written_stats(out, item.id)
     try:
         image = read_rgb(item.image)[0]
@@ -298,8 +326,8 @@ def convert(item: Item, out: Path, size: int, vessels: str) -> tuple[str, dict[s
     for name, m in masks.items():
         if m.any():
             atomic_write_bytes(folder / f"{name}.png", encode_png(m))
-    atomic_write_bytes(out / "images" / f"{item.id}.png", encode_png(image))   # last: marks the id finished
-    return "new", mask_stats(masks)
+    atomic_write_bytes(image_file, encode_png(image))   # last: marks the id finished
+    return "again" if again else "new", mask_stats(masks)
 
 
 def _remove_unlisted(out: Path, listed: set[str]) -> int:
@@ -320,7 +348,37 @@ def _remove_unlisted(out: Path, listed: set[str]) -> int:
     return removed
 
 
-def _convert_task(args: tuple[Item, Path, int, str]) -> tuple[Item, str, dict | str]:
+def _read_sources(out: Path) -> dict[str, str] | None:
+    """id -> source signature of the ids an earlier run converted (None: a folder imported before
+    sources were recorded)."""
+    path = out / SOURCES_FILE
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        return {row["id"]: row["source"] for row in csv.DictReader(f) if row.get("id") and row.get("source")}
+
+
+def _write_sources(out: Path, sources: dict[str, str]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "source"])
+    writer.writerows(sorted(sources.items()))
+    atomic_write_text(out / SOURCES_FILE, buf.getvalue())
+
+
+def _replaced(out: Path, items: list[Item], signatures: dict[str, str]) -> set[str]:
+    """The converted ids whose release files changed since they were converted. A folder imported
+    before sources were recorded has its converted ids recorded as they are now (a file replaced
+    before this run is not seen)."""
+    converted = {it.id for it in items if (out / "images" / f"{it.id}.png").is_file()}
+    recorded = _read_sources(out)
+    if recorded is None:
+        _write_sources(out, {sid: signatures[sid] for sid in converted})
+        return set()
+    return {sid for sid in converted if recorded.get(sid) != signatures[sid]}
+
+
+def _convert_task(args: tuple[Item, Path, int, str, bool]) -> tuple[Item, str, dict | str]:
     item = args[0]
     return (item, *convert(*args))
 
@@ -331,6 +389,7 @@ class ImportReport:
     out: Path
     new: int = 0
     resumed: int = 0
+    again: int = 0               # converted again: the release replaced one of their files
     grades: Counter = field(default_factory=Counter)
     splits: Counter = field(default_factory=Counter)
     lesions: dict[str, list[int]] = field(default_factory=lambda: {n: [0, 0, 0] for n in LESION_TYPES})
@@ -340,11 +399,13 @@ class ImportReport:
 
     @property
     def images(self) -> int:
-        return self.new + self.resumed
+        return self.new + self.resumed + self.again
 
     def render(self, limit: int | None = None) -> str:
         lines = [f"imported {self.images} {self.kind} images into {self.out}"
                  + (f" ({self.resumed} already there from an earlier run)" if self.resumed else "")]
+        if self.again:
+            lines.append(f"converted again: {self.again} (the release replaced or added a file of theirs)")
         lines.append("grades: " + ", ".join(f"{g}: {self.grades[g]}" for g in range(NUM_GRADES)))
         lines.append("splits: " + ", ".join(f"{s}: {n}" for s, n in sorted(self.splits.items())))
         lines.append("lesions (pixels at the output size, components, images with any):")
@@ -452,7 +513,10 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
                             f"{', ...' if len(apart) > 3 else ''}) {'have' if len(apart) > 1 else 'has'} images in more than one split: the "
                             "release's split, or an import by an earlier version, which carved image by image "
                             "(an import into a new folder keeps carved eyes together)")
-    tasks = [(it, out, size, vessels) for it in items]
+    signatures = {it.id: source_signature(it) for it in items}
+    again = _replaced(out, items, signatures)
+    sources = _read_sources(out) or {}
+    tasks = [(it, out, size, vessels, it.id in again) for it in items]
     pool = None
     if workers > 1:
         from drgan.workers import process_pool
@@ -464,14 +528,20 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
         from tqdm import tqdm
         results = tqdm(results, total=len(tasks), desc=f"import {kind}", unit="img")
     finished: set[str] = set()
+    saved = time.monotonic()
     try:
         for item, status, result in results:
             if status == "skipped":
                 report.skipped.append(str(result))
                 continue
             finished.add(item.id)
+            sources[item.id] = signatures[item.id]
+            if time.monotonic() - saved > SOURCES_EVERY_S:  # a killed run converts again only what it had not saved
+                _write_sources(out, sources)
+                saved = time.monotonic()
             report.new += status == "new"
             report.resumed += status == "done"
+            report.again += status == "again"
             report.grades[item.grade] += 1
             report.splits[item.split] += 1
             report.missing.update(item.missing)
@@ -483,6 +553,7 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     finally:
         if pool is not None:
             pool.terminate()
+        _write_sources(out, sources)
     if not finished:
         _list_skipped(report.skipped)
         raise NothingImported(f"no {kind} image could be imported ({len(report.skipped)} skipped)")
@@ -494,6 +565,7 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     writer.writerow(["id", "grade", "split"])
     writer.writerows([it.id, it.grade, it.split] for it in items if it.id in finished)
     atomic_write_text(out / LABELS_FILE, buf.getvalue())
+    _write_sources(out, {sid: sources[sid] for sid in finished})
     atomic_write_text(out / REPORT_FILE, report.render() + "\n")
     (out / UNFINISHED).unlink()
     return report
