@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from drgan.cli import cli
 from drgan.checkpoint import load_tensors, save_tensors
@@ -299,24 +301,36 @@ def test_unbalanced_count_is_named(drgan, tmp_path):
     assert rc == 0 and json.loads(out)["warnings"] == [warnings[0].removeprefix("warning: ")]
 
 
-def test_a_run_trained_on_finer_masks_than_it_draws_is_named(drgan, tmp_path):
-    """Training resamples a dataset's masks to the run's resolution (soft lesion edges); synthesis
-    draws lesions at that resolution with hard ones."""
+def test_a_run_trained_on_resampled_masks_gets_lesions_resampled_as_it_saw_them(drgan, tmp_path):
+    """Training resamples a dataset's masks to the run's resolution (soft lesion edges, a small
+    lesion a faint blob): synthesis draws lesions at the data's side and resamples them the same
+    way, from 1.25 times the run's resolution (or as much less) on, and records that in the set's
+    fingerprint; below that it draws them at the run's resolution, hard, as before."""
     from drgan.runs import RUN_FILE, dataset_record
 
     data = write_phantom_dataset(tmp_path / "data", 4, 96, seed=0)
     assert dataset_record(data)["dataset"]["image_side"] == 96
-    for side, warned in ((64, False), (79, False), (80, True), (96, True)):   # 80: 1.25 x 64, the threshold
+    for side, soft in ((64, False), (79, False), (80, True), (96, True), (52, False), (51, True)):   # 80 = 1.25 x 64
         run = make_run(tmp_path / f"run{side}")                       # tiny-64: 64 px
         record = json.loads((run / RUN_FILE).read_text())
         (run / RUN_FILE).write_text(json.dumps({**record, "dataset": {"image_side": side}}))
-        rc, out, err = drgan("synthesize", "--run", run, "--out", tmp_path / f"set{side}", "--count", "5", "--device", "cpu",
-                             "--json")
+        out = tmp_path / f"set{side}"
+        rc, text, err = drgan("synthesize", "--run", run, "--out", out, "--count", "10", "--device", "cpu", "--save-masks",
+                              "--json")
         assert rc == 0, err
-        warnings = json.loads(out)["warnings"]
-        assert bool(warnings) == warned and (not warned or warnings[0].startswith(
-            f"{run} trained at 64 px on images of about {side} px, so their lesion masks reached it resampled"))
-        assert (f"warning: {warnings[0]}" in err) if warned else "warning" not in err
+        assert json.loads(text)["warnings"] == [] and "warning" not in err
+        assert json.loads((out / "fingerprint.json").read_text()).get("lesions_drawn_at") == (side if soft else None)
+        levels = set()
+        for folder in (out / "masks").iterdir():
+            for name in ("ma", "he", "ex", "se"):
+                if (folder / f"{name}.png").is_file():
+                    levels |= set(np.unique(np.asarray(Image.open(folder / f"{name}.png"))).tolist())
+        assert {0, 255} <= levels and (len(levels) > 2) == soft, levels
+    made_hard = json.loads((out / "fingerprint.json").read_text())    # a set begun by an earlier version
+    del made_hard["lesions_drawn_at"]
+    (out / "fingerprint.json").write_text(json.dumps(made_hard))
+    rc, _, err = drgan("synthesize", "--run", run, "--out", out, "--count", "10", "--device", "cpu", "--save-masks")
+    assert rc == 1 and "(lesions_drawn_at null there, 51 now: lesions are drawn at the side of the run's training" in err
     # A global-stage run trained on conditions averaged down from the preset's resolution, whatever the data.
     from drgan.synthesis.runner import condition_shift
 
@@ -325,6 +339,7 @@ def test_a_run_trained_on_finer_masks_than_it_draws_is_named(drgan, tmp_path):
                                      "with soft edges, and synthesis draws lesions with hard ones (synthesize from "
                                      "the local stage's run)")
     assert condition_shift(tmp_path / "missing") is None and condition_shift(None) is None
+    assert condition_shift(tmp_path / "run96") is None
 
 
 def test_repeated_or_unknown_grades_are_refused_before_the_balance_warning(drgan, tmp_path):

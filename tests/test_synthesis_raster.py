@@ -162,3 +162,55 @@ def test_ellipses_off_the_image_or_none_at_all_draw_nothing_and_lesions_stay_whe
     allowed = (fov > 0) & (disc == 0)
     assert np.array_equal(got[0, 2 + ma] > 0, allowed)
     assert np.array_equal(got[0, 2 + membrane] > 0, allowed | (disc > 0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("side", [160, 333, 48])
+def test_lesions_drawn_at_the_datas_side_are_resampled_as_training_resamples_them(device, side):
+    """drawn_at: the ellipses drawn at the data's side, then resized to the run's as the loaders
+    resize a mask (Pillow's antialiased bilinear, 8-bit), then clipped: within one 8-bit step of
+    that reference (a border pixel at the data's side may round otherwise on a GPU), soft, and
+    with about the lesions' area."""
+    from PIL import Image
+
+    from drgan.synthesis.raster import scaled
+
+    size = 64
+    pool = StructurePool.phantom(size, 7)
+    structures = DeviceStructures(pool, size, torch.device(device), batch=6)
+    items = [(i % 4, 1 + i % 4, i) for i in range(6)]        # (structure, grade 1..4, seed)
+    primitives = [lesion_primitives(pool.geometry(j), grade, np.random.default_rng(seed))[0] for j, grade, seed in items]
+    slots = structures.slots([j for j, _, _ in items])
+    got = condition_masks(structures.planes, slots, primitives, drawn_at=side).cpu().numpy()
+    hard = condition_masks(structures.planes, slots, primitives).cpu().numpy()
+    want = []
+    for (j, _, _), p in zip(items, primitives):
+        drawn, masks = draw_primitives(scaled(p, side / size), (side, side)), pool.get(j)
+        allowed = (masks["fov"] > 0) & (masks["disc"] == 0)
+        want.append([np.asarray(Image.fromarray(drawn[t].astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR))
+                     * (allowed | (masks["disc"] > 0) if t == "membrane" else allowed) / 255 for t in LESION_TYPES])
+    diff = np.abs(got[:, 2:] - np.array(want))
+    assert (diff > 1.01 / 255).mean() < 1e-3 and (device != "cpu" or diff.max() <= 1.01 / 255)
+    assert (got[:, :2] == hard[:, :2]).all()                                 # vessel and disc as before
+    assert np.array_equal(np.round(got * 255), got * 255)                    # 8-bit steps
+    lesions = got[:, 2:]
+    assert ((lesions > 0) & (lesions < 1)).sum() > ((lesions == 1).sum())    # soft edges, faint small lesions
+    # About the area drawn at the run's side (pixel centres miscount a small ellipse's area there).
+    assert abs(lesions.sum() / hard[:, 2:].sum() - 1) < 0.25
+
+
+@pytest.mark.parametrize("side", [96, 160, 333])
+def test_a_lesion_drawn_at_another_side_stays_where_it_was_placed(side):
+    """Pixel centres map between the sides as resampling maps them: the resampled lesion's centroid
+    is the ellipse's centre at the run's side, its area the ellipse's."""
+    size = 64
+    everywhere = {"vessel": np.zeros((size, size), np.uint8), "disc": np.zeros((size, size), np.uint8),
+                  "fov": np.full((size, size), 255, np.uint8)}
+    structures = DeviceStructures(StructurePool(["open"], lambda j: everywhere, {"kind": "test"}), size, torch.device("cpu"), 1)
+    cy, cx, a, b = 20.3, 40.7, 4.0, 2.5
+    primitives = [np.array([[LESION_TYPES.index("he"), cy, cx, a, b, 0.4]])]
+    plane = condition_masks(structures.planes, structures.slots([0]), primitives, drawn_at=side)[0, 2 + LESION_TYPES.index("he")].numpy()
+    rows, cols = np.mgrid[:size, :size]
+    # A centre mapped without the half-pixel terms is half a pixel off.
+    assert abs((plane * rows).sum() / plane.sum() - cy) < 0.1 and abs((plane * cols).sum() / plane.sum() - cx) < 0.1
+    assert abs(plane.sum() / (np.pi * a * b) - 1) < 0.03

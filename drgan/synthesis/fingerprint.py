@@ -42,9 +42,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-# What a difference that names only a hash comes from.
+# What a difference comes from, where its key alone does not say.
 _WHY = {"structures.sha256": ": the masks as loaded differ (another dataset or --structures-split, the other --loader "
-                             "resizing them, or a set begun before its field of view was read from the photographs)"}
+                             "resizing them, or a set begun before its field of view was read from the photographs)",
+        "lesions_drawn_at": ": lesions are drawn at the side of the run's training images and resampled, as it saw them "
+                            "(a set begun by an earlier version drew them at the run's resolution, hard)"}
 
 
 def check(root: Path, fingerprint: dict) -> bool:

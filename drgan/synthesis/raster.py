@@ -10,6 +10,11 @@ inside ones OR-ed into the lesion planes with one scatter, and the planes of the
 clipped to where lesions may lie: a few dozen operations per batch, whatever the number of
 ellipses or items. That count matters on a GPU: each is a launch queued by the main thread, which
 shares the interpreter with the placement threads, and the generator waits on those launches.
+
+A run trained below (or above) its dataset's resolution saw lesion masks resampled to its own:
+hard at the data's side, soft at the run's. `drawn_at` gives those conditions: the ellipses are
+drawn at the data's side and resampled as training did (antialiased bilinear, torch's
+`antialias=True` being Pillow's filter), quantized to 8 bits as a training mask is.
 """
 from __future__ import annotations
 
@@ -17,12 +22,16 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from drgan.data.lesion_stats import LESION_TYPES
 
 # Box pixels evaluated per pass (each costs about 130 bytes of temporaries): a batch of 16 at 1280
 # has about a million; a bigger one (many large lesions from fitted statistics) takes more passes.
 PASS_PIXELS = 1 << 21
+# Items resampled at once from the data's side (a float copy of their lesion planes: 157 MB for
+# four items at 1280).
+RESAMPLE_ITEMS = 4
 
 
 def _box_table(primitives: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray, list[slice]]:
@@ -59,7 +68,7 @@ def _box_table(primitives: list[np.ndarray], size: int) -> tuple[np.ndarray, np.
 
 
 def condition_masks(planes: torch.Tensor, slots: list[int], primitives: list[np.ndarray], out: torch.Tensor | None = None,
-                    lesions: torch.Tensor | None = None) -> torch.Tensor:
+                    lesions: torch.Tensor | None = None, drawn_at: int | None = None) -> torch.Tensor:
     """Float (B, 8, R, R) in COND_CHANNELS order, on planes' device: the vessel coverage (0..1) and
     0/1 disc of each item's structure, then its 0/1 lesion ellipses (rows of
     drgan.data.lesions.PRIMITIVE_FIELDS) inside the field of view and off the disc (membranes: on
@@ -67,33 +76,57 @@ def condition_masks(planes: torch.Tensor, slots: list[int], primitives: list[np.
 
     planes: (slots, 3, R, R) uint8: vessel coverage 0..255, 0/1 disc, 0/1 lesion-allowed
     (DeviceStructures.planes). out: a float buffer of that shape to fill (the runner's condition
-    tensor), or None for a new float32 one. lesions: a uint8 (B, 6, R, R) work buffer (reused by
-    the runner), or None for a new one.
+    tensor), or None for a new float32 one. lesions: a uint8 (B, 6, S, S) work buffer (reused by
+    the runner), or None for a new one. drawn_at: S, the side the ellipses are drawn at before
+    resampling to R (the lesion planes then hold coverage in 1/255 steps); None: R, no resampling.
     """
     size, device = planes.shape[-1], planes.device
+    side = drawn_at or size
     if out is None:
         out = torch.empty((len(slots), 2 + len(LESION_TYPES), size, size), dtype=torch.float32, device=device)
     assert out.is_floating_point(), out.dtype
     if lesions is None:
-        lesions = torch.empty((len(slots), len(LESION_TYPES), size, size), dtype=torch.uint8, device=device)
+        lesions = torch.empty((len(slots), len(LESION_TYPES), side, side), dtype=torch.uint8, device=device)
+    assert lesions.shape == (len(slots), len(LESION_TYPES), side, side), (lesions.shape, side)
     lesions.zero_()
-    table, area, passes = _box_table(primitives, size)
+    table, area, passes = _box_table(primitives if side == size else [scaled(p, side / size) for p in primitives], side)
     if len(area):
         t = torch.from_numpy(table).to(device, non_blocking=True)
         n = torch.from_numpy(area).to(device, non_blocking=True)
         for part in passes:
-            _scatter_boxes(lesions.view(-1), t[:, part], n[part], int(area[part].sum()), size)
-    # Clipping the union equals clipping each ellipse: in-place passes over the uint8 planes. An
-    # item without membranes has a zero membrane plane, which the wider clip leaves zero.
+            _scatter_boxes(lesions.view(-1), t[:, part], n[part], int(area[part].sum()), side)
     structure = planes.index_select(0, torch.tensor(slots).to(device, non_blocking=True))
     vessel, disc, allowed = structure.unsqueeze(2).unbind(1)                   # (B, 1, R, R) each
-    membrane = LESION_TYPES.index("membrane")
     out[:, :1].copy_(vessel).div_(255)   # 255 gives exactly 1.0
     out[:, 1:2].copy_(disc)
+    if side == size:
+        out[:, 2:].copy_(_clipped(lesions, allowed, disc))   # clipped as uint8: a quarter of the bytes
+        return out
+    drawn = out[:, 2:]
+    for k in range(0, len(slots), RESAMPLE_ITEMS):
+        drawn[k:k + RESAMPLE_ITEMS] = F.interpolate(lesions[k:k + RESAMPLE_ITEMS].float(), size=(size, size),
+                                                    mode="bilinear", antialias=True, align_corners=False)
+    _clipped(drawn.mul_(255).round_(), allowed, disc).div_(255)   # 8-bit steps; 255 gives exactly 1.0
+    return out
+
+
+def _clipped(lesions: torch.Tensor, allowed: torch.Tensor, disc: torch.Tensor) -> torch.Tensor:
+    """Lesion planes (B, 6, R, R) cut, in place, to where lesions may lie. Clipping the union equals
+    clipping each ellipse. An item without membranes has a zero membrane plane, which the wider
+    clip leaves zero."""
+    membrane = LESION_TYPES.index("membrane")
     lesions[:, :membrane].mul_(allowed)
     lesions[:, membrane:membrane + 1].mul_(allowed | disc)   # membranes may cover the disc
     lesions[:, membrane + 1:].mul_(allowed)
-    out[:, 2:].copy_(lesions)
+    return lesions
+
+
+def scaled(primitives: np.ndarray, factor: float) -> np.ndarray:
+    """Ellipse rows (PRIMITIVE_FIELDS) placed at one side, for an image `factor` times that side:
+    pixel centres map as (x + 0.5) * factor - 0.5, as in resampling."""
+    out = primitives.copy()
+    out[:, 1:3] = (out[:, 1:3] + 0.5) * factor - 0.5
+    out[:, 3:5] *= factor
     return out
 
 

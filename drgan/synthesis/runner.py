@@ -31,7 +31,7 @@ from drgan.data.lesion_stats import LESION_TYPES, LesionStats
 from drgan.errors import DrganError, ParameterError, UsageError, name_list
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import check_outside, sha256_file
-from drgan.runs import RUN_FILE, read_run, require_kind
+from drgan.runs import RUN_FILE, RunInfo, read_run, require_kind
 from drgan.runtime import current_gpu, intra_op_threads, rank_gpu, resolve_device, torchrun_ranks
 from drgan.synthesis import fingerprint
 from drgan.synthesis.registry import make_backend
@@ -148,9 +148,10 @@ def _shard(text: str | None) -> Shard:
     return shard
 
 
-def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
-    """Output resolution and grading space: the run's, or a preset's with standard-normal
-    grading spaces (null backend only: it needs no trained run)."""
+def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace, int | None]:
+    """Output resolution, grading space and the side lesions are drawn at (`lesion_side`): the
+    run's, or a preset's with standard-normal grading spaces and lesions drawn at its resolution
+    (null backend only: it needs no trained run)."""
     if opts.run is None and opts.preset is None and opts.backend != "null":
         raise UsageError(f"{{run}} is required: the {opts.backend} backend runs a trained generator")
     if (opts.run is None) == (opts.preset is None):
@@ -159,40 +160,47 @@ def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace]:
         if opts.backend != "null":
             raise UsageError("{preset} needs {backend} null (a generator needs a trained run: {run})")
         cfg = preset_config(opts.preset)
-        return cfg.resolution, GradingSpace(torch.zeros(NUM_GRADES, cfg.z_dim), torch.ones(NUM_GRADES, cfg.z_dim), float("nan"))
+        return cfg.resolution, GradingSpace(torch.zeros(NUM_GRADES, cfg.z_dim), torch.ones(NUM_GRADES, cfg.z_dim), float("nan")), None
     run = Path(opts.run)
     info = require_kind(run, "gan", "run")
     size = info.cfg.stage_resolution(info.stage)
     if size < MIN_SIDE:  # every reader of a set (validate, evaluate, training) would refuse its images
         raise ParameterError(f"{{run}} {run}: its {info.stage} stage makes {size} px images; a set needs at least "
                              f"{MIN_SIDE} px (synthesize from the local stage's run)")
-    return size, _grading_space(run, info.cfg.z_dim)
+    return size, _grading_space(run, info.cfg.z_dim), lesion_side(info)
 
 
-SOFT_MASKS = 1.25   # a run trained on images this many times its resolution or more saw soft lesion masks
+SOFT_MASKS = 1.25   # a run trained on images this many times its resolution or more (or less) saw soft lesion masks
+
+
+def lesion_side(info: RunInfo) -> int | None:
+    """The side a run's lesion masks had before training resampled them to its resolution (soft
+    edges; a small lesion a faint blob): its dataset's image side, where that is SOFT_MASKS times
+    the resolution or more, or as much less. Synthesis draws lesions there and resamples them as
+    training did. None: drawn at the run's resolution, hard, as it trained (a global-stage run is
+    warned about instead, by condition_shift)."""
+    size = info.cfg.stage_resolution(info.stage)
+    side = info.extra.get("dataset", {}).get("image_side")
+    if info.stage == "global" or not side or max(side / size, size / side) < SOFT_MASKS:
+        return None
+    return int(side)
 
 
 def condition_shift(run: str | Path | None) -> str | None:
     """A warning where the run trained on softer masks than synthesis draws: a global-stage run
-    (its conditions averaged down from the preset's resolution), or a run trained below its
-    dataset's resolution (a small lesion reached it resampled, a faint blob), while synthesis draws
-    lesions at the run's resolution with hard edges. None otherwise, or where the run cannot be
-    read (the synthesis names that)."""
+    (its conditions averaged down from the preset's resolution), while synthesis draws lesions at
+    the run's resolution with hard edges. None otherwise, or where the run cannot be read (the
+    synthesis names that)."""
     try:
         info = require_kind(run, "gan", "run") if run is not None else None
     except DrganError:
         return None
     if info is None or (size := info.cfg.stage_resolution(info.stage)) < MIN_SIDE:  # refused: one error, no warning
         return None
-    if info.stage == "global":
-        return (f"{run} is a global-stage run: it trained on conditions averaged down to {size} px, with soft "
-                f"edges, and synthesis draws lesions with hard ones (synthesize from the local stage's run)")
-    side = info.extra.get("dataset", {}).get("image_side")
-    if not side or side < SOFT_MASKS * size:
+    if info.stage != "global":
         return None
-    return (f"{run} trained at {size} px on images of about {side} px, so their lesion masks reached it resampled, "
-            f"with soft edges; synthesis draws lesions at {size} px with hard ones, conditions it did not train on "
-            f"(import the data with --size {size}, or train at the data's size, for conditions that match)")
+    return (f"{run} is a global-stage run: it trained on conditions averaged down to {size} px, with soft "
+            f"edges, and synthesis draws lesions with hard ones (synthesize from the local stage's run)")
 
 
 def _grading_space(run: Path, z_dim: int) -> GradingSpace:
@@ -207,31 +215,31 @@ def _grading_space(run: Path, z_dim: int) -> GradingSpace:
 
 def synthesize(opts: SynthesisOptions) -> Summary:
     start = time.perf_counter()
-    size, space = _model(opts)
+    size, space, drawn_at = _model(opts)
     plan = Plan(opts.count, tuple(opts.grades), opts.seed, opts.batch)
     _check_output_options(opts)
     shard = _shard(opts.shard)
     device = _device(opts.device)
     with current_gpu(device):  # also for what runs outside the runner's stream (a backend's set-up, the warm-up)
-        return _synthesize(opts, start, size, space, plan, shard, device)
+        return _synthesize(opts, start, size, space, drawn_at, plan, shard, device)
 
 
-def _synthesize(opts: SynthesisOptions, start: float, size: int, space: GradingSpace, plan: Plan, shard: Shard,
-                device: torch.device) -> Summary:
+def _synthesize(opts: SynthesisOptions, start: float, size: int, space: GradingSpace, drawn_at: int | None, plan: Plan,
+                shard: Shard, device: torch.device) -> Summary:
     stats = LesionStats.load(opts.lesion_stats) if opts.lesion_stats else None
     pool = (StructurePool.from_dataset(opts.structures, size, opts.loader, None if opts.structures_split == "all" else opts.structures_split)
             if opts.structures else StructurePool.phantom(size, opts.seed))
     loaded = make_backend(opts.backend, opts.run, size, device, opts.precision, opts.batch, opts.trt_plugin,
                           opts.fp8_attention)
     times = StageTimes({"placement": opts.threads, "main": 1, "device": 1, "nvjpeg": 1, "output": opts.threads})
-    out = _output_folder(opts, shard, _fingerprint(opts, plan, size, pool, loaded), times)
+    out = _output_folder(opts, shard, _fingerprint(opts, plan, size, drawn_at, pool, loaded), times)
     try:
         done = out.done_ids()
         # A rerun of a whole set (without --verify, which may remove files) keeps it readable throughout.
         if opts.verify or sum(plan.item_index(i) is not None for i in done) < plan.count:
             out.mark_unfinished()
         damaged = out.remove_damaged(_in_shard(done, plan, shard), opts.progress) if opts.verify else None
-        pipeline = _Pipeline(opts, plan, pool, space, stats, loaded, device, size, out, times)
+        pipeline = _Pipeline(opts, plan, pool, space, stats, loaded, device, size, drawn_at, out, times)
         generated, skipped, pipeline_seconds = pipeline.run(shard)
         out.close()
     except BaseException:
@@ -291,7 +299,7 @@ def _summary(opts: SynthesisOptions, plan: Plan, rows: list[dict], generated: in
     )
 
 
-def _fingerprint(opts: SynthesisOptions, plan: Plan, size: int, pool: StructurePool, loaded) -> dict:
+def _fingerprint(opts: SynthesisOptions, plan: Plan, size: int, drawn_at: int | None, pool: StructurePool, loaded) -> dict:
     """What decides the set's bytes (see drgan.synthesis.fingerprint); threads, device and the
     structure loader do not."""
     return {
@@ -304,6 +312,7 @@ def _fingerprint(opts: SynthesisOptions, plan: Plan, size: int, pool: StructureP
         "save_masks": opts.save_masks, "label": opts.label,
         # Only when on, so the fingerprints of sets made before the option existed still match.
         **({"fp8_attention": True} if opts.fp8_attention else {}),
+        **({"lesions_drawn_at": drawn_at} if drawn_at else {}),
     }
 
 
@@ -311,9 +320,10 @@ class _Pipeline:
     """One shard's batches through placement -> device -> host buffers -> encoders."""
 
     def __init__(self, opts: SynthesisOptions, plan: Plan, pool: StructurePool, space: GradingSpace, stats,
-                 loaded, device: torch.device, size: int, out: OutputFolder, times: StageTimes) -> None:
+                 loaded, device: torch.device, size: int, drawn_at: int | None, out: OutputFolder, times: StageTimes) -> None:
         self.opts, self.plan, self.pool, self.space, self.stats = opts, plan, pool, space, stats
         self.loaded, self.device, self.size, self.out, self.times = loaded, device, size, out, times
+        self.drawn_at = drawn_at   # the side lesions are drawn at before resampling (None: size)
         self.cuda = device.type == "cuda"
         self.structures = DeviceStructures(pool, size, device, plan.batch)
         self.noise_shapes = loaded.noise_shapes(1)
@@ -411,9 +421,11 @@ class _Pipeline:
             slots = self.structures.slots([it.structure for it in rows])
             # The float condition exists only here.
             with self._own_stage():
+                side = self.drawn_at or size
                 cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows],
                                        out=self._buffer("cond", (len(rows), len(COND_CHANNELS), size, size), torch.float32),
-                                       lesions=self._buffer("lesions", (len(rows), len(LESION_TYPES), size, size), torch.uint8))
+                                       lesions=self._buffer("lesions", (len(rows), len(LESION_TYPES), side, side), torch.uint8),
+                                       drawn_at=self.drawn_at)
             saved = self._masks_to_host(cond[:n], slot) if self.opts.save_masks else None
             mark("rasterization")
             if self.device_space is None:
@@ -498,7 +510,7 @@ class _Pipeline:
         rows = items + [items[-1]] * (self.plan.batch - len(items))
         with torch.inference_mode():
             slots = self.structures.slots([it.structure for it in rows])
-            cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows])
+            cond = condition_masks(self.structures.planes, slots, [it.primitives for it in rows], drawn_at=self.drawn_at)
             return self.loaded.predict_grade(cond)[:len(items)].tolist()
 
     def _own_stage(self) -> contextlib.AbstractContextManager:
