@@ -42,7 +42,7 @@ from drgan.nn import DiscOutput, DRGANGenerator, build_discriminator, set_kernel
 from drgan.runtime import autocast_dtype, seeded_generator
 from drgan.training import distributed as dist_util
 from drgan.training import losses
-from drgan.training.interrupts import ignored_signals, interrupted_line, whole_step
+from drgan.training.interrupts import ignored_signals, interrupted_line, told_by_the_main_rank, whole_step
 from drgan.training.logger import RunLogger
 from drgan.training.options import GanOptions, model_config, resolve_options
 from drgan.training.state import (
@@ -369,7 +369,9 @@ class GanTrainer:
         is a collective call that they may not reach: then the main rank names the last one);
         then say how the run goes on."""
         if self.info.enabled:
-            if self.info.is_main and saved_at > 0:
+            if not self.info.is_main:
+                told_by_the_main_rank()
+            elif saved_at > 0:
                 tqdm.write(interrupted_line(saved_at, self.run, complete=saved_at >= limit, at=self.step),
                            file=sys.stderr)
             return

@@ -78,6 +78,12 @@ def interrupted_line(step: int, run: object, complete: bool, at: int | None = No
     return f"interrupted: {where}" + (f"; {way_on}" if way_on else "")
 
 
+def told_by_the_main_rank() -> None:
+    """On a rank of a multi-process run other than the main one: the main rank says how the run
+    goes on (or its command's `aborted` does), once for all ranks, so this rank's command is silent."""
+    _TOLD[0] = True
+
+
 def way_on_told(reset: bool = False) -> bool:
     """Whether an interrupted trainer of this command has said how its run goes on (`reset`: a new
     command begins, nothing said yet)."""

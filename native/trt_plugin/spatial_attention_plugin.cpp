@@ -142,7 +142,8 @@ public:
                             int32_t nbOutputs) const noexcept override {
         (void)outputs;
         (void)nbOutputs;
-        if (nbInputs != kInputs) return 0;
+        // Called before onShapeChange's check: a rank below 3 has no (N, D) axes to read.
+        if (nbInputs != kInputs || inputs[0].max.nbDims < 3) return 0;
         Shape3 const most = flatten(inputs[0].max);
         return drgan_spatial_attention_workspace_size(most.batch, most.n);
     }
