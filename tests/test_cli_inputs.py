@@ -303,14 +303,14 @@ def test_unbalanced_count_is_named(drgan, tmp_path):
 
 def test_a_run_trained_on_resampled_masks_gets_lesions_resampled_as_it_saw_them(drgan, tmp_path):
     """Training resamples a dataset's masks to the run's resolution (soft lesion edges, a small
-    lesion a faint blob): synthesis draws lesions at the data's side and resamples them the same
-    way, from 1.25 times the run's resolution (or as much less) on, and records that in the set's
-    fingerprint; below that it draws them at the run's resolution, hard, as before."""
+    lesion a faint blob): synthesis draws lesions at the data's side (at most 4 times the run's)
+    and resamples them the same way, and records that in the set's fingerprint; data of the run's
+    side gets them drawn at its resolution, hard, as before."""
     from drgan.runs import RUN_FILE, dataset_record
 
     data = write_phantom_dataset(tmp_path / "data", 4, 96, seed=0)
     assert dataset_record(data)["dataset"]["image_side"] == 96
-    for side, soft in ((64, False), (79, False), (80, True), (96, True), (52, False), (51, True)):   # 80 = 1.25 x 64
+    for side, drawn_at in ((64, None), (70, 70), (96, 96), (51, 51), (1000, 256)):
         run = make_run(tmp_path / f"run{side}")                       # tiny-64: 64 px
         record = json.loads((run / RUN_FILE).read_text())
         (run / RUN_FILE).write_text(json.dumps({**record, "dataset": {"image_side": side}}))
@@ -319,18 +319,18 @@ def test_a_run_trained_on_resampled_masks_gets_lesions_resampled_as_it_saw_them(
                               "--json")
         assert rc == 0, err
         assert json.loads(text)["warnings"] == [] and "warning" not in err
-        assert json.loads((out / "fingerprint.json").read_text()).get("lesions_drawn_at") == (side if soft else None)
+        assert json.loads((out / "fingerprint.json").read_text()).get("lesions_drawn_at") == drawn_at
         levels = set()
         for folder in (out / "masks").iterdir():
             for name in ("ma", "he", "ex", "se"):
                 if (folder / f"{name}.png").is_file():
                     levels |= set(np.unique(np.asarray(Image.open(folder / f"{name}.png"))).tolist())
-        assert {0, 255} <= levels and (len(levels) > 2) == soft, levels
+        assert {0, 255} <= levels and (len(levels) > 2) == (drawn_at is not None), levels
     made_hard = json.loads((out / "fingerprint.json").read_text())    # a set begun by an earlier version
     del made_hard["lesions_drawn_at"]
     (out / "fingerprint.json").write_text(json.dumps(made_hard))
     rc, _, err = drgan("synthesize", "--run", run, "--out", out, "--count", "10", "--device", "cpu", "--save-masks")
-    assert rc == 1 and "(lesions_drawn_at null there, 51 now: lesions are drawn at the side of the run's training" in err
+    assert rc == 1 and "(lesions_drawn_at null there, 256 now: lesions are drawn at the side of the run's training" in err
     # A global-stage run trained on conditions averaged down from the preset's resolution, whatever the data.
     from drgan.synthesis.runner import condition_shift
 

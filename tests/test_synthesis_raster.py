@@ -214,3 +214,19 @@ def test_a_lesion_drawn_at_another_side_stays_where_it_was_placed(side):
     # A centre mapped without the half-pixel terms is half a pixel off.
     assert abs((plane * rows).sum() / plane.sum() - cy) < 0.1 and abs((plane * cols).sum() / plane.sum() - cx) < 0.1
     assert abs(plane.sum() / (np.pi * a * b) - 1) < 0.03
+
+
+def test_resampling_in_parts_equals_resampling_at_once(monkeypatch):
+    """The float copy resampled from the data's side is bounded (RESAMPLE_BYTES): item by item, the
+    same conditions."""
+    from drgan.synthesis import raster
+
+    size, side = 64, 160
+    pool = StructurePool.phantom(size, 7)
+    structures = DeviceStructures(pool, size, torch.device("cpu"), batch=5)
+    primitives = [lesion_primitives(pool.geometry(j), 4, np.random.default_rng(j))[0] for j in range(5)]
+    slots = structures.slots(list(range(5)))
+    whole = condition_masks(structures.planes, slots, primitives, drawn_at=side)
+    monkeypatch.setattr(raster, "RESAMPLE_BYTES", 4 * 6 * side * side)   # one item at a time
+    assert torch.equal(condition_masks(structures.planes, slots, primitives, drawn_at=side), whole)
+    assert whole[:, 2:].max() == 1

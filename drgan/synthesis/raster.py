@@ -29,9 +29,9 @@ from drgan.data.lesion_stats import LESION_TYPES
 # Box pixels evaluated per pass (each costs about 130 bytes of temporaries): a batch of 16 at 1280
 # has about a million; a bigger one (many large lesions from fitted statistics) takes more passes.
 PASS_PIXELS = 1 << 21
-# Items resampled at once from the data's side (a float copy of their lesion planes: 157 MB for
-# four items at 1280).
-RESAMPLE_ITEMS = 4
+# Bytes of the float copy of the lesion planes resampled at once from the data's side (four items
+# at 1280); at least one item.
+RESAMPLE_BYTES = 160 << 20
 
 
 def _box_table(primitives: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray, list[slice]]:
@@ -102,10 +102,10 @@ def condition_masks(planes: torch.Tensor, slots: list[int], primitives: list[np.
     if side == size:
         out[:, 2:].copy_(_clipped(lesions, allowed, disc))   # clipped as uint8: a quarter of the bytes
         return out
-    drawn = out[:, 2:]
-    for k in range(0, len(slots), RESAMPLE_ITEMS):
-        drawn[k:k + RESAMPLE_ITEMS] = F.interpolate(lesions[k:k + RESAMPLE_ITEMS].float(), size=(size, size),
-                                                    mode="bilinear", antialias=True, align_corners=False)
+    drawn, step = out[:, 2:], max(1, RESAMPLE_BYTES // (4 * lesions[0].numel()))
+    for k in range(0, len(slots), step):
+        drawn[k:k + step] = F.interpolate(lesions[k:k + step].float(), size=(size, size), mode="bilinear",
+                                          antialias=True, align_corners=False)
     _clipped(drawn.mul_(255).round_(), allowed, disc).div_(255)   # 8-bit steps; 255 gives exactly 1.0
     return out
 

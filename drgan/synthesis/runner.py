@@ -170,20 +170,23 @@ def _model(opts: SynthesisOptions) -> tuple[int, GradingSpace, int | None]:
     return size, _grading_space(run, info.cfg.z_dim), lesion_side(info)
 
 
-SOFT_MASKS = 1.25   # a run trained on images this many times its resolution or more (or less) saw soft lesion masks
+# Lesions are drawn at most this many times the run's resolution: against a drawing at the data's
+# side, 4288 px photographs for a 256 px run, one at 1280 px differs by 1.45 8-bit levels on
+# average, and the drawing's memory grows with the square of its side.
+DRAW_FACTOR = 4
 
 
 def lesion_side(info: RunInfo) -> int | None:
     """The side a run's lesion masks had before training resampled them to its resolution (soft
-    edges; a small lesion a faint blob): its dataset's image side, where that is SOFT_MASKS times
-    the resolution or more, or as much less. Synthesis draws lesions there and resamples them as
-    training did. None: drawn at the run's resolution, hard, as it trained (a global-stage run is
-    warned about instead, by condition_shift)."""
+    edges; a small lesion a faint blob): its dataset's image side, at most DRAW_FACTOR times the
+    resolution. Synthesis draws lesions there and resamples them as training did. None: the data
+    had the run's side (or no record of it), and lesions are drawn at the run's resolution, hard,
+    as it trained (a global-stage run is warned about instead, by condition_shift)."""
     size = info.cfg.stage_resolution(info.stage)
     side = info.extra.get("dataset", {}).get("image_side")
-    if info.stage == "global" or not side or max(side / size, size / side) < SOFT_MASKS:
+    if info.stage == "global" or not side or side == size:
         return None
-    return int(side)
+    return min(int(side), DRAW_FACTOR * size)
 
 
 def condition_shift(run: str | Path | None) -> str | None:
@@ -478,7 +481,8 @@ class _Pipeline:
             self.waited += time.perf_counter() - start
 
     def _masks_to_host(self, cond: torch.Tensor, slot: int) -> list[functools.partial]:
-        """--save-masks: the batch's conditions as 0/255 uint8, copied into the slot's host buffer in
+        """--save-masks: the batch's conditions as uint8 (0/255; vessels, and lesions drawn at another
+        side, in 8-bit steps between), copied into the slot's host buffer in
         stream order (before generation, so they are ready first); per item a function giving its
         masks once copied. A blocking copy would make the main thread wait for the device every batch."""
         host = self._host_buffer("masks", slot, (self.plan.batch, *cond.shape[1:]))
