@@ -602,6 +602,33 @@ def test_an_id_converted_but_not_yet_recorded_is_converted_again(eyepacs, tmp_pa
     assert record.read_text().splitlines() == rows
 
 
+def test_damaged_import_records_are_named_or_rebuilt(eyepacs, tmp_path):
+    """import_sources.csv damaged: no source is known, so every image is converted again (the same
+    bytes); import_splits.csv damaged: carving afresh could move an id between parts, so the import
+    stops with one line naming the file and the ways on."""
+    out = tmp_path / "ds"
+    import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*.png"))}
+    rows = (out / "import_sources.csv").read_text()
+    (out / "import_sources.csv").write_bytes(b"\xff\xfe\x00 not text")
+    report = import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (0, 3, 0)
+    assert any("import_sources.csv: damaged, not a CSV text file" in note and note.endswith("every image converted again")
+               for note in report.notes)
+    assert (out / "import_sources.csv").read_text() == rows
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*.png"))} == files
+
+    (out / "import_splits.csv").write_bytes(b"\xff\xfe\x00 not text")
+    res, _ = run_import("eyepacs", eyepacs, "--out", out, "--size", SIZE, "--vessels", "none", "--workers", 0)
+    assert res.exit_code == 1 and isinstance(res.exception, DrganError)
+    assert str(res.exception).startswith(f"{out / 'import_splits.csv'}: damaged, not a CSV text file (")
+    assert str(res.exception).endswith("; delete it to keep the parts labels.csv lists and carve the other ids afresh, "
+                                       "or restore it")
+    (out / "import_splits.csv").unlink()
+    report = import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (0, 0, 3) and validate_dataset(out).problems == []
+
+
 def test_a_run_killed_while_converting_a_replaced_id_again_leaves_it_unfinished(eyepacs, tmp_path, monkeypatch):
     """The old image goes before the new one is made: a kill in between cannot leave the old
     photograph looking finished under the record of the new file."""

@@ -348,14 +348,14 @@ def _remove_unlisted(out: Path, listed: set[str]) -> int:
     return removed
 
 
-def _read_sources(out: Path) -> dict[str, str] | None:
-    """id -> source signature of the ids an earlier run converted (None: a folder imported before
-    sources were recorded)."""
-    path = out / SOURCES_FILE
-    if not path.is_file():
-        return None
-    with open(path, newline="") as f:
-        return {row["id"]: row["source"] for row in csv.DictReader(f) if row.get("id") and row.get("source")}
+def _record_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of one of the import's own CSV records (written whole, through a rename: damage
+    comes from elsewhere); DrganError where the file is not UTF-8 CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DrganError(f"{path}: damaged, not a CSV text file ({exc})") from None
 
 
 def _write_sources(out: Path, sources: dict[str, str]) -> None:
@@ -366,16 +366,24 @@ def _write_sources(out: Path, sources: dict[str, str]) -> None:
     atomic_write_text(out / SOURCES_FILE, buf.getvalue())
 
 
-def _replaced(out: Path, items: list[Item], signatures: dict[str, str]) -> set[str]:
-    """The converted ids whose release files changed since they were converted. A folder imported
-    before sources were recorded has its converted ids recorded as they are now (a file replaced
-    before this run is not seen)."""
+def _recorded_sources(out: Path, items: list[Item], signatures: dict[str, str],
+                      report: ImportReport) -> tuple[dict[str, str], set[str]]:
+    """id -> source signature of the ids an earlier run converted, and the converted ids whose
+    release files changed since (or are not recorded). A folder imported before sources were
+    recorded has its converted ids recorded as they are now (a file replaced before this run is
+    not seen); a damaged record knows no source, so every converted id is converted again."""
     converted = {it.id for it in items if (out / "images" / f"{it.id}.png").is_file()}
-    recorded = _read_sources(out)
-    if recorded is None:
-        _write_sources(out, {sid: signatures[sid] for sid in converted})
-        return set()
-    return {sid for sid in converted if recorded.get(sid) != signatures[sid]}
+    path = out / SOURCES_FILE
+    if not path.is_file():
+        recorded = {sid: signatures[sid] for sid in converted}
+        _write_sources(out, recorded)
+        return recorded, set()
+    try:
+        recorded = {row["id"]: row["source"] for row in _record_rows(path) if row.get("id") and row.get("source")}
+    except DrganError as exc:
+        recorded = {}
+        report.notes.append(f"{exc}: every image converted again")
+    return recorded, {sid for sid in converted if recorded.get(sid) != signatures[sid]}
 
 
 def _convert_task(args: tuple[Item, Path, int, str, bool]) -> tuple[Item, str, dict | str]:
@@ -405,7 +413,8 @@ class ImportReport:
         lines = [f"imported {self.images} {self.kind} images into {self.out}"
                  + (f" ({self.resumed} already there from an earlier run)" if self.resumed else "")]
         if self.again:
-            lines.append(f"converted again: {self.again} (the release replaced or added a file of theirs)")
+            lines.append(f"converted again: {self.again} (their release files changed since they were converted, "
+                         "or were not recorded)")
         lines.append("grades: " + ", ".join(f"{g}: {self.grades[g]}" for g in range(NUM_GRADES)))
         lines.append("splits: " + ", ".join(f"{s}: {n}" for s, n in sorted(self.splits.items())))
         lines.append("lesions (pixels at the output size, components, images with any):")
@@ -463,8 +472,12 @@ def _carved_splits(out: Path, plan: Plan) -> dict[str, str]:
     own = {it.id: it.split for it in plan.items}
     carved: dict[str, str] = {}
     if (out / CARVED_FILE).is_file():
-        with open(out / CARVED_FILE, newline="") as f:
-            carved = {row["id"]: row["split"] for row in csv.DictReader(f) if row.get("split") in ("train", "val", "test")}
+        try:
+            rows = _record_rows(out / CARVED_FILE)
+        except DrganError as exc:  # carving afresh could move an id a grader already used to another part
+            raise DrganError(f"{exc}; delete it to keep the parts labels.csv lists and carve the other ids "
+                             "afresh, or restore it") from None
+        carved = {row["id"]: row["split"] for row in rows if row.get("split") in ("train", "val", "test")}
     if (out / LABELS_FILE).is_file():
         rows, _ = read_labels(out)  # written by the earlier run: no problems to report
         carved |= {sid: split for sid, _, split in rows if split is not None}
@@ -514,8 +527,7 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
                             "release's split, or an import by an earlier version, which carved image by image "
                             "(an import into a new folder keeps carved eyes together)")
     signatures = {it.id: source_signature(it) for it in items}
-    again = _replaced(out, items, signatures)
-    sources = _read_sources(out) or {}
+    sources, again = _recorded_sources(out, items, signatures, report)
     tasks = [(it, out, size, vessels, it.id in again) for it in items]
     pool = None
     if workers > 1:
