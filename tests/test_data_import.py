@@ -602,6 +602,52 @@ def test_an_id_converted_but_not_yet_recorded_is_converted_again(eyepacs, tmp_pa
     assert record.read_text().splitlines() == rows
 
 
+def test_a_file_put_back_after_a_killed_reconversion_is_converted_again(eyepacs, tmp_path, monkeypatch):
+    """Killed between a replaced id's new image and the save of its record, then the release file
+    put back as it was (a bad correction restored with its times): the id must not meet its old
+    record entry and keep the new image."""
+    import os
+
+    from drgan.data.importers import core
+
+    src, out = tmp_path / "src", tmp_path / "ds"
+    shutil.copytree(eyepacs, src)
+    photo = src / "train" / "13_left.jpeg"
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    first, kept, when = (out / "images" / "13_left.png").read_bytes(), photo.read_bytes(), photo.stat().st_mtime_ns
+    save_image(photo, 99)
+    convert = core._convert_task
+
+    def killed_after(args):
+        result = convert(args)
+        if args[0].id == "13_left":
+            raise KeyboardInterrupt   # the image is written, the record not yet saved
+        return result
+
+    monkeypatch.setattr(core, "_convert_task", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    monkeypatch.undo()
+    assert (out / "images" / "13_left.png").read_bytes() != first
+    photo.write_bytes(kept)
+    os.utime(photo, ns=(when, when))
+    report = import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (0, 1, 2)
+    assert (out / "images" / "13_left.png").read_bytes() == first
+
+
+def test_a_replaced_file_that_cannot_be_read_takes_its_image_out_and_says_so(eyepacs, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "ds"
+    shutil.copytree(eyepacs, src)
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    (src / "train" / "13_left.jpeg").write_bytes((src / "train" / "13_left.jpeg").read_bytes()[:200])  # cut short
+    report = import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert "13_left" not in labels(out) and not (out / "images" / "13_left.png").exists()
+    assert any("13_left.jpeg" in line for line in report.skipped)
+    assert any(note.startswith("removed 1 image(s) an earlier run imported") for note in report.notes)
+    assert validate_dataset(out).problems == []
+
+
 def test_damaged_import_records_are_named_or_rebuilt(eyepacs, tmp_path):
     """import_sources.csv damaged: no source is known, so every image is converted again (the same
     bytes); import_splits.csv damaged: carving afresh could move an id between parts, so the import

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import shutil
 import sys
 import time
@@ -276,19 +277,20 @@ def _written_stats(out: Path, sid: str) -> dict[str, tuple[int, int]]:
     return mask_stats({n: read_mask(folder / f"{n}.png")[0] for n in LESION_TYPES if (folder / f"{n}.png").is_file()})
 
 
-def source_signature(item: Item) -> str:
-    """The release files an id is converted from, by path, size and modification time: a file the
-    release replaced (a corrected mask, say) changes it, as does a mask file added for the id.
-    Contents are not hashed: a rerun would read the whole release for it, where a replaced or
-    unpacked file gets a new time anyway (rsync's quick check judges files the same way)."""
+def source_signature(item: Item, root: Path) -> str:
+    """The release files an id is converted from, by path under the release's folder `root` (one
+    release however that was named), size and modification time: a file the release replaced (a
+    corrected mask, say) changes it, as does a mask file added for the id. Contents are not
+    hashed: a rerun would read the whole release for it, where a replaced or unpacked file gets a
+    new time anyway (rsync's quick check judges files the same way)."""
     digest = hashlib.sha256()
-    for name, given in sorted({"image": item.image, **item.masks}.items()):
-        path = given.resolve()  # as import.json's source: one release however it was named
+    for name, path in sorted({"image": item.image, **item.masks}.items()):
+        where = os.path.relpath(path, root)  # no file-system calls: one stat per file
         try:
             stat = path.stat()
-            digest.update(f"{name}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{name}\0{where}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:  # gone since the scan: the conversion names it
-            digest.update(f"{name}\0{path}\0missing\n".encode())
+            digest.update(f"{name}\0{where}\0missing\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -383,7 +385,12 @@ def _recorded_sources(out: Path, items: list[Item], signatures: dict[str, str],
     except DrganError as exc:
         recorded = {}
         report.notes.append(f"{exc}: every image converted again")
-    return recorded, {sid for sid in converted if recorded.get(sid) != signatures[sid]}
+    again = {sid for sid in converted if recorded.get(sid) != signatures[sid]}
+    # Only entries true of an image on disk stay: an id converted again and killed before its new
+    # entry is saved must not meet its old one, should the release's file come back as it was.
+    recorded = {sid: recorded[sid] for sid in converted - again}
+    _write_sources(out, recorded)
+    return recorded, again
 
 
 def _convert_task(args: tuple[Item, Path, int, str, bool]) -> tuple[Item, str, dict | str]:
@@ -461,7 +468,7 @@ def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int,
         (out / "images").mkdir(exist_ok=True)
         (out / "masks").mkdir(exist_ok=True)
         atomic_write_text(out / UNFINISHED, "data import\n")  # until labels.csv lists what was converted
-        return _convert_all(kind, plan, out, size, vessels, workers, progress)
+        return _convert_all(kind, plan, plan.root or source, out, size, vessels, workers, progress)
 
 
 def _carved_splits(out: Path, plan: Plan) -> dict[str, str]:
@@ -512,7 +519,7 @@ def _list_skipped(skipped: list[str]) -> None:
     print("\n".join(["skipped:", *_skipped_lines(skipped, SHOW_SKIPPED)]), file=sys.stderr)
 
 
-def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, workers: int,
+def _convert_all(kind: str, plan: Plan, root: Path, out: Path, size: int, vessels: str, workers: int,
                  progress: bool) -> ImportReport:
     remove_temp_files(out)  # left by a killed run, images and masks alike
     counts = Counter(it.id for it in plan.items)
@@ -526,7 +533,7 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
                             f"{', ...' if len(apart) > 3 else ''}) {'have' if len(apart) > 1 else 'has'} images in more than one split: the "
                             "release's split, or an import by an earlier version, which carved image by image "
                             "(an import into a new folder keeps carved eyes together)")
-    signatures = {it.id: source_signature(it) for it in items}
+    signatures = {it.id: source_signature(it, root) for it in items}
     sources, again = _recorded_sources(out, items, signatures, report)
     tasks = [(it, out, size, vessels, it.id in again) for it in items]
     pool = None
@@ -540,11 +547,13 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
         from tqdm import tqdm
         results = tqdm(results, total=len(tasks), desc=f"import {kind}", unit="img")
     finished: set[str] = set()
+    lost = 0
     saved = time.monotonic()
     try:
         for item, status, result in results:
             if status == "skipped":
                 report.skipped.append(str(result))
+                lost += item.id in again   # its earlier image is gone with it
                 continue
             finished.add(item.id)
             sources[item.id] = signatures[item.id]
@@ -569,9 +578,9 @@ def _convert_all(kind: str, plan: Plan, out: Path, size: int, vessels: str, work
     if not finished:
         _list_skipped(report.skipped)
         raise NothingImported(f"no {kind} image could be imported ({len(report.skipped)} skipped)")
-    if removed := _remove_unlisted(out, finished):
+    if removed := _remove_unlisted(out, finished) + lost:
         report.notes.append(f"removed {removed} image(s) an earlier run imported that this one does not list "
-                            "(a grade now missing or contradicted, say)")
+                            "(a grade now missing or contradicted, a replaced file now unreadable, say)")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "grade", "split"])
