@@ -577,6 +577,28 @@ def test_grades_absent_from_the_training_images_are_named(tmp_path, space, capsy
             "(train on every grade you will synthesize)\n") in capsys.readouterr().err
 
 
+def test_training_images_without_lesion_masks_are_named(tmp_path, space, capsys):
+    """A grades-only release (EyePACS, APTOS): the generator would draw lesions from the grading
+    vector alone; a dataset with its lesion masks gets no warning."""
+    import shutil
+
+    from drgan.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", count=10, size=64, seed=0)
+    train_gan(options(tmp_path, space, data=str(data), max_steps=1))
+    assert "lesion mask" not in capsys.readouterr().err
+    for folder in (data / "masks").iterdir():
+        for name in ("ma", "he", "ex", "se", "laser", "membrane"):
+            (folder / f"{name}.png").unlink(missing_ok=True)
+    shutil.rmtree(tmp_path / "run")
+    train_gan(options(tmp_path, space, data=str(data), max_steps=1))
+    rows = [r.split(",") for r in (data / "labels.csv").read_text().splitlines()[1:]]
+    diseased = sum(int(grade) > 0 for _, grade, split in rows if split == "train")
+    assert diseased > 0
+    assert (f"warning: {data}: 0 of the {diseased} training images of grade 1 or more have a lesion mask: the generator "
+            "learns lesions from the grading vector rather than from masks") in capsys.readouterr().err
+
+
 def test_overwrite_refuses_inputs_inside_the_run_it_would_empty(tmp_path, space):
     """--overwrite emptied --out before reading a grading space, an init run or a dataset kept inside it."""
     import shutil

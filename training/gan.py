@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from drgan import locks
 from drgan.checkpoint import load_module, load_tensors, save_tensors
+from drgan.config import COND_CHANNELS
 from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.io import atomic_write_bytes, atomic_write_json
 from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepare_out, require_checkpoint,
@@ -195,6 +196,15 @@ class GanTrainer:
         if self.info.is_main and (absent := sorted(set(range(self.cfg.num_grades)) - set(dataset.grades))):
             print(f"warning: {self.opts.data}: no training image of grade(s) {', '.join(map(str, absent))}: the generator "
                   "learns nothing of them (train on every grade you will synthesize)", file=sys.stderr)
+        # A grades-only release (EyePACS, APTOS) has no lesion masks: the generator then draws
+        # lesions from the grading vector alone, and a set's lesion masks would not show.
+        diseased = [s for s in dataset.samples if s.grade > 0]
+        drawn = sum(any(c in s.masks for c in COND_CHANNELS[2:]) for s in diseased)
+        if self.info.is_main and diseased and drawn < len(diseased) / 2:
+            print(f"warning: {self.opts.data}: {drawn} of the {len(diseased)} training images of grade 1 or more have a "
+                  "lesion mask: the generator learns lesions from the grading vector rather than from masks, and "
+                  "synthesized images may not show the lesions their masks place (train on a release with lesion "
+                  "masks: FGADR, IDRiD, DDR)", file=sys.stderr)
         return dataset
 
     def _load_init(self, init: Path) -> None:
