@@ -182,3 +182,24 @@ def test_evaluate_fidelity_grades_the_data_alone_without_a_reference(small_sets,
     assert result["grading"]["count"] == 5 and result["grading"]["resolution"] == 64
     assert result["grading"]["accuracy"] == pytest.approx(0.2)
     assert f"| {s96} | 5 | 0.200 | 0.000 |" in text
+
+
+def test_a_plain_folder_holding_masks_or_drgan_folders_is_refused(tmp_path):
+    """A plain folder is read whole: a dataset's masks/, a folder of datasets (masks beside the
+    photographs), a run folder's sample grids would be scored as images; an unfinished set's
+    images/ alone would pass for the whole set. A finished dataset's images/ is a plain set."""
+    from drgan.data.format import UNFINISHED
+    from drgan.metrics.images import open_image_set
+
+    a = write_phantom_dataset(tmp_path / "all" / "a", 4, 64, seed=0)
+    write_phantom_dataset(tmp_path / "all" / "b", 4, 64, seed=1)
+    with pytest.raises(DrganError, match=rf"^{tmp_path / 'all'}: holds a dataset or set, {a} and 1 more, whose masks"):
+        open_image_set(tmp_path / "all")
+    with pytest.raises(DrganError, match=rf"^{a / 'masks'}: the masks of {a}, not images \(give {a} for its images\)$"):
+        open_image_set(a / "masks")
+    assert len(open_image_set(a / "images")) == 4 and open_image_set(a / "images").grades is None
+    (a / UNFINISHED).write_text("synthesize\n")
+    with pytest.raises(DrganError, match=rf"^{a}: unfinished"):
+        open_image_set(a / "images")
+    with pytest.raises(DrganError, match=rf"^{tmp_path / 'all'}: holds a dataset or set, {a} and 1 more"):
+        open_image_set(tmp_path / "all")

@@ -2,7 +2,8 @@
 
 A dataset folder (drgan.data.format) holds `images/<id>.png|jpg` and `labels.csv` (id,grade[,split]);
 its grades allow per-grade metrics. Any other folder is read as a plain set of images (found
-recursively, sorted by relative path) without grades.
+recursively, sorted by relative path) without grades, unless it is a dataset's masks/ or holds
+drgan folders of its own, whose masks or sample grids would be scored as images.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import PIL.Image
 
 from drgan.config import NUM_GRADES
 from drgan.data.decode import pixels_to_uint8, open_image
-from drgan.data.format import check_finished, open_dataset
+from drgan.data.format import UNFINISHED, check_finished, open_dataset
 from drgan.data.labels import LABELS_FILE
 from drgan.errors import DrganError
 from drgan.runs import RUN_FILE
@@ -101,11 +102,29 @@ def open_image_set(folder: str | os.PathLike, split: str | None = None) -> Image
     elif split is not None:
         raise DrganError(f"{root}: split {split!r} needs a dataset folder (images/ + labels.csv)")
     else:
+        _check_plain_folder(root)
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         image_set = ImageSet(root, paths, None)
     if len(image_set) == 0:
         raise DrganError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return image_set
+
+
+def _check_plain_folder(root: Path) -> None:
+    """Refuse a plain folder whose files are not all a set's images: a dataset's or set's masks/,
+    the images/ of one still being written (read alone, it would pass for the whole set), or a
+    folder holding datasets, sets or runs (their masks and sample grids are PNGs too)."""
+    owner = root.resolve().parent
+    if (owner / LABELS_FILE).is_file() or (owner / UNFINISHED).is_file():
+        if root.resolve().name == "masks":
+            raise DrganError(f"{root}: the masks of {owner}, not images (give {owner} for its images)")
+        check_finished(owner)
+    for marker, what in ((LABELS_FILE, "a dataset or set"), (RUN_FILE, "a run"), (UNFINISHED, "an unfinished set")):
+        inner = sorted(p.parent for p in root.rglob(marker) if p.parent != root)
+        if inner:
+            more = f" and {len(inner) - 1} more" if len(inner) > 1 else ""
+            raise DrganError(f"{root}: holds {what}, {inner[0]}{more}, whose masks or sample grids would be scored as "
+                             "images: give the dataset or set itself")
 
 
 def load_rgb(path: Path, size: int | None = None) -> np.ndarray:
