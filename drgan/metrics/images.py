@@ -102,25 +102,27 @@ def open_image_set(folder: str | os.PathLike, split: str | None = None) -> Image
     elif split is not None:
         raise DrganError(f"{root}: split {split!r} needs a dataset folder (images/ + labels.csv)")
     else:
-        _check_plain_folder(root)
-        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = list(root.rglob("*"))  # one walk of a tree that may hold 50,000 images
+        _check_plain_folder(root, found)
+        paths = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         image_set = ImageSet(root, paths, None)
     if len(image_set) == 0:
         raise DrganError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return image_set
 
 
-def _check_plain_folder(root: Path) -> None:
+def _check_plain_folder(root: Path, found: list[Path]) -> None:
     """Refuse a plain folder whose files are not all a set's images: a dataset's or set's masks/,
     the images/ of one still being written (read alone, it would pass for the whole set), or a
-    folder holding datasets, sets or runs (their masks and sample grids are PNGs too)."""
+    folder holding datasets, sets or runs (their masks and sample grids are PNGs too); `found`:
+    every path under root."""
     owner = root.resolve().parent
     if (owner / LABELS_FILE).is_file() or (owner / UNFINISHED).is_file():
         if root.resolve().name == "masks":
             raise DrganError(f"{root}: the masks of {owner}, not images (give {owner} for its images)")
         check_finished(owner)
     for marker, what in ((LABELS_FILE, "a dataset or set"), (RUN_FILE, "a run"), (UNFINISHED, "an unfinished set")):
-        inner = sorted(p.parent for p in root.rglob(marker) if p.parent != root)
+        inner = sorted(p.parent for p in found if p.name == marker and p.parent != root)
         if inner:
             more = f" and {len(inner) - 1} more" if len(inner) > 1 else ""
             raise DrganError(f"{root}: holds {what}, {inner[0]}{more}, whose masks or sample grids would be scored as "
