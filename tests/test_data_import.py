@@ -225,6 +225,22 @@ def test_idrid_channels_labels_and_disc(idrid, tmp_path):
     assert validate_dataset(out).problems == []
 
 
+def test_idrid_as_published_says_why_nothing_came_in(idrid, tmp_path):
+    """The published tables grade only the grading images: nothing imports, and the note that says
+    so comes before the error, where the user needs it."""
+    src = tmp_path / "IDRiD"
+    shutil.copytree(idrid, src)
+    truths = src / "B. Disease Grading" / "2. Groundtruths"
+    for table in truths.iterdir():
+        table.unlink()
+    (truths / "a. IDRiD_Disease Grading_Training Labels.csv").write_text("Image name,Retinopathy grade\nIDRiD_001,4\n")
+    res, err = run_import("idrid", src, "--out", tmp_path / "ds", "--size", SIZE, "--vessels", "none", "--workers", 0)
+    assert res.exit_code == 1 and str(res.exception).startswith("no importable images in the idrid release")
+    assert ("note: B. Disease Grading/2. Groundtruths/*.csv: 1 grading row names the grading images (IDRiD_NNN), none "
+            "of the segmentation images; not read") in err
+    assert "IDRiD_01.jpg: no grade in" in err and not (tmp_path / "ds").exists()
+
+
 # ---------------------------------------------------------------- DDR
 
 # id: (release split folder, grade, lesion kinds with a mask file)

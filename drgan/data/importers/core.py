@@ -454,8 +454,7 @@ def import_plan(kind: str, plan: Plan, source: Path, out: str | Path, size: int,
     if vessels not in VESSEL_MODES:
         raise ParameterError(f"{{vessels}} {vessels!r}: one of {', '.join(VESSEL_MODES)}")
     if not plan.items:
-        if plan.skipped:
-            _list_skipped(plan.skipped)
+        _list_skipped(plan.skipped, plan.notes)
         raise DrganError(f"no importable images in the {kind} release ({len(plan.skipped)} skipped)")
     typed = str(source.resolve())
     options = {"kind": kind, "size": size, "vessels": vessels, "source": str((plan.root or source).resolve())}
@@ -513,10 +512,13 @@ def _skipped_lines(skipped: list[str], limit: int | None, all_in: str = "") -> l
     return [f"  {s}" for s in shown] + more
 
 
-def _list_skipped(skipped: list[str]) -> None:
-    """Before the error of an import that brings in nothing: each skipped item (the report that
-    names them is written only with a dataset)."""
-    print("\n".join(["skipped:", *_skipped_lines(skipped, SHOW_SKIPPED)]), file=sys.stderr)
+def _list_skipped(skipped: list[str], notes: list[str]) -> None:
+    """Before the error of an import that brings in nothing: each skipped item, and the notes on the
+    release (one may say why nothing came in: IDRiD's grading rows naming other images), which the
+    report would give, written only with a dataset."""
+    lines = (["skipped:", *_skipped_lines(skipped, SHOW_SKIPPED)] if skipped else []) + [f"note: {n}" for n in notes]
+    if lines:
+        print("\n".join(lines), file=sys.stderr)
 
 
 def _convert_all(kind: str, plan: Plan, root: Path, out: Path, size: int, vessels: str, workers: int,
@@ -576,7 +578,7 @@ def _convert_all(kind: str, plan: Plan, root: Path, out: Path, size: int, vessel
             pool.terminate()
         _write_sources(out, sources)
     if not finished:
-        _list_skipped(report.skipped)
+        _list_skipped(report.skipped, report.notes)
         raise NothingImported(f"no {kind} image could be imported ({len(report.skipped)} skipped)")
     if removed := _remove_unlisted(out, finished) + lost:
         report.notes.append(f"removed {removed} image(s) an earlier run imported that this one does not list "

@@ -69,8 +69,8 @@ def scan(src: Path) -> Plan:
         else:  # another name (a typo in a table added for the segmentation images) is listed
             plan.skipped.append(f"{row.table}:{row.line}: {row.name} names no image in {root / IMAGES}")
     if theirs:
-        plan.notes.append(f"{where}: {theirs} grading rows name the grading images (IDRiD_NNN), none of the "
-                          "segmentation images; not read")
+        rows = "1 grading row names" if theirs == 1 else f"{theirs} grading rows name"
+        plan.notes.append(f"{where}: {rows} the grading images (IDRiD_NNN), none of the segmentation images; not read")
     lookup = lower_keys(graded(plan, used))
     for set_dir, found, masks in sets:
         for key, image in found.items():
