@@ -94,8 +94,22 @@ def test_a_split_no_row_has_says_how_to_give_one(clean, tmp_path):
         open_dataset(root, split="val")
     assert str(err.value) == (f"{root}: no usable samples in split 'val' (no row of labels.csv has it, given or by the "
                               "90/10 train/val split by patient of rows without one: give it to some rows)")
-    with pytest.raises(DrganError, match=r"in split 'test' \(no row of labels.csv has it: give it to some rows\)$"):
+    with pytest.raises(DrganError, match=r"in split 'test' \(no row of labels.csv has it: give it to some rows; rows "
+                                         r"without one are train or val\)$"):
         open_dataset(root, split="test")
+
+
+def test_a_test_split_of_rows_without_splits_is_one_error_line(clean, tmp_path, capsys):
+    """Rows without a split are never test: the note on how they are hashed into train and val is
+    not printed before the error (a synthesized set, whose rows have none, asked for its test split)."""
+    root = copy_dataset(clean, tmp_path / "unsplit")
+    rows = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text("id,grade\n" + "".join(",".join(r.split(",")[:2]) + "\n" for r in rows[1:]))
+    with pytest.raises(DrganError, match=r"in split 'test' \(no row of labels.csv has it"):
+        open_dataset(root, split="test")
+    assert capsys.readouterr().err == ""
+    open_dataset(root, split="train")
+    assert "rows without a split are split 90/10 into train/val" in capsys.readouterr().err
 
 
 def test_a_dataset_without_one_usable_sample_lists_every_problem(clean, tmp_path):

@@ -187,7 +187,8 @@ def _check_samples(
             continue
         if split is not None and sp is None:
             sp = hash_split(sid)
-            _announce_hash_split(root)
+            if split != "test":  # no such row is test: the hash decides nothing a test split reads
+                _announce_hash_split(root)
         if sid in bad_ids or (split is not None and sp != split):
             continue
         sample = Sample(sid, images[sid], grade, sp, mask_files.get(sid, {}))
@@ -227,6 +228,8 @@ def _index(root: Path, samples: list[Sample], problems: list[tuple[str | None, s
     if not samples:
         hashed = ", given or by the 90/10 train/val split by patient of rows without one" if split in ("train", "val") else ""
         why = (f" ({len(lines)} problems, first: {lines[0]})" if lines
+               else f" (no row of {LABELS_FILE} has it: give it to some rows; rows without one are train or val)"
+               if split == "test"
                else f" (no row of {LABELS_FILE} has it{hashed}: give it to some rows)" if split else "")
         raise DrganError(f"{root}: no usable samples" + (f" in split {split!r}" if split else "") + why)
     return DatasetIndex(root, samples, lines, notes, skipped)
