@@ -43,6 +43,10 @@ def image_bytes(out):
 def test_balanced_set_with_consistent_manifest(run, tmp_path):
     summary = synthesize(opts(run, tmp_path / "a", count=10, save_masks=True))
     assert summary.generated == 10 and summary.per_grade == {g: 2 for g in range(5)}
+    # The CPU has no queueing or nvjpeg stage: the summary's line leaves them out, its JSON keeps every key.
+    line = format_summary(summary).splitlines()[-1]
+    assert line.startswith("ms per image: placement ") and "queueing" not in line and "nvjpeg" not in line
+    assert "generation" in line and "nvjpeg" in summary.to_dict()["stage_seconds"]
     rows = manifest(tmp_path / "a")
     assert len(rows) == 10 and len({r["id"] for r in rows}) == 10 and len({r["structure_id"] for r in rows}) > 3
     pool = StructurePool.phantom(64, 0)

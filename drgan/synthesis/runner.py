@@ -603,6 +603,7 @@ def format_summary(s: Summary) -> str:
     if s.agreement is not None:
         text += f"\nthe encoder's predicted grade is the planned grade for {100 * s.agreement:.1f}% of the set"
     if s.generated:
-        stages = ", ".join(f"{k} {1e3 * v / s.generated:.1f}" for k, v in s.stage_seconds.items())
+        # Stages this run has not (queueing and nvjpeg off CUDA, nvjpeg for PNG) are left out.
+        stages = ", ".join(f"{k} {1e3 * v / s.generated:.1f}" for k, v in s.stage_seconds.items() if v > 0)
         text += f"\nms per image: {stages}; bound by {s.bound}"
     return text
