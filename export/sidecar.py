@@ -48,9 +48,11 @@ class BatchProfile:
                 raise ParameterError(f"{{{k}}} {v}: must be at least 1")
         lo = min_batch if min_batch is not None else default[0]
         hi = max_batch if max_batch is not None else max(default[2], lo)
+        if lo > hi:  # only where both are given: an unset max follows min
+            raise ParameterError(f"{{min_batch}} {lo} exceeds {{max_batch}} {hi}")
         opt = opt_batch if opt_batch is not None else min(max(default[1], lo), hi)
-        if not lo <= opt <= hi:
-            raise ParameterError(f"batch range min {lo} <= opt {opt} <= max {hi} does not hold ({{min_batch}}, {{opt_batch}}, {{max_batch}})")
+        if not lo <= opt <= hi:  # only where opt is given: an unset one lies in the range
+            raise ParameterError(f"{{opt_batch}} {opt}: outside the batch range {lo}..{hi} ({{min_batch}}..{{max_batch}})")
         return cls(lo, opt, hi)
 
     @property

@@ -74,8 +74,11 @@ class LesionStats:
         check_regular_file(path)
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise DrganError(f"{path}: unreadable ({exc})") from None
+        except UnicodeDecodeError:  # an image or archive given for the statistics
+            raise DrganError(f"{path}: not a text file (lesion statistics are the JSON `drgan data fit-lesions` "
+                             "writes)") from None
         except json.JSONDecodeError as exc:
             raise DrganError(f"{path}: not valid JSON ({exc})") from None
         except DrganError as exc:

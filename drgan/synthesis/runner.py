@@ -592,7 +592,7 @@ def format_summary(s: Summary) -> str:
     grades = ", ".join(f"grade {g}: {n}" for g, n in s.per_grade.items())
     idle = "" if s.gpu_idle_share is None else f", GPU idle {100 * s.gpu_idle_share:.0f}% of the time"
     text = (
-        f"wrote {s.generated} images in {s.seconds:.1f} s ({s.images_per_second:.2f} images/s{idle}), "
+        f"wrote {s.generated} image{'s' * (s.generated != 1)} in {s.seconds:.1f} s ({s.images_per_second:.2f} images/s{idle}), "
         f"{s.skipped} already present; {s.out} holds {s.total} ({grades})"
     )
     if s.total < s.planned:

@@ -417,7 +417,7 @@ class ImportReport:
         return self.new + self.resumed + self.again
 
     def render(self, limit: int | None = None) -> str:
-        lines = [f"imported {self.images} {self.kind} images into {self.out}"
+        lines = [f"imported {self.images} {self.kind} image{'s' * (self.images != 1)} into {self.out}"
                  + (f" ({self.resumed} already there from an earlier run)" if self.resumed else "")]
         if self.again:
             lines.append(f"converted again: {self.again} (their release files changed since they were converted, "
