@@ -112,9 +112,10 @@ def test_data_sha256_names_a_set_by_its_images(tmp_path):
     assert len({data_sha256(tmp_path / n) for n in "abcd"}) == 4
 
 
-def test_augment_experiment_output_folder_is_its_own(tmp_path):
-    """Never written into a dataset; a rerun keeps the arms an interrupted run finished; other
-    settings in the same folder are refused."""
+def test_augment_experiment_output_folder_is_its_own(tmp_path, capsys):
+    """Never written into a dataset; a rerun keeps the arms an interrupted run finished, and says
+    so; other settings in the same folder are refused. The arms' graders condition no GAN: the
+    warnings on their grading spaces are not given."""
     from drgan.data.phantom import write_phantom_dataset
     from drgan.errors import DrganError
     from drgan.training.augmentation_experiment import run_augment_experiment
@@ -130,11 +131,14 @@ def test_augment_experiment_output_folder_is_its_own(tmp_path):
         run_augment_experiment(real, fake, real, real / "exp", **args)
     assert sorted(p.name for p in real.iterdir()) == before
     out = tmp_path / "exp"
+    capsys.readouterr()
     first, _ = run_augment_experiment(real, fake, real, out, **args)
+    assert first["arms"]["real"]["val_accuracy"] < 0.8 and "warning: grader" not in capsys.readouterr().err
     (out / "results.json").unlink()  # as if killed before the end
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")}
     again, _ = run_augment_experiment(real, fake, real, out, **args)
     assert again == first and {p: p.stat().st_mtime_ns for p in out.glob("*/grader.safetensors")} == stamp
+    assert f"real+synthetic: its grader was trained by an earlier call, in {out / 'real_synthetic'}\n" in capsys.readouterr().err
     for name in ("grader.safetensors", "grading_space.safetensors"):  # killed after the arm's last checkpoint
         (out / "real_synthetic" / name).unlink()
     again, _ = run_augment_experiment(real, fake, real, out, **args)

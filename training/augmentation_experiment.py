@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -313,8 +314,9 @@ def run_augment_experiment(
             run = out / name.replace("+", "_")
             if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment
                 val_accuracy = GradingSpace.load(run / SPACE_FILE).grader_accuracy
+                print(f"{name}: its grader was trained by an earlier call, in {run}", file=sys.stderr)
             else:
-                val_accuracy = train_grader(train, real_val, run, opts, resume=interrupted(run))["val_accuracy"]
+                val_accuracy = train_grader(train, real_val, run, opts, resume=interrupted(run), spaces_used=False)["val_accuracy"]
             grader, _ = load_grader(run, device)
             result["arms"][name] = {
                 "run": str(run),

@@ -105,13 +105,16 @@ def train_grader(
     overwrite: bool = False,
     resume: bool = False,
     data: str | Path | None = None,
+    spaces_used: bool = True,
 ) -> dict[str, Any]:
     """Train the grader, write its run folder and grading spaces; returns per-epoch metrics.
 
     A non-empty `out` is refused unless `overwrite` replaces a previous run or `resume` continues
     the grader run in it from its last epoch (its options hold, but for GRADER_RESUMABLE). `data`:
     the dataset folder, recorded so that a resume can reopen it and check it is unchanged. A new run
-    that fails before its first checkpoint leaves its folder as it was given: none, or empty."""
+    that fails before its first checkpoint leaves its folder as it was given: none, or empty.
+    `spaces_used` False: a grader trained to be evaluated (`experiment augment`), whose grading
+    spaces condition no GAN, so their warnings are not given."""
     if len(train) == 0:
         raise DrganError("grader: the training split is empty")
     if len(val) == 0:
@@ -128,7 +131,7 @@ def train_grader(
                 require_checkpoint(out)
             else:
                 prepare_out(out, overwrite, "grader", inputs=[data])
-            return _Training(train, val, out, opts, batch_transform, device, data, resume).fit()
+            return _Training(train, val, out, opts, batch_transform, device, data, resume, spaces_used).fit()
     finally:
         locks.release(out)
 
@@ -151,8 +154,9 @@ class _Training:
     """One grader run: the epochs after the last checkpoint, then the grading spaces."""
 
     def __init__(self, train: Dataset, val: Dataset, out: Path, opts: GraderOptions, batch_transform: BatchTransform | None,
-                 device: torch.device, data: str | Path | None, resume: bool) -> None:
+                 device: torch.device, data: str | Path | None, resume: bool, spaces_used: bool) -> None:
         self.train, self.val, self.out, self.opts, self.batch_transform, self.device = train, val, out, opts, batch_transform, device
+        self.spaces_used = spaces_used
         self.cfg = preset(opts.preset)
         torch.manual_seed(opts.seed)
         self.grader = build_grader(self.cfg).to(device)
@@ -218,7 +222,8 @@ class _Training:
             logger.close()
         try:
             save_module(self.grader, out / GRADER_FILE)
-            return _fit_grading_space(self.grader, self.train, out, opts, self.device, self.cfg.num_grades, {"epochs": self.epochs})
+            return _fit_grading_space(self.grader, self.train, out, opts, self.device, self.cfg.num_grades,
+                                      {"epochs": self.epochs}, self.spaces_used)
         except (KeyboardInterrupt, SystemExit):  # the last epoch is checkpointed: a resume fits the spaces
             tqdm.write(interrupted_line(self.step, out, complete=False), file=sys.stderr)
             raise
@@ -315,8 +320,9 @@ def _validate(grader: GradeNet, val: Dataset, opts: GraderOptions, device: torch
 
 
 def _fit_grading_space(grader: GradeNet, train: Dataset, out: Path, opts: GraderOptions, device: torch.device,
-                       num_grades: int, report: dict[str, Any]) -> dict[str, Any]:
-    """Fit and save the grading spaces on the unaugmented training split; completes `report`."""
+                       num_grades: int, report: dict[str, Any], spaces_used: bool) -> dict[str, Any]:
+    """Fit and save the grading spaces on the unaugmented training split; completes `report` (its
+    warnings on the spaces only where they are `spaces_used`)."""
     accuracy = report["epochs"][-1]["val"]["accuracy"]
     _, features, grades = grader_features(grader, _unaugmented(train), opts.batch, device, opts.workers)
     if not bool(torch.isfinite(features).all()):  # a finite last loss can still give a non-finite update
@@ -325,6 +331,8 @@ def _fit_grading_space(grader: GradeNet, train: Dataset, out: Path, opts: Grader
     space.save(out / SPACE_FILE)
     report.update(val_accuracy=accuracy, grader=str(out / GRADER_FILE), grading_space=str(out / SPACE_FILE), warnings=[])
     counts = torch.bincount(grades, minlength=num_grades).tolist()
+    if not spaces_used:
+        return report
     if sparse := [g for g, c in enumerate(counts) if c < 2]:
         report["warnings"].append(
             f"grade(s) {', '.join(map(str, sparse))} had fewer than 2 training images ({', '.join(str(counts[g]) for g in sparse)}): "
