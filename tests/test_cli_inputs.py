@@ -319,7 +319,8 @@ def test_a_run_trained_on_resampled_masks_gets_lesions_resampled_as_it_saw_them(
                               "--json")
         assert rc == 0, err
         assert json.loads(text)["warnings"] == [] and "warning" not in err
-        assert json.loads((out / "fingerprint.json").read_text()).get("lesions_drawn_at") == drawn_at
+        recorded = json.loads((out / "fingerprint.json").read_text())
+        assert recorded.get("lesions_drawn_at") == drawn_at and ("lesions_drawn_at" in recorded) == (drawn_at is not None)
         levels = set()
         for folder in (out / "masks").iterdir():
             for name in ("ma", "he", "ex", "se"):
@@ -334,7 +335,13 @@ def test_a_run_trained_on_resampled_masks_gets_lesions_resampled_as_it_saw_them(
     # A global-stage run trained on conditions averaged down from the preset's resolution, whatever the data.
     from drgan.synthesis.runner import condition_shift
 
+    from drgan.runs import require_kind
+    from drgan.synthesis.runner import lesion_side
+
     glob = make_run(tmp_path / "global", stage="global", preset_name="tiny-128")
+    record = json.loads((glob / RUN_FILE).read_text())
+    (glob / RUN_FILE).write_text(json.dumps({**record, "dataset": {"image_side": 256}}))
+    assert lesion_side(require_kind(glob, "gan", "run")) is None   # warned of instead
     assert condition_shift(glob) == (f"{glob} is a global-stage run: it trained on conditions averaged down to 64 px, "
                                      "with soft edges, and synthesis draws lesions with hard ones (synthesize from "
                                      "the local stage's run)")

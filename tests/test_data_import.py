@@ -664,6 +664,79 @@ def test_a_replaced_file_that_cannot_be_read_takes_its_image_out_and_says_so(eye
     assert validate_dataset(out).problems == []
 
 
+def test_a_new_time_or_a_new_size_each_marks_a_replaced_file_and_a_moved_dataset_none(eyepacs, tmp_path):
+    """The signature judges size and modification time each, and names files under the release,
+    not the dataset: a dataset moved elsewhere converts nothing again."""
+    import os
+
+    src, out = tmp_path / "src", tmp_path / "ds"
+    shutil.copytree(eyepacs, src)
+    photo = src / "train" / "13_left.jpeg"
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    before = photo.stat()
+    os.utime(photo, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))    # the same bytes, touched
+    report = import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed, report.images) == (0, 1, 2, 3)
+    before = photo.stat()
+    save_image(photo, 99)
+    os.utime(photo, ns=(before.st_atime_ns, before.st_mtime_ns))            # other bytes, the old time
+    assert photo.stat().st_size != before.st_size
+    report = import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (0, 1, 2)
+    moved = tmp_path / "a" / "b" / "moved"
+    moved.parent.mkdir(parents=True)
+    shutil.move(out, moved)
+    report = import_release("eyepacs", src, moved, size=SIZE, vessels="none", progress=False)
+    assert (report.new, report.again, report.resumed) == (0, 0, 3)
+
+
+def test_the_record_is_saved_before_converting_and_as_images_finish(eyepacs, tmp_path, monkeypatch):
+    """What import_sources.csv holds when each conversion starts: a folder of an earlier version has
+    its converted ids recorded first; a replaced id's entry is gone first; finished ids are saved
+    as they come (every SOURCES_EVERY_S; here at once)."""
+    import os
+
+    from drgan.data.importers import core
+
+    src, out = tmp_path / "src", tmp_path / "ds"
+    shutil.copytree(eyepacs, src)
+    seen, convert = [], core.convert
+
+    def watched(item, *args, **kwargs):
+        record = out / core.SOURCES_FILE
+        seen.append(record.read_text().splitlines()[1:] if record.is_file() else None)
+        return convert(item, *args, **kwargs)
+
+    monkeypatch.setattr(core, "convert", watched)
+    monkeypatch.setattr(core, "SOURCES_EVERY_S", -1.0)
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert [len(rows) for rows in seen] == [0, 1, 2]
+    rows = (out / core.SOURCES_FILE).read_text().splitlines()[1:]
+    (out / core.SOURCES_FILE).unlink()
+    seen.clear()
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert seen[0] == rows
+    os.utime(src / "train" / "13_left.jpeg", ns=(1, 1))
+    seen.clear()
+    import_release("eyepacs", src, out, size=SIZE, vessels="none", progress=False)
+    assert [r.split(",")[0] for r in seen[0]] == ["10_left", "10_right"]
+
+
+def test_an_import_whose_every_conversion_fails_lists_its_notes_too(tmp_path, capsys):
+    from drgan.data.importers import core
+
+    src = tmp_path / "rel"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"not a png")
+    plan = core.Plan(root=src, items=[Item("a", src / "a.png", 1, None, {})], notes=["why nothing came in"])
+    with pytest.raises(core.NothingImported):
+        core.import_plan("aptos", plan, src, tmp_path / "ds", SIZE, "none", 0, progress=False)
+    err = capsys.readouterr().err
+    assert err.startswith("skipped:\n") and err.endswith("note: why nothing came in\n")
+    core._list_skipped([], ["only a note"])
+    assert capsys.readouterr().err == "note: only a note\n"
+
+
 def test_damaged_import_records_are_named_or_rebuilt(eyepacs, tmp_path):
     """import_sources.csv damaged: no source is known, so every image is converted again (the same
     bytes); import_splits.csv damaged: carving afresh could move an id between parts, so the import
@@ -679,6 +752,10 @@ def test_damaged_import_records_are_named_or_rebuilt(eyepacs, tmp_path):
                for note in report.notes)
     assert (out / "import_sources.csv").read_text() == rows
     assert {p: p.read_bytes() for p in sorted(out.rglob("*.png"))} == files
+
+    (out / "import_sources.csv").write_text("id,source\n13_left," + "a" * 200_000 + "\n")  # past csv's field limit
+    report = import_release("eyepacs", eyepacs, out, size=SIZE, vessels="none", progress=False)
+    assert report.again == 3 and any("import_sources.csv: damaged, not a CSV text file" in note for note in report.notes)
 
     (out / "import_splits.csv").write_bytes(b"\xff\xfe\x00 not text")
     res, _ = run_import("eyepacs", eyepacs, "--out", out, "--size", SIZE, "--vessels", "none", "--workers", 0)
@@ -880,3 +957,10 @@ def test_an_unsplit_release_gives_the_second_of_ten_to_val_and_the_fourth_to_tes
     carved = {it.id: it.split for it in carve_splits([Item(f"u{i:02d}", None, 0, None, {}) for i in range(20)])}
     assert {k for k, s in carved.items() if s == "val"} == {"u01", "u11"}
     assert {k for k, s in carved.items() if s == "test"} == {"u03", "u13"}
+
+
+def test_every_carved_part_is_read_back(tmp_path):
+    from drgan.data.importers import core
+
+    (tmp_path / core.CARVED_FILE).write_text("id,split\nx,test\ny,val\nz,train\nw,holdout\n")
+    assert core._carved_splits(tmp_path, core.Plan()) == {"x": "test", "y": "val", "z": "train"}

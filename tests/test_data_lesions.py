@@ -183,9 +183,12 @@ def test_fit_lesions_reads_the_train_split_unless_told_otherwise(tmp_path):
     assert laser("--split", "test") > 0 and laser("--split", "all") > 0
 
 
-def test_lesion_stats_given_an_image_say_what_they_are(tmp_path):
+def test_lesion_stats_given_an_image_or_bad_json_say_what_they_are(tmp_path):
     path = tmp_path / "sheet.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
     with pytest.raises(DrganError, match=rf"^{path}: not a text file \(lesion statistics are the JSON `drgan data "
                                          r"fit-lesions` writes\)$"):
+        LesionStats.load(path)
+    path.write_text("{")
+    with pytest.raises(DrganError, match=rf"^{path}: not valid JSON"):
         LesionStats.load(path)

@@ -188,6 +188,10 @@ def test_a_plain_folder_holding_masks_or_drgan_folders_is_refused(tmp_path):
     """A plain folder is read whole: a dataset's masks/, a folder of datasets (masks beside the
     photographs), a run folder's sample grids would be scored as images; an unfinished set's
     images/ alone would pass for the whole set. A finished dataset's images/ is a plain set."""
+    import shutil
+
+    from PIL import Image
+
     from drgan.data.format import UNFINISHED
     from drgan.metrics.images import open_image_set
 
@@ -203,3 +207,15 @@ def test_a_plain_folder_holding_masks_or_drgan_folders_is_refused(tmp_path):
         open_image_set(a / "images")
     with pytest.raises(DrganError, match=rf"^{tmp_path / 'all'}: holds a dataset or set, {a} and 1 more"):
         open_image_set(tmp_path / "all")
+    (a / "labels.csv").unlink()   # a set killed before its labels.csv
+    with pytest.raises(DrganError, match=rf"^{a}: unfinished"):
+        open_image_set(a / "images")
+    shutil.rmtree(tmp_path / "all" / "b")
+    with pytest.raises(DrganError, match=rf"^{tmp_path / 'all'}: holds an unfinished set, {a}, whose"):
+        open_image_set(tmp_path / "all")
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(run / "samples.png")
+    with pytest.raises(DrganError, match=rf"^{tmp_path / 'runs'}: holds a run, {run}, whose masks or sample grids"):
+        open_image_set(tmp_path / "runs")

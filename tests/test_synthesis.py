@@ -1,5 +1,6 @@
 import csv
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -499,3 +500,29 @@ def test_a_dataset_structures_field_of_view_leaves_out_black_bands_inside_the_ci
     fov = pool.get(0)["fov"]
     assert not fov[:12].any() and not fov[-12:].any()
     assert fov[32, 32] and fov[20, 32] and fov[32, 1]  # the rest of the circle stays
+
+
+def test_rebuilt_predictions_draw_lesions_as_the_run_did(tmp_path, monkeypatch):
+    """Manifest rows rebuilt after a kill (--label predicted) recompute the encoder's grades from the
+    conditions: drawn at the run's data side, as the run drew them."""
+    from drgan.runs import RUN_FILE
+    from drgan.synthesis import runner
+
+    run = make_run(tmp_path / "run")
+    record = json.loads((run / RUN_FILE).read_text())
+    (run / RUN_FILE).write_text(json.dumps({**record, "dataset": {"image_side": 256}}))
+    synthesize(opts(run, tmp_path / "pred", count=8, label="predicted"))
+    rows = manifest(tmp_path / "pred")
+    for journal in (tmp_path / "pred").glob(".journal-*.csv"):
+        journal.unlink()   # killed between the images and their journal rows
+    seen, draw = [], runner.condition_masks
+    monkeypatch.setattr(runner, "condition_masks", lambda *a, **k: seen.append(k.get("drawn_at")) or draw(*a, **k))
+    synthesize(opts(run, tmp_path / "pred", count=8, label="predicted"))
+    assert seen and set(seen) == {256} and manifest(tmp_path / "pred") == rows
+
+
+@pytest.mark.parametrize("count, word", [(1, "image"), (0, "images"), (2, "images")])
+def test_the_summary_counts_in_words(tmp_path, count, word):
+    from drgan.synthesis.runner import Summary
+
+    assert format_summary(Summary(tmp_path, count, 0, count, count, {0: count}, 1.0)).startswith(f"wrote {count} {word} in")

@@ -227,6 +227,28 @@ def test_resampling_in_parts_equals_resampling_at_once(monkeypatch):
     primitives = [lesion_primitives(pool.geometry(j), 4, np.random.default_rng(j))[0] for j in range(5)]
     slots = structures.slots(list(range(5)))
     whole = condition_masks(structures.planes, slots, primitives, drawn_at=side)
-    monkeypatch.setattr(raster, "RESAMPLE_BYTES", 4 * 6 * side * side)   # one item at a time
-    assert torch.equal(condition_masks(structures.planes, slots, primitives, drawn_at=side), whole)
+    calls, interpolate = [], raster.F.interpolate
+    monkeypatch.setattr(raster.F, "interpolate", lambda *a, **k: calls.append(len(a[0])) or interpolate(*a, **k))
+    for limit, parts in ((2 * 4 * 6 * side * side, [2, 2, 1]), (1, [1] * 5)):   # two items at a time; less than one
+        monkeypatch.setattr(raster, "RESAMPLE_BYTES", limit)
+        calls.clear()
+        assert torch.equal(condition_masks(structures.planes, slots, primitives, drawn_at=side), whole)
+        assert calls == parts
     assert whole[:, 2:].max() == 1
+
+
+def test_resampled_lesions_are_clipped_to_where_lesions_may_lie():
+    """Frame-filling lesions drawn at another side: nothing outside the field of view or on the disc
+    (membranes: on the disc too)."""
+    size = 32
+    yy, xx = np.mgrid[:size, :size]
+    fov = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 12 ** 2).astype(np.uint8) * 255
+    disc = ((yy - 16) ** 2 + (xx - 24) ** 2 <= 3 ** 2).astype(np.uint8) * 255
+    masks = {"vessel": np.zeros((size, size), np.uint8), "disc": disc, "fov": fov}
+    structures = DeviceStructures(StructurePool(["s"], lambda j: masks, {"kind": "test"}), size, torch.device("cpu"), 1)
+    ma, membrane = LESION_TYPES.index("ma"), LESION_TYPES.index("membrane")
+    wide = np.array([[ma, 16, 16, 20, 20, 0], [membrane, 16, 16, 20, 20, 0]], float)
+    got = condition_masks(structures.planes, structures.slots([0]), [wide], drawn_at=80)[0].numpy()
+    allowed = (fov > 0) & (disc == 0)
+    assert got[2 + ma][allowed].min() == 1 and not got[2 + ma][~allowed].any()
+    assert got[2 + membrane][fov > 0].min() == 1 and not got[2 + membrane][fov == 0].any()

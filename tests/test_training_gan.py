@@ -599,6 +599,26 @@ def test_training_images_without_lesion_masks_are_named(tmp_path, space, capsys)
             "learns lesions from the grading vector rather than from masks") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("keep, warned", [
+    (lambda i, name: name == "ma", False),   # one lesion kind each is a lesion mask
+    (lambda i, name: i < 2, False),          # half of the images: enough
+    (lambda i, name: i < 1, True),           # a quarter: warned
+])
+def test_the_lesion_mask_warning_counts_images_with_any_lesion_mask(tmp_path, space, capsys, keep, warned):
+    from drgan.data.format import open_dataset
+    from drgan.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", count=10, size=64, seed=0)
+    diseased = [s.id for s in open_dataset(data, split="train").samples if s.grade > 0]
+    assert len(diseased) == 4 and all(any((data / "masks" / sid / f"{n}.png").is_file() for n in ("ma", "he")) for sid in diseased)
+    for i, sid in enumerate(diseased):
+        for name in ("ma", "he", "ex", "se", "laser", "membrane"):
+            if not keep(i, name):
+                (data / "masks" / sid / f"{name}.png").unlink(missing_ok=True)
+    train_gan(options(tmp_path, space, data=str(data), max_steps=1))
+    assert ("have a lesion mask" in capsys.readouterr().err) == warned
+
+
 def test_overwrite_refuses_inputs_inside_the_run_it_would_empty(tmp_path, space):
     """--overwrite emptied --out before reading a grading space, an init run or a dataset kept inside it."""
     import shutil

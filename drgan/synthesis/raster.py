@@ -124,7 +124,7 @@ def _clipped(lesions: torch.Tensor, allowed: torch.Tensor, disc: torch.Tensor) -
 def scaled(primitives: np.ndarray, factor: float) -> np.ndarray:
     """Ellipse rows (PRIMITIVE_FIELDS) placed at one side, for an image `factor` times that side:
     pixel centres map as (x + 0.5) * factor - 0.5, as in resampling."""
-    out = primitives.copy()
+    out = primitives.astype(np.float64)   # a copy, in float whatever the rows were given as
     out[:, 1:3] = (out[:, 1:3] + 0.5) * factor - 0.5
     out[:, 3:5] *= factor
     return out
