@@ -149,6 +149,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def atomic_write_csv(path: str | Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A CSV table (header, then rows; "\n" line ends), written as atomic_write_bytes does."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 2, sort_keys: bool = False) -> None:
     """`obj` as indented JSON ending in a newline, written as atomic_write_bytes does."""
     atomic_write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n").encode())

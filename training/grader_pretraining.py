@@ -330,9 +330,9 @@ def _fit_grading_space(grader: GradeNet, train: Dataset, out: Path, opts: Grader
     space = GradingSpace.fit(features, grades, num_grades, accuracy)
     space.save(out / SPACE_FILE)
     report.update(val_accuracy=accuracy, grader=str(out / GRADER_FILE), grading_space=str(out / SPACE_FILE), warnings=[])
-    counts = torch.bincount(grades, minlength=num_grades).tolist()
     if not spaces_used:
         return report
+    counts = torch.bincount(grades, minlength=num_grades).tolist()
     if sparse := [g for g, c in enumerate(counts) if c < 2]:
         report["warnings"].append(
             f"grade(s) {', '.join(map(str, sparse))} had fewer than 2 training images ({', '.join(str(counts[g]) for g in sparse)}): "

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -15,7 +13,7 @@ from drgan.config import COND_CHANNELS, NUM_GRADES
 from drgan.data.format import UNFINISHED
 from drgan.data.labels import LABELS_FILE, SPLITS, id_problem
 from drgan.errors import DrganError
-from drgan.io import atomic_write_bytes, encode_png, write_error
+from drgan.io import atomic_write_bytes, atomic_write_csv, encode_png, write_error
 
 
 _MARK = b"dataset writer\n"  # UNFINISHED's content, so that a synthesized set's is never taken for ours
@@ -101,12 +99,8 @@ class DatasetWriter:
 
     def close(self) -> Path:
         with_split = any(s is not None for _, _, s in self.rows)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["id", "grade", "split"] if with_split else ["id", "grade"])
-        for sid, g, s in self.rows:
-            w.writerow([sid, g, s or ""] if with_split else [sid, g])
-        atomic_write_bytes(self.root / LABELS_FILE, buf.getvalue().encode())
+        atomic_write_csv(self.root / LABELS_FILE, ["id", "grade", "split"] if with_split else ["id", "grade"],
+                         ([sid, g, s or ""] if with_split else [sid, g] for sid, g, s in self.rows))
         (self.root / UNFINISHED).unlink()
         locks.release(self.root, remove=True)
         return self.root

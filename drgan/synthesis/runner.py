@@ -198,10 +198,8 @@ def condition_shift(run: str | Path | None) -> str | None:
         info = require_kind(run, "gan", "run") if run is not None else None
     except DrganError:
         return None
-    if info is None or (size := info.cfg.stage_resolution(info.stage)) < MIN_SIDE:  # refused: one error, no warning
-        return None
-    if info.stage != "global":
-        return None
+    if info is None or info.stage != "global" or (size := info.cfg.stage_resolution(info.stage)) < MIN_SIDE:
+        return None   # nothing to warn of, or refused: one error, no warning
     return (f"{run} is a global-stage run: it trained on conditions averaged down to {size} px, with soft "
             f"edges, and synthesis draws lesions with hard ones (synthesize from the local stage's run)")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import shutil
 import sys
@@ -33,7 +32,7 @@ from drgan.data.labels import LABELS_FILE, id_problem, patient_id, patients_apar
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.data.preprocess import check_has_content, crop_and_resize
 from drgan.errors import DrganError, ParameterError
-from drgan.io import (atomic_write_bytes, atomic_write_text, csv_rows, encode_png,
+from drgan.io import (atomic_write_bytes, atomic_write_csv, atomic_write_text, csv_rows, encode_png,
                       remove_temp_files)
 from drgan.runs import claimed_folder, undone_on_failure
 
@@ -361,11 +360,7 @@ def _record_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _write_sources(out: Path, sources: dict[str, str]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "source"])
-    writer.writerows(sorted(sources.items()))
-    atomic_write_text(out / SOURCES_FILE, buf.getvalue())
+    atomic_write_csv(out / SOURCES_FILE, ["id", "source"], sorted(sources.items()))
 
 
 def _recorded_sources(out: Path, items: list[Item], signatures: dict[str, str],
@@ -494,11 +489,7 @@ def _write_carved(out: Path, earlier: dict[str, str], items: list[Item], plan: P
     """CARVED_FILE: the parts carved now, beside earlier ones of ids this run does not list."""
     own = {it.id: it.split for it in plan.items}
     carved = {**earlier, **{it.id: it.split for it in items if own[it.id] in (None, "train")}}
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "split"])
-    writer.writerows(sorted(carved.items()))
-    atomic_write_text(out / CARVED_FILE, buf.getvalue())
+    atomic_write_csv(out / CARVED_FILE, ["id", "split"], sorted(carved.items()))
 
 
 class NothingImported(DrganError):
@@ -583,11 +574,7 @@ def _convert_all(kind: str, plan: Plan, root: Path, out: Path, size: int, vessel
     if removed := _remove_unlisted(out, finished) + lost:
         report.notes.append(f"removed {removed} image(s) an earlier run imported that this one does not list "
                             "(a grade now missing or contradicted, a replaced file now unreadable, say)")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "grade", "split"])
-    writer.writerows([it.id, it.grade, it.split] for it in items if it.id in finished)
-    atomic_write_text(out / LABELS_FILE, buf.getvalue())
+    atomic_write_csv(out / LABELS_FILE, ["id", "grade", "split"], ([it.id, it.grade, it.split] for it in items if it.id in finished))
     _write_sources(out, {sid: sources[sid] for sid in finished})
     atomic_write_text(out / REPORT_FILE, report.render() + "\n")
     (out / UNFINISHED).unlink()
