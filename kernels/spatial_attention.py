@@ -75,6 +75,45 @@ def spatial_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     return torch.cat(chunks, dim=1).to(v.dtype)
 
 
+def spatial_attention_grads_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor,
+                                rows: torch.Tensor, cols: torch.Tensor, scale: float = 1.0
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference's output (every row, fp32) and the gradients of sum(out * grad) for q at
+    query `rows` and for k and v at key `cols`, in fp32, by the softmax's closed-form backward:
+    exact for those rows and columns, without the N x N graph that autograd of the reference
+    recomputes (minutes at N = 102,400; this is one pass of the forward's cost).
+
+    With P = softmax(scale q k^T) and dP = grad v^T: dS = P * (dP - rowsum(grad * out)),
+    dq = scale dS k, dk = scale dS^T q, dv = P^T grad.
+    """
+    b, n, dqk = q.shape
+    assert k.shape == q.shape and v.shape[:2] == (b, n) and grad.shape == v.shape, (q.shape, k.shape, v.shape, grad.shape)
+    assert rows.ndim == 1 and cols.ndim == 1, (rows.shape, cols.shape)
+    qf, kf, vf, gf = (t.detach().float() for t in (q, k, v, grad))
+    out = torch.empty(b, n, v.shape[2], device=v.device)
+    dq = torch.zeros(b, len(rows), dqk, device=q.device)
+    dk = torch.zeros(b, len(cols), dqk, device=q.device)
+    dv = torch.zeros(b, len(cols), v.shape[2], device=v.device)
+    v_cols = vf[:, cols]
+    step = chunk_rows(q)
+    for start in range(0, n, step):
+        qc, gc = qf[:, start : start + step], gf[:, start : start + step]
+        p = torch.softmax(torch.bmm(qc, kf.transpose(1, 2)) * scale, dim=-1)   # (B, chunk, N)
+        oc = torch.bmm(p, vf)
+        out[:, start : start + step] = oc
+        delta = (gc * oc).sum(-1, keepdim=True)                                 # rowsum(grad * out)
+        p_cols = p[:, :, cols]
+        ds_cols = p_cols * (torch.bmm(gc, v_cols.transpose(1, 2)) - delta)
+        dv += torch.bmm(p_cols.transpose(1, 2), gc)
+        dk += scale * torch.bmm(ds_cols.transpose(1, 2), qc)
+        here = torch.nonzero((rows >= start) & (rows < start + step)).flatten()
+        if len(here):
+            local = rows[here] - start
+            ds_rows = p[:, local] * (torch.bmm(gc[:, local], vf.transpose(1, 2)) - delta[:, local])
+            dq[:, here] = scale * torch.bmm(ds_rows, kf)
+    return out, dq, dk, dv
+
+
 def fp8_values(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """v (B, N, Dv) -> (e4m3 values, fp32 scale (B, 1, Dv)): each (sample, channel) scaled so its
     largest magnitude is E4M3_MAX; value * scale restores v up to e4m3 rounding."""

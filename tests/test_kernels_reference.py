@@ -45,6 +45,23 @@ def test_spatial_reference_gradients_match_naive():
         torch.testing.assert_close(g, e.to(g.dtype), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.7])
+def test_closed_form_gradients_of_sampled_rows_and_columns_match_autograd(scale, monkeypatch):
+    """The GPU check's backward reference at N = 102,400: every output row, dq at chosen query
+    rows, dk and dv at chosen key columns (any order, across chunks of 7 rows)."""
+    n = 61
+    q, k, v = (torch.randn(2, n, d, dtype=torch.float64, requires_grad=True) for d in (4, 4, 24))
+    grad = torch.randn(2, n, 24, dtype=torch.float64)
+    expected = torch.autograd.grad(naive_attention(q, k, v, scale), (q, k, v), grad)
+    rows, cols = torch.tensor([n - 1, 0, 13, 6, 7, 40]), torch.tensor([5, n - 1, 0, 29])
+    monkeypatch.setattr(spatial_module, "_REF_SCORE_BUDGET", 7 * 2 * n)
+    out, dq, dk, dv = spatial_module.spatial_attention_grads_ref(q, k, v, grad, rows, cols, scale)
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v, scale).detach(), rtol=1e-4, atol=1e-5)
+    for got, want in ((dq, expected[0][:, rows]), (dk, expected[1][:, cols]), (dv, expected[2][:, cols])):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_sdpa_path_matches_reference():
     q, k, v = torch.randn(2, 40, 4), torch.randn(2, 40, 4), torch.randn(2, 40, 24)
     torch.testing.assert_close(spatial_attention(q, k, v, impl="sdpa"), spatial_attention(q, k, v, impl="ref"))
