@@ -76,14 +76,14 @@ class OutputFolder:
                 resumed = fp.check(root, fingerprint)
                 if not resumed:
                     fp.record(root, fingerprint, atomic_write_bytes)
+            self._wrote_fingerprint = not resumed
+            self.images.mkdir(exist_ok=True)
+            remove_temp_files(root)
+            self.journal_path = root / journal_name
+            _drop_cut_line(self.journal_path)
         except BaseException:
             locks.release(root)
             raise
-        self._wrote_fingerprint = not resumed
-        self.images.mkdir(exist_ok=True)
-        remove_temp_files(root)
-        self.journal_path = root / journal_name
-        _drop_cut_line(self.journal_path)
         self._journal_lock = threading.Lock()
         self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drgan-write")
