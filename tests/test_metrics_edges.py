@@ -219,3 +219,70 @@ def test_a_plain_folder_holding_masks_or_drgan_folders_is_refused(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(run / "samples.png")
     with pytest.raises(DrganError, match=rf"^{tmp_path / 'runs'}: holds a run, {run}, whose masks or sample grids"):
         open_image_set(tmp_path / "runs")
+
+
+def test_on_a_flat_background_a_dark_mask_scores_its_depth_and_its_ring_zero():
+    """The background leaves the (grown) mask out: on a flat fundus every ring pixel scores exactly 0
+    and a vessel 30 green levels darker scores 30 / 255 (green channel in [0, 1], darker positive)."""
+    image, masks = _blank()
+    _vessel(masks)[30:33, 20:44] = 255
+    image[30:33, 20:44, 1] -= 30
+    on, ring = contrast_scores(image, masks)["vessel"]
+    assert len(on) == 72 and len(ring) > 0
+    np.testing.assert_allclose(on, 30 / 255, atol=1e-5)
+    np.testing.assert_allclose(ring, 0, atol=1e-5)
+
+
+def test_ring_pixels_outside_the_field_of_view_are_not_scored():
+    """The ring, like the mask, is cut to the field of view (radius 0.47 * side about the centre)."""
+    image, masks = _blank()
+    _vessel(masks)[4:6, 31:33] = 255                 # just inside the top of the field of view
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    dist = np.min([np.hypot(yy - y, xx - x) for y in (4, 5) for x in (31, 32)], axis=0)
+    fov = (yy - 31.5) ** 2 + (xx - 31.5) ** 2 <= (0.47 * SIDE) ** 2
+    ring = (dist > 1.5) & (dist <= 1.5 + 3.0)
+    assert (ring & ~fov).sum() > 0                   # the ring reaches past the top of the circle
+    assert len(contrast_scores(image, masks)["vessel"][1]) == int((ring & fov).sum())
+
+
+def test_the_overall_auc_pools_the_pixels_of_every_image():
+    """One AUC over the pooled pixels of all images (sklearn's roc_auc_score as the oracle), not the
+    mean of per-image AUCs: images that show their masks to different degrees pool unlike a mean."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    samples = []
+    for depth, grade, rows in ((4, 0, (20, 40)), (12, 1, (16, 30, 44))):
+        image, masks = _blank()
+        image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+        for r in rows:
+            _vessel(masks)[r, 12:52] = 255
+            image[r, 12:52, 1] -= depth
+        samples.append((image, masks, grade))
+    pairs = [contrast_scores(image, masks)["vessel"] for image, masks, _ in samples]
+
+    def sk_auc(parts):
+        on = np.concatenate([p for p, _ in parts])
+        ring = np.concatenate([q for _, q in parts])
+        return roc_auc_score(np.r_[np.ones(len(on)), np.zeros(len(ring))], np.r_[on, ring])
+
+    result = condition_fidelity(samples)
+    assert result["overall"]["vessel"] == pytest.approx(sk_auc(pairs), abs=1e-9)
+    assert result["per_grade"][1]["vessel"] == pytest.approx(sk_auc(pairs[1:]), abs=1e-9)
+    assert abs(sk_auc(pairs) - np.mean([sk_auc([p]) for p in pairs])) > 0.01   # the two readings differ here
+
+
+def test_the_background_is_a_normalised_gaussian_average_outside_the_grown_mask():
+    """Background = Gaussian average (sigma = half the ring width: 1.5 px at 64 px) of the green pixels
+    more than 1.5 px from the mask, divided by the same average of their indicator (scipy.ndimage)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    image, masks = _blank()
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    _vessel(masks)[30:33, 20:44] = 255
+    on = _vessel(masks) > 127
+    green = image[..., 1] / 255.0
+    keep = (ndimage.distance_transform_edt(~on) > 1.5).astype(float)
+    background = ndimage.gaussian_filter(green * keep, 1.5) / ndimage.gaussian_filter(keep, 1.5)
+    np.testing.assert_allclose(contrast_scores(image, masks)["vessel"][0], (background - green)[on], atol=1e-5)

@@ -286,3 +286,56 @@ def test_16_bit_grayscale_gives_the_features_of_its_8_bit_pixels(net, tmp_path):
     PIL.Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(tmp_path / "gray16.png")
     features = extract_features([tmp_path / "gray8.png", tmp_path / "gray16.png"], net, progress=False)
     np.testing.assert_array_equal(features[0], features[1])
+
+
+def test_feature_statistics_are_the_mean_and_the_unbiased_covariance():
+    """The reference FID's np.cov: sum of centred outer products over N - 1, in float64."""
+    x = np.random.default_rng(2).standard_normal((5, 3)).astype(np.float32)
+    mu, sigma = feature_statistics(x)
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.sum(axis=0) / 5
+    np.testing.assert_allclose(mu, x64.sum(axis=0) / 5, rtol=1e-12)
+    np.testing.assert_allclose(sigma, centred.T @ centred / (5 - 1), rtol=1e-12)
+
+
+def test_small_set_warning_is_for_fewer_images_than_feature_dimensions():
+    from drgan.metrics.fid import small_set_warnings
+
+    [warning] = small_set_warnings({"real": 2048, "fake": 2047})
+    assert warning.startswith("FID over 2047 fake images is biased upwards")
+
+
+def test_cache_entries_are_keyed_by_the_images_and_their_grades(tmp_path, monkeypatch, capsys):
+    """Another real set (other pixels, or the same pixels under other grades) is not served the
+    statistics cached for the first one."""
+    import shutil
+
+    _without_network(monkeypatch)
+    real, fake = _two_grade_sets(tmp_path)
+    cache = tmp_path / "cache"
+
+    def cached(folder):
+        args = ["evaluate", "fid", "--real", str(folder), "--fake", str(fake), "--cache", str(cache), "--json"]
+        assert run_command(cli, args=args, prog_name="drgan") == 0
+        return json.loads(capsys.readouterr().out)["real"]["cached"]
+
+    assert cached(real) is False and cached(real) is True
+    other = shutil.copytree(real, tmp_path / "other")
+    PIL.Image.fromarray(np.zeros((176, 176, 3), np.uint8)).save(other / "images" / "im0.png")
+    assert cached(other) is False
+    relabelled = shutil.copytree(real, tmp_path / "relabelled")
+    (relabelled / "labels.csv").write_text("id,grade\nim0,1\nim1,1\nim2,0\nim3,0\n")
+    assert cached(relabelled) is False
+
+
+def test_fid_grade_average_is_the_mean_over_grades(tmp_path, monkeypatch):
+    """The paper's AVG. FID: the mean of the per-grade FIDs (here three grades, where a median differs)."""
+    _without_network(monkeypatch)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
+    real = _dataset(tmp_path / "real", images, [0, 0, 1, 1, 2, 2])
+    fake = _dataset(tmp_path / "fake", images, [0, 0, 1, 1, 2, 2])
+    r = compute_fid(open_image_set(real), open_image_set(fake), per_grade=True, cache_dir=None, progress=False)
+    values = [r["per_grade"][g] for g in ("0", "1", "2")]
+    assert len(set(values)) == 3
+    assert r["fid_grade_average"] == pytest.approx(sum(values) / 3)

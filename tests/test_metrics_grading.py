@@ -154,3 +154,118 @@ def test_paired_bootstrap_refuses_a_grade_outside_the_scale():
 
     with pytest.raises(DrganError, match="outside 0..4"):
         paired_bootstrap([0, 5], {"real": [0, 5]}, "real")
+
+
+def test_kappa_of_perfect_predictions_is_one_as_sklearn():
+    """Perfect agreement over several grades is kappa 1 (sklearn), not the undefined 0/0 of one grade."""
+    y = [0, 1, 2, 3, 4, 4, 2]
+    m = grading_metrics(y, y)
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(y, y, labels=list(range(5)), weights="quadratic")) == 1.0
+
+
+def test_paired_bootstrap_of_two_images_gives_intervals():
+    """Two images are enough to resample (fewer than two leave every interval None): two right
+    predictions are right in every resample, while a resample of one grade leaves kappa undefined."""
+    from drgan.metrics.grading import paired_bootstrap
+
+    out = paired_bootstrap([0, 1], {"real": [0, 1]}, "real", resamples=50)
+    assert out == {"real": {"accuracy_ci95": [1.0, 1.0], "kappa_ci95": None}}
+
+
+def test_paired_bootstrap_accuracy_interval_is_the_95_percent_binomial_percentile_interval():
+    """The percentile bootstrap of an accuracy resamples right/wrong images: its resampled accuracy is
+    Binomial(n, acc) / n, so the 95% interval is that distribution's 2.5% and 97.5% quantiles
+    (scipy.stats.binom as the oracle), and never leaves [0, 1] (a basic interval's 2 acc - q would)."""
+    from scipy.stats import binom
+
+    from drgan.metrics.grading import paired_bootstrap
+
+    rng = np.random.default_rng(11)
+    n = 1000
+    truth = rng.integers(0, 5, n)
+    pred = truth.copy()
+    wrong = rng.choice(n, 100, replace=False)                          # accuracy 0.9
+    pred[wrong] = (truth[wrong] + 1) % 5
+    lo, hi = paired_bootstrap(truth, {"real": pred}, "real", resamples=4000)["real"]["accuracy_ci95"]
+    assert lo == pytest.approx(binom.ppf(0.025, n, 0.9) / n, abs=1.5 / n)
+    assert hi == pytest.approx(binom.ppf(0.975, n, 0.9) / n, abs=1.5 / n)
+    # 49 of 50 right: the resampled accuracy is 1.0 in 36% of resamples and below 0.95 in about 8%.
+    truth = np.arange(50) % 5
+    pred = truth.copy()
+    pred[0] = 1
+    lo, hi = paired_bootstrap(truth, {"real": pred}, "real", resamples=2000)["real"]["accuracy_ci95"]
+    assert hi == 1.0 and lo == pytest.approx(binom.ppf(0.025, 50, 0.98) / 50, abs=1 / 50)
+
+
+def test_paired_bootstrap_kappa_difference_is_of_kappa_not_of_accuracy():
+    """Two models right on the same images have equal accuracy in every resample (difference [0, 0]);
+    one whose misses are 4 grades off has a far lower quadratic kappa than one 1 grade off."""
+    from drgan.metrics.grading import paired_bootstrap
+
+    rng = np.random.default_rng(5)
+    truth = np.tile([0, 4], 100)
+    wrong = rng.random(200) < 0.3
+    near = np.where(wrong, np.where(truth == 0, 1, 3), truth)           # misses by 1 grade
+    far = np.where(wrong, 4 - truth, truth)                              # misses by 4 grades
+    out = paired_bootstrap(truth, {"near": near, "far": far}, "near", resamples=300)["far"]
+    assert out["accuracy_diff_ci95"] == [0.0, 0.0]
+    labels = list(range(5))
+    gap = (cohen_kappa_score(truth, far, labels=labels, weights="quadratic")
+           - cohen_kappa_score(truth, near, labels=labels, weights="quadratic"))
+    assert gap < -0.5
+    lo, hi = out["kappa_diff_ci95"]
+    assert lo < gap < hi < 0
+
+
+def test_paired_bootstrap_draws_1000_resamples_by_default(monkeypatch):
+    """BOOTSTRAP_RESAMPLES: the documented default of 1000 resamples reaches scipy."""
+    import scipy.stats
+
+    from drgan.metrics.grading import paired_bootstrap
+
+    seen = []
+    real = scipy.stats.bootstrap
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["n_resamples"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.stats, "bootstrap", spy)
+    paired_bootstrap([0, 1, 2, 3], {"real": [0, 1, 2, 2]}, "real")
+    assert seen == [1000]
+
+
+def _constant_grader(tmp_path, grade):
+    import torch
+
+    from drgan.checkpoint import save_module
+    from drgan.config import preset
+    from drgan.nn import build_grader
+    from drgan.runs import write_run_config
+
+    cfg = preset("tiny-64")
+    run = tmp_path / "run"
+    torch.manual_seed(3)
+    model = build_grader(cfg)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.nn.functional.one_hot(torch.tensor(grade), 5).float() * 5)
+    write_run_config(run, cfg, "global", {"trainer": "grader"})
+    save_module(model, run / "grader.safetensors")
+    return run
+
+
+def test_load_grader_gives_the_model_in_eval_mode(tmp_path):
+    """A measuring instrument: batch norm uses its running statistics (eval), so a grade does not
+    depend on the other images of its batch."""
+    from drgan.metrics.grade_prediction import load_grader
+
+    model, side = load_grader(_constant_grader(tmp_path, 2))
+    assert side == 64 and not model.training and not any(m.training for m in model.modules())
+
+
+def test_evaluate_grader_refuses_an_empty_dataset_in_one_line(tmp_path):
+    from drgan.metrics.grade_prediction import evaluate_grader, load_grader
+
+    model, _ = load_grader(_constant_grader(tmp_path, 2))
+    with pytest.raises(DrganError, match="^grading: the dataset has no images$"):
+        evaluate_grader(model, [], progress=False)

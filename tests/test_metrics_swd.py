@@ -188,3 +188,96 @@ def test_16_bit_grayscale_scores_as_its_8_bit_pixels(sets, tmp_path):
     kw = dict(seed=3, progress=False)
     copy = compute_swd(gray8, copy8, **kw)["swd_x1e3_average"]
     assert compute_swd(gray8, gray16, **kw)["swd_x1e3_average"] == pytest.approx(copy, rel=0.25)  # sampling noise only
+
+
+def test_patch_descriptors_are_128_7x7_neighbourhoods_per_image_at_every_valid_centre():
+    """Each image gives 128 neighbourhoods, each the 7x7 block about its centre in all 3 channels;
+    centres are uniform over every position whose block fits (3 .. side - 4 on both axes)."""
+    from drgan.metrics.swd import patch_descriptors
+
+    b, h, w = 40, 16, 16
+    level = torch.arange(b * 3 * h * w, dtype=torch.float64).reshape(b, 3, h, w)
+    desc = patch_descriptors(level, np.random.default_rng(0))
+    assert desc.shape == (b * 128, 3, 7, 7)
+    image, rest = np.divmod(desc[:, 0, 3, 3].numpy().astype(int), 3 * h * w)   # the centre's flat index
+    ys, xs = np.divmod(rest, w)
+    assert np.array_equal(np.bincount(image, minlength=b), np.full(b, 128))
+    assert set(ys) == set(xs) == set(range(3, h - 3))
+    for d, i, y, x in zip(desc, image, ys, xs):
+        assert torch.equal(d, level[i, :, y - 3:y + 4, x - 3:x + 4])
+
+
+def test_descriptors_are_standardised_per_colour_channel_over_the_set():
+    """Each colour channel minus its mean and over its (population) std over all descriptors, as the
+    reference's per-channel normalisation; flattened to 147 values."""
+    from drgan.metrics.swd import normalize_descriptors
+
+    rng = np.random.default_rng(1)
+    desc = rng.normal((10.0, -5.0, 3.0), (1.0, 4.0, 0.5), (6, 7, 7, 3)).transpose(0, 3, 1, 2).copy()  # (6, 3, 7, 7)
+    expected = np.stack([(desc[:, c] - desc[:, c].mean()) / desc[:, c].std() for c in range(3)], axis=1)
+    out = normalize_descriptors(torch.from_numpy(desc)).numpy()
+    assert out.shape == (6, 147)
+    np.testing.assert_allclose(out, expected.reshape(6, 147), rtol=1e-10, atol=1e-10)
+
+
+def test_sliced_wasserstein_is_the_mean_1d_wasserstein_over_4x128_unit_directions():
+    """As the reference: 4 repeats of 128 Gaussian directions scaled to unit length, each scored by the
+    1-D Wasserstein-1 distance of the two sets' projections (scipy.stats.wasserstein_distance)."""
+    from scipy.stats import wasserstein_distance
+
+    from drgan.metrics.swd import sliced_wasserstein
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((300, 147))
+    b = rng.standard_normal((300, 147)) * 1.3 + 0.2
+    got = sliced_wasserstein(torch.from_numpy(a), torch.from_numpy(b), np.random.default_rng(9))
+    dirs_rng = np.random.default_rng(9)
+    dists = []
+    for _ in range(4):
+        dirs = dirs_rng.standard_normal((147, 128))
+        dirs /= np.linalg.norm(dirs, axis=0)
+        dists += [wasserstein_distance(a @ d, b @ d) for d in dirs.T]
+    assert got == pytest.approx(np.mean(dists), rel=1e-9)
+
+
+def test_swd_reports_each_level_times_1e3_and_their_mean(sets, monkeypatch):
+    """The paper's scale: each level's sliced distance times 1e3; the average is their mean."""
+    from drgan.metrics import swd
+
+    raw = []
+    original = swd.sliced_wasserstein
+
+    def recording(a, b, rng):
+        raw.append(original(a, b, rng))
+        return raw[-1]
+
+    monkeypatch.setattr(swd, "sliced_wasserstein", recording)
+    r = compute_swd(sets["real"], sets[40], seed=2, progress=False)
+    assert len(raw) == 3
+    assert list(r["swd_x1e3"].values()) == pytest.approx([1e3 * v for v in raw], rel=1e-12)
+    assert r["swd_x1e3_average"] == pytest.approx(1e3 * float(np.mean(raw)), rel=1e-12)
+
+
+def test_swd_resolution_defaults_to_the_first_fake_width_and_two_images_are_enough(sets, tmp_path):
+    """A 32 x 24 (width x height) first fake image sets 32 px; a subset of 2 images per set is allowed."""
+    wide = [np.asarray(PIL.Image.open(p).resize((32, 24), PIL.Image.BOX)) for p in sets["real"].paths[:3]]
+    r = compute_swd(sets["real"], _write(tmp_path / "wide", wide), seed=1, progress=False)
+    assert r["resolution"] == 32 and list(r["swd_x1e3"]) == ["32", "16"] and r["count"] == 3
+    assert compute_swd(sets["real"], sets["copy"], max_images=2, progress=False)["count"] == 2
+
+
+def test_load_rgb_resizes_by_area_averaging(tmp_path):
+    """Each output pixel is the mean of the 2 x 2 block it covers (area resampling), to Pillow's
+    fixed-point rounding (up to 1 level); a bilinear or nearest resize is further off."""
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    PIL.Image.fromarray(image).save(tmp_path / "a.png")
+    blocks = image.reshape(4, 2, 4, 2, 3).astype(float).mean(axis=(1, 3))
+    assert np.abs(load_rgb(tmp_path / "a.png", 4) - blocks).max() <= 1
+
+
+def test_load_rgb_refuses_float_pixels_rather_than_clipping_them(tmp_path):
+    """A 32-bit float image (mode F) has no 8-bit reading: refused, as drgan.data.decode refuses it."""
+    PIL.Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)).save(tmp_path / "f.tif")
+    assert PIL.Image.open(tmp_path / "f.tif").mode == "F"
+    with pytest.raises(DrganError, match="unsupported pixel type float32"):
+        load_rgb(tmp_path / "f.tif")
