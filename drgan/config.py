@@ -20,6 +20,8 @@ MAX_IMAGE_SIDE = 4096
 MIN_SIDE = 64            # smaller images cannot hold a usable fundus
 NORMS = ("batch", "instance", "none")
 STAGES = ("global", "local")
+# Every seed lies in 0..SEED_MAX: torch.manual_seed takes no larger one, nor SWD's 8-byte order key.
+SEED_MAX = 2**64 - 1
 # Precision names every command accepts (synthesis also takes "auto"); drgan.runtime maps them to dtypes.
 PRECISIONS = ("fp32", "bf16", "fp16")
 

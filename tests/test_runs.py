@@ -321,9 +321,25 @@ def test_a_control_character_in_a_path_keeps_the_error_one_line(drgan, tmp_path)
 
 
 
+@pytest.mark.parametrize("command", [
+    ("phantom", "--out", "{out}", "--count", "3"),
+    ("evaluate", "swd", "--real", "{data}", "--fake", "{data}"),
+    ("evaluate", "metrics", "--real", "{data}", "--fake", "{data}", "--metrics", "swd"),
+    ("train", "grader", "--data", "{data}", "--out", "{out}", "--preset", "tiny-64"),
+    ("train", "gan", "--data", "{data}", "--out", "{out}", "--preset", "tiny-64"),
+    ("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", "{out}", "--count", "2"),
+])
+def test_a_seed_past_64_bits_is_one_line(drgan, tmp_path, data, command):
+    """torch.manual_seed and SWD's order key take 64-bit seeds: a larger one is refused up front."""
+    args = [a.format(out=tmp_path / "out", data=data) for a in command]
+    line = _one_error(*drgan(*args, "--seed", str(2**64))[::2])
+    assert line.startswith(f"error: --seed {2**64}") and line.endswith(f"{2**64 - 1}")
+    assert not (tmp_path / "out").exists()
+
+
 def test_failed_dataset_commands_leave_nothing_behind(drgan, tmp_path):
     line = _one_error(*drgan("phantom", "--out", tmp_path / "ph", "--count", "3", "--seed", "-1")[::2])
-    assert line == "error: --seed -1 must be >= 0" and not (tmp_path / "ph").exists()
+    assert line == f"error: --seed -1: outside the range 0<=x<={2**64 - 1}" and not (tmp_path / "ph").exists()
     line = _one_error(*drgan("masks", "extract", tmp_path / "missing.png", "--out", tmp_path / "mx")[::2])
     assert "missing.png" in line and not (tmp_path / "mx").exists()
     (tmp_path / "empty").mkdir()

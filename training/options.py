@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from drgan.config import PRECISIONS, PRESETS, STAGES, ModelConfig, preset
+from drgan.config import PRECISIONS, PRESETS, SEED_MAX, STAGES, ModelConfig, preset
 from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.runs import read_run, require_kind
 
@@ -67,7 +67,7 @@ class GraderOptions(_Options):
             (self.lr > 0, f"{{lr}} {self.lr} must be > 0"),
             (0 <= self.beta1 < 1, f"{{beta1}} {self.beta1} must lie in [0, 1)"),
             (self.workers >= 0, f"{{workers}} {self.workers} must be >= 0"),
-            (self.seed >= 0, f"{{seed}} {self.seed} must be >= 0"),
+            (0 <= self.seed <= SEED_MAX, f"{{seed}} {self.seed} must lie in 0..{SEED_MAX}"),
             (self.checkpoint_every >= 1, f"{{checkpoint_every}} {self.checkpoint_every} must be >= 1"),
         ])
 
@@ -134,7 +134,7 @@ class GanOptions(_Options):
             *((getattr(self, k) >= 1, f"{{{k}}} {getattr(self, k)} must be >= 1")
               for k in ("log_every", "sample_every", "checkpoint_every")),
             (self.workers >= 0, f"{{workers}} {self.workers} must be >= 0"),
-            (self.seed >= 0, f"{{seed}} {self.seed} must be >= 0"),
+            (0 <= self.seed <= SEED_MAX, f"{{seed}} {self.seed} must lie in 0..{SEED_MAX}"),
         ])
         if self.vgg19_weights is not None and self.perceptual not in ("auto", "vgg19"):  # else ignored without a word
             raise UsageError(f"{{vgg19_weights}} is used by {{perceptual}} vgg19 or auto only, not {self.perceptual}; drop one of them")

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from drgan.config import SEED_MAX
 from drgan.errors import DrganError, ParameterError, UsageError
 
 DEVICE_HELP = "auto (CUDA when visible, else CPU), cpu, cuda or cuda:N."
@@ -44,6 +45,9 @@ class _BadInputRange:
 
 class IntRange(_BadInputRange, click.IntRange):
     base = click.INT
+
+
+SEED = IntRange(0, SEED_MAX)
 
 
 def dataset_folder(positional: str | None, option: str | None) -> str:

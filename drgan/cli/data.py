@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from drgan.cli.common import IntRange, dataset_folder, resumes_on_rerun
+from drgan.cli.common import SEED, IntRange, dataset_folder, resumes_on_rerun
 from drgan.config import MAX_IMAGE_SIDE, MIN_SIDE, NUM_GRADES
 from drgan.data.labels import SPLITS
 from drgan.errors import DrganError
@@ -126,7 +126,7 @@ def fit_lesions(directory: str | None, data_dir: str | None, out: str, split: st
 @click.option("--out", "out", type=click.Path(), required=True, help="New dataset folder.")
 @click.option("--count", type=int, default=100, show_default=True, help="Number of samples, 1..1000000 (grades round-robin 0..4).")
 @click.option("--size", type=IntRange(MIN_SIDE, MAX_IMAGE_SIDE), default=256, show_default=True, help="Image side in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed, >= 0: the same seed gives identical files.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="The same seed gives identical files.")
 @click.option("--no-split", is_flag=True, help="Leave the split column out of labels.csv.")
 @click.option("--workers", type=IntRange(0), default=min(4, os.cpu_count() or 1), show_default=True,
               help="Rendering processes (the output does not depend on it).")

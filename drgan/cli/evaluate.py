@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from drgan.cli.common import DEVICE_HELP, IntRange, resumes_on_rerun
+from drgan.cli.common import DEVICE_HELP, SEED, IntRange, resumes_on_rerun
 from drgan.config import MAX_IMAGE_SIDE, PRESETS
 from drgan.data.labels import SPLITS
 from drgan.errors import ParameterError, UsageError
@@ -83,7 +83,7 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
               help="Side every image is resized to [default: width of the first fake image].")
 @click.option("--max-images", type=IntRange(min=2), default=8192, show_default=True,
               help="Images per set (a seeded random subset); memory grows with it.")
-@click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Patch positions, subsets and directions.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Patch positions, subsets and directions.")
 @click.option("--per-grade", is_flag=True, help="Also SWD per grade and their average (needs dataset folders).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -155,7 +155,7 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
 @click.option("--per-grade", is_flag=True, help="Also each metric per grade (needs dataset folders).")
 @click.option("--max-images", type=IntRange(min=2), default=None,
               help="Images per set for swd and fidelity (SWD needs 2) [default: theirs, 8192 and 500]; fid and grading take all.")
-@click.option("--seed", type=IntRange(0), default=0, show_default=True, help="SWD's subsets, patch positions and directions.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="SWD's subsets, patch positions and directions.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str, grader: Path | None, per_grade: bool,
@@ -199,7 +199,7 @@ def experiment() -> None:
               help="Grader model and image size (paper-1280: ResNet-50 at 1280 px, as the paper).")
 @click.option("--epochs", type=IntRange(min=1), default=30, show_default=True, help="Epochs per arm (paper: 30).")
 @click.option("--batch", type=IntRange(min=2), default=64, show_default=True, help="Batch size (paper: 64).")
-@click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Same seed for every arm.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed for every arm.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/augment"), show_default=True,
               help="Folder for one grader run per arm, results.json and results.md.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange, resumes_on_rerun
+from drgan.cli.common import DEVICE_HELP, HELP_NAMES, SEED, IntRange, resumes_on_rerun
 from drgan.config import NUM_GRADES, PRECISIONS, PRESETS
 from drgan.data.labels import SPLITS
 from drgan.synthesis.registry import BACKENDS
@@ -47,7 +47,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
               help="Grading space the vector comes from. planned: the grade the lesions were imitated for, so the vector, "
                    "the lesions and labels.csv agree. predicted: the paper's test time, the grade the generator's encoder "
                    "predicts from the masks, as good as that head is; manifest.csv records both and the summary their agreement.")
-@click.option("--seed", type=IntRange(0), default=0, show_default=True, help="Seed of the whole set: item i depends on (seed, i) only.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the whole set: item i depends on (seed, i) only.")
 @click.option("--batch", type=IntRange(1), default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
 @click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
