@@ -139,8 +139,21 @@ def test_pool_workers_leave_ctrl_c_to_the_main_process():
 
     from drgan.workers import process_pool
 
-    pool = process_pool(2)
+    pool = process_pool(2, jobs=10)
     try:
         assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
     finally:
         pool.terminate()
+
+
+def test_pool_starts_no_more_workers_than_jobs(monkeypatch):
+    """Each worker starts a Python with torch: 1000 asked for 2 images would take minutes."""
+    import multiprocessing.context
+
+    from drgan.workers import process_pool
+
+    started = []
+    monkeypatch.setattr(multiprocessing.context.SpawnContext, "Pool", lambda self, n, **kwargs: started.append(n))
+    process_pool(1000, jobs=2)
+    process_pool(3, jobs=0)
+    assert started == [2, 1]

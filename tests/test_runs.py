@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from drgan.checkpoint import save_module
 from drgan.cli import cli
@@ -335,6 +336,53 @@ def test_a_seed_past_64_bits_is_one_line(drgan, tmp_path, data, command):
     line = _one_error(*drgan(*args, "--seed", str(2**64))[::2])
     assert line.startswith(f"error: --seed {2**64}") and line.endswith(f"{2**64 - 1}")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", "{out}", "--count", "2", "--batch"),
+    ("evaluate", "fid", "--real", "{data}", "--fake", "{data}", "--batch"),
+    ("train", "grader", "--data", "{data}", "--out", "{out}", "--preset", "tiny-64", "--batch"),
+    ("train", "gan", "--data", "{data}", "--out", "{out}", "--preset", "tiny-64", "--batch"),
+    ("export", "--run", "{data}", "--out", "{out}", "--max-batch"),
+])
+def test_a_batch_past_the_largest_is_one_line(drgan, tmp_path, data, command):
+    """A batch of 2**63 made torch fail to unpack a size with a traceback: the bound comes first."""
+    args = [a.format(out=tmp_path / "out", data=data) for a in command]
+    line = _one_error(*drgan(*args, str(2**63))[::2])
+    assert line.startswith("error: --") and f"{2**63}" in line and "4096" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("exc, detail", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.11 GiB "
+                            "of which 3.12 GiB is free. Of the allocated memory 74.50 GiB is allocated by PyTorch."),
+     "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which 3.12 GiB is free"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 17592186044416 bytes. Error code 12 (Cannot allocate memory)"),
+     "can't allocate memory: you tried to allocate 17592186044416 bytes"),
+])
+def test_an_allocation_that_fails_is_one_line_and_leaves_nothing(drgan, tmp_path, monkeypatch, exc, detail):
+    from drgan.synthesis import runner
+
+    def fails(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(runner, "make_backend", fails)
+    line = _one_error(*drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "s",
+                             "--count", "2")[::2])
+    assert line == f"error: out of memory: {detail}. A smaller --batch (where the command takes one) needs less."
+    assert not (tmp_path / "s").exists()
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(drgan, tmp_path, monkeypatch):
+    from drgan.synthesis import runner
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(runner, "make_backend", fails)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        drgan("synthesize", "--preset", "tiny-64", "--backend", "null", "--out", tmp_path / "s", "--count", "2")
 
 
 def test_failed_dataset_commands_leave_nothing_behind(drgan, tmp_path):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from drgan.config import PRECISIONS, PRESETS, SEED_MAX, STAGES, ModelConfig, preset
+from drgan.config import MAX_BATCH, PRECISIONS, PRESETS, SEED_MAX, STAGES, ModelConfig, preset
 from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.runs import read_run, require_kind
 
@@ -63,7 +63,7 @@ class GraderOptions(_Options):
         self._check([
             (self.preset in PRESETS, f"{{preset}} {self.preset!r} is not one of {list(PRESETS)}"),
             (self.epochs >= 1, f"{{epochs}} {self.epochs} must be >= 1"),
-            (self.batch >= 2, f"{{batch}} {self.batch} must be >= 2 (batch normalization)"),
+            (2 <= self.batch <= MAX_BATCH, f"{{batch}} {self.batch} must lie in 2..{MAX_BATCH} (batch normalization: 2 at least)"),
             (self.lr > 0, f"{{lr}} {self.lr} must be > 0"),
             (0 <= self.beta1 < 1, f"{{beta1}} {self.beta1} must lie in [0, 1)"),
             (self.workers >= 0, f"{{workers}} {self.workers} must be >= 0"),
@@ -128,7 +128,7 @@ class GanOptions(_Options):
             *((getattr(self, k) >= 0, f"{{{k}}} {getattr(self, k)} must be >= 0") for k in LOSS_WEIGHTS),
             (self.epochs >= 1, f"{{epochs}} {self.epochs} must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, f"{{max_steps}} {self.max_steps} must be >= 1"),
-            (self.batch >= 1, f"{{batch}} {self.batch} must be >= 1"),
+            (1 <= self.batch <= MAX_BATCH, f"{{batch}} {self.batch} must lie in 1..{MAX_BATCH}"),
             (self.lr > 0, f"{{lr}} {self.lr} must be > 0"),
             (0 <= self.ema_decay < 1, f"{{ema_decay}} {self.ema_decay} must lie in [0, 1)"),
             *((getattr(self, k) >= 1, f"{{{k}}} {getattr(self, k)} must be >= 1")

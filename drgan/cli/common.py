@@ -169,6 +169,17 @@ def _usage(exc: click.UsageError) -> int:
     return 2
 
 
+def out_of_memory(exc: BaseException) -> str | None:
+    """One line for an allocation that failed (torch's CUDA out-of-memory error, its CPU allocator's,
+    Python's MemoryError); None for any other error. The allocator's own text says how much."""
+    text = str(exc).strip()
+    if isinstance(exc, RuntimeError) and "out of memory" not in text and "can't allocate memory" not in text:
+        return None
+    detail = text.split("DefaultCPUAllocator: ")[-1].split(" Error code")[0]  # drop the enforce-fail prefix
+    detail = detail.split(" Of the allocated memory")[0].rstrip(".")          # CUDA: its summary alone
+    return f"out of memory{': ' + detail if detail else ''}. A smaller --batch (where the command takes one) needs less."
+
+
 def run_command(command: click.Command, **kwargs) -> int:
     global _rerun_hint
     _rerun_hint = None
@@ -205,4 +216,10 @@ def run_command(command: click.Command, **kwargs) -> int:
         return 1
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except (MemoryError, RuntimeError) as exc:  # after click's: Abort and Exit are RuntimeErrors too
+        line = out_of_memory(exc)
+        if line is None:
+            raise
+        _error(line)
+        return 1
     return 0

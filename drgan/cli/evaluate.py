@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from drgan.cli.common import DEVICE_HELP, SEED, IntRange, resumes_on_rerun
-from drgan.config import MAX_IMAGE_SIDE, PRESETS
+from drgan.config import MAX_BATCH, MAX_IMAGE_SIDE, PRESETS
 from drgan.data.labels import SPLITS
 from drgan.errors import ParameterError, UsageError
 from drgan.io import check_outside
@@ -57,7 +57,7 @@ def evaluate() -> None:
               help="Folder for the real set's cached statistics [default: ~/.cache/drgan/fid].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached statistics.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--batch", type=IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
+@click.option("--batch", type=IntRange(1, MAX_BATCH), default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: bool, device: str, batch: int, as_json: bool) -> None:
     """Frechet Inception Distance between two image sets."""
@@ -105,7 +105,7 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
               help="Set graded by its labels: a dataset folder (images/ + labels.csv), synthesized or real.")
 @click.option("--split", type=_split, default=None, help="Only rows of labels.csv with this split (e.g. test) [default: all].")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--batch", type=IntRange(min=1), default=32, show_default=True, help="Images per forward pass.")
+@click.option("--batch", type=IntRange(1, MAX_BATCH), default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def grading(grader: Path, fake: Path, split: str | None, device: str, batch: int, as_json: bool) -> None:
     """Accuracy, quadratic-weighted kappa, per-grade TPR and confusion matrix of a grader."""
@@ -198,7 +198,7 @@ def experiment() -> None:
 @click.option("--preset", default="paper-1280", show_default=True, type=click.Choice(list(PRESETS)),
               help="Grader model and image size (paper-1280: ResNet-50 at 1280 px, as the paper).")
 @click.option("--epochs", type=IntRange(min=1), default=30, show_default=True, help="Epochs per arm (paper: 30).")
-@click.option("--batch", type=IntRange(min=2), default=64, show_default=True, help="Batch size (paper: 64).")
+@click.option("--batch", type=IntRange(2, MAX_BATCH), default=64, show_default=True, help="Batch size (paper: 64).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed for every arm.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/augment"), show_default=True,

@@ -394,7 +394,7 @@ def _write_phantoms(writer, grades: list[int], size: int, seed: int, split: bool
     pool = None
     if workers > 1:
         from drgan.workers import process_pool
-        pool = process_pool(workers)
+        pool = process_pool(workers, len(jobs))
         items = pool.imap(_render_encoded, jobs, chunksize=4)
     else:
         items = map(_render_encoded, jobs)

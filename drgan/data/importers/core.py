@@ -532,7 +532,7 @@ def _convert_all(kind: str, plan: Plan, root: Path, out: Path, size: int, vessel
     pool = None
     if workers > 1:
         from drgan.workers import process_pool
-        pool = process_pool(workers)
+        pool = process_pool(workers, len(tasks))
         results = pool.imap_unordered(_convert_task, tasks)
     else:
         results = map(_convert_task, tasks)
