@@ -61,3 +61,34 @@ def lock_holder():
     for child in children:
         child.stdin.close()
         child.wait()
+
+
+# drgan.locks: another process's lock is simulated by a second open file description (flock locks
+# belong to it, so this process conflicts with itself through it).
+@pytest.fixture
+def other_holder():
+    import fcntl
+    import os
+
+    fds = []
+
+    def take(path, mode, pid_text=None):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fds.append(fd)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        if pid_text is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, pid_text.encode(), 0)
+        return fd
+
+    yield take
+    for fd in fds:
+        os.close(fd)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    from drgan import locks
+
+    yield tmp_path / "f"
+    locks.release(tmp_path / "f")
