@@ -12,6 +12,7 @@ Every artifact is checked against the eager fp32 generator before it is recorded
 """
 from __future__ import annotations
 
+import importlib
 import math
 import shutil
 import time
@@ -92,7 +93,9 @@ def export_run(
     check_opset(options.opset)  # before OUT is created
     # Loaded whole now: torch.export imports it lazily, and an interrupt in the middle of that import
     # reached torch's own handler as an AttributeError of the half-loaded module (a traceback, exit 1).
-    import torch._dynamo  # noqa: F401
+    # (By module name: `import torch._dynamo` here would make `torch` a local name of this function,
+    # unbound at the GPU check above.)
+    importlib.import_module("torch._dynamo")
     run = Path(run)
     require_kind(run, "gan", "run")  # before the first status line: a folder that is no run is one error line
     out = Path(out) if out else run / "export"
