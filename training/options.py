@@ -131,6 +131,8 @@ class GanOptions(_Options):
             (1 <= self.batch <= MAX_BATCH, f"{{batch}} {self.batch} must lie in 1..{MAX_BATCH}"),
             (self.lr > 0, f"{{lr}} {self.lr} must be > 0"),
             (0 <= self.ema_decay < 1, f"{{ema_decay}} {self.ema_decay} must lie in [0, 1)"),
+            *((0 <= getattr(self, k) < 1, f"{{{k}}} {getattr(self, k)} must lie in [0, 1)") for k in ("beta1", "beta2")),
+            (self.focal_gamma >= 0, f"{{focal_gamma}} {self.focal_gamma} must be >= 0"),
             *((getattr(self, k) >= 1, f"{{{k}}} {getattr(self, k)} must be >= 1")
               for k in ("log_every", "sample_every", "checkpoint_every")),
             (self.workers >= 0, f"{{workers}} {self.workers} must be >= 0"),
