@@ -15,7 +15,7 @@ from drgan.nn import DiscOutput
 from drgan.training import gan, losses
 from drgan.training.gan import GanTrainer
 from drgan.training.options import GanOptions, GraderOptions
-from training_fixtures import PhantomSet, write_space
+from training_fixtures import PhantomSet, options, write_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,11 +114,7 @@ def test_grader_option_bounds_are_refused(change):
 
 
 def _trainer(tmp_path, **kw) -> GanTrainer:
-    space = write_space(tmp_path / "space.safetensors")
-    base = dict(out=str(tmp_path / "run"), grading_space=str(space), preset="tiny-64", perceptual="none", batch=2,
-                log_every=1, sample_every=1000, checkpoint_every=1000, epochs=5)
-    base.update(kw)
-    return GanTrainer(GanOptions(**base), PhantomSet(2))
+    return GanTrainer(options(tmp_path, write_space(tmp_path / "space.safetensors"), **kw), PhantomSet(2))
 
 
 def _batch():

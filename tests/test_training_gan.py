@@ -21,7 +21,7 @@ from drgan.runtime import deterministic_algorithms
 from drgan.training import gan, state
 from drgan.training.gan import D_TERMS, G_TERMS, GanTrainer, train_gan
 from drgan.training.options import GanOptions, resume_options
-from training_fixtures import PhantomSet, write_space
+from training_fixtures import PhantomSet, options, write_space
 
 CFG = preset("tiny-64")
 
@@ -31,13 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def space(tmp_path):
     return write_space(tmp_path / "space.safetensors")
-
-
-def options(tmp_path, space, **kw) -> GanOptions:
-    base = dict(out=str(tmp_path / "run"), grading_space=str(space), preset="tiny-64", perceptual="none", batch=2, log_every=1,
-                sample_every=1000, checkpoint_every=1000, epochs=5)
-    base.update(kw)
-    return GanOptions(**base)
 
 
 def _event_tags(run: Path) -> set[str]:

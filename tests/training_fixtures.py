@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from drgan.config import COND_CHANNELS, preset
 from drgan.data.phantom import render_phantom
 from drgan.grading_space import GradingSpace
+from drgan.training.options import GanOptions
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,3 +45,12 @@ def write_space(path: Path, seed: int = 0) -> Path:
     feats = torch.randn(50, preset("tiny-64").z_dim, generator=gen) + torch.arange(50)[:, None] % 5
     GradingSpace.fit(feats.abs(), torch.arange(50) % 5, 5, 0.9).save(path)
     return path
+
+
+def options(tmp_path: Path, space: Path, **kw) -> GanOptions:
+    """Options of a short tiny-64 GAN run in tmp_path/run on phantoms: batch 2, no perceptual
+    network, a log line every step, samples and checkpoints only when asked; `kw` overrides."""
+    base = dict(out=str(tmp_path / "run"), grading_space=str(space), preset="tiny-64", perceptual="none", batch=2, log_every=1,
+                sample_every=1000, checkpoint_every=1000, epochs=5)
+    base.update(kw)
+    return GanOptions(**base)

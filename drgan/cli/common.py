@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from drgan.config import SEED_MAX
+from drgan.config import MAX_BATCH, SEED_MAX
 from drgan.errors import DrganError, ParameterError, UsageError
 
 DEVICE_HELP = "auto (CUDA when visible, else CPU), cpu, cuda or cuda:N."
@@ -47,6 +47,8 @@ class IntRange(_BadInputRange, click.IntRange):
     base = click.INT
 
 
+# The range of every --batch (experiment augment's starts at 2, for batch normalization) and --seed.
+BATCH = IntRange(1, MAX_BATCH)
 SEED = IntRange(0, SEED_MAX)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from drgan.cli.common import DEVICE_HELP, SEED, IntRange, resumes_on_rerun
+from drgan.cli.common import BATCH, DEVICE_HELP, SEED, IntRange, resumes_on_rerun
 from drgan.config import MAX_BATCH, MAX_IMAGE_SIDE, PRESETS
 from drgan.data.labels import SPLITS
 from drgan.errors import ParameterError, UsageError
@@ -57,7 +57,7 @@ def evaluate() -> None:
               help="Folder for the real set's cached statistics [default: ~/.cache/drgan/fid].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached statistics.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--batch", type=IntRange(1, MAX_BATCH), default=32, show_default=True, help="Images per forward pass.")
+@click.option("--batch", type=BATCH, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: bool, device: str, batch: int, as_json: bool) -> None:
     """Frechet Inception Distance between two image sets."""
@@ -105,7 +105,7 @@ def swd(real: Path, fake: Path, resolution: int | None, max_images: int, seed: i
               help="Set graded by its labels: a dataset folder (images/ + labels.csv), synthesized or real.")
 @click.option("--split", type=_split, default=None, help="Only rows of labels.csv with this split (e.g. test) [default: all].")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--batch", type=IntRange(1, MAX_BATCH), default=32, show_default=True, help="Images per forward pass.")
+@click.option("--batch", type=BATCH, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def grading(grader: Path, fake: Path, split: str | None, device: str, batch: int, as_json: bool) -> None:
     """Accuracy, quadratic-weighted kappa, per-grade TPR and confusion matrix of a grader."""

@@ -8,8 +8,8 @@ import json
 
 import click
 
-from drgan.cli.common import DEVICE_HELP, HELP_NAMES, IntRange
-from drgan.config import MAX_BATCH, PRECISIONS, STAGES
+from drgan.cli.common import BATCH, DEVICE_HELP, HELP_NAMES, IntRange
+from drgan.config import PRECISIONS, STAGES
 from drgan.errors import UsageError
 
 
@@ -20,10 +20,10 @@ from drgan.errors import UsageError
 @click.option("--trt", "want_trt", is_flag=True, help="Build a TensorRT engine (needs TensorRT and a GPU; an engine runs native code: load only engines you built or trust).")
 @click.option("--aoti", "want_aoti", is_flag=True, help="Compile an AOTInductor .pt2 package (native code: load only packages you built or trust).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS), help="Engine/package precision (the ONNX file is always fp32).")
-@click.option("--batch", type=IntRange(1, MAX_BATCH), help="Fixed batch size (not with --min/--opt/--max-batch).")
-@click.option("--min-batch", type=IntRange(1, MAX_BATCH), help="Smallest batch of the engine/package.  [default: 1]")
-@click.option("--opt-batch", type=IntRange(1, MAX_BATCH), help="Batch TensorRT tunes for, min..max.  [default: 4]")
-@click.option("--max-batch", type=IntRange(1, MAX_BATCH), help="Largest batch of the engine/package.  [default: 16]")
+@click.option("--batch", type=BATCH, help="Fixed batch size (not with --min/--opt/--max-batch).")
+@click.option("--min-batch", type=BATCH, help="Smallest batch of the engine/package.  [default: 1]")
+@click.option("--opt-batch", type=BATCH, help="Batch TensorRT tunes for, min..max.  [default: 4]")
+@click.option("--max-batch", type=BATCH, help="Largest batch of the engine/package.  [default: 16]")
 @click.option("--stage", type=click.Choice(list(STAGES)), help="Stage to export; must be the run's (global: Gm at half resolution).  [default: the run's stage]")
 @click.option("--opset", default=23, show_default=True, type=int, help="ONNX opset, 23..25 (23: the first with the Attention op; 25: the newest the exporter converts to).")
 @click.option("--device", default="auto", show_default=True, help="Device of the AOTInductor package: " + DEVICE_HELP)

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from drgan.cli.common import DEVICE_HELP, HELP_NAMES, SEED, IntRange, resumes_on_rerun
-from drgan.config import MAX_BATCH, NUM_GRADES, PRECISIONS, PRESETS
+from drgan.cli.common import BATCH, DEVICE_HELP, HELP_NAMES, SEED, IntRange, resumes_on_rerun
+from drgan.config import NUM_GRADES, PRECISIONS, PRESETS
 from drgan.data.labels import SPLITS
 from drgan.synthesis.registry import BACKENDS
 
@@ -48,7 +48,7 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
                    "the lesions and labels.csv agree. predicted: the paper's test time, the grade the generator's encoder "
                    "predicts from the masks, as good as that head is; manifest.csv records both and the summary their agreement.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the whole set: item i depends on (seed, i) only.")
-@click.option("--batch", type=IntRange(1, MAX_BATCH), default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
+@click.option("--batch", type=BATCH, default=8, show_default=True, help="Generation batch (fixed batches keep resumes bit-identical).")
 @click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True, help="auto: bf16 on CUDA, fp32 on CPU.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
               help="null: a fixed image instead of a generator, to measure whether this host can feed a GPU. "
