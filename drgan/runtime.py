@@ -106,6 +106,13 @@ def seeded_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]))
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The key of a run's epoch: the loaders' sample order and the augmentations of
+    `FundusDataset.set_epoch`. Kept to 64 bits, which torch's generators take, for every seed up to
+    SEED_MAX; the same key as `seed * 100003 + epoch` wherever that fits."""
+    return (seed * 100003 + epoch) % 2**64
+
+
 @contextlib.contextmanager
 def deterministic_algorithms(on: bool = True, warn_only: bool = False) -> Iterator[None]:
     """torch.use_deterministic_algorithms(on, warn_only=...) for the block, then the caller's

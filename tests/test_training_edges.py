@@ -217,3 +217,29 @@ def test_a_train_step_updates_the_ema_with_its_own_step(tmp_path):
     beta = 0.5  # min(0.5, 1001 / 1010)
     for p_ema, old, p in zip(trainer.G_ema.parameters(), before, trainer.G.parameters()):
         assert torch.allclose(p_ema, beta * old + (1 - beta) * p.detach(), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+class _EpochKeys(PhantomSet):
+    """PhantomSet that records the keys its epochs are set to (FundusDataset's augmentation key)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.keys: list[int] = []
+
+    def set_epoch(self, key: int) -> None:
+        self.keys.append(key)
+
+
+def test_gan_at_the_largest_seed_runs_past_its_first_epoch_with_augmentations_keyed_by_the_seed(tmp_path):
+    """The sampler seeds torch with seed + epoch: at SEED_MAX that overflowed 64 bits in epoch 2."""
+    from drgan.config import SEED_MAX
+    from drgan.training.gan import train_gan
+
+    data = _EpochKeys(4)
+    train_gan(options(tmp_path, write_space(tmp_path / "space.safetensors"), seed=SEED_MAX, epochs=2), dataset=data)
+    assert len(data.keys) == 2 and len(set(data.keys)) == 2
+    assert all(0 <= k < 2**64 for k in data.keys)
+    assert data.keys != [0, 1]  # seed 0's keys: another seed augments differently

@@ -364,3 +364,28 @@ def test_overwrite_refuses_a_dataset_inside_the_run_it_would_empty(tmp_path, pha
         train_grader(FundusDataset(data, 64, split="train"), FundusDataset(data, 64, split="val"), tmp_path / "g", opts,
                      overwrite=True, data=data)
     assert (data / "labels.csv").is_file() and (tmp_path / "g" / "grader.safetensors").is_file()
+
+
+class _EpochKeys(FundusDataset):
+    """FundusDataset that records the keys its epochs are set to."""
+
+    def set_epoch(self, key: int) -> None:
+        self.keys = [*getattr(self, "keys", []), key]
+        super().set_epoch(key)
+
+
+def test_grader_augmentations_follow_the_seed(tmp_path, phantom_dir):
+    """Two seeds train on differently augmented images (the seed once left them to the epoch alone)."""
+    val = FundusDataset(phantom_dir, 64, split="val")
+    keys = {}
+    for seed in (0, 1):
+        train = _EpochKeys(phantom_dir, 64, split="train", augment=True)
+        train_grader(train, val, tmp_path / f"g{seed}", GraderOptions(preset="tiny-64", epochs=1, batch=8, seed=seed))
+        keys[seed] = train.keys[0]
+    assert keys[0] != keys[1]
+    probe = FundusDataset(phantom_dir, 64, split="train", augment=True)
+    seen = []
+    for key in keys.values():
+        probe.set_epoch(key)
+        seen.append(torch.stack([probe[i]["image"] for i in range(6)]))
+    assert not torch.equal(*seen)

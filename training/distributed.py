@@ -92,7 +92,10 @@ class ResumableSampler(Sampler[int]):
         batch: int,         # per-process batch (whole batches only: drop_last)
         seed: int,          # shuffling seed
     ) -> None:
-        self.inner = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed, drop_last=True)
+        # DistributedSampler seeds torch with seed + epoch, which must fit 64 bits: 63-bit seeds
+        # leave room for any epoch and keep every smaller seed's order.
+        self.inner = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed % 2**63,
+                                        drop_last=True)
         self.batch = batch
         self.start_batch = 0
         self.batches_per_epoch = len(self.inner) // batch

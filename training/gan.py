@@ -40,7 +40,7 @@ from drgan.runs import (WEIGHT_FILES, check_same_dataset, dataset_record, prepar
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
 from drgan.metrics.fidelity import tensor_fidelity
 from drgan.nn import DiscOutput, DRGANGenerator, build_discriminator, set_kernel_impl, structure_only
-from drgan.runtime import autocast_dtype, seeded_generator
+from drgan.runtime import autocast_dtype, epoch_seed, seeded_generator
 from drgan.training import distributed as dist_util
 from drgan.training import losses
 from drgan.training.interrupts import ignored_signals, interrupted_line, told_by_the_main_rank, whole_step
@@ -511,7 +511,7 @@ class GanTrainer:
             while self.step < limit:
                 self.sampler.set_epoch(self.epoch, self.next_batch)
                 if hasattr(self.dataset, "set_epoch"):
-                    self.dataset.set_epoch(self.epoch)  # FundusDataset: augmentations per (epoch, index)
+                    self.dataset.set_epoch(epoch_seed(o.seed, self.epoch))  # FundusDataset: augmentations per (seed, epoch, index)
                 # The loader's own generator keeps the global RNG (augmentations) out of its seeding.
                 workers_seed = seeded_generator(o.seed, _WORKERS_STREAM, self.info.rank, self.epoch)
                 loader = DataLoader(self.dataset, batch_size=o.batch, sampler=self.sampler, num_workers=o.workers,

@@ -24,7 +24,7 @@ from drgan import locks
 from drgan.checkpoint import save_module
 from drgan.runs import (GRADER_FILE, check_same_dataset, dataset_record, has_checkpoint, prepare_out, read_run,
                         require_checkpoint, require_kind, undone_on_failure, write_run_config)
-from drgan.runtime import resolve_device, seeded_generator
+from drgan.runtime import epoch_seed, resolve_device, seeded_generator
 from drgan.config import preset
 from drgan.errors import DrganError, ParameterError, UsageError
 from drgan.grading_space import FILE_NAME as SPACE_FILE, GradingSpace
@@ -209,7 +209,7 @@ class _Training:
             for epoch in range(start, opts.epochs):
                 self.grader.train()
                 if hasattr(self.train, "set_epoch"):
-                    self.train.set_epoch(epoch)  # FundusDataset: fresh augmentations each epoch
+                    self.train.set_epoch(epoch_seed(opts.seed, epoch))  # FundusDataset: fresh augmentations each epoch and seed
                 losses = self._train_epoch(epoch)
                 report = _validate(self.grader, self.val, opts, self.device, self.cfg.num_grades, losses, epoch, logger)
                 self.epochs.append(report)

@@ -54,7 +54,7 @@ class GraderOptions(_Options):
     lr: float = 1e-3            # Adam learning rate (paper: 1e-3)
     beta1: float = 0.5          # Adam beta1 (paper: "momentum 0.5")
     balanced: bool = False      # class-balanced sampling (inverse grade frequency)
-    seed: int = 0               # weights, sampling order and batch transforms
+    seed: int = 0               # weights, sampling order, augmentations and batch transforms
     device: str = "auto"        # torch device (auto: CUDA when visible)
     workers: int = 0            # DataLoader worker processes
     checkpoint_every: int = 500  # also checkpoint every K steps inside an epoch (and after each epoch)
@@ -108,7 +108,7 @@ class GanOptions(_Options):
     compile: bool = False               # torch.compile the generator and discriminators
     kernel_impl: str = "auto"           # drgan.kernels implementation: 'auto', 'ref', 'triton' or 'sdpa' (drgan.kernels.dispatch.NETWORK_IMPLS)
     device: str = "auto"                # torch device ('cuda' picks the local rank's GPU; auto: CUDA when visible)
-    seed: int = 0                       # weights, sampling order, z and noise
+    seed: int = 0                       # weights, sampling order, augmentations, z and noise
     workers: int = 0                    # DataLoader worker processes
     log_every: int = 50                 # TensorBoard scalars every K steps
     sample_every: int = 500             # image grid per grade every K steps

@@ -21,6 +21,7 @@ from drgan.data.decode import open_image, read_mask, read_rgb
 from drgan.io import encode_png
 from drgan.data.preprocess import FOV_THRESHOLD
 from drgan.errors import DrganError
+from drgan.runtime import epoch_seed
 
 KINDS = ("torch", "dali")
 
@@ -34,15 +35,12 @@ def collate(items: list[dict]) -> dict:
     }
 
 
-def epoch_order(n: int, shuffle: bool, epoch_seed: int) -> list[int]:
-    """Sample order of one epoch: both loader kinds use it, so they visit samples identically."""
+def epoch_order(n: int, shuffle: bool, key: int) -> list[int]:
+    """Sample order of the epoch `key` (`epoch_seed`): both loader kinds use it, so they visit
+    samples identically."""
     if not shuffle:
         return list(range(n))
-    return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100003 + epoch
+    return torch.randperm(n, generator=torch.Generator().manual_seed(key)).tolist()
 
 
 class _EpochLoader:
@@ -63,10 +61,10 @@ class _EpochLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
-        epoch_seed = _epoch_seed(self.seed, self.epoch)
-        self.dataset.set_epoch(epoch_seed)
+        key = epoch_seed(self.seed, self.epoch)
+        self.dataset.set_epoch(key)
         self.epoch += 1
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=epoch_order(len(self.dataset), self.shuffle, epoch_seed),
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=epoch_order(len(self.dataset), self.shuffle, key),
                             num_workers=self.workers, collate_fn=collate, drop_last=self.drop_last,
                             pin_memory=torch.cuda.is_available(), persistent_workers=False)
         it = iter(loader)
@@ -172,7 +170,7 @@ class DaliLoader:
             data = _encode(read_mask(path, size)[0])
         return data
 
-    def _batches(self, order: np.ndarray, epoch_seed: int) -> Iterator[list[np.ndarray]]:
+    def _batches(self, order: np.ndarray, key: int) -> Iterator[list[np.ndarray]]:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
@@ -185,7 +183,7 @@ class DaliLoader:
                 for k, name in enumerate(COND_CHANNELS):
                     cols[1 + k].append(self._mask_bytes(sample, name, size))
                 if self.augment:  # the (epoch, index) stream of FundusDataset: identical augmentations
-                    rng = np.random.default_rng([epoch_seed, int(i)])
+                    rng = np.random.default_rng([key, int(i)])
                     cols[-2].append(np.array(rng.integers(0, 4), np.int32))
                     cols[-1].append(np.array(rng.integers(0, 2), np.int32))
             yield cols
@@ -233,10 +231,10 @@ class DaliLoader:
         return p
 
     def __iter__(self) -> Iterator[dict]:
-        epoch_seed = _epoch_seed(self.seed, self.epoch)
-        order = np.asarray(epoch_order(len(self.dataset), self.shuffle, epoch_seed), np.int64)
+        key = epoch_seed(self.seed, self.epoch)
+        order = np.asarray(epoch_order(len(self.dataset), self.shuffle, key), np.int64)
         self.epoch += 1
-        pipe = self._pipeline(self._batches(order, epoch_seed))
+        pipe = self._pipeline(self._batches(order, key))
         grades = np.asarray(self.dataset.grades)
         ids = self.dataset.ids
         device = torch.device("cuda") if self.gpu else None
