@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from drgan.cli.common import DEVICE_HELP, HELP_NAMES, flag, restarts_on_rerun
-from drgan.config import PRECISIONS, PRESETS, STAGES, preset as get_preset
+from drgan.config import MAX_BATCH, PRECISIONS, PRESETS, SEED_MAX, STAGES, preset as get_preset
 from drgan.training.options import RESUMABLE_OVERRIDES
 
 RESUMABLE_FLAGS = ", ".join(flag(name) for name in RESUMABLE_OVERRIDES)
@@ -26,11 +26,11 @@ def train() -> None:
               help="Grader run folder to continue from its last checkpoint. Its options and dataset hold; --epochs, --device, --workers and --checkpoint-every may change.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Model config.  [default: paper-1280]")
 @click.option("--epochs", type=int, help="Training epochs, >= 1 (paper: 30).  [default: 30]")
-@click.option("--batch", type=int, help="Batch size, >= 2 (paper: 64).  [default: 64]")
+@click.option("--batch", type=int, help=f"Batch size, 2..{MAX_BATCH} (paper: 64).  [default: 64]")
 @click.option("--lr", type=float, help="Adam learning rate, > 0 (paper: 1e-3).  [default: 0.001]")
 @click.option("--balanced/--no-balanced", default=None, help="Class-balanced sampling.  [default: no-balanced]")
 @click.option("--device", help=DEVICE_HELP + "  [default: auto]")
-@click.option("--seed", type=int, help="Random seed, >= 0.  [default: 0]")
+@click.option("--seed", type=int, help=f"Random seed, 0..{SEED_MAX}.  [default: 0]")
 @click.option("--workers", type=int, help="DataLoader worker processes, >= 0.  [default: 0]")
 @click.option("--checkpoint-every", type=int, help="Also checkpoint every K steps inside an epoch, >= 1.  [default: 500]")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (run, validation metrics per epoch, grading spaces) as JSON.")
@@ -96,9 +96,9 @@ def _recorded_data(run: str, extra: dict, given: str | None) -> str:
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Model config.  [default: paper-1280]")
 @click.option("--epochs", type=int, help="Epochs of this stage, >= 1.  [default: 10]")
 @click.option("--max-steps", type=int, help="Train up to this many steps in total, >= 1; past the epochs unless --epochs is given too.")
-@click.option("--batch", type=int, help="Per-process batch size, >= 1.  [default: 16]")
+@click.option("--batch", type=int, help=f"Per-process batch size, 1..{MAX_BATCH}.  [default: 16]")
 @click.option("--device", help=DEVICE_HELP + " Under torchrun 'cuda' takes the local rank's GPU.  [default: auto]")
-@click.option("--seed", type=int, help="Random seed, >= 0.  [default: 0]")
+@click.option("--seed", type=int, help=f"Random seed, 0..{SEED_MAX}.  [default: 0]")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="fp32, bf16 autocast, or fp16 autocast with a gradient scaler.  [default: fp32]")
 @click.option("--perceptual", type=click.Choice(["auto", "vgg19", "grader", "none"]),
               help="Perceptual feature network; auto: VGG-19 (the paper's) when --vgg19-weights is given or torchvision has "
