@@ -234,6 +234,7 @@ def imitate_lesions(structure: dict[str, np.ndarray], grade: int, rng: np.random
                     stats: LesionStats | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Lesion masks (uint8 0/255, the structure's size) and per-type counts for a DR grade."""
     if grade == 0:  # no geometry needed (and no random draws)
+        check_structure(structure)
         shape = structure["fov"].shape
         return {t: np.zeros(shape, np.uint8) for t in LESION_TYPES}, {t: 0 for t in LESION_TYPES}
     primitives, counts = lesion_primitives(structure_geometry(structure), grade, rng, stats)
