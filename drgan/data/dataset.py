@@ -61,9 +61,10 @@ class FundusDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Augmentations depend on (epoch, index) only, so runs are reproducible with any worker count."""
-        self._epoch_seed = int(epoch)
+    def set_epoch(self, key: int) -> None:
+        """Augmentations depend on (key, index) only, so runs are reproducible with any worker count;
+        the trainers and loaders key an epoch by its run's seed too (`runtime.epoch_seed`)."""
+        self._epoch_seed = int(key)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed uint8 image (R, R, 3) and masks (R, R, 8) of sample i, before augmentation."""
