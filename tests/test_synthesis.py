@@ -526,3 +526,25 @@ def test_the_summary_counts_in_words(tmp_path, count, word):
     from drgan.synthesis.runner import Summary
 
     assert format_summary(Summary(tmp_path, count, 0, count, count, {0: count}, 1.0)).startswith(f"wrote {count} {word} in")
+
+
+def test_a_dataset_structure_keeps_vessel_coverage_cuts_the_disc_at_one_half_and_bounds_the_fov_by_the_circle(tmp_path):
+    """Vessels keep their partial coverage, the disc is a disc where its mask is above one half, and
+    the field of view never reaches past the inscribed circle, even where the photograph is bright."""
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.synthesis.structures import StructurePool
+
+    data = write_phantom_dataset(tmp_path / "d", 1, 64, seed=0)
+    sid = next((data / "masks").iterdir()).name
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(next((data / "images").iterdir()))  # bright to the corners
+    disc = np.zeros((64, 64), np.uint8)
+    disc[20:30, 20:30], disc[40:50, 40:50] = 120, 140  # either side of one half (127.5)
+    Image.fromarray(disc).save(data / "masks" / sid / "disc.png")
+    vessel = np.zeros((64, 64), np.uint8)
+    vessel[32, 8:56] = 100
+    Image.fromarray(vessel).save(data / "masks" / sid / "vessel.png")
+    st = StructurePool.from_dataset(data, 64, split=None).get(0)
+    assert (st["vessel"][32, 8:56] == 100).all() and st["vessel"].sum() == 100 * 48
+    assert not st["disc"][20:30, 20:30].any() and (st["disc"][40:50, 40:50] == 255).all() and st["disc"].sum() == 255 * 100
+    yy, xx = np.mgrid[:64, :64] + 0.5 - 32
+    assert np.array_equal(st["fov"] > 0, np.hypot(yy, xx) <= 32)
