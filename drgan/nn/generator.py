@@ -174,8 +174,10 @@ class DRGANGenerator(nn.Module):
         assert_shape(z, (b, self.cfg.z_dim), "z")
         if noise is None or isinstance(noise, int):
             noise = self.make_noise(b, noise, cond.device)
-        noise = list(noise)
-        for n, shape in zip(noise, self.noise_shapes(b)):
+        noise, shapes = list(noise), self.noise_shapes(b)
+        if len(noise) != len(shapes):
+            raise AssertionError(f"noise holds {len(noise)} tensors, expected {len(shapes)}")
+        for n, shape in zip(noise, shapes):
             assert_shape(n, shape, "noise")
         if cond.is_contiguous(memory_format=torch.channels_last) and not cond.is_contiguous():
             noise = [n.contiguous(memory_format=torch.channels_last) for n in noise]
@@ -201,7 +203,9 @@ class DRGANGenerator(nn.Module):
 
     @torch.no_grad()
     def predict_grade(self, cond: torch.Tensor) -> torch.Tensor:
-        """Grade predicted from the masks alone (chooses the grading space when none is given)."""
+        """Grade predicted from the masks alone (chooses the grading space when none is given), as
+        the forward pass's grade head sees them."""
+        cond = structure_only(cond, self.cfg)
         if self.local is not None:
             cond = F.avg_pool2d(cond, 2)
         return self.global_gen.grade_logits(self.global_gen.encode(cond)[-1]).argmax(dim=1)
