@@ -62,7 +62,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("enc_channels", "sca_qk_dims", "local_channels", "disc_channels"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+                raise DrganError(f"invalid model config: {name} {values!r} is not a list of integers")
+            object.__setattr__(self, name, tuple(values))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
@@ -94,6 +97,11 @@ class ModelConfig:
             (self.mapping_layers >= 1, "mapping_layers must be >= 1"),
             (self.disc_scales >= 1 and len(self.disc_channels) >= 1, "need at least one discriminator layer"),
             (self.grader_width >= 1, "grader_width must be >= 1"),
+            (self.w_dim >= 1, "w_dim must be >= 1"),
+            (self.img_channels >= 1, "img_channels must be >= 1"),
+            (self.num_grades >= 2, "num_grades must be >= 2"),
+            (all(c > 0 for c in self.local_channels + self.disc_channels),
+             f"local_channels {self.local_channels} and disc_channels {self.disc_channels} must be positive"),
             (self.cond_channels == len(COND_CHANNELS), f"cond_channels must be {len(COND_CHANNELS)}"),
         ]
         for ok, message in checks:
