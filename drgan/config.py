@@ -23,6 +23,7 @@ STAGES = ("global", "local")
 # The largest batch a command takes: 4096 images of 8 masks at 1280 px are 54 GB of uint8 conditions
 # alone, so a larger one is a typo (a batch that does not fit is an out-of-memory line, not a limit).
 MAX_BATCH = 4096
+MAX_SET = 10_000_000  # images in one synthesized set: item ids (syn_<seed>_<i:07d>) keep their width and order
 # Every seed lies in 0..SEED_MAX: torch.manual_seed takes no larger one, nor SWD's 8-byte order key.
 SEED_MAX = 2**64 - 1
 # Precision names every command accepts (synthesis also takes "auto"); drgan.runtime maps them to dtypes.

@@ -92,3 +92,17 @@ def folder(tmp_path):
 
     yield tmp_path / "f"
     locks.release(tmp_path / "f")
+
+
+@pytest.fixture
+def drgan(capsys):
+    """`drgan ARGS` in-process as the console script runs it: (exit code, stdout, stderr)."""
+    from drgan.cli import cli
+    from drgan.cli.common import run_command
+
+    def call(*args) -> tuple[int, str, str]:
+        rc = run_command(cli, args=[str(a) for a in args], prog_name="drgan")
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return call

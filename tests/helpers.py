@@ -45,3 +45,10 @@ def rows(root: Path) -> list[list[str]]:
 def write_rows(root: Path, rows_: list[list[str]]) -> None:
     with open(root / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows_)
+
+
+def one_error(rc: int, _out: str, err: str, code: int = 1) -> str:
+    """The one `error:` line of a command's stderr, asserting its exit code and no traceback."""
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error")]
+    assert rc == code and len(lines) == 1 and "Traceback" not in err, (rc, err)
+    return lines[0]

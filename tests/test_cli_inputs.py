@@ -26,6 +26,7 @@ from drgan.errors import DrganError, ParameterError
 from drgan.grading_space import GradingSpace
 from drgan.io import atomic_write_bytes
 from drgan.synthesis.plan import Plan
+from helpers import one_error
 from synthesis_fixtures import make_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,24 +40,6 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("run") / "run")
-
-
-@pytest.fixture
-def drgan(capsys):
-    """`drgan ARGS` in-process as the console script runs it: (exit code, stdout, stderr)."""
-
-    def call(*args) -> tuple[int, str, str]:
-        rc = run_command(cli, args=[str(a) for a in args], prog_name="drgan")
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return call
-
-
-def one_error(rc: int, _out: str, err: str, code: int = 1) -> str:
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error")]
-    assert rc == code and len(lines) == 1 and "Traceback" not in err, (rc, err)
-    return lines[0]
 
 
 def usage_error(rc: int, out: str, err: str) -> str:
@@ -174,7 +157,7 @@ def test_an_output_that_is_a_link_to_nothing_is_named_so(drgan, tmp_path, run):
 
 def test_bad_synthesize_options_name_the_option(drgan, tmp_path, run, monkeypatch):
     synth = ["synthesize", "--run", run, "--out", tmp_path / "set", "--device", "cpu"]
-    assert one_error(*drgan(*synth, "--per-grade", "0")) == "error: --per-grade 0: outside the range x>=1"
+    assert one_error(*drgan(*synth, "--per-grade", "0")) == "error: --per-grade 0: outside the range 1<=x<=10000000"
     assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "0")).startswith("error: --quality 0:")
     assert one_error(*drgan(*synth, "--count", "5", "--format", "jpeg", "--quality", "500")).startswith("error: --quality 500:")
     # An option the others leave unused, or one that needs another: usage errors.

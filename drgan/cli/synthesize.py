@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 
 from drgan.cli.common import BATCH, DEVICE_HELP, HELP_NAMES, SEED, IntRange, resumes_on_rerun
-from drgan.config import NUM_GRADES, PRECISIONS, PRESETS
+from drgan.config import MAX_SET, NUM_GRADES, PRECISIONS, PRESETS
 from drgan.data.labels import SPLITS
 from drgan.synthesis.registry import BACKENDS
 
@@ -35,8 +35,8 @@ def _imbalance(count: int, grades: tuple[int, ...]) -> str:
 @click.option("--run", "--checkpoint", "run", type=click.Path(), help="Run folder of a trained GAN.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="With --backend null instead of --run: the preset's resolution, standard-normal grading spaces.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (dataset format + manifest.csv).")
-@click.option("--count", type=IntRange(1), help="Images in the whole set, spread over --grades in turn (balanced when a multiple of their number). This or --per-grade is required.")
-@click.option("--per-grade", type=IntRange(1), help="Images per grade (instead of --count).")
+@click.option("--count", type=IntRange(1, MAX_SET), help="Images in the whole set, spread over --grades in turn (balanced when a multiple of their number). This or --per-grade is required.")
+@click.option("--per-grade", type=IntRange(1, MAX_SET), help=f"Images per grade (instead of --count); at most {MAX_SET:,} in the set.")
 @click.option("--grades", default=",".join(map(str, range(NUM_GRADES))), show_default=True,
               help=f"Comma-separated grades to synthesize, each in 0..{NUM_GRADES - 1}.")
 @click.option("--structures", type=click.Path(), help="Dataset folder whose vessel/disc masks are the structure pool (default: phantom structures).")
@@ -74,7 +74,7 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, structure
 
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
     """
-    from drgan.errors import UsageError
+    from drgan.errors import ParameterError, UsageError
     from drgan.synthesis.fingerprint import FILE_NAME as SET_MARKER
     from drgan.synthesis.plan import Plan
     from drgan.synthesis.runner import SynthesisOptions, condition_shift, format_summary, synthesize as synthesize_set
@@ -93,6 +93,8 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, structure
         if structures is None and given(option) is not ParameterSource.DEFAULT:
             raise UsageError(f"{{{option}}} reads {{structures}}; without it (phantom structures) it would do nothing")
     total = count if count is not None else per_grade * len(grade_list)
+    if total > MAX_SET:
+        raise ParameterError(f"{{per_grade}} {per_grade}: {len(grade_list)} grades of it are {total:,} images, past {MAX_SET:,} in a set")
     Plan(total, grade_list, seed, batch)  # its checks of the grades come before a warning about their balance
     warnings = [_imbalance(total, grade_list)] if total % len(grade_list) else []
     warnings += [shift] if (shift := condition_shift(run)) else []

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drgan.config import NUM_GRADES
+from drgan.config import MAX_SET, NUM_GRADES
 from drgan.errors import ParameterError, UsageError
 
 
@@ -42,6 +42,8 @@ class Plan:
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ParameterError(f"{{count}} {self.count}: need at least one image")
+        if self.count > MAX_SET:
+            raise ParameterError(f"{{count}} {self.count}: at most {MAX_SET:,} images in a set")
         if not self.grades or any(g not in range(NUM_GRADES) for g in self.grades):
             raise ParameterError(f"{{grades}} {list(self.grades)}: grades must lie in 0..{NUM_GRADES - 1}")
         if len(set(self.grades)) != len(self.grades):  # a repeat would skew the balance the set promises
