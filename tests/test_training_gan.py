@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -476,6 +477,10 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path, space, monkeypatch):
     monkeypatch.setattr(gan.GanTrainer, "save_checkpoint", lambda self: save(self) if self.step <= 2 else None)
     train_gan(options(tmp_path, space, max_steps=3, checkpoint_every=2), data)  # as if killed after step 3
     monkeypatch.undo()
+    # Event files are read in name order: <seconds>.<host>.<pid>.<writer count>. A resume is a new
+    # process in a later second; here the same process must not resume within the same second,
+    # where a writer count past 9 (10 < 9 as text) would order the files backwards.
+    time.sleep(1.01 - time.time() % 1)
     train_gan(GanOptions(resume=str(run), max_steps=4), data)
     acc = EventAccumulator(str(run / "logs"))
     acc.Reload()
