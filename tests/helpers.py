@@ -52,3 +52,15 @@ def one_error(rc: int, _out: str, err: str, code: int = 1) -> str:
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error")]
     assert rc == code and len(lines) == 1 and "Traceback" not in err, (rc, err)
     return lines[0]
+
+
+def randomize_batchnorm(module: torch.nn.Module) -> None:
+    """Eval statistics and affine far from the identity, so a BatchNorm that is skipped, swapped or
+    folded wrongly shows."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)

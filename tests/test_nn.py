@@ -4,6 +4,7 @@ import torch
 from drgan.config import PRESETS, preset
 from drgan.errors import DrganError
 from drgan.nn import DRGANGenerator, build_discriminator, build_grader, set_kernel_impl
+from helpers import randomize_batchnorm
 
 
 def inputs(cfg, stage, batch=2, device="cpu"):
@@ -144,13 +145,7 @@ def test_batchnorm_folded_into_convolutions_gives_the_same_image():
     cfg = preset("tiny-64")
     torch.manual_seed(0)
     g = DRGANGenerator(cfg, "local").eval()
-    with torch.no_grad():  # eval statistics far from the identity, so folding has something to do
-        for m in g.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    randomize_batchnorm(g)  # so folding has something to do
     before = weights_sha256(g)
     folded = fold_batchnorm(g)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())

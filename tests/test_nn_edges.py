@@ -25,19 +25,9 @@ from drgan.nn import (
 )
 from drgan.nn.generator import ResBlock
 from drgan.nn.layers import assert_shape
+from helpers import randomize_batchnorm
 
 TINY = preset("tiny-64")
-
-
-def _randomize_batchnorm(module: nn.Module) -> None:
-    """Eval statistics and affine far from the identity, so a BatchNorm that is skipped or swapped shows."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
 
 
 def _bn(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -259,7 +249,7 @@ def test_mapping_network_is_an_mlp_of_leaky_relus_on_the_unit_rms_grading_vector
 
 def test_residual_block_is_input_plus_conv_bn_relu_conv_bn():
     block = ResBlock(6, "batch")
-    _randomize_batchnorm(block)
+    randomize_batchnorm(block)
     block.eval()
     x = torch.randn(2, 6, 5, 5)
     body = block.body
@@ -272,7 +262,7 @@ def test_residual_block_is_input_plus_conv_bn_relu_conv_bn():
 def test_local_enhancer_follows_its_layers():
     """conv7x7 -> conv3x3 s2, plus Gm's features -> transposed conv3x3 s2 -> conv7x7 -> tanh."""
     le = DRGANGenerator(TINY, "local").local
-    _randomize_batchnorm(le)
+    randomize_batchnorm(le)
     with torch.no_grad():
         le.to_rgb.weight.mul_(30)  # some pixels saturate near +-1
     le.eval()
@@ -400,7 +390,7 @@ def _grade_head_outputs(g: DRGANGenerator, run):
 
 def _check_grade_consistency(cfg, stage):
     g = DRGANGenerator(cfg, stage).eval()
-    _randomize_batchnorm(g)
+    randomize_batchnorm(g)
     r = cfg.stage_resolution(stage)
     cond = (torch.rand(3, 8, r, r) > 0.6).float()
     fwd, (_, logits) = _grade_head_outputs(g, lambda: g(cond, torch.randn(3, cfg.z_dim), 0))
@@ -502,7 +492,7 @@ def test_grader_bottleneck_is_torchvision_v1_5():
     """Stride on the 3x3 conv, 1x1 projection shortcut, ReLU after the residual sum."""
     net = build_grader(TINY)
     block = net.layer2[0]
-    _randomize_batchnorm(block)
+    randomize_batchnorm(block)
     block.eval()
     x = torch.randn(2, block.conv1.in_channels, 8, 8)
     y = F.relu(_bn(F.conv2d(x, block.conv1.weight), block.bn1))
@@ -515,7 +505,7 @@ def test_grader_bottleneck_is_torchvision_v1_5():
 
 def test_grader_feature_is_the_average_of_a_32x_downsampled_map():
     net = build_grader(TINY).eval()
-    _randomize_batchnorm(net)
+    randomize_batchnorm(net)
     maps = []
     hook = net.layer4.register_forward_hook(lambda m, a, out: maps.append(out))
     with torch.no_grad():

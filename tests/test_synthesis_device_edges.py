@@ -12,16 +12,13 @@ import torch
 
 from drgan.config import preset
 from drgan.nn import DRGANGenerator
+from helpers import randomize_batchnorm
 
 
 def _generator():
     torch.manual_seed(0)
     g = DRGANGenerator(preset("tiny-64"), "global").eval()
-    with torch.no_grad():
-        for m in g.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorm(g)
     return g
 
 
