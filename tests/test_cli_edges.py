@@ -72,6 +72,12 @@ def test_control_characters_in_a_path_are_escaped_in_the_error_line(drgan, tmp_p
     assert rc == 1 and err == f"error: {tmp_path}/a\\x1b[2Jb\\x7fc: dataset folder not found\n"
 
 
+def test_characters_that_split_lines_are_escaped_in_the_error_line(drgan, tmp_path):
+    """str.splitlines() also breaks at C1 NEL and the Unicode line and paragraph separators."""
+    rc, out, err = drgan("data", "validate", tmp_path / "a\x85b\u2028c\u2029d\x9be")
+    assert one_error(rc, out, err) == f"error: {tmp_path}/a\\x85b\\u2028c\\u2029d\\x9be: dataset folder not found"
+
+
 # Datasets given twice, options repeated by design
 
 
@@ -116,14 +122,34 @@ def test_a_file_system_failure_is_one_line_naming_the_file(capsys, tmp_path):
     assert (rc, err) == (1, f"error: {tmp_path / 'locked'}: Permission denied\n")
 
 
-def test_an_os_error_without_a_path_is_not_reported_as_a_path():
-    """Without a file name there is nothing to name: it is not turned into 'None: ...'."""
+@pytest.mark.parametrize("error, line", [(OSError(5, "Input/output error"), "Input/output error"),
+                                         (ConnectionResetError("peer went away"), "peer went away"),
+                                         (OSError(), "OSError")])
+def test_an_os_error_without_a_path_is_its_reason_in_one_line(capsys, error, line):
+    """Without a file name there is nothing to name: the line is the reason alone (not 'None: ...'),
+    and no traceback."""
     @click.command()
     def fails() -> None:
-        raise OSError(5, "Input/output error")
+        raise error
 
-    with pytest.raises(OSError, match="Input/output error"):
-        run_command(fails, args=[])
+    assert invoke(fails, capsys) == (1, f"error: {line}\n")
+
+
+def test_a_command_that_exits_through_its_context_keeps_its_exit_code(capsys):
+    @click.command()
+    @click.pass_context
+    def exits(ctx: click.Context) -> None:
+        ctx.exit(3)
+
+    assert invoke(exits, capsys) == (3, "")
+
+
+def test_what_a_command_function_returns_is_no_exit_code(capsys):
+    @click.command()
+    def returns() -> str:
+        return "a path"
+
+    assert invoke(returns, capsys) == (0, "")
 
 
 def test_a_click_exception_is_bad_input(capsys):

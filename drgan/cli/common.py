@@ -20,7 +20,7 @@ DEVICE_HELP = "auto (CUDA when visible, else CPU), cpu, cuda or cuda:N."
 HELP_NAMES = {"help_option_names": ["-h", "--help"]}
 
 # Library parameters whose flag is not the parameter's name with dashes.
-_FLAGS = {"data_dir": "--data", "init_run": "--init", "fmt": "--format"}
+_FLAGS = {"fmt": "--format"}
 
 
 def flag(param: str) -> str:
@@ -137,8 +137,9 @@ def strict_parsing(command: click.Command) -> None:
         strict_parsing(sub)
 
 
-# A control character in a message (a path holding a newline) would split the one error line.
-_ESCAPES = {c: repr(chr(c))[1:-1] for c in [*range(32), 127]}
+# A control character in a message (a path holding a newline) would split the one error line: C0,
+# DEL and C1, and the line and paragraph separators that str.splitlines() also breaks at.
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in [*range(32), *range(127, 160), 0x2028, 0x2029]}
 
 
 def _error(message: str) -> None:
@@ -189,13 +190,11 @@ def run_command(command: click.Command, **kwargs) -> int:
     way_on_told(reset=True)
     try:
         with terminate_as_exit():  # a killed command cleans up as an interrupted one does
-            command.main(standalone_mode=False, **HELP_NAMES, **kwargs)
+            result = command.main(standalone_mode=False, **HELP_NAMES, **kwargs)
     except DrganError as exc:
         return _report(exc)
-    except OSError as exc:
-        if exc.filename is None:
-            raise
-        _error(f"{exc.filename}: {exc.strerror}")  # a file-system failure no check foresaw
+    except OSError as exc:  # a file-system failure no check foresaw; without a file name, its reason alone
+        _error(f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror or str(exc) or type(exc).__name__)
         return 1
     except click.exceptions.Abort:
         if not way_on_told():  # an interrupted trainer's own line says it already
@@ -224,4 +223,5 @@ def run_command(command: click.Command, **kwargs) -> int:
             raise
         _error(line)
         return 1
-    return 0
+    # ctx.exit(n) comes back as its code n; what a command's function returns is no exit code
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
