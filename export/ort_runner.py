@@ -94,9 +94,9 @@ class OrtGenerator:
         tensors = [t.to(self.device) for t in tensors]  # held until the run: ONNX Runtime reads their memory
         for name, t in zip(self.input_names, tensors):
             binding.bind_input(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
-        b, r = tensors[0].shape[0], tensors[0].shape[-1]
-        image = torch.empty((b, 3, r, r), device=self.device)
-        logits = torch.empty((b, self.session.get_outputs()[1].shape[1]), device=self.device)
+        b = tensors[0].shape[0]
+        # the export leaves only the batch dynamic: the rest of each output's shape is the model's own
+        image, logits = (torch.empty((b, *out.shape[1:]), device=self.device) for out in self.session.get_outputs())
         for name, t in zip(OUTPUT_NAMES, (image, logits)):
             binding.bind_output(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
         # ONNX Runtime runs on a stream of its own that does not wait for torch's: the inputs, queued
