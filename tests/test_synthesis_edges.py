@@ -2,14 +2,17 @@
 shards, --verify, and what the fingerprint counts as another setup."""
 import csv
 import errno
+import fcntl
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from drgan.config import COND_CHANNELS
 from drgan.errors import DrganError, ParameterError
+from drgan.locks import LOCK_FILE
 from drgan.synthesis import runner
 from drgan.synthesis.plan import Plan
 from drgan.synthesis.runner import synthesize
@@ -272,3 +275,38 @@ def test_a_failure_after_the_lock_is_taken_releases_it(run, tmp_path, monkeypatc
     with pytest.raises(OSError, match="Input/output error"):
         synthesize(opts(run, out, count=2))
     assert not locks.holds(out)
+
+
+def _section_taken(root: Path) -> bool:
+    """Whether some holder has `root`'s section: a second exclusive flock on its file would block."""
+    fd = os.open(root / f"{LOCK_FILE}-section", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_shards_write_the_files_they_share_one_at_a_time(run, tmp_path, monkeypatch):
+    """The fingerprint and the manifest, which every shard of a set writes, are written inside the
+    set's section lock: two shards finishing together cannot interleave them."""
+    from drgan.synthesis import fingerprint, writer
+
+    seen = []
+    record, write_manifest = fingerprint.record, writer.OutputFolder.write_manifest
+
+    def recording(root, *args):
+        seen.append(("fingerprint", _section_taken(root)))
+        return record(root, *args)
+
+    def manifest_writing(self, *args, **kwargs):
+        seen.append(("manifest", _section_taken(self.root)))
+        return write_manifest(self, *args, **kwargs)
+
+    monkeypatch.setattr(fingerprint, "record", recording)
+    monkeypatch.setattr(writer.OutputFolder, "write_manifest", manifest_writing)
+    for shard in ("0/2", "1/2"):
+        synthesize(opts(run, tmp_path / "o", count=4, batch=2, shard=shard))
+    assert seen == [("fingerprint", True), ("manifest", True), ("manifest", True)]
