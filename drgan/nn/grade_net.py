@@ -55,7 +55,6 @@ class GradeNet(nn.Module):
                 in_planes = planes * Bottleneck.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.feature_dim = in_planes
         self.fc = nn.Linear(in_planes, num_grades)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
