@@ -332,7 +332,8 @@ def _earlier_settings(out: Path, marker: str, settings: dict[str, Any], what: st
             raise ParameterError(f"{{out}} {out}: unreadable {marker} (not a JSON object); choose a new folder")
         found = upgrade(earlier) if upgrade else earlier
         if found != settings:
-            changed = ", ".join(f"{k}: {_shown(found.get(k))} there, {_shown(settings.get(k))} now"
+            changed = ", ".join(f"{k}: {_shown(found[k]) if k in found else 'not set'} there, "
+                                f"{_shown(settings[k]) if k in settings else 'not set'} now"
                                 for k in sorted({**found, **settings}) if found.get(k) != settings.get(k))
             raise ParameterError(f"{{out}} {out}: holds {what} with other settings ({changed}); "
                                  "rerun it with its own or choose a new folder")

@@ -314,7 +314,7 @@ def test_a_run_trained_on_resampled_masks_gets_lesions_resampled_as_it_saw_them(
     del made_hard["lesions_drawn_at"]
     (out / "fingerprint.json").write_text(json.dumps(made_hard))
     rc, _, err = drgan("synthesize", "--run", run, "--out", out, "--count", "10", "--device", "cpu", "--save-masks")
-    assert rc == 1 and "(lesions_drawn_at null there, 256 now: lesions are drawn at the side of the run's training" in err
+    assert rc == 1 and "(lesions_drawn_at not set there, 256 now: lesions are drawn at the side of the run's training" in err
     # A global-stage run trained on conditions averaged down from the preset's resolution, whatever the data.
     from drgan.synthesis.runner import condition_shift
 

@@ -404,7 +404,7 @@ def test_an_experiment_with_equal_steps_does_not_continue_one_without(tmp_path, 
     args = dict(preset="tiny-64", epochs=1, batch=8)
     with pytest.raises(_Stopped):
         augmentation_experiment.run_augment_experiment(real, fake, real, tmp_path / "exp", **args)
-    with pytest.raises(DrganError, match=r"other settings \(equal_steps: None there, True now\)"):
+    with pytest.raises(DrganError, match=r"other settings \(equal_steps: not set there, True now\)"):
         augmentation_experiment.run_augment_experiment(real, fake, real, tmp_path / "exp", equal_steps=True, **args)
 
 

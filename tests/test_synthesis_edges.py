@@ -194,7 +194,7 @@ def test_a_key_recorded_but_absent_now_is_a_difference(tmp_path):
     from drgan.synthesis import fingerprint as fp
 
     fp.record(tmp_path, {"seed": 0, "fp8_attention": True}, lambda path, data: path.write_bytes(data))
-    with pytest.raises(DrganError, match=r"\(fp8_attention true there, null now\)"):
+    with pytest.raises(DrganError, match=r"\(fp8_attention true there, not set now\)"):
         fp.check(tmp_path, {"seed": 0})
 
 
@@ -250,7 +250,7 @@ def test_a_run_drawing_lesions_at_another_side_is_another_setup(tmp_path):
     synthesize(opts(run, out, count=2))
     record = json.loads((run / RUN_FILE).read_text())
     (run / RUN_FILE).write_text(json.dumps({**record, "dataset": {"image_side": 256}}))
-    with pytest.raises(DrganError, match=r"another setup \(lesions_drawn_at null there, 256 now"):
+    with pytest.raises(DrganError, match=r"another setup \(lesions_drawn_at not set there, 256 now"):
         synthesize(opts(run, out, count=2))
 
 

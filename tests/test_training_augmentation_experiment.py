@@ -273,5 +273,5 @@ def test_an_experiment_begun_when_unsplit_rows_went_by_image_id_is_not_resumed_w
     earlier = json.loads((out / "experiment.json").read_text())
     del earlier["split_by"]
     (out / "experiment.json").write_text(json.dumps(earlier))
-    with pytest.raises(DrganError, match=r"other settings \(split_by: None there, 'patient' now\)"):
+    with pytest.raises(DrganError, match=r"other settings \(split_by: not set there, 'patient' now\)"):
         run_augment_experiment(real, fake, real, out, **args)

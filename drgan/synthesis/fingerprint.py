@@ -34,6 +34,12 @@ def _show(value: Any) -> str:
     return json.dumps(value[:12] + "...") if isinstance(value, str) else text[:12] + "..."
 
 
+def _shown_in(values: dict, key: str) -> str:
+    """A key's value as a difference names it; a key recorded on one side only is "not set" on the
+    other (an opt-in such as fp8_attention is recorded only when on), not JSON's null."""
+    return _show(values[key]) if key in values else "not set"
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     """{"structures": {"seed": 0}} -> {"structures.seed": 0}: a difference names the inner key."""
     out = {}
@@ -63,7 +69,7 @@ def check(root: Path, fingerprint: dict) -> bool:
         recorded, now = _flat(recorded), _flat(fingerprint)
         differ = [k for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
         if differ:
-            what = ", ".join(f"{k} {_show(recorded.get(k))} there, {_show(now.get(k))} now{_WHY.get(k, '')}" for k in differ)
+            what = ", ".join(f"{k} {_shown_in(recorded, k)} there, {_shown_in(now, k)} now{_WHY.get(k, '')}" for k in differ)
             raise DrganError(f"{root}: holds a set made with another setup ({what}); write to a new folder or delete it")
         return True
     if root.is_dir() and not only_locks(root):
