@@ -210,7 +210,7 @@ def _announce_hash_split(root: Path) -> None:
     """Say once per dataset that rows without a split are split by a hash of the id."""
     if root.resolve() not in _announced:
         _announced.add(root.resolve())
-        print(f"{root / LABELS_FILE}: rows without a split are split 90/10 into train/val by a hash of the id "
+        print(f"note: {root / LABELS_FILE}: rows without a split are split 90/10 into train/val by a hash of the id "
               "(of its patient: <n>_left and <n>_right go together)",
               file=sys.stderr)
 
