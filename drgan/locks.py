@@ -4,8 +4,9 @@ An OS lock (fcntl.flock) on a file inside the folder, held until the work is don
 the process ends: the OS drops it however the process ends, so a killed run leaves no stale lock.
 The file of an exclusive lock holds its owner's pid, for the message. (filelock is not a
 dependency; on Linux it takes the same flock.) Shards of a synthesis set share its folder: each holds the folder's lock shared and its own
-shard's lock exclusively, so distinct shards run together and the same shard twice is refused; the
-files they share are written inside `section`, one process at a time.
+shard's lock exclusively, so distinct shards run together and the same shard twice is refused, and
+the count's lock shared, so shards of another count (which would make the same items again) are
+refused; the files they share are written inside `section`, one process at a time.
 """
 from __future__ import annotations
 
@@ -33,13 +34,23 @@ def only_locks(folder: Path) -> bool:
 
 def hold(folder: str | Path, shard: str | None = None) -> None:
     """Lock `folder` (created if missing) for this process: exclusively, or with `shard` ("i/n")
-    shared plus that shard's own lock exclusively. Another process holding it is one error."""
+    shared plus that shard's own lock exclusively. Another process holding it is one error, and so
+    is one writing the folder's shards under another count ("0/2" beside "0/1")."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if shard is None:
         _lock(folder / LOCK_FILE, fcntl.LOCK_EX, f"{folder} is in use by another drgan process")
         return
     _lock(folder / LOCK_FILE, fcntl.LOCK_SH, f"{folder} is in use by another drgan process")
+    count = shard.split("/")[1]
+    with section(folder):  # one process at a time takes its count's lock and looks at the others'
+        _lock(folder / f"{LOCK_FILE}-shards-{count}", fcntl.LOCK_SH, "")  # only this section's probes take it exclusively
+        others = [p.name.rsplit("-", 1)[1] for p in folder.glob(f"{LOCK_FILE}-shards-*") if p.name.rsplit("-", 1)[1] != count]
+        if live := [n for n in others if held_elsewhere(folder / f"{LOCK_FILE}-shards-{n}")]:
+            # Its shards would make the same items again: a set's concurrent shards split it alike.
+            _drop(folder / f"{LOCK_FILE}-shards-{count}")
+            raise DrganError(f"{folder} is in use by another drgan process writing its shards i/{live[0]}; "
+                             f"shard {shard} is one of {count}: give the shards of one set the same count")
     name = shard.replace("/", "-of-")
     _lock(folder / f"{LOCK_FILE}-shard-{name}", fcntl.LOCK_EX, f"{folder} is in use by another drgan process writing shard {shard}")
 
@@ -109,6 +120,23 @@ def _lock(path: Path, mode: int, refusal: str) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[path] = fd
+
+
+def held_elsewhere(path: Path) -> bool:
+    """Whether another open file description holds a lock on `path` (a probe: taken and dropped)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _drop(path: Path) -> None:
+    """Close this process's lock of `path`, keeping the file."""
+    os.close(_held.pop(path.absolute()))
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -158,6 +158,28 @@ def test_shards_share_the_folder_and_each_shard_is_held_once(folder, other_holde
         other_holder(folder / ".drgan.lock-shard-0-of-2", fcntl.LOCK_EX)
 
 
+def test_shards_of_one_set_under_another_count_are_refused_while_its_writer_lives(folder, other_holder):
+    """A writer of shard 0/1 makes every item: a writer of 0/2 beside it would make half of them
+    again. Shards of the same count join; a count whose writers are gone is no obstacle."""
+    import fcntl
+
+    from drgan import locks
+
+    folder.mkdir()
+    (folder / ".drgan.lock-shards-4").write_text("")  # left by writers that have ended
+    other_holder(folder / ".drgan.lock", fcntl.LOCK_SH)
+    other_holder(folder / ".drgan.lock-shards-1", fcntl.LOCK_SH)
+    with pytest.raises(DrganError, match=r"/f is in use by another drgan process writing its shards i/1; "
+                                         r"shard 0/2 is one of 2: give the shards of one set the same count$"):
+        locks.hold(folder, "0/2")
+    fcntl.flock(other_holder(folder / ".drgan.lock-shards-2", fcntl.LOCK_EX), fcntl.LOCK_UN)  # the refused count's lock was let go
+    assert not (folder / ".drgan.lock-shard-0-of-2").exists()
+    other_holder(folder / ".drgan.lock-shard-1-of-1", fcntl.LOCK_EX)  # another writer of the same count
+    locks.hold(folder, "0/1")
+    with pytest.raises(BlockingIOError):  # held shared while this process writes
+        other_holder(folder / ".drgan.lock-shards-1", fcntl.LOCK_EX)
+
+
 def test_alone_and_release_with_remove_leave_the_folder_as_found(folder, other_holder):
     import fcntl
 
@@ -170,7 +192,8 @@ def test_alone_and_release_with_remove_leave_the_folder_as_found(folder, other_h
     assert locks.alone(folder)
     with pytest.raises(BlockingIOError):  # back to shared after asking: an exclusive holder is still refused
         other_holder(folder / ".drgan.lock", fcntl.LOCK_EX)
-    assert sorted(p.name for p in folder.iterdir()) == [".drgan.lock", ".drgan.lock-section", ".drgan.lock-shard-0-of-1"]
+    assert sorted(p.name for p in folder.iterdir()) == [".drgan.lock", ".drgan.lock-section", ".drgan.lock-shard-0-of-1",
+                                                          ".drgan.lock-shards-1"]
     locks.release(folder, remove=True)
     assert list(folder.iterdir()) == [] and not locks.holds(folder)
 

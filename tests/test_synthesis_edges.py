@@ -2,14 +2,13 @@
 shards, --verify, and what the fingerprint counts as another setup."""
 import csv
 import errno
-import fcntl
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from drgan import locks
 from drgan.config import COND_CHANNELS
 from drgan.errors import DrganError, ParameterError
 from drgan.locks import LOCK_FILE
@@ -49,7 +48,6 @@ def test_a_refused_folder_gets_no_lock_files(run, tmp_path):
 
 
 def test_a_failure_to_record_the_fingerprint_releases_the_lock(run, tmp_path, monkeypatch):
-    from drgan import locks
     from drgan.synthesis import fingerprint
 
     def failing(*args):
@@ -263,7 +261,6 @@ def test_another_jpeg_quality_is_another_setup(run, tmp_path):
 
 def test_a_failure_after_the_lock_is_taken_releases_it(run, tmp_path, monkeypatch):
     """A journal the set cannot read back (an I/O error) is the file's error, and the lock goes."""
-    from drgan import locks
     from drgan.synthesis import writer
 
     def unreadable(path):
@@ -278,15 +275,7 @@ def test_a_failure_after_the_lock_is_taken_releases_it(run, tmp_path, monkeypatc
 
 
 def _section_taken(root: Path) -> bool:
-    """Whether some holder has `root`'s section: a second exclusive flock on its file would block."""
-    fd = os.open(root / f"{LOCK_FILE}-section", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return locks.held_elsewhere(root / f"{LOCK_FILE}-section")
 
 
 def test_shards_write_the_files_they_share_one_at_a_time(run, tmp_path, monkeypatch):
