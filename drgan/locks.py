@@ -48,7 +48,10 @@ def hold(folder: str | Path, shard: str | None = None) -> None:
         others = [p.name.rsplit("-", 1)[1] for p in folder.glob(f"{LOCK_FILE}-shards-*") if p.name.rsplit("-", 1)[1] != count]
         if live := [n for n in others if held_elsewhere(folder / f"{LOCK_FILE}-shards-{n}")]:
             # Its shards would make the same items again: a set's concurrent shards split it alike.
-            _drop(folder / f"{LOCK_FILE}-shards-{count}")
+            mine = folder / f"{LOCK_FILE}-shards-{count}"
+            _drop(mine)
+            if not held_elsewhere(mine):  # no writer of this count: the folder keeps no trace of the refusal
+                mine.unlink()
             raise DrganError(f"{folder} is in use by another drgan process writing its shards i/{live[0]}; "
                              f"shard {shard} is one of {count}: give the shards of one set the same count")
     name = shard.replace("/", "-of-")

@@ -160,7 +160,8 @@ def test_shards_share_the_folder_and_each_shard_is_held_once(folder, other_holde
 
 def test_shards_of_one_set_under_another_count_are_refused_while_its_writer_lives(folder, other_holder):
     """A writer of shard 0/1 makes every item: a writer of 0/2 beside it would make half of them
-    again. Shards of the same count join; a count whose writers are gone is no obstacle."""
+    again. Shards of the same count join; a count whose writers are gone is no obstacle; a refused
+    writer leaves no count lock of its own behind."""
     import fcntl
 
     from drgan import locks
@@ -172,8 +173,12 @@ def test_shards_of_one_set_under_another_count_are_refused_while_its_writer_live
     with pytest.raises(DrganError, match=r"/f is in use by another drgan process writing its shards i/1; "
                                          r"shard 0/2 is one of 2: give the shards of one set the same count$"):
         locks.hold(folder, "0/2")
-    fcntl.flock(other_holder(folder / ".drgan.lock-shards-2", fcntl.LOCK_EX), fcntl.LOCK_UN)  # the refused count's lock was let go
-    assert not (folder / ".drgan.lock-shard-0-of-2").exists()
+    assert not (folder / ".drgan.lock-shards-2").exists() and not (folder / ".drgan.lock-shard-0-of-2").exists()
+    other = other_holder(folder / ".drgan.lock-shards-2", fcntl.LOCK_SH)  # a writer of 1/2 starting beside it
+    with pytest.raises(DrganError, match=r"writing its shards i/1; shard 0/2 is one of 2"):
+        locks.hold(folder, "0/2")
+    assert (folder / ".drgan.lock-shards-2").exists()  # that writer's count lock stays
+    fcntl.flock(other, fcntl.LOCK_UN)  # and it ends
     other_holder(folder / ".drgan.lock-shard-1-of-1", fcntl.LOCK_EX)  # another writer of the same count
     locks.hold(folder, "0/1")
     with pytest.raises(BlockingIOError):  # held shared while this process writes
