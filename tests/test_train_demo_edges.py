@@ -403,3 +403,36 @@ def test_info_of_a_global_run_describes_its_stage_and_options(drgan, tmp_path):
 def test_info_of_a_grader_run_lists_its_training_options(drgan, grader_run):
     rc, out, _ = drgan("info", "--run", grader_run)
     assert rc == 0 and "\n\ntrainer            grader\npreset             tiny-64\n" in out
+
+
+def test_demo_fidelity_stage_scores_the_set_against_the_unseen_test_split(tmp_path, monkeypatch):
+    """The reference is the phantoms' test split (neither the grader nor the GAN trained on it), graded
+    by the demo's grader at the preset's resolution; both reports are written beside the demo's."""
+    from drgan.config import preset
+    from drgan.metrics import fidelity
+
+    calls = []
+
+    def fake(synth, **kw):
+        calls.append((synth, kw))
+        return {"fraction_of_reference": {"vessel": 0.9}, "grading": {"kappa": 0.7, "accuracy": 0.5}}, "TABLE"
+
+    monkeypatch.setattr(fidelity, "evaluate_fidelity", fake)
+    demo = _demo(tmp_path)
+    assert demo.fidelity() == "vessel 0.90 of the real phantoms' fidelity; grader kappa 0.70, accuracy 0.50"
+    [(synth, kw)] = calls
+    assert synth == demo.synth and kw == {"reference": demo.data, "reference_split": "test", "grader_run": demo.grader_run,
+                                          "resolution": preset(QUICK.preset).resolution, "device": "cpu"}
+    assert json.loads((tmp_path / "fidelity.json").read_text())["grading"]["kappa"] == 0.7
+    assert (tmp_path / "fidelity.md").read_text() == "TABLE"
+
+
+def test_demo_gan_stage_logs_samples_and_checkpoints_at_fractions_of_its_steps(tmp_path, monkeypatch):
+    """Twenty log entries, four sample grids and two checkpoints per stage: a killed stage loses at most half."""
+    from drgan.training import gan
+
+    seen = []
+    monkeypatch.setattr(gan, "train_gan", lambda opts, overwrite=False: seen.append(opts) or {"steps": 40, "log": []})
+    demo = _demo(tmp_path)
+    demo.gan("global", 40, demo.global_run, None)
+    assert (seen[0].log_every, seen[0].sample_every, seen[0].checkpoint_every) == (2, 10, 20)
