@@ -52,7 +52,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:  # a zombie answers signal 0 though it has ended: only its exit status waits to be collected
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: signal 0 is all there is to go on
+    return state not in ("Z", "X")
 
 
 def _owner_gone(name: str) -> bool:

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,28 @@ def test_remove_temp_files_removes_only_this_hosts_dead_writers_temps(tmp_path):
         path.write_bytes(b"x")
     assert remove_temp_files(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other_host.name, not_ours.name])
+
+
+def test_a_zombie_writers_temps_are_removed(tmp_path):
+    """A writer killed by `timeout` stays a zombie until its parent collects it, and a zombie still
+    answers signal 0: it has ended all the same, so its temps go."""
+    import subprocess
+    import sys
+    import time
+
+    from drgan.io import HOST, TEMP_MARK, pid_alive, remove_temp_files
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while (Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        (tmp_path / f".a.png{TEMP_MARK}{child.pid}-1@{HOST}").write_bytes(b"x")
+        assert not pid_alive(child.pid) and pid_alive(os.getpid())
+        assert remove_temp_files(tmp_path) == 1 and not list(tmp_path.iterdir())
+    finally:
+        child.wait()
 
 
 def test_a_write_interrupted_midway_leaves_the_old_file_and_no_temp(tmp_path):

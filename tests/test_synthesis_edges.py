@@ -4,6 +4,7 @@ import csv
 import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,13 @@ import pytest
 from drgan import locks
 from drgan.config import COND_CHANNELS
 from drgan.errors import DrganError, ParameterError
+from drgan.io import HOST, TEMP_MARK
 from drgan.locks import LOCK_FILE
 from drgan.synthesis import runner
 from drgan.synthesis.plan import Plan
 from drgan.synthesis.runner import synthesize
 from drgan.synthesis.writer import MANIFEST_FIELDS
+from helpers import dead_pid
 from synthesis_fixtures import make_run
 from test_synthesis import image_bytes, manifest, opts
 
@@ -45,6 +48,21 @@ def test_a_refused_folder_gets_no_lock_files(run, tmp_path):
     with pytest.raises(DrganError, match="not a synthesized set"):
         synthesize(opts(run, legacy, count=2))
     assert [p.name for p in legacy.iterdir()] == ["images"]
+
+
+def test_temp_files_beside_the_locks_make_no_set_of_their_own(run, tmp_path):
+    """A folder holding only locks and temp files is a set not yet begun: a shard starting beside
+    another sees that one's write probe and fingerprint temp, and a killed writer can leave them.
+    A dead writer's are removed; a live one's stay for it."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".drgan.lock").write_text("")
+    dead = [out / f".write-probe{TEMP_MARK}{dead_pid()}", out / f".fingerprint.json{TEMP_MARK}{dead_pid()}-1@{HOST}"]
+    live = out / f".fingerprint.json{TEMP_MARK}{os.getppid()}-1@{HOST}"
+    for path in (*dead, live):
+        path.write_text("")
+    assert synthesize(opts(run, out, count=2)).total == 2
+    assert not any(p.exists() for p in dead) and live.exists()
 
 
 def test_a_failure_to_record_the_fingerprint_releases_the_lock(run, tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from drgan.errors import DrganError
-from drgan.locks import only_locks
+from drgan.io import is_temp_name
+from drgan.locks import is_lock_file
 
 FILE_NAME = "fingerprint.json"
 
@@ -72,7 +73,8 @@ def check(root: Path, fingerprint: dict) -> bool:
             what = ", ".join(f"{k} {_shown_in(recorded, k)} there, {_shown_in(now, k)} now{_WHY.get(k, '')}" for k in differ)
             raise DrganError(f"{root}: holds a set made with another setup ({what}); write to a new folder or delete it")
         return True
-    if root.is_dir() and not only_locks(root):
+    # Locks and temp files (another shard starting this set, or a killed writer's) make no set.
+    if root.is_dir() and not all(is_lock_file(p) or is_temp_name(p.name) for p in root.iterdir()):
         raise DrganError(f"{root}: not empty and not a synthesized set (no {FILE_NAME}); write to a new or empty folder")
     if root.exists() and not root.is_dir():
         raise DrganError(f"{root}: exists and is not a folder")
