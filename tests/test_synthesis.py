@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -159,6 +160,10 @@ def test_verify_makes_damaged_files_again(run, tmp_path):
     assert synthesize(opts(run, out, count=6)).generated == 0
     summary = synthesize(opts(run, out, count=6, verify=True))
     assert summary.damaged == [images[1].stem, images[4].stem] and summary.generated == 2
+    assert f"\nverified the files already present: 2 damaged ({images[1].stem}, {images[4].stem}), written again" \
+        in format_summary(summary)
+    many = dataclasses.replace(summary, damaged=[p.stem for p in images])
+    assert f"6 damaged ({images[0].stem}, {images[1].stem}, {images[2].stem}, ...), written again" in format_summary(many)
     assert image_bytes(out) == whole
     assert {r["id"]: r["sha256"] for r in manifest(out)}[images[1].stem] == hashlib.sha256(whole[images[1].name]).hexdigest()
     assert synthesize(opts(run, out, count=6, verify=True)).damaged == []
