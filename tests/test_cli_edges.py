@@ -390,3 +390,23 @@ def test_a_global_stage_run_is_warned_of_before_synthesis(drgan, tmp_path, monke
 def test_swd_max_images_below_two_is_outside_its_range(drgan, data):
     line = one_error(*drgan("evaluate", "swd", "--real", data, "--fake", data, "--device", "cpu", "--max-images", "1"))
     assert line == "error: --max-images 1: outside the range x>=2"
+
+
+def test_a_rerun_stopped_while_importing_says_the_set_resumes(capsys, tmp_path, monkeypatch):
+    """Ctrl-C in the first second of a rerun, while torch is still being imported, names the resume
+    as one later does."""
+    import types
+
+    from drgan.cli import cli
+
+    class Importing(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            raise KeyboardInterrupt  # the command's `from ... import` of the runner
+
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "fingerprint.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "drgan.synthesis.runner", Importing("drgan.synthesis.runner"))
+    rc, err = invoke(cli, capsys, *NULL_SET, "--out", str(tmp_path / "set"), "--count", "2")
+    assert (rc, err.splitlines()[-1]) == (130, "aborted; rerun the same command to resume (the images written are kept)")

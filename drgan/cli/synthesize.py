@@ -74,12 +74,15 @@ def synthesize(run, preset, out, count, per_grade, grades, structures, structure
 
     The size of the set is --count (whole set) or --per-grade (each grade): one of them is required.
     """
-    from drgan.errors import ParameterError, UsageError
     from drgan.synthesis.fingerprint import FILE_NAME as SET_MARKER
+
+    # Armed before the runner's imports (torch: about a second), so that a rerun of a set begun
+    # before and stopped while importing says how it goes on too.
+    resumes_on_rerun(Path(out) / SET_MARKER, "the images written are kept")
+    from drgan.errors import ParameterError, UsageError
     from drgan.synthesis.plan import Plan
     from drgan.synthesis.runner import SynthesisOptions, condition_shift, format_summary, synthesize as synthesize_set
 
-    resumes_on_rerun(Path(out) / SET_MARKER, "the images written are kept")
     grade_list = _grades(grades)
     if (count is None) == (per_grade is None):
         raise UsageError("give exactly one of --count and --per-grade")
