@@ -42,4 +42,9 @@ def name_list(names: Iterable[str], first: int = 3) -> str:
     names = list(names)
     if len(names) <= first:
         return ", ".join(names)
-    return f"{len(names)} names ({', '.join(names[:first])}, ...)"
+    return f"{len(names)} names ({first_names(names, first)})"
+
+
+def first_names(names: list[str], first: int = 3) -> str:
+    """The first few of `names`, "..." after them when there are more (where the count is said beside)."""
+    return ", ".join(names[:first]) + (", ..." if len(names) > first else "")

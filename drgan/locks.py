@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from drgan.errors import DrganError
+from drgan.io import is_temp_name
 
 LOCK_FILE = ".drgan.lock"
 _held: dict[Path, int] = {}  # lock file -> its open descriptor, kept until released
@@ -32,6 +33,12 @@ def only_locks(folder: Path) -> bool:
     return all(is_lock_file(p) for p in folder.iterdir())
 
 
+def only_locks_and_temps(folder: Path) -> bool:
+    """Whether the folder `folder` holds nothing but lock and temp files: one another writer is
+    starting, or one a killed writer left, holds no result of its own."""
+    return all(is_lock_file(p) or is_temp_name(p.name) for p in folder.iterdir())
+
+
 def hold(folder: str | Path, shard: str | None = None) -> None:
     """Lock `folder` (created if missing) for this process: exclusively, or with `shard` ("i/n")
     shared plus that shard's own lock exclusively. Another process holding it is one error, and so
@@ -43,12 +50,12 @@ def hold(folder: str | Path, shard: str | None = None) -> None:
         return
     _lock(folder / LOCK_FILE, fcntl.LOCK_SH, f"{folder} is in use by another drgan process")
     count = shard.split("/")[1]
+    mine = folder / f"{LOCK_FILE}-shards-{count}"
     with section(folder):  # one process at a time takes its count's lock and looks at the others'
-        _lock(folder / f"{LOCK_FILE}-shards-{count}", fcntl.LOCK_SH, "")  # only this section's probes take it exclusively
-        others = [p.name.rsplit("-", 1)[1] for p in folder.glob(f"{LOCK_FILE}-shards-*") if p.name.rsplit("-", 1)[1] != count]
-        if live := [n for n in others if held_elsewhere(folder / f"{LOCK_FILE}-shards-{n}")]:
+        _lock(mine, fcntl.LOCK_SH, "")  # only this section's probes take it exclusively
+        others = [p for p in folder.glob(f"{LOCK_FILE}-shards-*") if p.name != mine.name]
+        if live := [p.name.rsplit("-", 1)[1] for p in others if held_elsewhere(p)]:
             # Its shards would make the same items again: a set's concurrent shards split it alike.
-            mine = folder / f"{LOCK_FILE}-shards-{count}"
             _drop(mine)
             if not held_elsewhere(mine):  # no writer of this count: the folder keeps no trace of the refusal
                 mine.unlink()

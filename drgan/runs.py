@@ -33,7 +33,7 @@ from drgan import locks
 from drgan.config import ModelConfig, STAGES
 from drgan.data.labels import LABELS_FILE, moved_by_patient
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_json, check_outside, check_writable_dir, is_temp_name, remove_temp_files, sha256_file
+from drgan.io import atomic_write_json, check_outside, check_writable_dir, remove_temp_files, sha256_file
 
 RUN_FILE = "run.json"
 STATE_JSON = "state.json"            # a checkpoint's metadata, written last (drgan.training.state)
@@ -338,7 +338,7 @@ def _earlier_settings(out: Path, marker: str, settings: dict[str, Any], what: st
             raise ParameterError(f"{{out}} {out}: holds {what} with other settings ({changed}); "
                                  "rerun it with its own or choose a new folder")
         return earlier
-    if out.is_dir() and not all(locks.is_lock_file(p) or is_temp_name(p.name) for p in out.iterdir()):
+    if out.is_dir() and not locks.only_locks_and_temps(out):
         raise ParameterError(f"{{out}} {out}: folder not empty and not {what} (no {marker}); "
                              "choose a new or empty folder")
     check_writable_dir(out)

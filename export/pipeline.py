@@ -34,7 +34,7 @@ from drgan.export.sidecar import BatchProfile, sidecar_path
 from drgan.export.trt_build import build_engine, import_tensorrt, mark_attention_decomposable
 from drgan.export.trt_runner import TrtGenerator
 from drgan.export.wrapper import OUTPUT_NAMES, attention_flops, example_inputs, input_shapes, output_shapes, pad_attention_qk, prepare
-from drgan.io import atomic_write_json, check_writable_dir, is_temp_name, remove_temp_files
+from drgan.io import atomic_write_json, check_writable_dir, remove_temp_files
 from drgan.nn import DRGANGenerator
 from drgan.runs import generator_weights, require_kind
 from drgan.runtime import current_gpu, resolve_device
@@ -122,8 +122,7 @@ def _check_out(out: Path) -> None:
     starts): a folder of other files, whose generator.onnx would be replaced and its .data
     deleted, is refused as `drgan train --out` refuses a folder that is not its run."""
     # A killed export leaves its lock file and temp files: those are drgan's, not the user's.
-    theirs = [p for p in out.iterdir() if not (locks.is_lock_file(p) or is_temp_name(p.name))] if out.is_dir() else []
-    if theirs and not (out / MANIFEST).is_file():
+    if out.is_dir() and not locks.only_locks_and_temps(out) and not (out / MANIFEST).is_file():
         raise ParameterError(f"{{out}} {out}: folder not empty and not a drgan export (no {MANIFEST}); "
                              "choose a new or empty folder")
 

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from drgan.errors import DrganError
-from drgan.io import is_temp_name
-from drgan.locks import is_lock_file
+from drgan.locks import only_locks_and_temps
 
 FILE_NAME = "fingerprint.json"
 
@@ -74,7 +73,7 @@ def check(root: Path, fingerprint: dict) -> bool:
             raise DrganError(f"{root}: holds a set made with another setup ({what}); write to a new folder or delete it")
         return True
     # Locks and temp files (another shard starting this set, or a killed writer's) make no set.
-    if root.is_dir() and not all(is_lock_file(p) or is_temp_name(p.name) for p in root.iterdir()):
+    if root.is_dir() and not only_locks_and_temps(root):
         raise DrganError(f"{root}: not empty and not a synthesized set (no {FILE_NAME}); write to a new or empty folder")
     if root.exists() and not root.is_dir():
         raise DrganError(f"{root}: exists and is not a folder")

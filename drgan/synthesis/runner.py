@@ -28,7 +28,7 @@ from drgan.config import COND_CHANNELS, NUM_GRADES, preset as preset_config
 from drgan.data.decode import MIN_SIDE
 from drgan.data.labels import SPLITS
 from drgan.data.lesion_stats import LESION_TYPES, LesionStats
-from drgan.errors import DrganError, ParameterError, UsageError
+from drgan.errors import DrganError, ParameterError, UsageError, first_names
 from drgan.grading_space import FILE_NAME as GRADING_SPACE_FILE, GradingSpace
 from drgan.io import check_outside, sha256_file
 from drgan.runs import RUN_FILE, RunInfo, read_run, require_kind
@@ -596,8 +596,7 @@ def format_summary(s: Summary) -> str:
     if s.total < s.planned:
         text += f"\nunfinished: {s.planned - s.total} of its {s.planned} images are for the other shards to write"
     if s.damaged is not None:
-        shown = ", ".join(s.damaged[:3]) + (", ..." if len(s.damaged) > 3 else "")  # the count is beside it
-        named = f" ({shown}), written again" if s.damaged else ""
+        named = f" ({first_names(s.damaged)}), written again" if s.damaged else ""
         text += f"\nverified the files already present: {len(s.damaged)} damaged{named}"
     if s.agreement is not None:
         text += f"\nthe encoder's predicted grade is the planned grade for {100 * s.agreement:.1f}% of the set"
