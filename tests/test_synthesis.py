@@ -183,6 +183,27 @@ def test_verify_makes_items_with_damaged_masks_again(run, tmp_path):
     assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.png"))} == whole
 
 
+def test_a_rerun_makes_items_with_empty_or_missing_files_again(run, tmp_path):
+    """What a power loss leaves of files renamed into place without fsync (an empty image, a mask
+    empty or gone) is found by a plain rerun, named, and written again byte for byte."""
+    out = tmp_path / "a"
+    synthesize(opts(run, out, count=5, save_masks=True))
+    whole = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+    images = sorted((out / "images").iterdir())
+    images[0].write_bytes(b"")
+    (out / "masks" / images[2].stem / "vessel.png").write_bytes(b"")
+    (out / "masks" / images[3].stem / "disc.png").unlink()
+    summary = synthesize(opts(run, out, count=5, save_masks=True))
+    stems = [images[i].stem for i in (0, 2, 3)]
+    assert summary.empty == stems and (summary.generated, summary.skipped) == (3, 2)
+    assert f"\n3 items found with an empty or missing file ({', '.join(stems)}), as a power loss leaves them: " \
+           "written again; --verify reads every file" in format_summary(summary)
+    assert summary.to_dict()["empty"] == stems
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.png"))} == whole
+    again = synthesize(opts(run, out, count=5, save_masks=True))
+    assert (again.empty, again.generated) == ([], 0) and "empty or missing" not in format_summary(again)
+
+
 def test_predicted_label_takes_the_grading_vector_of_the_encoders_grade(run, tmp_path):
     import torch
 

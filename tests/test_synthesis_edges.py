@@ -229,6 +229,32 @@ def test_an_interrupted_verify_leaves_the_set_unfinished(run, tmp_path, monkeypa
         open_image_set(out)
 
 
+def test_a_rerun_stopped_after_finding_an_empty_image_leaves_the_set_unfinished(run, tmp_path, monkeypatch):
+    from drgan.metrics.images import open_image_set
+
+    out = tmp_path / "a"
+    synthesize(opts(run, out, count=5))
+    image = sorted((out / "images").iterdir())[1]
+    image.write_bytes(b"")
+    monkeypatch.setattr(runner._Pipeline, "run", _interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(opts(run, out, count=5))
+    assert not image.exists()
+    with pytest.raises(DrganError, match="unfinished"):
+        open_image_set(out)
+
+
+def test_a_rerun_looks_for_empty_files_among_its_own_shards_only(run, tmp_path):
+    out = tmp_path / "s"
+    synthesize(opts(run, out, count=4, batch=2, shard="0/2"))
+    synthesize(opts(run, out, count=4, batch=2, shard="1/2"))
+    other = out / "images" / "syn_0_0000002.png"   # batch 1: shard 1/2's
+    other.write_bytes(b"")
+    summary = synthesize(opts(run, out, count=4, batch=2, shard="0/2"))
+    assert summary.empty == [] and summary.generated == 0 and other.stat().st_size == 0
+    assert synthesize(opts(run, out, count=4, batch=2, shard="1/2")).empty == [other.stem]
+
+
 def test_verify_checks_and_counts_only_its_own_shards_files(run, tmp_path):
     out = tmp_path / "s"
     synthesize(opts(run, out, count=4, batch=2, shard="0/2"))

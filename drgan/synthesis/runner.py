@@ -97,6 +97,7 @@ class Summary:
     bound: str | None = None               # the stage that bounds the run
     agreement: float | None = None         # --label predicted: share of the set whose predicted grade is the planned one
     damaged: list[str] | None = None       # --verify: ids of the files found damaged (and written again)
+    empty: list[str] = field(default_factory=list)  # without --verify: ids whose image or a mask was empty or gone (written again)
 
     @property
     def gpu_idle_share(self) -> float | None:
@@ -122,7 +123,7 @@ class Summary:
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
             "stage_ms_per_image": per_image, "bound": self.bound,
             "label_agreement": None if self.agreement is None else round(self.agreement, 4),
-            "damaged": self.damaged,
+            "damaged": self.damaged, "empty": self.empty,
         }
 
 
@@ -236,10 +237,13 @@ def _synthesize(opts: SynthesisOptions, start: float, size: int, space: GradingS
     out = _output_folder(opts, shard, _fingerprint(opts, plan, size, drawn_at, pool, loaded), times)
     try:
         done = out.done_ids()
+        mine = _in_shard(done, plan, shard)
+        empty = [] if opts.verify else out.empty_items(mine)  # --verify finds these too
         # A rerun of a whole set (without --verify, which may remove files) keeps it readable throughout.
-        if opts.verify or sum(plan.item_index(i) is not None for i in done) < plan.count:
+        if opts.verify or empty or sum(plan.item_index(i) is not None for i in done) < plan.count:
             out.mark_unfinished()
-        damaged = out.remove_damaged(_in_shard(done, plan, shard), opts.progress) if opts.verify else None
+        out.remove_images(empty)
+        damaged = out.remove_damaged(mine, opts.progress) if opts.verify else None
         pipeline = _Pipeline(opts, plan, pool, space, stats, loaded, device, size, drawn_at, out, times)
         generated, skipped, pipeline_seconds = pipeline.run(shard)
         out.close()
@@ -252,7 +256,7 @@ def _synthesize(opts: SynthesisOptions, start: float, size: int, space: GradingS
             out.write_manifest(list(rows.values()), whole=len(rows) == plan.count)
     finally:
         locks.release(out.root)
-    return _summary(opts, plan, list(rows.values()), generated, skipped, damaged, start, pipeline_seconds, times, device)
+    return _summary(opts, plan, list(rows.values()), generated, skipped, damaged, empty, start, pipeline_seconds, times, device)
 
 
 def _in_shard(ids: set[str], plan: Plan, shard: Shard) -> list[str]:
@@ -288,7 +292,7 @@ def _output_folder(opts: SynthesisOptions, shard: Shard, set_fingerprint: dict, 
 
 
 def _summary(opts: SynthesisOptions, plan: Plan, rows: list[dict], generated: int, skipped: int, damaged: list[str] | None,
-             start: float, pipeline_seconds: float, times: StageTimes, device: torch.device) -> Summary:
+             empty: list[str], start: float, pipeline_seconds: float, times: StageTimes, device: torch.device) -> Summary:
     """The run's summary from the manifest rows and the stage times."""
     per_grade = Counter(int(r["grade"]) for r in rows)
     pairs = [(int(r["grade"]), int(r["predicted_grade"])) for r in rows if r.get("predicted_grade") not in (None, "")]
@@ -297,6 +301,7 @@ def _summary(opts: SynthesisOptions, plan: Plan, rows: list[dict], generated: in
         gpu_busy_seconds=times.device_seconds() if device.type == "cuda" else None, pipeline_seconds=pipeline_seconds,
         stage_seconds=dict(times.seconds), bound=times.bound() if generated else None,
         agreement=float(np.mean([a == b for a, b in pairs])) if pairs else None, damaged=damaged,
+        empty=empty,
     )
 
 
@@ -598,6 +603,9 @@ def format_summary(s: Summary) -> str:
     if s.damaged is not None:
         named = f" ({first_names(s.damaged)}), written again" if s.damaged else ""
         text += f"\nverified the files already present: {len(s.damaged)} damaged{named}"
+    if s.empty:
+        text += (f"\n{len(s.empty)} item{'s' * (len(s.empty) != 1)} found with an empty or missing file ({first_names(s.empty)}), "
+                 "as a power loss leaves them: written again; --verify reads every file")
     if s.agreement is not None:
         text += f"\nthe encoder's predicted grade is the planned grade for {100 * s.agreement:.1f}% of the set"
     if s.generated:
