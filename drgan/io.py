@@ -135,18 +135,39 @@ def _file_in_the_way(folder: Path) -> Path | None:
     return None if existing.is_dir() else existing
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_folder(folder: Path) -> None:
     """Flush a folder's files and the folder itself to disk, so that a rename after it is durable."""
     for path in [*(p for p in folder.iterdir() if p.is_file()), folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_save(path, lambda tmp: tmp.write_bytes(data))
+
+
+def durable_write_bytes(path: str | Path, data: bytes) -> None:
+    """atomic_write_bytes, and on disk when it returns: the temp file is flushed before its rename
+    and the folder after it. A rename alone survives a kill, but after a power loss it may leave
+    an empty file under the final name; for the few files a whole folder's use hangs on."""
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+        _fsync(tmp)  # fsync flushes the file, whichever descriptor names it
+
+    atomic_save(path, write)
+    try:
+        _fsync(path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -28,7 +28,8 @@ from drgan.data.format import MANIFEST_FILE, UNFINISHED
 from drgan.data.labels import LABELS_FILE
 from drgan.data.lesion_stats import LESION_TYPES
 from drgan.errors import DrganError, ParameterError
-from drgan.io import TEMP_MARK, atomic_write_bytes, check_writable_dir, remove_temp_files, sha256_file, write_error
+from drgan.io import (TEMP_MARK, atomic_write_bytes, check_writable_dir, durable_write_bytes, remove_temp_files, sha256_file,
+                      write_error)
 from drgan.synthesis import fingerprint as fp
 from drgan.synthesis.encode import encode_image
 from drgan.synthesis.stages import StageTimes
@@ -75,7 +76,7 @@ class OutputFolder:
             with locks.section(root):  # again, as another shard may have started the set meanwhile
                 resumed = fp.check(root, fingerprint)
                 if not resumed:
-                    fp.record(root, fingerprint, atomic_write_bytes)
+                    fp.record(root, fingerprint, durable_write_bytes)
             self._wrote_fingerprint = not resumed
             self.images.mkdir(exist_ok=True)
             remove_temp_files(root)
@@ -236,9 +237,9 @@ class OutputFolder:
         w = csv.DictWriter(buf, MANIFEST_FIELDS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        atomic_write_bytes(self.root / MANIFEST_FILE, buf.getvalue().encode())
+        durable_write_bytes(self.root / MANIFEST_FILE, buf.getvalue().encode())
         labels = "id,grade\n" + "".join(f"{r['id']},{r['grade']}\n" for r in rows)
-        atomic_write_bytes(self.root / LABELS_FILE, labels.encode())
+        durable_write_bytes(self.root / LABELS_FILE, labels.encode())
         if whole:
             (self.root / UNFINISHED).unlink(missing_ok=True)
 
