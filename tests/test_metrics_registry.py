@@ -15,6 +15,7 @@ from drgan.metrics.fid import compute_fid as direct_fid
 from drgan.metrics.fidelity import evaluate_fidelity
 from drgan.metrics.grade_prediction import grade_dataset
 from drgan.metrics.images import open_image_set
+from drgan.metrics.kid import compute_kid as direct_kid
 from drgan.metrics.registry import MetricInputs, calc_metric, format_metrics, metric_list, metric_names
 from drgan.metrics.swd import compute_swd
 
@@ -48,20 +49,20 @@ def test_the_table_shows_an_undefined_kappa_as_n_a_and_an_absent_grade_as_a_dash
 
 
 def test_registry_lists_the_metrics_and_unknown_names_are_one_line():
-    assert metric_names() == ["fid", "swd", "fidelity", "grading"]
+    assert metric_names() == ["fid", "kid", "swd", "fidelity", "grading"]
     with pytest.raises(ParameterError) as err:
-        calc_metric("kid", MetricInputs(fake="unused"))
-    assert str(err.value) == "metric 'kid': choose one of fid, swd, fidelity, grading"
+        calc_metric("lpips", MetricInputs(fake="unused"))
+    assert str(err.value) == "metric 'lpips': choose one of fid, kid, swd, fidelity, grading"
     assert metric_list("swd, fidelity,swd") == ["swd", "fidelity"]
-    with pytest.raises(ParameterError, match="^metrics 'kid': choose one of fid, swd, fidelity, grading$"):
-        metric_list("swd,kid")
+    with pytest.raises(ParameterError, match="^metrics 'lpips': choose one of fid, kid, swd, fidelity, grading$"):
+        metric_list("swd,lpips")
     with pytest.raises(ParameterError, match="^metrics 'fid,': an empty name in the list; separate the names by single commas$"):
         metric_list("fid,")
 
 
 def test_metrics_that_cannot_run_say_what_is_missing(sets):
     real, fake = sets
-    for name in ("fid", "swd"):
+    for name in ("fid", "kid", "swd"):
         with pytest.raises(ParameterError) as err:
             calc_metric(name, MetricInputs(fake=fake))
         assert err.value.params == ["real"]
@@ -83,23 +84,27 @@ def inputs(sets, grader) -> MetricInputs:
 
 @pytest.fixture(scope="module")
 def results(inputs):
-    """Each metric's result by name, and the result and arguments of the one compute_fid call
-    (loading the Inception network takes seconds: one FID here)."""
-    calls = []
+    """Each metric's result by name, and the arguments and result of the one compute_fid and the one
+    compute_kid call, by name (loading the Inception network takes seconds: one of each here)."""
+    calls = {}
 
-    def compute_fid(*args, **kwargs):
-        calls.append((args, kwargs, direct_fid(*args, **kwargs)))
-        return calls[-1][2]
+    def recorded(name, function):
+        def call(*args, **kwargs):
+            assert name not in calls
+            calls[name] = (args, kwargs, function(*args, **kwargs))
+            return calls[name][2]
+        return call
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("drgan.metrics.fid.compute_fid", compute_fid)
+        patch.setattr("drgan.metrics.fid.compute_fid", recorded("fid", direct_fid))
+        patch.setattr("drgan.metrics.kid.compute_kid", recorded("kid", direct_kid))
         by_name = {name: calc_metric(name, inputs) for name in metric_names()}
-    assert len(calls) == 1
-    return by_name, calls[0]
+    return by_name, calls
 
 
 def test_registered_metrics_equal_their_modules(inputs, results):
-    by_name, (fid_args, fid_kwargs, fid) = results
+    by_name, calls = results
+    fid_args, fid_kwargs, fid = calls["fid"]
     real_set, fake_set = open_image_set(inputs.real, "train"), open_image_set(inputs.fake)
     assert len(real_set) == 6 and len(fake_set) == 10
 
@@ -114,6 +119,14 @@ def test_registered_metrics_equal_their_modules(inputs, results):
     assert (result["fid"], result["fid_grade_average"], result["warnings"]) == \
         (fid["fid"], fid["fid_grade_average"], fid["warnings"])
     assert {g: result[f"fid_grade_{g}"] for g in fid["per_grade"]} == fid["per_grade"]
+
+    kid_args, kid_kwargs, kid = calls["kid"]
+    assert [s.paths for s in kid_args] == [real_set.paths, fake_set.paths] and kid_kwargs["per_grade"] and kid_kwargs["seed"] == 2
+    result = by_name["kid"]
+    assert (result["kid_x1e3"], result["kid_x1e3_std"], result["kid_x1e3_grade_average"]) == \
+        (kid["kid_x1e3"], kid["kid_x1e3_std"], kid["kid_x1e3_grade_average"])
+    assert (result["kid_subset_size"], result["kid_real_images"], result["kid_fake_images"]) == (6, 6, 10)
+    assert {g: result[f"kid_x1e3_grade_{g}"] for g in kid["per_grade"]} == {g: v["kid_x1e3"] for g, v in kid["per_grade"].items()}
 
     fidelity, _ = evaluate_fidelity(inputs.fake, inputs.real, "train")
     result = by_name["fidelity"]
@@ -147,8 +160,8 @@ def test_cli_metrics_json_text_and_bad_names(sets, capsys):
     assert [line.split()[0] for line in table] == list(result)
     assert f"{result['swd_x1e3_average']:.4f}" == table[0].split()[-1]
 
-    assert run_command(cli, args=[a.replace("swd,fidelity", "swd,kid") for a in args], prog_name="drgan") == 2
-    assert capsys.readouterr().err == "error: --metrics 'kid': choose one of fid, swd, fidelity, grading\n"
+    assert run_command(cli, args=[a.replace("swd,fidelity", "swd,lpips") for a in args], prog_name="drgan") == 2
+    assert capsys.readouterr().err == "error: --metrics 'lpips': choose one of fid, kid, swd, fidelity, grading\n"
     assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "grading"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"
     assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "fid"], prog_name="drgan") == 2
@@ -164,14 +177,14 @@ def test_cli_metrics_options_no_metric_reads_are_refused(sets, grader, capsys):
     assert run_command(cli, args=base + ["--grader", str(grader)], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --grader is read by the grading metric only: add grading to --metrics (fidelity)\n"
     assert run_command(cli, args=base + ["--device", "cpu"], prog_name="drgan") == 2  # fidelity runs on the CPU
-    assert capsys.readouterr().err == "error: --device runs fid, swd and grading only: add one of them to --metrics (fidelity)\n"
+    assert capsys.readouterr().err == "error: --device runs fid, kid, swd and grading only: add one of them to --metrics (fidelity)\n"
     assert run_command(cli, args=base + ["--device", "auto"], prog_name="drgan") == 0, capsys.readouterr().err
     capsys.readouterr()
     base = ["evaluate", "metrics", "--fake", str(fake), "--real", str(real), "--metrics", "fid,grading", "--grader", str(grader)]
     assert run_command(cli, args=base + ["--max-images", "6"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --max-images caps swd and fidelity only: add one of them to --metrics (fid,grading)\n"
     assert run_command(cli, args=base + ["--seed", "3"], prog_name="drgan") == 2
-    assert capsys.readouterr().err == "error: --seed draws swd's patches only: add swd to --metrics (fid,grading)\n"
+    assert capsys.readouterr().err == "error: --seed draws the subsets of kid and swd only: add one of them to --metrics (fid,grading)\n"
 
 
 def test_cli_metrics_checks_every_metric_before_running_any(sets, tmp_path, capsys, monkeypatch):

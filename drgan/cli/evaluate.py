@@ -1,4 +1,4 @@
-"""`drgan evaluate fid|swd|grading|fidelity|metrics` and `drgan experiment augment`.
+"""`drgan evaluate fid|kid|swd|grading|fidelity|metrics` and `drgan experiment augment`.
 
 The evaluate commands share one vocabulary, that of drgan.metrics.registry.MetricInputs: --fake is
 the set measured, --real the reference set (--real-split its split), --grader a grader run folder.
@@ -46,7 +46,7 @@ def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
 
 @click.group()
 def evaluate() -> None:
-    """Fidelity (FID, SWD) and grading metrics."""
+    """Fidelity (FID, KID, SWD) and grading metrics."""
 
 
 @evaluate.command()
@@ -74,6 +74,29 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
     for warning in result["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     _emit(result, as_json, format_fid(result))
+
+
+@evaluate.command()
+@click.option("--real", type=_folder, required=True, help="Real images: a folder of images or a dataset folder.")
+@click.option("--fake", type=_folder, required=True, help="Synthesized images: a folder of images or a dataset folder.")
+@click.option("--per-grade", is_flag=True, help="Also KID per grade and their average (needs dataset folders).")
+@click.option("--subsets", type=IntRange(1, 10_000), default=100, show_default=True,
+              help="Random subsets the estimate is averaged over.")
+@click.option("--subset-size", type=IntRange(2, 100_000), default=1000, show_default=True,
+              help="Images per set in each subset (fewer where a set or grade holds fewer).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="The subsets.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--batch", type=BATCH, default=32, show_default=True, help="Images per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def kid(real: Path, fake: Path, per_grade: bool, subsets: int, subset_size: int, seed: int, device: str, batch: int,
+        as_json: bool) -> None:
+    """Kernel Inception Distance (x1e3) between two image sets: unbiased, for small sets too."""
+    from drgan.metrics.images import open_image_set
+    from drgan.metrics.kid import compute_kid, format_kid
+
+    result = compute_kid(open_image_set(real), open_image_set(fake), per_grade=per_grade, device=_device(device),
+                         batch=batch, subsets=subsets, subset_size=subset_size, seed=seed)
+    _emit(result, as_json, format_kid(result))
 
 
 @evaluate.command()
@@ -154,8 +177,8 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
 @click.option("--grader", type=_folder, default=None, help="Grader run folder (grading) [default: none].")
 @click.option("--per-grade", is_flag=True, help="Also each metric per grade (needs dataset folders).")
 @click.option("--max-images", type=IntRange(min=2), default=None,
-              help="Images per set for swd and fidelity (SWD needs 2) [default: theirs, 8192 and 500]; fid and grading take all.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="SWD's subsets, patch positions and directions.")
+              help="Images per set for swd and fidelity (SWD needs 2) [default: theirs, 8192 and 500]; fid, kid and grading take all.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="SWD's subsets, patch positions and directions; KID's subsets.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str, grader: Path | None, per_grade: bool,
@@ -168,10 +191,10 @@ def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str,
         raise UsageError(f"{{grader}} is read by the grading metric only: add grading to {{metrics}} ({metrics})")
     if max_images is not None and not {"swd", "fidelity"} & set(names):
         raise UsageError(f"{{max_images}} caps swd and fidelity only: add one of them to {{metrics}} ({metrics})")
-    if seed != 0 and "swd" not in names:
-        raise UsageError(f"{{seed}} draws swd's patches only: add swd to {{metrics}} ({metrics})")
-    if device != "auto" and not {"fid", "swd", "grading"} & set(names):  # fidelity runs on the CPU
-        raise UsageError(f"{{device}} runs fid, swd and grading only: add one of them to {{metrics}} ({metrics})")
+    if seed != 0 and not {"kid", "swd"} & set(names):
+        raise UsageError(f"{{seed}} draws the subsets of kid and swd only: add one of them to {{metrics}} ({metrics})")
+    if device != "auto" and not {"fid", "kid", "swd", "grading"} & set(names):  # fidelity runs on the CPU
+        raise UsageError(f"{{device}} runs fid, kid, swd and grading only: add one of them to {{metrics}} ({metrics})")
     inputs = MetricInputs(fake=fake, real=real, real_split=real_split, grader=grader, device=_device(device),
                           max_images=max_images, seed=seed, per_grade=per_grade)
     check_inputs(names, inputs)

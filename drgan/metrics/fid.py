@@ -279,7 +279,7 @@ def small_set_warnings(counts: dict[str, int]) -> list[str]:
     """FID is biased upwards on small sets, strongly below FEATURE_DIM images (rank-deficient
     covariances): such a value compares only with values over the same number of images."""
     return [f"FID over {n} {name} images is biased upwards (below {FEATURE_DIM} strongly); compare it only with "
-            f"FIDs over the same counts, or use 10,000+ images" for name, n in counts.items() if n < FEATURE_DIM]
+            f"FIDs over the same counts, use 10,000+ images, or KID (drgan evaluate kid), which small sets do not bias" for name, n in counts.items() if n < FEATURE_DIM]
 
 
 def format_fid(result: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ class MetricInputs:
     grader: Path | None = None     # grader run folder (grading)
     device: str = "cpu"            # a torch device name (the CLI resolves auto)
     max_images: int | None = None  # images per set for swd and fidelity; None: their own defaults
-    seed: int = 0                  # swd's subsets, patch positions and directions
+    seed: int = 0                  # swd's subsets, patch positions and directions; kid's subsets
     per_grade: bool = False        # also the values per grade (dataset folders)
 
     def __post_init__(self) -> None:
@@ -77,7 +77,7 @@ def check_inputs(names: list[str], inputs: MetricInputs) -> None:
     """What the metrics `names` need that a quick look tells, for all of them before any runs: the
     last of a list must not fail after minutes of the others."""
     for name in names:
-        if name in ("fid", "swd"):
+        if name in ("fid", "kid", "swd"):
             _real(inputs, name)
         elif name == "grading" and inputs.grader is None:
             raise _no_grader()
@@ -144,6 +144,21 @@ def fid(inputs: MetricInputs) -> Result:
         flat.update({f"fid_grade_{grade}": value for grade, value in result["per_grade"].items()})
         flat["fid_grade_average"] = result["fid_grade_average"]
     return {**flat, "warnings": result["warnings"]}
+
+
+@register_metric
+def kid(inputs: MetricInputs) -> Result:
+    """KID x1e3 over every image of both sets, and its spread over subsets (drgan.metrics.kid.compute_kid)."""
+    from drgan.metrics.kid import compute_kid
+
+    real, fake = _sets(inputs, "kid")
+    result = compute_kid(real, fake, per_grade=inputs.per_grade, device=inputs.device, seed=inputs.seed)
+    flat = {"kid_x1e3": result["kid_x1e3"], "kid_x1e3_std": result["kid_x1e3_std"], "kid_subset_size": result["subset_size"],
+            "kid_real_images": result["real"]["count"], "kid_fake_images": result["fake"]["count"]}
+    if inputs.per_grade:
+        flat.update({f"kid_x1e3_grade_{grade}": value["kid_x1e3"] for grade, value in result["per_grade"].items()})
+        flat["kid_x1e3_grade_average"] = result["kid_x1e3_grade_average"]
+    return flat
 
 
 @register_metric
