@@ -275,3 +275,78 @@ def test_an_experiment_begun_when_unsplit_rows_went_by_image_id_is_not_resumed_w
     (out / "experiment.json").write_text(json.dumps(earlier))
     with pytest.raises(DrganError, match=r"other settings \(split_by: not set there, 'patient' now\)"):
         run_augment_experiment(real, fake, real, out, **args)
+
+
+def test_repeats_train_every_arm_with_each_seed_and_give_the_spread(tmp_path, capsys, monkeypatch):
+    """--repeats 3: every arm under its own run folder per seed, each seed's scores and intervals
+    as one run gives them, and per arm the mean and standard deviation over the seeds, of its
+    differences from the real arm too (paired by seed); a rerun keeps every finished grader."""
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.training import augmentation_experiment as experiment
+
+    real = write_phantom_dataset(tmp_path / "real", 20, 64, seed=0)
+    fake = write_phantom_dataset(tmp_path / "fake", 10, 64, seed=1, grades=[3, 4] * 5, split=False)
+    args = dict(preset="tiny-64", epochs=1, batch=8, device="cpu", baselines=("mixup",))
+    out = tmp_path / "exp"
+    result, markdown = experiment.run_augment_experiment(real, fake, real, out, seed=5, repeats=3, **args)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(
+        f"{arm}_seed{s}" for arm in ("real", "real_synthetic", "real_mixup") for s in (5, 6, 7))
+    assert [run["seed"] for run in result["repeats"]] == [5, 6, 7]
+    assert json.loads((out / "experiment.json").read_text())["repeats"] == 3
+    for run in result["repeats"]:
+        single, _ = experiment.run_augment_experiment(real, fake, real, tmp_path / f"single{run['seed']}", seed=run["seed"], **args)
+        assert {n: a["test"] for n, a in run["arms"].items()} == {n: a["test"] for n, a in single["arms"].items()}
+    for name, arm in result["arms"].items():
+        accuracy = [run["arms"][name]["test"]["accuracy"] for run in result["repeats"]]
+        assert arm["test"]["accuracy_mean"] == pytest.approx(np.mean(accuracy))
+        assert arm["test"]["accuracy_std"] == pytest.approx(np.std(accuracy, ddof=1))
+        assert arm["seeds"] == [5, 6, 7] and arm["steps"] == result["repeats"][0]["arms"][name]["steps"]
+        if name != "real":
+            gains = [run["arms"][name]["test"]["accuracy"] - run["arms"]["real"]["test"]["accuracy"] for run in result["repeats"]]
+            assert arm["test"]["accuracy_diff_mean"] == pytest.approx(np.mean(gains))
+    assert "3 seeds (5 to 7)" in markdown and "### Seed 6" in markdown
+    t = result["arms"]["real+mixup"]["test"]
+    assert f"| real+mixup | 20 | 2 | {t['accuracy_mean']:.4f} +- {t['accuracy_std']:.4f} |" in markdown
+    assert (out / "results.md").read_text() == markdown and json.loads((out / "results.json").read_text()) == result
+
+    monkeypatch.setattr(experiment, "train_grader", lambda *a, **k: pytest.fail("a finished grader was trained again"))
+    capsys.readouterr()
+    again, _ = experiment.run_augment_experiment(real, fake, real, out, seed=5, repeats=3, **args)
+    assert again == result and f"in {out / 'real_mixup_seed7'}\n" in capsys.readouterr().err
+    with pytest.raises(DrganError, match=r"other settings \(repeats: 3 there, not set now\)"):
+        experiment.run_augment_experiment(real, fake, real, out, seed=5, **args)
+    with pytest.raises(DrganError, match=r"^repeats 2: must be >= 1, with the last seed"):
+        experiment.run_augment_experiment(real, fake, real, tmp_path / "last", seed=2**64 - 1, repeats=2, **args)
+
+
+def test_the_spread_over_seeds_of_a_kappa_undefined_in_one_seed_is_n_a():
+    from drgan.training.augmentation_experiment import _fmt_spread, summarize_repeats
+
+    def run(seed, real, other):
+        arm = {"train_images": 4, "steps": 1, "label_distribution": label_distribution([0, 1])}
+        return {"seed": seed, "arms": {"real": {**arm, "test": {"accuracy": real[0], "kappa": real[1]}},
+                                       "real+synthetic": {**arm, "test": {"accuracy": other[0], "kappa": other[1]}}}}
+
+    summary = summarize_repeats([run(0, (0.5, 0.2), (0.75, None)), run(1, (0.25, 0.4), (0.5, 0.5))])
+    t = summary["real+synthetic"]["test"]
+    assert (t["accuracy_mean"], t["accuracy_diff_mean"]) == (0.625, 0.25)
+    assert t["accuracy_std"] == pytest.approx(np.std([0.75, 0.5], ddof=1)) and t["accuracy_diff_std"] == 0.0
+    assert (t["kappa_mean"], t["kappa_std"], t["kappa_diff_mean"]) == (None, None, None)
+    assert summary["real"]["test"]["kappa_mean"] == pytest.approx(0.3) and "kappa_diff_mean" not in summary["real"]["test"]
+    assert (_fmt_spread(t, "kappa"), _fmt_spread(t, "accuracy_diff", True)) == ("n/a", "+0.2500 +- 0.0000")
+
+
+def test_cli_passes_repeats_on_and_refuses_none(tmp_path, monkeypatch, capsys):
+    from drgan.cli import cli
+    from drgan.cli.common import run_command
+    from drgan.data.phantom import write_phantom_dataset
+    from drgan.training import augmentation_experiment as experiment
+
+    real = write_phantom_dataset(tmp_path / "real", 10, 64, seed=0)
+    calls = []
+    monkeypatch.setattr(experiment, "run_augment_experiment", lambda *a, **k: calls.append(k) or ({}, "table\n"))
+    args = ["experiment", "augment", "--real", str(real), "--synthetic", str(real), "--test", str(real), "--out", str(tmp_path / "e")]
+    assert run_command(cli, args=args + ["--repeats", "4"], prog_name="drgan") == 0
+    assert calls[0]["repeats"] == 4 and calls[0]["seed"] == 0
+    assert run_command(cli, args=args + ["--repeats", "0"], prog_name="drgan") == 1
+    assert capsys.readouterr().err.endswith("error: --repeats 0: outside the range 1<=x<=1000\n")

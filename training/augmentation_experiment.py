@@ -9,6 +9,7 @@ Arms, trained with identical options (preset, epochs, batch, optimizer, seed):
   interpolation) or CutMix (a pasted box) of two real training images *of the same grade*, as the
   paper generates its MixUp/CutMix sets. Mixing ratios are drawn from Beta(1, 1) (uniform).
 Each arm is scored on the same test images with accuracy, quadratic-weighted kappa and per-grade TPR.
+With repeats, every arm is trained once per seed, and each figure gets its mean and spread over them.
 
 Data: `--real` trains on its `train` rows and monitors its `val` rows; `--test` is scored on its
 `test` rows when labels.csv has any, otherwise on every row; `--synthetic` contributes every row.
@@ -16,6 +17,7 @@ Data: `--real` trains on its `train` rows and monitors its `val` rows; `--test` 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from drgan.config import NUM_GRADES, preset as get_preset
+from drgan.config import NUM_GRADES, SEED_MAX, preset as get_preset
 from drgan.data.dataset import FundusDataset
 from drgan.data.format import MANIFEST_FILE, open_dataset
 from drgan.data.labels import LABELS_FILE, moved_by_patient
@@ -194,38 +196,38 @@ def _fmt_interval(interval: list[float] | None, signed: bool = False) -> str:
 
 
 def format_markdown(result: dict[str, Any]) -> str:
-    """Tables III/IV side by side for the arms, then the label distributions (Fig. 7)."""
+    """Tables III/IV side by side for the arms, then the label distributions (Fig. 7); with repeats,
+    each figure's mean and spread over the seeds first, then each seed's."""
     p = result["protocol"]
+    repeats = result.get("repeats")
+    seeds = "" if repeats is None else f", {len(repeats)} seeds ({repeats[0]['seed']} to {repeats[-1]['seed']})"
     lines = [
         f"## Grading on {result['test']['folder']} ({result['test']['count']} images)",
         "",
-        f"preset {p['preset']}, {p['epochs']} epochs, batch {p['batch']}, lr {p['lr']}, seed {p['seed']}, "
+        f"preset {p['preset']}, {p['epochs']} epochs, batch {p['batch']}, lr {p['lr']}, seed {p['seed']}{seeds}, "
         f"{p['resolution']} px" + (", equal steps (each epoch of a larger arm draws the real arm's number of images)"
                                    if p.get("equal_steps") else ""),
         "",
-        "| Training | images | steps | Acc. | Kappa | " + " | ".join(f"TPR {g}" for g in range(NUM_GRADES)) + " |",
-        "|---|---:|---:|---:|---:|" + "---:|" * NUM_GRADES,
     ]
-    for name, arm in result["arms"].items():
-        m = arm["test"]
-        tpr = " | ".join(_fmt_tpr(t) for t in m["tpr"])
-        lines.append(f"| {name} | {arm['train_images']} | {arm['steps']} | {m['accuracy']:.4f} | {format_kappa(m['kappa'], 4)} | {tpr} |")
-    lines += [
-        "",
-        "## 95% intervals over the test images",
-        "",
-        f"Paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples of the test images (the same resample for every arm): how much",
-        "the test set's sampling moves a figure, and each arm's difference from the real arm. Not the",
-        "spread of another training seed. n/a: kappa is undefined in some resample (one grade only).",
-        "",
-        "| Training | Acc. | Kappa | Acc. - real | Kappa - real |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, arm in result["arms"].items():
-        m = arm["test"]
-        lines.append(f"| {name} | {_fmt_interval(m['accuracy_ci95'])} | {_fmt_interval(m['kappa_ci95'])} | "
-                     f"{_fmt_interval(m.get('accuracy_diff_ci95'), True) if name != 'real' else '-'} | "
-                     f"{_fmt_interval(m.get('kappa_diff_ci95'), True) if name != 'real' else '-'} |")
+    if repeats is None:
+        lines += _scores_table(result["arms"]) + ["", *_INTERVALS_INTRO, "", *_intervals_table(result["arms"])]
+    else:
+        lines += [
+            "Mean +- standard deviation over the training seeds: the spread that another seed gives. A difference",
+            "from the real arm is taken within each seed, then averaged. n/a: kappa is undefined in some seed.",
+            "",
+            "| Training | images | steps | Acc. | Kappa | Acc. - real | Kappa - real |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, arm in result["arms"].items():
+            t = arm["test"]
+            cells = [_fmt_spread(t, "accuracy"), _fmt_spread(t, "kappa")]
+            cells += ["-", "-"] if name == "real" else [_fmt_spread(t, "accuracy_diff", True), _fmt_spread(t, "kappa_diff", True)]
+            lines.append(f"| {name} | {arm['train_images']} | {arm['steps']} | " + " | ".join(cells) + " |")
+        for run in repeats:
+            lines += ["", f"### Seed {run['seed']}", "", *_scores_table(run["arms"]), "",
+                      "95% intervals over the test images (see below):", "", *_intervals_table(run["arms"])]
+        lines += ["", *_INTERVALS_INTRO]
     lines += [
         "",
         "## Grade distribution of the training data",
@@ -238,6 +240,41 @@ def format_markdown(result: dict[str, Any]) -> str:
         cells = " | ".join(f"{n} ({100 * s:.1f}%)" for n, s in zip(d["count"], d["share"]))
         lines.append(f"| {name} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+_INTERVALS_INTRO = [
+    "## 95% intervals over the test images",
+    "",
+    f"Paired bootstrap, {BOOTSTRAP_RESAMPLES} resamples of the test images (the same resample for every arm): how much",
+    "the test set's sampling moves a figure, and each arm's difference from the real arm. Not the",
+    "spread of another training seed. n/a: kappa is undefined in some resample (one grade only).",
+]
+
+
+def _scores_table(arms: dict[str, Any]) -> list[str]:
+    lines = ["| Training | images | steps | Acc. | Kappa | " + " | ".join(f"TPR {g}" for g in range(NUM_GRADES)) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * NUM_GRADES]
+    for name, arm in arms.items():
+        m = arm["test"]
+        tpr = " | ".join(_fmt_tpr(t) for t in m["tpr"])
+        lines.append(f"| {name} | {arm['train_images']} | {arm['steps']} | {m['accuracy']:.4f} | {format_kappa(m['kappa'], 4)} | {tpr} |")
+    return lines
+
+
+def _intervals_table(arms: dict[str, Any]) -> list[str]:
+    lines = ["| Training | Acc. | Kappa | Acc. - real | Kappa - real |", "|---|---:|---:|---:|---:|"]
+    for name, arm in arms.items():
+        m = arm["test"]
+        lines.append(f"| {name} | {_fmt_interval(m['accuracy_ci95'])} | {_fmt_interval(m['kappa_ci95'])} | "
+                     f"{_fmt_interval(m.get('accuracy_diff_ci95'), True) if name != 'real' else '-'} | "
+                     f"{_fmt_interval(m.get('kappa_diff_ci95'), True) if name != 'real' else '-'} |")
+    return lines
+
+
+def _fmt_spread(test: dict[str, Any], key: str, signed: bool = False) -> str:
+    """'mean +- std' of a summarize_repeats figure; n/a where kappa was undefined in some seed."""
+    mean, std = test[f"{key}_mean"], test[f"{key}_std"]
+    return "n/a" if mean is None else f"{mean:{'+.4f' if signed else '.4f'}} +- {std:.4f}"
 
 
 def _check_structures_not_tested(synthetic: Path, test: Path, test_ids: list[str]) -> None:
@@ -267,11 +304,17 @@ def run_augment_experiment(
     seed: int = 0,
     device: str = "cpu",
     equal_steps: bool = False,
+    repeats: int = 1,
 ) -> tuple[dict[str, Any], str]:
     """Train one grader per arm under `out/<arm>`; write out/results.json and out/results.md. A rerun
     with the same settings into the same `out` keeps the arms an interrupted run finished.
-    `equal_steps`: every arm takes the real arm's optimizer steps (_EpochSample)."""
+    `equal_steps`: every arm takes the real arm's optimizer steps (_EpochSample). `repeats` > 1:
+    every arm is trained with the seeds seed .. seed + repeats - 1 (`out/<arm>_seed<s>`), and the
+    results give each figure's mean and standard deviation over them (summarize_repeats)."""
     check_outside(out, [real, synthetic, test])  # its grader runs would lie inside a dataset
+    if not 1 <= repeats <= SEED_MAX - seed + 1:
+        raise ParameterError(f"{{repeats}} {repeats}: must be >= 1, with the last seed, {{seed}} + {{repeats}} - 1, "
+                             f"at most {SEED_MAX}")
     opts = GraderOptions(preset=preset, epochs=epochs, batch=batch, seed=seed, device=device)
     cfg = get_preset(preset)
     resolution = cfg.resolution
@@ -282,19 +325,22 @@ def run_augment_experiment(
     test_set = FundusDataset(test, resolution, split=split)
     _check_structures_not_tested(synthetic, test, test_set.ids)
 
-    data: dict[str, Dataset] = {"real": real_train, "real+synthetic": _Union([real_train, fake])}
-    for kind in dict.fromkeys(baselines):
-        data[f"real+{kind}"] = _Union([real_train, MixedGradeDataset(real_train, fake.grades, kind, seed)])
-    arms = {name: _EpochSample(d, len(real_train), seed) if equal_steps and name != "real" else d for name, d in data.items()}
+    def arms_of(s: int) -> tuple[dict[str, Dataset], dict[str, Dataset]]:
+        """Each arm's data and what it trains on, for seed `s`."""
+        data: dict[str, Dataset] = {"real": real_train, "real+synthetic": _Union([real_train, fake])}
+        for kind in dict.fromkeys(baselines):
+            data[f"real+{kind}"] = _Union([real_train, MixedGradeDataset(real_train, fake.grades, kind, s)])
+        return data, {name: _EpochSample(d, len(real_train), s) if equal_steps and name != "real" else d for name, d in data.items()}
 
     out = Path(out)
     # The data is named by its content, not by the path typed: a rerun from another directory, on
     # another synthesized set or after the set grew must not keep arms trained on other data, nor
     # replace the results of another test set.
-    settings = {**opts.to_dict(), "resolution": resolution, "arms": list(arms),
+    settings = {**opts.to_dict(), "resolution": resolution, "arms": list(arms_of(seed)[1]),
                 "real_sha256": data_sha256(real), "synthetic_sha256": data_sha256(synthetic),
                 "test_sha256": data_sha256(test), "test_split": split,
                 **({"equal_steps": True} if equal_steps else {}),  # only when on: earlier records still match
+                **({"repeats": repeats} if repeats > 1 else {}),
                 # Where it moves rows (earlier versions split rows without a split by image id),
                 # an experiment begun before must not resume with other train and val parts.
                 **({"split_by": "patient"} if moved_by_patient(Path(real)) else {})}
@@ -304,33 +350,74 @@ def run_augment_experiment(
     result: dict[str, Any] = {
         "protocol": {**settings, "real": str(Path(real).resolve()), "synthetic": str(Path(synthetic).resolve())},
         "test": {"folder": str(test), "split": split, "count": len(test_set)},
-        "arms": {},
     }
     upgrade = _older_records(settings, {"real": str(real), "synthetic": str(synthetic)},
                              {"real_sha256": _listing_sha256(real), "synthetic_sha256": _listing_sha256(synthetic)})
     with claimed_folder(out, PROTOCOL_FILE, settings, "an augmentation experiment", upgrade=upgrade), resumed_by_rerun():
-        predicted: dict[str, Any] = {}
-        for name, train in arms.items():
-            run = out / name.replace("+", "_")
-            if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment
-                val_accuracy = GradingSpace.load(run / SPACE_FILE).grader_accuracy
-                print(f"{name}: its grader was trained by an earlier call, in {run}", file=sys.stderr)
-            else:
-                val_accuracy = train_grader(train, real_val, run, opts, resume=interrupted(run), spaces_used=False)["val_accuracy"]
-            grader, _ = load_grader(run, device)
-            result["arms"][name] = {
-                "run": str(run),
-                "train_images": len(data[name]),
-                "steps": epochs * batches_per_epoch(len(train), batch),
-                "label_distribution": label_distribution(data[name].grades),
-                "val_accuracy": val_accuracy,
-            }
-            truth, predicted[name] = predict_grades(grader, test_set, batch=batch)
-            result["arms"][name]["test"] = grading_metrics(truth, predicted[name])
-        # How far the test set's sampling moves each figure, and each arm's gain over the real one.
-        for name, intervals in paired_bootstrap(truth, predicted, baseline="real").items():
-            result["arms"][name]["test"] |= intervals
+        runs = []
+        for s in range(seed, seed + repeats):
+            data, arms = arms_of(s)
+            runs.append({"seed": s, "arms": _train_and_test(data, arms, real_val, test_set, out, "" if repeats == 1 else f"_seed{s}",
+                                                            dataclasses.replace(opts, seed=s))})
+        if repeats == 1:
+            result["arms"] = runs[0]["arms"]
+        else:
+            result["arms"] = summarize_repeats(runs)
+            result["repeats"] = runs
         markdown = format_markdown(result)
         atomic_write_json(out / "results.json", result)
         atomic_write_text(out / "results.md", markdown)
     return result, markdown
+
+
+def _train_and_test(data: dict[str, Dataset], arms: dict[str, Dataset], real_val: Dataset, test_set: FundusDataset,
+                    out: Path, suffix: str, opts: GraderOptions) -> dict[str, Any]:
+    """Each arm's grader, trained under out/<arm><suffix> (or found there finished), and its scores
+    on the test set, with the paired bootstrap's intervals."""
+    arms_result: dict[str, Any] = {}
+    predicted: dict[str, Any] = {}
+    for name, train in arms.items():
+        run = out / (name.replace("+", "_") + suffix)
+        if (run / SPACE_FILE).is_file():  # finished by an earlier, interrupted call of the same experiment
+            val_accuracy = GradingSpace.load(run / SPACE_FILE).grader_accuracy
+            print(f"{name}: its grader was trained by an earlier call, in {run}", file=sys.stderr)
+        else:
+            val_accuracy = train_grader(train, real_val, run, opts, resume=interrupted(run), spaces_used=False)["val_accuracy"]
+        grader, _ = load_grader(run, opts.device)
+        arms_result[name] = {
+            "run": str(run),
+            "train_images": len(data[name]),
+            "steps": opts.epochs * batches_per_epoch(len(train), opts.batch),
+            "label_distribution": label_distribution(data[name].grades),
+            "val_accuracy": val_accuracy,
+        }
+        truth, predicted[name] = predict_grades(grader, test_set, batch=opts.batch)
+        arms_result[name]["test"] = grading_metrics(truth, predicted[name])
+    # How far the test set's sampling moves each figure, and each arm's gain over the real one.
+    for name, intervals in paired_bootstrap(truth, predicted, baseline="real").items():
+        arms_result[name]["test"] |= intervals
+    return arms_result
+
+
+def summarize_repeats(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per arm, over the seeds of `runs` (each {"seed", "arms"}): the mean and the standard deviation
+    (ddof 1) of test accuracy and kappa, and of each arm's difference from the real arm of the same
+    seed; the spread that another training seed gives, which the bootstrap of one run does not show.
+    Kappa's figures are None where some seed left it undefined (one grade only)."""
+    def spread(values: list[float | None]) -> tuple[float | None, float | None]:
+        if any(v is None for v in values):
+            return None, None
+        return float(np.mean(values)), float(np.std(values, ddof=1))
+
+    summary = {}
+    for name, first in runs[0]["arms"].items():
+        test: dict[str, Any] = {}
+        for key in ("accuracy", "kappa"):
+            test[f"{key}_mean"], test[f"{key}_std"] = spread([r["arms"][name]["test"][key] for r in runs])
+            if name != "real":
+                diffs = [None if None in (r["arms"][name]["test"][key], r["arms"]["real"]["test"][key])
+                         else r["arms"][name]["test"][key] - r["arms"]["real"]["test"][key] for r in runs]
+                test[f"{key}_diff_mean"], test[f"{key}_diff_std"] = spread(diffs)
+        summary[name] = {"train_images": first["train_images"], "steps": first["steps"],
+                         "label_distribution": first["label_distribution"], "seeds": [r["seed"] for r in runs], "test": test}
+    return summary

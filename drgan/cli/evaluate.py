@@ -223,6 +223,8 @@ def experiment() -> None:
 @click.option("--epochs", type=IntRange(min=1), default=30, show_default=True, help="Epochs per arm (paper: 30).")
 @click.option("--batch", type=IntRange(2, MAX_BATCH), default=64, show_default=True, help="Batch size (paper: 64).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed for every arm.")
+@click.option("--repeats", type=IntRange(1, 1000), default=1, show_default=True,
+              help="Train every arm with the seeds SEED .. SEED + REPEATS - 1: each figure's mean and spread over them.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/augment"), show_default=True,
               help="Folder for one grader run per arm, results.json and results.md.")
@@ -231,7 +233,7 @@ def experiment() -> None:
                    "real training split holds, afresh each epoch (without it, more images means more steps).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the markdown table.")
 def augment(real: Path, synthetic: Path, test: Path, baselines: tuple[str, ...], preset: str, epochs: int, batch: int,
-            seed: int, device: str, out: Path, equal_steps: bool, as_json: bool) -> None:
+            seed: int, repeats: int, device: str, out: Path, equal_steps: bool, as_json: bool) -> None:
     """Grader trained on real vs real + synthetic data (paper Tables III/IV)."""
     from drgan.io import check_writable_dir
     from drgan.training.augmentation_experiment import PROTOCOL_FILE, run_augment_experiment
@@ -241,5 +243,5 @@ def augment(real: Path, synthetic: Path, test: Path, baselines: tuple[str, ...],
     with contextlib.redirect_stdout(sys.stderr):  # training logs go to stderr, the result alone to stdout
         result, markdown = run_augment_experiment(real, synthetic, test, out, baselines=baselines, preset=preset,
                                                   epochs=epochs, batch=batch, seed=seed, device=_device(device),
-                                                  equal_steps=equal_steps)
+                                                  equal_steps=equal_steps, repeats=repeats)
     _emit(result, as_json, markdown)
