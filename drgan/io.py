@@ -135,10 +135,18 @@ def _file_in_the_way(folder: Path) -> Path | None:
     return None if existing.is_dir() else existing
 
 
+# fsync errors that say the file system cannot flush this file or folder (some network and FUSE
+# file systems, for folders especially), not that data was lost: the write is as durable as it allows.
+_NO_FSYNC = {errno.EINVAL, errno.ENOTSUP, errno.ENOSYS}
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_FSYNC:
+            raise
     finally:
         os.close(fd)
 

@@ -349,8 +349,6 @@ def test_the_files_a_set_hangs_on_are_on_disk_before_they_are_used(run, tmp_path
     """fingerprint.json, manifest.csv and labels.csv are flushed before their rename and their
     folder after it: a power loss cannot leave one of them empty, which would refuse or unread
     every image of the set. Images are not (a rerun finds an empty one)."""
-    import os
-
     from drgan import io
 
     synced = []
@@ -368,3 +366,24 @@ def test_the_files_a_set_hangs_on_are_on_disk_before_they_are_used(run, tmp_path
         assert name in named, name
         assert synced[named.index(name) + 1] == str(out.resolve())  # then the folder, after the rename
     assert not any("/images" in p for p in synced)
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.EIO])
+def test_a_file_system_that_cannot_fsync_is_no_error_but_a_failed_flush_is(run, tmp_path, monkeypatch, capsys, code):
+    """EINVAL (some network and FUSE file systems cannot flush a folder) leaves the write as durable
+    as the file system allows; EIO is lost data: one error line naming the file."""
+    from drgan import io
+    from drgan.cli import cli
+    from drgan.cli.common import run_command
+
+    def fsync(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    out = tmp_path / "a"
+    if code == errno.EINVAL:
+        assert synthesize(opts(run, out, count=2)).total == 2
+        return
+    args = ["synthesize", "--run", str(run), "--out", str(out), "--count", "2", "--device", "cpu"]
+    assert run_command(cli, args=args, prog_name="drgan") == 1
+    assert capsys.readouterr().err.endswith(f"error: {out / 'fingerprint.json'}: cannot write (Input/output error)\n")
