@@ -125,4 +125,4 @@ def test_a_set_of_one_image_is_refused_before_any_feature(sets, tmp_path, monkey
     assert capsys.readouterr().err == f"error: {one}: 1 image; KID needs at least 2 images per set\n"
     assert run_command(cli, args=["evaluate", "kid", "--real", str(real), "--fake", str(real), "--subset-size", "1"],
                        prog_name="drgan") == 1  # a number out of range is bad input
-    assert capsys.readouterr().err == "error: --subset-size 1: outside the range 2<=x<=100000\n"
+    assert capsys.readouterr().err == "error: --subset-size 1: outside the range 2<=x<=10000\n"

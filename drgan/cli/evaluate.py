@@ -82,8 +82,8 @@ def fid(real: Path, fake: Path, per_grade: bool, cache: Path | None, no_cache: b
 @click.option("--per-grade", is_flag=True, help="Also KID per grade and their average (needs dataset folders).")
 @click.option("--subsets", type=IntRange(1, 10_000), default=100, show_default=True,
               help="Random subsets the estimate is averaged over.")
-@click.option("--subset-size", type=IntRange(2, 100_000), default=1000, show_default=True,
-              help="Images per set in each subset (fewer where a set or grade holds fewer).")
+@click.option("--subset-size", type=IntRange(2, 10_000), default=1000, show_default=True,
+              help="Images per set in each subset (fewer where a set or grade holds fewer); memory grows with its square.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="The subsets.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch", type=BATCH, default=32, show_default=True, help="Images per forward pass.")
