@@ -126,3 +126,39 @@ def test_a_set_of_one_image_is_refused_before_any_feature(sets, tmp_path, monkey
     assert run_command(cli, args=["evaluate", "kid", "--real", str(real), "--fake", str(real), "--subset-size", "1"],
                        prog_name="drgan") == 1  # a number out of range is bad input
     assert capsys.readouterr().err == "error: --subset-size 1: outside the range 2<=x<=10000\n"
+
+
+def test_fid_and_kid_in_one_metrics_call_load_one_network_and_read_each_set_once(sets, monkeypatch, capsys):
+    """`evaluate metrics --metrics fid,kid` (shared_features): the values of two separate calls, for
+    one network load and one pass over each set; outside it each metric does its own."""
+    import torch
+
+    from drgan.metrics import fid
+    from drgan.metrics.registry import MetricInputs, calc_metric
+
+    counts = {"loads": 0, "images": 0}
+
+    class Net(torch.nn.Module):  # a stand-in for the Inception network: the real one takes minutes here
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            counts["images"] += len(x)
+            return (x.mean(dim=(2, 3)) * self.scale).repeat(1, 683)[:, :2048] + torch.arange(2048) * 1e-3
+
+    def load(path, map_location):
+        counts["loads"] += 1
+        return Net()
+
+    monkeypatch.setattr(fid.torch.jit, "load", load)
+    monkeypatch.setattr(fid, "frechet_distance", lambda mu1, s1, mu2, s2: float(np.sum((mu1 - mu2) ** 2)))
+    real, fake = sets
+    inputs = MetricInputs(fake=fake, real=real, device="cpu")
+    separate = {**calc_metric("fid", inputs), **calc_metric("kid", inputs)}
+    assert counts == {"loads": 2, "images": 48}
+    args = ["evaluate", "metrics", "--fake", str(fake), "--real", str(real), "--metrics", "fid,kid", "--device", "cpu", "--json"]
+    assert run_command(cli, args=args, prog_name="drgan") == 0
+    assert counts == {"loads": 3, "images": 72}
+    shared = json.loads(capsys.readouterr().out)
+    assert shared == {k: v for k, v in separate.items() if k != "warnings"} and shared["kid_x1e3"] != 0

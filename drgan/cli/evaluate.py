@@ -184,6 +184,7 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
 def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str, grader: Path | None, per_grade: bool,
             max_images: int | None, seed: int, device: str, as_json: bool) -> None:
     """Metrics by name on one set (and a reference set): one table, or one JSON object."""
+    from drgan.metrics.fid import shared_features
     from drgan.metrics.registry import MetricInputs, calc_metric, check_inputs, format_metrics, metric_list
 
     names = metric_list(metrics)
@@ -199,11 +200,12 @@ def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str,
                           max_images=max_images, seed=seed, per_grade=per_grade)
     check_inputs(names, inputs)
     results: dict[str, Any] = {}
-    for name in names:
-        result = calc_metric(name, inputs)
-        for warning in result.pop("warnings", []):
-            click.echo(f"warning: {warning}", err=True)
-        results.update(result)
+    with shared_features():  # fid and kid: one network and one pass over each set
+        for name in names:
+            result = calc_metric(name, inputs)
+            for warning in result.pop("warnings", []):
+                click.echo(f"warning: {warning}", err=True)
+            results.update(result)
     _emit(results, as_json, format_metrics(results))
 
 

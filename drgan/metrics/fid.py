@@ -19,13 +19,14 @@ written is a warning, and the FID is computed all the same.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import scipy.linalg
@@ -64,9 +65,38 @@ def inception_weights_path() -> Path:
     return path
 
 
+# Inside shared_features(): the networks loaded, by device and weights file, and the features they
+# computed, by network and files; None outside it.
+_shared: dict[str, dict] | None = None
+
+
+@contextlib.contextmanager
+def shared_features() -> Iterator[None]:
+    """Within the block, load_inception loads a network once per device and weights file, and
+    extract_features computes the features of the same files (path, size, modification time) with
+    the same network once: metrics run one after another on the same sets (`evaluate metrics` with
+    fid and kid) share them. Outside it nothing is kept."""
+    global _shared
+    outer = _shared
+    _shared = outer if outer is not None else {"nets": {}, "features": {}}
+    try:
+        yield
+    finally:
+        _shared = outer
+
+
 def load_inception(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None) -> torch.jit.ScriptModule:
     """The FID Inception network in eval mode on `device`."""
     path = Path(weights) if weights is not None else inception_weights_path()
+    if _shared is None:
+        return _load_inception(device, path)
+    key = (str(torch.device(device)), str(path.resolve()))
+    if key not in _shared["nets"]:
+        _shared["nets"][key] = _load_inception(device, path)
+    return _shared["nets"][key]
+
+
+def _load_inception(device: str | torch.device, path: Path) -> torch.jit.ScriptModule:
     try:
         with warnings.catch_warnings():
             # The weights exist only as TorchScript; torch >= 2.10 flags jit.load as deprecated.
@@ -121,7 +151,20 @@ def extract_features(
     desc: str = "inception features",
     progress: bool = True,
 ) -> np.ndarray:
-    """(N, 2048) float32 pool3 features of image files, batched on the network's device."""
+    """(N, 2048) float32 pool3 features of image files, batched on the network's device (computed
+    once per network and files inside shared_features())."""
+    if _shared is None:
+        return _extract_features(paths, net, batch, desc, progress)
+    stats = [(str(p), p.stat()) for p in paths]
+    key = (id(net), tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats))  # the net is kept: its id stays its own
+    if key not in _shared["features"]:
+        features = _extract_features(paths, net, batch, desc, progress)
+        features.setflags(write=False)  # handed to every metric that asks
+        _shared["features"][key] = features
+    return _shared["features"][key]
+
+
+def _extract_features(paths: list[Path], net: torch.jit.ScriptModule, batch: int, desc: str, progress: bool) -> np.ndarray:
     device = next(net.parameters()).device
     workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)  # decoding keeps a GPU busy only in parallel
     loader = torch.utils.data.DataLoader(_Files(paths), batch_size=batch, num_workers=workers, collate_fn=list)
