@@ -283,7 +283,7 @@ def test_metrics_warnings_reach_stderr(drgan, data, monkeypatch):
 
 def test_metrics_device_without_a_metric_that_uses_it_is_a_usage_error(drgan, data):
     rc, out, err = drgan("evaluate", "metrics", "--fake", data, "--metrics", "fidelity", "--device", "cpu")
-    assert one_error(rc, out, err, code=2).startswith("error: --device runs fid, kid, swd and grading only")
+    assert one_error(rc, out, err, code=2).startswith("error: --device runs fid, kid, prdc, swd and grading only")
 
 
 def test_augment_batch_of_one_is_outside_its_range(drgan, tmp_path, data):

@@ -15,7 +15,9 @@ from drgan.metrics.fid import compute_fid as direct_fid
 from drgan.metrics.fidelity import evaluate_fidelity
 from drgan.metrics.grade_prediction import grade_dataset
 from drgan.metrics.images import open_image_set
+from drgan.metrics.fid import shared_features
 from drgan.metrics.kid import compute_kid as direct_kid
+from drgan.metrics.prdc import compute_prdc as direct_prdc
 from drgan.metrics.registry import MetricInputs, calc_metric, format_metrics, metric_list, metric_names
 from drgan.metrics.swd import compute_swd
 
@@ -49,12 +51,12 @@ def test_the_table_shows_an_undefined_kappa_as_n_a_and_an_absent_grade_as_a_dash
 
 
 def test_registry_lists_the_metrics_and_unknown_names_are_one_line():
-    assert metric_names() == ["fid", "kid", "swd", "fidelity", "grading"]
+    assert metric_names() == ["fid", "kid", "prdc", "swd", "fidelity", "grading"]
     with pytest.raises(ParameterError) as err:
         calc_metric("lpips", MetricInputs(fake="unused"))
-    assert str(err.value) == "metric 'lpips': choose one of fid, kid, swd, fidelity, grading"
+    assert str(err.value) == "metric 'lpips': choose one of fid, kid, prdc, swd, fidelity, grading"
     assert metric_list("swd, fidelity,swd") == ["swd", "fidelity"]
-    with pytest.raises(ParameterError, match="^metrics 'lpips': choose one of fid, kid, swd, fidelity, grading$"):
+    with pytest.raises(ParameterError, match="^metrics 'lpips': choose one of fid, kid, prdc, swd, fidelity, grading$"):
         metric_list("swd,lpips")
     with pytest.raises(ParameterError, match="^metrics 'fid,': an empty name in the list; separate the names by single commas$"):
         metric_list("fid,")
@@ -62,7 +64,7 @@ def test_registry_lists_the_metrics_and_unknown_names_are_one_line():
 
 def test_metrics_that_cannot_run_say_what_is_missing(sets):
     real, fake = sets
-    for name in ("fid", "kid", "swd"):
+    for name in ("fid", "kid", "prdc", "swd"):
         with pytest.raises(ParameterError) as err:
             calc_metric(name, MetricInputs(fake=fake))
         assert err.value.params == ["real"]
@@ -84,8 +86,8 @@ def inputs(sets, grader) -> MetricInputs:
 
 @pytest.fixture(scope="module")
 def results(inputs):
-    """Each metric's result by name, and the arguments and result of the one compute_fid and the one
-    compute_kid call, by name (loading the Inception network takes seconds: one of each here)."""
+    """Each metric's result by name, and the arguments and result of the one compute_fid, compute_kid
+    and compute_prdc call, by name (one Inception network and one pass over each set, shared)."""
     calls = {}
 
     def recorded(name, function):
@@ -98,7 +100,9 @@ def results(inputs):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("drgan.metrics.fid.compute_fid", recorded("fid", direct_fid))
         patch.setattr("drgan.metrics.kid.compute_kid", recorded("kid", direct_kid))
-        by_name = {name: calc_metric(name, inputs) for name in metric_names()}
+        patch.setattr("drgan.metrics.prdc.compute_prdc", recorded("prdc", direct_prdc))
+        with shared_features():
+            by_name = {name: calc_metric(name, inputs) for name in metric_names()}
     return by_name, calls
 
 
@@ -127,6 +131,13 @@ def test_registered_metrics_equal_their_modules(inputs, results):
         (kid["kid_x1e3"], kid["kid_x1e3_std"], kid["kid_x1e3_grade_average"])
     assert (result["kid_subset_size"], result["kid_real_images"], result["kid_fake_images"]) == (6, 6, 10)
     assert {g: result[f"kid_x1e3_grade_{g}"] for g in kid["per_grade"]} == {g: v["kid_x1e3"] for g, v in kid["per_grade"].items()}
+
+    prdc_args, prdc_kwargs, prdc = calls["prdc"]
+    assert [s.paths for s in prdc_args] == [real_set.paths, fake_set.paths] and prdc_kwargs["seed"] == 2
+    result = by_name["prdc"]
+    assert {k: result[f"prdc_{k}"] for k in ("precision", "recall", "density", "coverage")} == \
+        {k: prdc[k] for k in ("precision", "recall", "density", "coverage")}
+    assert (result["prdc_real_images"], result["prdc_fake_images"]) == (6, 10)
 
     fidelity, _ = evaluate_fidelity(inputs.fake, inputs.real, "train")
     result = by_name["fidelity"]
@@ -161,7 +172,7 @@ def test_cli_metrics_json_text_and_bad_names(sets, capsys):
     assert f"{result['swd_x1e3_average']:.4f}" == table[0].split()[-1]
 
     assert run_command(cli, args=[a.replace("swd,fidelity", "swd,lpips") for a in args], prog_name="drgan") == 2
-    assert capsys.readouterr().err == "error: --metrics 'lpips': choose one of fid, kid, swd, fidelity, grading\n"
+    assert capsys.readouterr().err == "error: --metrics 'lpips': choose one of fid, kid, prdc, swd, fidelity, grading\n"
     assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "grading"], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: grading needs a grader: give its run folder --grader\n"
     assert run_command(cli, args=["evaluate", "metrics", "--fake", str(fake), "--metrics", "fid"], prog_name="drgan") == 2
@@ -177,14 +188,14 @@ def test_cli_metrics_options_no_metric_reads_are_refused(sets, grader, capsys):
     assert run_command(cli, args=base + ["--grader", str(grader)], prog_name="drgan") == 2
     assert capsys.readouterr().err == "error: --grader is read by the grading metric only: add grading to --metrics (fidelity)\n"
     assert run_command(cli, args=base + ["--device", "cpu"], prog_name="drgan") == 2  # fidelity runs on the CPU
-    assert capsys.readouterr().err == "error: --device runs fid, kid, swd and grading only: add one of them to --metrics (fidelity)\n"
+    assert capsys.readouterr().err == "error: --device runs fid, kid, prdc, swd and grading only: add one of them to --metrics (fidelity)\n"
     assert run_command(cli, args=base + ["--device", "auto"], prog_name="drgan") == 0, capsys.readouterr().err
     capsys.readouterr()
     base = ["evaluate", "metrics", "--fake", str(fake), "--real", str(real), "--metrics", "fid,grading", "--grader", str(grader)]
     assert run_command(cli, args=base + ["--max-images", "6"], prog_name="drgan") == 2
-    assert capsys.readouterr().err == "error: --max-images caps swd and fidelity only: add one of them to --metrics (fid,grading)\n"
+    assert capsys.readouterr().err == "error: --max-images caps prdc, swd and fidelity only: add one of them to --metrics (fid,grading)\n"
     assert run_command(cli, args=base + ["--seed", "3"], prog_name="drgan") == 2
-    assert capsys.readouterr().err == "error: --seed draws the subsets of kid and swd only: add one of them to --metrics (fid,grading)\n"
+    assert capsys.readouterr().err == "error: --seed draws the subsets of kid, prdc and swd only: add one of them to --metrics (fid,grading)\n"
 
 
 def test_cli_metrics_checks_every_metric_before_running_any(sets, tmp_path, capsys, monkeypatch):

@@ -1,4 +1,4 @@
-"""`drgan evaluate fid|kid|swd|grading|fidelity|metrics` and `drgan experiment augment`.
+"""`drgan evaluate fid|kid|prdc|swd|grading|fidelity|metrics` and `drgan experiment augment`.
 
 The evaluate commands share one vocabulary, that of drgan.metrics.registry.MetricInputs: --fake is
 the set measured, --real the reference set (--real-split its split), --grader a grader run folder.
@@ -46,7 +46,7 @@ def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
 
 @click.group()
 def evaluate() -> None:
-    """Fidelity (FID, KID, SWD) and grading metrics."""
+    """Fidelity (FID, KID, precision and recall, SWD) and grading metrics."""
 
 
 @evaluate.command()
@@ -97,6 +97,27 @@ def kid(real: Path, fake: Path, per_grade: bool, subsets: int, subset_size: int,
     result = compute_kid(open_image_set(real), open_image_set(fake), per_grade=per_grade, device=_device(device),
                          batch=batch, subsets=subsets, subset_size=subset_size, seed=seed)
     _emit(result, as_json, format_kid(result))
+
+
+@evaluate.command()
+@click.option("--real", type=_folder, required=True, help="Real images: a folder of images or a dataset folder.")
+@click.option("--fake", type=_folder, required=True, help="Synthesized images: a folder of images or a dataset folder.")
+@click.option("--neighbours", type=IntRange(1, 100), default=5, show_default=True,
+              help="k: each image's ball reaches its k-th nearest neighbour in its own set.")
+@click.option("--max-images", type=IntRange(min=2), default=10000, show_default=True,
+              help="Images per set (a seeded random subset); time grows with its square.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="The subsets.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--batch", type=BATCH, default=32, show_default=True, help="Images per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def prdc(real: Path, fake: Path, neighbours: int, max_images: int, seed: int, device: str, batch: int, as_json: bool) -> None:
+    """Precision, recall, density and coverage: fidelity and diversity apart."""
+    from drgan.metrics.images import open_image_set
+    from drgan.metrics.prdc import compute_prdc, format_prdc
+
+    result = compute_prdc(open_image_set(real), open_image_set(fake), k=neighbours, max_images=max_images, seed=seed,
+                          device=_device(device), batch=batch)
+    _emit(result, as_json, format_prdc(result))
 
 
 @evaluate.command()
@@ -177,8 +198,10 @@ def fidelity(fake: Path, real: Path | None, real_split: str | None, grader: Path
 @click.option("--grader", type=_folder, default=None, help="Grader run folder (grading) [default: none].")
 @click.option("--per-grade", is_flag=True, help="Also each metric per grade (needs dataset folders).")
 @click.option("--max-images", type=IntRange(min=2), default=None,
-              help="Images per set for swd and fidelity (SWD needs 2) [default: theirs, 8192 and 500]; fid, kid and grading take all.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="SWD's subsets, patch positions and directions; KID's subsets.")
+              help="Images per set for swd, prdc and fidelity (SWD needs 2) [default: theirs, 8192, 10000 and 500]; fid, kid "
+                   "and grading take all.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="SWD's subsets, patch positions and directions; KID's and PRDC's subsets.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str, grader: Path | None, per_grade: bool,
@@ -190,17 +213,17 @@ def metrics(fake: Path, real: Path | None, real_split: str | None, metrics: str,
     names = metric_list(metrics)
     if grader is not None and "grading" not in names:  # no other metric reads it
         raise UsageError(f"{{grader}} is read by the grading metric only: add grading to {{metrics}} ({metrics})")
-    if max_images is not None and not {"swd", "fidelity"} & set(names):
-        raise UsageError(f"{{max_images}} caps swd and fidelity only: add one of them to {{metrics}} ({metrics})")
-    if seed != 0 and not {"kid", "swd"} & set(names):
-        raise UsageError(f"{{seed}} draws the subsets of kid and swd only: add one of them to {{metrics}} ({metrics})")
-    if device != "auto" and not {"fid", "kid", "swd", "grading"} & set(names):  # fidelity runs on the CPU
-        raise UsageError(f"{{device}} runs fid, kid, swd and grading only: add one of them to {{metrics}} ({metrics})")
+    if max_images is not None and not {"prdc", "swd", "fidelity"} & set(names):
+        raise UsageError(f"{{max_images}} caps prdc, swd and fidelity only: add one of them to {{metrics}} ({metrics})")
+    if seed != 0 and not {"kid", "prdc", "swd"} & set(names):
+        raise UsageError(f"{{seed}} draws the subsets of kid, prdc and swd only: add one of them to {{metrics}} ({metrics})")
+    if device != "auto" and not {"fid", "kid", "prdc", "swd", "grading"} & set(names):  # fidelity runs on the CPU
+        raise UsageError(f"{{device}} runs fid, kid, prdc, swd and grading only: add one of them to {{metrics}} ({metrics})")
     inputs = MetricInputs(fake=fake, real=real, real_split=real_split, grader=grader, device=_device(device),
                           max_images=max_images, seed=seed, per_grade=per_grade)
     check_inputs(names, inputs)
     results: dict[str, Any] = {}
-    with shared_features():  # fid and kid: one network and one pass over each set
+    with shared_features():  # fid, kid and prdc: one network and one pass over each set
         for name in names:
             result = calc_metric(name, inputs)
             for warning in result.pop("warnings", []):

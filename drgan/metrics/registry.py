@@ -31,8 +31,8 @@ class MetricInputs:
     real_split: str | None = None  # only this split of `real` (e.g. test)
     grader: Path | None = None     # grader run folder (grading)
     device: str = "cpu"            # a torch device name (the CLI resolves auto)
-    max_images: int | None = None  # images per set for swd and fidelity; None: their own defaults
-    seed: int = 0                  # swd's subsets, patch positions and directions; kid's subsets
+    max_images: int | None = None  # images per set for swd, prdc and fidelity; None: their own defaults
+    seed: int = 0                  # swd's subsets, patch positions and directions; kid's and prdc's subsets
     per_grade: bool = False        # also the values per grade (dataset folders)
 
     def __post_init__(self) -> None:
@@ -77,7 +77,7 @@ def check_inputs(names: list[str], inputs: MetricInputs) -> None:
     """What the metrics `names` need that a quick look tells, for all of them before any runs: the
     last of a list must not fail after minutes of the others."""
     for name in names:
-        if name in ("fid", "kid", "swd"):
+        if name in ("fid", "kid", "prdc", "swd"):
             _real(inputs, name)
         elif name == "grading" and inputs.grader is None:
             raise _no_grader()
@@ -159,6 +159,17 @@ def kid(inputs: MetricInputs) -> Result:
         flat.update({f"kid_x1e3_grade_{grade}": value["kid_x1e3"] for grade, value in result["per_grade"].items()})
         flat["kid_x1e3_grade_average"] = result["kid_x1e3_grade_average"]
     return flat
+
+
+@register_metric
+def prdc(inputs: MetricInputs) -> Result:
+    """Precision, recall, density and coverage of the fake set against the real one (drgan.metrics.prdc.compute_prdc)."""
+    from drgan.metrics.prdc import compute_prdc
+
+    real, fake = _sets(inputs, "prdc")
+    result = compute_prdc(real, fake, seed=inputs.seed, device=inputs.device, **_cap(inputs))
+    return {**{f"prdc_{name}": result[name] for name in ("precision", "recall", "density", "coverage")},
+            "prdc_real_images": result["real"]["count"], "prdc_fake_images": result["fake"]["count"]}
 
 
 @register_metric
