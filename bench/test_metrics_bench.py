@@ -1,4 +1,5 @@
-"""FID feature extraction rate on this machine's CPU (Inception at 299 px, float32).
+"""FID feature extraction rate on this machine's CPU (Inception at 299 px, float32), and what KID
+and PRDC cost on 2048-d features once they are extracted.
 
     python -m pytest bench/test_metrics_bench.py --benchmark-json=bench/results/metrics.json
 """
@@ -8,7 +9,9 @@ import pytest
 import torch
 from skimage import data
 
-from drgan.metrics.fid import extract_features, load_inception, preprocess
+from drgan.metrics.fid import FEATURE_DIM, extract_features, load_inception, preprocess
+from drgan.metrics.kid import SUBSET_SIZE, polynomial_mmd2
+from drgan.metrics.prdc import prdc
 
 N_IMAGES = 8   # images per round
 BATCH = 8
@@ -49,3 +52,22 @@ def test_fid_network_only_299(benchmark, net):
 
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info["images_per_s"] = BATCH / benchmark.stats.stats.mean
+
+
+def _features(rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, FEATURE_DIM)).astype(np.float32)
+
+
+def test_kid_one_subset_pair(benchmark):
+    """One of KID's subsets (default: 100 of them) at its default size: three 1000 x 1000 kernels."""
+    real, fake = _features(SUBSET_SIZE, 0), _features(SUBSET_SIZE, 1)
+    benchmark.extra_info.update(rows=SUBSET_SIZE, dim=FEATURE_DIM, threads=torch.get_num_threads())
+    benchmark.pedantic(lambda: polynomial_mmd2(real, fake), rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("rows", [2000, 5000])
+def test_prdc(benchmark, rows):
+    """PRDC of two sets of `rows` features (time grows with the square; default cap 10,000)."""
+    real, fake = _features(rows, 0), _features(rows, 1)
+    benchmark.extra_info.update(rows=rows, dim=FEATURE_DIM, threads=torch.get_num_threads())
+    benchmark.pedantic(lambda: prdc(real, fake), rounds=3, iterations=1, warmup_rounds=1)

@@ -44,7 +44,9 @@ def test_a_set_against_itself_and_against_a_far_one():
     real = rng.normal(size=(40, 8))
     same = prdc(real, real, 5)
     assert (same["precision"], same["recall"], same["coverage"]) == (1.0, 1.0, 1.0)
-    assert same["density"] == pytest.approx(6 / 5)  # each image also lies in its own ball
+    # Each image also lies in its own ball; the k-th neighbour lies on a ball's edge, where float32
+    # distances by matrix products (not exactly symmetric) decide either way.
+    assert same["density"] == pytest.approx(6 / 5, abs=0.02)
     assert prdc(real, real + 100, 5) == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
     collapsed = prdc(real, np.repeat(real[:1], 40, axis=0) + 1e-3 * rng.normal(size=(40, 8)), 5)
     assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.2 and collapsed["coverage"] < 0.2  # one mode
