@@ -87,3 +87,20 @@ def test_cli_prdc_json_and_bad_input(features, tmp_path, capsys):
     assert result == compute_prdc(open_image_set(real), open_image_set(fake), k=2)
     assert run_command(cli, args=args[:-4] + ["--neighbours", "0"], prog_name="drgan") == 1
     assert capsys.readouterr().err == "error: --neighbours 0: outside the range 1<=x<=100\n"
+
+
+def test_per_grade_figures_come_from_each_grades_own_features(features, tmp_path):
+    """Grades with k + 1 images in both sets, named in the average's line when some are left out."""
+    grades = [0] * 6 + [2] * 6 + [4] * 3
+    real = open_image_set(write_phantom_dataset(tmp_path / "real", 15, 64, seed=0, grades=grades, split=False))
+    fake = open_image_set(write_phantom_dataset(tmp_path / "fake", 15, 64, seed=1, grades=grades, split=False))
+    result = compute_prdc(real, fake, per_grade=True, k=5)
+    assert result["grades_used"] == [0, 2] and set(result["per_grade"]) == {"0", "2"}
+    for g in (0, 2):
+        rows = [i for i, grade in enumerate(grades) if grade == g]
+        assert result["per_grade"][str(g)] == prdc(features(real.subset(rows).paths, None), features(fake.subset(rows).paths, None), 5)
+    assert result["grade_average"]["density"] == pytest.approx(np.mean([v["density"] for v in result["per_grade"].values()]))
+    assert format_prdc(result).splitlines()[-1] == \
+        f"coverage average over grades (only grades 0,2 have >= 6 images in both sets): {result['grade_average']['coverage']:.4f}"
+    with pytest.raises(DrganError, match="no grade has at least 7 images in both sets"):
+        compute_prdc(real, fake, per_grade=True, k=6)

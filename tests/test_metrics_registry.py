@@ -25,9 +25,9 @@ from drgan.metrics.swd import compute_swd
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
-    grades = [0, 3] * 5  # the train split holds 3 of each: per-grade FID needs 2
-    real = write_phantom_dataset(root / "real", 10, 64, seed=0, grades=grades)
-    return real, write_phantom_dataset(root / "fake", 10, 64, seed=1, grades=grades)
+    grades = [0, 3] * 10  # the train split holds 8 of each: per-grade FID needs 2, PRDC 6
+    real = write_phantom_dataset(root / "real", 20, 64, seed=0, grades=grades)
+    return real, write_phantom_dataset(root / "fake", 20, 64, seed=1, grades=grades)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_registered_metrics_equal_their_modules(inputs, results):
     by_name, calls = results
     fid_args, fid_kwargs, fid = calls["fid"]
     real_set, fake_set = open_image_set(inputs.real, "train"), open_image_set(inputs.fake)
-    assert len(real_set) == 6 and len(fake_set) == 10
+    assert len(real_set) == 16 and len(fake_set) == 20
 
     swd = compute_swd(real_set, fake_set, seed=2, per_grade=True, progress=False)
     result = by_name["swd"]
@@ -129,7 +129,7 @@ def test_registered_metrics_equal_their_modules(inputs, results):
     result = by_name["kid"]
     assert (result["kid_x1e3"], result["kid_x1e3_std"], result["kid_x1e3_grade_average"]) == \
         (kid["kid_x1e3"], kid["kid_x1e3_std"], kid["kid_x1e3_grade_average"])
-    assert (result["kid_subset_size"], result["kid_real_images"], result["kid_fake_images"]) == (6, 6, 10)
+    assert (result["kid_subset_size"], result["kid_real_images"], result["kid_fake_images"]) == (16, 16, 20)
     assert {g: result[f"kid_x1e3_grade_{g}"] for g in kid["per_grade"]} == {g: v["kid_x1e3"] for g, v in kid["per_grade"].items()}
 
     prdc_args, prdc_kwargs, prdc = calls["prdc"]
@@ -137,7 +137,10 @@ def test_registered_metrics_equal_their_modules(inputs, results):
     result = by_name["prdc"]
     assert {k: result[f"prdc_{k}"] for k in ("precision", "recall", "density", "coverage")} == \
         {k: prdc[k] for k in ("precision", "recall", "density", "coverage")}
-    assert (result["prdc_real_images"], result["prdc_fake_images"]) == (6, 10)
+    assert (result["prdc_real_images"], result["prdc_fake_images"]) == (16, 20)
+    assert prdc_kwargs["per_grade"] and {g: result[f"prdc_coverage_grade_{g}"] for g in prdc["per_grade"]} == \
+        {g: v["coverage"] for g, v in prdc["per_grade"].items()} and set(prdc["per_grade"]) == {"0", "3"}
+    assert result["prdc_recall_grade_average"] == prdc["grade_average"]["recall"]
 
     fidelity, _ = evaluate_fidelity(inputs.fake, inputs.real, "train")
     result = by_name["fidelity"]
@@ -149,7 +152,7 @@ def test_registered_metrics_equal_their_modules(inputs, results):
     result = by_name["grading"]
     assert (result["grading_real_accuracy"], result["grading_real_kappa"]) == (grading["accuracy"], grading["kappa"])
     assert [result[f"grading_real_tpr_grade_{g}"] for g in range(5)] == grading["tpr"]
-    assert result["grading_images"] == 10 and result["grading_real_images"] == grading["count"] == 6
+    assert result["grading_images"] == 20 and result["grading_real_images"] == grading["count"] == 16
 
 
 def test_every_key_starts_with_its_metric_so_results_merge(results):

@@ -102,6 +102,7 @@ def kid(real: Path, fake: Path, per_grade: bool, subsets: int, subset_size: int,
 @evaluate.command()
 @click.option("--real", type=_folder, required=True, help="Real images: a folder of images or a dataset folder.")
 @click.option("--fake", type=_folder, required=True, help="Synthesized images: a folder of images or a dataset folder.")
+@click.option("--per-grade", is_flag=True, help="Also each figure per grade and their averages (needs dataset folders).")
 @click.option("--neighbours", type=IntRange(1, 100), default=5, show_default=True,
               help="k: each image's ball reaches its k-th nearest neighbour in its own set.")
 @click.option("--max-images", type=IntRange(min=2), default=10000, show_default=True,
@@ -110,13 +111,14 @@ def kid(real: Path, fake: Path, per_grade: bool, subsets: int, subset_size: int,
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch", type=BATCH, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def prdc(real: Path, fake: Path, neighbours: int, max_images: int, seed: int, device: str, batch: int, as_json: bool) -> None:
+def prdc(real: Path, fake: Path, per_grade: bool, neighbours: int, max_images: int, seed: int, device: str, batch: int,
+         as_json: bool) -> None:
     """Precision, recall, density and coverage: fidelity and diversity apart."""
     from drgan.metrics.images import open_image_set
     from drgan.metrics.prdc import compute_prdc, format_prdc
 
-    result = compute_prdc(open_image_set(real), open_image_set(fake), k=neighbours, max_images=max_images, seed=seed,
-                          device=_device(device), batch=batch)
+    result = compute_prdc(open_image_set(real), open_image_set(fake), per_grade=per_grade, k=neighbours, max_images=max_images,
+                          seed=seed, device=_device(device), batch=batch)
     _emit(result, as_json, format_prdc(result))
 
 

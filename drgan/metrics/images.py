@@ -80,10 +80,11 @@ def shared_grades(real: ImageSet, fake: ImageSet) -> dict[int, tuple[ImageSet, I
     return grades
 
 
-def grade_average_line(metric: str, used: list[int], value: float) -> str:
-    """The readable line of a per-grade average, naming the grades it covers when some are missing."""
+def grade_average_line(metric: str, used: list[int], value: float, minimum: int = MIN_SET_IMAGES) -> str:
+    """The readable line of a per-grade average, naming the grades it covers when some are missing
+    (those with `minimum` images in both sets)."""
     note = "" if len(used) == NUM_GRADES else \
-        f" (only grades {','.join(map(str, used))} have >= {MIN_SET_IMAGES} images in both sets)"
+        f" (only grades {','.join(map(str, used))} have >= {minimum} images in both sets)"
     return f"{metric} average over grades{note}: {value:.4f}"
 
 

@@ -26,8 +26,9 @@ import torch
 
 from drgan.errors import DrganError
 from drgan.metrics.fid import extract_features, inception_weights_path, load_inception
-from drgan.metrics.images import ImageSet, check_set_size
+from drgan.metrics.images import ImageSet, check_set_size, grade_average_line, shared_grades
 
+FIGURES = ("precision", "recall", "density", "coverage")
 NEIGHBOURS = 5      # Naeem et al.'s k for all four
 MAX_IMAGES = 10000  # per set
 _BLOCK = 1024       # rows of a distance block
@@ -74,6 +75,7 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = NEIGHBOURS, device: str | 
 def compute_prdc(
     real: ImageSet,
     fake: ImageSet,
+    per_grade: bool = False,
     k: int = NEIGHBOURS,
     max_images: int = MAX_IMAGES,
     seed: int = 0,
@@ -82,7 +84,9 @@ def compute_prdc(
     weights: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """PRDC of `fake` against `real`, each cut to a seeded random subset of at most `max_images`."""
+    """PRDC of `fake` against `real`, each cut to a seeded random subset of at most `max_images`;
+    with per_grade, also per grade (those with k + 1 images in both subsets, from the same features)
+    and the mean of each figure over them."""
     for image_set in (real, fake):
         check_set_size(image_set, "PRDC")
     rng = np.random.default_rng(seed)
@@ -91,16 +95,33 @@ def compute_prdc(
     if min(map(len, sets.values())) <= k:
         raise DrganError(f"{real.root}, {fake.root}: {len(sets['real'])} and {len(sets['fake'])} images; PRDC's "
                          f"{k} nearest neighbours need at least {k + 1} in each set")
+    grades = [g for g, pair in shared_grades(sets["real"], sets["fake"]).items() if min(map(len, pair)) > k] if per_grade else []
+    if per_grade and not grades:
+        raise DrganError(f"{real.root}, {fake.root}: no grade has at least {k + 1} images in both sets "
+                         f"(PRDC's {k} nearest neighbours)")
     net = load_inception(device, Path(weights) if weights is not None else inception_weights_path())
     features = {name: extract_features(s.paths, net, batch, desc=f"features {s.root.name}", progress=progress)
                 for name, s in sets.items()}
-    return {**prdc(features["real"], features["fake"], k, device), "k": k,
-            "real": {"folder": str(real.root), "count": len(sets["real"])},
-            "fake": {"folder": str(fake.root), "count": len(sets["fake"])}}
+    result: dict[str, Any] = {**prdc(features["real"], features["fake"], k, device), "k": k,
+                              "real": {"folder": str(real.root), "count": len(sets["real"])},
+                              "fake": {"folder": str(fake.root), "count": len(sets["fake"])}}
+    if per_grade:
+        rows = {name: np.asarray(s.grades) for name, s in sets.items()}
+        result["per_grade"] = {str(g): prdc(features["real"][rows["real"] == g], features["fake"][rows["fake"] == g], k, device)
+                               for g in grades}
+        result["grades_used"] = grades
+        result["grade_average"] = {name: float(np.mean([v[name] for v in result["per_grade"].values()])) for name in FIGURES}
+    return result
 
 
 def format_prdc(result: dict[str, Any]) -> str:
     """Readable lines, each ending in its value."""
     head = (f"{result['fake']['folder']} ({result['fake']['count']} images) vs {result['real']['folder']} "
             f"({result['real']['count']}), k = {result['k']}")
-    return "\n".join([f"PRDC {head}"] + [f"{name}: {result[name]:.4f}" for name in ("precision", "recall", "density", "coverage")])
+    lines = [f"PRDC {head}"] + [f"{name}: {result[name]:.4f}" for name in FIGURES]
+    for g, value in result.get("per_grade", {}).items():
+        lines += [f"{name} grade {g}: {value[name]:.4f}" for name in FIGURES]
+    if "per_grade" in result:
+        lines += [grade_average_line(name, result["grades_used"], result["grade_average"][name], result["k"] + 1)
+                  for name in FIGURES]
+    return "\n".join(lines)

@@ -164,12 +164,17 @@ def kid(inputs: MetricInputs) -> Result:
 @register_metric
 def prdc(inputs: MetricInputs) -> Result:
     """Precision, recall, density and coverage of the fake set against the real one (drgan.metrics.prdc.compute_prdc)."""
-    from drgan.metrics.prdc import compute_prdc
+    from drgan.metrics.prdc import FIGURES, compute_prdc
 
     real, fake = _sets(inputs, "prdc")
-    result = compute_prdc(real, fake, seed=inputs.seed, device=inputs.device, **_cap(inputs))
-    return {**{f"prdc_{name}": result[name] for name in ("precision", "recall", "density", "coverage")},
-            "prdc_real_images": result["real"]["count"], "prdc_fake_images": result["fake"]["count"]}
+    result = compute_prdc(real, fake, per_grade=inputs.per_grade, seed=inputs.seed, device=inputs.device, **_cap(inputs))
+    flat: Result = {f"prdc_{name}": result[name] for name in FIGURES}
+    flat.update({"prdc_real_images": result["real"]["count"], "prdc_fake_images": result["fake"]["count"]})
+    if inputs.per_grade:
+        for grade, value in result["per_grade"].items():
+            flat.update({f"prdc_{name}_grade_{grade}": value[name] for name in FIGURES})
+        flat.update({f"prdc_{name}_grade_average": result["grade_average"][name] for name in FIGURES})
+    return flat
 
 
 @register_metric
