@@ -67,13 +67,13 @@ def hold(folder: str | Path, shard: str | None = None) -> None:
 
 def holds(folder: str | Path) -> bool:
     """Whether this process holds `folder`'s lock."""
-    return (Path(folder) / LOCK_FILE).absolute() in _held
+    return _key(Path(folder) / LOCK_FILE) in _held
 
 
 def alone(folder: str | Path) -> bool:
     """Whether no other process holds `folder`'s lock: so when this one holds it exclusively; held
     shared (a shard's), the lock is converted to exclusive and back to tell."""
-    lock = (Path(folder) / LOCK_FILE).absolute()
+    lock = _key(Path(folder) / LOCK_FILE)
     fd = _held.get(lock)
     if fd is None:
         return False
@@ -91,7 +91,7 @@ def alone(folder: str | Path) -> bool:
 def release(folder: str | Path, remove: bool = False) -> None:
     """Drop this process's locks of `folder`; `remove` (only when `alone`: a folder left as it was
     found) also deletes the lock files."""
-    folder = Path(folder).absolute()
+    folder = _key(folder)
     for path in [p for p in _held if p.parent == folder]:
         if remove:
             path.unlink(missing_ok=True)
@@ -111,8 +111,14 @@ def section(folder: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _key(path: str | Path) -> Path:
+    """A lock's or folder's path as this process's locks are kept: resolved, so that a folder held
+    under one spelling ('..', a symbolic link) is found under another."""
+    return Path(path).resolve()
+
+
 def _lock(path: Path, mode: int, refusal: str) -> None:
-    path = path.absolute()
+    path = _key(path)
     fd = _held.pop(path, None)
     if fd is not None:
         if _same_file(fd, path):
@@ -146,7 +152,7 @@ def held_elsewhere(path: Path) -> bool:
 
 def _drop(path: Path) -> None:
     """Close this process's lock of `path`, keeping the file."""
-    os.close(_held.pop(path.absolute()))
+    os.close(_held.pop(_key(path)))
 
 
 def _same_file(fd: int, path: Path) -> bool:

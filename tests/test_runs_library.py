@@ -414,3 +414,21 @@ def test_the_image_side_is_the_median_of_the_headers_and_a_run_without_labels_is
     assert _image_side(tmp_path) == 200
     write_run_config(tmp_path / "run", preset("tiny-64"), "local")
     assert check_same_dataset(tmp_path / "run", tmp_path) is None   # no labels.csv: the readers name that
+
+
+def test_a_folder_held_under_one_spelling_is_found_under_another(tmp_path):
+    """'..' and a symbolic link name the same folder: this process holds it (and is not refused
+    by its own lock), and releases it, under either."""
+    from drgan import locks
+
+    folder = tmp_path / "set"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "link").symlink_to(folder, target_is_directory=True)
+    locks.hold(folder, "0/2")
+    try:
+        for spelling in (tmp_path / "other" / ".." / "set", tmp_path / "link"):
+            assert locks.holds(spelling) and locks.alone(spelling)
+            locks.hold(spelling, "0/2")  # its own hold, not another process's
+    finally:
+        locks.release(tmp_path / "link", remove=True)
+    assert not locks.holds(folder) and list(folder.iterdir()) == []
