@@ -387,3 +387,39 @@ def test_a_file_system_that_cannot_fsync_is_no_error_but_a_failed_flush_is(run, 
     args = ["synthesize", "--run", str(run), "--out", str(out), "--count", "2", "--device", "cpu"]
     assert run_command(cli, args=args, prog_name="drgan") == 1
     assert capsys.readouterr().err.endswith(f"error: {out / 'fingerprint.json'}: cannot write (Input/output error)\n")
+
+
+def test_a_failed_write_surfaces_at_the_next_item_even_behind_a_slow_one(tmp_path):
+    """A write that failed (a full disk) stops the run at the next item queued, not only once
+    every write queued before it has finished (at worst at the end, after every batch was made)."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from drgan.synthesis.stages import StageTimes
+    from drgan.synthesis.writer import OutputFolder
+
+    out = OutputFolder(tmp_path / "s", "png", 95, 1, False, journal_name=".journal-0-of-1.csv", shard="0/1", threads=2,
+                       fingerprint={"seed": 0}, times=StageTimes({"output": 2}))
+    release = threading.Event()
+
+    def slow():
+        release.wait(10)
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def full():
+        raise DrganError("disk full")
+
+    row = {field: "0" for field in MANIFEST_FIELDS}
+    try:
+        slow_write = out.submit({**row, "id": "a"}, slow, None)
+        with pytest.raises(DrganError, match="disk full"):  # at b's own submit or at c's
+            failed = out.submit({**row, "id": "b"}, full, None)
+            while not failed.done():
+                time.sleep(0.01)
+            out.submit({**row, "id": "c"}, lambda: np.zeros((8, 8, 3), np.uint8), None)
+        assert not slow_write.done()  # surfaced while the write queued before it still runs
+    finally:
+        release.set()
+        out.abort()

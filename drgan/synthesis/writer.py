@@ -107,9 +107,12 @@ class OutputFolder:
         None (each may first wait for the device copy that fills its buffer)."""
         future = self._pool.submit(self._write, row, image, masks)
         self._pending.append(future)
-        # Surface a failed write (disk full) promptly instead of at the end.
-        while self._pending and self._pending[0].done():
-            self._pending.pop(0).result()
+        # Surface a failed write (disk full) promptly instead of at the end, whichever write it was:
+        # a slow one ahead of it must not hold it back while batches go on being made.
+        done = {f for f in self._pending if f.done()}
+        self._pending = [f for f in self._pending if f not in done]
+        for finished in done:
+            finished.result()
         return future
 
     def _write(self, row: dict, image: Callable[[], np.ndarray | bytes], masks: Callable[[], np.ndarray] | None) -> None:
