@@ -191,9 +191,14 @@ def atomic_write_csv(path: str | Path, header: list[str], rows: Iterable[Iterabl
     atomic_write_text(path, buf.getvalue())
 
 
+def json_bytes(obj: Any, indent: int = 2, sort_keys: bool = False) -> bytes:
+    """`obj` as indented JSON ending in a newline."""
+    return (json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n").encode()
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 2, sort_keys: bool = False) -> None:
-    """`obj` as indented JSON ending in a newline, written as atomic_write_bytes does."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n").encode())
+    """`obj` as json_bytes, written as atomic_write_bytes does."""
+    atomic_write_bytes(path, json_bytes(obj, indent, sort_keys))
 
 
 def is_temp_name(name: str) -> bool:

@@ -33,7 +33,8 @@ from drgan import locks
 from drgan.config import ModelConfig, STAGES
 from drgan.data.labels import LABELS_FILE, moved_by_patient
 from drgan.errors import DrganError, ParameterError
-from drgan.io import atomic_write_json, check_outside, check_writable_dir, remove_temp_files, sha256_file
+from drgan.io import (atomic_write_json, check_outside, check_writable_dir, durable_write_bytes, json_bytes, remove_temp_files,
+                      sha256_file)
 
 RUN_FILE = "run.json"
 STATE_JSON = "state.json"            # a checkpoint's metadata, written last (drgan.training.state)
@@ -304,7 +305,8 @@ def claimed_folder(out: str | Path, marker: str, settings: dict[str, Any], what:
         remove_temp_files(out, recursive=False)  # a killed job's (its marker or results cut short)
         # again: another process may have written meanwhile
         if _earlier_settings(out, marker, settings, what, upgrade) != settings:
-            atomic_write_json(out / marker, settings)
+            # On disk before any work: the folder's resumption hangs on it, after a power loss too.
+            durable_write_bytes(out / marker, json_bytes(settings))
         yield
     finally:
         locks.release(out)

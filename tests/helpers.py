@@ -64,3 +64,20 @@ def randomize_batchnorm(module: torch.nn.Module) -> None:
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
+
+
+def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The list that each fsync of drgan.io appends its file's path to, by the name a temp file will
+    be renamed to (drgan.io.temp_path: '.name.tmp-...' -> 'name'), folders by their path."""
+    from drgan import io
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(path if os.path.isdir(path) else os.path.basename(path).lstrip(".").split(io.TEMP_MARK)[0])
+        real(fd)
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    return synced

@@ -2,6 +2,8 @@
 configs and output folders, and the flock semantics of exclusive, shared and shard holds."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -432,3 +434,16 @@ def test_a_folder_held_under_one_spelling_is_found_under_another(tmp_path):
     finally:
         locks.release(tmp_path / "link", remove=True)
     assert not locks.holds(folder) and list(folder.iterdir()) == []
+
+
+def test_a_claimed_folders_marker_is_on_disk_before_the_job_runs(tmp_path, monkeypatch):
+    """The marker that lets a demo, an import or an experiment resume is flushed before its rename
+    and its folder after it: a power loss cannot leave it empty, which refuses the folder."""
+    from drgan.runs import claimed_folder
+    from helpers import record_fsyncs
+
+    synced = record_fsyncs(monkeypatch)
+    out = tmp_path / "job"
+    with claimed_folder(out, "job.json", {"seed": 1}, "a job"):
+        assert synced == ["job.json", str(out.resolve())]
+    assert json.loads((out / "job.json").read_text()) == {"seed": 1}
