@@ -11,7 +11,7 @@ from drgan.cli import cli
 from drgan.cli.common import run_command
 from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError
-from drgan.metrics import kid
+from drgan.metrics import fid
 from drgan.metrics.images import open_image_set
 from drgan.metrics.kid import compute_kid, format_kid, kernel_inception_distance, polynomial_mmd2
 
@@ -71,8 +71,8 @@ def features(monkeypatch):
         rows = [np.random.default_rng(int(hashlib.sha256(p.read_bytes()).hexdigest()[:8], 16)).normal(size=16) for p in paths]
         return np.asarray(rows, dtype=np.float32)
 
-    monkeypatch.setattr(kid, "load_inception", lambda *args: None)
-    monkeypatch.setattr(kid, "extract_features", extract)
+    monkeypatch.setattr(fid, "load_inception", lambda *args: None)
+    monkeypatch.setattr(fid, "extract_features", extract)
     return extract
 
 
@@ -120,7 +120,7 @@ def test_a_set_of_one_image_is_refused_before_any_feature(sets, tmp_path, monkey
     one = tmp_path / "one"
     one.mkdir()
     (one / "a.png").write_bytes(next((real / "images").iterdir()).read_bytes())
-    monkeypatch.setattr(kid, "extract_features", lambda *a, **k: pytest.fail("features computed first"))
+    monkeypatch.setattr(fid, "extract_features", lambda *a, **k: pytest.fail("features computed first"))
     assert run_command(cli, args=["evaluate", "kid", "--real", str(real), "--fake", str(one)], prog_name="drgan") == 1
     assert capsys.readouterr().err == f"error: {one}: 1 image; KID needs at least 2 images per set\n"
     assert run_command(cli, args=["evaluate", "kid", "--real", str(real), "--fake", str(real), "--subset-size", "1"],
@@ -133,7 +133,6 @@ def test_fid_and_kid_in_one_metrics_call_load_one_network_and_read_each_set_once
     one network load and one pass over each set; outside it each metric does its own."""
     import torch
 
-    from drgan.metrics import fid
     from drgan.metrics.registry import MetricInputs, calc_metric
 
     counts = {"loads": 0, "images": 0}

@@ -10,6 +10,7 @@ from drgan.cli import cli
 from drgan.cli.common import run_command
 from drgan.data.phantom import write_phantom_dataset
 from drgan.errors import DrganError
+from drgan.metrics import fid
 from drgan.metrics import prdc as prdc_module
 from drgan.metrics.images import open_image_set
 from drgan.metrics.prdc import compute_prdc, format_prdc, prdc
@@ -60,8 +61,8 @@ def features(monkeypatch):
     def extract(paths, net, batch=32, desc="", progress=True):
         return np.asarray([np.frombuffer(p.read_bytes()[-64:], dtype=np.uint8)[:16] for p in paths], dtype=np.float32)
 
-    monkeypatch.setattr(prdc_module, "load_inception", lambda *args: None)
-    monkeypatch.setattr(prdc_module, "extract_features", extract)
+    monkeypatch.setattr(fid, "load_inception", lambda *args: None)
+    monkeypatch.setattr(fid, "extract_features", extract)
     return extract
 
 

@@ -181,6 +181,15 @@ def _extract_features(paths: list[Path], net: torch.jit.ScriptModule, batch: int
     return features
 
 
+def sets_features(sets: dict[str, ImageSet], device: str | torch.device = "cpu", batch: int = 32,
+                  weights: str | os.PathLike | None = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """Each named set's features (extract_features), all with one network (load_inception): the
+    feature arrays of the metrics that need every vector (KID, PRDC)."""
+    net = load_inception(device, weights)
+    return {name: extract_features(s.paths, net, batch, desc=f"features {s.root.name}", progress=progress)
+            for name, s in sets.items()}
+
+
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (float64) of (N, D) features."""
     if features.shape[0] < MIN_SET_IMAGES:

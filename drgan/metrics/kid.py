@@ -17,14 +17,13 @@ two moments.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from drgan.errors import DrganError
-from drgan.metrics.fid import extract_features, inception_weights_path, load_inception
+from drgan.metrics.fid import sets_features
 from drgan.metrics.images import MIN_SET_IMAGES, ImageSet, check_set_size, grade_average_line, shared_grades
 
 SUBSETS = 100        # the paper's and common practice's defaults
@@ -86,9 +85,7 @@ def compute_kid(
     for image_set in (real, fake):  # before minutes of feature extraction
         check_set_size(image_set, "KID")
     grades = list(shared_grades(real, fake)) if per_grade else []
-    net = load_inception(device, Path(weights) if weights is not None else inception_weights_path())
-    features = {name: extract_features(s.paths, net, batch, desc=f"features {s.root.name}", progress=progress)
-                for name, s in (("real", real), ("fake", fake))}
+    features = sets_features({"real": real, "fake": fake}, device, batch, weights, progress)
     result: dict[str, Any] = {
         **kernel_inception_distance(features["real"], features["fake"], subsets, subset_size, seed),
         "real": {"folder": str(real.root), "count": len(real)},

@@ -18,14 +18,13 @@ distances are computed in blocks on the device, never as one N x N matrix.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from drgan.errors import DrganError
-from drgan.metrics.fid import extract_features, inception_weights_path, load_inception
+from drgan.metrics.fid import sets_features
 from drgan.metrics.images import ImageSet, check_set_size, grade_average_line, shared_grades
 
 FIGURES = ("precision", "recall", "density", "coverage")
@@ -99,9 +98,7 @@ def compute_prdc(
     if per_grade and not grades:
         raise DrganError(f"{real.root}, {fake.root}: no grade has at least {k + 1} images in both sets "
                          f"(PRDC's {k} nearest neighbours)")
-    net = load_inception(device, Path(weights) if weights is not None else inception_weights_path())
-    features = {name: extract_features(s.paths, net, batch, desc=f"features {s.root.name}", progress=progress)
-                for name, s in sets.items()}
+    features = sets_features(sets, device, batch, weights, progress)
     result: dict[str, Any] = {**prdc(features["real"], features["fake"], k, device), "k": k,
                               "real": {"folder": str(real.root), "count": len(sets["real"])},
                               "fake": {"folder": str(fake.root), "count": len(sets["fake"])}}
